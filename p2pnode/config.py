@@ -1,0 +1,193 @@
+"""Node configuration: defaults < ``<data-dir>/config.toml`` < ``P2PNODE_*`` environment < flags.
+
+Every key is declared once in :data:`KEYS` (name, type, default, meaning); the README's table is
+checked against it by a test. Unknown keys and wrong types are refused with a
+:class:`~p2pnode.errors.ConfigError` naming the source, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from p2pnode.errors import ConfigError
+
+CONFIG_FILE = "config.toml"
+ENV_PREFIX = "P2PNODE_"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "p2pnode"
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    type: type
+    default: Any
+    doc: str
+
+
+KEYS: tuple[Key, ...] = (
+    Key("listen", list, ["/ip4/0.0.0.0/tcp/4001"], "Multiaddrs to listen on (TCP)."),
+    Key("bootstrap", list, [], "Multiaddrs with /p2p/ id of peers to keep connected; redialed with backoff."),
+    Key("mdns", bool, True, "Find peers on the local network with mDNS."),
+    Key("provide", bool, True, "Offer this machine's capacity (publish capacity ads)."),
+    Key("use_gpu", bool, True, "Probe GPUs with NVML and use them; false forces the CPU path."),
+    Key("workloads", list, ["matmul"], "Workloads offered in the capacity ad."),
+    Key("price", int, 100, "Price in micro-credits per unit of work (one GFLOP)."),
+    Key("ad_interval", float, 10.0, "Seconds between periodic capacity ads (also sent at start and on change)."),
+    Key("ad_ttl", float, 30.0, "Seconds an ad stays valid; must exceed ad_interval."),
+    Key("calibrate_seconds", float, 0.3, "Budget of the start-up calibration run."),
+    Key("heartbeat", float, 1.0, "GossipSub heartbeat interval in seconds."),
+    Key("metrics", str, "127.0.0.1:9464", "host:port of the Prometheus endpoint (loopback only); empty disables it."),
+    Key("max_peers", int, 1024, "Most providers kept in the capacity table."),
+    Key("log_level", str, "warning", "Logging level: debug, info, warning, error."),
+)
+_BY_NAME = {k.name: k for k in KEYS}
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path
+    listen: tuple[str, ...]
+    bootstrap: tuple[str, ...]
+    mdns: bool
+    provide: bool
+    use_gpu: bool
+    workloads: tuple[str, ...]
+    price: int
+    ad_interval: float
+    ad_ttl: float
+    calibrate_seconds: float
+    heartbeat: float
+    metrics: str
+    max_peers: int
+    log_level: str
+
+    def with_(self, **changes: Any) -> Config:
+        return replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v
+        return out
+
+    @property
+    def control_socket(self) -> Path:
+        return self.data_dir / "control.sock"
+
+
+def _coerce(key: Key, value: Any, source: str) -> Any:
+    where = f"{source}: {key.name}"
+    if key.type is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if key.type is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if key.type is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if key.type is list:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+    if key.type is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise AssertionError(key)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def load(
+    data_dir: Path | None = None,
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Merge the three sources over the defaults; ``flags`` holds only flags the user gave."""
+    env = os.environ if env is None else env
+    if data_dir is None:
+        data_dir = Path(env[ENV_PREFIX + "DATA_DIR"]) if env.get(ENV_PREFIX + "DATA_DIR") else default_data_dir()
+    data_dir = data_dir.expanduser()
+    values: dict[str, Any] = {k.name: _coerce(k, k.default, "default") for k in KEYS}
+    path = config_file or data_dir / CONFIG_FILE
+    for name, value in _read_file(path).items():
+        if name not in _BY_NAME:
+            raise ConfigError(f"{path}: unknown key {name!r} (known: {', '.join(_BY_NAME)})")
+        values[name] = _coerce(_BY_NAME[name], value, str(path))
+    for key in KEYS:
+        raw = env.get(ENV_PREFIX + key.name.upper())
+        if raw is not None:
+            values[key.name] = _coerce(key, raw, f"${ENV_PREFIX}{key.name.upper()}")
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name not in _BY_NAME:
+            raise ConfigError(f"unknown option {name!r}")
+        values[name] = _coerce(_BY_NAME[name], value, "--" + name.replace("_", "-"))
+    config = Config(data_dir=data_dir, **values)
+    _check(config)
+    return config
+
+
+def _check(c: Config) -> None:
+    if c.ad_ttl <= c.ad_interval:
+        raise ConfigError(f"ad_ttl ({c.ad_ttl}) must exceed ad_interval ({c.ad_interval})")
+    if c.ad_ttl > 300:
+        raise ConfigError("ad_ttl must be at most 300 seconds (the network's maximum TTL)")
+    if c.ad_interval < 1:
+        raise ConfigError("ad_interval must be at least 1 second")
+    if c.price < 0:
+        raise ConfigError("price must not be negative")
+    if c.heartbeat <= 0 or c.heartbeat > 60:
+        raise ConfigError("heartbeat must be within (0, 60] seconds")
+    if c.max_peers < 1:
+        raise ConfigError("max_peers must be at least 1")
+    if c.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level: {c.log_level!r} is not debug, info, warning or error")
+    if c.metrics:
+        host, sep, port = c.metrics.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"metrics: {c.metrics!r} is not host:port")
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+            raise ConfigError(f"metrics: {host!r} is not a loopback address")

@@ -1,0 +1,75 @@
+"""The package's error tree.
+
+One root, :class:`P2PNodeError`. Below it two families, as in h11:
+
+* :class:`LocalError` -- this node's own user, file or configuration is wrong (a bad flag, a corrupt
+  key file, a port in use). The CLI prints its message as one line and exits non-zero.
+* :class:`PeerError` -- a remote peer sent something we refuse. Anything decoded from a peer can only
+  raise a ``PeerError`` subclass, never ``KeyError`` or ``ValueError``. Each carries a short
+  machine-readable ``code`` that is also the penalty reason and the metrics label.
+"""
+
+from __future__ import annotations
+
+
+class P2PNodeError(Exception):
+    """Root of every error p2pnode raises on purpose."""
+
+
+class LocalError(P2PNodeError):
+    """The local user, configuration or environment is at fault."""
+
+
+class ConfigError(LocalError):
+    """A configuration file, environment variable or flag is invalid."""
+
+
+class IdentityError(LocalError):
+    """The node's key file is missing, corrupt, foreign or unsafe."""
+
+
+class NetworkSetupError(LocalError):
+    """The host could not start: a bad multiaddr, a port in use, ..."""
+
+
+class ControlError(LocalError):
+    """The local control API could not be reached or answered an error."""
+
+
+class PeerError(P2PNodeError):
+    """A remote peer sent something invalid. ``code`` names the reason."""
+
+    code: str = "peer_error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class CodecError(PeerError):
+    """Bytes are not a well-formed, bounded CBOR value of the expected shape."""
+
+    code = "malformed"
+
+
+class OversizedError(CodecError):
+    """Bytes exceed the size limit of what they claim to be."""
+
+    code = "oversized"
+
+
+class SignatureError(PeerError):
+    """A signature is missing, malformed or does not verify."""
+
+    code = "bad_signature"
+
+
+class AdRejected(PeerError):
+    """A well-formed, correctly signed capacity ad was refused by policy.
+
+    ``code`` is one of: ``expired``, ``future``, ``ttl_too_long``, ``stale``, ``rate_limited``,
+    ``table_full``, ``wrong_origin``.
+    """
+
+    code = "rejected"

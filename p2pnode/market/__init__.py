@@ -1,0 +1,1 @@
+"""The market as one node sees it: capacity table, rate limits, provider selection. Pure."""

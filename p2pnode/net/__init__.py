@@ -1,0 +1,1 @@
+"""The libp2p shell: host, gossip, discovery. Everything here does I/O."""

@@ -1,0 +1,63 @@
+"""Build the libp2p host with safe settings.
+
+py-libp2p's defaults are unsafe or slow for us (see specs/libp2p.md):
+
+* security: without ``sec_opt`` it also accepts plaintext and secio. We offer **Noise only**;
+* muxer: mplex can deadlock on full-duplex streams. We offer **Yamux only**;
+* connect latency: with ``max_connections_per_peer=3`` every dial waits out a 250 ms
+  happy-eyeballs delay; ``1`` brings a connect to ~11 ms;
+* mDNS and bootstrap are not started by the library: :mod:`p2pnode.net.discovery` runs them, so
+  that a lost bootstrap peer is redialed with backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import multiaddr
+
+from p2pnode.errors import NetworkSetupError
+from p2pnode.identity import Identity
+
+NOISE = "/noise"
+YAMUX = "/yamux/1.0.0"
+
+
+def parse_multiaddr(text: str, *, need_peer_id: bool = False) -> multiaddr.Multiaddr:
+    """Parse ``text`` or raise ``NetworkSetupError`` with one clear line."""
+    try:
+        addr = multiaddr.Multiaddr(text)
+    except Exception as exc:  # the multiaddr package raises several unrelated types
+        raise NetworkSetupError(f"bad multiaddr {text!r}: {exc}") from exc
+    protocols = [p.name for p in addr.protocols()]
+    if need_peer_id and "p2p" not in protocols:
+        raise NetworkSetupError(f"multiaddr {text!r} needs a /p2p/<peer-id> part")
+    if "tcp" not in protocols:
+        raise NetworkSetupError(f"multiaddr {text!r}: only TCP is supported")
+    return addr
+
+
+def build_host(identity: Identity, listen: Sequence[multiaddr.Multiaddr]) -> Any:
+    from libp2p import new_host
+    from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+    from libp2p.network.config import ConnectionConfig
+    from libp2p.security.noise.transport import Transport as NoiseTransport
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    key_pair = identity.libp2p_keypair()
+    noise = NoiseTransport(libp2p_keypair=key_pair, noise_privkey=new_x25519().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE: noise},  # type: ignore[dict-item]
+        muxer_opt={YAMUX: Yamux},  # type: ignore[dict-item]
+        listen_addrs=list(listen),
+        connection_config=ConnectionConfig(
+            max_connections_per_peer=1,
+            dial_timeout=5.0,
+            inbound_upgrade_timeout=5.0,
+            outbound_upgrade_timeout=5.0,
+        ),
+        enable_mDNS=False,
+        bootstrap=None,
+    )

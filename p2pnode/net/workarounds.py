@@ -1,0 +1,48 @@
+"""Workarounds for py-libp2p behaviour that is wrong for a node like ours.
+
+Every workaround lives here, names the upstream behaviour it corrects, and has a test in
+``tests/net/test_workarounds.py`` that fails without it.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import multiaddr
+
+from p2pnode.errors import NetworkSetupError
+
+
+def check_listen_port_free(addr: multiaddr.Multiaddr) -> None:
+    """Refuse to listen on a TCP port that another socket already holds.
+
+    Upstream: ``libp2p.transport.tcp.tcp`` (0.8.1) sets ``SO_REUSEPORT`` on every listening socket
+    so that DCUtR hole punching can dial from the listen port. Two processes that both set it may
+    bind the same port, and the kernel then splits incoming connections between them: a second
+    node started on a port in use "starts" silently and steals half of the first one's peers.
+    A plain bind without ``SO_REUSEPORT`` fails on such a port, so we try one first. (A race with a
+    second node starting in the same instant remains; it is not worth a fork of the transport.)
+    """
+    protos = [p.name for p in addr.protocols()]
+    if "tcp" not in protos:
+        return
+    port = int(addr.value_for_protocol("tcp"))
+    if port == 0:
+        return
+    if "ip6" in protos:
+        family, host = socket.AF_INET6, addr.value_for_protocol("ip6")
+    elif "ip4" in protos:
+        family, host = socket.AF_INET, addr.value_for_protocol("ip4")
+    else:
+        return  # dns names are resolved by the transport
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise NetworkSetupError(f"cannot listen on {addr}: port {port} is in use") from exc
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise NetworkSetupError(f"cannot listen on {addr}: no such local address") from exc
+            raise NetworkSetupError(f"cannot listen on {addr}: {exc.strerror}") from exc

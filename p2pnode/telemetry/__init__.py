@@ -1,0 +1,1 @@
+"""What this machine has: GPU/CPU probe, calibration, metrics."""

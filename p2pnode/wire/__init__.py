@@ -1,0 +1,1 @@
+"""Wire formats: strict CBOR codec, peer ids, signed envelopes, message schemas. Pure: no I/O."""
