@@ -1,0 +1,162 @@
+"""The ``p2pnode`` command.
+
+``run`` starts a node in the foreground; ``id``, ``peers``, ``market`` and ``status`` read a running
+node through its control socket (``--json`` for machines). Every failure the user can fix prints
+one line, ``p2pnode: error: ...``, and exits 1; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from p2pnode import __version__
+from p2pnode.config import Config, load
+from p2pnode.control.client import call
+from p2pnode.errors import LocalError, P2PNodeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, help="node data directory (default ~/.local/share/p2pnode)")
+    common.add_argument("--config", type=Path, help="config file (default <data-dir>/config.toml)")
+
+    p = argparse.ArgumentParser(prog="p2pnode", description="A node of a decentralized GPU compute market.")
+    p.add_argument("--version", action="version", version=f"p2pnode {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[common], help="run a node in the foreground")
+    run.add_argument("--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable)")
+    run.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="bootstrap peer (repeatable)")
+    run.add_argument("--mdns", dest="mdns", action="store_true", default=None, help="find peers with mDNS")
+    run.add_argument("--no-mdns", dest="mdns", action="store_false", help="do not use mDNS")
+    run.add_argument("--provide", dest="provide", action="store_true", default=None, help="offer capacity")
+    run.add_argument("--no-provide", dest="provide", action="store_false", help="do not offer capacity")
+    run.add_argument("--no-gpu", dest="use_gpu", action="store_false", default=None, help="use the CPU only")
+    run.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus endpoint ('' disables)")
+    run.add_argument("--price", type=int, help="price in micro-credits per unit of work")
+    run.add_argument("--ad-interval", type=float, help="seconds between periodic ads")
+    run.add_argument("--ad-ttl", type=float, help="seconds an ad stays valid")
+    run.add_argument("--log-level", help="debug, info, warning, error")
+
+    for name, text in (
+        ("id", "print this node's peer id (and addresses when it runs)"),
+        ("peers", "list connected peers"),
+        ("market", "show the capacity table"),
+        ("status", "healthy / issues / error, with the reasons"),
+    ):
+        sp = sub.add_parser(name, parents=[common], help=text)
+        sp.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+_RUN_FLAGS = ("listen", "bootstrap", "mdns", "provide", "use_gpu", "metrics", "price",
+              "ad_interval", "ad_ttl", "log_level")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    flags = {k: getattr(args, k, None) for k in _RUN_FLAGS}
+    return load(args.data_dir, config_file=args.config, flags=flags)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(_config(args))
+        return _read_command(args)
+    except LocalError as exc:
+        print(f"p2pnode: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _read_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    config = _config(args)
+    console = Console()
+    if args.command == "id":
+        from p2pnode.identity import load_or_create
+
+        identity, created = load_or_create(config.data_dir)
+        result: dict[str, Any] = {"peer": identity.peer_id_b58, "addrs": [], "running": False}
+        try:
+            result.update(call(config.control_socket, "id"), running=True)
+        except LocalError:
+            pass
+        if args.json:
+            _print_json(result)
+        else:
+            print(result["peer"])
+            for a in result["addrs"]:
+                print(f"  {a}")
+        return 0
+    result = call(config.control_socket, args.command)
+    if args.json:
+        _print_json(result)
+        return 0
+    from p2pnode import ui
+
+    if args.command == "peers":
+        console.print(ui.peers_table(result))
+    elif args.command == "market":
+        console.print(ui.market_table(result))
+    elif args.command == "status":
+        console.print(ui.status_text(result), end="")
+        return 0 if result["state"] != "error" else 2
+    return 0
+
+
+def _run(config: Config) -> int:
+    import trio
+
+    from p2pnode.node import Node
+
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # py-libp2p logs connection churn at WARNING; keep it out of an operator's terminal.
+    if config.log_level.lower() != "debug":
+        logging.getLogger("libp2p").setLevel(logging.ERROR)
+
+    async def main() -> None:
+        node = Node(config)
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                await nursery.start(node.run)
+                print(f"p2pnode {__version__} peer {node.peer_id}", flush=True)
+                for addr in node.addrs():
+                    print(f"listening on {addr}", flush=True)
+                if node.config.metrics:
+                    print(f"metrics on http://{node.metrics.address}/metrics", flush=True)
+                async for signum in signals:
+                    print(f"received {signal.Signals(signum).name}, shutting down", flush=True)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        local = group.subgroup(lambda e: isinstance(e, P2PNodeError))
+        if local is None:
+            raise
+        raise _first(local) from None
+    return 0
+
+
+def _first(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group

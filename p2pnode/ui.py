@@ -1,0 +1,72 @@
+"""Terminal rendering (rich) shared by the CLI and the swarm tools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f}"
+
+
+def short_peer(peer: str) -> str:
+    return f"{peer[:8]}…{peer[-6:]}" if len(peer) > 16 else peer
+
+
+def market_table(entries: list[dict[str, Any]], title: str = "Market") -> Table:
+    t = Table(title=title, title_justify="left")
+    for col, kw in (
+        ("provider", {}), ("hardware", {}), ("mem free / total GiB", {"justify": "right"}),
+        ("util", {"justify": "right"}), ("offers (µcredit/unit)", {}),
+        ("speed GFLOP/s", {"justify": "right"}), ("age s", {"justify": "right"}),
+        ("expires s", {"justify": "right"}),
+    ):
+        t.add_column(col, **kw)
+    for e in entries:
+        gpus = e.get("gpus") or []
+        cpu = e.get("cpu") or {}
+        if gpus:
+            hw = ", ".join(f"{g['name']} (cc {g['cc']})" for g in gpus)
+            mem = ", ".join(f"{_gib(g['mem_free'])}/{_gib(g['mem_total'])}" for g in gpus)
+            util = ", ".join(f"{g['util']}%" for g in gpus)
+        else:
+            hw = f"CPU {cpu.get('model', '?')} ×{cpu.get('cores', '?')}"
+            mem = f"{_gib(cpu.get('mem_free', 0))}/{_gib(cpu.get('mem_total', 0))}"
+            util = "-"
+        offers = ", ".join(f"{o['wl']}@{o['backend']} {o['price']}/{o['unit']}" for o in e.get("offers", []))
+        speed = ", ".join(f"{v:g}" for v in (e.get("speed") or {}).values())
+        t.add_row(
+            short_peer(e["peer"]), hw, mem, util, offers, speed,
+            f"{e.get('age_s', 0):.1f}", f"{e.get('expires_in_s', 0):.1f}",
+        )
+    return t
+
+
+def peers_table(peers: list[dict[str, Any]]) -> Table:
+    t = Table(title="Connected peers", title_justify="left")
+    t.add_column("peer")
+    t.add_column("address")
+    t.add_column("provider")
+    t.add_column("penalty", justify="right")
+    for p in peers:
+        t.add_row(p["peer"], ", ".join(p["addrs"]) or "-", "yes" if p["provider"] else "no",
+                  f"{p['penalty']:g}")
+    return t
+
+
+def status_text(s: dict[str, Any]) -> Text:
+    colour = {"healthy": "green", "issues": "yellow", "error": "red"}.get(s["state"], "white")
+    out = Text()
+    out.append(f"{s['state'].upper()}", style=f"bold {colour}")
+    out.append(f"  peer {s['peer']}  up {s['uptime_s']:.0f} s\n")
+    for reason in s["reasons"]:
+        out.append(f"  - {reason}\n", style=colour)
+    out.append(f"  peers {s['peers']}  market {s['market']} providers  ads published "
+               f"{s['ads_published']}  rejected {sum(s['ads_rejected'].values())}\n")
+    out.append(f"  listening on {', '.join(s['addrs']) or '-'}\n")
+    if s.get("metrics"):
+        out.append(f"  metrics http://{s['metrics']}/metrics\n")
+    return out

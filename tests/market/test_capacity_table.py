@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from p2pnode.errors import AdRejected
+from p2pnode.market.capacity_table import CapacityTable, TableLimits
+from p2pnode.wire import capacity_ad as ca
+from p2pnode.wire.peer_id import peer_id_from_public_key
+
+NOW = 1_700_000_000.0
+
+
+def make(key: SigningKey, seq: int, *, issued: float = NOW, ttl: float = 30.0) -> ca.SignedAd:
+    ad = ca.CapacityAd(
+        peer_id=peer_id_from_public_key(bytes(key.verify_key)), seq=seq,
+        issued_at_ms=int(issued * 1000), expires_at_ms=int((issued + ttl) * 1000),
+        cpu=ca.CpuInfo("cpu", 4, 8 << 30, 4 << 30),
+    )
+    return ca.decode_ad(ca.encode_ad(ad, key))
+
+
+A = SigningKey(b"\x01" * 32)
+B = SigningKey(b"\x02" * 32)
+
+
+def code_of(table: CapacityTable, signed: ca.SignedAd, now: float = NOW, **kw: object) -> str:
+    with pytest.raises(AdRejected) as info:
+        table.offer(signed, now, **kw)  # type: ignore[arg-type]
+    return info.value.code
+
+
+def test_newest_sequence_wins_and_replays_are_stale() -> None:
+    t = CapacityTable()
+    t.offer(make(A, 5), NOW)
+    t.offer(make(A, 6), NOW + 1)
+    assert t.get(make(A, 1).ad.peer_id).ad.seq == 6  # type: ignore[union-attr]
+    assert code_of(t, make(A, 6), NOW + 2) == "stale"
+    assert code_of(t, make(A, 5), NOW + 2) == "stale"
+
+
+def test_replay_is_refused_even_after_the_entry_expired() -> None:
+    t = CapacityTable()
+    old = make(A, 5, ttl=10)
+    t.offer(old, NOW)
+    t.offer(make(A, 6, ttl=10), NOW + 1)
+    t.expire(NOW + 20)
+    assert len(t) == 0
+    assert code_of(t, make(A, 6, issued=NOW + 15, ttl=10), NOW + 20) == "stale"
+
+
+def test_time_rules() -> None:
+    t = CapacityTable(TableLimits(max_ttl_s=300, max_clock_skew_s=30))
+    assert code_of(t, make(A, 1, issued=NOW - 100, ttl=30)) == "expired"
+    assert code_of(t, make(A, 1, issued=NOW + 60, ttl=30)) == "future"
+    assert code_of(t, make(A, 1, ttl=301)) == "ttl_too_long"
+    t.offer(make(A, 2, issued=NOW + 10, ttl=30), NOW)  # within skew
+
+
+def test_originator_must_be_the_ads_peer() -> None:
+    t = CapacityTable()
+    other = peer_id_from_public_key(bytes(B.verify_key))
+    assert code_of(t, make(A, 1), origin=other) == "wrong_origin"
+
+
+def test_entries_expire() -> None:
+    t = CapacityTable()
+    t.offer(make(A, 1, ttl=10), NOW)
+    t.offer(make(B, 1, ttl=20), NOW)
+    assert len(t.entries(NOW + 5)) == 2
+    assert t.expire(NOW + 10) == [make(A, 1).ad.peer_id]
+    assert [e.ad.peer_id for e in t.entries(NOW + 10)] == [make(B, 1).ad.peer_id]
+
+
+def test_expiry_is_capped_by_max_ttl_from_receipt() -> None:
+    t = CapacityTable(TableLimits(max_ttl_s=60, max_clock_skew_s=30))
+    entry = t.offer(make(A, 1, issued=NOW + 25, ttl=60), NOW)  # skewed clock: exp = now + 85
+    assert entry.expires_at == NOW + 60
+
+
+def test_table_is_bounded() -> None:
+    t = CapacityTable(TableLimits(max_peers=1))
+    t.offer(make(A, 1), NOW)
+    assert code_of(t, make(B, 1)) == "table_full"
+    t.offer(make(A, 2), NOW + 1)  # a known peer can still refresh
+
+
+def test_rate_limit_per_peer() -> None:
+    t = CapacityTable(TableLimits(rate_burst=3, rate_per_s=1.0))
+    for seq in range(1, 4):
+        t.offer(make(A, seq), NOW)
+    assert code_of(t, make(A, 4)) == "rate_limited"
+    t.offer(make(B, 1), NOW)  # other peers are not affected
+    t.offer(make(A, 5), NOW + 1.0)  # one token back after a second
+
+
+@given(st.lists(st.tuples(st.sampled_from([A, B]), st.integers(0, 50), st.floats(0, 100)), max_size=40))
+def test_table_invariants_under_any_sequence(events: list[tuple[SigningKey, int, float]]) -> None:
+    limits = TableLimits(rate_burst=5, rate_per_s=0.5)
+    t = CapacityTable(limits)
+    now = NOW
+    best: dict[bytes, int] = {}
+    accepted_at: dict[bytes, float] = {}
+    for key, seq, dt in events:
+        now += dt
+        signed = make(key, seq, issued=now)
+        peer = signed.ad.peer_id
+        # Sequence memory lasts until no older ad can still be valid; after that a freshly
+        # signed ad with any sequence is no replay.
+        if now >= accepted_at.get(peer, -1e18) + limits.max_ttl_s + limits.max_clock_skew_s:
+            best.pop(peer, None)
+        try:
+            t.offer(signed, now)
+        except AdRejected as exc:
+            assert exc.code in {"stale", "rate_limited"}
+        else:
+            assert seq > best.get(peer, -1)
+            best[peer] = seq
+            accepted_at[peer] = now
+        t.expire(now)
+        for e in t.entries(now):
+            assert e.expires_at > now
+            assert e.ad.seq == best[e.ad.peer_id]
+
+
+def test_signed_ad_is_immutable() -> None:
+    signed = make(A, 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        signed.ad.seq = 2  # type: ignore[misc]

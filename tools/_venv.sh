@@ -1,0 +1,22 @@
+# Shared by tools/*: create .venv with Python >= 3.11 and install p2pnode into it (editable),
+# skipping the install when pyproject.toml and the requested extras have not changed.
+ensure_venv() {
+  local extras="${1:-}"
+  if [ ! -x .venv/bin/python ]; then
+    local py=""
+    for cand in python3.13 python3.12 python3.11 python3; do
+      if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        py="$cand"; break
+      fi
+    done
+    [ -n "$py" ] || { echo "p2pnode needs Python 3.11 or newer" >&2; exit 1; }
+    "$py" -m venv .venv
+  fi
+  local spec="."
+  [ -n "$extras" ] && spec=".[$extras]"
+  local stamp=".venv/.p2pnode-installed-$(sha256sum pyproject.toml | cut -c1-16)-${extras//,/_}"
+  if [ ! -f "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
+    touch "$stamp"
+  fi
+}
