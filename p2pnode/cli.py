@@ -127,9 +127,10 @@ def _run(config: Config) -> int:
         level=getattr(logging, config.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # py-libp2p logs connection churn at WARNING; keep it out of an operator's terminal.
+    # py-libp2p logs every failed dial at ERROR; we report what matters (unreachable bootstrap
+    # peers, bans) ourselves, so its logs show only with --log-level debug.
     if config.log_level.lower() != "debug":
-        logging.getLogger("libp2p").setLevel(logging.ERROR)
+        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
 
     async def main() -> None:
         node = Node(config)

@@ -205,12 +205,16 @@ class Node:
                 self._touch()
             self.metrics.market_size.set(len(self.table.entries(now)))
             self.metrics.peers.set(len(self.host.get_connected_peers()))
-            for peer in self.penalties.banned(now):
-                pass  # is_banned() lifts expired bans as a side effect
-            if self.pubsub is not None:
-                for pid in list(self.pubsub.blacklisted_peers):
-                    if not self.penalties.is_banned(pid.to_bytes(), now):
-                        self.pubsub.remove_from_blacklist(pid)
+            await self._enforce_bans(now)
+
+    async def _enforce_bans(self, now: float) -> None:
+        """Lift bans whose time is up; drop any banned peer that dialed back in."""
+        for pid in list(self.pubsub.blacklisted_peers):
+            if not self.penalties.is_banned(pid.to_bytes(), now):
+                self.pubsub.remove_from_blacklist(pid)
+        for pid in self.host.get_connected_peers():
+            if self.penalties.is_banned(pid.to_bytes(), now):
+                await self._ban(pid.to_bytes())
 
     def _touch(self) -> None:
         self._changed.set()

@@ -6,6 +6,8 @@ py-libp2p's defaults are unsafe or slow for us (see specs/libp2p.md):
 * muxer: mplex can deadlock on full-duplex streams. We offer **Yamux only**;
 * connect latency: with ``max_connections_per_peer=3`` every dial waits out a 250 ms
   happy-eyeballs delay; ``1`` brings a connect to ~11 ms;
+* the connection manager's watermarks (50/100/200) make it redial every known peer every 30 s;
+  we keep 4/8/192;
 * mDNS and bootstrap are not started by the library: :mod:`p2pnode.net.discovery` runs them, so
   that a lost bootstrap peer is redialed with backoff.
 """
@@ -54,6 +56,13 @@ def build_host(identity: Identity, listen: Sequence[multiaddr.Multiaddr]) -> Any
         listen_addrs=list(listen),
         connection_config=ConnectionConfig(
             max_connections_per_peer=1,
+            # The library's connection manager auto-dials known peers while below
+            # min_connections/low_watermark (50/100 by default: "initiating 200 new dials" every
+            # 30 s on a small network). A market node needs a handful of well-kept links.
+            min_connections=4,
+            low_watermark=8,
+            high_watermark=192,
+            max_connections=256,
             dial_timeout=5.0,
             inbound_upgrade_timeout=5.0,
             outbound_upgrade_timeout=5.0,

@@ -4,7 +4,8 @@ Each :class:`~p2pnode.errors.PeerError` code has a weight. A peer's score decays
 (half-life ``half_life_s``); when it reaches ``ban_threshold`` the peer is banned for
 ``ban_s`` seconds: the shell disconnects it and ignores its gossip. Weights are chosen so that
 honest races (an older ad arriving by a slower path: ``stale``) cost nothing, while forging or
-garbage costs a lot: ten forged ads get a peer banned.
+garbage costs a lot: a dozen forged ads in quick succession get a peer banned
+(ten at the same instant exactly reach the threshold; decay between them takes a little off).
 """
 
 from __future__ import annotations

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from p2pnode.errors import NetworkSetupError
+from p2pnode.identity import KEY_FILE
+from p2pnode.node import Node
+from tests.integration.swarm import all_list_all, node_config, start_node, swarm
+from tests.telemetry.test_probe import H100, fake_nvml
+
+
+async def test_five_node_swarm_converges() -> None:
+    async with swarm(5, line=True) as nodes:  # a line: ads must be forwarded up to 4 hops
+        t0 = time.perf_counter()
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        elapsed = time.perf_counter() - t0
+        for r in nodes:
+            entries = r.node.market_view()
+            assert len(entries) == 5
+            assert all(e["offers"][0]["wl"] == "matmul" for e in entries)
+            assert all(e["speed"]["matmul_f32_numpy"] > 0 for e in entries)
+            assert r.node.rejected == {}
+        print(f"5-node line converged {elapsed * 1000:.0f} ms after the last start")
+
+
+async def test_a_stopped_nodes_ad_expires() -> None:
+    async with swarm(3, line=False, ad_interval=1.0, ad_ttl=2.5) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        gone = nodes[2]
+        gone.stop()
+        await gone.stopped.wait()
+        pid = gone.node.identity.peer_id
+        for r in nodes[:2]:
+            await r.node.wait_until(lambda r=r: pid not in r.node.table, timeout=10)
+        # the others keep refreshing each other
+        assert nodes[1].node.identity.peer_id in nodes[0].node.table
+
+
+async def test_identity_persists_across_restarts(data_dir: trio.Path) -> None:
+    config = node_config(data_dir)
+    async with trio.open_nursery() as nursery:
+        first = await start_node(nursery, config)
+        peer = first.node.peer_id
+        first.stop()
+        await first.stopped.wait()
+        key = (data_dir / KEY_FILE).read_bytes()
+        second = await start_node(nursery, config)
+        assert second.node.peer_id == peer
+        assert second.node.addrs()[0].endswith(peer)
+        assert (data_dir / KEY_FILE).read_bytes() == key
+        second.stop()
+
+
+async def test_gpu_fields_from_nvml_reach_other_nodes() -> None:
+    nv = fake_nvml([H100, dict(H100, name="NVIDIA H100 PCIe", util=5)])
+    async with trio.open_nursery() as nursery:
+        gpu = await start_node(nursery, node_config(), nvml=nv)
+        cpu = await start_node(nursery, node_config(bootstrap=[gpu.node.addrs()[0]]))
+        pid = gpu.node.identity.peer_id
+        await cpu.node.wait_until(lambda: pid in cpu.node.table, timeout=15)
+        ad = cpu.node.table.get(pid).ad  # type: ignore[union-attr]
+        assert [g.name for g in ad.gpus] == ["NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe"]
+        assert ad.gpus[0].memory_total == H100["total"] and ad.gpus[1].utilization == 5
+        assert ad.gpus[0].compute_capability == "9.0" and ad.gpus[0].driver == "580.159.04"
+        assert ad.offers[0].backend == "cuda"
+        # and the CPU-only node fell back to its CPU
+        mine = cpu.node.table.get(cpu.node.identity.peer_id).ad  # type: ignore[union-attr]
+        assert mine.gpus == () and mine.cpu.cores >= 1 and mine.offers[0].backend == "numpy"
+        assert gpu.node.status_view()["gpus"] == ["NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_port_in_use_is_a_clear_error() -> None:
+    async with trio.open_nursery() as nursery:
+        first = await start_node(nursery, node_config())
+        port = first.node.addrs()[0].split("/")[4]
+        with pytest.raises(NetworkSetupError, match=f"port {port} is in use"):
+            await Node(node_config(listen=[f"/ip4/127.0.0.1/tcp/{port}"])).run()
+        nursery.cancel_scope.cancel()
+
+
+async def test_unreachable_bootstrap_is_retried_until_it_comes_up() -> None:
+    import socket
+
+    from p2pnode.identity import Identity
+
+    with socket.socket() as s:  # a free port for the late peer
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    late = Identity.generate()
+    boot = f"/ip4/127.0.0.1/tcp/{port}/p2p/{late.peer_id_b58}"
+    async with trio.open_nursery() as nursery:
+        waiting = await start_node(nursery, node_config(bootstrap=[boot]))
+        await waiting.node.wait_until(lambda: boot in waiting.node.keeper.unreachable, timeout=10)  # type: ignore[union-attr]
+        status = waiting.node.status_view()
+        assert status["state"] == "issues"
+        assert any("bootstrap peer unreachable" in r for r in status["reasons"])
+        late_node = Node(node_config(listen=[f"/ip4/127.0.0.1/tcp/{port}"]), identity=late)
+        await nursery.start(late_node.run)
+        await waiting.node.wait_until(
+            lambda: late_node.identity.peer_id in waiting.node.table, timeout=20)
+        assert boot not in waiting.node.keeper.unreachable  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
+
+
+async def test_lost_bootstrap_peer_is_redialed() -> None:
+    async with trio.open_nursery() as nursery:
+        hub = await start_node(nursery, node_config())
+        spoke = await start_node(nursery, node_config(bootstrap=[hub.node.addrs()[0]]))
+        hub_id = hub.node.host.get_id()
+        with trio.fail_after(10):
+            while hub_id not in spoke.node.host.get_network().connections:
+                await trio.sleep(0.05)
+        await spoke.node.host.disconnect(hub_id)
+        with trio.fail_after(15):
+            while hub_id not in spoke.node.host.get_network().connections:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()

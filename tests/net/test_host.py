@@ -1,0 +1,68 @@
+"""The node's host speaks Noise + Yamux only, and standard identify and ping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+from libp2p import new_host
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+from libp2p.host.ping import ID as PING, perform_ping_roundtrip
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from p2pnode.identity import Identity
+from p2pnode.net.host import NOISE, YAMUX, parse_multiaddr
+from tests.integration.swarm import node_config, start_node
+
+LISTEN = [parse_multiaddr("/ip4/127.0.0.1/tcp/0")]
+
+
+def foreign_host(security: str, muxer: str) -> Any:
+    kp = Identity.generate().libp2p_keypair()
+    sec = (
+        {PLAINTEXT_PROTOCOL_ID: InsecureTransport(kp)}
+        if security == "plaintext"
+        else {NOISE: NoiseTransport(libp2p_keypair=kp, noise_privkey=new_x25519().private_key)}
+    )
+    mux = {MPLEX_PROTOCOL_ID: Mplex} if muxer == "mplex" else {YAMUX: Yamux}
+    return new_host(key_pair=kp, sec_opt=sec, muxer_opt=mux)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("security", "muxer"), [("plaintext", "yamux"), ("noise", "mplex")])
+async def test_peers_without_noise_and_yamux_are_refused(security: str, muxer: str) -> None:
+    async with trio.open_nursery() as nursery:
+        node = (await start_node(nursery, node_config())).node
+        other = foreign_host(security, muxer)
+        async with other.run(LISTEN):
+            with pytest.raises(Exception):  # noqa: B017 - the library's dial errors vary
+                with trio.fail_after(10):
+                    await other.connect(info_from_p2p_addr(parse_multiaddr(node.addrs()[0])))
+            assert other.get_id() not in node.host.get_network().connections
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_standard_peer_connects_identifies_and_pings() -> None:
+    async with trio.open_nursery() as nursery:
+        node = (await start_node(nursery, node_config())).node
+        other = foreign_host("noise", "yamux")
+        async with other.run(LISTEN):
+            await other.connect(info_from_p2p_addr(parse_multiaddr(node.addrs()[0])))
+            stream = await other.new_stream(node.host.get_id(), [PING])
+            rtt_ms = await perform_ping_roundtrip(stream)
+            assert rtt_ms >= 0
+            await stream.close()
+            with trio.fail_after(10):  # identify runs after connect
+                while True:
+                    protocols = set(other.get_peerstore().get_protocols(node.host.get_id()))
+                    if "/meshsub/1.2.0" in protocols:
+                        break
+                    await trio.sleep(0.05)
+            assert {"/ipfs/id/1.0.0", "/ipfs/ping/1.0.0", "/meshsub/1.1.0", "/meshsub/1.0.0"} <= protocols
+            addrs = {str(a) for a in other.get_peerstore().addrs(node.host.get_id())}
+            assert any(a.startswith("/ip4/127.0.0.1/tcp/") for a in addrs)
+        nursery.cancel_scope.cancel()
