@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ad-ttl", type=float, help="seconds an ad stays valid")
     run.add_argument("--log-level", help="debug, info, warning, error")
 
+    sw = sub.add_parser("swarm", help="run a local swarm of nodes on 127.0.0.1 and show the market converge")
+    sw.add_argument("--nodes", type=int, default=5, help="number of nodes (default 5)")
+    sw.add_argument("--keep", action="store_true", help="keep the swarm running until Ctrl-C")
+    sw.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence")
+    sw.add_argument("--dir", type=Path, help="keep the nodes' data dirs here (default: a temp dir, removed)")
+    sw.add_argument("--json", action="store_true", help="print a JSON summary")
+
     for name, text in (
         ("id", "print this node's peer id (and addresses when it runs)"),
         ("peers", "list connected peers"),
@@ -69,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(_config(args))
+        if args.command == "swarm":
+            from p2pnode.swarm import run_swarm
+
+            if not 1 <= args.nodes <= 64:
+                raise LocalError("--nodes must be between 1 and 64")
+            return run_swarm(args.nodes, keep=args.keep, as_json=args.json, timeout=args.timeout,
+                             base=args.dir)
         return _read_command(args)
     except LocalError as exc:
         print(f"p2pnode: error: {exc}", file=sys.stderr)

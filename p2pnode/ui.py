@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -13,41 +14,44 @@ def _gib(n: int) -> str:
 
 
 def short_peer(peer: str) -> str:
-    return f"{peer[:8]}…{peer[-6:]}" if len(peer) > 16 else peer
+    """Ed25519 peer ids all start 12D3KooW: the tail is what tells them apart."""
+    return f"…{peer[-8:]}" if len(peer) > 12 else peer
 
 
 def market_table(entries: list[dict[str, Any]], title: str = "Market") -> Table:
-    t = Table(title=title, title_justify="left")
-    for col, kw in (
-        ("provider", {}), ("hardware", {}), ("mem free / total GiB", {"justify": "right"}),
-        ("util", {"justify": "right"}), ("offers (µcredit/unit)", {}),
-        ("speed GFLOP/s", {"justify": "right"}), ("age s", {"justify": "right"}),
-        ("expires s", {"justify": "right"}),
-    ):
-        t.add_column(col, **kw)
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    t.add_column("provider", no_wrap=True)
+    any_gpu = any(e.get("gpus") for e in entries)
+    t.add_column("hardware", overflow="ellipsis", no_wrap=True, max_width=20)
+    t.add_column("mem GiB", justify="right", no_wrap=True)
+    if any_gpu:
+        t.add_column("use", justify="right", no_wrap=True)
+    t.add_column("offer @ price", overflow="ellipsis", no_wrap=True)
+    t.add_column("Gflop/s", justify="right")
+    t.add_column("age/exp s", justify="right", no_wrap=True)
     for e in entries:
         gpus = e.get("gpus") or []
         cpu = e.get("cpu") or {}
         if gpus:
-            hw = ", ".join(f"{g['name']} (cc {g['cc']})" for g in gpus)
+            hw = ", ".join(g["name"].removeprefix("NVIDIA ") for g in gpus)
             mem = ", ".join(f"{_gib(g['mem_free'])}/{_gib(g['mem_total'])}" for g in gpus)
             util = ", ".join(f"{g['util']}%" for g in gpus)
         else:
-            hw = f"CPU {cpu.get('model', '?')} ×{cpu.get('cores', '?')}"
+            hw = f"CPU ×{cpu.get('cores', '?')} {cpu.get('model', '?')}"
             mem = f"{_gib(cpu.get('mem_free', 0))}/{_gib(cpu.get('mem_total', 0))}"
             util = "-"
-        offers = ", ".join(f"{o['wl']}@{o['backend']} {o['price']}/{o['unit']}" for o in e.get("offers", []))
-        speed = ", ".join(f"{v:g}" for v in (e.get("speed") or {}).values())
-        t.add_row(
-            short_peer(e["peer"]), hw, mem, util, offers, speed,
-            f"{e.get('age_s', 0):.1f}", f"{e.get('expires_in_s', 0):.1f}",
-        )
+        offers = ", ".join(f"{o['wl']} @ {o['price']}" for o in e.get("offers", []))
+        speeds = (e.get("speed") or {}).values()
+        row = [short_peer(e["peer"]), hw, mem, *([util] if any_gpu else []), offers,
+               f"{max(speeds):.0f}" if speeds else "-",
+               f"{e.get('age_s', 0):.1f}/{e.get('expires_in_s', 0):.0f}"]
+        t.add_row(*row)
     return t
 
 
 def peers_table(peers: list[dict[str, Any]]) -> Table:
     t = Table(title="Connected peers", title_justify="left")
-    t.add_column("peer")
+    t.add_column("peer", no_wrap=True)  # ids must stay copyable
     t.add_column("address")
     t.add_column("provider")
     t.add_column("penalty", justify="right")

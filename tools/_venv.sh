@@ -16,7 +16,13 @@ ensure_venv() {
   [ -n "$extras" ] && spec=".[$extras]"
   local stamp=".venv/.p2pnode-installed-$(sha256sum pyproject.toml | cut -c1-16)-${extras//,/_}"
   if [ ! -f "$stamp" ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
+    echo "installing p2pnode${extras:+ [$extras]} into .venv ..." >&2
+    if ! .venv/bin/python -m pip install --disable-pip-version-check -e "$spec" >.venv/install.log 2>&1; then
+      cat .venv/install.log >&2
+      echo "install failed (log above, also in .venv/install.log)" >&2
+      exit 1
+    fi
+    rm -f .venv/.p2pnode-installed-*
     touch "$stamp"
   fi
 }

@@ -1,0 +1,231 @@
+"""A local swarm of real node processes on 127.0.0.1, for operators, demos and scenarios.
+
+``p2pnode swarm --nodes 5`` starts the nodes (each its own process, data dir, port and control
+socket; node 0 is everyone's bootstrap peer, and each later node also bootstraps from a random
+earlier one so the mesh is not a star), shows the market converge live, reports how long it took
+and how fast ads travelled (read from each node's Prometheus histogram), then stops every node with
+SIGTERM and checks that each exited cleanly. ``--keep`` leaves it running until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from p2pnode.control.client import call
+from p2pnode.errors import ControlError, LocalError
+from p2pnode.ui import market_table, short_peer
+
+
+AD_INTERVAL_S = 3.0
+
+
+@dataclass
+class SwarmNode:
+    index: int
+    data_dir: Path
+    proc: subprocess.Popen[str]
+    peer: str = ""
+    addr: str = ""
+    metrics: str = ""
+    started_at: float = 0.0
+    output: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line.rstrip())
+            if line.startswith("p2pnode ") and " peer " in line:
+                self.peer = line.split()[-1]
+            elif line.startswith("listening on ") and not self.addr:
+                self.addr = line.split()[-1]
+            elif line.startswith("metrics on "):
+                self.metrics = line.split()[-1]
+                self.ready.set()
+        self.ready.set()
+
+    def query(self, cmd: str) -> Any:
+        return call(self.data_dir / "control.sock", cmd, timeout=5)
+
+
+def _start(index: int, base: Path, bootstrap: list[str], extra: list[str]) -> SwarmNode:
+    data_dir = base / f"node{index}"
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    args = [sys.executable, "-m", "p2pnode", "run", "--data-dir", str(data_dir),
+            "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--metrics", "127.0.0.1:0",
+            "--ad-interval", str(AD_INTERVAL_S), "--ad-ttl", "10", *extra]
+    for b in bootstrap:
+        args += ["--bootstrap", b]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PNODE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+    node = SwarmNode(index, data_dir, proc, started_at=time.monotonic())
+    threading.Thread(target=node.pump, daemon=True).start()
+    if not node.ready.wait(60) or not node.addr:
+        proc.kill()
+        raise LocalError(f"node {index} did not start:\n" + "\n".join(node.output[-20:]))
+    return node
+
+
+def _view(nodes: list[SwarmNode], n: int, progress: Progress) -> tuple[Table, list[int]]:
+    t = Table(title=f"Local swarm: {n} nodes on 127.0.0.1", title_justify="left")
+    for col in ("node", "peer id", "tcp port", "peers", "providers known", "status"):
+        t.add_column(col)
+    counts = []
+    for node in nodes:
+        try:
+            s = node.query("status")
+            counts.append(int(s["market"]))
+            colour = {"healthy": "green", "issues": "yellow"}.get(s["state"], "red")
+            reasons = "; ".join(r for r in s["reasons"] if "GPU" not in r and "NVML" not in r)
+            if any("GPU" in r or "NVML" in r for r in s["reasons"]):
+                reasons = "; ".join(filter(None, [reasons, "CPU only"]))
+            t.add_row(str(node.index), short_peer(node.peer), node.addr.split("/")[4],
+                      str(s["peers"]), f"{s['market']}/{n}",
+                      f"[{colour}]{s['state']}[/] {reasons}".strip())
+        except ControlError as exc:
+            counts.append(0)
+            t.add_row(str(node.index), short_peer(node.peer), "-", "-", "-", f"[red]{exc}[/]")
+    return t, counts
+
+
+def _histogram(nodes: list[SwarmNode]) -> tuple[dict[float, float], float, float]:
+    """Ad propagation histogram (cumulative buckets, sum, count), added up over all nodes."""
+    buckets: dict[float, float] = {}
+    total = count = 0.0
+    for node in nodes:
+        try:
+            with urllib.request.urlopen(node.metrics, timeout=5) as r:  # 127.0.0.1 only
+                text = r.read().decode()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("p2pnode_ad_propagation_seconds_bucket"):
+                le = line.split('le="')[1].split('"')[0]
+                bound = float("inf") if le == "+Inf" else float(le)
+                buckets[bound] = buckets.get(bound, 0.0) + float(line.split()[-1])
+            elif line.startswith("p2pnode_ad_propagation_seconds_sum"):
+                total += float(line.split()[-1])
+            elif line.startswith("p2pnode_ad_propagation_seconds_count"):
+                count += float(line.split()[-1])
+    return buckets, total, count
+
+
+def _latency_between(before: tuple[dict[float, float], float, float],
+                     after: tuple[dict[float, float], float, float]) -> dict[str, float]:
+    """Mean and the histogram bounds holding p50/p99 of the ads accepted between two snapshots."""
+    buckets = {b: v - before[0].get(b, 0.0) for b, v in after[0].items()}
+    total, count = after[1] - before[1], after[2] - before[2]
+    out = {"ads_measured": count, "mean_ms": 1000 * total / count if count else float("nan")}
+    for q in (0.5, 0.99):
+        bound = next((b for b in sorted(buckets) if count and buckets[b] >= q * count), float("nan"))
+        out[f"p{int(q * 100)}_le_ms"] = bound * 1000
+    return out
+
+
+def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path | None,
+              seed: int = 1) -> int:
+    console = Console(stderr=as_json)
+    rnd = random.Random(seed)
+    own_base = base is None
+    base = base or Path(tempfile.mkdtemp(prefix="p2pswarm-", dir="/tmp"))
+    nodes: list[SwarmNode] = []
+    result: dict[str, Any] = {"nodes": n, "converged": False}
+    progress = Progress(TextColumn("market convergence"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"))
+    task = progress.add_task("conv", total=n * n)
+    try:
+        with Live(console=console, refresh_per_second=8, transient=False) as live:
+            t_start = time.monotonic()
+            for i in range(n):
+                boot = [nodes[0].addr] if nodes else []
+                if len(nodes) > 1:
+                    boot.append(rnd.choice(nodes[1:]).addr)
+                nodes.append(_start(i, base, boot, []))
+                table, counts = _view(nodes, n, progress)
+                progress.update(task, completed=sum(counts))
+                live.update(Group(table, progress))
+            t_all_started = time.monotonic()
+            result["start_s"] = round(t_all_started - t_start, 3)
+            deadline = t_all_started + timeout
+            while time.monotonic() < deadline:
+                table, counts = _view(nodes, n, progress)
+                progress.update(task, completed=sum(counts))
+                live.update(Group(table, progress))
+                if all(c == n for c in counts):
+                    result["converged"] = True
+                    result["converge_after_last_start_s"] = round(time.monotonic() - t_all_started, 3)
+                    break
+                time.sleep(0.1)
+            if result["converged"]:
+                live.update(Group(table, progress, market_table(nodes[-1].query("market"),
+                                                               title=f"Market as node {n - 1} sees it")))
+        # Steady state: ads accepted during one more ad interval after convergence (the first
+        # minutes include ads replayed to late joiners, which measure start-up, not gossip).
+        before = _histogram(nodes)
+        if result["converged"]:
+            time.sleep(AD_INTERVAL_S + 0.5)
+        result["propagation"] = _latency_between(before, _histogram(nodes))
+        if keep and result["converged"]:
+            console.print("[bold]swarm running; Ctrl-C stops it[/]")
+            try:
+                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            except KeyboardInterrupt:
+                pass
+    finally:
+        result["clean_exit"] = _stop_all(nodes)
+        if own_base:
+            shutil.rmtree(base, ignore_errors=True)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        _summary(console, result)
+    return 0 if result["converged"] and result["clean_exit"] else 1
+
+
+def _stop_all(nodes: list[SwarmNode]) -> bool:
+    for node in nodes:
+        if node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGTERM)
+    clean = True
+    for node in nodes:
+        try:
+            clean &= node.proc.wait(timeout=20) == 0
+        except subprocess.TimeoutExpired:
+            os.killpg(node.proc.pid, signal.SIGKILL)
+            node.proc.wait()
+            clean = False
+    return clean and all(node.proc.poll() is not None for node in nodes)
+
+
+def _summary(console: Console, r: dict[str, Any]) -> None:
+    console.print()
+    if r["converged"]:
+        console.print(f"[green]converged[/]: all {r['nodes']} nodes list all {r['nodes']} providers, "
+                      f"{r['converge_after_last_start_s'] * 1000:.0f} ms after the last node started "
+                      f"(starting took {r['start_s']:.1f} s)")
+    else:
+        console.print(f"[red]did not converge[/] within the timeout")
+    p = r.get("propagation") or {}
+    if p.get("ads_measured"):
+        console.print(f"ad propagation in steady state (issue → accepted, {p['ads_measured']:.0f} ads): mean "
+                      f"{p['mean_ms']:.1f} ms, p50 ≤ {p['p50_le_ms']:.0f} ms, p99 ≤ {p['p99_le_ms']:.0f} ms")
+    console.print("all nodes stopped cleanly" if r["clean_exit"] else "[red]some nodes did not exit cleanly[/]")

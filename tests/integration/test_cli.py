@@ -1,0 +1,227 @@
+"""The ``p2pnode`` command against real node processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pnode.identity import KEY_FILE
+
+EXE = [sys.executable, "-m", "p2pnode"]
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("P2PNODE_")} | {"PYTHONUNBUFFERED": "1"}
+
+
+class NodeProcess:
+    def __init__(self, data_dir: Path, *args: str) -> None:
+        self.data_dir = data_dir
+        self.proc = subprocess.Popen(
+            [*EXE, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
+             "--no-mdns", "--metrics", "127.0.0.1:0", "--ad-interval", "2", "--ad-ttl", "6", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.addrs = [self.expect("listening on ").split()[-1]]
+        self.metrics = self.expect("metrics on ").split()[-1]
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+
+    def expect(self, prefix: str, timeout: float = 30.0) -> str:
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no {prefix!r} line; output so far:\n{''.join(self.output)}") from None
+            if line.startswith(prefix):
+                return line.strip()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*EXE, *args, "--data-dir", str(self.data_dir)],
+                              capture_output=True, text=True, env=ENV, timeout=60)
+
+    def json(self, command: str) -> object:
+        out = self.cli(command, "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+
+@contextmanager
+def running(data_dir: Path, *args: str) -> Iterator[NodeProcess]:
+    node = NodeProcess(data_dir, *args)
+    try:
+        yield node
+    finally:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+
+
+def wait_json(node: NodeProcess, command: str, predicate: Callable[[Any], bool],
+              timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = node.json(command)
+        if predicate(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{command} never satisfied the condition: {value}")
+        time.sleep(0.2)  # polling another process's state: there is no event to wait on
+
+
+def test_run_read_commands_metrics_and_clean_shutdown(data_dir: Path) -> None:
+    other = Path(f"{data_dir}-b")
+    try:
+        with running(data_dir) as a:
+            with running(other, "--bootstrap", a.addrs[0]) as b:
+                b_id = b.json("id")["peer"]
+                peers = wait_json(a, "peers", lambda p: len(p) == 1)
+                assert peers[0]["peer"] == b_id and peers[0]["penalty"] == 0
+                market = wait_json(a, "market", lambda m: len(m) == 2)
+                assert {m["peer"] for m in market} == {a.json("id")["peer"], b_id}
+                assert all(m["offers"][0]["wl"] == "matmul" for m in market)
+                status = wait_json(a, "status", lambda s: s["peers"] == 1)
+                assert status["state"] in ("healthy", "issues")
+                assert "no peers connected" not in status["reasons"]
+                assert status["market"] == 2 and status["ads_published"] >= 1
+                ident = a.json("id")
+                assert ident["running"] and ident["addrs"] == a.addrs
+                human = a.cli("market")
+                assert human.returncode == 0 and "matmul" in human.stdout
+                human = a.cli("status")
+                assert status["state"].upper() in human.stdout
+                assert a.cli("peers").stdout.count(b_id) == 1
+                with urllib.request.urlopen(f"{a.metrics}", timeout=10) as r:  # loopback only
+                    text = r.read().decode()
+                assert "p2pnode_peers 1.0" in text
+                assert "p2pnode_ads_accepted_total" in text and "p2pnode_ad_propagation_seconds_count" in text
+                assert b.stop() == 0
+            assert a.stop() == 0
+        assert any("shutting down" in line for line in a.output)
+        assert not (data_dir / "control.sock").exists()
+        assert "Traceback" not in "".join(a.output + b.output)
+    finally:
+        import shutil
+
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_id_works_without_a_running_node(data_dir: Path) -> None:
+    out = subprocess.run([*EXE, "id", "--json", "--data-dir", str(data_dir)],
+                         capture_output=True, text=True, env=ENV, timeout=60)
+    assert out.returncode == 0
+    result = json.loads(out.stdout)
+    assert result["running"] is False and result["peer"].startswith("12D3KooW")
+    assert (data_dir / KEY_FILE).exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (None, ["--listen", "/ip4/999.1.1.1/tcp/1"], "bad multiaddr"),
+        (None, ["--listen", "/ip4/127.0.0.1/udp/1"], "only TCP"),
+        (None, ["--bootstrap", "/ip4/127.0.0.1/tcp/1"], "needs a /p2p/"),
+        ("key", [], "not a libp2p private key"),
+        ("config", [], "not valid TOML"),
+        (None, ["--price", "-5"], "price must not be negative"),
+        ("port", [], "is in use"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(data_dir: Path, setup: str | None, args: list[str], message: str) -> None:
+    listener = None
+    listen = ["--listen", "/ip4/127.0.0.1/tcp/0"]
+    if setup == "key":
+        (data_dir / KEY_FILE).write_bytes(b"not a key")
+        (data_dir / KEY_FILE).chmod(0o600)
+    elif setup == "config":
+        (data_dir / "config.toml").write_text("listen = [\n")
+    elif setup == "port":
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listen = ["--listen", f"/ip4/127.0.0.1/tcp/{listener.getsockname()[1]}"]
+    try:
+        out = subprocess.run(
+            [*EXE, "run", "--data-dir", str(data_dir), "--no-mdns", "--metrics", "", *listen, *args],
+            capture_output=True, text=True, env=ENV, timeout=60,
+        )
+    finally:
+        if listener is not None:
+            listener.close()
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("p2pnode: error:"), out.stderr
+    assert message in lines[0]
+    assert "Traceback" not in out.stdout + out.stderr
+    if setup == "key":
+        assert (data_dir / KEY_FILE).read_bytes() == b"not a key"  # never overwritten
+
+
+def test_read_command_without_a_node(data_dir: Path) -> None:
+    out = subprocess.run([*EXE, "status", "--data-dir", str(data_dir)],
+                         capture_output=True, text=True, env=ENV, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"p2pnode: error: no node is running with data dir {data_dir} (no control.sock)"
+
+
+def test_unreachable_bootstrap_warns_and_keeps_running(data_dir: Path) -> None:
+    from p2pnode.identity import Identity
+
+    boot = f"/ip4/127.0.0.1/tcp/{_free_port()}/p2p/{Identity.generate().peer_id_b58}"
+    with running(data_dir, "--bootstrap", boot) as node:
+        deadline = time.monotonic() + 30
+        while not any("unreachable" in l and "retrying" in l for l in node.output):
+            assert time.monotonic() < deadline, "".join(node.output)
+            time.sleep(0.1)
+        status = node.json("status")
+        assert status["state"] == "issues"
+        assert any(r.startswith(f"bootstrap peer unreachable: {boot}") for r in status["reasons"])
+        assert node.proc.poll() is None
+        assert node.stop() == 0
+
+
+def test_control_socket_is_private(data_dir: Path) -> None:
+    with running(data_dir) as node:
+        mode = (data_dir / "control.sock").stat().st_mode & 0o777
+        assert mode == 0o600
+        assert (data_dir.stat().st_mode & 0o077) == 0
+        assert node.stop() == 0
+
+
+def test_swarm_launcher_converges_and_leaves_no_process() -> None:
+    out = subprocess.run([*EXE, "swarm", "--nodes", "3", "--json", "--timeout", "60"],
+                         capture_output=True, text=True, env=ENV, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["converged"] and result["clean_exit"] and result["nodes"] == 3
+    assert result["propagation"]["ads_measured"] > 0
+    leftovers = subprocess.run(["pgrep", "-f", "p2pswarm-"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == ""
