@@ -93,24 +93,17 @@ def _coerce(key: Key, value: Any, source: str) -> Any:
         if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return value.lower() in ("1", "true", "yes", "on")
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if key.type is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    if key.type in (int, float):
+        accepted = (int,) if key.type is int else (int, float)
+        if isinstance(value, accepted) and not isinstance(value, bool):
+            return key.type(value)
         if isinstance(value, str):
             try:
-                return int(value)
+                return key.type(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if key.type is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        kind = "an integer" if key.type is int else "a number"
+        raise ConfigError(f"{where}: expected {kind}, got {value!r}")
     if key.type is list:
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())

@@ -33,7 +33,6 @@ from p2pnode.control.client import call
 from p2pnode.errors import ControlError, LocalError
 from p2pnode.ui import market_table, short_peer
 
-
 AD_INTERVAL_S = 3.0
 
 
@@ -223,7 +222,7 @@ def _summary(console: Console, r: dict[str, Any]) -> None:
                       f"{r['converge_after_last_start_s'] * 1000:.0f} ms after the last node started "
                       f"(starting took {r['start_s']:.1f} s)")
     else:
-        console.print(f"[red]did not converge[/] within the timeout")
+        console.print("[red]did not converge[/] within the timeout")
     p = r.get("propagation") or {}
     if p.get("ads_measured"):
         console.print(f"ad propagation in steady state (issue → accepted, {p['ads_measured']:.0f} ads): mean "

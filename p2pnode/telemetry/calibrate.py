@@ -9,6 +9,7 @@ thread.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def _calibrate_torch_cuda(budget_s: float, size: int = 4096) -> dict[str, float]
             a = torch.randn(size, size, device="cuda", dtype=dtype)
             b = torch.randn(size, size, device="cuda", dtype=dtype)
 
-            def run() -> None:
+            def run(a: Any = a, b: Any = b) -> None:
                 (a @ b).sum().item()  # .item() synchronizes, so the time is the kernel's
 
             out[name] = round(_best_rate(run, 2.0 * size**3, budget_s / 2), 2)

@@ -39,6 +39,15 @@ MAX_PRICE = 10**12
 MAX_GFLOPS = 1e9
 
 
+def _memory(f: codec.Fields) -> tuple[int, int]:
+    """``(mem_total, mem_free)`` in bytes; free can never exceed total."""
+    total = f.uint("mem_total", maximum=MAX_U63)
+    free = f.uint("mem_free", maximum=MAX_U63)
+    if free > total:
+        raise CodecError(f.where(".mem_free: exceeds mem_total"))
+    return total, free
+
+
 @dataclass(frozen=True, slots=True)
 class GpuInfo:
     index: int
@@ -62,10 +71,7 @@ class GpuInfo:
 
     @classmethod
     def from_wire(cls, f: codec.Fields) -> GpuInfo:
-        total = f.uint("mem_total", maximum=MAX_U63)
-        free = f.uint("mem_free", maximum=MAX_U63)
-        if free > total:
-            raise CodecError(f.where(".mem_free: exceeds mem_total"))
+        total, free = _memory(f)
         return cls(
             index=f.uint("idx", maximum=255),
             name=f.text("name", max_len=MAX_NAME),
@@ -94,10 +100,7 @@ class CpuInfo:
 
     @classmethod
     def from_wire(cls, f: codec.Fields) -> CpuInfo:
-        total = f.uint("mem_total", maximum=MAX_U63)
-        free = f.uint("mem_free", maximum=MAX_U63)
-        if free > total:
-            raise CodecError(f.where(".mem_free: exceeds mem_total"))
+        total, free = _memory(f)
         return cls(
             model=f.text("model", max_len=MAX_NAME),
             cores=f.uint("cores", maximum=65535),
@@ -187,7 +190,10 @@ def encode_ad(ad: CapacityAd, key: SigningKey) -> bytes:
 
 def decode_ad(data: object) -> SignedAd:
     """Decode and verify an ad; any failure is a ``CodecError``/``SignatureError`` (``PeerError``)."""
-    env = envelope.unwrap(data, max_size=MAX_AD_BYTES)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    raw = bytes(data)
+    env = envelope.unwrap(raw, max_size=MAX_AD_BYTES)
     f = codec.Fields(codec.decode(env.body, max_size=MAX_BODY_BYTES), "ad")
     version = f.uint("v", maximum=255)
     if version != VERSION:
@@ -225,7 +231,7 @@ def decode_ad(data: object) -> SignedAd:
         speed=speed,
         load=f.number("load", minimum=0.0, maximum=1.0),
     )
-    return SignedAd(ad, bytes(data))  # type: ignore[arg-type]
+    return SignedAd(ad, raw)
 
 
 def _texts(items: list[Any], where: str, max_len: int) -> list[str]:

@@ -57,7 +57,7 @@ async def swarm(n: int, *, line: bool = True, **flags: Any) -> AsyncIterator[lis
     """``n`` nodes; each bootstraps from its predecessor (a line) or from the first (a star)."""
     async with trio.open_nursery() as nursery:
         nodes: list[Running] = []
-        for i in range(n):
+        for _ in range(n):
             boot: Sequence[str] = []
             if nodes:
                 boot = [(nodes[-1] if line else nodes[0]).node.addrs()[0]]

@@ -17,7 +17,7 @@ from p2pnode.net.gossip import CAPACITY_TOPIC, build_pubsub
 from p2pnode.net.host import build_host, parse_multiaddr
 from p2pnode.wire import capacity_ad as ca
 from p2pnode.wire import codec, envelope
-from tests.integration.swarm import start_node, node_config, wait_connected
+from tests.integration.swarm import node_config, start_node, wait_connected
 
 
 class Attacker:

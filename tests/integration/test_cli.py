@@ -6,12 +6,12 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
-import urllib.request
-import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -198,7 +198,7 @@ def test_unreachable_bootstrap_warns_and_keeps_running(data_dir: Path) -> None:
     boot = f"/ip4/127.0.0.1/tcp/{_free_port()}/p2p/{Identity.generate().peer_id_b58}"
     with running(data_dir, "--bootstrap", boot) as node:
         deadline = time.monotonic() + 30
-        while not any("unreachable" in l and "retrying" in l for l in node.output):
+        while not any("unreachable" in ln and "retrying" in ln for ln in node.output):
             assert time.monotonic() < deadline, "".join(node.output)
             time.sleep(0.1)
         status = node.json("status")

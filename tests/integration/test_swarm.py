@@ -119,3 +119,19 @@ async def test_lost_bootstrap_peer_is_redialed() -> None:
             while hub_id not in spoke.node.host.get_network().connections:
                 await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
+
+
+async def test_no_valid_ad_is_dropped_at_the_highest_rate_allowed() -> None:
+    """A provider's whole burst budget, published back to back, reaches two hops away intact."""
+    async with swarm(3, line=True, ad_interval=60.0, ad_ttl=120.0) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        src, far = nodes[0].node, nodes[2].node
+        burst = int(src.table.limits.rate_burst) - 2  # the start-up ads spent part of it
+        accepted_before = far.metrics.ads_accepted._value.get()
+        first = far.table.get(src.identity.peer_id).ad.seq  # type: ignore[union-attr]
+        for _ in range(burst):
+            await src.publish_ad()
+        await far.wait_until(
+            lambda: far.metrics.ads_accepted._value.get() - accepted_before >= burst, timeout=15)
+        assert far.table.get(src.identity.peer_id).ad.seq > first  # type: ignore[union-attr]
+        assert far.rejected == {} and nodes[1].node.rejected == {}

@@ -8,7 +8,8 @@ import pytest
 import trio
 from libp2p import new_host
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
-from libp2p.host.ping import ID as PING, perform_ping_roundtrip
+from libp2p.host.ping import ID as PING
+from libp2p.host.ping import perform_ping_roundtrip
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.security.noise.transport import Transport as NoiseTransport

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-import trio
 
 from p2pnode.errors import NetworkSetupError
 from p2pnode.identity import Identity

@@ -58,7 +58,8 @@ async def connect_times(make: Any, n: int) -> list[float]:
 
 
 async def ping_times(n: int) -> list[float]:
-    from libp2p.host.ping import ID as PING, perform_ping_roundtrip
+    from libp2p.host.ping import ID as PING
+    from libp2p.host.ping import perform_ping_roundtrip
     from libp2p.peer.peerinfo import info_from_p2p_addr
 
     a, b = build_host(Identity.generate(), LISTEN), build_host(Identity.generate(), LISTEN)
@@ -87,15 +88,15 @@ async def propagation(hops: int, rounds: int) -> dict[int, list[float]]:
             before = {k: nodes[k].node.table.get(pid).ad.seq for k in per_hop}  # type: ignore[union-attr]
             t0 = time.perf_counter()
 
-            async def arrival(k: int) -> None:
+            async def arrival(k: int, seq_before: int, t0: float) -> None:
                 table = nodes[k].node.table
                 await nodes[k].node.wait_until(
-                    lambda: table.get(pid).ad.seq > before[k], timeout=10)  # type: ignore[union-attr]
+                    lambda: table.get(pid).ad.seq > seq_before, timeout=10)  # type: ignore[union-attr]
                 per_hop[k].append((time.perf_counter() - t0) * 1000)
 
             async with trio.open_nursery() as n:
                 for k in per_hop:
-                    n.start_soon(arrival, k)
+                    n.start_soon(arrival, k, before[k], t0)
                 await src.publish_ad()
             # stay within the network's ad rate per peer (burst 10, then 0.5/s)
             await trio.sleep(1.0)
