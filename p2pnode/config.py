@@ -17,6 +17,9 @@ from typing import Any
 from p2pnode.errors import ConfigError
 
 CONFIG_FILE = "config.toml"
+# Peers accept a sustained 0.5 ads/s per provider (specs/capacity-ad.md); ads on change are spaced
+# the same way (node.MIN_CHANGE_INTERVAL_S), so a node never exceeds what the network takes.
+MIN_AD_INTERVAL_S = 2.0
 ENV_PREFIX = "P2PNODE_"
 
 
@@ -168,8 +171,10 @@ def _check(c: Config) -> None:
         raise ConfigError(f"ad_ttl ({c.ad_ttl}) must exceed ad_interval ({c.ad_interval})")
     if c.ad_ttl > 300:
         raise ConfigError("ad_ttl must be at most 300 seconds (the network's maximum TTL)")
-    if c.ad_interval < 1:
-        raise ConfigError("ad_interval must be at least 1 second")
+    if c.ad_interval < MIN_AD_INTERVAL_S:
+        raise ConfigError(
+            f"ad_interval must be at least {MIN_AD_INTERVAL_S:g} s: peers accept 30 ads a minute from one provider"
+        )
     if c.price < 0:
         raise ConfigError("price must not be negative")
     if c.heartbeat <= 0 or c.heartbeat > 60:

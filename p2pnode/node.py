@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from p2pnode import __version__
-from p2pnode.config import Config
+from p2pnode.config import MIN_AD_INTERVAL_S, Config
 from p2pnode.control import server as control_server
 from p2pnode.errors import ControlError, PeerError
 from p2pnode.identity import Identity, load_or_create
@@ -36,7 +36,10 @@ from p2pnode.wire.peer_id import to_base58
 
 log = logging.getLogger("p2pnode.node")
 
-MIN_CHANGE_INTERVAL_S = 2.0  # an ad on change waits at least this long after the previous one
+
+# An ad on change waits at least this long after the previous one, so that with
+# ad_interval >= MIN_AD_INTERVAL_S a node never publishes faster than peers accept (0.5/s).
+MIN_CHANGE_INTERVAL_S = MIN_AD_INTERVAL_S
 PROBE_INTERVAL_S = 1.0
 
 

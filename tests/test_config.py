@@ -41,6 +41,7 @@ def test_data_dir_from_environment(data_dir: Path) -> None:
         ("mdns = 3", "expected true or false"),
         ("listen = '/ip4/127.0.0.1/tcp/1'\nad_ttl = 5\nad_interval = 10", "must exceed"),
         ("metrics = '0.0.0.0:9464'", "not a loopback"),
+        ("ad_interval = 1.0", "at least 2 s"),
     ],
 )
 def test_bad_config_files_are_clear_errors(data_dir: Path, toml: str, message: str) -> None:

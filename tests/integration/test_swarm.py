@@ -27,7 +27,7 @@ async def test_five_node_swarm_converges() -> None:
 
 
 async def test_a_stopped_nodes_ad_expires() -> None:
-    async with swarm(3, line=False, ad_interval=1.0, ad_ttl=2.5) as nodes:
+    async with swarm(3, line=False, ad_interval=2.0, ad_ttl=3.0) as nodes:
         await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
         gone = nodes[2]
         gone.stop()
