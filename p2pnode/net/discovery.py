@@ -16,6 +16,8 @@ from typing import Any
 import multiaddr
 import trio
 
+from p2pnode.net import workarounds
+
 log = logging.getLogger("p2pnode.discovery")
 
 BACKOFF_START_S = 1.0
@@ -70,9 +72,7 @@ class PeerKeeper:
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
     async def _dial(self, info: Any) -> str | None:
-        # The swarm refuses to dial a peer for 60 s after all its addresses failed (its
-        # "negative cache"). Our own backoff decides when to retry, so lift that block first.
-        self.host.get_network().unblock_peer(info.peer_id)
+        workarounds.allow_redial(self.host, info.peer_id)
         try:
             with trio.fail_after(DIAL_TIMEOUT_S):
                 await self.host.connect(info)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
 import multiaddr
 
@@ -46,3 +47,15 @@ def check_listen_port_free(addr: multiaddr.Multiaddr) -> None:
             if exc.errno == errno.EADDRNOTAVAIL:
                 raise NetworkSetupError(f"cannot listen on {addr}: no such local address") from exc
             raise NetworkSetupError(f"cannot listen on {addr}: {exc.strerror}") from exc
+
+
+def allow_redial(host: Any, peer_id: Any) -> None:
+    """Let the next dial to ``peer_id`` really try, whatever failed before.
+
+    Upstream: ``libp2p.network.swarm.Swarm`` (0.8.1) keeps a "negative cache": for 60 s after every
+    address of a peer failed, ``connect`` raises at once without dialing. Our bootstrap keeper has
+    its own exponential backoff (1 s to 60 s), and a bootstrap peer that comes back after 2 s must
+    be reached on the next attempt, not a minute later. ``unblock_peer`` is the swarm's public way
+    to lift the entry.
+    """
+    host.get_network().unblock_peer(peer_id)

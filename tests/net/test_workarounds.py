@@ -66,5 +66,7 @@ async def test_negative_dial_cache_is_lifted_before_a_redial() -> None:
             await host.connect(info)  # the library on its own refuses to try again
         server = build_host(target, [parse_multiaddr(f"/ip4/127.0.0.1/tcp/{port}")])
         async with server.run([parse_multiaddr(f"/ip4/127.0.0.1/tcp/{port}")]):
-            assert await keeper._dial(info) is None  # the keeper's redial goes through
+            with pytest.raises(Exception, match="negative cache"):
+                await host.connect(info)  # even with the peer back up
+            assert await keeper._dial(info) is None  # the keeper lifts the block: it goes through
             assert keeper.is_connected(info.peer_id)
