@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
+
 import pytest
 import trio
 
@@ -57,11 +59,17 @@ async def _wait_js_sees_subscriber(js: JsPeer, node: Node) -> None:
             await trio.sleep(0.1)
 
 
-async def test_js_ads_reach_the_network_and_its_malformed_ads_do_not() -> None:
+@pytest.mark.parametrize("direction", ["js dials node", "node dials js"])
+async def test_js_ads_reach_the_network_and_its_malformed_ads_do_not(direction: str) -> None:
     async with trio.open_nursery() as nursery:
-        b = (await start_node(nursery, node_config())).node
-        c = (await start_node(nursery, node_config(bootstrap=[b.addrs()[0]]))).node
-        async with js_peer(dial=[b.addrs()[0]]) as js:
+        async with AsyncExitStack() as stack:
+            if direction == "js dials node":
+                b = (await start_node(nursery, node_config())).node
+                js = await stack.enter_async_context(js_peer(dial=[b.addrs()[0]]))
+            else:
+                js = await stack.enter_async_context(js_peer())
+                b = (await start_node(nursery, node_config(bootstrap=[js.addrs[0]]))).node
+            c = (await start_node(nursery, node_config(bootstrap=[b.addrs()[0]]))).node
             await _wait_js_sees_subscriber(js, b)
             from p2pnode.wire.peer_id import from_base58
 
@@ -75,6 +83,7 @@ async def test_js_ads_reach_the_network_and_its_malformed_ads_do_not() -> None:
             await c.wait_until(lambda: c.table.get(js_id).ad.seq == 2, timeout=20)  # type: ignore[union-attr]
             assert b.rejected == {"malformed": 1, "oversized": 1}
             assert c.rejected == {}
+            assert js.peer not in {p["peer"] for p in c.peers_view()}  # C heard it only through B
         nursery.cancel_scope.cancel()
 
 
