@@ -73,3 +73,24 @@ class AdRejected(PeerError):
     """
 
     code = "rejected"
+
+
+class WorkloadError(P2PNodeError):
+    """An unknown workload or bad parameters. ``code``: ``unknown_workload`` or ``bad_params``.
+
+    Raised for the local user (the CLI prints it) and, on the wire, turned into a decline with the
+    same code.
+    """
+
+    def __init__(self, message: str, *, code: str = "bad_params") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ExecFailure(P2PNodeError):
+    """A job failed in the executor. ``code``: ``timeout``, ``cancelled``, ``oom``, ``crashed``,
+    ``kernel_error``, ``no_capacity``, ``backend_unavailable``. The node itself is unaffected."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,236 @@
+"""The async executor: a trio front end over a pool of isolated worker processes.
+
+Promises:
+
+* **admission** -- a job starts only when its memory estimate fits: free GPU memory (NVML) for GPU
+  backends, available RAM for NumPy, less what running jobs reserved. A job that could never fit
+  fails at once with ``no_capacity``; others wait their turn;
+* **concurrency** -- at most ``slots`` jobs at a time (one worker process each);
+* **isolation** -- kernels run in worker processes, never on the trio thread; an exception in a
+  kernel is a typed :class:`~p2pnode.errors.ExecFailure`, a crashed worker too;
+* **cancellation and timeouts really stop the work** -- the worker running it is killed (and a
+  fresh one started for the next job), so a runaway kernel holds no CPU, GPU or memory after.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+import trio
+
+from p2pnode.errors import ExecFailure, WorkloadError
+from p2pnode.exec import frames, workloads
+from p2pnode.exec.workloads import Output
+
+ProgressFn = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    output: Output
+    seconds: float  # kernel time inside the worker
+    wall_seconds: float  # including queueing and transfer
+    backend: str
+
+    @property
+    def digest(self) -> bytes:
+        return self.output.digest
+
+
+class _Worker:
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self._buf = bytearray()
+
+    async def send(self, obj: Any) -> None:
+        assert self.proc.stdin is not None
+        await self.proc.stdin.send_all(frames.pack(obj))
+
+    async def receive(self) -> Any:
+        assert self.proc.stdout is not None
+        while True:
+            if len(self._buf) >= 4:
+                size = int.from_bytes(self._buf[:4], "big")
+                if size > frames.MAX_FRAME:
+                    raise ExecFailure("worker sent an oversized frame", code="crashed")
+                if len(self._buf) >= 4 + size:
+                    body = bytes(self._buf[4:4 + size])
+                    del self._buf[:4 + size]
+                    return cbor2.loads(body)
+            chunk = await self.proc.stdout.receive_some(1 << 20)
+            if not chunk:
+                await self.proc.wait()
+                raise ExecFailure(f"worker process died ({_describe_exit(self.proc.returncode)})", code="crashed")
+            self._buf += chunk
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+class Executor:
+    def __init__(self, *, slots: int = 1, memory_limit: int | None = None,
+                 gpu_memory: Callable[[], int | None] | None = None) -> None:
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        self.slots = slots
+        self._memory_limit = memory_limit
+        self._gpu_memory = gpu_memory
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._slots = trio.Semaphore(slots)
+        self._reserved = 0
+        self._admission = trio.Condition()
+        self.backends: tuple[str, ...] = ()
+        self.running = 0
+        self.completed = 0
+        self.failed: dict[str, int] = {}
+
+    async def __aenter__(self) -> Executor:
+        worker = await self._spawn()
+        await worker.send({"op": "hello"})
+        self.backends = tuple((await worker.receive())["backends"])
+        self._idle.append(worker)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with trio.CancelScope(shield=True):
+            for w in list(self._all):
+                w.kill()
+                with trio.move_on_after(5):
+                    await w.proc.wait()
+        self._all.clear()
+        self._idle.clear()
+
+    @property
+    def load(self) -> float:
+        return self.running / self.slots
+
+    async def _spawn(self) -> _Worker:
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "p2pnode.exec.worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        worker = _Worker(proc)
+        self._all.add(worker)
+        return worker
+
+    def _discard(self, worker: _Worker) -> None:
+        worker.kill()
+        self._all.discard(worker)
+
+    def _capacity(self, backend: str) -> int:
+        if self._memory_limit is not None:
+            return self._memory_limit
+        if backend != "numpy" and self._gpu_memory is not None:
+            free = self._gpu_memory()
+            if free is not None:
+                return free
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024 * 8 // 10
+        except OSError:
+            pass
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+    def choose_backend(self, requested: str | None) -> str:
+        if requested is None:
+            return self.backends[0] if self.backends else "numpy"
+        if requested not in self.backends:
+            raise ExecFailure(f"backend {requested!r} is not available here (have: {', '.join(self.backends)})",
+                              code="backend_unavailable")
+        return requested
+
+    async def run(self, workload: str, params: dict[str, Any], *, backend: str | None = None,
+                  timeout: float | None = None, on_progress: ProgressFn | None = None) -> ExecResult:
+        """Run one job; raise ``WorkloadError`` for bad input, ``ExecFailure`` for anything else."""
+        wl = workloads.get(workload)
+        checked = wl.check(params)
+        chosen = self.choose_backend(backend)
+        need = wl.memory(checked)
+        if need > self._capacity(chosen):
+            raise ExecFailure(f"job needs {need} bytes, more than this node has free", code="no_capacity")
+        started = time.perf_counter()
+        try:
+            with trio.fail_after(timeout) if timeout else _nullcontext():
+                async with self._slots:
+                    await self._admit(need, chosen)
+                    try:
+                        return await self._execute(workload, checked, chosen, on_progress, started)
+                    finally:
+                        async with self._admission:
+                            self._reserved -= need
+                            self._admission.notify_all()
+        except trio.TooSlowError:
+            self._count("timeout")
+            raise ExecFailure(f"job exceeded its {timeout:g} s timeout", code="timeout") from None
+        except trio.Cancelled:
+            self._count("cancelled")
+            raise
+
+    async def _admit(self, need: int, backend: str) -> None:
+        async with self._admission:
+            while self._reserved and self._reserved + need > self._capacity(backend):
+                await self._admission.wait()
+            self._reserved += need
+
+    async def _execute(self, workload: str, params: dict[str, Any], backend: str,
+                       on_progress: ProgressFn | None, started: float) -> ExecResult:
+        worker = self._idle.pop() if self._idle else await self._spawn()
+        self.running += 1
+        done = False
+        try:
+            await worker.send({"op": "run", "wl": workload, "params": params, "backend": backend})
+            while True:
+                frame = await worker.receive()
+                if "progress" in frame:
+                    if on_progress is not None:
+                        on_progress(float(frame["progress"]))
+                    continue
+                break
+            done = True
+        except ExecFailure as exc:
+            self._count(exc.code)
+            raise
+        finally:
+            self.running -= 1
+            if done:
+                self._idle.append(worker)
+            else:  # cancelled, timed out or crashed mid-job: the work must stop now
+                self._discard(worker)
+        if not frame.get("ok"):
+            code = str(frame.get("code", "kernel_error"))
+            self._count(code)
+            if code in ("bad_params", "unknown_workload"):
+                raise WorkloadError(str(frame.get("error")), code=code)
+            raise ExecFailure(str(frame.get("error", "kernel failed")), code=code)
+        self.completed += 1
+        return ExecResult(Output.from_wire(frame["output"]), float(frame["seconds"]),
+                          time.perf_counter() - started, backend)
+
+    def _count(self, code: str) -> None:
+        self.failed[code] = self.failed.get(code, 0) + 1
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

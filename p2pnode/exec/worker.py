@@ -1,0 +1,78 @@
+"""A worker process: runs one job at a time for the executor, isolated from the node.
+
+``python -m p2pnode.exec.worker`` reads request frames on stdin and writes progress and result
+frames on stdout (:mod:`p2pnode.exec.frames`). A kernel that raises becomes a typed failure frame;
+one that crashes the process (a driver fault, the OOM killer) is seen by the executor as a dead
+worker. Either way the node goes on.
+
+Requests: ``{"op": "hello"}`` -> ``{"backends": [...]}``;
+``{"op": "run", "wl": NAME, "params": {...}, "backend": NAME}`` -> zero or more
+``{"progress": fraction}`` then ``{"ok": true, "output": ..., "seconds": s}`` or
+``{"ok": false, "code": CODE, "error": TEXT}``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, BinaryIO
+
+from p2pnode.exec import backends, frames, workloads
+
+
+def _failure_code(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "oom"
+    name = type(exc).__name__
+    text = str(exc)
+    if name == "OutOfMemoryError" or "out of memory" in text.lower():
+        return "oom"
+    if isinstance(exc, workloads.WorkloadError):
+        return exc.code
+    return "kernel_error"
+
+
+def serve(inp: BinaryIO, out: BinaryIO) -> None:
+    ops_cache: dict[str, Any] = {}
+
+    def send(obj: Any) -> None:
+        out.write(frames.pack(obj))
+        out.flush()
+
+    while True:
+        request = frames.read_blocking(inp)
+        if request is None:
+            return
+        if request.get("op") == "hello":
+            send({"backends": list(backends.available()), "pid": os.getpid()})
+            continue
+        last = [0.0]
+
+        def progress(fraction: float) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.1 or fraction >= 1.0:
+                last[0] = now
+                send({"progress": float(fraction)})
+
+        started = time.perf_counter()
+        try:
+            workload = workloads.get(request["wl"])
+            params = workload.check(request["params"])
+            name = request["backend"]
+            if name not in ops_cache:
+                ops_cache[name] = backends.ops(name)
+            output = workload.run(params, ops_cache[name], progress)
+            send({"ok": True, "output": output.to_wire(), "seconds": time.perf_counter() - started})
+        except Exception as exc:  # every kernel failure is a typed result, never a dead node
+            send({"ok": False, "code": _failure_code(exc), "error": f"{type(exc).__name__}: {exc}"[:500]})
+
+
+def main() -> None:
+    out = sys.stdout.buffer
+    sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the frame stream
+    serve(sys.stdin.buffer, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Workloads: real kernels with bounded parameters and a declared way to compare results.
+
+* ``matmul`` -- C = A·B with A (m×k) and B (k×n) drawn from a seed. dtypes: ``int8`` (int32
+  accumulation, compared **exactly**), ``fp16``, ``bf16``, ``fp32`` (compared within a relative
+  tolerance, and checkable **algebraically** with Freivalds).
+* ``infer`` -- a forward pass of a seeded MLP (ReLU between layers) over a seeded batch; fp32,
+  compared within a relative tolerance.
+* ``train_step`` -- N steps of SGD on a seeded MLP regression task; returns the new weights, their
+  digest and the loss curve; compared within a tolerance.
+
+Every workload is deterministic given its parameters, so a checker reproduces it from a few bytes.
+Third-party workloads register under the entry-point group ``p2pnode.workloads`` (an object with
+this module's :class:`Workload` interface).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+import numpy as np
+
+from p2pnode.errors import WorkloadError
+
+Progress = Callable[[float], None]
+MAX_DIM = 16384
+MAX_ELEMENTS = 1 << 28  # per matrix: 1 GiB of fp32
+DTYPES = ("int8", "fp16", "bf16", "fp32")
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}  # relative, on the Frobenius norm
+
+
+@dataclass(frozen=True)
+class Output:
+    """A workload's result: named arrays plus a digest over their exact bytes."""
+
+    arrays: dict[str, np.ndarray]
+    extra: dict[str, Any]
+
+    @property
+    def digest(self) -> bytes:
+        h = hashlib.sha256()
+        for name in sorted(self.arrays):
+            a = np.ascontiguousarray(self.arrays[name])
+            h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(a.tobytes())
+        return h.digest()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "arrays": {k: {"dtype": v.dtype.str, "shape": list(v.shape), "data": np.ascontiguousarray(v).tobytes()}
+                       for k, v in self.arrays.items()},
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> Output:
+        arrays = {}
+        for k, v in m["arrays"].items():
+            dtype = np.dtype(v["dtype"])
+            if dtype.kind not in "iuf":
+                raise WorkloadError(f"output array {k!r} has dtype {dtype}")
+            shape = tuple(int(s) for s in v["shape"])
+            if int(np.prod(shape)) * dtype.itemsize != len(v["data"]):
+                raise WorkloadError(f"output array {k!r}: data does not match its shape")
+            arrays[k] = np.frombuffer(v["data"], dtype=dtype).reshape(shape)
+        return cls(arrays, dict(m.get("extra", {})))
+
+
+class Workload(Protocol):
+    name: str
+
+    def check(self, params: Mapping[str, Any]) -> dict[str, Any]: ...
+    def flops(self, p: Mapping[str, Any]) -> float: ...
+    def memory(self, p: Mapping[str, Any]) -> int: ...
+    def comparison(self, p: Mapping[str, Any]) -> str: ...
+    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output: ...
+    def agree(self, p: Mapping[str, Any], a: Output, b: Output) -> bool: ...
+
+
+def _int(params: Mapping[str, Any], key: str, lo: int, hi: int, default: int | None = None) -> int:
+    value = params.get(key, default)
+    if value is None:
+        raise WorkloadError(f"missing parameter {key}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise WorkloadError(f"parameter {key}={value!r} is not an integer") from None
+    if isinstance(value, bool) or (isinstance(value, float) and value != number) or not lo <= number <= hi:
+        raise WorkloadError(f"parameter {key}={value!r} must be an integer in {lo}..{hi}")
+    return number
+
+
+def _float(params: Mapping[str, Any], key: str, lo: float, hi: float, default: float) -> float:
+    value = params.get(key, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise WorkloadError(f"parameter {key}={value!r} is not a number") from None
+    if not lo <= number <= hi:
+        raise WorkloadError(f"parameter {key}={value!r} must be in {lo}..{hi}")
+    return number
+
+
+def _unknown(params: Mapping[str, Any], known: set[str]) -> None:
+    extra = set(params) - known
+    if extra:
+        raise WorkloadError(f"unknown parameter(s): {', '.join(sorted(map(str, extra)))}")
+
+
+def _close(a: np.ndarray, b: np.ndarray, rel: float) -> bool:
+    if a.shape != b.shape:
+        return False
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
+        return False
+    scale = max(np.linalg.norm(b64), 1e-30)
+    return bool(np.linalg.norm(a64 - b64) <= rel * scale)
+
+
+def matmul_inputs(p: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(p["seed"])
+    m, n, k = p["m"], p["n"], p["k"]
+    if p["dtype"] == "int8":
+        return (rng.integers(-128, 128, size=(m, k), dtype=np.int8),
+                rng.integers(-128, 128, size=(k, n), dtype=np.int8))
+    return (rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32))
+
+
+class Matmul:
+    name = "matmul"
+
+    def check(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        _unknown(params, {"m", "n", "k", "dtype", "seed"})
+        p = {key: _int(params, key, 1, MAX_DIM) for key in ("m", "n", "k")}
+        for a, b in (("m", "k"), ("k", "n"), ("m", "n")):
+            if p[a] * p[b] > MAX_ELEMENTS:
+                raise WorkloadError(f"a {p[a]}x{p[b]} matrix exceeds {MAX_ELEMENTS} elements")
+        dtype = params.get("dtype", "fp32")
+        if dtype not in DTYPES:
+            raise WorkloadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        return p | {"dtype": dtype, "seed": _int(params, "seed", 0, 2**63 - 1, 0)}
+
+    def flops(self, p: Mapping[str, Any]) -> float:
+        return 2.0 * p["m"] * p["n"] * p["k"]
+
+    def memory(self, p: Mapping[str, Any]) -> int:
+        return 4 * (p["m"] * p["k"] + p["k"] * p["n"] + 2 * p["m"] * p["n"])
+
+    def comparison(self, p: Mapping[str, Any]) -> str:
+        return "exact" if p["dtype"] == "int8" else "tolerance"
+
+    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output:
+        a, b = matmul_inputs(p)
+        progress(0.1)
+        c = ops.matmul(a, b, p["dtype"])
+        ops.sync()
+        progress(1.0)
+        return Output({"c": c}, {})
+
+    def agree(self, p: Mapping[str, Any], x: Output, y: Output) -> bool:
+        if p["dtype"] == "int8":
+            return x.digest == y.digest
+        return _close(x.arrays["c"], y.arrays["c"], TOLERANCE[p["dtype"]])
+
+
+def _mlp_weights(rng: np.random.Generator, dims: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(rng.standard_normal((i, o), dtype=np.float32) / np.float32(np.sqrt(i)),
+             rng.standard_normal(o, dtype=np.float32) * np.float32(0.01)) for i, o in zip(dims, dims[1:])]
+
+
+class Infer:
+    name = "infer"
+    KEYS = {"batch", "d_in", "d_hidden", "d_out", "layers", "seed"}
+
+    def check(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        _unknown(params, self.KEYS)
+        p = {
+            "batch": _int(params, "batch", 1, 65536, 64), "d_in": _int(params, "d_in", 1, 8192, 256),
+            "d_hidden": _int(params, "d_hidden", 1, 8192, 512), "d_out": _int(params, "d_out", 1, 8192, 64),
+            "layers": _int(params, "layers", 1, 16, 3), "seed": _int(params, "seed", 0, 2**63 - 1, 0),
+        }
+        if self.memory(p) > 4 << 30:
+            raise WorkloadError("infer parameters need more than 4 GiB")
+        return p
+
+    def _dims(self, p: Mapping[str, Any]) -> list[int]:
+        return [p["d_in"]] + [p["d_hidden"]] * (p["layers"] - 1) + [p["d_out"]]
+
+    def flops(self, p: Mapping[str, Any]) -> float:
+        d = self._dims(p)
+        return 2.0 * p["batch"] * sum(i * o for i, o in zip(d, d[1:]))
+
+    def memory(self, p: Mapping[str, Any]) -> int:
+        d = self._dims(p)
+        return 4 * (sum(i * o + o for i, o in zip(d, d[1:])) + 2 * p["batch"] * max(d))
+
+    def comparison(self, p: Mapping[str, Any]) -> str:
+        return "tolerance"
+
+    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output:
+        rng = np.random.default_rng(p["seed"])
+        weights = _mlp_weights(rng, self._dims(p))
+        x = rng.standard_normal((p["batch"], p["d_in"]), dtype=np.float32)
+        progress(0.2)
+        y = ops.mlp(x, weights)
+        ops.sync()
+        progress(1.0)
+        return Output({"y": y.astype(np.float32)}, {})
+
+    def agree(self, p: Mapping[str, Any], x: Output, y: Output) -> bool:
+        return _close(x.arrays["y"], y.arrays["y"], 1e-4)
+
+
+class TrainStep:
+    """SGD on a 2-layer MLP regressing a seeded random linear target; exact maths in fp32 NumPy."""
+
+    name = "train_step"
+    KEYS = {"steps", "batch", "d_in", "d_hidden", "lr", "seed"}
+
+    def check(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        _unknown(params, self.KEYS)
+        return {
+            "steps": _int(params, "steps", 1, 10_000, 10), "batch": _int(params, "batch", 1, 4096, 64),
+            "d_in": _int(params, "d_in", 1, 4096, 32), "d_hidden": _int(params, "d_hidden", 1, 4096, 64),
+            "lr": _float(params, "lr", 1e-6, 1.0, 0.01), "seed": _int(params, "seed", 0, 2**63 - 1, 0),
+        }
+
+    def flops(self, p: Mapping[str, Any]) -> float:
+        return 6.0 * p["steps"] * p["batch"] * (p["d_in"] * p["d_hidden"] + p["d_hidden"])
+
+    def memory(self, p: Mapping[str, Any]) -> int:
+        return 4 * (3 * (p["d_in"] * p["d_hidden"] + p["d_hidden"]) + 4 * p["batch"] * max(p["d_in"], p["d_hidden"]))
+
+    def comparison(self, p: Mapping[str, Any]) -> str:
+        return "tolerance"
+
+    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output:
+        # The update rule runs in NumPy on every backend: SGD steps are small, sequential kernels
+        # where a GPU brings launch overhead, and one implementation keeps results comparable.
+        rng = np.random.default_rng(p["seed"])
+        (w1, b1), (w2, b2) = _mlp_weights(rng, [p["d_in"], p["d_hidden"], 1])
+        target = rng.standard_normal((p["d_in"], 1), dtype=np.float32)
+        lr = np.float32(p["lr"])
+        losses = []
+        for step in range(p["steps"]):
+            x = rng.standard_normal((p["batch"], p["d_in"]), dtype=np.float32)
+            y = x @ target
+            h = np.maximum(x @ w1 + b1, 0)
+            pred = h @ w2 + b2
+            err = pred - y
+            losses.append(float(np.mean(err * err)))
+            g_pred = (2.0 / p["batch"]) * err
+            g_w2, g_b2 = h.T @ g_pred, g_pred.sum(0)
+            g_h = (g_pred @ w2.T) * (h > 0)
+            g_w1, g_b1 = x.T @ g_h, g_h.sum(0)
+            w1, b1, w2, b2 = w1 - lr * g_w1, b1 - lr * g_b1, w2 - lr * g_w2, b2 - lr * g_b2
+            progress((step + 1) / p["steps"])
+        return Output({"w1": w1, "b1": b1, "w2": w2, "b2": b2}, {"loss": losses})
+
+    def agree(self, p: Mapping[str, Any], x: Output, y: Output) -> bool:
+        return all(_close(x.arrays[k], y.arrays[k], 1e-4) for k in ("w1", "b1", "w2", "b2"))
+
+
+_BUILTIN: dict[str, Workload] = {w.name: w for w in (Matmul(), Infer(), TrainStep())}
+
+
+def registry() -> dict[str, Workload]:
+    """Built-in workloads plus those registered under the ``p2pnode.workloads`` entry points."""
+    out = dict(_BUILTIN)
+    for ep in entry_points(group="p2pnode.workloads"):
+        try:
+            out.setdefault(ep.name, ep.load())
+        except Exception:  # noqa: BLE001 - a broken plugin must not break the node
+            continue
+    return out
+
+
+def get(name: str) -> Workload:
+    workloads = registry()
+    if name not in workloads:
+        raise WorkloadError(f"unknown workload {name!r} (known: {', '.join(sorted(workloads))})",
+                            code="unknown_workload")
+    return workloads[name]
