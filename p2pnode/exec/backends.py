@@ -1,7 +1,8 @@
 """Array backends: torch on CUDA, CuPy, NumPy (always). Chosen per job, imported lazily.
 
-Each backend turns NumPy inputs into its own arrays, runs the same kernels, and hands results
-back as NumPy, so workloads are written once. bf16 has no NumPy dtype: the NumPy backend emulates
+Each backend generates seeded inputs on its own device (:mod:`p2pnode.exec.seeded`: the same bits
+everywhere, no host-to-device copy), runs the kernels there, and hands results back as NumPy, so
+workloads are written once. bf16 has no NumPy dtype: the NumPy backend emulates
 it by rounding inputs to bf16 precision (round-to-nearest-even on the fp32 bits) and accumulating in
 fp32, which is what GPU bf16 matrix units do.
 """
@@ -12,6 +13,8 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+
+from p2pnode.exec import seeded
 
 BACKENDS = ("cuda", "cupy", "numpy")
 
@@ -47,6 +50,12 @@ def available() -> tuple[str, ...]:
 class NumpyOps:
     name = "numpy"
 
+    def uniform(self, seed: int, stream: int, shape: tuple[int, ...]) -> np.ndarray:
+        return seeded.uniform(np, seed, stream, shape)  # type: ignore[no-any-return]
+
+    def int8(self, seed: int, stream: int, shape: tuple[int, ...]) -> np.ndarray:
+        return seeded.int8(np, seed, stream, shape)  # type: ignore[no-any-return]
+
     def matmul(self, a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
         if dtype == "int8":
             return a.astype(np.int32) @ b.astype(np.int32)
@@ -78,33 +87,35 @@ class TorchOps:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32: results must be checkable
         torch.backends.cudnn.allow_tf32 = False
 
-    def _t(self, a: np.ndarray, dtype: Any) -> Any:
-        return self.torch.from_numpy(np.ascontiguousarray(a)).to("cuda").to(dtype)
+    def uniform(self, seed: int, stream: int, shape: tuple[int, ...]) -> Any:
+        return seeded.uniform_torch(self.torch, seed, stream, shape, "cuda")
 
-    def matmul(self, a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+    def int8(self, seed: int, stream: int, shape: tuple[int, ...]) -> Any:
+        return seeded.int8_torch(self.torch, seed, stream, shape, "cuda")
+
+    def matmul(self, a: Any, b: Any, dtype: str) -> np.ndarray:
         t = self.torch
         if dtype == "int8":
             # int8 x int8 -> int32 exactly; _int_mm needs m > 16 and k, n multiples of 8
             m, k = a.shape
             n = b.shape[1]
             if m > 16 and k % 8 == 0 and n % 8 == 0:
-                out = t._int_mm(self._t(a, t.int8), self._t(b, t.int8))
+                out = t._int_mm(a, b)
             else:
-                out = self._t(a, t.int64) @ self._t(b, t.int64)  # exact, slower
+                out = a.to(t.int64) @ b.to(t.int64)  # exact, slower
             return out.to(t.int32).cpu().numpy()
         tdtype = {"fp16": t.float16, "bf16": t.bfloat16, "fp32": t.float32}[dtype]
-        out = self._t(a, t.float32).to(tdtype) @ self._t(b, t.float32).to(tdtype)
+        out = a.to(tdtype) @ b.to(tdtype)
         if dtype == "bf16":
             return out.float().cpu().numpy()
         return out.cpu().numpy()
 
-    def mlp(self, x: np.ndarray, weights: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        t = self.torch
-        h = self._t(x, t.float32)
+    def mlp(self, x: Any, weights: list[tuple[Any, Any]]) -> np.ndarray:
+        h = x
         for i, (w, b) in enumerate(weights):
-            h = h @ self._t(w, t.float32) + self._t(b, t.float32)
+            h = h @ w + b
             if i < len(weights) - 1:
-                h = t.relu(h)
+                h = self.torch.relu(h)
         return h.cpu().numpy()
 
     def sync(self) -> None:
@@ -119,26 +130,37 @@ class CupyOps:
 
         self.cp = cupy
 
-    def matmul(self, a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
+    def uniform(self, seed: int, stream: int, shape: tuple[int, ...]) -> Any:
+        return seeded.uniform(self.cp, seed, stream, shape)
+
+    def int8(self, seed: int, stream: int, shape: tuple[int, ...]) -> Any:
+        return seeded.int8(self.cp, seed, stream, shape)
+
+    def matmul(self, a: Any, b: Any, dtype: str) -> np.ndarray:
         cp = self.cp
         if dtype == "int8":
-            return cp.asnumpy(cp.asarray(a, dtype=cp.int32) @ cp.asarray(b, dtype=cp.int32))
-        if dtype == "bf16":  # CuPy has no bf16: same emulation as NumPy, on the GPU
-            return round_to_bf16(cp.asnumpy(cp.asarray(round_to_bf16(a)) @ cp.asarray(round_to_bf16(b))))
+            return cp.asnumpy(a.astype(cp.int32) @ b.astype(cp.int32))
+        if dtype == "bf16":  # CuPy has no bf16: the NumPy emulation, on the GPU
+            return round_to_bf16(cp.asnumpy(_bf16_cupy(cp, a) @ _bf16_cupy(cp, b)))
         dt = cp.float16 if dtype == "fp16" else cp.float32
-        return cp.asnumpy(cp.asarray(a, dtype=dt) @ cp.asarray(b, dtype=dt))
+        return cp.asnumpy(a.astype(dt) @ b.astype(dt))
 
-    def mlp(self, x: np.ndarray, weights: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    def mlp(self, x: Any, weights: list[tuple[Any, Any]]) -> np.ndarray:
         cp = self.cp
-        h = cp.asarray(x, dtype=cp.float32)
+        h = x
         for i, (w, b) in enumerate(weights):
-            h = h @ cp.asarray(w) + cp.asarray(b)
+            h = h @ w + b
             if i < len(weights) - 1:
                 h = cp.maximum(h, 0)
         return cp.asnumpy(h)
 
     def sync(self) -> None:
         self.cp.cuda.Device().synchronize()
+
+
+def _bf16_cupy(cp: Any, x: Any) -> Any:
+    bits = cp.ascontiguousarray(x, dtype=cp.float32).view(cp.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(cp.uint32).view(cp.float32)
 
 
 def ops(name: str) -> Any:

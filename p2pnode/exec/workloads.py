@@ -120,13 +120,15 @@ def _close(a: np.ndarray, b: np.ndarray, rel: float) -> bool:
     return bool(np.linalg.norm(a64 - b64) <= rel * scale)
 
 
-def matmul_inputs(p: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(p["seed"])
+def matmul_inputs(p: Mapping[str, Any], ops: Any = None) -> tuple[Any, Any]:
+    """A (stream 0) and B (stream 1) of a matmul job, on ``ops``' device (NumPy by default)."""
+    if ops is None:
+        from p2pnode.exec.backends import NumpyOps
+
+        ops = NumpyOps()
     m, n, k = p["m"], p["n"], p["k"]
-    if p["dtype"] == "int8":
-        return (rng.integers(-128, 128, size=(m, k), dtype=np.int8),
-                rng.integers(-128, 128, size=(k, n), dtype=np.int8))
-    return (rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32))
+    gen = ops.int8 if p["dtype"] == "int8" else ops.uniform
+    return gen(p["seed"], 0, (m, k)), gen(p["seed"], 1, (k, n))
 
 
 class Matmul:
@@ -153,7 +155,7 @@ class Matmul:
         return "exact" if p["dtype"] == "int8" else "tolerance"
 
     def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output:
-        a, b = matmul_inputs(p)
+        a, b = matmul_inputs(p, ops)
         progress(0.1)
         c = ops.matmul(a, b, p["dtype"])
         ops.sync()
@@ -166,9 +168,10 @@ class Matmul:
         return _close(x.arrays["c"], y.arrays["c"], TOLERANCE[p["dtype"]])
 
 
-def _mlp_weights(rng: np.random.Generator, dims: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(rng.standard_normal((i, o), dtype=np.float32) / np.float32(np.sqrt(i)),
-             rng.standard_normal(o, dtype=np.float32) * np.float32(0.01)) for i, o in zip(dims, dims[1:])]
+def _mlp_weights(ops: Any, seed: int, dims: list[int]) -> list[tuple[Any, Any]]:
+    """Layer l: weights from stream 2l scaled to unit output variance, bias from stream 2l+1."""
+    return [(ops.uniform(seed, 2 * l, (i, o)) * float(np.sqrt(3.0 / i)),
+             ops.uniform(seed, 2 * l + 1, (o,)) * 0.01) for l, (i, o) in enumerate(zip(dims, dims[1:]))]
 
 
 class Infer:
@@ -201,9 +204,8 @@ class Infer:
         return "tolerance"
 
     def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output:
-        rng = np.random.default_rng(p["seed"])
-        weights = _mlp_weights(rng, self._dims(p))
-        x = rng.standard_normal((p["batch"], p["d_in"]), dtype=np.float32)
+        weights = _mlp_weights(ops, p["seed"], self._dims(p))
+        x = ops.uniform(p["seed"], 1000, (p["batch"], p["d_in"]))  # stream 1000: the batch
         progress(0.2)
         y = ops.mlp(x, weights)
         ops.sync()
@@ -215,7 +217,7 @@ class Infer:
 
 
 class TrainStep:
-    """SGD on a 2-layer MLP regressing a seeded random linear target; exact maths in fp32 NumPy."""
+    """SGD on a 2-layer MLP regressing a seeded random linear target; fp32 NumPy on every backend."""
 
     name = "train_step"
     KEYS = {"steps", "batch", "d_in", "d_hidden", "lr", "seed"}
@@ -240,13 +242,16 @@ class TrainStep:
     def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output:
         # The update rule runs in NumPy on every backend: SGD steps are small, sequential kernels
         # where a GPU brings launch overhead, and one implementation keeps results comparable.
-        rng = np.random.default_rng(p["seed"])
-        (w1, b1), (w2, b2) = _mlp_weights(rng, [p["d_in"], p["d_hidden"], 1])
-        target = rng.standard_normal((p["d_in"], 1), dtype=np.float32)
+        from p2pnode.exec.backends import NumpyOps
+
+        host = NumpyOps()
+        seed = p["seed"]
+        (w1, b1), (w2, b2) = _mlp_weights(host, seed, [p["d_in"], p["d_hidden"], 1])
+        target = host.uniform(seed, 1999, (p["d_in"], 1))  # stream 1999: the target map
         lr = np.float32(p["lr"])
         losses = []
         for step in range(p["steps"]):
-            x = rng.standard_normal((p["batch"], p["d_in"]), dtype=np.float32)
+            x = host.uniform(seed, 2000 + step, (p["batch"], p["d_in"]))  # stream 2000+t: batch t
             y = x @ target
             h = np.maximum(x @ w1 + b1, 0)
             pred = h @ w2 + b2
