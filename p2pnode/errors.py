@@ -94,3 +94,17 @@ class ExecFailure(P2PNodeError):
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ProtocolError(P2PNodeError):
+    """A job-protocol state machine got an event that does not fit its state."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This node's own code misused a state machine (a bug here, not the peer's fault)."""
+
+
+class RemoteProtocolError(ProtocolError, PeerError):
+    """A peer sent a message that does not fit the conversation; the peer is penalised."""
+
+    code = "protocol_violation"

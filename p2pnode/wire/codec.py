@@ -174,5 +174,14 @@ class Fields:
     def keys(self) -> list[Any]:
         return list(self._map)
 
+    def items(self) -> list[tuple[Any, Any]]:
+        return list(self._map.items())
+
+    def boolean(self, key: str) -> bool:
+        value = self._get(key, False)
+        if not isinstance(value, bool):
+            raise CodecError(f"{self._where}.{key}: expected a boolean")
+        return value
+
     def where(self, suffix: str) -> str:
         return f"{self._where}{suffix}"

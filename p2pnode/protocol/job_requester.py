@@ -1,0 +1,244 @@
+"""The requester side of one job, across all its candidate providers: a pure state machine.
+
+Flow: ``start`` sends a request for bids to up to K candidates; bids and declines are collected until
+the bid window closes or everyone answered; the best bid by :class:`Scorer` wins the award (inputs
+follow at once); progress and the result come back; the shell verifies the result and calls
+``verified``, which signs the receipt. If the awarded provider fails, cancels, goes quiet for
+longer than the stall timeout, or breaks the protocol, the job is **re-awarded** to the next bid
+that has not expired, with no action from the user. The job deadline ends everything.
+
+Transitions live in ``_TRANSITIONS``. Methods return a :class:`Step`: messages to send and, when a
+peer broke the protocol, a ``violation`` for the shell to penalise. Misuse by our own code raises
+``LocalProtocolError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from nacl.signing import SigningKey
+
+from p2pnode.errors import LocalProtocolError
+from p2pnode.wire import job as m
+
+
+class R(Enum):
+    COLLECTING = "collecting"
+    RUNNING = "running"
+    VERIFYING = "verifying"
+    # terminal
+    DONE = "done"  # result accepted, receipt sent
+    REJECTED = "rejected"  # result failed verification, rejecting receipt sent
+    NO_PROVIDER = "no_provider"  # nobody bid acceptably, or every awarded provider failed
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+TERMINAL = frozenset({R.DONE, R.REJECTED, R.NO_PROVIDER, R.CANCELLED, R.EXPIRED})
+
+_TRANSITIONS: dict[tuple[R, str], frozenset[R]] = {
+    (R.COLLECTING, "bid"): frozenset({R.COLLECTING, R.RUNNING, R.NO_PROVIDER}),
+    (R.COLLECTING, "close"): frozenset({R.RUNNING, R.NO_PROVIDER}),
+    (R.RUNNING, "progress"): frozenset({R.RUNNING}),
+    (R.RUNNING, "result"): frozenset({R.VERIFYING}),
+    (R.RUNNING, "lost"): frozenset({R.RUNNING, R.NO_PROVIDER}),  # failed, cancelled, stalled: re-award
+    (R.VERIFYING, "verified"): frozenset({R.DONE, R.REJECTED}),
+}
+for _s in R:
+    if _s not in TERMINAL:
+        _TRANSITIONS[(_s, "cancel")] = frozenset({R.CANCELLED})
+        _TRANSITIONS[(_s, "deadline")] = frozenset({R.EXPIRED})
+
+
+class Scorer:
+    """Ranks bids, lower is better. Neutral: price share of the budget plus time share of the
+    deadline. Reputation plugs in by overriding :meth:`adjust` (1.0 = no opinion)."""
+
+    def score(self, peer: bytes, bid: m.Bid, budget: int, window_ms: float) -> float:
+        base = bid.price / max(budget, 1) + bid.estimate_ms / max(window_ms, 1.0)
+        return base * self.adjust(peer)
+
+    def adjust(self, peer: bytes) -> float:
+        return 1.0
+
+
+@dataclass
+class Step:
+    send: list[tuple[bytes, m.Message]] = field(default_factory=list)
+    violation: tuple[bytes, str] | None = None
+
+
+@dataclass
+class RequesterJob:
+    me: bytes
+    key: SigningKey
+    rfb: m.RequestForBids
+    candidates: list[bytes]
+    now: float
+    bid_window_s: float = 2.0
+    stall_s: float = 15.0
+    scorer: Scorer = field(default_factory=Scorer)
+    state: R = R.COLLECTING
+    bids: dict[bytes, m.Bid] = field(default_factory=dict)
+    declines: dict[bytes, str] = field(default_factory=dict)
+    failed: dict[bytes, str] = field(default_factory=dict)  # awarded providers that let us down
+    provider: bytes | None = None
+    award: m.Award | None = None
+    result: m.Result | None = None
+    receipt: m.Receipt | None = None
+    progress: float = 0.0
+    reason: str = ""
+    _window_ends: float = 0.0
+    _heard_at: float = 0.0
+    on_event: Callable[[str, dict[str, object]], None] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.candidates:
+            raise LocalProtocolError("a job needs at least one candidate provider")
+        self._window_ends = self.now + self.bid_window_s
+
+    @property
+    def job(self) -> bytes:
+        return self.rfb.job
+
+    @property
+    def deadline(self) -> float:
+        return self.rfb.deadline_ms / 1000.0
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def _move(self, event: str, to: R) -> None:
+        allowed = _TRANSITIONS.get((self.state, event))
+        if allowed is None or to not in allowed:
+            raise LocalProtocolError(f"cannot {event} in state {self.state.value}")
+        self.state = to
+
+    def _emit(self, what: str, **data: object) -> None:
+        if self.on_event is not None:
+            self.on_event(what, data)
+
+    def start(self) -> Step:
+        return Step(send=[(peer, self.rfb) for peer in self.candidates])
+
+    # from providers ------------------------------------------------------------------------
+    def receive(self, peer: bytes, msg: m.Message, now: float) -> Step:
+        if self.terminal or msg.job != self.job:
+            return Step(violation=None if self.terminal else (peer, "message for another job"))
+        if peer not in self.candidates:
+            return Step(violation=(peer, f"{msg.TYPE} from a peer that was not asked"))
+        if isinstance(msg, (m.Bid, m.Decline)):
+            return self._on_answer(peer, msg, now)
+        if peer != self.provider:
+            return Step(violation=(peer, f"{msg.TYPE} from a provider that holds no award"))
+        self._heard_at = now
+        if isinstance(msg, m.Progress) and self.state is R.RUNNING:
+            self._move("progress", R.RUNNING)
+            self.progress = msg.fraction
+            self._emit("progress", fraction=msg.fraction)
+            return Step()
+        if isinstance(msg, m.Result) and self.state is R.RUNNING:
+            if msg.body["requester"] != self.me or msg.body["provider"] != peer or msg.body["nonce"] != self.rfb.nonce:
+                return self._lose(peer, "result names other peers or another request", now, violation=True)
+            self._move("result", R.VERIFYING)
+            self.result = msg
+            self._emit("result", provider=peer)
+            return Step()
+        if isinstance(msg, (m.Failed, m.Cancel)) and self.state is R.RUNNING:
+            code = msg.code if isinstance(msg, m.Failed) else "cancelled"
+            return self._lose(peer, f"{code}: {msg.reason}", now)
+        return self._lose(peer, f"unexpected {msg.TYPE} while {self.state.value}", now, violation=True)
+
+    def _on_answer(self, peer: bytes, msg: m.Bid | m.Decline, now: float) -> Step:
+        if self.state is not R.COLLECTING or peer in self.bids or peer in self.declines:
+            return Step()  # late or repeated answers are harmless
+        if isinstance(msg, m.Decline):
+            self.declines[peer] = msg.code
+            self._emit("decline", peer=peer, code=msg.code)
+        elif msg.price > self.rfb.max_price:
+            self.declines[peer] = "price"
+            return Step(violation=(peer, f"bid {msg.price} above the maximum {self.rfb.max_price}"))
+        else:
+            self.bids[peer] = msg
+            self._emit("bid", peer=peer, price=msg.price)
+        if len(self.bids) + len(self.declines) == len(self.candidates):
+            return self._close(now, "bid")
+        return Step()
+
+    # decisions -----------------------------------------------------------------------------
+    def _ranked(self, now: float) -> list[bytes]:
+        window_ms = max(1.0, (self.deadline - now) * 1000)
+        live = [p for p, b in self.bids.items() if p not in self.failed and b.expires_ms / 1000.0 > now]
+        return sorted(live, key=lambda p: (self.scorer.score(p, self.bids[p], self.rfb.max_price, window_ms), p))
+
+    def _close(self, now: float, event: str) -> Step:
+        ranked = self._ranked(now)
+        if not ranked:
+            self._move(event, R.NO_PROVIDER)
+            self.reason = "no acceptable bid" if not self.failed else "every awarded provider failed"
+            self._emit("no_provider", declines=dict(self.declines), failed=dict(self.failed))
+            return Step()
+        self._move(event, R.RUNNING)
+        winner = ranked[0]
+        self.provider, self.progress, self._heard_at = winner, 0.0, now
+        bid = self.bids[winner]
+        self.award = m.make_award(self.job, self.key, requester=self.me, provider=winner, nonce=self.rfb.nonce,
+                                  price=bid.price, deadline_ms=self.rfb.deadline_ms)
+        self._emit("award", provider=winner, price=bid.price, attempt=len(self.failed) + 1)
+        return Step(send=[(winner, self.award), (winner, m.Inputs(self.job))])
+
+    def _lose(self, peer: bytes, why: str, now: float, *, violation: bool = False) -> Step:
+        """The awarded provider is out: re-award to the next live bid, or give up."""
+        self.failed[peer] = why
+        self._emit("lost", provider=peer, reason=why)
+        step = self._close(now, "lost")
+        step.send.insert(0, (peer, m.Cancel(self.job, why[:256])))
+        if violation:
+            step.violation = (peer, why)
+        return step
+
+    def verified(self, accepted: bool, outcome: str) -> Step:
+        """The shell checked the result; sign and send the receipt."""
+        if self.state is not R.VERIFYING or self.provider is None:
+            raise LocalProtocolError(f"nothing to verify in state {self.state.value}")
+        self._move("verified", R.DONE if accepted else R.REJECTED)
+        price = self.bids[self.provider].price if accepted else 0
+        self.receipt = m.make_receipt(self.job, self.key, requester=self.me, provider=self.provider,
+                                      nonce=self.rfb.nonce, accepted=accepted, outcome=outcome, paid=price)
+        self._emit("done", accepted=accepted, outcome=outcome)
+        return Step(send=[(self.provider, self.receipt)])
+
+    def cancel(self, reason: str) -> Step:
+        if self.terminal:
+            return Step()
+        self._move("cancel", R.CANCELLED)
+        self.reason = reason
+        targets = [self.provider] if self.provider else [p for p in self.candidates if p not in self.declines]
+        return Step(send=[(p, m.Cancel(self.job, reason[:256])) for p in targets])
+
+    def tick(self, now: float) -> Step:
+        if self.terminal:
+            return Step()
+        if now >= self.deadline:
+            self._move("deadline", R.EXPIRED)
+            self.reason = "deadline passed"
+            return Step(send=[(self.provider, m.Cancel(self.job, "deadline passed"))] if self.provider else [])
+        if self.state is R.COLLECTING and now >= self._window_ends:
+            return self._close(now, "close")
+        if self.state is R.RUNNING and self.provider is not None and now - self._heard_at >= self.stall_s:
+            return self._lose(self.provider, f"no word for {self.stall_s:g} s", now)
+        return Step()
+
+    def next_wakeup(self) -> float:
+        """When ``tick`` next has something to do (for the shell's timer)."""
+        if self.terminal:
+            return float("inf")
+        times = [self.deadline]
+        if self.state is R.COLLECTING:
+            times.append(self._window_ends)
+        if self.state is R.RUNNING:
+            times.append(self._heard_at + self.stall_s)
+        return min(times)

@@ -1,0 +1,268 @@
+"""Messages of the job protocol ``/p2pnode/job/1`` (see specs/job-protocol.md).
+
+Framing: each message is an unsigned LEB128 length, then one restricted-CBOR map of at most
+``MAX_MESSAGE`` bytes. Every map has ``t`` (type), ``v`` (1) and ``job`` (16 bytes).
+``award``, ``result`` and ``receipt`` are signed by their author: their map carries ``env``, a signed
+envelope (specs/cbor.md) whose body repeats the job id and names both peers and the requester's
+nonce, so none can be replayed into another job or forged by a relay.
+
+:func:`decode` turns bytes from a peer into a message object or raises ``CodecError`` /
+``SignatureError``; nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from nacl.signing import SigningKey
+
+from p2pnode.errors import CodecError
+from p2pnode.wire import codec, envelope
+from p2pnode.wire.peer_id import PEER_ID_LEN, public_key_from_peer_id
+
+VERSION = 1
+MAX_MESSAGE = 64 * 1024
+MAX_INLINE_OUTPUT = 48 * 1024
+MAX_PARAMS_BYTES = 4096
+JOB_ID_LEN = 16
+NONCE_LEN = 16
+DIGEST_LEN = 32
+MAX_U63 = 2**63 - 1
+MAX_TEXT = 64
+MAX_REASON = 256
+DOMAINS = {
+    "award": b"p2pnode/job-award/1\n",
+    "result": b"p2pnode/job-result/1\n",
+    "receipt": b"p2pnode/job-receipt/1\n",
+}
+DECLINE_CODES = ("unknown_workload", "bad_params", "busy", "price", "deadline", "no_capacity",
+                 "backend_unavailable", "not_providing")
+VERIFY_POLICIES = ("none", "freivalds", "rerun")
+
+
+@dataclass(frozen=True)
+class Message:
+    TYPE: ClassVar[str] = ""
+    job: bytes
+
+    def fields(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        return codec.encode({"t": self.TYPE, "v": VERSION, "job": self.job, **self.fields()})
+
+
+@dataclass(frozen=True)
+class RequestForBids(Message):
+    TYPE: ClassVar[str] = "rfb"
+    workload: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    requester: bytes = b""
+    nonce: bytes = b""
+    max_price: int = 0  # micro-credits for the whole job
+    deadline_ms: int = 0  # Unix ms by which the result must be in
+    min_memory: int = 0  # bytes of GPU memory (or RAM for numpy) the job needs at least
+    backend: str = ""  # "" = any
+    verify: str = "none"
+
+    def fields(self) -> dict[str, Any]:
+        return {"wl": self.workload, "params": self.params, "requester": self.requester, "nonce": self.nonce,
+                "max_price": self.max_price, "deadline": self.deadline_ms, "min_mem": self.min_memory,
+                "backend": self.backend, "verify": self.verify}
+
+
+@dataclass(frozen=True)
+class Bid(Message):
+    TYPE: ClassVar[str] = "bid"
+    price: int = 0
+    estimate_ms: int = 0
+    expires_ms: int = 0
+    backend: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        return {"price": self.price, "est_ms": self.estimate_ms, "expires": self.expires_ms, "backend": self.backend}
+
+
+@dataclass(frozen=True)
+class Decline(Message):
+    TYPE: ClassVar[str] = "decline"
+    code: str = "busy"
+    reason: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        return {"code": self.code, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Progress(Message):
+    TYPE: ClassVar[str] = "progress"
+    fraction: float = 0.0
+
+    def fields(self) -> dict[str, Any]:
+        return {"frac": float(self.fraction)}
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    TYPE: ClassVar[str] = "cancel"
+    reason: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Failed(Message):
+    """The provider could not run the job (executor failure): a terminal answer, not a result."""
+
+    TYPE: ClassVar[str] = "failed"
+    code: str = "kernel_error"
+    reason: str = ""
+
+    def fields(self) -> dict[str, Any]:
+        return {"code": self.code, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Inputs(Message):
+    """Inputs follow the award. Seeded workloads need none; blob references will go here."""
+
+    TYPE: ClassVar[str] = "inputs"
+    blobs: tuple[bytes, ...] = ()
+
+    def fields(self) -> dict[str, Any]:
+        return {"blobs": list(self.blobs)}
+
+
+@dataclass(frozen=True)
+class Signed(Message):
+    """A message whose content is a signed body: ``award``, ``result`` or ``receipt``."""
+
+    body: dict[str, Any] = field(default_factory=dict)
+    raw: bytes = b""  # the envelope, as signed
+
+    def fields(self) -> dict[str, Any]:
+        return {"env": self.raw}
+
+    @property
+    def signer(self) -> bytes:
+        signer: bytes = self.body["provider"] if self.TYPE == "result" else self.body["requester"]
+        return signer
+
+
+@dataclass(frozen=True)
+class Award(Signed):
+    TYPE: ClassVar[str] = "award"
+
+
+@dataclass(frozen=True)
+class Result(Signed):
+    TYPE: ClassVar[str] = "result"
+
+
+@dataclass(frozen=True)
+class Receipt(Signed):
+    TYPE: ClassVar[str] = "receipt"
+
+
+def _signed(cls: type[Signed], job: bytes, body: dict[str, Any], key: SigningKey) -> Signed:
+    full = {"job": job, **body}
+    raw = envelope.seal(DOMAINS[cls.TYPE], codec.encode(full), key)
+    return cls(job=job, body=full, raw=raw)
+
+
+def make_award(job: bytes, key: SigningKey, *, requester: bytes, provider: bytes, nonce: bytes,
+               price: int, deadline_ms: int) -> Award:
+    return _signed(Award, job, {"requester": requester, "provider": provider, "nonce": nonce,
+                                "price": price, "deadline": deadline_ms}, key)  # type: ignore[return-value]
+
+
+def make_result(job: bytes, key: SigningKey, *, requester: bytes, provider: bytes, nonce: bytes,
+                digest: bytes, output: bytes, kernel_ms: int, backend: str) -> Result:
+    return _signed(Result, job, {"requester": requester, "provider": provider, "nonce": nonce,
+                                 "digest": digest, "output": output, "kernel_ms": kernel_ms,
+                                 "backend": backend}, key)  # type: ignore[return-value]
+
+
+def make_receipt(job: bytes, key: SigningKey, *, requester: bytes, provider: bytes, nonce: bytes,
+                 accepted: bool, outcome: str, paid: int) -> Receipt:
+    return _signed(Receipt, job, {"requester": requester, "provider": provider, "nonce": nonce,
+                                  "accepted": accepted, "outcome": outcome, "paid": paid}, key)  # type: ignore[return-value]
+
+
+# decoding -------------------------------------------------------------------------------------
+
+def _peer(f: codec.Fields, key: str) -> bytes:
+    value = f.blob(key, max_len=PEER_ID_LEN, exact=True)
+    public_key_from_peer_id(value)  # must be an ed25519 id
+    return value
+
+
+def _signed_body(kind: str, f: codec.Fields, job: bytes) -> tuple[dict[str, Any], bytes]:
+    raw = f.blob("env", max_len=MAX_MESSAGE)
+    env = envelope.unwrap(raw, max_size=MAX_MESSAGE)
+    body_f = codec.Fields(codec.decode(env.body, max_size=MAX_MESSAGE), f"{kind}.env")
+    if body_f.blob("job", max_len=JOB_ID_LEN, exact=True) != job:
+        raise CodecError(f"{kind}: signed job id differs from the message's")
+    body: dict[str, Any] = {"job": job, "requester": _peer(body_f, "requester"),
+                            "provider": _peer(body_f, "provider"),
+                            "nonce": body_f.blob("nonce", max_len=NONCE_LEN, exact=True)}
+    signer = body["provider"] if kind == "result" else body["requester"]
+    envelope.verify(DOMAINS[kind], env, public_key_from_peer_id(signer))
+    if kind == "award":
+        body["price"] = body_f.uint("price", maximum=MAX_U63)
+        body["deadline"] = body_f.uint("deadline", maximum=MAX_U63)
+    elif kind == "result":
+        body["digest"] = body_f.blob("digest", max_len=DIGEST_LEN, exact=True)
+        body["output"] = body_f.blob("output", max_len=MAX_INLINE_OUTPUT)
+        body["kernel_ms"] = body_f.uint("kernel_ms", maximum=MAX_U63)
+        body["backend"] = body_f.text("backend", max_len=MAX_TEXT)
+    else:
+        body["accepted"] = body_f.boolean("accepted")
+        body["outcome"] = body_f.text("outcome", max_len=MAX_TEXT)
+        body["paid"] = body_f.uint("paid", maximum=MAX_U63)
+    return body, raw
+
+
+def decode(data: object) -> Message:
+    f = codec.Fields(codec.decode(data, max_size=MAX_MESSAGE), "job-message")
+    kind = f.text("t", max_len=16)
+    if f.uint("v", maximum=255) != VERSION:
+        raise CodecError("job-message.v: unsupported version")
+    job = f.blob("job", max_len=JOB_ID_LEN, exact=True)
+    if kind == "rfb":
+        params = f.require_sub("params")
+        if len(codec.encode(dict(params.items()))) > MAX_PARAMS_BYTES:
+            raise CodecError("rfb.params: too large")
+        verify = f.text("verify", max_len=16)
+        if verify not in VERIFY_POLICIES:
+            raise CodecError(f"rfb.verify: {verify!r} is not one of {VERIFY_POLICIES}")
+        return RequestForBids(job, f.text("wl", max_len=32), dict(params.items()), _peer(f, "requester"),
+                              f.blob("nonce", max_len=NONCE_LEN, exact=True), f.uint("max_price", maximum=MAX_U63),
+                              f.uint("deadline", maximum=MAX_U63), f.uint("min_mem", maximum=MAX_U63),
+                              f.text("backend", max_len=MAX_TEXT), verify)
+    if kind == "bid":
+        return Bid(job, f.uint("price", maximum=MAX_U63), f.uint("est_ms", maximum=MAX_U63),
+                   f.uint("expires", maximum=MAX_U63), f.text("backend", max_len=MAX_TEXT))
+    if kind == "decline":
+        code = f.text("code", max_len=MAX_TEXT)
+        if code not in DECLINE_CODES:
+            raise CodecError(f"decline.code: unknown code {code!r}")
+        return Decline(job, code, f.text("reason", max_len=MAX_REASON))
+    if kind == "progress":
+        return Progress(job, f.number("frac", minimum=0.0, maximum=1.0))
+    if kind == "cancel":
+        return Cancel(job, f.text("reason", max_len=MAX_REASON))
+    if kind == "failed":
+        return Failed(job, f.text("code", max_len=MAX_TEXT), f.text("reason", max_len=MAX_REASON))
+    if kind == "inputs":
+        blobs = f.array("blobs", max_items=64)
+        if not all(isinstance(b, bytes) and len(b) == DIGEST_LEN for b in blobs):
+            raise CodecError("inputs.blobs: expected 32-byte digests")
+        return Inputs(job, tuple(blobs))
+    if kind in DOMAINS:
+        body, raw = _signed_body(kind, f, job)
+        cls = {"award": Award, "result": Result, "receipt": Receipt}[kind]
+        return cls(job=job, body=body, raw=raw)
+    raise CodecError(f"job-message.t: unknown type {kind!r}")
