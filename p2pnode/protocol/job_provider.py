@@ -125,6 +125,8 @@ class ProviderJob:
         """Apply a message from the requester; ``RemoteProtocolError`` if it does not fit."""
         if msg.job != self.job:
             raise RemoteProtocolError("message for another job on this stream")
+        if self._duplicate(msg):
+            return  # the same signed award, inputs or receipt again: already applied
         if isinstance(msg, m.Award):
             self._check_award(msg, now)
             self._move("recv_award", remote=True)
@@ -143,6 +145,19 @@ class ProviderJob:
             self.reason = msg.reason or "cancelled by the requester"
         else:
             self._move(f"recv_{msg.TYPE}", remote=True)
+
+    # Messages after the end are not errors: a terminal job ignores what is still in flight.
+
+    def _duplicate(self, msg: m.Message) -> bool:
+        if isinstance(msg, m.Award):
+            return self.award is not None and msg.raw == self.award.raw
+        if isinstance(msg, m.Inputs):
+            return self.state in (P.RUNNING, P.RESULT_SENT, P.DONE, P.FAILED, P.UNCONFIRMED)
+        if isinstance(msg, m.Receipt):
+            return self.state is P.DONE
+        if isinstance(msg, m.Cancel):
+            return self.terminal
+        return False
 
     def _check_award(self, award: m.Award, now: float) -> None:
         b = award.body

@@ -150,23 +150,32 @@ class RequesterJob:
         if isinstance(msg, (m.Failed, m.Cancel)) and self.state is R.RUNNING:
             code = msg.code if isinstance(msg, m.Failed) else "cancelled"
             return self._lose(peer, f"{code}: {msg.reason}", now)
+        if self.state is R.VERIFYING:
+            if isinstance(msg, m.Result) and self.result is not None and msg.raw == self.result.raw:
+                return Step()  # the same result again
+            if isinstance(msg, m.Progress):
+                return Step()  # progress that was overtaken by the result
+            return Step(violation=(peer, f"{msg.TYPE} after the result"))
         return self._lose(peer, f"unexpected {msg.TYPE} while {self.state.value}", now, violation=True)
 
     def _on_answer(self, peer: bytes, msg: m.Bid | m.Decline, now: float) -> Step:
         if self.state is not R.COLLECTING or peer in self.bids or peer in self.declines:
             return Step()  # late or repeated answers are harmless
+        violation = None
         if isinstance(msg, m.Decline):
             self.declines[peer] = msg.code
             self._emit("decline", peer=peer, code=msg.code)
         elif msg.price > self.rfb.max_price:
             self.declines[peer] = "price"
-            return Step(violation=(peer, f"bid {msg.price} above the maximum {self.rfb.max_price}"))
+            violation = (peer, f"bid {msg.price} above the maximum {self.rfb.max_price}")
         else:
             self.bids[peer] = msg
             self._emit("bid", peer=peer, price=msg.price)
+        step = Step()
         if len(self.bids) + len(self.declines) == len(self.candidates):
-            return self._close(now, "bid")
-        return Step()
+            step = self._close(now, "bid")
+        step.violation = violation
+        return step
 
     # decisions -----------------------------------------------------------------------------
     def _ranked(self, now: float) -> list[bytes]:
