@@ -33,6 +33,20 @@ def _failure_code(exc: BaseException) -> str:
     return "kernel_error"
 
 
+def _throttled(send: Any) -> Any:
+    """Progress at most ten times a second (and always the final 1.0)."""
+    last = 0.0
+
+    def progress(fraction: float) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 0.1 or fraction >= 1.0:
+            last = now
+            send({"progress": float(fraction)})
+
+    return progress
+
+
 def serve(inp: BinaryIO, out: BinaryIO) -> None:
     ops_cache: dict[str, Any] = {}
 
@@ -47,13 +61,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
         if request.get("op") == "hello":
             send({"backends": list(backends.available()), "pid": os.getpid()})
             continue
-        last = [0.0]
-
-        def progress(fraction: float) -> None:
-            now = time.monotonic()
-            if now - last[0] >= 0.1 or fraction >= 1.0:
-                last[0] = now
-                send({"progress": float(fraction)})
+        progress = _throttled(send)
 
         started = time.perf_counter()
         try:

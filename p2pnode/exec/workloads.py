@@ -170,8 +170,8 @@ class Matmul:
 
 def _mlp_weights(ops: Any, seed: int, dims: list[int]) -> list[tuple[Any, Any]]:
     """Layer l: weights from stream 2l scaled to unit output variance, bias from stream 2l+1."""
-    return [(ops.uniform(seed, 2 * l, (i, o)) * float(np.sqrt(3.0 / i)),
-             ops.uniform(seed, 2 * l + 1, (o,)) * 0.01) for l, (i, o) in enumerate(zip(dims, dims[1:]))]
+    return [(ops.uniform(seed, 2 * n, (i, o)) * float(np.sqrt(3.0 / i)),
+             ops.uniform(seed, 2 * n + 1, (o,)) * 0.01) for n, (i, o) in enumerate(zip(dims, dims[1:], strict=False))]
 
 
 class Infer:
@@ -194,11 +194,11 @@ class Infer:
 
     def flops(self, p: Mapping[str, Any]) -> float:
         d = self._dims(p)
-        return 2.0 * p["batch"] * sum(i * o for i, o in zip(d, d[1:]))
+        return 2.0 * p["batch"] * sum(i * o for i, o in zip(d, d[1:], strict=False))
 
     def memory(self, p: Mapping[str, Any]) -> int:
         d = self._dims(p)
-        return 4 * (sum(i * o + o for i, o in zip(d, d[1:])) + 2 * p["batch"] * max(d))
+        return 4 * (sum(i * o + o for i, o in zip(d, d[1:], strict=False)) + 2 * p["batch"] * max(d))
 
     def comparison(self, p: Mapping[str, Any]) -> str:
         return "tolerance"

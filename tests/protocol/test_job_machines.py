@@ -13,7 +13,7 @@ from tests.protocol.job_pair import T0, Conversation
 
 def run_auction(c: Conversation, prices: list[int], now: float = T0 + 0.1) -> None:
     c.deliver(c.requester.start(), T0)
-    for (peer, prov), price in zip(c.providers.items(), prices):
+    for (peer, prov), price in zip(c.providers.items(), prices, strict=True):
         c.reply(peer, prov.bid(price, 100, now + 30, "numpy"), now)
 
 
@@ -97,7 +97,6 @@ def test_cancel_from_the_provider_reawards() -> None:
 def test_deadlines_end_both_sides() -> None:
     c = Conversation.make(2, deadline_s=10)
     run_auction(c, [1, 2])
-    winner = c.requester.provider
     c.deliver(c.requester.tick(T0 + 10), T0 + 10)
     assert c.requester.state is R.EXPIRED
     for prov in c.providers.values():
