@@ -51,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--dir", type=Path, help="keep the nodes' data dirs here (default: a temp dir, removed)")
     sw.add_argument("--json", action="store_true", help="print a JSON summary")
 
+    sm = sub.add_parser("submit", parents=[common], help="run a job on the network and show its result")
+    sm.add_argument("workload", help="matmul, infer or train_step")
+    sm.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="workload parameter")
+    sm.add_argument("--max-price", type=int, default=100_000, help="most micro-credits you pay (default 100000)")
+    sm.add_argument("--deadline", type=float, default=60.0, help="seconds from now (default 60)")
+    sm.add_argument("--providers", type=int, default=3, help="ask this many providers for bids (default 3)")
+    sm.add_argument("--backend", default="", help="cuda, cupy or numpy (default: any)")
+    sm.add_argument("--verify", default="auto", choices=["auto", "none", "freivalds"], help="how to check the result")
+    sm.add_argument("--json", action="store_true", help="print JSON")
+    jb = sub.add_parser("jobs", parents=[common], help="live and past jobs of the running node")
+    jb.add_argument("--json", action="store_true", help="print JSON")
+
     for name, text in (
         ("id", "print this node's peer id (and addresses when it runs)"),
         ("peers", "list connected peers"),
@@ -84,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_swarm(args.nodes, keep=args.keep, as_json=args.json, timeout=args.timeout,
                              base=args.dir)
         return _read_command(args)
-    except LocalError as exc:
+    except P2PNodeError as exc:
         print(f"p2pnode: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -116,6 +128,8 @@ def _read_command(args: argparse.Namespace) -> int:
             for a in result["addrs"]:
                 print(f"  {a}")
         return 0
+    if args.command == "submit":
+        return _submit(config, args, console)
     result = call(config.control_socket, args.command)
     if args.json:
         _print_json(result)
@@ -126,6 +140,8 @@ def _read_command(args: argparse.Namespace) -> int:
         console.print(ui.peers_table(result))
     elif args.command == "market":
         console.print(ui.market_table(result))
+    elif args.command == "jobs":
+        console.print(ui.jobs_table(result))
     elif args.command == "status":
         console.print(ui.status_text(result), end="")
         return 0 if result["state"] != "error" else 2
@@ -175,3 +191,66 @@ def _first(group: BaseException) -> BaseException:
     while isinstance(group, BaseExceptionGroup):
         group = group.exceptions[0]
     return group
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LocalError(f"--param {item!r}: expected KEY=VALUE")
+        for cast in (int, float):
+            try:
+                params[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            params[key] = value
+    return params
+
+
+def _submit(config: Config, args: argparse.Namespace, console: Any) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from p2pnode import ui
+    from p2pnode.exec import workloads
+
+    params = _parse_params(args.param)
+    workloads.get(args.workload).check(params)  # bad input fails here, before the network
+    if args.deadline <= 0:
+        raise LocalError("--deadline must be in the future (seconds from now)")
+    request = dict(workload=args.workload, params=params, max_price=args.max_price, deadline=args.deadline,
+                   k=args.providers, backend=args.backend, verify=args.verify)
+    if args.json:
+        result = call(config.control_socket, "submit", timeout=args.deadline + 30, **request)
+        _print_json(result)
+        return 0 if result["state"] == "done" else 3
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                        TimeElapsedColumn(), console=console, transient=False)
+    with progress:
+        bids = progress.add_task("bids", total=args.providers)
+        run = progress.add_task("execution", total=1.0, visible=False)
+
+        def on_event(e: dict[str, Any]) -> None:
+            kind = e.get("event")
+            if kind in ("bid", "decline"):
+                progress.advance(bids)
+                what = f"{e.get('price')} µcr" if kind == "bid" else e.get("code")
+                progress.console.print(f"  {kind} from {ui.short_peer(e['peer'])}: {what}")
+            elif kind == "award":
+                progress.update(bids, completed=args.providers)
+                progress.update(run, visible=True, completed=0)
+                progress.console.print(f"  award to {ui.short_peer(e['provider'])} at {e['price']} µcr "
+                                       f"(attempt {e['attempt']})")
+            elif kind == "progress":
+                progress.update(run, completed=float(e.get("fraction", 0)))
+            elif kind == "lost":
+                progress.console.print(f"  [yellow]provider {ui.short_peer(e['provider'])} lost: {e['reason']}[/]")
+            elif kind == "result":
+                progress.update(run, completed=1.0)
+                progress.console.print("  result received; verifying")
+
+        result = call(config.control_socket, "submit", timeout=args.deadline + 30, on_event=on_event, **request)
+    console.print(ui.job_summary(result))
+    return 0 if result["state"] == "done" else 3

@@ -42,8 +42,9 @@ KEYS: tuple[Key, ...] = (
     Key("mdns", bool, True, "Find peers on the local network with mDNS."),
     Key("provide", bool, True, "Offer this machine's capacity (publish capacity ads)."),
     Key("use_gpu", bool, True, "Probe GPUs with NVML and use them; false forces the CPU path."),
-    Key("workloads", list, ["matmul"], "Workloads offered in the capacity ad."),
+    Key("workloads", list, ["matmul", "infer", "train_step"], "Workloads offered in the capacity ad."),
     Key("price", int, 100, "Price in micro-credits per unit of work (one GFLOP)."),
+    Key("slots", int, 1, "Jobs this node runs at once (one worker process each)."),
     Key("ad_interval", float, 10.0, "Seconds between periodic capacity ads (also sent at start and on change)."),
     Key("ad_ttl", float, 30.0, "Seconds an ad stays valid; must exceed ad_interval."),
     Key("calibrate_seconds", float, 0.3, "Budget of the start-up calibration run."),
@@ -65,6 +66,7 @@ class Config:
     use_gpu: bool
     workloads: tuple[str, ...]
     price: int
+    slots: int
     ad_interval: float
     ad_ttl: float
     calibrate_seconds: float
@@ -179,6 +181,8 @@ def _check(c: Config) -> None:
         raise ConfigError("price must not be negative")
     if c.heartbeat <= 0 or c.heartbeat > 60:
         raise ConfigError("heartbeat must be within (0, 60] seconds")
+    if not 1 <= c.slots <= 64:
+        raise ConfigError("slots must be between 1 and 64")
     if c.max_peers < 1:
         raise ConfigError("max_peers must be at least 1")
     if c.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -108,3 +108,13 @@ class RemoteProtocolError(ProtocolError, PeerError):
     """A peer sent a message that does not fit the conversation; the peer is penalised."""
 
     code = "protocol_violation"
+
+
+def unwrap_group(exc: BaseException) -> BaseException:
+    """The single error inside (nested) exception groups, or ``exc`` itself.
+
+    trio's nurseries wrap errors in groups; a user should see the ``JobError`` inside, not a
+    group with one member."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -20,7 +20,7 @@ import trio
 from p2pnode import __version__
 from p2pnode.config import MIN_AD_INTERVAL_S, Config
 from p2pnode.control import server as control_server
-from p2pnode.errors import ControlError, PeerError
+from p2pnode.errors import ControlError, PeerError, unwrap_group
 from p2pnode.identity import Identity, load_or_create
 from p2pnode.market.capacity_table import CapacityTable, TableEntry, TableLimits
 from p2pnode.net import workarounds
@@ -71,6 +71,10 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._seq = 0
         self.ready = trio.Event()
+        self.executor: Any = None
+        from p2pnode.jobs import JobService
+
+        self.jobs = JobService(self)
 
     # identity ----------------------------------------------------------------------------
     @property
@@ -106,7 +110,13 @@ class Node:
                 self.speed = await trio.to_thread.run_sync(
                     lambda: calibrate(cfg.calibrate_seconds, use_gpu=cfg.use_gpu)
                 )
-            await self._run_network(identity, listen, bootstrap, listener, task_status)
+            if cfg.provide:
+                from p2pnode.exec.executor import Executor
+
+                async with Executor(slots=cfg.slots) as self.executor:
+                    await self._run_network(identity, listen, bootstrap, listener, task_status)
+            else:
+                await self._run_network(identity, listen, bootstrap, listener, task_status)
         finally:
             self.metrics.close()
             self.probe.close()
@@ -131,6 +141,9 @@ class Node:
             async with background_trio_service(self.pubsub), background_trio_service(router):
                 await self.pubsub.wait_until_ready()
                 self.pubsub.set_topic_validator(CAPACITY_TOPIC, self._validate, False)
+                from p2pnode.jobs import JOB_PROTOCOL
+
+                self.host.set_stream_handler(JOB_PROTOCOL, self.jobs.handle_stream)
                 subscription = await self.pubsub.subscribe(CAPACITY_TOPIC)
                 self.started_at = self._clock()
                 nursery.start_soon(control_server.serve, listener, self._control)
@@ -175,8 +188,12 @@ class Node:
     def _reject(self, code: str, blame: bytes | None, now: float) -> None:
         self.rejected[code] = self.rejected.get(code, 0) + 1
         self.metrics.ads_rejected.labels(code).inc()
-        if blame is None:
-            return
+        if blame is not None:
+            self.penalise(blame, code, now)
+
+    def penalise(self, blame: bytes, code: str, now: float | None = None) -> None:
+        """Count an offence against a peer; ban and disconnect it past the threshold."""
+        now = self._clock() if now is None else now
         self.metrics.penalties.labels(code).inc()
         if self.penalties.record(blame, code, now):
             self.metrics.bans.inc()
@@ -245,7 +262,7 @@ class Node:
             offers=tuple(Offer(w, backend, cfg.price, "gflop") for w in cfg.workloads[:16]),
             addrs=tuple(a for a in self.addrs() if len(a) <= 128)[:8],
             speed=tuple(sorted(self.speed.items()))[:16],
-            load=0.0,
+            load=min(1.0, self.executor.load) if self.executor is not None else 0.0,
         )
 
     async def publish_ad(self) -> None:
@@ -260,7 +277,8 @@ class Node:
         last_shape = None
         while True:
             now = trio.current_time()
-            shape = _shape(self.hardware) if self.hardware else None
+            # a new peer is a change too: it learns the market from the ads that follow
+            shape = (_shape(self.hardware) if self.hardware else None, len(self.host.get_connected_peers()))
             due = now - last_publish >= self.config.ad_interval
             changed = shape != last_shape and now - last_publish >= MIN_CHANGE_INTERVAL_S
             if due or changed:
@@ -328,7 +346,7 @@ class Node:
             "data_dir": str(self.config.data_dir),
         }
 
-    async def _control(self, request: dict[str, Any]) -> Any:
+    async def _control(self, request: dict[str, Any], emit: Any = None) -> Any:
         cmd = request["cmd"]
         if cmd == "id":
             return {"peer": self.peer_id, "addrs": self.addrs()}
@@ -338,7 +356,37 @@ class Node:
             return self.market_view()
         if cmd == "status":
             return self.status_view()
+        if cmd == "jobs":
+            return [r.to_json() for r in reversed(self.jobs.records)]
+        if cmd == "submit":
+            return await self._submit(request, emit)
         raise ControlError(f"unknown command {cmd!r}")
+
+    async def _submit(self, request: dict[str, Any], emit: Any) -> Any:
+        send, recv = trio.open_memory_channel[dict[str, Any]](256)
+
+        async def forward() -> None:
+            async for item in recv:
+                await emit(item)
+
+        try:
+            params = dict(request.get("params") or {})
+            args = dict(max_price=int(request["max_price"]), deadline_s=float(request.get("deadline", 60)),
+                        k=int(request.get("k", 3)), backend=str(request.get("backend", "")),
+                        verify=str(request.get("verify", "auto")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ControlError(f"bad submit request: {exc}") from exc
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forward)
+                try:
+                    rec = await self.jobs.submit(str(request.get("workload")), params,
+                                                 on_event=lambda e: _send_nowait(send, e), **args)
+                finally:
+                    send.close()
+        except BaseExceptionGroup as group:
+            raise unwrap_group(group) from None
+        return rec.to_json()
 
 
 def _shape(hw: Hardware) -> tuple[Any, ...]:
@@ -355,3 +403,10 @@ def _entry_json(entry: TableEntry, now: float) -> dict[str, Any]:
     out["age_s"] = round(now - entry.ad.issued_at_ms / 1000.0, 3)
     out["expires_in_s"] = round(entry.expires_at - now, 3)
     return out
+
+
+def _send_nowait(send: trio.MemorySendChannel[dict[str, Any]], item: dict[str, Any]) -> None:
+    try:
+        send.send_nowait(item)
+    except (trio.WouldBlock, trio.ClosedResourceError):
+        pass  # a slow CLI misses a progress line, never the result

@@ -40,7 +40,10 @@ def market_table(entries: list[dict[str, Any]], title: str = "Market") -> Table:
             hw = f"CPU ×{cpu.get('cores', '?')} {cpu.get('model', '?')}"
             mem = f"{_gib(cpu.get('mem_free', 0))}/{_gib(cpu.get('mem_total', 0))}"
             util = "-"
-        offers = ", ".join(f"{o['wl']} @ {o['price']}" for o in e.get("offers", []))
+        by_price: dict[int, list[str]] = {}
+        for o in e.get("offers", []):
+            by_price.setdefault(o["price"], []).append(o["wl"])
+        offers = "; ".join(f"{' '.join(names)} @ {price}" for price, names in sorted(by_price.items()))
         speeds = (e.get("speed") or {}).values()
         row = [short_peer(e["peer"]), hw, mem, *([util] if any_gpu else []), offers,
                f"{max(speeds):.0f}" if speeds else "-",
@@ -73,4 +76,33 @@ def status_text(s: dict[str, Any]) -> Text:
     out.append(f"  listening on {', '.join(s['addrs']) or '-'}\n")
     if s.get("metrics"):
         out.append(f"  metrics http://{s['metrics']}/metrics\n")
+    return out
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> Table:
+    t = Table(title="Jobs", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("job", "role", "workload", "peer", "state", "price", "kernel ms", "outcome"):
+        t.add_column(col, no_wrap=col != "outcome")
+    for j in jobs:
+        t.add_row(j["job"][:8], j["role"], j["workload"], short_peer(j.get("peer", "")), j["state"],
+                  str(j.get("price", "")), str(j.get("kernel_ms", "")), j.get("outcome", ""))
+    return t
+
+
+def job_summary(j: dict[str, Any]) -> Text:
+    ok = j["state"] == "done"
+    out = Text()
+    out.append(f"{j['state'].upper()}", style="bold green" if ok else "bold red")
+    out.append(f"  job {j['job'][:16]}  {j['workload']}  by {j.get('peer') or '-'}\n")
+    out.append(f"  outcome: {j.get('outcome', '')}\n")
+    if ok:
+        out.append(f"  price {j['price']} µcr, kernel {j.get('kernel_ms')} ms on {j.get('backend')}, "
+                   f"wall {j['ended'] - j['started']:.3f} s\n")
+    for name, arr in (j.get("output") or {}).items():
+        out.append(f"  {name}: {arr['dtype']}{arr['shape']} = {arr['sample']} …\n")
+    if j.get("loss"):
+        loss = j["loss"]
+        out.append(f"  loss: {loss[0]:.4g} → {loss[-1]:.4g} over {len(loss)} steps\n")
+    if j.get("digest"):
+        out.append(f"  digest {j['digest']}\n")
     return out

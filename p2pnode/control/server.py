@@ -13,13 +13,14 @@ from typing import Any
 
 import trio
 
-from p2pnode.errors import ControlError
+from p2pnode.errors import ControlError, ExecFailure, LocalError, WorkloadError
 
 log = logging.getLogger("p2pnode.control")
 MAX_REQUEST = 64 * 1024
 MAX_UNIX_PATH = 107
 
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+# A handler gets the request and an ``emit`` coroutine for progress lines sent before the reply.
+Handler = Callable[[dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[Any]]
 
 
 def _peer_uid(sock: trio.socket.SocketType) -> int | None:
@@ -66,12 +67,15 @@ async def serve(listener: trio.SocketListener, handler: Handler) -> None:
             if uid is not None and uid != my_uid:
                 await _reply(stream, {"ok": False, "error": "permission denied"})
                 return
+            async def emit(event: dict[str, Any]) -> None:
+                await _reply(stream, {"event": event})
+
             try:
                 with trio.fail_after(10):
                     request = await _read_line(stream)
-                    result = await handler(request)
-                    await _reply(stream, {"ok": True, "result": result})
-            except ControlError as exc:
+                result = await handler(request, emit)
+                await _reply(stream, {"ok": True, "result": result})
+            except (ControlError, LocalError, WorkloadError, ExecFailure) as exc:
                 await _reply(stream, {"ok": False, "error": str(exc)})
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
                 pass

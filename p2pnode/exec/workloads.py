@@ -76,6 +76,7 @@ class Workload(Protocol):
     def flops(self, p: Mapping[str, Any]) -> float: ...
     def memory(self, p: Mapping[str, Any]) -> int: ...
     def comparison(self, p: Mapping[str, Any]) -> str: ...
+    def output_bytes(self, p: Mapping[str, Any]) -> int: ...
     def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output: ...
     def agree(self, p: Mapping[str, Any], a: Output, b: Output) -> bool: ...
 
@@ -154,6 +155,9 @@ class Matmul:
     def comparison(self, p: Mapping[str, Any]) -> str:
         return "exact" if p["dtype"] == "int8" else "tolerance"
 
+    def output_bytes(self, p: Mapping[str, Any]) -> int:
+        return p["m"] * p["n"] * (2 if p["dtype"] in ("fp16",) else 4)
+
     def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output:
         a, b = matmul_inputs(p, ops)
         progress(0.1)
@@ -203,6 +207,9 @@ class Infer:
     def comparison(self, p: Mapping[str, Any]) -> str:
         return "tolerance"
 
+    def output_bytes(self, p: Mapping[str, Any]) -> int:
+        return 4 * p["batch"] * p["d_out"]
+
     def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output:
         weights = _mlp_weights(ops, p["seed"], self._dims(p))
         x = ops.uniform(p["seed"], 1000, (p["batch"], p["d_in"]))  # stream 1000: the batch
@@ -238,6 +245,9 @@ class TrainStep:
 
     def comparison(self, p: Mapping[str, Any]) -> str:
         return "tolerance"
+
+    def output_bytes(self, p: Mapping[str, Any]) -> int:
+        return 4 * (p["d_in"] * p["d_hidden"] + 2 * p["d_hidden"] + 1) + 8 * p["steps"]
 
     def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output:
         # The update rule runs in NumPy on every backend: SGD steps are small, sequential kernels

@@ -28,7 +28,7 @@ async def _check_js_sees_node(js: JsPeer, node: Node) -> None:
     assert ad["verified"] is True, ad
     assert ad["from"] == node.peer_id
     assert ad["cores"] == node.hardware.cpu.cores  # type: ignore[union-attr]
-    assert ad["offers"] == ["matmul"]
+    assert ad["offers"] == list(node.config.workloads)
 
 
 async def test_js_peer_dials_the_node() -> None:

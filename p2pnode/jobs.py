@@ -1,0 +1,368 @@
+"""The job protocol ``/p2pnode/job/1`` over libp2p streams: the shell around the pure machines.
+
+One stream per (job, provider). The provider side (:meth:`JobService.handle_stream`) decides, bids,
+runs the awarded job on the executor, streams progress (at least every ``HEARTBEAT_S``) and sends a
+signed result; a requester that cancels, breaks the protocol or vanishes stops the work at once.
+The requester side (:meth:`JobService.submit`) picks up to K providers from the capacity table,
+runs the auction, re-awards on failure, verifies the result (digest, and Freivalds for matmul) and
+signs the receipt. Peers that send malformed or out-of-order messages are penalised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+import numpy as np
+import trio
+
+from p2pnode.errors import ExecFailure, LocalError, PeerError, ProtocolError, WorkloadError
+from p2pnode.exec import workloads
+from p2pnode.exec.workloads import Output
+from p2pnode.market.bidding import Capacity, decide
+from p2pnode.net.framing import FramedStream, StreamGone
+from p2pnode.protocol.job_provider import P, ProviderJob
+from p2pnode.protocol.job_requester import R, RequesterJob, Step
+from p2pnode.verify import freivalds
+from p2pnode.wire import job as m
+from p2pnode.wire.peer_id import to_base58
+
+if TYPE_CHECKING:
+    from p2pnode.node import Node
+
+log = logging.getLogger("p2pnode.jobs")
+JOB_PROTOCOL = "/p2pnode/job/1"
+HEARTBEAT_S = 2.0
+BID_TTL_S = 30.0
+OPEN_TIMEOUT_S = 5.0
+
+
+class JobError(LocalError):
+    """A job could not be submitted or did not complete (no provider, deadline, ...)."""
+
+
+@dataclass
+class JobRecord:
+    job: str
+    role: str  # "requester" or "provider"
+    workload: str
+    params: dict[str, Any]
+    peer: str = ""  # provider (for a requester) or requester (for a provider)
+    state: str = "starting"
+    price: int = 0
+    started: float = field(default_factory=time.time)
+    ended: float = 0.0
+    outcome: str = ""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    output: Output | None = None
+    kernel_ms: int = 0
+    backend: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("output", "events")}
+        out["events"] = self.events[-50:]
+        if self.output is not None:
+            out["digest"] = self.output.digest.hex()
+            out["output"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype),
+                                 "sample": [float(f"{x:.4g}") for x in v.reshape(-1)[:6].tolist()]} for k, v in self.output.arrays.items()}
+            if "loss" in self.output.extra:
+                out["loss"] = self.output.extra["loss"]
+        return out
+
+
+def _trio_deadline(unix: float) -> float:
+    return trio.current_time() + (unix - time.time())
+
+
+class JobService:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.records: list[JobRecord] = []
+
+    def _record(self, rec: JobRecord) -> JobRecord:
+        self.records.append(rec)
+        del self.records[:-500]
+        return rec
+
+    def _penalise(self, peer: bytes, code: str) -> None:
+        self.node.penalise(peer, code)
+
+    # provider ------------------------------------------------------------------------------
+    def capacity(self) -> Capacity:
+        node = self.node
+        ex = node.executor
+        speeds = node.speed
+        gflops = max(speeds.values()) if speeds else 1.0
+        free = node.hardware.gpus[0].memory_free if node.hardware and node.hardware.gpus else (
+            node.hardware.cpu.memory_free if node.hardware else 0)
+        return Capacity(backends=ex.backends if ex else (), free_memory=int(free * 0.8), gflops=gflops,
+                        price_per_gflop=node.config.price, busy=ex is None or ex.running >= 2 * ex.slots,
+                        offered=tuple(node.config.workloads) if node.config.provide else ())
+
+    async def handle_stream(self, stream: Any) -> None:
+        peer = stream.muxed_conn.peer_id.to_bytes()
+        fs = FramedStream(stream, max_frame=m.MAX_MESSAGE)
+        rec: JobRecord | None = None
+        try:
+            with trio.fail_after(10):
+                first = m.decode(await fs.receive())
+            if not isinstance(first, m.RequestForBids) or first.requester != peer:
+                raise ProtocolError("a job stream must open with the sender's own request for bids")
+            prov = ProviderJob(self.node.identity.peer_id, first, time.time())
+            decision = decide(first, self.capacity(), time.time())
+            if not decision.bid:
+                await fs.send(prov.decline(decision.code, decision.reason).encode())
+                return
+            await fs.send(prov.bid(decision.price, decision.estimate_ms, time.time() + BID_TTL_S,
+                                   decision.backend).encode())
+            rec = self._record(JobRecord(first.job.hex(), "provider", first.workload, dict(first.params),
+                                         peer=to_base58(peer), state=prov.state.value, price=decision.price,
+                                         backend=decision.backend))
+            await self._provide(fs, prov, rec, decision.backend)
+        except (PeerError, ProtocolError) as exc:
+            code = getattr(exc, "code", "protocol_violation")
+            log.info("job stream from %s: %s", to_base58(peer), exc)
+            self._penalise(peer, code if isinstance(exc, PeerError) else "protocol_violation")
+            await fs.reset()
+        except (StreamGone, trio.TooSlowError):
+            pass
+        finally:
+            if rec is not None:
+                rec.ended = time.time()
+            await fs.close()
+
+    async def _provide(self, fs: FramedStream, prov: ProviderJob, rec: JobRecord, backend: str) -> None:
+        inbox_send, inbox = trio.open_memory_channel[Any](16)
+        exec_scope = trio.CancelScope()
+        latest = [0.0]
+        done_event = trio.Event()
+
+        async def reader() -> None:
+            try:
+                while True:
+                    await inbox_send.send(m.decode(await fs.receive()))
+            except (StreamGone, PeerError) as exc:
+                await inbox_send.send(exc)
+
+        async def execute() -> None:
+            ex = self.node.executor
+            assert ex is not None
+            with exec_scope:
+                try:
+                    r = await ex.run(rec.workload, rec.params, backend=backend,
+                                     on_progress=lambda f: latest.__setitem__(0, f))
+                    output = cbor2.dumps(r.output.to_wire())
+                    result = m.make_result(prov.job, self.node.identity.signing_key, requester=prov.rfb.requester,
+                                           provider=prov.me, nonce=prov.rfb.nonce, digest=r.digest, output=output,
+                                           kernel_ms=int(r.seconds * 1000), backend=r.backend)
+                    rec.kernel_ms, rec.output = int(r.seconds * 1000), r.output
+                    await fs.send(prov.done(result, time.time()).encode())
+                except (ExecFailure, WorkloadError) as exc:
+                    await fs.send(prov.failed(exc.code, str(exc)).encode())
+                rec.state = prov.state.value
+            done_event.set()
+
+        async def heartbeat() -> None:
+            while not done_event.is_set() and prov.state is P.RUNNING:
+                await fs.send(prov.progress(latest[0]).encode())
+                with trio.move_on_after(HEARTBEAT_S):
+                    await done_event.wait()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            started = False
+            while not prov.terminal:
+                item: Any = None
+                with trio.move_on_at(_trio_deadline(prov.until)):
+                    item = await inbox.receive()
+                if item is None:
+                    out = prov.tick(time.time())
+                    if out is not None:
+                        await fs.send(out.encode())
+                elif isinstance(item, StreamGone):
+                    if prov.state is P.BID_SENT:  # the requester chose another bid
+                        prov.tick(prov.until)
+                    elif not prov.terminal:  # the requester vanished: free what it held
+                        prov.cancel("requester gone")
+                elif isinstance(item, PeerError):
+                    prov.cancel("protocol error")
+                    raise item
+                else:
+                    prov.receive(item, time.time())
+                if prov.state is P.RUNNING and not started:
+                    started = True
+                    nursery.start_soon(execute)
+                    nursery.start_soon(heartbeat)
+                rec.state = prov.state.value
+            if prov.state in (P.CANCELLED, P.EXPIRED, P.ERROR):
+                exec_scope.cancel()
+            rec.outcome = prov.reason or prov.state.value
+            nursery.cancel_scope.cancel()
+
+    # requester -----------------------------------------------------------------------------
+    def candidates(self, workload: str, need: int, k: int, backend: str) -> list[Any]:
+        now = time.time()
+        me = self.node.identity.peer_id
+        out = []
+        for e in self.node.table.entries(now):
+            ad = e.ad
+            if ad.peer_id == me or self.node.penalties.is_banned(ad.peer_id, now):
+                continue
+            offers = [o for o in ad.offers if o.workload == workload and (not backend or o.backend == backend)]
+            if not offers or not ad.addrs:
+                continue
+            free = max([g.memory_free for g in ad.gpus], default=ad.cpu.memory_free)
+            if free < need:
+                continue
+            speed = max((v for _, v in ad.speed), default=1.0)
+            out.append((offers[0].price / max(speed, 1e-3) * (1.0 + ad.load), ad))
+        out.sort(key=lambda x: x[0])
+        return [ad for _, ad in out[:k]]
+
+    async def submit(self, workload: str, params: dict[str, Any], *, max_price: int, deadline_s: float,
+                     k: int = 3, backend: str = "", verify: str = "auto", bid_window_s: float = 2.0,
+                     on_event: Callable[[dict[str, Any]], None] | None = None) -> JobRecord:
+        wl = workloads.get(workload)
+        checked = wl.check(params)
+        if deadline_s <= 0:
+            raise JobError("the deadline is already past")
+        if max_price <= 0:
+            raise JobError("--max-price must be positive")
+        ads = self.candidates(workload, wl.memory(checked), k, backend)
+        if not ads:
+            raise JobError(f"no provider in the market offers {workload}" + (f" on {backend}" if backend else ""))
+        node = self.node
+        job_id, nonce = os.urandom(16), os.urandom(16)
+        policy = ("freivalds" if workload == "matmul" else "none") if verify == "auto" else verify
+        rfb = m.RequestForBids(job_id, workload, checked, node.identity.peer_id, nonce, max_price,
+                               int((time.time() + deadline_s) * 1000), 0, backend, policy)
+        rec = self._record(JobRecord(job_id.hex(), "requester", workload, checked))
+
+        def event(what: str, data: dict[str, object]) -> None:
+            item = {"event": what, "t": round(time.time() - rec.started, 3),
+                    **{k2: _jsonable(v) for k2, v in data.items()}}
+            rec.events.append(item)
+            if on_event is not None:
+                on_event(item)
+
+        machine = RequesterJob(node.identity.peer_id, node.identity.signing_key, rfb, [a.peer_id for a in ads],
+                               time.time(), bid_window_s=bid_window_s,
+                               stall_s=max(15.0, 3 * HEARTBEAT_S), on_event=event)
+        streams: dict[bytes, FramedStream] = {}
+        wake = trio.Event()
+        event("request", {"candidates": [to_base58(a.peer_id) for a in ads], "max_price": max_price})
+
+        async def carry(step: Step) -> None:
+            if step.violation is not None:
+                peer, why = step.violation
+                log.info("job %s: %s: %s", rec.job[:8], to_base58(peer), why)
+                self._penalise(peer, "protocol_violation")
+            for peer, msg in step.send:
+                fs = streams.get(peer)
+                if fs is None:
+                    continue
+                try:
+                    await fs.send(msg.encode())
+                except StreamGone:
+                    pass
+
+        def feed(peer: bytes, msg: m.Message) -> Step:
+            step = machine.receive(peer, msg, time.time())
+            wake.set()
+            return step
+
+        async def talk(ad: Any) -> None:
+            peer = ad.peer_id
+            try:
+                stream = await self._open(ad)
+            except Exception as exc:  # noqa: BLE001 - any dial failure: this provider is out
+                await carry(feed(peer, m.Decline(job_id, "busy", f"unreachable: {exc}")))
+                return
+            fs = streams[peer] = FramedStream(stream, max_frame=m.MAX_MESSAGE)
+            try:
+                await fs.send(rfb.encode())
+                while True:
+                    await carry(feed(peer, m.decode(await fs.receive())))
+            except StreamGone:
+                if machine.provider == peer and machine.state is R.RUNNING:
+                    await carry(feed(peer, m.Failed(job_id, "crashed", "stream lost")))
+                elif machine.state is R.COLLECTING and peer not in machine.bids:
+                    await carry(feed(peer, m.Decline(job_id, "busy", "stream lost")))
+            except PeerError as exc:
+                self._penalise(peer, exc.code)
+                await fs.reset()
+                if machine.provider == peer and machine.state is R.RUNNING:
+                    await carry(feed(peer, m.Failed(job_id, "crashed", f"protocol error: {exc}")))
+
+        async with trio.open_nursery() as nursery:
+            for ad in ads:
+                nursery.start_soon(talk, ad)
+            while not machine.terminal:
+                with trio.move_on_at(_trio_deadline(machine.next_wakeup())):
+                    await wake.wait()
+                wake = trio.Event()
+                await carry(machine.tick(time.time()))
+                if machine.state is R.VERIFYING:
+                    ok, outcome, output = self._verify(machine.result, rfb, policy)  # type: ignore[arg-type]
+                    rec.output = output
+                    await carry(machine.verified(ok, outcome))
+            nursery.cancel_scope.cancel()
+        for fs in streams.values():
+            await fs.close()
+        rec.state, rec.ended = machine.state.value, time.time()
+        rec.outcome = machine.reason or machine.state.value
+        if machine.provider is not None:
+            rec.peer = to_base58(machine.provider)
+            rec.price = machine.bids[machine.provider].price if machine.provider in machine.bids else 0
+        if machine.result is not None:
+            rec.kernel_ms, rec.backend = machine.result.body["kernel_ms"], machine.result.body["backend"]
+        if machine.state is R.DONE:
+            rec.outcome = machine.receipt.body["outcome"] if machine.receipt else "done"
+        return rec
+
+    async def _open(self, ad: Any) -> Any:
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        from p2pnode.net.host import parse_multiaddr
+
+        pid = ID(ad.peer_id)
+        host = self.node.host
+        if pid not in host.get_network().connections:
+            addrs = [parse_multiaddr(a.split("/p2p/")[0]) for a in ad.addrs]
+            with trio.fail_after(OPEN_TIMEOUT_S):
+                await host.connect(PeerInfo(pid, addrs))
+        with trio.fail_after(OPEN_TIMEOUT_S):
+            return await host.new_stream(pid, [JOB_PROTOCOL])
+
+    def _verify(self, result: m.Result, rfb: m.RequestForBids, policy: str) -> tuple[bool, str, Output | None]:
+        try:
+            output = Output.from_wire(cbor2.loads(result.body["output"]))
+        except Exception as exc:  # noqa: BLE001 - anything unreadable is a rejected result
+            return False, f"unreadable output: {type(exc).__name__}", None
+        if output.digest != result.body["digest"]:
+            return False, "digest does not match the output", output
+        if policy == "freivalds" and rfb.workload == "matmul":
+            p = rfb.params
+            a, b = workloads.matmul_inputs(p)
+            c = output.arrays.get("c")
+            if c is None or not freivalds.check(a, b, c, dtype=p["dtype"], rounds=20,
+                                                 rng=np.random.default_rng()):
+                return False, "failed Freivalds' check", output
+            return True, "verified (Freivalds, 20 rounds)", output
+        return True, "accepted (unchecked)", output
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return to_base58(value) if len(value) == 38 else value.hex()
+    if isinstance(value, dict):
+        return {(_jsonable(k) if isinstance(k, bytes) else k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
