@@ -299,21 +299,30 @@ class JobService:
                 if machine.provider == peer and machine.state is R.RUNNING:
                     await carry(feed(peer, m.Failed(job_id, "crashed", f"protocol error: {exc}")))
 
-        async with trio.open_nursery() as nursery:
-            for ad in ads:
-                nursery.start_soon(talk, ad)
-            while not machine.terminal:
-                with trio.move_on_at(_trio_deadline(machine.next_wakeup())):
-                    await wake.wait()
-                wake = trio.Event()
-                await carry(machine.tick(time.time()))
-                if machine.state is R.VERIFYING:
-                    ok, outcome, output = self._verify(machine.result, rfb, policy)  # type: ignore[arg-type]
-                    rec.output = output
-                    await carry(machine.verified(ok, outcome))
-            nursery.cancel_scope.cancel()
-        for fs in streams.values():
-            await fs.close()
+        try:
+            async with trio.open_nursery() as nursery:
+                for ad in ads:
+                    nursery.start_soon(talk, ad)
+                while not machine.terminal:
+                    with trio.move_on_at(_trio_deadline(machine.next_wakeup())):
+                        await wake.wait()
+                    wake = trio.Event()
+                    await carry(machine.tick(time.time()))
+                    if machine.state is R.VERIFYING:
+                        ok, outcome, output = self._verify(machine.result, rfb, policy)  # type: ignore[arg-type]
+                        rec.output = output
+                        await carry(machine.verified(ok, outcome))
+                nursery.cancel_scope.cancel()
+        finally:
+            # Cancelled by the user, or failing: tell the providers, so their work stops now.
+            with trio.CancelScope(shield=True):
+                if not machine.terminal:
+                    with trio.move_on_after(2):
+                        await carry(machine.cancel("cancelled by the requester"))
+                for fs in streams.values():
+                    with trio.move_on_after(1):
+                        await fs.close()
+                rec.state, rec.ended = machine.state.value, time.time()
         rec.state, rec.ended = machine.state.value, time.time()
         rec.outcome = machine.reason or machine.state.value
         if machine.provider is not None:

@@ -1,0 +1,201 @@
+"""Real jobs between real nodes on loopback: auction, execution, verification, failures."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pnode.errors import WorkloadError
+from p2pnode.exec import backends, workloads
+from p2pnode.jobs import JOB_PROTOCOL, JobError
+from tests.integration.swarm import all_list_all, node_config, start_node, swarm
+from tests.integration.test_cli import NodeProcess
+
+LONG = {"steps": 4000, "batch": 4096, "d_in": 128, "d_hidden": 16}  # ~20 s of work, a small output
+RICH = 10**9
+
+
+async def _wait_running(provider: object, timeout: float = 20) -> None:
+    with trio.fail_after(timeout):
+        while not provider.executor.running:  # type: ignore[attr-defined]
+            await trio.sleep(0.02)
+
+
+async def _wait_idle(provider: object, timeout: float = 20) -> None:
+    with trio.fail_after(timeout):
+        while provider.executor.running:  # type: ignore[attr-defined]
+            await trio.sleep(0.02)
+
+
+@pytest.mark.parametrize(("workload", "params"), [
+    ("matmul", {"m": 48, "n": 40, "k": 64, "dtype": "int8", "seed": 3}),
+    ("matmul", {"m": 32, "n": 32, "k": 96, "dtype": "fp32", "seed": 4}),
+    ("infer", {"batch": 16, "d_in": 32, "d_hidden": 64, "d_out": 8, "layers": 3, "seed": 5}),
+    ("train_step", {"steps": 25, "lr": 0.05, "seed": 6}),
+])
+async def test_each_workload_completes_with_a_checked_result(workload: str, params: dict[str, object]) -> None:
+    async with swarm(3, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        rec = await nodes[0].node.jobs.submit(workload, params, max_price=RICH, deadline_s=30)
+        assert rec.state == "done", rec.outcome
+        wl = workloads.get(workload)
+        p = wl.check(params)
+        local = wl.run(p, backends.ops("numpy"), lambda f: None)
+        assert rec.output is not None and wl.agree(p, rec.output, local)
+        if wl.comparison(p) == "exact" or workload == "train_step":
+            assert rec.output.digest == local.digest  # same backend: bit for bit
+        if workload == "matmul":
+            assert rec.outcome.startswith("verified (Freivalds")
+        kinds = [e["event"] for e in rec.events]
+        assert kinds[0] == "request" and "award" in kinds and kinds[-1] == "done"
+        provider = next(r.node for r in nodes if r.node.peer_id == rec.peer)
+        assert provider.jobs.records[-1].state == "done"  # it got the signed receipt
+
+
+async def test_bad_input_is_refused_before_the_network() -> None:
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        jobs = nodes[0].node.jobs
+        with pytest.raises(WorkloadError, match="unknown workload"):
+            await jobs.submit("nope", {}, max_price=RICH, deadline_s=10)
+        with pytest.raises(WorkloadError) as info:
+            await jobs.submit("matmul", {"m": 0, "n": 1, "k": 1}, max_price=RICH, deadline_s=10)
+        assert info.value.code == "bad_params"
+        with pytest.raises(JobError, match="already past"):
+            await jobs.submit("matmul", {"m": 4, "n": 4, "k": 4}, max_price=RICH, deadline_s=0)
+        with pytest.raises(JobError, match="no provider"):
+            await jobs.submit("matmul", {"m": 4, "n": 4, "k": 4}, max_price=RICH, deadline_s=10, backend="cupy")
+
+
+async def test_a_price_nobody_meets_and_an_output_over_the_limit() -> None:
+    async with swarm(3, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        jobs = nodes[0].node.jobs
+        rec = await jobs.submit("matmul", {"m": 64, "n": 64, "k": 4096}, max_price=1, deadline_s=10)
+        assert rec.state == "no_provider"
+        assert {e["code"] for e in rec.events if e["event"] == "decline"} == {"price"}
+        rec = await jobs.submit("matmul", {"m": 1024, "n": 1024, "k": 8}, max_price=RICH, deadline_s=10)
+        assert rec.state == "no_provider"
+        assert {e["code"] for e in rec.events if e["event"] == "decline"} == {"bad_params"}
+
+
+async def test_cancel_from_the_requester_stops_the_work() -> None:
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        requester, provider = nodes[0].node, nodes[1].node
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def run() -> None:
+                with scope:
+                    await requester.jobs.submit("train_step", LONG, max_price=RICH, deadline_s=600, k=1)
+
+            nursery.start_soon(run)
+            await _wait_running(provider)
+            scope.cancel()
+        await _wait_idle(provider)
+        with trio.fail_after(10):
+            while provider.jobs.records[-1].state != "cancelled":
+                await trio.sleep(0.02)
+
+
+async def test_a_requester_that_vanishes_frees_the_provider(data_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.integration.test_cli import ENV
+
+    async with trio.open_nursery() as nursery:
+        provider = (await start_node(nursery, node_config())).node
+        requester = NodeProcess(data_dir, "--no-provide", "--bootstrap", provider.addrs()[0])
+        try:
+            with trio.fail_after(30):
+                while not requester.json("market"):
+                    await trio.sleep(0.1)
+            submit = subprocess.Popen(
+                [sys.executable, "-m", "p2pnode", "submit", "train_step", "--data-dir", str(data_dir),
+                 "--max-price", str(RICH), "--deadline", "600", "--json",
+                 *[f"-p{k}={v}" for k, v in LONG.items()]],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+            await _wait_running(provider)
+            os.kill(requester.proc.pid, signal.SIGKILL)  # the requester's node dies mid-job
+            await _wait_idle(provider)
+            assert provider.jobs.records[-1].state == "cancelled"
+            assert provider.jobs.records[-1].outcome == "requester gone"
+            submit.wait(timeout=30)
+        finally:
+            requester.proc.kill()
+            requester.proc.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_reaward_when_a_provider_node_stops_mid_job() -> None:
+    async with trio.open_nursery() as nursery:
+        providers = [await start_node(nursery, node_config()) for _ in range(2)]
+        requester = await start_node(nursery, node_config(bootstrap=[p.node.addrs()[0] for p in providers],
+                                                          provide=False))
+        await requester.node.wait_until(lambda: all(p.node.identity.peer_id in requester.node.table
+                                                    for p in providers), 20)
+        awarded: list[str] = []
+
+        def on_event(e: dict[str, object]) -> None:
+            if e["event"] == "award":
+                awarded.append(str(e["provider"]))
+                if len(awarded) == 1:
+                    next(p for p in providers if p.node.peer_id == e["provider"]).stop()
+
+        rec = await requester.node.jobs.submit("train_step", {"steps": 30}, max_price=RICH, deadline_s=60,
+                                               on_event=on_event)
+        assert rec.state == "done" and len(awarded) == 2 and rec.peer == awarded[1] != awarded[0]
+        assert any(e["event"] == "lost" for e in rec.events)
+        nursery.cancel_scope.cancel()
+
+
+async def test_reaward_when_a_provider_process_is_killed(data_dir: Path) -> None:
+    procs = [NodeProcess(Path(f"{data_dir}-{i}")) for i in range(2)]
+    try:
+        async with trio.open_nursery() as nursery:
+            requester = await start_node(nursery, node_config(bootstrap=[p.addrs[0] for p in procs], provide=False))
+            ids = {p.addrs[0].split("/p2p/")[1]: p for p in procs}
+            await requester.node.wait_until(lambda: len(requester.node.table) >= 2, 30)
+            awarded: list[str] = []
+
+            def on_event(e: dict[str, object]) -> None:
+                if e["event"] == "progress" and len(awarded) == 1 and ids[awarded[0]].proc.poll() is None:
+                    os.kill(ids[awarded[0]].proc.pid, signal.SIGKILL)  # mid-job, for real
+                elif e["event"] == "award":
+                    awarded.append(str(e["provider"]))
+
+            params = {"steps": 600, "batch": 2048, "d_in": 128, "d_hidden": 16}  # ~2 s of work
+            rec = await requester.node.jobs.submit("train_step", params, max_price=RICH, deadline_s=120,
+                                                   on_event=on_event)
+            assert ids[awarded[0]].proc.wait(timeout=10) == -signal.SIGKILL
+            assert rec.state == "done" and len(awarded) == 2 and rec.peer == awarded[1]
+            local = workloads.get("train_step")
+            assert rec.output.digest == local.run(local.check(params), backends.ops("numpy"),  # type: ignore[union-attr]
+                                                  lambda f: None).digest
+            nursery.cancel_scope.cancel()
+    finally:
+        for p in procs:
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait()
+
+
+async def test_garbage_on_the_job_protocol_is_penalised_and_the_node_carries_on() -> None:
+    from libp2p.peer.id import ID
+
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        requester, provider = nodes[0].node, nodes[1].node
+        stream = await requester.host.new_stream(ID(provider.identity.peer_id), [JOB_PROTOCOL])
+        await stream.write(b"\x05hello")
+        with trio.fail_after(10):
+            while provider.penalties.score(requester.identity.peer_id, provider._clock()) == 0:
+                await trio.sleep(0.02)
+        rec = await requester.jobs.submit("matmul", {"m": 8, "n": 8, "k": 8}, max_price=RICH, deadline_s=20)
+        assert rec.state == "done"
