@@ -2,9 +2,11 @@
 
 ``p2pnode swarm --nodes 5`` starts the nodes (each its own process, data dir, port and control
 socket; node 0 is everyone's bootstrap peer, and each later node also bootstraps from a random
-earlier one so the mesh is not a star), shows the market converge live, reports how long it took
-and how fast ads travelled (read from each node's Prometheus histogram), then stops every node with
-SIGTERM and checks that each exited cleanly. ``--keep`` leaves it running until Ctrl-C.
+earlier one so the mesh is not a star), shows the market converge live, submits real jobs from the
+last node (an auction among three providers each, execution in their executors, Freivalds checks
+for matrix products, signed receipts), reports how fast ads travelled (read from each node's
+Prometheus histogram), then stops every node with SIGTERM and checks that each exited cleanly.
+``--keep`` leaves it running until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
@@ -63,6 +66,10 @@ class SwarmNode:
 
     def query(self, cmd: str) -> Any:
         return call(self.data_dir / "control.sock", cmd, timeout=5)
+
+    def query_submit(self, workload: str, params: dict[str, Any]) -> Any:
+        return call(self.data_dir / "control.sock", "submit", timeout=90, workload=workload, params=params,
+                    max_price=10**9, deadline=60, k=3)
 
 
 def _start(index: int, base: Path, bootstrap: list[str], extra: list[str]) -> SwarmNode:
@@ -177,6 +184,8 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
             if result["converged"]:
                 live.update(Group(table, progress, market_table(nodes[-1].query("market"),
                                                                title=f"Market as node {n - 1} sees it")))
+        if result["converged"]:
+            result["jobs"] = _demo_jobs(nodes, console)
         # Steady state: ads accepted during one more ad interval after convergence (the first
         # minutes include ads replayed to late joiners, which measure start-up, not gossip).
         before = _histogram(nodes)
@@ -197,7 +206,50 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
         print(json.dumps(result, indent=2))
     else:
         _summary(console, result)
-    return 0 if result["converged"] and result["clean_exit"] else 1
+    jobs_ok = all(j["state"] == "done" for j in result.get("jobs", []))
+    return 0 if result["converged"] and result["clean_exit"] and jobs_ok else 1
+
+
+DEMO_JOBS = (
+    ("matmul", {"m": 64, "n": 64, "k": 512, "dtype": "int8", "seed": 7}),
+    ("matmul", {"m": 48, "n": 48, "k": 256, "dtype": "fp32", "seed": 8}),
+    ("infer", {"batch": 32, "d_in": 128, "d_hidden": 256, "d_out": 16, "layers": 4, "seed": 9}),
+    ("train_step", {"steps": 50, "lr": 0.05, "seed": 10}),
+)
+
+
+def _demo_jobs(nodes: list[SwarmNode], console: Console) -> list[dict[str, Any]]:
+    """Real jobs from the last node through the market: auction, execution, verification."""
+    requester = nodes[-1]
+    names = {n.peer: n.index for n in nodes}
+    out = []
+    t = Table(title=f"Jobs submitted by node {requester.index}", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("job", "bids", "node", "µcr", "kernel ms", "wall ms", "result"):
+        t.add_column(col, no_wrap=True, min_width=8 if col == "result" else None)
+    for workload, params in DEMO_JOBS:
+        try:
+            r = requester.query_submit(workload, params)
+        except ControlError as exc:
+            out.append({"workload": workload, "state": "error", "outcome": str(exc)})
+            t.add_row(workload, "", "", "", "", "", f"[red]{exc}[/]")
+            continue
+        bids = sum(1 for e in r["events"] if e["event"] == "bid")
+        wall = (r["ended"] - r["started"]) * 1000
+        out.append({"workload": workload, "state": r["state"], "outcome": r["outcome"], "provider": r["peer"],
+                    "price": r["price"], "kernel_ms": r["kernel_ms"], "wall_ms": round(wall, 1)})
+        colour = "green" if r["state"] == "done" else "red"
+        t.add_row(_describe(workload, params), str(bids), str(names.get(r["peer"], "?")), str(r["price"]),
+                  str(r["kernel_ms"]), f"{wall:.0f}", f"[{colour}]{r['outcome'].split(' (')[0]}[/]")
+    console.print(t)
+    return out
+
+
+def _describe(workload: str, p: dict[str, Any]) -> str:
+    if workload == "matmul":
+        return f"matmul {p['m']}×{p['n']}×{p['k']} {p['dtype']}"
+    if workload == "infer":
+        return f"infer {p['layers']}×{p['d_hidden']} b{p['batch']}"
+    return f"train_step {p['steps']} steps"
 
 
 def _stop_all(nodes: list[SwarmNode]) -> bool:
@@ -227,4 +279,9 @@ def _summary(console: Console, r: dict[str, Any]) -> None:
     if p.get("ads_measured"):
         console.print(f"ad propagation in steady state (issue → accepted, {p['ads_measured']:.0f} ads): mean "
                       f"{p['mean_ms']:.1f} ms, p50 ≤ {p['p50_le_ms']:.0f} ms, p99 ≤ {p['p99_le_ms']:.0f} ms")
+    jobs = r.get("jobs") or []
+    if jobs:
+        done = sum(1 for j in jobs if j["state"] == "done")
+        console.print(f"jobs: {done}/{len(jobs)} done, "
+                      f"{sum(1 for j in jobs if str(j.get('outcome', '')).startswith('verified'))} verified by Freivalds")
     console.print("all nodes stopped cleanly" if r["clean_exit"] else "[red]some nodes did not exit cleanly[/]")

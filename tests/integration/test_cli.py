@@ -223,5 +223,7 @@ def test_swarm_launcher_converges_and_leaves_no_process() -> None:
     result = json.loads(out.stdout)
     assert result["converged"] and result["clean_exit"] and result["nodes"] == 3
     assert result["propagation"]["ads_measured"] > 0
+    assert [j["state"] for j in result["jobs"]] == ["done"] * 4
+    assert result["jobs"][0]["outcome"].startswith("verified (Freivalds")
     leftovers = subprocess.run(["pgrep", "-f", "p2pswarm-"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
