@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import cbor2
 import numpy as np
 import trio
 
@@ -29,6 +28,7 @@ from p2pnode.net.framing import FramedStream, StreamGone
 from p2pnode.protocol.job_provider import P, ProviderJob
 from p2pnode.protocol.job_requester import R, RequesterJob, Step
 from p2pnode.verify import freivalds
+from p2pnode.wire import codec, sealing
 from p2pnode.wire import job as m
 from p2pnode.wire.peer_id import to_base58
 
@@ -140,6 +140,7 @@ class JobService:
         inbox_send, inbox = trio.open_memory_channel[Any](16)
         exec_scope = trio.CancelScope()
         latest = [0.0]
+        params = [dict(rec.params)]  # completed by the sealed private parameters
         done_event = trio.Event()
 
         async def reader() -> None:
@@ -154,9 +155,9 @@ class JobService:
             assert ex is not None
             with exec_scope:
                 try:
-                    r = await ex.run(rec.workload, rec.params, backend=backend,
+                    r = await ex.run(rec.workload, params[0], backend=backend,
                                      on_progress=lambda f: latest.__setitem__(0, f))
-                    output = cbor2.dumps(r.output.to_wire())
+                    output = sealing.seal(codec.encode(r.output.to_wire()), prov.rfb.requester)
                     result = m.make_result(prov.job, self.node.identity.signing_key, requester=prov.rfb.requester,
                                            provider=prov.me, nonce=prov.rfb.nonce, digest=r.digest, output=output,
                                            kernel_ms=int(r.seconds * 1000), backend=r.backend)
@@ -194,6 +195,8 @@ class JobService:
                     raise item
                 else:
                     prov.receive(item, time.time())
+                    if isinstance(item, m.Inputs) and prov.state is P.RUNNING and not started:
+                        params[0] = self._private(prov, item, rec)
                 if prov.state is P.RUNNING and not started:
                     started = True
                     nursery.start_soon(execute)
@@ -203,6 +206,14 @@ class JobService:
                 exec_scope.cancel()
             rec.outcome = prov.reason or prov.state.value
             nursery.cancel_scope.cancel()
+
+    def _private(self, prov: ProviderJob, inputs: m.Inputs, rec: JobRecord) -> dict[str, Any]:
+        """Open the sealed private parameters and merge them into the public ones."""
+        private = codec.decode(sealing.unseal(inputs.sealed, self.node.identity.signing_key),
+                               max_size=m.MAX_PARAMS_BYTES) if inputs.sealed else {}
+        if not isinstance(private, dict) or not set(private) <= set(m.PRIVATE_PARAMS):
+            raise ProtocolError("sealed inputs hold something other than private parameters")
+        return {**dict(prov.rfb.params), **private}
 
     # requester -----------------------------------------------------------------------------
     def candidates(self, workload: str, need: int, k: int, backend: str) -> list[Any]:
@@ -239,7 +250,9 @@ class JobService:
         node = self.node
         job_id, nonce = os.urandom(16), os.urandom(16)
         policy = ("freivalds" if workload == "matmul" else "none") if verify == "auto" else verify
-        rfb = m.RequestForBids(job_id, workload, checked, node.identity.peer_id, nonce, max_price,
+        public = {k: v for k, v in checked.items() if k not in m.PRIVATE_PARAMS}
+        private = {k: v for k, v in checked.items() if k in m.PRIVATE_PARAMS}
+        rfb = m.RequestForBids(job_id, workload, public, node.identity.peer_id, nonce, max_price,
                                int((time.time() + deadline_s) * 1000), 0, backend, policy)
         rec = self._record(JobRecord(job_id.hex(), "requester", workload, checked))
 
@@ -252,7 +265,7 @@ class JobService:
 
         machine = RequesterJob(node.identity.peer_id, node.identity.signing_key, rfb, [a.peer_id for a in ads],
                                time.time(), bid_window_s=bid_window_s,
-                               stall_s=max(15.0, 3 * HEARTBEAT_S), on_event=event)
+                               stall_s=max(15.0, 3 * HEARTBEAT_S), on_event=event, private_params=private)
         streams: dict[bytes, FramedStream] = {}
         wake = trio.Event()
         event("request", {"candidates": [to_base58(a.peer_id) for a in ads], "max_price": max_price})
@@ -309,7 +322,7 @@ class JobService:
                     wake = trio.Event()
                     await carry(machine.tick(time.time()))
                     if machine.state is R.VERIFYING:
-                        ok, outcome, output = self._verify(machine.result, rfb, policy)  # type: ignore[arg-type]
+                        ok, outcome, output = self._verify(machine.result, rfb, checked, policy)  # type: ignore[arg-type]
                         rec.output = output
                         await carry(machine.verified(ok, outcome))
                 nursery.cancel_scope.cancel()
@@ -349,15 +362,17 @@ class JobService:
         with trio.fail_after(OPEN_TIMEOUT_S):
             return await host.new_stream(pid, [JOB_PROTOCOL])
 
-    def _verify(self, result: m.Result, rfb: m.RequestForBids, policy: str) -> tuple[bool, str, Output | None]:
+    def _verify(self, result: m.Result, rfb: m.RequestForBids, params: dict[str, Any],
+                policy: str) -> tuple[bool, str, Output | None]:
         try:
-            output = Output.from_wire(cbor2.loads(result.body["output"]))
+            plain = sealing.unseal(result.body["output"], self.node.identity.signing_key)
+            output = Output.from_wire(codec.decode(plain, max_size=m.MAX_INLINE_OUTPUT))
         except Exception as exc:  # noqa: BLE001 - anything unreadable is a rejected result
             return False, f"unreadable output: {type(exc).__name__}", None
         if output.digest != result.body["digest"]:
             return False, "digest does not match the output", output
         if policy == "freivalds" and rfb.workload == "matmul":
-            p = rfb.params
+            p = params
             a, b = workloads.matmul_inputs(p)
             c = output.arrays.get("c")
             if c is None or not freivalds.check(a, b, c, dtype=p["dtype"], rounds=20,

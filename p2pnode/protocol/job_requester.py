@@ -21,6 +21,7 @@ from enum import Enum
 from nacl.signing import SigningKey
 
 from p2pnode.errors import LocalProtocolError
+from p2pnode.wire import codec, sealing
 from p2pnode.wire import job as m
 
 
@@ -80,6 +81,7 @@ class RequesterJob:
     bid_window_s: float = 2.0
     stall_s: float = 15.0
     scorer: Scorer = field(default_factory=Scorer)
+    private_params: dict[str, object] = field(default_factory=dict)  # sealed to each awarded provider
     state: R = R.COLLECTING
     bids: dict[bytes, m.Bid] = field(default_factory=dict)
     declines: dict[bytes, str] = field(default_factory=dict)
@@ -197,7 +199,8 @@ class RequesterJob:
         self.award = m.make_award(self.job, self.key, requester=self.me, provider=winner, nonce=self.rfb.nonce,
                                   price=bid.price, deadline_ms=self.rfb.deadline_ms)
         self._emit("award", provider=winner, price=bid.price, attempt=len(self.failed) + 1)
-        return Step(send=[(winner, self.award), (winner, m.Inputs(self.job))])
+        sealed = sealing.seal(codec.encode(self.private_params), winner)
+        return Step(send=[(winner, self.award), (winner, m.Inputs(self.job, sealed=sealed))])
 
     def _lose(self, peer: bytes, why: str, now: float, *, violation: bool = False) -> Step:
         """The awarded provider is out: re-award to the next live bid, or give up."""

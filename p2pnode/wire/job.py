@@ -39,6 +39,8 @@ DOMAINS = {
 DECLINE_CODES = ("unknown_workload", "bad_params", "busy", "price", "deadline", "no_capacity",
                  "backend_unavailable", "not_providing")
 VERIFY_POLICIES = ("none", "freivalds", "rerun")
+# Parameters that never appear in a request for bids: they travel sealed to the awarded provider.
+PRIVATE_PARAMS = ("seed",)
 
 
 @dataclass(frozen=True)
@@ -126,13 +128,15 @@ class Failed(Message):
 
 @dataclass(frozen=True)
 class Inputs(Message):
-    """Inputs follow the award. Seeded workloads need none; blob references will go here."""
+    """Inputs follow the award: the private parameters (the seed), sealed to the awarded
+    provider, and references to input blobs."""
 
     TYPE: ClassVar[str] = "inputs"
     blobs: tuple[bytes, ...] = ()
+    sealed: bytes = b""
 
     def fields(self) -> dict[str, Any]:
-        return {"blobs": list(self.blobs)}
+        return {"blobs": list(self.blobs), "sealed": self.sealed}
 
 
 @dataclass(frozen=True)
@@ -260,7 +264,8 @@ def decode(data: object) -> Message:
         blobs = f.array("blobs", max_items=64)
         if not all(isinstance(b, bytes) and len(b) == DIGEST_LEN for b in blobs):
             raise CodecError("inputs.blobs: expected 32-byte digests")
-        return Inputs(job, tuple(blobs))
+        sealed = f.blob("sealed", max_len=MAX_PARAMS_BYTES + 64) if f.has("sealed") else b""
+        return Inputs(job, tuple(blobs), sealed)
     if kind in DOMAINS:
         body, raw = _signed_body(kind, f, job)
         cls = {"award": Award, "result": Result, "receipt": Receipt}[kind]

@@ -54,6 +54,10 @@ async def test_each_workload_completes_with_a_checked_result(workload: str, para
         assert kinds[0] == "request" and "award" in kinds and kinds[-1] == "done"
         provider = next(r.node for r in nodes if r.node.peer_id == rec.peer)
         assert provider.jobs.records[-1].state == "done"  # it got the signed receipt
+        # privacy: the seed (hence the inputs and the output) reached the winner alone, sealed
+        for r in nodes[1:]:
+            seen = [j for j in r.node.jobs.records if j.job == rec.job]
+            assert seen and "seed" not in seen[0].params
 
 
 async def test_bad_input_is_refused_before_the_network() -> None:

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from p2pnode.wire import sealing
+from p2pnode.wire.peer_id import peer_id_from_public_key
+
+ALICE, BOB, EVE = (SigningKey(bytes([i]) * 32) for i in (1, 2, 3))
+
+
+def pid(key: SigningKey) -> bytes:
+    return peer_id_from_public_key(bytes(key.verify_key))
+
+
+@given(st.binary(max_size=2048))
+def test_only_the_recipient_opens_a_sealed_payload(data: bytes) -> None:
+    box = sealing.seal(data, pid(BOB))
+    assert sealing.unseal(box, BOB) == data
+    with pytest.raises(sealing.SealError):
+        sealing.unseal(box, EVE)
+    with pytest.raises(sealing.SealError):
+        sealing.unseal(box, ALICE)  # not even the sender
+
+
+def test_tampering_is_detected() -> None:
+    box = bytearray(sealing.seal(b"seed=42", pid(BOB)))
+    box[-1] ^= 1
+    with pytest.raises(sealing.SealError):
+        sealing.unseal(bytes(box), BOB)
+
+
+def test_sealing_twice_differs() -> None:  # ephemeral keys: equal plaintexts are not linkable
+    assert sealing.seal(b"x", pid(BOB)) != sealing.seal(b"x", pid(BOB))
