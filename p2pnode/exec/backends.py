@@ -51,10 +51,10 @@ class NumpyOps:
     name = "numpy"
 
     def uniform(self, seed: int, stream: int, shape: tuple[int, ...]) -> np.ndarray:
-        return seeded.uniform(np, seed, stream, shape)  # type: ignore[no-any-return]
+        return seeded.uniform(np, seed, stream, shape)
 
     def int8(self, seed: int, stream: int, shape: tuple[int, ...]) -> np.ndarray:
-        return seeded.int8(np, seed, stream, shape)  # type: ignore[no-any-return]
+        return seeded.int8(np, seed, stream, shape)
 
     def matmul(self, a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
         if dtype == "int8":

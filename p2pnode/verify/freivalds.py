@@ -36,14 +36,14 @@ def check(a: np.ndarray, b: np.ndarray, c: np.ndarray, *, dtype: str, rounds: in
             if not np.array_equal(a64 @ (b64 @ r), c64 @ r):
                 return False
         return True
-    a64, b64, c64 = (x.astype(np.float64) for x in (a, b, c))
-    if not np.isfinite(c64).all():
+    af, bf, cf = (x.astype(np.float64) for x in (a, b, c))
+    if not np.isfinite(cf).all():
         return False
     u = UNIT_ROUNDOFF[dtype]
     # Row i of C·r may differ from A·(B·r) by rounding of the order u·|A_i|·|B|_F.
-    bound = SAFETY * u * np.sqrt((a64 * a64).sum(axis=1)) * np.sqrt((b64 * b64).sum()) + 1e-30
+    bound = SAFETY * u * np.sqrt((af * af).sum(axis=1)) * np.sqrt((bf * bf).sum()) + 1e-30
     for _ in range(rounds):
-        r = rng.integers(0, 2, size=n).astype(np.float64) * 2 - 1
-        if not (np.abs(a64 @ (b64 @ r) - c64 @ r) <= bound).all():
+        rf = rng.integers(0, 2, size=n).astype(np.float64) * 2 - 1
+        if not (np.abs(af @ (bf @ rf) - cf @ rf) <= bound).all():
             return False
     return True
