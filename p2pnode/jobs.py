@@ -30,6 +30,7 @@ from p2pnode.protocol.job_requester import R, RequesterJob, Step
 from p2pnode.verify import freivalds
 from p2pnode.wire import codec, sealing
 from p2pnode.wire import job as m
+from p2pnode.wire.blob import MAX_BLOB, BlobError
 from p2pnode.wire.peer_id import to_base58
 
 if TYPE_CHECKING:
@@ -158,9 +159,12 @@ class JobService:
                     r = await ex.run(rec.workload, params[0], backend=backend,
                                      on_progress=lambda f: latest.__setitem__(0, f))
                     output = sealing.seal(codec.encode(r.output.to_wire()), prov.rfb.requester)
+                    blob = b""
+                    if len(output) > m.MAX_INLINE_OUTPUT:  # large: fetched by the requester as a blob
+                        blob, output = self.node.blobs.store.put(output), b""
                     result = m.make_result(prov.job, self.node.identity.signing_key, requester=prov.rfb.requester,
                                            provider=prov.me, nonce=prov.rfb.nonce, digest=r.digest, output=output,
-                                           kernel_ms=int(r.seconds * 1000), backend=r.backend)
+                                           kernel_ms=int(r.seconds * 1000), backend=r.backend, blob=blob)
                     rec.kernel_ms, rec.output = int(r.seconds * 1000), r.output
                     await fs.send(prov.done(result, time.time()).encode())
                 except (ExecFailure, WorkloadError) as exc:
@@ -322,7 +326,7 @@ class JobService:
                     wake = trio.Event()
                     await carry(machine.tick(time.time()))
                     if machine.state is R.VERIFYING:
-                        ok, outcome, output = self._verify(machine.result, rfb, checked, policy)  # type: ignore[arg-type]
+                        ok, outcome, output = await self._verify(machine.result, rfb, checked, policy)  # type: ignore[arg-type]
                         rec.output = output
                         await carry(machine.verified(ok, outcome))
                 nursery.cancel_scope.cancel()
@@ -362,11 +366,17 @@ class JobService:
         with trio.fail_after(OPEN_TIMEOUT_S):
             return await host.new_stream(pid, [JOB_PROTOCOL])
 
-    def _verify(self, result: m.Result, rfb: m.RequestForBids, params: dict[str, Any],
-                policy: str) -> tuple[bool, str, Output | None]:
+    async def _verify(self, result: m.Result, rfb: m.RequestForBids, params: dict[str, Any],
+                      policy: str) -> tuple[bool, str, Output | None]:
+        sealed = result.body["output"]
+        if result.body["blob"]:
+            try:
+                sealed = await self.node.blobs.fetch(result.body["provider"], result.body["blob"])
+            except BlobError as exc:
+                return False, f"output blob: {exc}", None
         try:
-            plain = sealing.unseal(result.body["output"], self.node.identity.signing_key)
-            output = Output.from_wire(codec.decode(plain, max_size=m.MAX_INLINE_OUTPUT))
+            plain = sealing.unseal(sealed, self.node.identity.signing_key)
+            output = Output.from_wire(codec.decode(plain, max_size=MAX_BLOB))
         except Exception as exc:  # noqa: BLE001 - anything unreadable is a rejected result
             return False, f"unreadable output: {type(exc).__name__}", None
         if output.digest != result.body["digest"]:

@@ -75,6 +75,9 @@ class Node:
         from p2pnode.jobs import JobService
 
         self.jobs = JobService(self)
+        from p2pnode.blobs import BlobService
+
+        self.blobs = BlobService(self)
 
     # identity ----------------------------------------------------------------------------
     @property
@@ -144,6 +147,9 @@ class Node:
                 from p2pnode.jobs import JOB_PROTOCOL
 
                 self.host.set_stream_handler(JOB_PROTOCOL, self.jobs.handle_stream)
+                from p2pnode.blobs import BLOB_PROTOCOL
+
+                self.host.set_stream_handler(BLOB_PROTOCOL, self.blobs.handle_stream)
                 subscription = await self.pubsub.subscribe(CAPACITY_TOPIC)
                 self.started_at = self._clock()
                 nursery.start_soon(control_server.serve, listener, self._control)

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from p2pnode.errors import WorkloadError
 from p2pnode.exec import workloads
 from p2pnode.wire import job as m
+from p2pnode.wire.blob import MAX_BLOB
 
+MAX_OUTPUT = MAX_BLOB - 4096  # room for the sealing and CBOR around the arrays
 OVERHEAD_MS = 300  # worker round trip, result transfer: measured on loopback, rounded up
 
 
@@ -50,9 +52,8 @@ def decide(rfb: m.RequestForBids, cap: Capacity, now: float) -> Decision:
         p = wl.check(rfb.params)
     except WorkloadError as exc:
         return no(exc.code, str(exc))
-    if wl.output_bytes(p) > m.MAX_INLINE_OUTPUT - 1024:
-        return no("bad_params", f"output of {wl.output_bytes(p)} bytes is over the inline limit of "
-                                f"{m.MAX_INLINE_OUTPUT}")
+    if wl.output_bytes(p) > MAX_OUTPUT:
+        return no("bad_params", f"output of {wl.output_bytes(p)} bytes is over the limit of {MAX_OUTPUT}")
     backend = rfb.backend or cap.backends[0]
     if backend not in cap.backends:
         return no("backend_unavailable", f"no {backend} backend here")

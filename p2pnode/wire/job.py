@@ -183,10 +183,11 @@ def make_award(job: bytes, key: SigningKey, *, requester: bytes, provider: bytes
 
 
 def make_result(job: bytes, key: SigningKey, *, requester: bytes, provider: bytes, nonce: bytes,
-                digest: bytes, output: bytes, kernel_ms: int, backend: str) -> Result:
+                digest: bytes, output: bytes, kernel_ms: int, backend: str, blob: bytes = b"") -> Result:
+    """``output`` inline, or ``blob``: the id of the (sealed) output on ``/p2pnode/blob/1``."""
     return _signed(Result, job, {"requester": requester, "provider": provider, "nonce": nonce,
                                  "digest": digest, "output": output, "kernel_ms": kernel_ms,
-                                 "backend": backend}, key)  # type: ignore[return-value]
+                                 "backend": backend, "blob": blob}, key)  # type: ignore[return-value]
 
 
 def make_receipt(job: bytes, key: SigningKey, *, requester: bytes, provider: bytes, nonce: bytes,
@@ -222,6 +223,9 @@ def _signed_body(kind: str, f: codec.Fields, job: bytes) -> tuple[dict[str, Any]
         body["output"] = body_f.blob("output", max_len=MAX_INLINE_OUTPUT)
         body["kernel_ms"] = body_f.uint("kernel_ms", maximum=MAX_U63)
         body["backend"] = body_f.text("backend", max_len=MAX_TEXT)
+        body["blob"] = body_f.blob("blob", max_len=DIGEST_LEN) if body_f.has("blob") else b""
+        if body["blob"] and len(body["blob"]) != DIGEST_LEN:
+            raise CodecError("result.blob: expected a 32-byte blob id")
     else:
         body["accepted"] = body_f.boolean("accepted")
         body["outcome"] = body_f.text("outcome", max_len=MAX_TEXT)

@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import trio
 
@@ -82,7 +83,7 @@ async def test_a_price_nobody_meets_and_an_output_over_the_limit() -> None:
         rec = await jobs.submit("matmul", {"m": 64, "n": 64, "k": 4096}, max_price=1, deadline_s=10)
         assert rec.state == "no_provider"
         assert {e["code"] for e in rec.events if e["event"] == "decline"} == {"price"}
-        rec = await jobs.submit("matmul", {"m": 1024, "n": 1024, "k": 8}, max_price=RICH, deadline_s=10)
+        rec = await jobs.submit("matmul", {"m": 16384, "n": 16384, "k": 8}, max_price=RICH, deadline_s=10)  # 1 GiB out
         assert rec.state == "no_provider"
         assert {e["code"] for e in rec.events if e["event"] == "decline"} == {"bad_params"}
 
@@ -203,3 +204,16 @@ async def test_garbage_on_the_job_protocol_is_penalised_and_the_node_carries_on(
                 await trio.sleep(0.02)
         rec = await requester.jobs.submit("matmul", {"m": 8, "n": 8, "k": 8}, max_price=RICH, deadline_s=20)
         assert rec.state == "done"
+
+
+async def test_a_large_output_comes_back_as_a_blob() -> None:
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        requester = nodes[0].node
+        params = {"m": 512, "n": 512, "k": 256, "dtype": "fp32", "seed": 11}  # 1 MiB of output
+        rec = await requester.jobs.submit("matmul", params, max_price=RICH, deadline_s=30)
+        assert rec.state == "done" and rec.outcome.startswith("verified (Freivalds")
+        assert requester.blobs.fetched_bytes > 512 * 512 * 4  # it came as a (sealed) blob
+        wl = workloads.get("matmul")
+        p = wl.check(params)
+        assert np.allclose(rec.output.arrays["c"], wl.run(p, backends.ops("numpy"), lambda f: None).arrays["c"])  # type: ignore[union-attr]

@@ -1,0 +1,160 @@
+"""``/p2pnode/blob/1``: serve and fetch content-addressed blobs (see :mod:`p2pnode.wire.blob`).
+
+:class:`BlobStore` keeps blobs by id in memory, bounded by bytes (least recently used go first), so a
+repeated blob is never sent twice. :meth:`BlobService.fetch` reads a blob from a peer chunk by chunk,
+checks every chunk, and after a broken stream resumes from the first missing chunk (up to
+``RESUMES`` times); a peer that sends a bad manifest or chunk is penalised and the fetch fails with
+``BlobError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pnode.errors import PeerError
+from p2pnode.net.framing import FramedStream, StreamGone
+from p2pnode.wire import codec
+from p2pnode.wire.blob import (
+    MAX_BLOB,
+    MAX_FRAME,
+    BlobError,
+    Manifest,
+    check_chunk,
+    manifest_for,
+    parse_manifest,
+)
+
+if TYPE_CHECKING:
+    from p2pnode.node import Node
+
+log = logging.getLogger("p2pnode.blobs")
+BLOB_PROTOCOL = "/p2pnode/blob/1"
+RESUMES = 5
+CHUNK_TIMEOUT_S = 30.0
+
+
+class BlobStore:
+    def __init__(self, max_bytes: int = 2 * MAX_BLOB) -> None:
+        self.max_bytes = max_bytes
+        self._blobs: OrderedDict[bytes, tuple[Manifest, bytes]] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+
+    def put(self, data: bytes) -> bytes:
+        manifest = manifest_for(data)
+        if manifest.id not in self._blobs:
+            self._blobs[manifest.id] = (manifest, data)
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes and len(self._blobs) > 1:
+                _, (_, old) = self._blobs.popitem(last=False)
+                self._bytes -= len(old)
+        self._blobs.move_to_end(manifest.id)
+        return manifest.id
+
+    def get(self, blob_id: bytes) -> tuple[Manifest, bytes] | None:
+        item = self._blobs.get(blob_id)
+        if item is not None:
+            self._blobs.move_to_end(blob_id)
+        return item
+
+    def __contains__(self, blob_id: object) -> bool:
+        return blob_id in self._blobs
+
+
+class BlobService:
+    def __init__(self, node: Node, store: BlobStore | None = None) -> None:
+        self.node = node
+        self.store = store or BlobStore()
+        self.fetched_bytes = 0
+
+    # serving -------------------------------------------------------------------------------
+    async def handle_stream(self, stream: Any) -> None:
+        peer = stream.muxed_conn.peer_id.to_bytes()
+        fs = FramedStream(stream, max_frame=MAX_FRAME)
+        try:
+            with trio.fail_after(10):
+                f = codec.Fields(codec.decode(await fs.receive(), max_size=1024), "blob-get")
+            if f.text("t", max_len=8) != "get":
+                raise BlobError("expected a get")
+            blob_id = f.blob("id", max_len=32, exact=True)
+            start = f.uint("from", maximum=1 << 20)
+            item = self.store.get(blob_id)
+            if item is None:
+                await fs.send(codec.encode({"t": "missing"}))
+                return
+            manifest, data = item
+            await fs.send(codec.encode({"t": "manifest", "m": manifest.raw}))
+            for i in range(start, len(manifest.hashes)):
+                a, b = manifest.chunk_range(i)
+                await self._send_chunk(fs, i, data[a:b])
+        except PeerError as exc:
+            self.node.penalise(peer, exc.code)
+            await fs.reset()
+        except (StreamGone, trio.TooSlowError):
+            pass
+        finally:
+            await fs.close()
+
+    async def _send_chunk(self, fs: FramedStream, i: int, data: bytes) -> None:
+        await fs.send(codec.encode({"t": "chunk", "i": i, "data": data}))
+
+    # fetching ------------------------------------------------------------------------------
+    async def fetch(self, peer_id: bytes, blob_id: bytes, *, max_size: int = MAX_BLOB) -> bytes:
+        """Fetch a blob from ``peer_id`` (or the local store), every chunk checked, resuming."""
+        local = self.store.get(blob_id)
+        if local is not None:
+            self.store.hits += 1
+            return local[1]
+        from libp2p.peer.id import ID
+
+        manifest: Manifest | None = None
+        chunks: list[bytes] = []
+        breaks = 0
+        while True:
+            try:
+                stream = await self.node.host.new_stream(ID(peer_id), [BLOB_PROTOCOL])
+            except Exception as exc:  # noqa: BLE001
+                raise BlobError(f"cannot reach the blob's holder: {exc}") from exc
+            fs = FramedStream(stream, max_frame=MAX_FRAME)
+            try:
+                await fs.send(codec.encode({"t": "get", "id": blob_id, "from": len(chunks)}))
+                while manifest is None or len(chunks) < len(manifest.hashes):
+                    with trio.fail_after(CHUNK_TIMEOUT_S):
+                        f = codec.Fields(codec.decode(await fs.receive(), max_size=MAX_FRAME), "blob")
+                    kind = f.text("t", max_len=8)
+                    if kind == "missing":
+                        raise BlobError("the peer does not hold that blob")
+                    if kind == "manifest":
+                        got = parse_manifest(f.blob("m", max_len=MAX_FRAME), blob_id, max_size=max_size)
+                        if manifest is not None and got.raw != manifest.raw:
+                            raise BlobError("manifest changed between resumes")
+                        manifest = got
+                        continue
+                    if kind != "chunk" or manifest is None:
+                        raise BlobError(f"unexpected {kind!r}")
+                    i = f.uint("i", maximum=1 << 20)
+                    if i != len(chunks):
+                        raise BlobError(f"chunk {i} out of order (expected {len(chunks)})")
+                    data = f.blob("data", max_len=manifest.chunk)
+                    check_chunk(manifest, i, data)
+                    chunks.append(data)
+                break
+            except PeerError as exc:
+                self.node.penalise(peer_id, exc.code)
+                await fs.reset()
+                raise BlobError(str(exc)) from exc
+            except (StreamGone, trio.TooSlowError) as exc:
+                breaks += 1
+                if breaks > RESUMES:
+                    raise BlobError(f"stream broke {breaks} times; giving up") from exc
+                log.info("blob %s: stream broke after %d chunks; resuming", blob_id.hex()[:8], len(chunks))
+            finally:
+                await fs.close()
+        data = b"".join(chunks)
+        self.fetched_bytes += len(data)
+        self.store.put(data)
+        return data

@@ -1,0 +1,76 @@
+"""Content-addressed blobs: manifests and chunk checks (pure).
+
+A blob of ``size`` bytes is cut into chunks of ``CHUNK`` bytes. Its manifest is the CBOR map
+``{"size": uint, "chunk": uint, "hashes": [bstr .size 32, ...]}`` (SHA-256 of each chunk), and the
+blob's id is the SHA-256 of the manifest's bytes. So the id commits to every chunk: a reader checks
+the manifest against the id, then each chunk against the manifest as it arrives, and can resume from
+any chunk. Stream messages (``/p2pnode/blob/1``), each a length-prefixed CBOR map:
+
+* reader -> holder: ``{"t": "get", "id": bstr .size 32, "from": uint}``
+* holder -> reader: ``{"t": "manifest", "m": bstr}``, then ``{"t": "chunk", "i": uint, "data": bstr}``
+  for chunks ``from`` .. end, or ``{"t": "missing"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from p2pnode.errors import CodecError, PeerError
+from p2pnode.wire import codec
+
+CHUNK = 1 << 20
+MAX_BLOB = 1 << 30
+MAX_CHUNKS = MAX_BLOB // CHUNK
+MAX_FRAME = CHUNK + 1024
+MAX_MANIFEST = 64 + 35 * MAX_CHUNKS
+
+
+class BlobError(PeerError):
+    """A blob's manifest or a chunk does not match its hash, or the blob exceeds a limit."""
+
+    code = "bad_blob"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    size: int
+    chunk: int
+    hashes: tuple[bytes, ...]
+    raw: bytes
+
+    @property
+    def id(self) -> bytes:
+        return hashlib.sha256(self.raw).digest()
+
+    def chunk_range(self, i: int) -> tuple[int, int]:
+        start = i * self.chunk
+        return start, min(self.size, start + self.chunk)
+
+
+def manifest_for(data: bytes, chunk: int = CHUNK) -> Manifest:
+    hashes = tuple(hashlib.sha256(data[i:i + chunk]).digest() for i in range(0, max(len(data), 1), chunk))
+    raw = codec.encode({"size": len(data), "chunk": chunk, "hashes": list(hashes)})
+    return Manifest(len(data), chunk, hashes, raw)
+
+
+def parse_manifest(raw: bytes, expected_id: bytes, *, max_size: int = MAX_BLOB) -> Manifest:
+    if hashlib.sha256(raw).digest() != expected_id:
+        raise BlobError("manifest does not hash to the blob id")
+    f = codec.Fields(codec.decode(raw, max_size=MAX_MANIFEST), "manifest")
+    size = f.uint("size", maximum=max_size)
+    chunk = f.uint("chunk", maximum=CHUNK)
+    hashes = f.array("hashes", max_items=MAX_CHUNKS)
+    if chunk == 0 or len(hashes) != max(1, -(-size // chunk)):
+        raise CodecError("manifest: chunk count does not match the size")
+    if not all(isinstance(h, bytes) and len(h) == 32 for h in hashes):
+        raise CodecError("manifest: hashes must be 32-byte strings")
+    return Manifest(size, chunk, tuple(hashes), raw)
+
+
+def check_chunk(manifest: Manifest, i: int, data: bytes) -> None:
+    if not 0 <= i < len(manifest.hashes):
+        raise BlobError(f"chunk {i} is outside the blob")
+    start, end = manifest.chunk_range(i)
+    if len(data) != end - start or hashlib.sha256(data).digest() != manifest.hashes[i]:
+        raise BlobError(f"chunk {i} does not match its hash")
