@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("submit", parents=[common], help="run a job on the network and show its result")
     sm.add_argument("workload", help="matmul, infer or train_step")
     sm.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="workload parameter")
+    sm.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
+                    help="an input array (with -p inputs=blob); sent encrypted, once, as a blob")
     sm.add_argument("--max-price", type=int, default=100_000, help="most micro-credits you pay (default 100000)")
     sm.add_argument("--deadline", type=float, default=60.0, help="seconds from now (default 60)")
     sm.add_argument("--providers", type=int, default=3, help="ask this many providers for bids (default 3)")
@@ -217,11 +219,19 @@ def _submit(config: Config, args: argparse.Namespace, console: Any) -> int:
     from p2pnode.exec import workloads
 
     params = _parse_params(args.param)
-    workloads.get(args.workload).check(params)  # bad input fails here, before the network
+    wl = workloads.get(args.workload)
+    if not wl.input_spec(wl.check(params)) and args.input:  # bad input fails here, before the network
+        raise LocalError("--input needs -p inputs=blob")
     if args.deadline <= 0:
         raise LocalError("--deadline must be in the future (seconds from now)")
+    files = {}
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise LocalError(f"--input {item!r}: expected NAME=FILE.npy")
+        files[name] = str(Path(path).resolve())
     request = dict(workload=args.workload, params=params, max_price=args.max_price, deadline=args.deadline,
-                   k=args.providers, backend=args.backend, verify=args.verify)
+                   k=args.providers, backend=args.backend, verify=args.verify, input_files=files)
     if args.json:
         result = call(config.control_socket, "submit", timeout=args.deadline + 30, **request)
         _print_json(result)
@@ -250,6 +260,11 @@ def _submit(config: Config, args: argparse.Namespace, console: Any) -> int:
             elif kind == "result":
                 progress.update(run, completed=1.0)
                 progress.console.print("  result received; verifying")
+            elif kind == "upload":
+                progress.console.print(f"  inputs: {e['blobs']} encrypted blob(s), {e['bytes']} bytes, "
+                                       "fetched by the awarded provider")
+            elif kind == "download":
+                progress.console.print(f"  output: {e['bytes']} bytes downloaded in {e['seconds']} s")
 
         result = call(config.control_socket, "submit", timeout=args.deadline + 30, on_event=on_event, **request)
     console.print(ui.job_summary(result))

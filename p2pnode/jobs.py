@@ -24,6 +24,7 @@ from p2pnode.errors import ExecFailure, LocalError, PeerError, ProtocolError, Wo
 from p2pnode.exec import workloads
 from p2pnode.exec.workloads import Output
 from p2pnode.market.bidding import Capacity, decide
+from p2pnode.market.scoring import ObservedScorer
 from p2pnode.net.framing import FramedStream, StreamGone
 from p2pnode.protocol.job_provider import P, ProviderJob
 from p2pnode.protocol.job_requester import R, RequesterJob, Step
@@ -84,6 +85,7 @@ class JobService:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.records: list[JobRecord] = []
+        self.scorer = ObservedScorer()  # what this node saw of providers, across jobs
 
     def _record(self, rec: JobRecord) -> JobRecord:
         self.records.append(rec)
@@ -142,6 +144,7 @@ class JobService:
         exec_scope = trio.CancelScope()
         latest = [0.0]
         params = [dict(rec.params)]  # completed by the sealed private parameters
+        blobs: list[tuple[bytes, ...]] = [()]
         done_event = trio.Event()
 
         async def reader() -> None:
@@ -156,7 +159,9 @@ class JobService:
             assert ex is not None
             with exec_scope:
                 try:
-                    r = await ex.run(rec.workload, params[0], backend=backend,
+                    run_params = {k: v for k, v in params[0].items() if k != "keys"}
+                    arrays = await self._fetch_inputs(prov, run_params, params[0].get("keys") or {}, blobs[0])
+                    r = await ex.run(rec.workload, run_params, backend=backend, inputs=arrays,
                                      on_progress=lambda f: latest.__setitem__(0, f))
                     output = sealing.seal(codec.encode(r.output.to_wire()), prov.rfb.requester)
                     blob = b""
@@ -167,7 +172,7 @@ class JobService:
                                            kernel_ms=int(r.seconds * 1000), backend=r.backend, blob=blob)
                     rec.kernel_ms, rec.output = int(r.seconds * 1000), r.output
                     await fs.send(prov.done(result, time.time()).encode())
-                except (ExecFailure, WorkloadError) as exc:
+                except (ExecFailure, WorkloadError, BlobError) as exc:
                     await fs.send(prov.failed(exc.code, str(exc)).encode())
                 rec.state = prov.state.value
             done_event.set()
@@ -200,7 +205,7 @@ class JobService:
                 else:
                     prov.receive(item, time.time())
                     if isinstance(item, m.Inputs) and prov.state is P.RUNNING and not started:
-                        params[0] = self._private(prov, item, rec)
+                        params[0], blobs[0] = self._private(prov, item, rec), item.blobs
                 if prov.state is P.RUNNING and not started:
                     started = True
                     nursery.start_soon(execute)
@@ -218,6 +223,24 @@ class JobService:
         if not isinstance(private, dict) or not set(private) <= set(m.PRIVATE_PARAMS):
             raise ProtocolError("sealed inputs hold something other than private parameters")
         return {**dict(prov.rfb.params), **private}
+
+    async def _fetch_inputs(self, prov: ProviderJob, params: dict[str, Any], keys: dict[str, bytes],
+                            blob_ids: tuple[bytes, ...]) -> dict[str, np.ndarray] | None:
+        """Fetch and open the input blobs (from our cache when we already hold them)."""
+        wl = workloads.get(prov.rfb.workload)
+        spec = wl.input_spec(wl.check(params))
+        if not spec:
+            return None
+        if len(blob_ids) != len(spec) or set(keys) != set(spec):
+            raise WorkloadError("inputs=blob: the blobs or keys do not match the workload's inputs")
+        arrays = {}
+        for name, blob_id in zip(sorted(spec), blob_ids, strict=True):
+            shape, dtype = spec[name]
+            data = sealing.unlock(await self.node.blobs.fetch(prov.rfb.requester, blob_id), keys[name])
+            if len(data) != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+                raise WorkloadError(f"input {name}: blob has the wrong size")
+            arrays[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+        return arrays
 
     # requester -----------------------------------------------------------------------------
     def candidates(self, workload: str, need: int, k: int, backend: str) -> list[Any]:
@@ -241,21 +264,33 @@ class JobService:
 
     async def submit(self, workload: str, params: dict[str, Any], *, max_price: int, deadline_s: float,
                      k: int = 3, backend: str = "", verify: str = "auto", bid_window_s: float = 2.0,
-                     on_event: Callable[[dict[str, Any]], None] | None = None) -> JobRecord:
+                     on_event: Callable[[dict[str, Any]], None] | None = None,
+                     inputs: dict[str, np.ndarray] | None = None) -> JobRecord:
         wl = workloads.get(workload)
         checked = wl.check(params)
+        arrays = workloads.check_inputs(wl, checked, inputs)
         if deadline_s <= 0:
             raise JobError("the deadline is already past")
         if max_price <= 0:
             raise JobError("--max-price must be positive")
         ads = self.candidates(workload, wl.memory(checked), k, backend)
+        for ad in ads:
+            self.scorer.advertised[ad.peer_id] = max((v for _, v in ad.speed), default=0.0)
         if not ads:
             raise JobError(f"no provider in the market offers {workload}" + (f" on {backend}" if backend else ""))
         node = self.node
         job_id, nonce = os.urandom(16), os.urandom(16)
         policy = ("freivalds" if workload == "matmul" else "none") if verify == "auto" else verify
         public = {k: v for k, v in checked.items() if k not in m.PRIVATE_PARAMS}
-        private = {k: v for k, v in checked.items() if k in m.PRIVATE_PARAMS}
+        private: dict[str, Any] = {k: v for k, v in checked.items() if k in m.PRIVATE_PARAMS}
+        blob_ids: list[bytes] = []
+        if arrays:  # inputs travel as encrypted blobs that the awarded provider fetches from us
+            secret = sealing.blob_secret(node.identity.seed)
+            private["keys"] = {}
+            for name in sorted(arrays):
+                key, ciphertext = sealing.lock(arrays[name].tobytes(), secret)
+                blob_ids.append(node.blobs.store.put(ciphertext))
+                private["keys"][name] = key
         rfb = m.RequestForBids(job_id, workload, public, node.identity.peer_id, nonce, max_price,
                                int((time.time() + deadline_s) * 1000), 0, backend, policy)
         rec = self._record(JobRecord(job_id.hex(), "requester", workload, checked))
@@ -269,10 +304,13 @@ class JobService:
 
         machine = RequesterJob(node.identity.peer_id, node.identity.signing_key, rfb, [a.peer_id for a in ads],
                                time.time(), bid_window_s=bid_window_s,
-                               stall_s=max(15.0, 3 * HEARTBEAT_S), on_event=event, private_params=private)
+                               stall_s=max(15.0, 3 * HEARTBEAT_S), on_event=event, private_params=private,
+                               input_blobs=tuple(blob_ids), scorer=self.scorer)
         streams: dict[bytes, FramedStream] = {}
         wake = trio.Event()
         event("request", {"candidates": [to_base58(a.peer_id) for a in ads], "max_price": max_price})
+        if blob_ids:
+            event("upload", {"blobs": len(blob_ids), "bytes": sum(int(a.nbytes) for a in arrays.values())})
 
         async def carry(step: Step) -> None:
             if step.violation is not None:
@@ -302,7 +340,11 @@ class JobService:
                 return
             fs = streams[peer] = FramedStream(stream, max_frame=m.MAX_MESSAGE)
             try:
+                sent = time.perf_counter()
                 await fs.send(rfb.encode())
+                first = m.decode(await fs.receive())
+                self.scorer.observe_latency(peer, (time.perf_counter() - sent) * 1000)
+                await carry(feed(peer, first))
                 while True:
                     await carry(feed(peer, m.decode(await fs.receive())))
             except StreamGone:
@@ -326,7 +368,11 @@ class JobService:
                     wake = trio.Event()
                     await carry(machine.tick(time.time()))
                     if machine.state is R.VERIFYING:
-                        ok, outcome, output = await self._verify(machine.result, rfb, checked, policy)  # type: ignore[arg-type]
+                        ok, outcome, output = await self._verify(machine.result, rfb, checked, policy,  # type: ignore[arg-type]
+                                                                 arrays, event)
+                        if ok and machine.result is not None:
+                            self.scorer.observe_speed(machine.result.body["provider"], wl.flops(checked),
+                                                      machine.result.body["kernel_ms"] / 1000)
                         rec.output = output
                         await carry(machine.verified(ok, outcome))
                 nursery.cancel_scope.cancel()
@@ -367,11 +413,14 @@ class JobService:
             return await host.new_stream(pid, [JOB_PROTOCOL])
 
     async def _verify(self, result: m.Result, rfb: m.RequestForBids, params: dict[str, Any],
-                      policy: str) -> tuple[bool, str, Output | None]:
+                      policy: str, arrays: dict[str, np.ndarray],
+                      event: Callable[[str, dict[str, object]], None]) -> tuple[bool, str, Output | None]:
         sealed = result.body["output"]
         if result.body["blob"]:
             try:
+                t0 = time.perf_counter()
                 sealed = await self.node.blobs.fetch(result.body["provider"], result.body["blob"])
+                event("download", {"bytes": len(sealed), "seconds": round(time.perf_counter() - t0, 3)})
             except BlobError as exc:
                 return False, f"output blob: {exc}", None
         try:
@@ -383,7 +432,7 @@ class JobService:
             return False, "digest does not match the output", output
         if policy == "freivalds" and rfb.workload == "matmul":
             p = params
-            a, b = workloads.matmul_inputs(p)
+            a, b = workloads.matmul_inputs(p, inputs=arrays or None)
             c = output.arrays.get("c")
             if c is None or not freivalds.check(a, b, c, dtype=p["dtype"], rounds=20,
                                                  rng=np.random.default_rng()):

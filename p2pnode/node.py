@@ -116,7 +116,7 @@ class Node:
             if cfg.provide:
                 from p2pnode.exec.executor import Executor
 
-                async with Executor(slots=cfg.slots) as self.executor:
+                async with Executor(slots=cfg.slots, gpu_memory=self._gpu_free) as self.executor:
                     await self._run_network(identity, listen, bootstrap, listener, task_status)
             else:
                 await self._run_network(identity, listen, bootstrap, listener, task_status)
@@ -293,6 +293,12 @@ class Node:
             await trio.sleep(PROBE_INTERVAL_S)
             self.hardware = await trio.to_thread.run_sync(self.probe.read)
 
+    def _gpu_free(self) -> int | None:
+        """Free memory of the first GPU, from the latest NVML read (refreshed every second)."""
+        if self.hardware is None or not self.hardware.gpus:
+            return None
+        return self.hardware.gpus[0].memory_free
+
     # views (control API, CLI) ------------------------------------------------------------
     def market_view(self) -> list[dict[str, Any]]:
         now = self._clock()
@@ -377,6 +383,7 @@ class Node:
 
         try:
             params = dict(request.get("params") or {})
+            inputs = _load_inputs(request.get("input_files") or {})
             args = dict(max_price=int(request["max_price"]), deadline_s=float(request.get("deadline", 60)),
                         k=int(request.get("k", 3)), backend=str(request.get("backend", "")),
                         verify=str(request.get("verify", "auto")))
@@ -386,7 +393,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(forward)
                 try:
-                    rec = await self.jobs.submit(str(request.get("workload")), params,
+                    rec = await self.jobs.submit(str(request.get("workload")), params, inputs=inputs,
                                                  on_event=lambda e: _send_nowait(send, e), **args)
                 finally:
                     send.close()
@@ -416,3 +423,18 @@ def _send_nowait(send: trio.MemorySendChannel[dict[str, Any]], item: dict[str, A
         send.send_nowait(item)
     except (trio.WouldBlock, trio.ClosedResourceError):
         pass  # a slow CLI misses a progress line, never the result
+
+
+def _load_inputs(files: dict[str, str]) -> dict[str, Any] | None:
+    """Input arrays named on the command line: .npy files (no pickles) readable by this node."""
+    if not files:
+        return None
+    import numpy as np
+
+    out = {}
+    for name, path in files.items():
+        try:
+            out[str(name)] = np.load(str(path), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ControlError(f"input {name}: cannot read {path}: {exc}") from exc
+    return out

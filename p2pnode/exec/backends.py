@@ -56,6 +56,9 @@ class NumpyOps:
     def int8(self, seed: int, stream: int, shape: tuple[int, ...]) -> np.ndarray:
         return seeded.int8(np, seed, stream, shape)
 
+    def asarray(self, a: np.ndarray) -> np.ndarray:
+        return a
+
     def matmul(self, a: np.ndarray, b: np.ndarray, dtype: str) -> np.ndarray:
         if dtype == "int8":
             return a.astype(np.int32) @ b.astype(np.int32)
@@ -92,6 +95,9 @@ class TorchOps:
 
     def int8(self, seed: int, stream: int, shape: tuple[int, ...]) -> Any:
         return seeded.int8_torch(self.torch, seed, stream, shape, "cuda")
+
+    def asarray(self, a: np.ndarray) -> Any:
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to("cuda")
 
     def matmul(self, a: Any, b: Any, dtype: str) -> np.ndarray:
         t = self.torch
@@ -135,6 +141,9 @@ class CupyOps:
 
     def int8(self, seed: int, stream: int, shape: tuple[int, ...]) -> Any:
         return seeded.int8(self.cp, seed, stream, shape)
+
+    def asarray(self, a: np.ndarray) -> Any:
+        return self.cp.asarray(a)
 
     def matmul(self, a: Any, b: Any, dtype: str) -> np.ndarray:
         cp = self.cp

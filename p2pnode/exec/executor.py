@@ -158,10 +158,13 @@ class Executor:
         return requested
 
     async def run(self, workload: str, params: dict[str, Any], *, backend: str | None = None,
-                  timeout: float | None = None, on_progress: ProgressFn | None = None) -> ExecResult:
+                  timeout: float | None = None, on_progress: ProgressFn | None = None,
+                  inputs: dict[str, Any] | None = None) -> ExecResult:
         """Run one job; raise ``WorkloadError`` for bad input, ``ExecFailure`` for anything else."""
         wl = workloads.get(workload)
         checked = wl.check(params)
+        arrays = workloads.check_inputs(wl, checked, inputs)
+        wire_inputs = {k: {"dtype": v.dtype.str, "shape": list(v.shape), "data": v.tobytes()} for k, v in arrays.items()}
         chosen = self.choose_backend(backend)
         need = wl.memory(checked)
         if need > self._capacity(chosen):
@@ -172,7 +175,7 @@ class Executor:
                 async with self._slots:
                     await self._admit(need, chosen)
                     try:
-                        return await self._execute(workload, checked, chosen, on_progress, started)
+                        return await self._execute(workload, checked, chosen, on_progress, started, wire_inputs)
                     finally:
                         async with self._admission:
                             self._reserved -= need
@@ -191,12 +194,12 @@ class Executor:
             self._reserved += need
 
     async def _execute(self, workload: str, params: dict[str, Any], backend: str,
-                       on_progress: ProgressFn | None, started: float) -> ExecResult:
+                       on_progress: ProgressFn | None, started: float, inputs: dict[str, Any]) -> ExecResult:
         worker = self._idle.pop() if self._idle else await self._spawn()
         self.running += 1
         done = False
         try:
-            await worker.send({"op": "run", "wl": workload, "params": params, "backend": backend})
+            await worker.send({"op": "run", "wl": workload, "params": params, "backend": backend, "inputs": inputs})
             while True:
                 frame = await worker.receive()
                 if "progress" in frame:

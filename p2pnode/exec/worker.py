@@ -70,7 +70,9 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             name = request["backend"]
             if name not in ops_cache:
                 ops_cache[name] = backends.ops(name)
-            output = workload.run(params, ops_cache[name], progress)
+            inputs = workloads.Output.from_wire({"arrays": request.get("inputs") or {}}).arrays
+            output = workload.run(params, ops_cache[name], progress,
+                                  workloads.check_inputs(workload, params, inputs) or None)
             send({"ok": True, "output": output.to_wire(), "seconds": time.perf_counter() - started})
         except Exception as exc:  # every kernel failure is a typed result, never a dead node
             send({"ok": False, "code": _failure_code(exc), "error": f"{type(exc).__name__}: {exc}"[:500]})

@@ -77,7 +77,9 @@ class Workload(Protocol):
     def memory(self, p: Mapping[str, Any]) -> int: ...
     def comparison(self, p: Mapping[str, Any]) -> str: ...
     def output_bytes(self, p: Mapping[str, Any]) -> int: ...
-    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output: ...
+    def input_spec(self, p: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]: ...
+    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress,
+            inputs: Mapping[str, np.ndarray] | None = None) -> Output: ...
     def agree(self, p: Mapping[str, Any], a: Output, b: Output) -> bool: ...
 
 
@@ -111,6 +113,31 @@ def _unknown(params: Mapping[str, Any], known: set[str]) -> None:
         raise WorkloadError(f"unknown parameter(s): {', '.join(sorted(map(str, extra)))}")
 
 
+def _inputs_mode(params: Mapping[str, Any]) -> str:
+    mode = params.get("inputs", "seed")
+    if mode not in ("seed", "blob"):
+        raise WorkloadError(f"inputs={mode!r} must be 'seed' or 'blob'")
+    return str(mode)
+
+
+def check_inputs(wl: Workload, p: Mapping[str, Any], inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Supplied input arrays, checked against the workload's spec (names, shapes, dtypes)."""
+    spec = wl.input_spec(p)
+    if not spec:
+        if inputs:
+            raise WorkloadError("this job takes no input arrays (set inputs=blob to supply them)")
+        return {}
+    if inputs is None or set(inputs) != set(spec):
+        raise WorkloadError(f"inputs=blob needs arrays {sorted(spec)}, got {sorted(inputs or {})}")
+    out = {}
+    for name, (shape, dtype) in spec.items():
+        arr = np.asarray(inputs[name])
+        if arr.shape != shape or arr.dtype != np.dtype(dtype):
+            raise WorkloadError(f"input {name}: expected {dtype}{list(shape)}, got {arr.dtype}{list(arr.shape)}")
+        out[name] = np.ascontiguousarray(arr)
+    return out
+
+
 def _close(a: np.ndarray, b: np.ndarray, rel: float) -> bool:
     if a.shape != b.shape:
         return False
@@ -121,12 +148,16 @@ def _close(a: np.ndarray, b: np.ndarray, rel: float) -> bool:
     return bool(np.linalg.norm(a64 - b64) <= rel * scale)
 
 
-def matmul_inputs(p: Mapping[str, Any], ops: Any = None) -> tuple[Any, Any]:
-    """A (stream 0) and B (stream 1) of a matmul job, on ``ops``' device (NumPy by default)."""
+def matmul_inputs(p: Mapping[str, Any], ops: Any = None,
+                  inputs: Mapping[str, np.ndarray] | None = None) -> tuple[Any, Any]:
+    """A (stream 0) and B (stream 1) of a matmul job, on ``ops``' device (NumPy by default);
+    the supplied arrays instead when the job has ``inputs=blob``."""
     if ops is None:
         from p2pnode.exec.backends import NumpyOps
 
         ops = NumpyOps()
+    if inputs:
+        return ops.asarray(inputs["a"]), ops.asarray(inputs["b"])
     m, n, k = p["m"], p["n"], p["k"]
     gen = ops.int8 if p["dtype"] == "int8" else ops.uniform
     return gen(p["seed"], 0, (m, k)), gen(p["seed"], 1, (k, n))
@@ -136,7 +167,7 @@ class Matmul:
     name = "matmul"
 
     def check(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        _unknown(params, {"m", "n", "k", "dtype", "seed"})
+        _unknown(params, {"m", "n", "k", "dtype", "seed", "inputs"})
         p = {key: _int(params, key, 1, MAX_DIM) for key in ("m", "n", "k")}
         for a, b in (("m", "k"), ("k", "n"), ("m", "n")):
             if p[a] * p[b] > MAX_ELEMENTS:
@@ -144,7 +175,13 @@ class Matmul:
         dtype = params.get("dtype", "fp32")
         if dtype not in DTYPES:
             raise WorkloadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-        return p | {"dtype": dtype, "seed": _int(params, "seed", 0, 2**63 - 1, 0)}
+        return p | {"dtype": dtype, "seed": _int(params, "seed", 0, 2**63 - 1, 0), "inputs": _inputs_mode(params)}
+
+    def input_spec(self, p: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+        if p["inputs"] != "blob":
+            return {}
+        dt = "int8" if p["dtype"] == "int8" else "float32"
+        return {"a": ((p["m"], p["k"]), dt), "b": ((p["k"], p["n"]), dt)}
 
     def flops(self, p: Mapping[str, Any]) -> float:
         return 2.0 * p["m"] * p["n"] * p["k"]
@@ -158,8 +195,9 @@ class Matmul:
     def output_bytes(self, p: Mapping[str, Any]) -> int:
         return p["m"] * p["n"] * (2 if p["dtype"] in ("fp16",) else 4)
 
-    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output:
-        a, b = matmul_inputs(p, ops)
+    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress,
+            inputs: Mapping[str, np.ndarray] | None = None) -> Output:
+        a, b = matmul_inputs(p, ops, inputs)
         progress(0.1)
         c = ops.matmul(a, b, p["dtype"])
         ops.sync()
@@ -180,7 +218,7 @@ def _mlp_weights(ops: Any, seed: int, dims: list[int]) -> list[tuple[Any, Any]]:
 
 class Infer:
     name = "infer"
-    KEYS = {"batch", "d_in", "d_hidden", "d_out", "layers", "seed"}
+    KEYS = {"batch", "d_in", "d_hidden", "d_out", "layers", "seed", "inputs"}
 
     def check(self, params: Mapping[str, Any]) -> dict[str, Any]:
         _unknown(params, self.KEYS)
@@ -188,6 +226,7 @@ class Infer:
             "batch": _int(params, "batch", 1, 65536, 64), "d_in": _int(params, "d_in", 1, 8192, 256),
             "d_hidden": _int(params, "d_hidden", 1, 8192, 512), "d_out": _int(params, "d_out", 1, 8192, 64),
             "layers": _int(params, "layers", 1, 16, 3), "seed": _int(params, "seed", 0, 2**63 - 1, 0),
+            "inputs": _inputs_mode(params),
         }
         if self.memory(p) > 4 << 30:
             raise WorkloadError("infer parameters need more than 4 GiB")
@@ -210,9 +249,25 @@ class Infer:
     def output_bytes(self, p: Mapping[str, Any]) -> int:
         return 4 * p["batch"] * p["d_out"]
 
-    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output:
-        weights = _mlp_weights(ops, p["seed"], self._dims(p))
-        x = ops.uniform(p["seed"], 1000, (p["batch"], p["d_in"]))  # stream 1000: the batch
+    def input_spec(self, p: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+        """With inputs=blob: the batch ``x`` and every layer's weights ``w<l>`` and bias ``b<l>``."""
+        if p["inputs"] != "blob":
+            return {}
+        d = self._dims(p)
+        spec: dict[str, tuple[tuple[int, ...], str]] = {"x": ((p["batch"], p["d_in"]), "float32")}
+        for n, (i, o) in enumerate(zip(d, d[1:], strict=False)):
+            spec[f"w{n}"], spec[f"b{n}"] = ((i, o), "float32"), ((o,), "float32")
+        return spec
+
+    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress,
+            inputs: Mapping[str, np.ndarray] | None = None) -> Output:
+        if inputs:
+            layers = len(self._dims(p)) - 1
+            weights = [(ops.asarray(inputs[f"w{n}"]), ops.asarray(inputs[f"b{n}"])) for n in range(layers)]
+            x = ops.asarray(inputs["x"])
+        else:
+            weights = _mlp_weights(ops, p["seed"], self._dims(p))
+            x = ops.uniform(p["seed"], 1000, (p["batch"], p["d_in"]))  # stream 1000: the batch
         progress(0.2)
         y = ops.mlp(x, weights)
         ops.sync()
@@ -249,7 +304,11 @@ class TrainStep:
     def output_bytes(self, p: Mapping[str, Any]) -> int:
         return 4 * (p["d_in"] * p["d_hidden"] + 2 * p["d_hidden"] + 1) + 8 * p["steps"]
 
-    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress) -> Output:
+    def input_spec(self, p: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {}  # seeded data only
+
+    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress,
+            inputs: Mapping[str, np.ndarray] | None = None) -> Output:
         # The update rule runs in NumPy on every backend: SGD steps are small, sequential kernels
         # where a GPU brings launch overhead, and one implementation keeps results comparable.
         from p2pnode.exec.backends import NumpyOps

@@ -82,6 +82,7 @@ class RequesterJob:
     stall_s: float = 15.0
     scorer: Scorer = field(default_factory=Scorer)
     private_params: dict[str, object] = field(default_factory=dict)  # sealed to each awarded provider
+    input_blobs: tuple[bytes, ...] = ()  # ids of the (encrypted) input blobs, in input-name order
     state: R = R.COLLECTING
     bids: dict[bytes, m.Bid] = field(default_factory=dict)
     declines: dict[bytes, str] = field(default_factory=dict)
@@ -200,7 +201,7 @@ class RequesterJob:
                                   price=bid.price, deadline_ms=self.rfb.deadline_ms)
         self._emit("award", provider=winner, price=bid.price, attempt=len(self.failed) + 1)
         sealed = sealing.seal(codec.encode(self.private_params), winner)
-        return Step(send=[(winner, self.award), (winner, m.Inputs(self.job, sealed=sealed))])
+        return Step(send=[(winner, self.award), (winner, m.Inputs(self.job, self.input_blobs, sealed))])
 
     def _lose(self, peer: bytes, why: str, now: float, *, violation: bool = False) -> Step:
         """The awarded provider is out: re-award to the next live bid, or give up."""

@@ -40,7 +40,7 @@ DECLINE_CODES = ("unknown_workload", "bad_params", "busy", "price", "deadline", 
                  "backend_unavailable", "not_providing")
 VERIFY_POLICIES = ("none", "freivalds", "rerun")
 # Parameters that never appear in a request for bids: they travel sealed to the awarded provider.
-PRIVATE_PARAMS = ("seed",)
+PRIVATE_PARAMS = ("seed", "keys")
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,17 @@ to the requester; other bidders, relays and caches see ciphertext only.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519, crypto_sign_ed25519_sk_to_curve25519
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
+from nacl.secret import SecretBox
 from nacl.signing import SigningKey
 
 from p2pnode.errors import PeerError
 from p2pnode.wire.peer_id import public_key_from_peer_id
-
-OVERHEAD = SealedBox.NONCE_SIZE if hasattr(SealedBox, "NONCE_SIZE") else 48
 
 
 class SealError(PeerError):
@@ -37,3 +39,25 @@ def unseal(data: bytes, key: SigningKey) -> bytes:
         return bytes(SealedBox(PrivateKey(sk)).decrypt(data))
     except (CryptoError, ValueError, TypeError) as exc:
         raise SealError("sealed payload does not open with this node's key") from exc
+
+
+# Input blobs: convergent encryption under a per-requester secret. The same data from the same
+# requester always encrypts to the same bytes, hence the same blob id, so a provider that holds it
+# never fetches it again; without the key (sealed to the awarded provider) the blob is unreadable.
+
+def blob_secret(identity_seed: bytes) -> bytes:
+    return hmac.new(identity_seed, b"p2pnode/input-blob/1", hashlib.sha256).digest()
+
+
+def lock(data: bytes, secret: bytes) -> tuple[bytes, bytes]:
+    """Encrypt ``data`` deterministically; return (key, ciphertext)."""
+    key = hmac.new(secret, hashlib.sha256(data).digest(), hashlib.sha256).digest()
+    nonce = hashlib.sha256(key + data).digest()[: SecretBox.NONCE_SIZE]
+    return key, bytes(SecretBox(key).encrypt(data, nonce))
+
+
+def unlock(ciphertext: bytes, key: bytes) -> bytes:
+    try:
+        return bytes(SecretBox(key).decrypt(ciphertext))
+    except (CryptoError, ValueError, TypeError) as exc:
+        raise SealError("input blob does not open with the key it was sent with") from exc

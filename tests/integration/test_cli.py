@@ -117,6 +117,25 @@ def test_run_read_commands_metrics_and_clean_shutdown(data_dir: Path) -> None:
                     text = r.read().decode()
                 assert "p2pnode_peers 1.0" in text
                 assert "p2pnode_ads_accepted_total" in text and "p2pnode_ad_propagation_seconds_count" in text
+                # a job from the command line, with input arrays from files
+                import numpy as np
+
+                rng = np.random.default_rng(0)
+                np.save(data_dir / "a.npy", rng.integers(-128, 128, size=(16, 24), dtype=np.int8))
+                np.save(data_dir / "b.npy", rng.integers(-128, 128, size=(24, 8), dtype=np.int8))
+                job = a.cli("submit", "matmul", "-p", "m=16", "-p", "n=8", "-p", "k=24", "-p", "dtype=int8",
+                            "-p", "inputs=blob", "-i", f"a={data_dir / 'a.npy'}", "-i", f"b={data_dir / 'b.npy'}",
+                            "--json")
+                assert job.returncode == 0, job.stderr
+                result = json.loads(job.stdout)
+                assert result["state"] == "done" and result["peer"] == b_id
+                assert result["outcome"].startswith("verified (Freivalds")
+                human = a.cli("submit", "train_step", "-p", "steps=20")
+                assert human.returncode == 0 and "DONE" in human.stdout and "loss:" in human.stdout
+                jobs = a.json("jobs")
+                assert [j["state"] for j in jobs[:2]] == ["done", "done"]
+                bad = a.cli("submit", "nope")
+                assert bad.returncode == 1 and bad.stderr.startswith("p2pnode: error: unknown workload")
                 assert b.stop() == 0
             assert a.stop() == 0
         assert any("shutting down" in line for line in a.output)

@@ -217,3 +217,51 @@ async def test_a_large_output_comes_back_as_a_blob() -> None:
         wl = workloads.get("matmul")
         p = wl.check(params)
         assert np.allclose(rec.output.arrays["c"], wl.run(p, backends.ops("numpy"), lambda f: None).arrays["c"])  # type: ignore[union-attr]
+
+
+async def test_inputs_supplied_as_blobs_are_sent_once() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(-128, 128, size=(96, 64), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(64, 80), dtype=np.int8)
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        requester, provider = nodes[0].node, nodes[1].node
+        params = {"m": 96, "n": 80, "k": 64, "dtype": "int8", "inputs": "blob"}
+        rec = await requester.jobs.submit("matmul", params, max_price=RICH, deadline_s=30, inputs={"a": a, "b": b})
+        assert rec.state == "done" and rec.outcome.startswith("verified (Freivalds")
+        assert np.array_equal(rec.output.arrays["c"], a.astype(np.int32) @ b.astype(np.int32))  # type: ignore[union-attr]
+        fetched = provider.blobs.fetched_bytes
+        assert fetched >= a.nbytes + b.nbytes
+        rec = await requester.jobs.submit("matmul", params, max_price=RICH, deadline_s=30, inputs={"a": a, "b": b})
+        assert rec.state == "done"
+        assert provider.blobs.fetched_bytes == fetched and provider.blobs.store.hits == 2  # not sent twice
+        # what the provider holds is ciphertext: the raw matrix bytes appear nowhere in its store
+        assert all(a.tobytes()[:64] not in data for _, data in provider.blobs.store._blobs.values())
+        with pytest.raises(WorkloadError, match="needs arrays"):
+            await requester.jobs.submit("matmul", params, max_price=RICH, deadline_s=30)
+
+
+async def test_infer_with_weights_from_blobs() -> None:
+    rng = np.random.default_rng(1)
+    params = {"batch": 4, "d_in": 8, "d_hidden": 16, "d_out": 3, "layers": 2, "inputs": "blob"}
+    inputs = {"x": rng.standard_normal((4, 8), dtype=np.float32),
+              "w0": rng.standard_normal((8, 16), dtype=np.float32), "b0": rng.standard_normal(16, dtype=np.float32),
+              "w1": rng.standard_normal((16, 3), dtype=np.float32), "b1": rng.standard_normal(3, dtype=np.float32)}
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        rec = await nodes[0].node.jobs.submit("infer", params, max_price=RICH, deadline_s=30, inputs=inputs)
+        assert rec.state == "done"
+        expected = np.maximum(inputs["x"] @ inputs["w0"] + inputs["b0"], 0) @ inputs["w1"] + inputs["b1"]
+        assert np.allclose(rec.output.arrays["y"], expected, rtol=1e-5, atol=1e-6)  # type: ignore[union-attr]
+
+
+async def test_a_job_past_its_deadline_expires_on_both_sides() -> None:
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        requester, provider = nodes[0].node, nodes[1].node
+        rec = await requester.jobs.submit("train_step", LONG, max_price=RICH, deadline_s=3)
+        assert rec.state == "expired"
+        await _wait_idle(provider)
+        with trio.fail_after(10):
+            while provider.jobs.records[-1].state not in ("cancelled", "expired"):
+                await trio.sleep(0.02)

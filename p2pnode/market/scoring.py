@@ -1,0 +1,54 @@
+"""Ranking bids with what this node observed, not only what providers claim (pure).
+
+:class:`ObservedScorer` extends the neutral :class:`~p2pnode.protocol.job_requester.Scorer`:
+
+* a bid's time estimate is stretched by how much slower the provider turned out than it claimed
+  (observed kernel GFLOP/s against advertised; never trusted to be faster than claimed);
+* the bid's arrival latency is added (a slow link costs every message of the job);
+* :meth:`adjust` is where reputation plugs in (1.0 here).
+
+Observations are exponentially weighted (``alpha``) and bounded in number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from p2pnode.protocol.job_requester import Scorer
+from p2pnode.wire import job as m
+
+
+@dataclass
+class Observation:
+    slowdown: float = 1.0  # observed time / claimed time, >= 1
+    latency_ms: float = 0.0
+
+
+@dataclass
+class ObservedScorer(Scorer):
+    alpha: float = 0.3
+    max_peers: int = 4096
+    seen: dict[bytes, Observation] = field(default_factory=dict)
+    advertised: dict[bytes, float] = field(default_factory=dict)  # GFLOP/s from the capacity ad
+
+    def observe_latency(self, peer: bytes, ms: float) -> None:
+        o = self._get(peer)
+        o.latency_ms = ms if o.latency_ms == 0 else (1 - self.alpha) * o.latency_ms + self.alpha * ms
+
+    def observe_speed(self, peer: bytes, flops: float, kernel_s: float) -> None:
+        claimed = self.advertised.get(peer)
+        if not claimed or kernel_s <= 0 or flops <= 0:
+            return
+        ratio = max(1.0, claimed / (flops / kernel_s / 1e9))
+        o = self._get(peer)
+        o.slowdown = (1 - self.alpha) * o.slowdown + self.alpha * ratio
+
+    def _get(self, peer: bytes) -> Observation:
+        if peer not in self.seen and len(self.seen) >= self.max_peers:
+            self.seen.pop(next(iter(self.seen)))
+        return self.seen.setdefault(peer, Observation())
+
+    def score(self, peer: bytes, bid: m.Bid, budget: int, window_ms: float) -> float:
+        o = self.seen.get(peer, Observation())
+        time_ms = bid.estimate_ms * o.slowdown + o.latency_ms
+        return (bid.price / max(budget, 1) + time_ms / max(window_ms, 1.0)) * self.adjust(peer)
