@@ -370,9 +370,26 @@ class Node:
             return self.status_view()
         if cmd == "jobs":
             return [r.to_json() for r in reversed(self.jobs.records)]
+        if cmd == "wait":
+            return await self._wait(request)
         if cmd == "submit":
             return await self._submit(request, emit)
         raise ControlError(f"unknown command {cmd!r}")
+
+    async def _wait(self, request: dict[str, Any]) -> Any:
+        """Block until ``peers`` or ``market`` reaches ``count`` (scripts and tests wait on the node's
+        own change events instead of polling it)."""
+        what, count = request.get("what"), request.get("count")
+        timeout = request.get("timeout_s", 30)
+        views = {"peers": lambda: len(self.host.get_connected_peers()),
+                 "market": lambda: len(self.table.entries(self._clock()))}
+        if what not in views or not isinstance(count, int) or not isinstance(timeout, (int, float)):
+            raise ControlError('wait needs {"what": "peers"|"market", "count": N, "timeout": S}')
+        try:
+            await self.wait_until(lambda: views[what]() >= count, timeout=min(float(timeout), 300.0))
+        except trio.TooSlowError:
+            raise ControlError(f"{what} stayed below {count} for {timeout} s") from None
+        return {what: views[what]()}
 
     async def _submit(self, request: dict[str, Any], emit: Any) -> Any:
         send, recv = trio.open_memory_channel[dict[str, Any]](256)

@@ -10,12 +10,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -54,6 +52,18 @@ class NodeProcess:
             if line.startswith(prefix):
                 return line.strip()
 
+    def expect_containing(self, text: str, timeout: float = 30.0) -> str:
+        for line in self.output:
+            if text in line:
+                return line
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no line with {text!r}; output so far:\n{''.join(self.output)}") from None
+            if text in line:
+                return line
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*EXE, *args, "--data-dir", str(self.data_dir)],
                               capture_output=True, text=True, env=ENV, timeout=60)
@@ -79,16 +89,11 @@ def running(data_dir: Path, *args: str) -> Iterator[NodeProcess]:
             node.proc.wait()
 
 
-def wait_json(node: NodeProcess, command: str, predicate: Callable[[Any], bool],
-              timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = node.json(command)
-        if predicate(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{command} never satisfied the condition: {value}")
-        time.sleep(0.2)  # polling another process's state: there is no event to wait on
+def wait_for(node: NodeProcess, what: str, count: int, timeout: float = 30.0) -> None:
+    """Let the node itself wait (on its change events) until ``what`` reaches ``count``."""
+    from p2pnode.control.client import call
+
+    call(node.data_dir / "control.sock", "wait", timeout=timeout + 5, what=what, count=count, timeout_s=timeout)
 
 
 def test_run_read_commands_metrics_and_clean_shutdown(data_dir: Path) -> None:
@@ -97,12 +102,15 @@ def test_run_read_commands_metrics_and_clean_shutdown(data_dir: Path) -> None:
         with running(data_dir) as a:
             with running(other, "--bootstrap", a.addrs[0]) as b:
                 b_id = b.json("id")["peer"]
-                peers = wait_json(a, "peers", lambda p: len(p) == 1)
+                wait_for(a, "peers", 1)
+                peers = a.json("peers")
                 assert peers[0]["peer"] == b_id and peers[0]["penalty"] == 0
-                market = wait_json(a, "market", lambda m: len(m) == 2)
+                wait_for(a, "market", 2)
+                market = a.json("market")
                 assert {m["peer"] for m in market} == {a.json("id")["peer"], b_id}
                 assert all(m["offers"][0]["wl"] == "matmul" for m in market)
-                status = wait_json(a, "status", lambda s: s["peers"] == 1)
+                status = a.json("status")
+                assert status["peers"] == 1
                 assert status["state"] in ("healthy", "issues")
                 assert "no peers connected" not in status["reasons"]
                 assert status["market"] == 2 and status["ads_published"] >= 1
@@ -216,10 +224,7 @@ def test_unreachable_bootstrap_warns_and_keeps_running(data_dir: Path) -> None:
 
     boot = f"/ip4/127.0.0.1/tcp/{_free_port()}/p2p/{Identity.generate().peer_id_b58}"
     with running(data_dir, "--bootstrap", boot) as node:
-        deadline = time.monotonic() + 30
-        while not any("unreachable" in ln and "retrying" in ln for ln in node.output):
-            assert time.monotonic() < deadline, "".join(node.output)
-            time.sleep(0.1)
+        node.expect_containing("unreachable", timeout=30)  # the node's own warning, as it is printed
         status = node.json("status")
         assert status["state"] == "issues"
         assert any(r.startswith(f"bootstrap peer unreachable: {boot}") for r in status["reasons"])

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,18 +25,14 @@ def redis_on_loopback() -> Iterator[str]:
         port = s.getsockname()[1]
     if shutil.which("redis-server"):
         proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                 "--appendonly", "no"], stdout=subprocess.DEVNULL)
+                                 "--appendonly", "no"], stdout=subprocess.PIPE, text=True)
         try:
-            import redis
-
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    redis.Redis(port=port).ping()
+            assert proc.stdout is not None
+            for line in proc.stdout:  # wait for its own word that it is ready
+                if "Ready to accept connections" in line:
                     break
-                except redis.ConnectionError:
-                    assert time.monotonic() < deadline, "redis-server did not start"
-                    time.sleep(0.05)
+            else:
+                raise AssertionError("redis-server exited before it was ready")
             yield f"127.0.0.1:{port}"
         finally:
             proc.terminate()
