@@ -18,7 +18,7 @@ from typing import Any
 from p2pnode import __version__
 from p2pnode.config import Config, load
 from p2pnode.control.client import call
-from p2pnode.errors import LocalError, P2PNodeError
+from p2pnode.errors import LocalError, P2PNodeError, unwrap_group
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -185,14 +185,8 @@ def _run(config: Config) -> int:
         local = group.subgroup(lambda e: isinstance(e, P2PNodeError))
         if local is None:
             raise
-        raise _first(local) from None
+        raise unwrap_group(local, first=True) from None
     return 0
-
-
-def _first(group: BaseException) -> BaseException:
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    return group
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:

@@ -110,11 +110,12 @@ class RemoteProtocolError(ProtocolError, PeerError):
     code = "protocol_violation"
 
 
-def unwrap_group(exc: BaseException) -> BaseException:
-    """The single error inside (nested) exception groups, or ``exc`` itself.
+def unwrap_group(exc: BaseException, *, first: bool = False) -> BaseException:
+    """The single error inside (nested) exception groups, or ``exc`` itself; with ``first``, the
+    first leaf even when a group holds several.
 
     trio's nurseries wrap errors in groups; a user should see the ``JobError`` inside, not a
     group with one member."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+    while isinstance(exc, BaseExceptionGroup) and (first or len(exc.exceptions) == 1):
         exc = exc.exceptions[0]
     return exc

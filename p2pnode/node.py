@@ -18,10 +18,13 @@ from typing import Any
 import trio
 
 from p2pnode import __version__
+from p2pnode.blobs import BLOB_PROTOCOL, BlobService
 from p2pnode.config import MIN_AD_INTERVAL_S, Config
 from p2pnode.control import server as control_server
 from p2pnode.errors import ControlError, PeerError, unwrap_group
+from p2pnode.exec.executor import Executor
 from p2pnode.identity import Identity, load_or_create
+from p2pnode.jobs import JOB_PROTOCOL, JobService
 from p2pnode.market.capacity_table import CapacityTable, TableEntry, TableLimits
 from p2pnode.net import workarounds
 from p2pnode.net.discovery import PeerKeeper
@@ -71,12 +74,8 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._seq = 0
         self.ready = trio.Event()
-        self.executor: Any = None
-        from p2pnode.jobs import JobService
-
+        self.executor: Executor | None = None
         self.jobs = JobService(self)
-        from p2pnode.blobs import BlobService
-
         self.blobs = BlobService(self)
 
     # identity ----------------------------------------------------------------------------
@@ -114,8 +113,6 @@ class Node:
                     lambda: calibrate(cfg.calibrate_seconds, use_gpu=cfg.use_gpu)
                 )
             if cfg.provide:
-                from p2pnode.exec.executor import Executor
-
                 async with Executor(slots=cfg.slots, gpu_memory=self._gpu_free) as self.executor:
                     await self._run_network(identity, listen, bootstrap, listener, task_status)
             else:
@@ -144,11 +141,7 @@ class Node:
             async with background_trio_service(self.pubsub), background_trio_service(router):
                 await self.pubsub.wait_until_ready()
                 self.pubsub.set_topic_validator(CAPACITY_TOPIC, self._validate, False)
-                from p2pnode.jobs import JOB_PROTOCOL
-
                 self.host.set_stream_handler(JOB_PROTOCOL, self.jobs.handle_stream)
-                from p2pnode.blobs import BLOB_PROTOCOL
-
                 self.host.set_stream_handler(BLOB_PROTOCOL, self.blobs.handle_stream)
                 subscription = await self.pubsub.subscribe(CAPACITY_TOPIC)
                 self.started_at = self._clock()

@@ -92,7 +92,7 @@ def _start(index: int, base: Path, bootstrap: list[str], extra: list[str]) -> Sw
     return node
 
 
-def _view(nodes: list[SwarmNode], n: int, progress: Progress) -> tuple[Table, list[int]]:
+def _view(nodes: list[SwarmNode], n: int) -> tuple[Table, list[int]]:
     t = Table(title=f"Local swarm: {n} nodes on 127.0.0.1", title_justify="left")
     for col in ("node", "peer id", "tcp port", "peers", "providers known", "status"):
         t.add_column(col)
@@ -166,14 +166,14 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
                 if len(nodes) > 1:
                     boot.append(rnd.choice(nodes[1:]).addr)
                 nodes.append(_start(i, base, boot, []))
-                table, counts = _view(nodes, n, progress)
+                table, counts = _view(nodes, n)
                 progress.update(task, completed=sum(counts))
                 live.update(Group(table, progress))
             t_all_started = time.monotonic()
             result["start_s"] = round(t_all_started - t_start, 3)
             deadline = t_all_started + timeout
             while time.monotonic() < deadline:
-                table, counts = _view(nodes, n, progress)
+                table, counts = _view(nodes, n)
                 progress.update(task, completed=sum(counts))
                 live.update(Group(table, progress))
                 if all(c == n for c in counts):

@@ -75,7 +75,7 @@ async def serve(listener: trio.SocketListener, handler: Handler) -> None:
                     request = await _read_line(stream)
                 result = await handler(request, emit)
                 await _reply(stream, {"ok": True, "result": result})
-            except (ControlError, LocalError, WorkloadError, ExecFailure) as exc:
+            except (LocalError, WorkloadError, ExecFailure) as exc:
                 await _reply(stream, {"ok": False, "error": str(exc)})
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
                 pass

@@ -14,6 +14,7 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -171,7 +172,7 @@ class Executor:
             raise ExecFailure(f"job needs {need} bytes, more than this node has free", code="no_capacity")
         started = time.perf_counter()
         try:
-            with trio.fail_after(timeout) if timeout else _nullcontext():
+            with trio.fail_after(timeout) if timeout else contextlib.nullcontext():
                 async with self._slots:
                     await self._admit(need, chosen)
                     try:
@@ -229,11 +230,3 @@ class Executor:
 
     def _count(self, code: str) -> None:
         self.failed[code] = self.failed.get(code, 0) + 1
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

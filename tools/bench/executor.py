@@ -57,10 +57,8 @@ def agreement(seeds: int) -> list[dict[str, Any]]:
     cases += [("infer", {"batch": 64, "d_in": 256, "d_hidden": 512, "d_out": 64, "layers": 4}),
               ("train_step", {"steps": 20})]
     ref_ops = backends.ops("numpy")
-    for backend in avail:
-        if backend == "numpy":
-            continue
-        ops = backends.ops(backend)
+    gpu_ops = [(b, backends.ops(b)) for b in avail if b != "numpy"]
+    for backend, ops in gpu_ops:
         same = 0
         for seed in range(seeds):
             for gen in ("uniform", "int8"):
@@ -71,10 +69,7 @@ def agreement(seeds: int) -> list[dict[str, Any]]:
                      "agree": same, "seeds": 2 * seeds})
     for name, params in cases:
         wl = workloads.get(name)
-        for backend in avail:
-            if backend == "numpy":
-                continue
-            ops = backends.ops(backend)
+        for backend, ops in gpu_ops:
             ok = 0
             for seed in range(seeds):
                 p = wl.check(params | {"seed": seed})
