@@ -101,9 +101,11 @@ class JobService:
         ex = node.executor
         speeds = node.speed
         gflops = max(speeds.values()) if speeds else 1.0
-        free = node.hardware.gpus[0].memory_free if node.hardware and node.hardware.gpus else (
-            node.hardware.cpu.memory_free if node.hardware else 0)
-        return Capacity(backends=ex.backends if ex else (), free_memory=int(free * 0.8), gflops=gflops,
+        backends = ex.backends if ex else ()
+        hw = node.hardware
+        gpu_backend = bool(backends) and backends[0] != "numpy"
+        free = (hw.gpus[0].memory_free if gpu_backend and hw.gpus else hw.cpu.memory_free) if hw else 0
+        return Capacity(backends=backends, free_memory=int(free * 0.8), gflops=gflops,
                         price_per_gflop=node.config.price, busy=ex is None or ex.running >= 2 * ex.slots,
                         offered=tuple(node.config.workloads) if node.config.provide else ())
 

@@ -250,7 +250,8 @@ class Node:
     def build_ad(self, hardware: Hardware, now: float) -> CapacityAd:
         cfg = self.config
         self._seq = max(self._seq + 1, int(now * 1000))  # survives restarts: wall-clock based
-        backend = "cuda" if hardware.gpus else "numpy"
+        # Offer what the executor can run, not what NVML sees: a GPU without torch or CuPy is NumPy.
+        backend = self.executor.backends[0] if self.executor is not None and self.executor.backends else "numpy"
         return CapacityAd(
             peer_id=self.identity.peer_id,
             seq=self._seq,

@@ -65,7 +65,13 @@ async def test_gpu_fields_from_nvml_reach_other_nodes() -> None:
         assert [g.name for g in ad.gpus] == ["NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe"]
         assert ad.gpus[0].memory_total == H100["total"] and ad.gpus[1].utilization == 5
         assert ad.gpus[0].compute_capability == "9.0" and ad.gpus[0].driver == "580.159.04"
-        assert ad.offers[0].backend == "cuda"
+        # the GPU is advertised, but the offer names what can really run here: without torch or
+        # CuPy (as in CI, where only the NVML library is faked) that is NumPy
+        from p2pnode.exec.backends import available
+
+        assert ad.offers[0].backend == available()[0]
+        if "cuda" not in available() and "cupy" not in available():
+            assert ad.offers[0].backend == "numpy"
         # and the CPU-only node fell back to its CPU
         mine = cpu.node.table.get(cpu.node.identity.peer_id).ad  # type: ignore[union-attr]
         assert mine.gpus == () and mine.cpu.cores >= 1 and mine.offers[0].backend == "numpy"
