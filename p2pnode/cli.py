@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ad-interval", type=float, help="seconds between periodic ads")
     run.add_argument("--ad-ttl", type=float, help="seconds an ad stays valid")
     run.add_argument("--log-level", help="debug, info, warning, error")
+    run.add_argument("--checker", dest="checker", action="store_true", default=None,
+                     help="volunteer to re-run others' work as a checker, for credits")
+    run.add_argument("--adversary", metavar="MODE[:X]", help="misbehave as a provider (tests and scenarios)")
 
     sw = sub.add_parser("swarm", help="run a local swarm of nodes on 127.0.0.1 and show the market converge")
     sw.add_argument("--nodes", type=int, default=5, help="number of nodes (default 5)")
@@ -65,6 +68,22 @@ def _parser() -> argparse.ArgumentParser:
     jb = sub.add_parser("jobs", parents=[common], help="live and past jobs of the running node")
     jb.add_argument("--json", action="store_true", help="print JSON")
 
+    lg = sub.add_parser("ledger", help="verify, show or export this node's signed ledger")
+    lsub = lg.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
+    lv = lsub.add_parser("verify", parents=[common], help="check the whole chain and every signature")
+    lv.add_argument("--file", type=Path, help="verify an export (JSON lines or CBOR) from any node instead")
+    lv.add_argument("--json", action="store_true", help="print JSON")
+    ls = lsub.add_parser("show", parents=[common], help="list entries")
+    ls.add_argument("--kind", help="only entries of this kind")
+    ls.add_argument("--peer", help="only entries about this peer id")
+    ls.add_argument("--last", type=int, default=50, help="the last N matching entries (default 50; 0: all)")
+    ls.add_argument("--json", action="store_true", help="print JSON lines")
+    le = lsub.add_parser("export", parents=[common], help="write the ledger for others to verify")
+    le.add_argument("--format", choices=["jsonl", "cbor"], default="jsonl", help="jsonl (default) or cbor")
+    le.add_argument("--output", "-o", type=Path, help="file to write (default: standard output)")
+    rp = sub.add_parser("reputation", parents=[common], help="this node's reputation table of its peers")
+    rp.add_argument("--json", action="store_true", help="print JSON")
+
     for name, text in (
         ("id", "print this node's peer id (and addresses when it runs)"),
         ("peers", "list connected peers"),
@@ -77,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _RUN_FLAGS = ("listen", "bootstrap", "mdns", "provide", "use_gpu", "metrics", "price",
-              "ad_interval", "ad_ttl", "log_level")
+              "ad_interval", "ad_ttl", "log_level", "checker", "adversary")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -132,6 +151,10 @@ def _read_command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "submit":
         return _submit(config, args, console)
+    if args.command == "ledger":
+        return _ledger(config, args, console)
+    if args.command == "reputation":
+        return _reputation(config, args, console)
     result = call(config.control_socket, args.command)
     if args.json:
         _print_json(result)
@@ -147,6 +170,75 @@ def _read_command(args: argparse.Namespace) -> int:
     elif args.command == "status":
         console.print(ui.status_text(result), end="")
         return 0 if result["state"] != "error" else 2
+    return 0
+
+
+def _ledger(config: Config, args: argparse.Namespace, console: Any) -> int:
+    from p2pnode import ui
+    from p2pnode.errors import ChainError
+    from p2pnode.ledger.store import FILE_NAME, Ledger, verify_file
+
+    action = args.ledger_command
+    try:
+        if action == "verify":
+            if args.file is not None:
+                report = verify_file(args.file)
+            else:
+                with Ledger.inspect(config.data_dir / FILE_NAME) as ledger:
+                    report = ledger.verify()
+        elif action == "export":
+            with Ledger.inspect(config.data_dir / FILE_NAME) as ledger:
+                if args.output is None:
+                    n = ledger.export(sys.stdout.buffer, args.format)
+                else:
+                    with open(args.output, "wb") as out:
+                        n = ledger.export(out, args.format)
+                    console.print(f"exported {n} entries to {args.output}", highlight=False)
+            return 0
+        else:
+            return _ledger_show(config, args, console)
+    except ChainError as exc:
+        print(f"p2pnode: error: the ledger does not verify: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        console.print(ui.ledger_report(report.to_json()))
+    return 0
+
+
+def _ledger_show(config: Config, args: argparse.Namespace, console: Any) -> int:
+    from collections import deque
+
+    from p2pnode import ui
+    from p2pnode.ledger.store import FILE_NAME, Ledger
+    from p2pnode.wire.peer_id import from_base58
+
+    peer = from_base58(args.peer) if args.peer else None
+    with Ledger.inspect(config.data_dir / FILE_NAME) as ledger:
+        it = ledger.entries(kind=args.kind, peer=peer)
+        entries = [e.to_json() for e in (deque(it, maxlen=args.last) if args.last > 0 else it)]
+    if args.json:
+        for e in entries:
+            print(json.dumps(e, sort_keys=True))
+    else:
+        console.print(ui.ledger_table(entries))
+    return 0
+
+
+def _reputation(config: Config, args: argparse.Namespace, console: Any) -> int:
+    from p2pnode import ui
+
+    try:
+        rows = call(config.control_socket, "reputation")
+    except LocalError:  # not running: fold the ledger, as the node does at start
+        from p2pnode.trust import offline_table
+
+        rows = offline_table(config)
+    if args.json:
+        _print_json(rows)
+    else:
+        console.print(ui.reputation_table(rows))
     return 0
 
 

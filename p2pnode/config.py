@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pnode.errors import ConfigError
+from p2pnode.wire.peer_id import from_base58, public_key_from_peer_id
 
 CONFIG_FILE = "config.toml"
 # Peers accept a sustained 0.5 ads/s per provider (specs/capacity-ad.md); ads on change are spaced
@@ -52,6 +53,12 @@ KEYS: tuple[Key, ...] = (
     Key("metrics", str, "127.0.0.1:9464", "host:port of the Prometheus endpoint (loopback only); empty disables it."),
     Key("max_peers", int, 1024, "Most providers kept in the capacity table."),
     Key("log_level", str, "warning", "Logging level: debug, info, warning, error."),
+    Key("checker", bool, False, "Volunteer to re-run others' work as a checker (paid in credits like any job)."),
+    Key("pretrusted", list, [], "Peer ids trusted from the start; their reports anchor reputation (EigenTrust)."),
+    Key("reputation_half_life", float, 7.0, "Days after which evidence about a peer counts half."),
+    Key("check_rate_min", float, 0.1, "Lowest probability of re-running a trusted provider's result."),
+    Key("calibrate_providers", bool, True, "Send a calibration job to each provider at first contact."),
+    Key("adversary", str, "", "Misbehave as a provider, for tests and scenarios: MODE[:X] (see README)."),
 )
 _BY_NAME = {k.name: k for k in KEYS}
 
@@ -74,6 +81,12 @@ class Config:
     metrics: str
     max_peers: int
     log_level: str
+    checker: bool
+    pretrusted: tuple[str, ...]
+    reputation_half_life: float
+    check_rate_min: float
+    calibrate_providers: bool
+    adversary: str
 
     def with_(self, **changes: Any) -> Config:
         return replace(self, **changes)
@@ -185,6 +198,19 @@ def _check(c: Config) -> None:
         raise ConfigError("slots must be between 1 and 64")
     if c.max_peers < 1:
         raise ConfigError("max_peers must be at least 1")
+    if not 0 < c.check_rate_min <= 1:
+        raise ConfigError("check_rate_min must be within (0, 1]")
+    if c.reputation_half_life <= 0:
+        raise ConfigError("reputation_half_life must be positive (days)")
+    for peer in c.pretrusted:
+        try:
+            public_key_from_peer_id(from_base58(peer))
+        except Exception:  # noqa: BLE001 - any undecodable id
+            raise ConfigError(f"pretrusted: {peer!r} is not a peer id") from None
+    if c.adversary:
+        from p2pnode.adversary import Adversary
+
+        Adversary.parse(c.adversary)
     if c.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: {c.log_level!r} is not debug, info, warning or error")
     if c.metrics:

@@ -119,3 +119,20 @@ def unwrap_group(exc: BaseException, *, first: bool = False) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and (first or len(exc.exceptions) == 1):
         exc = exc.exceptions[0]
     return exc
+
+
+class LedgerError(LocalError):
+    """The ledger cannot be opened or written (a local fault: disk, permissions, a foreign file)."""
+
+
+class ChainError(CodecError):
+    """A ledger record or chain does not verify: bad encoding, broken link or bad signature.
+
+    ``seq`` is the sequence number of the first entry found wrong (-1 before any entry).
+    """
+
+    code = "bad_chain"
+
+    def __init__(self, message: str, *, seq: int = -1) -> None:
+        super().__init__(f"entry {seq}: {message}" if seq >= 0 else message)
+        self.seq = seq

@@ -14,12 +14,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import trio
 
+from p2pnode.checks import Checks
 from p2pnode.errors import ExecFailure, LocalError, PeerError, ProtocolError, WorkloadError
 from p2pnode.exec import workloads
 from p2pnode.exec.workloads import Output
@@ -28,7 +29,7 @@ from p2pnode.market.scoring import ObservedScorer
 from p2pnode.net.framing import FramedStream, StreamGone
 from p2pnode.protocol.job_provider import P, ProviderJob
 from p2pnode.protocol.job_requester import R, RequesterJob, Step
-from p2pnode.verify import freivalds
+from p2pnode.verify.check import freivalds_check
 from p2pnode.wire import codec, sealing
 from p2pnode.wire import job as m
 from p2pnode.wire.blob import MAX_BLOB, BlobError
@@ -42,6 +43,7 @@ JOB_PROTOCOL = "/p2pnode/job/1"
 HEARTBEAT_S = 2.0
 BID_TTL_S = 30.0
 OPEN_TIMEOUT_S = 5.0
+OVERDUE_GRACE_S = 10.0
 
 
 class JobError(LocalError):
@@ -64,9 +66,12 @@ class JobRecord:
     output: Output | None = None
     kernel_ms: int = 0
     backend: str = ""
+    purpose: str = "job"  # job, check (a re-run for a check) or calibration
+    checked: str = ""  # how the result was checked
+    result_raw: bytes = b""  # the provider's signed result
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("output", "events")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("output", "events", "result_raw")}
         out["events"] = self.events[-50:]
         if self.output is not None:
             out["digest"] = self.output.digest.hex()
@@ -85,7 +90,8 @@ class JobService:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.records: list[JobRecord] = []
-        self.scorer = ObservedScorer()  # what this node saw of providers, across jobs
+        self.scorer = ObservedScorer(reputation=lambda peer: node.trust.adjust(peer))
+        self.checks = Checks(self)
 
     def _record(self, rec: JobRecord) -> JobRecord:
         self.records.append(rec)
@@ -147,6 +153,7 @@ class JobService:
         latest = [0.0]
         params = [dict(rec.params)]  # completed by the sealed private parameters
         blobs: list[tuple[bytes, ...]] = [()]
+        receipt: list[m.Receipt | None] = [None]
         done_event = trio.Event()
 
         async def reader() -> None:
@@ -163,8 +170,15 @@ class JobService:
                 try:
                     run_params = {k: v for k, v in params[0].items() if k != "keys"}
                     arrays = await self._fetch_inputs(prov, run_params, params[0].get("keys") or {}, blobs[0])
+                    adv, cheat = self.node.adversary, False
+                    if adv is not None:
+                        if adv.stalls:
+                            await trio.sleep_forever()  # progress goes on, the result never comes
+                        run_params, cheat = adv.run_params(rec.workload, run_params)
                     r = await ex.run(rec.workload, run_params, backend=backend, inputs=arrays,
                                      on_progress=lambda f: latest.__setitem__(0, f))
+                    if adv is not None:
+                        r = replace(r, output=adv.tamper(rec.workload, run_params, r.output, cheat))
                     output = sealing.seal(codec.encode(r.output.to_wire()), prov.rfb.requester)
                     blob = b""
                     if len(output) > m.MAX_INLINE_OUTPUT:  # large: fetched by the requester as a blob
@@ -206,6 +220,8 @@ class JobService:
                     raise item
                 else:
                     prov.receive(item, time.time())
+                    if isinstance(item, m.Receipt) and prov.state is P.DONE:
+                        receipt[0] = item
                     if isinstance(item, m.Inputs) and prov.state is P.RUNNING and not started:
                         params[0], blobs[0] = self._private(prov, item, rec), item.blobs
                 if prov.state is P.RUNNING and not started:
@@ -217,6 +233,8 @@ class JobService:
                 exec_scope.cancel()
             rec.outcome = prov.reason or prov.state.value
             nursery.cancel_scope.cancel()
+        if receipt[0] is not None:
+            await self._record_receipt(receipt[0], "provider", rec.workload, prov.rfb.requester)
 
     def _private(self, prov: ProviderJob, inputs: m.Inputs, rec: JobRecord) -> dict[str, Any]:
         """Open the sealed private parameters and merge them into the public ones."""
@@ -251,7 +269,8 @@ class JobService:
         out = []
         for e in self.node.table.entries(now):
             ad = e.ad
-            if ad.peer_id == me or self.node.penalties.is_banned(ad.peer_id, now):
+            if ad.peer_id == me or self.node.penalties.is_banned(ad.peer_id, now) or \
+                    self.node.trust.distrusted(ad.peer_id):
                 continue
             offers = [o for o in ad.offers if o.workload == workload and (not backend or o.backend == backend)]
             if not offers or not ad.addrs:
@@ -267,7 +286,11 @@ class JobService:
     async def submit(self, workload: str, params: dict[str, Any], *, max_price: int, deadline_s: float,
                      k: int = 3, backend: str = "", verify: str = "auto", bid_window_s: float = 2.0,
                      on_event: Callable[[dict[str, Any]], None] | None = None,
-                     inputs: dict[str, np.ndarray] | None = None) -> JobRecord:
+                     inputs: dict[str, np.ndarray] | None = None, only: list[Any] | None = None,
+                     purpose: str = "job") -> JobRecord:
+        """Run a job on the network. ``only`` restricts the auction to these ads (checks and
+        calibration); ``purpose`` other than ``job`` marks such internal jobs, which are not
+        themselves re-checked."""
         wl = workloads.get(workload)
         checked = wl.check(params)
         arrays = workloads.check_inputs(wl, checked, inputs)
@@ -275,14 +298,28 @@ class JobService:
             raise JobError("the deadline is already past")
         if max_price <= 0:
             raise JobError("--max-price must be positive")
-        ads = self.candidates(workload, wl.memory(checked), k, backend)
+        early: list[dict[str, Any]] = []
+        if only is None:
+            ads = self.candidates(workload, wl.memory(checked), k, backend)
+            fresh = [ad for ad in ads if self.checks.needs_calibration(ad)]
+            if fresh and purpose == "job":
+                def early_event(what: str, data: dict[str, object]) -> None:
+                    item = {"event": what, **{k2: _jsonable(v) for k2, v in data.items()}}
+                    early.append(item)
+                    if on_event is not None:
+                        on_event(item)
+                for ad in fresh:
+                    await self.checks.calibrate(ad, early_event)
+                ads = self.candidates(workload, wl.memory(checked), k, backend)
+        else:
+            ads = [ad for ad in only if ad.peer_id != self.node.identity.peer_id]
         for ad in ads:
             self.scorer.advertised[ad.peer_id] = max((v for _, v in ad.speed), default=0.0)
         if not ads:
             raise JobError(f"no provider in the market offers {workload}" + (f" on {backend}" if backend else ""))
         node = self.node
         job_id, nonce = os.urandom(16), os.urandom(16)
-        policy = ("freivalds" if workload == "matmul" else "none") if verify == "auto" else verify
+        policy = self.node.trust.policy.method(workload) if verify == "auto" else verify
         public = {k: v for k, v in checked.items() if k not in m.PRIVATE_PARAMS}
         private: dict[str, Any] = {k: v for k, v in checked.items() if k in m.PRIVATE_PARAMS}
         blob_ids: list[bytes] = []
@@ -295,7 +332,8 @@ class JobService:
                 private["keys"][name] = key
         rfb = m.RequestForBids(job_id, workload, public, node.identity.peer_id, nonce, max_price,
                                int((time.time() + deadline_s) * 1000), 0, backend, policy)
-        rec = self._record(JobRecord(job_id.hex(), "requester", workload, checked))
+        rec = self._record(JobRecord(job_id.hex(), "requester", workload, checked, purpose=purpose))
+        rec.events.extend(early)
 
         def event(what: str, data: dict[str, object]) -> None:
             item = {"event": what, "t": round(time.time() - rec.started, 3),
@@ -306,7 +344,7 @@ class JobService:
 
         machine = RequesterJob(node.identity.peer_id, node.identity.signing_key, rfb, [a.peer_id for a in ads],
                                time.time(), bid_window_s=bid_window_s,
-                               stall_s=max(15.0, 3 * HEARTBEAT_S), on_event=event, private_params=private,
+                               stall_s=max(15.0, 3 * HEARTBEAT_S), overdue_grace_s=OVERDUE_GRACE_S, on_event=event, private_params=private,
                                input_blobs=tuple(blob_ids), scorer=self.scorer)
         streams: dict[bytes, FramedStream] = {}
         wake = trio.Event()
@@ -369,13 +407,22 @@ class JobService:
                         await wake.wait()
                     wake = trio.Event()
                     await carry(machine.tick(time.time()))
-                    if machine.state is R.VERIFYING:
-                        ok, outcome, output = await self._verify(machine.result, rfb, checked, policy,  # type: ignore[arg-type]
-                                                                 arrays, event)
-                        if ok and machine.result is not None:
-                            self.scorer.observe_speed(machine.result.body["provider"], wl.flops(checked),
-                                                      machine.result.body["kernel_ms"] / 1000)
-                        rec.output = output
+                    if machine.state is R.VERIFYING and machine.result is not None:
+                        result = machine.result
+                        ok, outcome, output, rec.checked = await self._verify(result, rfb, checked, policy,
+                                                                              arrays, event)
+                        provider_ad = next(a for a in ads if a.peer_id == result.body["provider"])
+                        if ok and output is not None and policy == "rerun" and purpose == "job" and \
+                                self.checks.should_rerun(workload, provider_ad.peer_id):
+                            check = await self.checks.rerun(rec, provider_ad, result.raw, output, checked, arrays,
+                                                            max_price, backend, event)
+                            ok, outcome = check.passed, check.detail
+                            rec.checked = "rerun" if check.ran else ""
+                        if ok:
+                            self.scorer.observe_speed(result.body["provider"], wl.flops(checked),
+                                                      result.body["kernel_ms"] / 1000)
+                        rec.output, rec.result_raw = output, result.raw
+                        rec.outcome = outcome
                         await carry(machine.verified(ok, outcome))
                 nursery.cancel_scope.cancel()
         finally:
@@ -397,7 +444,37 @@ class JobService:
             rec.kernel_ms, rec.backend = machine.result.body["kernel_ms"], machine.result.body["backend"]
         if machine.state is R.DONE:
             rec.outcome = machine.receipt.body["outcome"] if machine.receipt else "done"
+        await self._remember(machine, rec)
         return rec
+
+    async def _remember(self, machine: RequesterJob, rec: JobRecord) -> None:
+        """Write what this job taught us to the ledger: failures, the check, the receipt."""
+        trust = self.node.trust
+        job = machine.job
+        with trio.CancelScope(shield=True):
+            for peer, why in machine.failed.items():
+                await trust.record("failure", {"job": job, "reason": why[:250]}, peer=peer)
+            provider = machine.provider
+            if provider is None or machine.receipt is None:
+                return
+            if rec.checked:
+                await trust.record("verification", {"job": job, "method": rec.checked,
+                                                    "passed": machine.state is R.DONE,
+                                                    "detail": rec.outcome[:250]}, peer=provider)
+            await self._record_receipt(machine.receipt, "requester", rec.workload, provider)
+            if rec.checked in ("rerun", "freivalds") and rec.purpose == "job":
+                await trust.publish_opinion(provider)
+
+    async def _record_receipt(self, receipt: m.Receipt, role: str, workload: str, peer: bytes) -> None:
+        body = receipt.body
+        trust = self.node.trust
+        with trio.CancelScope(shield=True):
+            await trust.record("receipt", {"role": role, "job": receipt.job, "receipt": receipt.raw,
+                                           "workload": workload, "accepted": body["accepted"],
+                                           "paid": body["paid"]}, peer=peer)
+            if body["paid"]:
+                amount = body["paid"] if role == "provider" else -body["paid"]
+                await trust.record("credit", {"job": receipt.job, "amount": amount}, peer=peer)
 
     async def _open(self, ad: Any) -> Any:
         from libp2p.peer.id import ID
@@ -416,7 +493,8 @@ class JobService:
 
     async def _verify(self, result: m.Result, rfb: m.RequestForBids, params: dict[str, Any],
                       policy: str, arrays: dict[str, np.ndarray],
-                      event: Callable[[str, dict[str, object]], None]) -> tuple[bool, str, Output | None]:
+                      event: Callable[[str, dict[str, object]], None]) -> tuple[bool, str, Output | None, str]:
+        """Open and check a result: (accepted, outcome, output, method of the check that ran)."""
         sealed = result.body["output"]
         if result.body["blob"]:
             try:
@@ -424,23 +502,20 @@ class JobService:
                 sealed = await self.node.blobs.fetch(result.body["provider"], result.body["blob"])
                 event("download", {"bytes": len(sealed), "seconds": round(time.perf_counter() - t0, 3)})
             except BlobError as exc:
-                return False, f"output blob: {exc}", None
+                return False, f"output blob: {exc}", None, ""
         try:
             plain = sealing.unseal(sealed, self.node.identity.signing_key)
             output = Output.from_wire(codec.decode(plain, max_size=MAX_BLOB))
         except Exception as exc:  # noqa: BLE001 - anything unreadable is a rejected result
-            return False, f"unreadable output: {type(exc).__name__}", None
+            return False, f"unreadable output: {type(exc).__name__}", None, "digest"
         if output.digest != result.body["digest"]:
-            return False, "digest does not match the output", output
+            return False, "digest does not match the output", output, "digest"
         if policy == "freivalds" and rfb.workload == "matmul":
-            p = params
-            a, b = workloads.matmul_inputs(p, inputs=arrays or None)
-            c = output.arrays.get("c")
-            if c is None or not freivalds.check(a, b, c, dtype=p["dtype"], rounds=20,
-                                                 rng=np.random.default_rng()):
-                return False, "failed Freivalds' check", output
-            return True, "verified (Freivalds, 20 rounds)", output
-        return True, "accepted (unchecked)", output
+            rounds = self.node.trust.policy.freivalds_rounds
+            ok, detail = await trio.to_thread.run_sync(lambda: freivalds_check(
+                params, output, rounds=rounds, rng=np.random.default_rng(), inputs=arrays or None))
+            return ok, detail, output, "freivalds"
+        return True, "accepted (unchecked)", output, ""
 
 
 def _jsonable(value: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from p2pnode import __version__
+from p2pnode.adversary import Adversary
 from p2pnode.blobs import BLOB_PROTOCOL, BlobService
 from p2pnode.config import MIN_AD_INTERVAL_S, Config
 from p2pnode.control import server as control_server
@@ -34,6 +35,7 @@ from p2pnode.protocol.penalties import PeerPenalties
 from p2pnode.telemetry.calibrate import calibrate
 from p2pnode.telemetry.metrics import NodeMetrics
 from p2pnode.telemetry.probe import Hardware, HardwareProbe
+from p2pnode.trust import REPORTS_TOPIC, TrustService
 from p2pnode.wire.capacity_ad import CapacityAd, Offer, decode_ad, encode_ad
 from p2pnode.wire.peer_id import to_base58
 
@@ -77,6 +79,8 @@ class Node:
         self.executor: Executor | None = None
         self.jobs = JobService(self)
         self.blobs = BlobService(self)
+        self.trust = TrustService(self)
+        self.adversary: Adversary | None = None
 
     # identity ----------------------------------------------------------------------------
     @property
@@ -103,8 +107,12 @@ class Node:
         for addr in listen:
             workarounds.check_listen_port_free(addr)
         identity = self.identity
+        if cfg.adversary:
+            self.adversary = Adversary.parse(cfg.adversary, seed=int.from_bytes(identity.peer_id[-8:], "big"))
+            log.warning("running as an adversary: %s", cfg.adversary)
         listener = await control_server.bind_control_socket(cfg.control_socket)
         try:
+            await trio.to_thread.run_sync(self.trust.open)
             if cfg.metrics:
                 self.metrics.serve(cfg.metrics)
             self.hardware = await trio.to_thread.run_sync(self.probe.read)
@@ -118,6 +126,7 @@ class Node:
             else:
                 await self._run_network(identity, listen, bootstrap, listener, task_status)
         finally:
+            self.trust.close()
             self.metrics.close()
             self.probe.close()
             with trio.CancelScope(shield=True):
@@ -141,10 +150,14 @@ class Node:
             async with background_trio_service(self.pubsub), background_trio_service(router):
                 await self.pubsub.wait_until_ready()
                 self.pubsub.set_topic_validator(CAPACITY_TOPIC, self._validate, False)
+                self.pubsub.set_topic_validator(REPORTS_TOPIC, self.trust.validate_report, False)
                 self.host.set_stream_handler(JOB_PROTOCOL, self.jobs.handle_stream)
                 self.host.set_stream_handler(BLOB_PROTOCOL, self.blobs.handle_stream)
                 subscription = await self.pubsub.subscribe(CAPACITY_TOPIC)
+                reports = await self.pubsub.subscribe(REPORTS_TOPIC)
                 self.started_at = self._clock()
+                nursery.start_soon(self._drain, reports)
+                nursery.start_soon(self.trust.run)
                 nursery.start_soon(control_server.serve, listener, self._control)
                 nursery.start_soon(self._drain, subscription)
                 nursery.start_soon(self._expire_loop)
@@ -194,6 +207,7 @@ class Node:
         """Count an offence against a peer; ban and disconnect it past the threshold."""
         now = self._clock() if now is None else now
         self.metrics.penalties.labels(code).inc()
+        self.trust.penalty(blame, code, now)
         if self.penalties.record(blame, code, now):
             self.metrics.bans.inc()
             log.warning("banning peer %s for misbehaviour", to_base58(blame))
@@ -252,6 +266,10 @@ class Node:
         self._seq = max(self._seq + 1, int(now * 1000))  # survives restarts: wall-clock based
         # Offer what the executor can run, not what NVML sees: a GPU without torch or CuPy is NumPy.
         backend = self.executor.backends[0] if self.executor is not None and self.executor.backends else "numpy"
+        factor = self.adversary.speed_factor if self.adversary is not None else 1.0
+        offers = [Offer(w, backend, cfg.price, "gflop") for w in cfg.workloads[:8]]
+        if cfg.checker:  # re-runs for others' checks, preferred by requesters that check
+            offers += [Offer(w, backend, cfg.price, "check") for w in cfg.workloads[:8]]
         return CapacityAd(
             peer_id=self.identity.peer_id,
             seq=self._seq,
@@ -259,9 +277,9 @@ class Node:
             expires_at_ms=int((now + cfg.ad_ttl) * 1000),
             cpu=hardware.cpu,
             gpus=hardware.gpus,
-            offers=tuple(Offer(w, backend, cfg.price, "gflop") for w in cfg.workloads[:16]),
+            offers=tuple(offers),
             addrs=tuple(a for a in self.addrs() if len(a) <= 128)[:8],
-            speed=tuple(sorted(self.speed.items()))[:16],
+            speed=tuple(sorted((k, v * factor) for k, v in self.speed.items()))[:16],
             load=min(1.0, self.executor.load) if self.executor is not None else 0.0,
         )
 
@@ -350,6 +368,9 @@ class Node:
             "speed": self.speed,
             "metrics": self.metrics.address,
             "data_dir": str(self.config.data_dir),
+            "ledger": {"entries": self.trust.ledger.count if self.trust.ledger else 0,
+                       "repaired": self.trust.ledger.repaired if self.trust.ledger else 0},
+            "checker": self.config.checker,
         }
 
     async def _control(self, request: dict[str, Any], emit: Any = None) -> Any:
@@ -364,6 +385,8 @@ class Node:
             return self.status_view()
         if cmd == "jobs":
             return [r.to_json() for r in reversed(self.jobs.records)]
+        if cmd == "reputation":
+            return self.trust.table()
         if cmd == "wait":
             return await self._wait(request)
         if cmd == "submit":

@@ -75,3 +75,47 @@ def capacity_ads(draw: Any, key: SigningKey | None = None, now_ms: int | None = 
 
 def sign(ad: ca.CapacityAd, key: SigningKey) -> bytes:
     return ca.encode_ad(ad, key)
+
+
+# ledger ---------------------------------------------------------------------------------------
+
+_peer_keys = st.binary(min_size=32, max_size=32).map(lambda s: peer_id_from_public_key(bytes(SigningKey(s).verify_key)))
+_job_ids = st.binary(min_size=16, max_size=16)
+
+
+def ledger_data() -> st.SearchStrategy[tuple[str, dict[str, Any]]]:
+    """(kind, data) pairs that satisfy each entry kind's schema."""
+    text = st.text(max_size=40)
+    return st.one_of(
+        st.tuples(st.just("receipt"), st.fixed_dictionaries({
+            "role": st.sampled_from(["requester", "provider"]), "job": _job_ids, "receipt": st.binary(max_size=64),
+            "workload": st.sampled_from(["matmul", "infer", "train_step"]), "accepted": st.booleans()})),
+        st.tuples(st.just("verification"), st.fixed_dictionaries({
+            "job": _job_ids, "method": st.sampled_from(["digest", "freivalds", "rerun", "calibration"]),
+            "passed": st.booleans(), "detail": text})),
+        st.tuples(st.just("failure"), st.fixed_dictionaries({"job": _job_ids, "reason": text})),
+        st.tuples(st.just("penalty"), st.fixed_dictionaries({"code": text})),
+        st.tuples(st.just("credit"), st.fixed_dictionaries({"job": _job_ids, "amount": st.integers(-10**9, 10**9)})),
+        st.tuples(st.just("dispute"), st.fixed_dictionaries({
+            "job": _job_ids, "checker": _peer_keys, "referee": _peer_keys,
+            "wrong": st.sampled_from(["provider", "checker", "inconclusive"]),
+            "results": st.lists(st.binary(max_size=32), max_size=3)})),
+    )
+
+
+@st.composite
+def ledger_chains(draw: Any, max_entries: int = 12) -> list[bytes]:
+    """A valid chain of signed ledger records (genesis first) by a drawn key."""
+    from p2pnode.ledger.entry import genesis, make_entry
+
+    key = SigningKey(draw(st.binary(min_size=32, max_size=32)))
+    t = draw(st.integers(0, 2**40))
+    g = genesis(key, t)
+    records, prev = [g.raw], g.hash
+    for seq in range(1, draw(st.integers(0, max_entries)) + 1):
+        kind, data = draw(ledger_data())
+        t += draw(st.integers(0, 10**6))
+        e = make_entry(key, seq=seq, prev=prev, t_ms=t, kind=kind, peer=draw(_peer_keys), data=data)
+        records.append(e.raw)
+        prev = e.hash
+    return records

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from rich import box
@@ -105,4 +106,39 @@ def job_summary(j: dict[str, Any]) -> Text:
         out.append(f"  loss: {loss[0]:.4g} → {loss[-1]:.4g} over {len(loss)} steps\n")
     if j.get("digest"):
         out.append(f"  digest {j['digest']}\n")
+    return out
+
+
+def reputation_table(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="Reputation", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("peer", "score", "±", "own +/−", "reports +/−", "trust", "streak", "cheats"):
+        t.add_column(col, justify="left" if col == "peer" else "right", no_wrap=True)
+    for r in rows:
+        style = "red" if r["distrusted"] else "green" if r["score"] >= 0.75 else ""
+        t.add_row(short_peer(r["peer"]), f"{r['score']:.3f}", f"{r['uncertainty']:.3f}",
+                  f"{r['own_pos']:.1f}/{r['own_neg']:.1f}", f"{r['hearsay_pos']:.1f}/{r['hearsay_neg']:.1f}",
+                  f"{r['trust']:.2f}", str(r["streak"]), str(r["cheats"]), style=style)
+    return t
+
+
+def ledger_table(entries: list[dict[str, Any]]) -> Table:
+    t = Table(title="Ledger", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("seq", "time (UTC)", "kind", "peer", "data"):
+        t.add_column(col, no_wrap=col != "data", overflow="fold")
+    for e in entries:
+        when = dt.datetime.fromtimestamp(e["t_ms"] / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        data = ", ".join(f"{k}={v}" for k, v in e["data"].items()
+                         if k not in ("receipt", "results", "report"))[:120]
+        t.add_row(str(e["seq"]), when, e["kind"], short_peer(e["peer"]), data)
+    return t
+
+
+def ledger_report(r: dict[str, Any]) -> Text:
+    out = Text()
+    out.append("OK", style="bold green")
+    out.append(f"  {r['entries']} entries by {r['owner']}: chain and every signature verify\n")
+    out.append(f"  head {r['head']}\n")
+    out.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(r["kinds"].items())) + "\n")
+    if r.get("quarantined"):
+        out.append(f"  {r['quarantined']} damaged record(s) were moved to quarantine at a start\n", style="yellow")
     return out

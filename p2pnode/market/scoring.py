@@ -5,13 +5,15 @@
 * a bid's time estimate is stretched by how much slower the provider turned out than it claimed
   (observed kernel GFLOP/s against advertised; never trusted to be faster than claimed);
 * the bid's arrival latency is added (a slow link costs every message of the job);
-* :meth:`adjust` is where reputation plugs in (1.0 here).
+* :meth:`adjust` applies the reputation hook (a callable given by the shell, which reads the clock;
+  1.0 without one).
 
 Observations are exponentially weighted (``alpha``) and bounded in number.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from p2pnode.protocol.job_requester import Scorer
@@ -30,6 +32,10 @@ class ObservedScorer(Scorer):
     max_peers: int = 4096
     seen: dict[bytes, Observation] = field(default_factory=dict)
     advertised: dict[bytes, float] = field(default_factory=dict)  # GFLOP/s from the capacity ad
+    reputation: Callable[[bytes], float] | None = None
+
+    def adjust(self, peer: bytes) -> float:
+        return self.reputation(peer) if self.reputation is not None else 1.0
 
     def observe_latency(self, peer: bytes, ms: float) -> None:
         o = self._get(peer)

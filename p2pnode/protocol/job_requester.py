@@ -5,7 +5,8 @@ the bid window closes or everyone answered; the best bid by :class:`Scorer` wins
 follow at once); progress and the result come back; the shell verifies the result and calls
 ``verified``, which signs the receipt. If the awarded provider fails, cancels, goes quiet for
 longer than the stall timeout, or breaks the protocol, the job is **re-awarded** to the next bid
-that has not expired, with no action from the user. The job deadline ends everything.
+that has not expired, with no action from the user. A provider that keeps sending progress but
+overruns three times its own estimate (plus a grace period) is treated as failed too. The job deadline ends everything.
 
 Transitions live in ``_TRANSITIONS``. Methods return a :class:`Step`: messages to send and, when a
 peer broke the protocol, a ``violation`` for the shell to penalise. Misuse by our own code raises
@@ -80,6 +81,7 @@ class RequesterJob:
     now: float
     bid_window_s: float = 2.0
     stall_s: float = 15.0
+    overdue_grace_s: float = 10.0  # an awarded job overruns at 3 x its bid's estimate plus this
     scorer: Scorer = field(default_factory=Scorer)
     private_params: dict[str, object] = field(default_factory=dict)  # sealed to each awarded provider
     input_blobs: tuple[bytes, ...] = ()  # ids of the (encrypted) input blobs, in input-name order
@@ -95,6 +97,7 @@ class RequesterJob:
     reason: str = ""
     _window_ends: float = 0.0
     _heard_at: float = 0.0
+    _due: float = float("inf")
     on_event: Callable[[str, dict[str, object]], None] | None = None
 
     def __post_init__(self) -> None:
@@ -197,6 +200,7 @@ class RequesterJob:
         winner = ranked[0]
         self.provider, self.progress, self._heard_at = winner, 0.0, now
         bid = self.bids[winner]
+        self._due = now + 3 * bid.estimate_ms / 1000.0 + self.overdue_grace_s
         self.award = m.make_award(self.job, self.key, requester=self.me, provider=winner, nonce=self.rfb.nonce,
                                   price=bid.price, deadline_ms=self.rfb.deadline_ms)
         self._emit("award", provider=winner, price=bid.price, attempt=len(self.failed) + 1)
@@ -243,6 +247,9 @@ class RequesterJob:
             return self._close(now, "close")
         if self.state is R.RUNNING and self.provider is not None and now - self._heard_at >= self.stall_s:
             return self._lose(self.provider, f"no word for {self.stall_s:g} s", now)
+        if self.state is R.RUNNING and self.provider is not None and now >= self._due:
+            # progress that never ends is no better than silence: accept-and-never-finish
+            return self._lose(self.provider, "overran three times its estimate", now)
         return Step()
 
     def next_wakeup(self) -> float:
@@ -253,5 +260,5 @@ class RequesterJob:
         if self.state is R.COLLECTING:
             times.append(self._window_ends)
         if self.state is R.RUNNING:
-            times.append(self._heard_at + self.stall_s)
+            times.extend((self._heard_at + self.stall_s, self._due))
         return min(times)

@@ -275,3 +275,14 @@ def decode(data: object) -> Message:
         cls = {"award": Award, "result": Result, "receipt": Receipt}[kind]
         return cls(job=job, body=body, raw=raw)
     raise CodecError(f"job-message.t: unknown type {kind!r}")
+
+
+def decode_signed(kind: str, raw: object) -> Signed:
+    """A bare signed envelope of ``kind`` (award, result, receipt), as kept in evidence and ledgers:
+    decoded and its signature verified."""
+    env = envelope.unwrap(raw, max_size=MAX_MESSAGE)
+    body = codec.Fields(codec.decode(env.body, max_size=MAX_MESSAGE), f"{kind}.env")
+    job = body.blob("job", max_len=JOB_ID_LEN, exact=True)
+    full, raw_env = _signed_body(kind, codec.Fields({"env": raw}, kind), job)
+    cls = {"award": Award, "result": Result, "receipt": Receipt}[kind]
+    return cls(job=job, body=full, raw=raw_env)

@@ -1,0 +1,130 @@
+"""Dishonest provider behaviours, for tests, scenarios and benchmarks of the checks.
+
+Selected on a provider with the ``adversary`` config key, ``MODE`` or ``MODE:X``:
+
+* ``garbage:F``  -- on a fraction F of jobs (default 1), every output array is random noise;
+* ``perturb:F``  -- on a fraction F, one element is moved just past the workload's tolerance
+  (by 1 for exact int8, else by 1.5 × tolerance × the array's norm): the subtlest wrong answer
+  the comparison rule must catch;
+* ``replay:F``   -- on a fraction F, the output of an earlier job of the same workload is returned
+  (when shapes match), as a provider that skips the work would;
+* ``lowprec:F``  -- on a fraction F, computes at lower precision: fp32 matmul runs as fp16, other
+  fp32 outputs are rounded to fp16;
+* ``overclaim:X`` -- advertises X times its measured speed (honest results);
+* ``stall``      -- accepts jobs and never finishes them, while still sending progress.
+
+The digest is always recomputed over the tampered output, so only a real check catches it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from p2pnode.errors import ConfigError
+from p2pnode.exec.workloads import TOLERANCE, Output
+
+MODES = ("garbage", "perturb", "replay", "lowprec", "overclaim", "stall")
+REL_TOLERANCE = {"infer": 1e-4, "train_step": 1e-4}
+
+
+@dataclass
+class Adversary:
+    mode: str
+    x: float = 1.0  # fraction of jobs, or the over-claim factor
+    seed: int = 0
+    rng: random.Random = field(init=False)
+    _last: dict[str, Output] = field(default_factory=dict)
+    tampered: int = 0
+    jobs: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    @classmethod
+    def parse(cls, spec: str, seed: int = 0) -> Adversary | None:
+        if not spec:
+            return None
+        mode, _, arg = spec.partition(":")
+        if mode not in MODES:
+            raise ConfigError(f"adversary: {mode!r} is not one of {', '.join(MODES)}")
+        try:
+            x = float(arg) if arg else (1.0 if mode != "overclaim" else 10.0)
+        except ValueError:
+            raise ConfigError(f"adversary: {arg!r} is not a number") from None
+        if mode == "overclaim" and x < 1:
+            raise ConfigError("adversary overclaim:X needs X >= 1")
+        if mode != "overclaim" and not 0 <= x <= 1:
+            raise ConfigError(f"adversary {mode}:F needs a fraction F in [0, 1]")
+        return cls(mode, x, seed)
+
+    @property
+    def speed_factor(self) -> float:
+        return self.x if self.mode == "overclaim" else 1.0
+
+    @property
+    def stalls(self) -> bool:
+        return self.mode == "stall"
+
+    def run_params(self, workload: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Parameters to actually run with, and whether this job is one to cheat on."""
+        self.jobs += 1
+        cheat = self.mode in ("garbage", "perturb", "replay", "lowprec") and self.rng.random() < self.x
+        p = dict(params)
+        if cheat and self.mode == "lowprec" and workload == "matmul" and p.get("dtype") == "fp32":
+            p["dtype"] = "fp16"
+        return p, cheat
+
+    def tamper(self, workload: str, params: Mapping[str, Any], output: Output, cheat: bool) -> Output:
+        """The output to return in place of the honest ``output``."""
+        honest = output
+        if cheat:
+            self.tampered += 1
+            output = getattr(self, "_" + self.mode)(workload, params, output)
+        self._last[workload] = honest
+        return output
+
+    def _garbage(self, workload: str, params: Mapping[str, Any], out: Output) -> Output:
+        g = np.random.default_rng(self.rng.getrandbits(64))
+        arrays = {}
+        for k, a in out.arrays.items():
+            if a.dtype.kind in "iu":
+                arrays[k] = g.integers(-1000, 1000, size=a.shape).astype(a.dtype)
+            else:
+                arrays[k] = g.standard_normal(a.shape).astype(a.dtype)
+        return Output(arrays, dict(out.extra))
+
+    def _perturb(self, workload: str, params: Mapping[str, Any], out: Output) -> Output:
+        arrays = {k: np.array(a, copy=True) for k, a in out.arrays.items()}
+        name = sorted(arrays)[0]
+        a = arrays[name]
+        flat = a.reshape(-1)
+        i = self.rng.randrange(flat.size)
+        if a.dtype.kind in "iu":
+            flat[i] += 1
+        else:
+            tol = TOLERANCE.get(str(params.get("dtype")), 0.0) if workload == "matmul" else 0.0
+            tol = tol or REL_TOLERANCE.get(workload, 1e-4)
+            flat[i] += np.asarray(1.5 * tol * float(np.linalg.norm(a.astype(np.float64))) + 1e-6, dtype=a.dtype)
+        return Output(arrays, dict(out.extra))
+
+    def _replay(self, workload: str, params: Mapping[str, Any], out: Output) -> Output:
+        old = self._last.get(workload)
+        if old is None or {k: v.shape for k, v in old.arrays.items()} != {k: v.shape for k, v in out.arrays.items()}:
+            return self._garbage(workload, params, out)  # nothing to replay: no work done either
+        return old
+
+    def _lowprec(self, workload: str, params: Mapping[str, Any], out: Output) -> Output:
+        arrays = {}
+        for k, a in out.arrays.items():
+            if workload == "matmul" and params.get("dtype") == "fp32":
+                arrays[k] = a.astype(np.float32)  # computed in fp16 (see run_params)
+            elif a.dtype == np.float32:
+                arrays[k] = a.astype(np.float16).astype(np.float32)
+            else:
+                arrays[k] = a
+        return Output(arrays, dict(out.extra))

@@ -1,0 +1,169 @@
+"""Checking providers: re-runs by independent checkers, disputes settled by a referee, and the
+calibration job sent at first contact (the requester's side; ``specs/verification.md``).
+
+* **Re-run** (workloads without a cheap algebraic check): the same job, same seed and inputs, is
+  run by a *checker*: a different provider that, as far as this node can tell, is not the same
+  party under another id, so it shares no IP address with the provider. Providers that volunteer as
+  checkers (``--checker``, offers with unit ``check``) are preferred. The outputs are compared by
+  the workload's own rule.
+* **Dispute**: when they disagree, a **referee** (independent of both) runs the job too. Whoever
+  disagrees with the referee is in the wrong; if nobody agrees, the dispute is inconclusive and the
+  result is not paid, but nobody is marked. The three signed results are kept in the ledger and a
+  ``cheat`` report carrying them is gossiped.
+* **Calibration**: a provider never seen before gets a small fp32 matmul sized to take about
+  ``CALIBRATION_TARGET_S`` at its advertised speed, checked by Freivalds. The wall time from award
+  to result bounds its real speed from above (after an allowance for overheads); a bound below a
+  quarter of the advertised speed means the ad over-claims.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from p2pnode.exec import workloads
+from p2pnode.exec.workloads import Output
+from p2pnode.verify.check import compare
+from p2pnode.wire.peer_id import to_base58
+
+if TYPE_CHECKING:
+    from p2pnode.jobs import JobRecord, JobService
+
+log = logging.getLogger("p2pnode.checks")
+CALIBRATION_TARGET_S = 0.25
+CALIBRATION_MIN_N, CALIBRATION_MAX_N = 128, 2048
+OVERCLAIM_FACTOR = 4.0  # advertised speed over the measured upper bound that counts as over-claiming
+ALLOWANCE_S = 0.15  # start-up, input generation and messaging that are not compute
+CHECK_DEADLINE_S = 40.0  # within the provider's receipt timeout (60 s)
+Event = Callable[[str, dict[str, object]], None]
+
+
+@dataclass
+class CheckOutcome:
+    passed: bool
+    detail: str
+    method: str
+    ran: bool = True  # False: no independent checker could run it
+
+
+def hosts(ad: Any) -> set[str]:
+    """The IP addresses an ad's multiaddrs name."""
+    out = set()
+    for a in ad.addrs:
+        parts = a.split("/")
+        if len(parts) > 2 and parts[1] in ("ip4", "ip6", "dns", "dns4", "dns6"):
+            out.add(parts[2])
+    return out
+
+
+class Checks:
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+        self.node = jobs.node
+        self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+        self._calibrated: set[bytes] = set()
+
+    # independent peers --------------------------------------------------------------------
+    def independent(self, workload: str, backend: str, exclude: Iterable[Any]) -> Any | None:
+        """The best provider of ``workload`` sharing no peer id and no IP address with ``exclude``."""
+        excluded = list(exclude)
+        ids = {a.peer_id for a in excluded} | {self.node.identity.peer_id}
+        ips = set().union(*(hosts(a) for a in excluded)) if excluded else set()
+        best: list[tuple[tuple[int, float], Any]] = []
+        for ad in self.jobs.candidates(workload, 0, 64, backend):
+            if ad.peer_id in ids or hosts(ad) & ips:
+                continue
+            volunteer = any(o.unit == "check" and o.workload == workload for o in ad.offers)
+            best.append(((0 if volunteer else 1, -self.node.trust.rep.score(ad.peer_id, self.node._clock()).score), ad))
+        best.sort(key=lambda x: x[0])
+        return best[0][1] if best else None
+
+    # re-run and dispute -------------------------------------------------------------------
+    def should_rerun(self, workload: str, provider: bytes) -> bool:
+        return self.rng.random() < self.node.trust.check_probability(workload, provider)
+
+    async def rerun(self, rec: JobRecord, provider_ad: Any, result_raw: bytes, output: Output,
+                    params: dict[str, Any], inputs: dict[str, np.ndarray], max_price: int,
+                    backend: str, event: Event) -> CheckOutcome:
+        wl_name = rec.workload
+        checker = self.independent(wl_name, backend, [provider_ad])
+        if checker is None:
+            return CheckOutcome(True, "accepted (no independent checker)", "rerun", ran=False)
+        event("check", {"checker": checker.peer_id, "method": "rerun"})
+        c = await self._run_elsewhere(rec, checker, params, inputs, max_price, backend)
+        if c is None:
+            return CheckOutcome(True, "accepted (the check did not complete)", "rerun", ran=False)
+        same, how = compare(wl_name, params, output, c.output)  # type: ignore[arg-type]
+        if same:
+            return CheckOutcome(True, f"verified: {how} by {to_base58(checker.peer_id)[-6:]}", "rerun")
+        referee = self.independent(wl_name, backend, [provider_ad, checker])
+        event("dispute", {"checker": checker.peer_id, "referee": referee.peer_id if referee else b""})
+        r = await self._run_elsewhere(rec, referee, params, inputs, max_price, backend) if referee else None
+        if r is None:
+            return CheckOutcome(False, "disputed: no referee could settle it", "rerun")
+        provider_right = compare(wl_name, params, output, r.output)[0]  # type: ignore[arg-type]
+        checker_right = compare(wl_name, params, c.output, r.output)[0]  # type: ignore[arg-type]
+        wrong = "provider" if checker_right and not provider_right else \
+            "checker" if provider_right and not checker_right else "inconclusive"
+        evidence = (result_raw, c.result_raw, r.result_raw)
+        await self.node.trust.record("dispute", {
+            "job": bytes.fromhex(rec.job), "checker": checker.peer_id, "referee": referee.peer_id,
+            "wrong": wrong, "results": list(evidence)}, peer=provider_ad.peer_id)
+        event("settled", {"wrong": wrong})
+        if wrong == "provider":
+            await self.node.trust.publish_cheat(provider_ad.peer_id, bytes.fromhex(rec.job), evidence)
+            return CheckOutcome(False, "wrong: the checker and the referee agree against it", "rerun")
+        if wrong == "checker":
+            await self.node.trust.publish_cheat(checker.peer_id, bytes.fromhex(c.job),
+                                                (c.result_raw, result_raw, r.result_raw))
+            return CheckOutcome(True, "verified by a referee (the checker was wrong)", "rerun")
+        return CheckOutcome(False, "disputed: no two runs agree", "rerun")
+
+    async def _run_elsewhere(self, rec: JobRecord, ad: Any, params: dict[str, Any], inputs: dict[str, np.ndarray],
+                             max_price: int, backend: str) -> JobRecord | None:
+        sub = await self.jobs.submit(rec.workload, params, inputs=inputs or None, only=[ad], k=1, verify="none",
+                                     max_price=max_price, deadline_s=CHECK_DEADLINE_S, backend=backend,
+                                     purpose="check")
+        return sub if sub.state == "done" and sub.output is not None and sub.result_raw else None
+
+    # calibration --------------------------------------------------------------------------
+    def needs_calibration(self, ad: Any) -> bool:
+        return (self.node.config.calibrate_providers and ad.peer_id not in self._calibrated
+                and not self.node.trust.known(ad.peer_id))
+
+    async def calibrate(self, ad: Any, event: Event) -> None:
+        """Send ``ad``'s provider a known-answer job sized by its advertised speed; record the verdict."""
+        self._calibrated.add(ad.peer_id)
+        claimed = max((v for _, v in ad.speed), default=1.0)
+        n = int(np.clip(round((CALIBRATION_TARGET_S * claimed * 1e9 / 2) ** (1 / 3) / 64) * 64,
+                        CALIBRATION_MIN_N, CALIBRATION_MAX_N))
+        params = {"m": n, "n": n, "k": n, "dtype": "fp32", "seed": self.rng.getrandbits(48)}
+        flops = workloads.get("matmul").flops(params)
+        price = max((o.price for o in ad.offers if o.workload == "matmul"), default=0)
+        event("calibrate", {"peer": ad.peer_id, "n": n})
+        sub = await self.jobs.submit("matmul", params, only=[ad], k=1, verify="freivalds",
+                                     max_price=int(price * flops / 1e9 * 2) + 1000, deadline_s=30.0,
+                                     purpose="calibration")
+        times = {e["event"]: e["t"] for e in sub.events if e["event"] in ("award", "result")}
+        if sub.state != "done" or "award" not in times or "result" not in times:
+            return  # a failure or a wrong answer is already in the ledger as such
+        wall = float(times["result"]) - float(times["award"])
+        latency = self.jobs.scorer.seen.get(ad.peer_id)
+        allowance = ALLOWANCE_S + 2 * (latency.latency_ms / 1000 if latency else 0.0)
+        compute = wall - allowance
+        bound = flops / 1e9 / compute if compute > 0 else float("inf")
+        passed = bound * OVERCLAIM_FACTOR >= claimed
+        detail = (f"advertised {claimed:.1f} GFLOP/s; measured at most {bound:.1f} GFLOP/s "
+                  f"({n}³ fp32 in {wall * 1000:.0f} ms)")
+        await self.node.trust.record("verification", {
+            "job": bytes.fromhex(sub.job), "method": "calibration", "passed": passed, "detail": detail[:250],
+            "claimed": float(claimed), "bound": float(min(bound, 1e12))}, peer=ad.peer_id)
+        event("calibrated", {"peer": ad.peer_id, "passed": passed, "detail": detail})
+        if not passed:
+            log.warning("provider %s over-claims: %s", to_base58(ad.peer_id), detail)

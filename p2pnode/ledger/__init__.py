@@ -1,0 +1,1 @@
+"""The signed, hash-chained ledger of every interaction, and what it is read into."""

@@ -1,0 +1,43 @@
+"""How ledger entries become reputation evidence (pure).
+
+A node's reputation table is a fold of its own ledger: replaying the ledger from the genesis gives
+the same table the running node built entry by entry, so scores survive restarts and can be
+recomputed by anyone holding the ledger (``specs/reputation.md``).
+"""
+
+from __future__ import annotations
+
+from p2pnode.errors import PeerError
+from p2pnode.ledger.entry import Entry
+from p2pnode.market.reputation import Opinion, Reputation
+from p2pnode.wire.report import decode_report
+
+_PASSED = {"freivalds": "checked_ok", "rerun": "checked_ok", "calibration": "calibrated"}
+
+
+def apply(rep: Reputation, entry: Entry) -> None:
+    """Fold one entry into ``rep``."""
+    t, d, peer = entry.t_ms / 1000.0, entry.data, entry.peer
+    what: str | None = None
+    if entry.kind == "verification":
+        if d["passed"]:
+            what = _PASSED.get(d["method"])
+        else:
+            what = "overclaim" if d["method"] == "calibration" else "cheat"
+    elif entry.kind == "receipt":
+        if d["role"] == "provider":
+            what = "paid"
+        elif d.get("accepted"):
+            what = "accepted"
+    elif entry.kind in ("failure", "penalty"):
+        what = entry.kind
+    elif entry.kind == "dispute" and d["wrong"] == "checker":
+        rep.observe(d["checker"], "cheat", t)
+    elif entry.kind == "report":
+        try:
+            r = decode_report(d["report"])
+        except PeerError:
+            return  # stored before a rule change; not evidence
+        rep.report(r.reporter, r.subject, Opinion(r.pos, r.neg, min(r.t_ms / 1000.0, t)))
+    if what is not None and peer:
+        rep.observe(peer, what, t)

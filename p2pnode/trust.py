@@ -1,0 +1,191 @@
+"""The node's memory and judgement: its ledger, the reputation folded from it, and reports.
+
+:class:`TrustService` is the shell around the pure pieces (``ledger.entry``, ``ledger.evidence``,
+``market.reputation``, ``wire.report``):
+
+* every interaction worth remembering is appended to the ledger (:meth:`record`, off the trio
+  thread: an append returns after its fsync), and each appended entry is folded into the
+  reputation table, which is also rebuilt from the whole ledger at start;
+* reports from other peers arrive on ``p2pnode/reports/1``; the gossip validator checks them
+  (size, signature, evidence, a per-reporter rate) and only then are they forwarded, stored and
+  weighed; invalid ones count against the forwarder like bad ads;
+* the node publishes its own opinion of a peer after checking its work, and a ``cheat`` report
+  with the signed evidence after a dispute.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pnode.config import Config
+from p2pnode.errors import PeerError
+from p2pnode.ledger import evidence
+from p2pnode.ledger.entry import Entry
+from p2pnode.ledger.store import FILE_NAME, Ledger
+from p2pnode.market.rate_limit import TokenBuckets
+from p2pnode.market.reputation import Reputation
+from p2pnode.verify.sampling import SamplingPolicy
+from p2pnode.wire import report as rpt
+from p2pnode.wire.peer_id import from_base58, to_base58
+
+if TYPE_CHECKING:
+    from p2pnode.node import Node
+
+log = logging.getLogger("p2pnode.trust")
+REPORTS_TOPIC = "p2pnode/reports/1"
+PENALTY_RECORD_INTERVAL_S = 60.0  # one ledger entry per peer and offence code per minute at most
+
+
+def reputation_for(config: Config, me: bytes) -> Reputation:
+    return Reputation(me, pretrusted=frozenset(from_base58(p) for p in config.pretrusted),
+                      half_life_s=config.reputation_half_life * 86400.0)
+
+
+def table_json(rep: Reputation, now: float) -> list[dict[str, Any]]:
+    return [{**s.to_json(), "peer": to_base58(s.peer), "distrusted": s.score < rep.distrust_below}
+            for s in rep.table(now)]
+
+
+def offline_table(config: Config) -> list[dict[str, Any]]:
+    """The reputation table folded from the ledger on disk (the node need not run)."""
+    with Ledger.inspect(config.data_dir / FILE_NAME) as ledger:
+        rep = reputation_for(config, ledger.owner)
+        for entry in ledger.entries():
+            evidence.apply(rep, entry)
+    return table_json(rep, time.time())
+
+
+class TrustService:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.ledger: Ledger | None = None
+        self.rep = Reputation(b"")
+        self.policy = SamplingPolicy(p_min=node.config.check_rate_min)
+        self.report_buckets = TokenBuckets(burst=20, rate=1.0)
+        self._recent_penalties: dict[tuple[bytes, str], float] = {}
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, Any, bytes]](1024)
+        self.reports_received = 0
+        self.reports_published = 0
+        self.on_entry: list[Callable[[Entry], None]] = []
+
+    # lifecycle ----------------------------------------------------------------------------
+    def open(self) -> None:
+        node = self.node
+        self.ledger = Ledger.open(node.config.data_dir / FILE_NAME, node.identity.signing_key)
+        if self.ledger.repaired:
+            log.warning("ledger: %d damaged record(s) at the tail moved to quarantine", self.ledger.repaired)
+        self.rep = reputation_for(node.config, node.identity.peer_id)
+        for entry in self.ledger.entries():
+            evidence.apply(self.rep, entry)
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
+
+    def _applied(self, entry: Entry) -> None:
+        evidence.apply(self.rep, entry)
+        for listener in self.on_entry:
+            listener(entry)
+
+    async def run(self) -> None:
+        """Store received reports and penalties in order (appends are fsynced off the trio thread)."""
+        async for kind, data, peer in self._inbox:
+            await self.record(kind, data, peer)
+
+    # writing ------------------------------------------------------------------------------
+    async def record(self, kind: str, data: Mapping[str, Any], peer: bytes = b"") -> Entry | None:
+        """Append to the ledger; returns once the entry is durable (None without a ledger)."""
+        ledger = self.ledger
+        if ledger is None:
+            return None
+        entry = await trio.to_thread.run_sync(lambda: ledger.append(kind, data, peer))
+        self._applied(entry)  # on the trio thread, like every other reader of the table
+        return entry
+
+    def penalty(self, peer: bytes, code: str, now: float) -> None:
+        """Remember protocol abuse (rate-limited, so a flood of bad messages is not a flood of writes)."""
+        last = self._recent_penalties.get((peer, code))
+        if last is not None and now - last < PENALTY_RECORD_INTERVAL_S:
+            return
+        if len(self._recent_penalties) > 4096:
+            self._recent_penalties.clear()
+        self._recent_penalties[(peer, code)] = now
+        self._queue("penalty", {"code": code[:64]}, peer)
+
+    def _queue(self, kind: str, data: dict[str, Any], peer: bytes) -> None:
+        try:
+            self._inbox_send.send_nowait((kind, data, peer))
+        except trio.WouldBlock:
+            log.warning("ledger queue full: dropped a %s entry", kind)
+
+    # reading ------------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.node._clock()
+
+    def adjust(self, peer: bytes) -> float:
+        return self.rep.adjust(peer, self.now())
+
+    def distrusted(self, peer: bytes) -> bool:
+        return self.rep.distrusted(peer, self.now())
+
+    def known(self, peer: bytes) -> bool:
+        return peer in self.rep.own
+
+    def table(self) -> list[dict[str, Any]]:
+        return table_json(self.rep, self.now())
+
+    def check_probability(self, workload: str, peer: bytes) -> float:
+        s = self.rep.score(peer, self.now())
+        return self.policy.probability(workload, streak=s.streak, score=s.score)
+
+    # reports ------------------------------------------------------------------------------
+    def validate_report(self, forwarder: Any, msg: Any) -> bool:
+        """GossipSub validator for the reports topic."""
+        fwd = forwarder.to_bytes()
+        me = self.node.identity.peer_id
+        now = self.now()
+        try:
+            r = rpt.decode_report(msg.data)
+        except PeerError as exc:
+            if fwd != me:
+                self.node.penalise(fwd, exc.code)
+            return False
+        if r.reporter != bytes(msg.from_id):
+            if fwd != me:
+                self.node.penalise(fwd, "wrong_origin")
+            return False
+        if r.reporter == me:
+            return True
+        if not self.report_buckets.take(r.reporter, now):
+            return False  # over the reporter's rate: not stored, not forwarded
+        self.reports_received += 1
+        self._queue("report", {"report": r.raw}, r.reporter)
+        return True
+
+    async def publish_opinion(self, subject: bytes) -> None:
+        op = self.rep.opinion(subject, self.now())
+        r = rpt.make_report(self.node.identity.signing_key, subject=subject, t_ms=int(op.t * 1000),
+                            pos=op.pos, neg=op.neg)
+        await self._publish(r)
+
+    async def publish_cheat(self, subject: bytes, job: bytes, results: tuple[bytes, bytes, bytes]) -> None:
+        op = self.rep.opinion(subject, self.now())
+        r = rpt.make_report(self.node.identity.signing_key, subject=subject, t_ms=int(op.t * 1000),
+                            pos=op.pos, neg=op.neg, verdict="cheat", job=job, evidence=results)
+        await self._publish(r)
+
+    async def _publish(self, r: rpt.Report) -> None:
+        pubsub = self.node.pubsub
+        if pubsub is None:
+            return
+        try:
+            await pubsub.publish(REPORTS_TOPIC, r.raw)
+            self.reports_published += 1
+        except Exception as exc:  # noqa: BLE001 - gossip is best effort; the ledger has it
+            log.info("publishing a report failed: %s", exc)

@@ -1,0 +1,34 @@
+"""Checking one result against its job (pure, NumPy): Freivalds for matmul, comparison by the
+workload's own rule against an independent re-run otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from p2pnode.exec import workloads
+from p2pnode.exec.workloads import Output
+from p2pnode.verify import freivalds
+
+
+def freivalds_check(params: Mapping[str, Any], output: Output, *, rounds: int, rng: np.random.Generator,
+                    inputs: Mapping[str, np.ndarray] | None = None) -> tuple[bool, str]:
+    a, b = workloads.matmul_inputs(params, inputs=inputs or None)
+    c = output.arrays.get("c")
+    if c is None or not freivalds.check(a, b, c, dtype=params["dtype"], rounds=rounds, rng=rng):
+        return False, f"failed Freivalds' check ({rounds} rounds)"
+    return True, f"verified (Freivalds, {rounds} rounds)"
+
+
+def compare(workload: str, params: Mapping[str, Any], output: Output, reference: Output) -> tuple[bool, str]:
+    """Does ``output`` agree with an independent ``reference`` run, by the workload's rule?"""
+    wl = workloads.get(workload)
+    try:
+        same = wl.agree(params, output, reference)
+    except (KeyError, ValueError):  # missing arrays, mismatched shapes: they do not agree
+        same = False
+    rule = wl.comparison(params)
+    return (True, f"agrees with an independent run ({rule})") if same else \
+        (False, f"disagrees with an independent run ({rule})")
