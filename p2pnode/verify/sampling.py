@@ -27,12 +27,15 @@ class SamplingPolicy:
     half_streak: float = 4.0
     trust_floor: float = 0.6  # below this reputation score a provider is always checked
     freivalds_rounds: int = 20
+    fixed_rate: float | None = None  # check every workload at this rate (experiments, benchmarks)
 
     def method(self, workload: str) -> str:
         return "freivalds" if workload == "matmul" else "rerun"
 
     def probability(self, workload: str, *, streak: int, score: float) -> float:
         """Probability of checking a result of ``workload`` from a provider with this record."""
+        if self.fixed_rate is not None:
+            return self.fixed_rate
         if self.method(workload) == "freivalds":
             return 1.0
         if score < self.trust_floor:

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from nacl.signing import SigningKey
+
+from p2pnode.market.reputation import Opinion, Reputation
+from p2pnode.wire.peer_id import peer_id_from_public_key
+
+DAY = 86400.0
+
+
+def peer(i: int) -> bytes:
+    return peer_id_from_public_key(bytes(SigningKey(bytes([i]) * 32).verify_key))
+
+
+ME = peer(0)
+
+
+def test_unknown_peer_scores_one_half_with_the_widest_uncertainty() -> None:
+    rep = Reputation(ME)
+    s = rep.score(peer(1), 0.0)
+    assert s.score == 0.5
+    for _ in range(20):
+        rep.observe(peer(1), "checked_ok", 0.0)
+    t = rep.score(peer(1), 0.0)
+    assert t.score > 0.9 and t.uncertainty < s.uncertainty / 2
+    assert t.streak == 20
+
+
+def test_one_caught_cheat_outweighs_a_long_clean_record_and_resets_the_streak() -> None:
+    rep = Reputation(ME)
+    for _ in range(5):
+        rep.observe(peer(1), "checked_ok", 0.0)
+    rep.observe(peer(1), "cheat", 0.0)
+    s = rep.score(peer(1), 0.0)
+    assert s.score < 0.4 and s.streak == 0 and s.cheats == 1
+    rep.observe(peer(2), "cheat", 0.0)
+    assert rep.distrusted(peer(2), 0.0)
+    assert not rep.distrusted(peer(1), 0.0)
+
+
+def test_evidence_decays_with_the_half_life() -> None:
+    rep = Reputation(ME, half_life_s=DAY)
+    rep.observe(peer(1), "cheat", 0.0)
+    assert rep.score(peer(1), 0.0).own_neg == 10
+    assert abs(rep.score(peer(1), DAY).own_neg - 5) < 1e-9
+    assert abs(rep.score(peer(1), 3 * DAY).own_neg - 1.25) < 1e-9
+
+
+def test_reports_from_a_peer_we_trust_move_a_strangers_score() -> None:
+    rep = Reputation(ME)
+    honest, stranger = peer(1), peer(2)
+    for _ in range(10):
+        rep.observe(honest, "checked_ok", 0.0)
+    assert rep.report(honest, stranger, Opinion(pos=0.0, neg=20.0, t=0.0))
+    s = rep.score(stranger, 0.0)
+    assert s.hearsay_neg > 5 and s.score < 0.3
+    assert rep.trust(0.0)[honest] > 0.5
+
+
+def test_a_colluding_clique_praising_itself_gains_nothing() -> None:
+    rep = Reputation(ME)
+    honest = [peer(i) for i in range(1, 4)]
+    clique = [peer(i) for i in range(10, 16)]
+    for h in honest:
+        for _ in range(3):
+            rep.observe(h, "checked_ok", 0.0)
+    for a in clique:
+        for b in clique:
+            if a != b:
+                rep.report(a, b, Opinion(pos=1000.0, neg=0.0, t=0.0))
+        for h in honest:  # and slander the honest peers
+            rep.report(a, h, Opinion(pos=0.0, neg=1000.0, t=0.0))
+    trust = rep.trust(0.0)
+    assert all(trust.get(c, 0.0) < 1e-6 for c in clique)
+    ranked = [s.peer for s in rep.table(0.0)]
+    assert set(ranked[: len(honest)]) == set(honest)
+    assert all(rep.score(c, 0.0).score == 0.5 for c in clique)  # unknown, not lifted
+    assert all(rep.score(h, 0.0).hearsay_neg == 0 for h in honest)  # slander weighs nothing
+
+
+def test_pretrusted_reporters_anchor_trust_without_own_history() -> None:
+    anchor, stranger = peer(1), peer(2)
+    rep = Reputation(ME, pretrusted=frozenset({anchor}))
+    rep.report(anchor, stranger, Opinion(pos=10.0, neg=0.0, t=0.0))
+    assert rep.trust(0.0)[anchor] > 0.9
+    assert rep.score(stranger, 0.0).score > 0.7
+
+
+def test_a_reporter_cannot_report_on_itself_and_old_reports_do_not_replace_new_ones() -> None:
+    rep = Reputation(ME)
+    assert not rep.report(peer(1), peer(1), Opinion(100, 0, 0))
+    assert rep.report(peer(1), peer(2), Opinion(1, 0, 10))
+    assert not rep.report(peer(1), peer(2), Opinion(100, 0, 5))
+    assert rep.reports[peer(1)][peer(2)].pos == 1
+
+
+def test_tables_stay_bounded() -> None:
+    rep = Reputation(ME, max_peers=10, max_reporters=3, max_subjects_per_reporter=2)
+    for i in range(1, 40):
+        rep.observe(peer(i), "accepted", 0.0)
+        rep.report(peer(i), peer(i + 1), Opinion(1, 0, 0))
+        rep.report(peer(1), peer(i + 2), Opinion(1, 0, 0))
+    assert len(rep.own) <= 10 and len(rep.reports) <= 3 and len(rep.reports[peer(1)]) <= 2
