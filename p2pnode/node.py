@@ -418,7 +418,7 @@ class Node:
         try:
             params = dict(request.get("params") or {})
             inputs = _load_inputs(request.get("input_files") or {})
-            args = dict(max_price=int(request["max_price"]), deadline_s=float(request.get("deadline", 60)),
+            args: dict[str, Any] = dict(max_price=int(request["max_price"]), deadline_s=float(request.get("deadline", 60)),
                         k=int(request.get("k", 3)), backend=str(request.get("backend", "")),
                         verify=str(request.get("verify", "auto")))
         except (KeyError, TypeError, ValueError) as exc:

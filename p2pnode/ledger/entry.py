@@ -113,9 +113,9 @@ def decode_record(raw: object, *, seq_hint: int = -1) -> Entry:
         data_f = f.require_sub("data")
         data = dict(data_f.items())
         _check_schema(kind, data, seq)
+        record = bytes(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else b""
         entry = Entry(seq=seq, prev=f.blob("prev", max_len=HASH_LEN, exact=True), t_ms=f.uint("t", maximum=2**63 - 1),
-                      kind=kind, peer=peer, data=data, raw=bytes(raw),  # type: ignore[arg-type]
-                      hash=record_hash(bytes(raw)))  # type: ignore[arg-type]
+                      kind=kind, peer=peer, data=data, raw=record, hash=record_hash(record))
     except ChainError:
         raise
     except PeerError as exc:
@@ -143,7 +143,7 @@ def _check_schema(kind: str, data: dict[str, Any], seq: int) -> None:
         }[typ](value)
         if not ok:
             raise ChainError(f"{kind}.data.{name}: expected {typ}", seq=seq)
-        if typ == "peer":
+        if typ == "peer" and isinstance(value, bytes):
             _check_peer(value, seq)
 
 

@@ -13,7 +13,8 @@ Own history (see ``specs/reputation.md`` for the formulas):
 Reports: each reporter's latest opinion of each subject (its own pos/neg). Trust in reporters is
 EigenTrust: the local trust matrix C (rows normalised from max(pos − neg, 0)), with this node's own
 row from its own history, iterated as t = (1 − a)·Cᵀt + a·p where p is spread over this node and
-the configured pre-trusted peers. Trust only enters through p, so a clique that praises itself but
+the configured pre-trusted peers. A peer caught cheating gets no work for one half-life, however
+good its record was (:meth:`Reputation.distrusted`). Trust only enters through p, so a clique that praises itself but
 that no trusted peer vouches for keeps zero trust, and its reports weigh nothing. A reporter's
 weight is min(1, t_i / t_self), and second-hand evidence counts ``hearsay`` (one half) of own.
 """
@@ -91,6 +92,7 @@ class Reputation:
     own: dict[bytes, _Decayed] = field(default_factory=dict)
     streak: dict[bytes, int] = field(default_factory=dict)
     cheats: dict[bytes, int] = field(default_factory=dict)
+    last_cheat: dict[bytes, float] = field(default_factory=dict)
     reports: dict[bytes, dict[bytes, Opinion]] = field(default_factory=dict)  # reporter -> subject -> opinion
     _trust_cache: tuple[int, float, dict[bytes, float]] | None = None
     _version: int = 0
@@ -110,6 +112,11 @@ class Reputation:
             self.streak[peer] = 0
             if what == "cheat":
                 self.cheats[peer] = self.cheats.get(peer, 0) + 1
+                self.last_cheat[peer] = max(now, self.last_cheat.get(peer, now))
+                if len(self.last_cheat) > self.max_peers:  # forget the oldest cheat first
+                    oldest = min(self.last_cheat, key=lambda p: self.last_cheat[p])
+                    del self.last_cheat[oldest]
+                    self.cheats.pop(oldest, None)
         self._version += 1
 
     def report(self, reporter: bytes, subject: bytes, opinion: Opinion) -> bool:
@@ -136,7 +143,7 @@ class Reputation:
         return Opinion(pos, neg, now)
 
     def _evict(self) -> None:
-        # forget the peer with the least evidence
+        # forget the peer with the least evidence (a caught cheat is remembered in last_cheat)
         victim = min(self.own, key=lambda p: self.own[p].pos + self.own[p].neg)
         del self.own[victim]
         self.streak.pop(victim, None)
@@ -207,7 +214,11 @@ class Reputation:
                      self.streak.get(peer, 0), self.cheats.get(peer, 0))
 
     def distrusted(self, peer: bytes, now: float) -> bool:
-        """Too bad a record to be given work at all."""
+        """Too bad a record to be given work at all: a score below ``distrust_below``, or cheating
+        caught within the last half-life, however good the record before it."""
+        caught = self.last_cheat.get(peer)
+        if caught is not None and now - caught < self.half_life_s:
+            return True
         return self.score(peer, now).score < self.distrust_below
 
     def adjust(self, peer: bytes, now: float) -> float:

@@ -40,7 +40,7 @@ class SamplingPolicy:
             return 1.0
         if score < self.trust_floor:
             return self.p_max
-        return max(self.p_min, self.p_max * 2.0 ** (-streak / self.half_streak))
+        return max(self.p_min, self.p_max * float(2.0 ** (-streak / self.half_streak)))
 
     def should_check(self, workload: str, *, streak: int, score: float, u: float) -> bool:
         """``u`` is a uniform draw in [0, 1) from the caller's random source."""

@@ -85,7 +85,7 @@ def decode_report(raw: object) -> Report:
         raise CodecError("report: only a cheat verdict carries evidence")
     return Report(reporter, subject, f.uint("t", maximum=m.MAX_U63),
                   f.uint("pos", maximum=MAX_EVIDENCE_UNITS) / 1000, f.uint("neg", maximum=MAX_EVIDENCE_UNITS) / 1000,
-                  verdict, job, tuple(evidence), bytes(raw))  # type: ignore[arg-type]
+                  verdict, job, tuple(evidence), bytes(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else b"")
 
 
 def _check_evidence(subject: bytes, reporter: bytes, evidence: list[bytes]) -> None:

@@ -35,7 +35,13 @@ def test_one_caught_cheat_outweighs_a_long_clean_record_and_resets_the_streak() 
     assert s.score < 0.4 and s.streak == 0 and s.cheats == 1
     rep.observe(peer(2), "cheat", 0.0)
     assert rep.distrusted(peer(2), 0.0)
-    assert not rep.distrusted(peer(1), 0.0)
+    # a caught cheat excludes even a peer with a long record, for one half-life
+    for _ in range(200):
+        rep.observe(peer(3), "checked_ok", 0.0)
+    rep.observe(peer(3), "cheat", 1.0)
+    assert rep.score(peer(3), 1.0).score > 0.9
+    assert rep.distrusted(peer(3), 1.0)
+    assert not rep.distrusted(peer(3), 1.0 + rep.half_life_s)
 
 
 def test_evidence_decays_with_the_half_life() -> None:

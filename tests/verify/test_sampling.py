@@ -10,7 +10,12 @@ import pytest
 from p2pnode.adversary import Adversary
 from p2pnode.exec import backends, workloads
 from p2pnode.verify.check import compare, freivalds_check
-from p2pnode.verify.sampling import SamplingPolicy, caught_within, jobs_until_caught, wilson_interval
+from p2pnode.verify.sampling import (
+    SamplingPolicy,
+    caught_within,
+    jobs_until_caught,
+    wilson_interval,
+)
 
 NP = backends.ops("numpy")
 
