@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence")
     sw.add_argument("--dir", type=Path, help="keep the nodes' data dirs here (default: a temp dir, removed)")
     sw.add_argument("--json", action="store_true", help="print a JSON summary")
+    sw.add_argument("--cheat", metavar="MODE[:X]", default="",
+                    help="make node 1 an adversary (garbage, perturb, replay, lowprec, overclaim, stall)")
 
     sm = sub.add_parser("submit", parents=[common], help="run a job on the network and show its result")
     sm.add_argument("workload", help="matmul, infer or train_step")
@@ -114,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
 
             if not 1 <= args.nodes <= 64:
                 raise LocalError("--nodes must be between 1 and 64")
+            if args.cheat:
+                from p2pnode.adversary import Adversary
+
+                Adversary.parse(args.cheat)
             return run_swarm(args.nodes, keep=args.keep, as_json=args.json, timeout=args.timeout,
-                             base=args.dir)
+                             base=args.dir, cheat=args.cheat)
         return _read_command(args)
     except P2PNodeError as exc:
         print(f"p2pnode: error: {exc}", file=sys.stderr)

@@ -34,7 +34,7 @@ from rich.table import Table
 
 from p2pnode.control.client import call
 from p2pnode.errors import ControlError, LocalError
-from p2pnode.ui import market_table, short_peer
+from p2pnode.ui import market_table, reputation_table, short_peer
 
 AD_INTERVAL_S = 3.0
 
@@ -76,7 +76,8 @@ def _start(index: int, base: Path, bootstrap: list[str], extra: list[str]) -> Sw
     data_dir = base / f"node{index}"
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     args = [sys.executable, "-m", "p2pnode", "run", "--data-dir", str(data_dir),
-            "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--metrics", "127.0.0.1:0",
+            # each node on its own loopback address: checkers must not share the provider's address
+            "--listen", f"/ip4/127.0.0.{index + 1}/tcp/0", "--no-mdns", "--metrics", "127.0.0.1:0",
             "--ad-interval", str(AD_INTERVAL_S), "--ad-ttl", "10", *extra]
     for b in bootstrap:
         args += ["--bootstrap", b]
@@ -93,7 +94,7 @@ def _start(index: int, base: Path, bootstrap: list[str], extra: list[str]) -> Sw
 
 
 def _view(nodes: list[SwarmNode], n: int) -> tuple[Table, list[int]]:
-    t = Table(title=f"Local swarm: {n} nodes on 127.0.0.1", title_justify="left")
+    t = Table(title=f"Local swarm: {n} nodes on 127.0.0.1-{n}", title_justify="left")
     for col in ("node", "peer id", "tcp port", "peers", "providers known", "status"):
         t.add_column(col)
     counts = []
@@ -149,7 +150,8 @@ def _latency_between(before: tuple[dict[float, float], float, float],
 
 
 def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path | None,
-              seed: int = 1) -> int:
+              seed: int = 1, cheat: str = "") -> int:
+    """``cheat``: an adversary mode for node 1 (``p2pnode/adversary.py``), to watch checks catch it."""
     console = Console(stderr=as_json)
     rnd = random.Random(seed)
     own_base = base is None
@@ -165,7 +167,7 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
                 boot = [nodes[0].addr] if nodes else []
                 if len(nodes) > 1:
                     boot.append(rnd.choice(nodes[1:]).addr)
-                nodes.append(_start(i, base, boot, []))
+                nodes.append(_start(i, base, boot, ["--adversary", cheat] if cheat and i == 1 else []))
                 table, counts = _view(nodes, n)
                 progress.update(task, completed=sum(counts))
                 live.update(Group(table, progress))
@@ -186,6 +188,10 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
                                                                title=f"Market as node {n - 1} sees it")))
         if result["converged"]:
             result["jobs"] = _demo_jobs(nodes, console)
+            result["reputation"] = nodes[-1].query("reputation")
+            names = {node.peer: f"node {node.index}" for node in nodes}
+            console.print(reputation_table([{**r, "peer": names.get(r["peer"], r["peer"])}
+                                            for r in result["reputation"]]))
         # Steady state: ads accepted during one more ad interval after convergence (the first
         # minutes include ads replayed to late joiners, which measure start-up, not gossip).
         before = _histogram(nodes)
@@ -206,7 +212,10 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
         print(json.dumps(result, indent=2))
     else:
         _summary(console, result)
-    jobs_ok = all(j["state"] == "done" for j in result.get("jobs", []))
+    # with a cheater, a job it won may be rejected by the check: that is the check working
+    cheater = nodes[1].peer if cheat and len(nodes) > 1 else None
+    jobs_ok = all(j["state"] == "done" or (j["state"] == "rejected" and j["provider"] == cheater)
+                  for j in result.get("jobs", []))
     return 0 if result["converged"] and result["clean_exit"] and jobs_ok else 1
 
 
@@ -214,6 +223,8 @@ DEMO_JOBS = (
     ("matmul", {"m": 64, "n": 64, "k": 512, "dtype": "int8", "seed": 7}),
     ("matmul", {"m": 48, "n": 48, "k": 256, "dtype": "fp32", "seed": 8}),
     ("infer", {"batch": 32, "d_in": 128, "d_hidden": 256, "d_out": 16, "layers": 4, "seed": 9}),
+    ("matmul", {"m": 96, "n": 96, "k": 128, "dtype": "fp32", "seed": 11}),
+    ("infer", {"batch": 64, "d_in": 64, "d_hidden": 128, "d_out": 8, "layers": 3, "seed": 12}),
     ("train_step", {"steps": 50, "lr": 0.05, "seed": 10}),
 )
 
@@ -283,5 +294,6 @@ def _summary(console: Console, r: dict[str, Any]) -> None:
     if jobs:
         done = sum(1 for j in jobs if j["state"] == "done")
         console.print(f"jobs: {done}/{len(jobs)} done, "
-                      f"{sum(1 for j in jobs if str(j.get('outcome', '')).startswith('verified'))} verified by Freivalds")
+                      f"{sum(1 for j in jobs if str(j.get('outcome', '')).startswith('verified'))} verified "
+                      "(Freivalds, or a re-run by an independent checker)")
     console.print("all nodes stopped cleanly" if r["clean_exit"] else "[red]some nodes did not exit cleanly[/]")

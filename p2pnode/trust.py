@@ -28,7 +28,7 @@ from p2pnode.ledger import evidence
 from p2pnode.ledger.entry import Entry
 from p2pnode.ledger.store import FILE_NAME, Ledger
 from p2pnode.market.rate_limit import TokenBuckets
-from p2pnode.market.reputation import Reputation
+from p2pnode.market.reputation import CHEAT_WEIGHT, Reputation
 from p2pnode.verify.sampling import SamplingPolicy
 from p2pnode.wire import report as rpt
 from p2pnode.wire.peer_id import from_base58, to_base58
@@ -175,9 +175,10 @@ class TrustService:
         await self._publish(r)
 
     async def publish_cheat(self, subject: bytes, job: bytes, results: tuple[bytes, bytes, bytes]) -> None:
+        """Gossip a dispute's evidence; the opinion it carries counts the cheat it proves."""
         op = self.rep.opinion(subject, self.now())
         r = rpt.make_report(self.node.identity.signing_key, subject=subject, t_ms=int(op.t * 1000),
-                            pos=op.pos, neg=op.neg, verdict="cheat", job=job, evidence=results)
+                            pos=op.pos, neg=op.neg + CHEAT_WEIGHT, verdict="cheat", job=job, evidence=results)
         await self._publish(r)
 
     async def _publish(self, r: rpt.Report) -> None:

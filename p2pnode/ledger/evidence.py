@@ -13,6 +13,9 @@ from p2pnode.market.reputation import Opinion, Reputation
 from p2pnode.wire.report import decode_report
 
 _PASSED = {"freivalds": "checked_ok", "rerun": "checked_ok", "calibration": "calibrated"}
+# Ad rejections that honest peers cause in normal gossip (a replayed or late ad, a burst over the
+# rate at start-up): remembered in the ledger, but no evidence against the peer.
+BENIGN_PENALTIES = frozenset({"stale", "expired", "future", "rate_limited", "table_full"})
 
 
 def apply(rep: Reputation, entry: Entry) -> None:
@@ -29,7 +32,7 @@ def apply(rep: Reputation, entry: Entry) -> None:
             what = "paid"
         elif d.get("accepted"):
             what = "accepted"
-    elif entry.kind in ("failure", "penalty"):
+    elif entry.kind == "failure" or (entry.kind == "penalty" and d["code"] not in BENIGN_PENALTIES):
         what = entry.kind
     elif entry.kind == "dispute" and d["wrong"] == "checker":
         rep.observe(d["checker"], "cheat", t)

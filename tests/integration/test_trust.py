@@ -16,6 +16,7 @@ from p2pnode import jobs as jobs_module
 from p2pnode.ledger.entry import verify_chain
 from p2pnode.trust import offline_table
 from p2pnode.wire.peer_id import to_base58
+from p2pnode.wire.report import decode_report
 from tests.integration.swarm import Running, node_config, start_node
 
 BUDGET = 10_000  # micro-credits: price, not speed, decides between these bids
@@ -70,11 +71,19 @@ async def test_a_perturbed_result_loses_its_dispute_and_the_evidence_is_gossiped
         assert sum(e.data["amount"] for e in kinds(checker, "credit")) > 0
         assert sum(e.data["amount"] for e in kinds(other, "credit")) > 0
         # the cheat report reaches the observer, which weighs it by its trust in the requester
+        def heard() -> Any:
+            return observer.trust.rep.score(cheater.identity.peer_id, observer._clock())
+
+        def cheats() -> list[Any]:
+            reports = [decode_report(e.data["report"]) for e in kinds(observer, "report")]
+            return [r for r in reports if r.verdict == "cheat"]
+
         with trio.fail_after(10):
-            while not any(e.data["report"] and e.peer == requester.identity.peer_id for e in kinds(observer, "report")):
+            while heard().hearsay_neg == 0 or not cheats():
                 await trio.sleep(0.05)
-        s = observer.trust.rep.score(cheater.identity.peer_id, observer._clock())
-        assert s.hearsay_neg > 0 and s.score < 0.5
+        assert heard().score < 0.5
+        (cheat,) = cheats()
+        assert cheat.reporter == requester.identity.peer_id and len(cheat.evidence) == 3
         for n in (requester, observer, checker):
             verify_chain(n.trust.ledger.records(), owner=n.identity.peer_id)
 
