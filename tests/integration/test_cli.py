@@ -240,14 +240,19 @@ def test_control_socket_is_private(data_dir: Path) -> None:
         assert node.stop() == 0
 
 
-def test_swarm_launcher_converges_and_leaves_no_process() -> None:
-    out = subprocess.run([*EXE, "swarm", "--nodes", "3", "--json", "--timeout", "60"],
+def test_swarm_launcher_converges_catches_its_cheater_and_leaves_no_process() -> None:
+    out = subprocess.run([*EXE, "swarm", "--nodes", "4", "--json", "--timeout", "60", "--cheat", "garbage"],
                          capture_output=True, text=True, env=ENV, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
-    assert result["converged"] and result["clean_exit"] and result["nodes"] == 3
+    assert result["converged"] and result["clean_exit"] and result["nodes"] == 4
     assert result["propagation"]["ads_measured"] > 0
-    assert [j["state"] for j in result["jobs"]] == ["done"] * 4
+    assert [j["state"] for j in result["jobs"]] == ["done"] * 6
     assert result["jobs"][0]["outcome"].startswith("verified (Freivalds")
+    assert any(j["outcome"].startswith("verified: agrees with an independent run") for j in result["jobs"])
+    # the cheater (node 1) is caught by its calibration job and ranked last
+    last = result["reputation"][-1]
+    assert last["distrusted"] and last["cheats"] >= 1
+    assert all(j["provider"] != last["peer"] for j in result["jobs"])
     leftovers = subprocess.run(["pgrep", "-f", "p2pswarm-"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
