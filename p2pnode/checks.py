@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from p2pnode.exec import workloads
 from p2pnode.exec.workloads import Output
 from p2pnode.verify.check import compare
 from p2pnode.wire.peer_id import to_base58
