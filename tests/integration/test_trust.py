@@ -16,7 +16,7 @@ from p2pnode import jobs as jobs_module
 from p2pnode.ledger.entry import verify_chain
 from p2pnode.trust import offline_table
 from p2pnode.wire.peer_id import to_base58
-from p2pnode.wire.report import decode_report
+from p2pnode.wire.report import decode_report, make_report
 from tests.integration.swarm import Running, node_config, start_node
 
 BUDGET = 10_000  # micro-credits: price, not speed, decides between these bids
@@ -149,3 +149,33 @@ async def test_a_provider_that_never_finishes_loses_the_award(monkeypatch: pytes
         assert any(e["event"] == "progress" for e in events)  # it did keep talking
         (failure,) = kinds(requester, "failure")
         assert failure.peer == staller.identity.peer_id
+
+
+async def test_a_clique_praising_itself_over_gossip_does_not_outrank_honest_work() -> None:
+    specs = [dict(provide=False), dict(price=50, workloads=["matmul"])] + \
+            [dict(price=1, workloads=["matmul"]) for _ in range(3)]
+    async with trust_swarm(specs) as nodes:
+        requester, honest = nodes[0].node, nodes[1].node
+        clique = [r.node for r in nodes[2:]]
+        for c in clique:  # real signed reports on p2pnode/reports/1: praise each other, slander the honest
+            for other in clique:
+                if other is not c:
+                    await c.trust._publish(make_report(c.identity.signing_key, subject=other.identity.peer_id,
+                                                       t_ms=int(c._clock() * 1000), pos=1000, neg=0))
+            await c.trust._publish(make_report(c.identity.signing_key, subject=honest.identity.peer_id,
+                                               t_ms=int(c._clock() * 1000), pos=0, neg=1000))
+        with trio.fail_after(10):
+            while requester.trust.reports_received < 9 or len(kinds(requester, "report")) < 9:
+                await trio.sleep(0.05)
+        # one real, Freivalds-checked job with the honest provider; the clique never worked for us
+        rec = await requester.jobs.submit("matmul", {"m": 64, "n": 64, "k": 64, "dtype": "int8"},
+                                          max_price=BUDGET, deadline_s=30, only=[_ad_of(requester, honest)])
+        assert rec.state == "done"
+        table = requester.trust.table()
+        assert table[0]["peer"] == honest.peer_id, table
+        assert all(r["hearsay_pos"] == 0 and r["trust"] == 0 for r in table if r["peer"] != honest.peer_id)
+        assert table[0]["hearsay_neg"] == 0  # their slander weighs nothing
+
+
+def _ad_of(node: Any, provider: Any) -> Any:
+    return next(e.ad for e in node.table.entries(node._clock()) if e.ad.peer_id == provider.identity.peer_id)
