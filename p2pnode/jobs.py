@@ -304,7 +304,7 @@ class JobService:
             fresh = [ad for ad in ads if self.checks.needs_calibration(ad)]
             if fresh and purpose == "job":
                 def early_event(what: str, data: dict[str, object]) -> None:
-                    item = {"event": what, **{k2: _jsonable(v) for k2, v in data.items()}}
+                    item = _event_item(what, data)
                     early.append(item)
                     if on_event is not None:
                         on_event(item)
@@ -336,8 +336,7 @@ class JobService:
         rec.events.extend(early)
 
         def event(what: str, data: dict[str, object]) -> None:
-            item = {"event": what, "t": round(time.time() - rec.started, 3),
-                    **{k2: _jsonable(v) for k2, v in data.items()}}
+            item = _event_item(what, data, t=round(time.time() - rec.started, 3))
             rec.events.append(item)
             if on_event is not None:
                 on_event(item)
@@ -516,6 +515,10 @@ class JobService:
                 params, output, rounds=rounds, rng=np.random.default_rng(), inputs=arrays or None))
             return ok, detail, output, "freivalds"
         return True, "accepted (unchecked)", output, ""
+
+
+def _event_item(what: str, data: dict[str, object], **extra: object) -> dict[str, Any]:
+    return {"event": what, **extra, **{k: _jsonable(v) for k, v in data.items()}}
 
 
 def _jsonable(value: Any) -> Any:

@@ -16,7 +16,7 @@ wrong raises :class:`~p2pnode.errors.ChainError` naming the first bad entry.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,6 @@ MAX_EVIDENCE = 4
 
 # What each kind's ``data`` must hold (further keys are allowed and kept); ``peer`` is the other
 # party (empty for genesis).
-_INT = "int"
 SCHEMAS: dict[str, dict[str, str]] = {
     "genesis": {"owner": "peer"},
     # a signed receipt we gave (role requester) or got (role provider)
@@ -57,7 +56,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
     # protocol abuse by a peer
     "penalty": {"code": "text"},
     # credits earned (> 0, as provider) or spent (< 0, as requester)
-    "credit": {"job": "bytes", "amount": _INT},
+    "credit": {"job": "bytes", "amount": "int"},
 }
 KINDS = tuple(SCHEMAS)
 
@@ -98,6 +97,10 @@ def genesis(key: SigningKey, t_ms: int) -> Entry:
 
 def decode_record(raw: object, *, seq_hint: int = -1) -> Entry:
     """Parse a record's structure and schema (not its signature or its place in a chain)."""
+    return _decode(raw, seq_hint)[0]
+
+
+def _decode(raw: object, seq_hint: int) -> tuple[Entry, envelope.Envelope]:
     try:
         env = envelope.unwrap(raw, max_size=MAX_RECORD)
         f = codec.Fields(codec.decode(env.body, max_size=MAX_RECORD), "ledger-entry")
@@ -120,7 +123,7 @@ def decode_record(raw: object, *, seq_hint: int = -1) -> Entry:
         raise
     except PeerError as exc:
         raise ChainError(f"malformed record: {exc}", seq=seq_hint) from exc
-    return entry
+    return entry, env
 
 
 def _check_peer(value: bytes, seq: int) -> None:
@@ -130,18 +133,20 @@ def _check_peer(value: bytes, seq: int) -> None:
         raise ChainError(f"not an ed25519 peer id: {exc}", seq=seq) from exc
 
 
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "text": lambda v: isinstance(v, str) and len(v) <= MAX_TEXT,
+    "bytes": lambda v: isinstance(v, bytes),
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "list": lambda v: isinstance(v, list) and len(v) <= MAX_EVIDENCE,
+    "peer": lambda v: isinstance(v, bytes) and len(v) == PEER_ID_LEN,
+}
+
+
 def _check_schema(kind: str, data: dict[str, Any], seq: int) -> None:
     for name, typ in SCHEMAS[kind].items():
         value = data.get(name)
-        ok = {
-            "text": lambda v: isinstance(v, str) and len(v) <= MAX_TEXT,
-            "bytes": lambda v: isinstance(v, bytes),
-            "bool": lambda v: isinstance(v, bool),
-            "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-            "list": lambda v: isinstance(v, list) and len(v) <= MAX_EVIDENCE,
-            "peer": lambda v: isinstance(v, bytes) and len(v) == PEER_ID_LEN,
-        }[typ](value)
-        if not ok:
+        if not _TYPE_CHECKS[typ](value):
             raise ChainError(f"{kind}.data.{name}: expected {typ}", seq=seq)
         if typ == "peer" and isinstance(value, bytes):
             _check_peer(value, seq)
@@ -162,7 +167,7 @@ class ChainVerifier:
 
     def feed(self, raw: bytes) -> Entry:
         seq = self.count
-        entry = decode_record(raw, seq_hint=seq)
+        entry, env = _decode(raw, seq)
         if entry.seq != seq:
             raise ChainError(f"sequence number {entry.seq} where {seq} was due", seq=seq)
         if entry.prev != self.head:
@@ -180,7 +185,7 @@ class ChainVerifier:
             raise ChainError("time runs backwards", seq=seq)
         assert self._key is not None
         try:
-            envelope.verify(DOMAIN, envelope.unwrap(raw, max_size=MAX_RECORD), self._key)
+            envelope.verify(DOMAIN, env, self._key)
         except PeerError as exc:
             raise ChainError("signature does not verify", seq=seq) from exc
         self.count, self.head, self.last_t = seq + 1, entry.hash, entry.t_ms
