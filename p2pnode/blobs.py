@@ -3,8 +3,14 @@
 :class:`BlobStore` keeps blobs by id in memory, bounded by bytes (least recently used go first), so a
 repeated blob is never sent twice. :meth:`BlobService.fetch` reads a blob from a peer chunk by chunk,
 checks every chunk, and after a broken stream resumes from the first missing chunk (up to
-``RESUMES`` times); a peer that sends a bad manifest or chunk is penalised and the fetch fails with
-``BlobError``.
+``RESUMES`` times); a peer that sends a bad manifest or chunk (or a second manifest) is penalised and
+the fetch fails with ``BlobError``. A holder that cannot be reached, keeps breaking the stream, says
+it does not hold the blob, or is slower than ``MIN_RATE`` overall makes it fail with
+``BlobUnavailable`` (no penalty: that is not proof of bad faith).
+
+Serving is bounded too (``specs/blobs.md``): a reader must ask within ``REQUEST_TIMEOUT_S`` and take
+each chunk within ``CHUNK_TIMEOUT_S``, and the node serves at most ``MAX_STREAMS_PER_PEER`` streams
+to one peer and ``MAX_STREAMS`` in all (enforced by the guard at the handler).
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import trio
 
 from p2pnode.errors import PeerError
 from p2pnode.net.framing import FramedStream, StreamGone
+from p2pnode.protocol.limits import StreamLimits
 from p2pnode.wire import codec
 from p2pnode.wire.blob import (
     MAX_BLOB,
     MAX_FRAME,
     BlobError,
+    BlobUnavailable,
     Manifest,
     check_chunk,
     manifest_for,
@@ -34,7 +42,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2pnode.blobs")
 BLOB_PROTOCOL = "/p2pnode/blob/1"
 RESUMES = 5
-CHUNK_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 10.0
+CHUNK_TIMEOUT_S = 30.0  # a chunk (1 MiB) must move within this, either way
+MIN_RATE = 256 * 1024  # bytes/s: a whole fetch may take FETCH_GRACE_S + size / MIN_RATE at most
+FETCH_GRACE_S = 30.0
+MAX_STREAMS_PER_PEER, MAX_STREAMS = 8, 64
 
 
 class BlobStore:
@@ -70,34 +82,30 @@ class BlobService:
         self.node = node
         self.store = store or BlobStore()
         self.fetched_bytes = 0
+        self.limits = StreamLimits(per_peer=MAX_STREAMS_PER_PEER, total=MAX_STREAMS)
 
     # serving -------------------------------------------------------------------------------
-    async def handle_stream(self, stream: Any) -> None:
-        peer = stream.muxed_conn.peer_id.to_bytes()
-        fs = FramedStream(stream, max_frame=MAX_FRAME)
-        try:
-            with trio.fail_after(10):
-                f = codec.Fields(codec.decode(await fs.receive(), max_size=1024), "blob-get")
-            if f.text("t", max_len=8) != "get":
-                raise BlobError("expected a get")
-            blob_id = f.blob("id", max_len=32, exact=True)
-            start = f.uint("from", maximum=1 << 20)
-            item = self.store.get(blob_id)
-            if item is None:
-                await fs.send(codec.encode({"t": "missing"}))
-                return
-            manifest, data = item
-            await fs.send(codec.encode({"t": "manifest", "m": manifest.raw}))
-            for i in range(start, len(manifest.hashes)):
-                a, b = manifest.chunk_range(i)
-                await self._send_chunk(fs, i, data[a:b])
-        except PeerError as exc:
-            self.node.penalise(peer, exc.code)
-            await fs.reset()
-        except (StreamGone, trio.TooSlowError):
-            pass
-        finally:
+    async def handle_stream(self, stream: Any, peer: bytes) -> None:
+        """Serve one ``get`` (the guard in ``net/guard.py`` contains what the reader does wrong)."""
+        fs = FramedStream(stream, max_frame=MAX_FRAME, frame_timeout=REQUEST_TIMEOUT_S)
+        with trio.fail_after(REQUEST_TIMEOUT_S):
+            f = codec.Fields(codec.decode(await fs.receive(), max_size=1024), "blob-get")
+        if f.text("t", max_len=8) != "get":
+            raise BlobError("expected a get")
+        blob_id = f.blob("id", max_len=32, exact=True)
+        start = f.uint("from", maximum=1 << 20)
+        item = self.store.get(blob_id)
+        if item is None:
+            await fs.send(codec.encode({"t": "missing"}))
             await fs.close()
+            return
+        manifest, data = item
+        await fs.send(codec.encode({"t": "manifest", "m": manifest.raw}))
+        for i in range(start, len(manifest.hashes)):
+            a, b = manifest.chunk_range(i)
+            with trio.fail_after(CHUNK_TIMEOUT_S):  # a reader that stops reading is dropped
+                await self._send_chunk(fs, i, data[a:b])
+        await fs.close()
 
     async def _send_chunk(self, fs: FramedStream, i: int, data: bytes) -> None:
         await fs.send(codec.encode({"t": "chunk", "i": i, "data": data}))
@@ -114,25 +122,31 @@ class BlobService:
         manifest: Manifest | None = None
         chunks: list[bytes] = []
         breaks = 0
+        deadline = trio.current_time() + FETCH_GRACE_S + max_size / MIN_RATE
         while True:
             try:
-                stream = await self.node.host.new_stream(ID(peer_id), [BLOB_PROTOCOL])
-            except Exception as exc:  # noqa: BLE001
-                raise BlobError(f"cannot reach the blob's holder: {exc}") from exc
-            fs = FramedStream(stream, max_frame=MAX_FRAME)
+                with trio.fail_after(CHUNK_TIMEOUT_S):
+                    stream = await self.node.host.new_stream(ID(peer_id), [BLOB_PROTOCOL])
+            except Exception as exc:  # noqa: BLE001 - gone, refusing, or not answering
+                raise BlobUnavailable(f"cannot reach the blob's holder: {exc or type(exc).__name__}") from exc
+            fs = FramedStream(stream, max_frame=MAX_FRAME, frame_timeout=CHUNK_TIMEOUT_S)
+            manifest_seen = False  # one manifest per stream, first
             try:
                 await fs.send(codec.encode({"t": "get", "id": blob_id, "from": len(chunks)}))
                 while manifest is None or len(chunks) < len(manifest.hashes):
-                    with trio.fail_after(CHUNK_TIMEOUT_S):
+                    with trio.fail_at(min(deadline, trio.current_time() + CHUNK_TIMEOUT_S)):
                         f = codec.Fields(codec.decode(await fs.receive(), max_size=MAX_FRAME), "blob")
                     kind = f.text("t", max_len=8)
                     if kind == "missing":
-                        raise BlobError("the peer does not hold that blob")
+                        raise BlobUnavailable("the peer does not hold that blob")
                     if kind == "manifest":
+                        if manifest_seen:
+                            raise BlobError("a second manifest on one stream")
                         got = parse_manifest(f.blob("m", max_len=MAX_FRAME), blob_id, max_size=max_size)
                         if manifest is not None and got.raw != manifest.raw:
                             raise BlobError("manifest changed between resumes")
-                        manifest = got
+                        manifest, manifest_seen = got, True
+                        deadline = min(deadline, trio.current_time() + FETCH_GRACE_S + got.size / MIN_RATE)
                         continue
                     if kind != "chunk" or manifest is None:
                         raise BlobError(f"unexpected {kind!r}")
@@ -149,8 +163,10 @@ class BlobService:
                 raise BlobError(str(exc)) from exc
             except (StreamGone, trio.TooSlowError) as exc:
                 breaks += 1
+                if trio.current_time() >= deadline:
+                    raise BlobUnavailable(f"slower than {MIN_RATE // 1024} KiB/s; giving up") from exc
                 if breaks > RESUMES:
-                    raise BlobError(f"stream broke {breaks} times; giving up") from exc
+                    raise BlobUnavailable(f"stream broke {breaks} times; giving up") from exc
                 log.info("blob %s: stream broke after %d chunks; resuming", blob_id.hex()[:8], len(chunks))
             finally:
                 await fs.close()

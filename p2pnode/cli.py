@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,17 @@ from p2pnode import __version__
 from p2pnode.config import Config, load
 from p2pnode.control.client import call
 from p2pnode.errors import LocalError, P2PNodeError, unwrap_group
+
+
+def _finite(text: str) -> float:
+    """An argparse type: a finite number (``nan`` and ``inf`` parse as floats but mean nothing here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-gpu", dest="use_gpu", action="store_false", default=None, help="use the CPU only")
     run.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus endpoint ('' disables)")
     run.add_argument("--price", type=int, help="price in micro-credits per unit of work")
-    run.add_argument("--ad-interval", type=float, help="seconds between periodic ads")
-    run.add_argument("--ad-ttl", type=float, help="seconds an ad stays valid")
+    run.add_argument("--ad-interval", type=_finite, help="seconds between periodic ads")
+    run.add_argument("--ad-ttl", type=_finite, help="seconds an ad stays valid")
     run.add_argument("--log-level", help="debug, info, warning, error")
     run.add_argument("--checker", dest="checker", action="store_true", default=None,
                      help="volunteer to re-run others' work as a checker, for credits")
@@ -50,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("swarm", help="run a local swarm of nodes on 127.0.0.1 and show the market converge")
     sw.add_argument("--nodes", type=int, default=5, help="number of nodes (default 5)")
     sw.add_argument("--keep", action="store_true", help="keep the swarm running until Ctrl-C")
-    sw.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for convergence")
+    sw.add_argument("--timeout", type=_finite, default=60.0, help="seconds to wait for convergence")
     sw.add_argument("--dir", type=Path, help="keep the nodes' data dirs here (default: a temp dir, removed)")
     sw.add_argument("--json", action="store_true", help="print a JSON summary")
     sw.add_argument("--cheat", metavar="MODE[:X]", default="",
@@ -62,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
                     help="an input array (with -p inputs=blob); sent encrypted, once, as a blob")
     sm.add_argument("--max-price", type=int, default=100_000, help="most micro-credits you pay (default 100000)")
-    sm.add_argument("--deadline", type=float, default=60.0, help="seconds from now (default 60)")
+    sm.add_argument("--deadline", type=_finite, default=60.0, help="seconds from now (default 60)")
     sm.add_argument("--providers", type=int, default=3, help="ask this many providers for bids (default 3)")
     sm.add_argument("--backend", default="", help="cuda, cupy or numpy (default: any)")
     sm.add_argument("--verify", default="auto", choices=["auto", "none", "freivalds"], help="how to check the result")
@@ -301,6 +313,8 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
                 continue
         else:
             params[key] = value
+        if isinstance(params[key], float) and not math.isfinite(params[key]):
+            raise LocalError(f"--param {item!r}: {value!r} is not a finite number")
     return params
 
 

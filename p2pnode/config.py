@@ -7,6 +7,7 @@ checked against it by a test. Unknown keys and wrong types are refused with a
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -113,15 +114,20 @@ def _coerce(key: Key, value: Any, source: str) -> Any:
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if key.type in (int, float):
         accepted = (int,) if key.type is int else (int, float)
+        number: int | float | None = None
         if isinstance(value, accepted) and not isinstance(value, bool):
-            return key.type(value)
-        if isinstance(value, str):
+            number = key.type(value)
+        elif isinstance(value, str):
             try:
-                return key.type(value)
+                number = key.type(value)
             except ValueError:
                 pass
         kind = "an integer" if key.type is int else "a number"
-        raise ConfigError(f"{where}: expected {kind}, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{where}: expected {kind}, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if key.type is list:
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())

@@ -100,6 +100,12 @@ class ProtocolError(P2PNodeError):
     """A job-protocol state machine got an event that does not fit its state."""
 
 
+class ReplayError(PeerError):
+    """A peer sent again what this node has already acted on (a job id it already took)."""
+
+    code = "replay"
+
+
 class LocalProtocolError(ProtocolError):
     """This node's own code misused a state machine (a bug here, not the peer's fault)."""
 

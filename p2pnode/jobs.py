@@ -21,18 +21,20 @@ import numpy as np
 import trio
 
 from p2pnode.checks import Checks
-from p2pnode.errors import ExecFailure, LocalError, PeerError, ProtocolError, WorkloadError
+from p2pnode.errors import ExecFailure, LocalError, PeerError, RemoteProtocolError, ReplayError, WorkloadError
 from p2pnode.exec import workloads
 from p2pnode.exec.workloads import Output
 from p2pnode.market.bidding import Capacity, decide
+from p2pnode.market.rate_limit import TokenBuckets
 from p2pnode.market.scoring import ObservedScorer
 from p2pnode.net.framing import FramedStream, StreamGone
 from p2pnode.protocol.job_provider import P, ProviderJob
 from p2pnode.protocol.job_requester import R, RequesterJob, Step
+from p2pnode.protocol.limits import SeenJobs, StreamLimits
 from p2pnode.verify.check import freivalds_check
 from p2pnode.wire import codec, sealing
 from p2pnode.wire import job as m
-from p2pnode.wire.blob import MAX_BLOB, BlobError
+from p2pnode.wire.blob import MAX_BLOB, BlobError, BlobUnavailable
 from p2pnode.wire.peer_id import to_base58
 
 if TYPE_CHECKING:
@@ -44,6 +46,13 @@ HEARTBEAT_S = 2.0
 BID_TTL_S = 30.0
 OPEN_TIMEOUT_S = 5.0
 OVERDUE_GRACE_S = 10.0
+FIRST_MESSAGE_TIMEOUT_S = 10.0  # a job stream must open with its request for bids within this
+FRAME_TIMEOUT_S = 10.0  # a message, once begun, must arrive whole within this
+# A requester sends a handful of messages per job (request, award, inputs, receipt, cancel); a
+# provider a bid, a result and progress every HEARTBEAT_S. More than this is a flood.
+REQUESTER_BURST, REQUESTER_RATE = 16, 1.0
+PROVIDER_BURST, PROVIDER_RATE = 64, 10.0
+MAX_STREAMS_PER_PEER, MAX_STREAMS = 16, 256
 
 
 class JobError(LocalError):
@@ -82,6 +91,19 @@ class JobRecord:
         return out
 
 
+@dataclass
+class _Provided:
+    """What a provider's side of one job holds while it runs."""
+
+    params: dict[str, Any]
+    blobs: tuple[bytes, ...] = ()
+    progress: float = 0.0
+    receipt: m.Receipt | None = None
+
+    def set_progress(self, fraction: float) -> None:
+        self.progress = fraction
+
+
 def _trio_deadline(unix: float) -> float:
     return trio.current_time() + (unix - time.time())
 
@@ -92,6 +114,8 @@ class JobService:
         self.records: list[JobRecord] = []
         self.scorer = ObservedScorer(reputation=lambda peer: node.trust.adjust(peer))
         self.checks = Checks(self)
+        self.seen = SeenJobs()
+        self.limits = StreamLimits(per_peer=MAX_STREAMS_PER_PEER, total=MAX_STREAMS)
 
     def _record(self, rec: JobRecord) -> JobRecord:
         self.records.append(rec)
@@ -115,52 +139,56 @@ class JobService:
                         price_per_gflop=node.config.price, busy=ex is None or ex.running >= 2 * ex.slots,
                         offered=tuple(node.config.workloads) if node.config.provide else ())
 
-    async def handle_stream(self, stream: Any) -> None:
-        peer = stream.muxed_conn.peer_id.to_bytes()
-        fs = FramedStream(stream, max_frame=m.MAX_MESSAGE)
-        rec: JobRecord | None = None
-        try:
-            with trio.fail_after(10):
-                first = m.decode(await fs.receive())
-            if not isinstance(first, m.RequestForBids) or first.requester != peer:
-                raise ProtocolError("a job stream must open with the sender's own request for bids")
-            prov = ProviderJob(self.node.identity.peer_id, first, time.time())
-            decision = decide(first, self.capacity(), time.time())
-            if not decision.bid:
-                await fs.send(prov.decline(decision.code, decision.reason).encode())
-                return
-            await fs.send(prov.bid(decision.price, decision.estimate_ms, time.time() + BID_TTL_S,
-                                   decision.backend).encode())
-            rec = self._record(JobRecord(first.job.hex(), "provider", first.workload, dict(first.params),
-                                         peer=to_base58(peer), state=prov.state.value, price=decision.price,
-                                         backend=decision.backend))
-            await self._provide(fs, prov, rec, decision.backend)
-        except (PeerError, ProtocolError) as exc:
-            code = getattr(exc, "code", "protocol_violation")
-            log.info("job stream from %s: %s", to_base58(peer), exc)
-            self._penalise(peer, code if isinstance(exc, PeerError) else "protocol_violation")
-            await fs.reset()
-        except (StreamGone, trio.TooSlowError):
-            pass
-        finally:
-            if rec is not None:
-                rec.ended = time.time()
+    async def handle_stream(self, stream: Any, peer: bytes) -> None:
+        """Serve one request for bids on ``stream`` from ``peer``.
+
+        Whatever the peer does wrong raises a :class:`PeerError` out of here, after the job has
+        ended and its work has stopped; :func:`p2pnode.net.guard.guard_stream_handler` penalises
+        the peer and resets the stream. A job id this node has already taken is a replay."""
+        fs = FramedStream(stream, max_frame=m.MAX_MESSAGE, frame_timeout=FRAME_TIMEOUT_S)
+        with trio.fail_after(FIRST_MESSAGE_TIMEOUT_S):
+            first = m.decode(await fs.receive())
+        if not isinstance(first, m.RequestForBids) or first.requester != peer:
+            raise RemoteProtocolError("a job stream must open with the sender's own request for bids")
+        now = time.time()
+        if not self.seen.add(peer, first.job, first.deadline_ms / 1000.0, now):
+            raise ReplayError(f"job {first.job.hex()[:12]} was already requested")
+        prov = ProviderJob(self.node.identity.peer_id, first, now)
+        decision = decide(first, self.capacity(), now)
+        if not decision.bid:
+            await fs.send(prov.decline(decision.code, decision.reason).encode())
             await fs.close()
+            return
+        await fs.send(prov.bid(decision.price, decision.estimate_ms, time.time() + BID_TTL_S,
+                               decision.backend).encode())
+        rec = self._record(JobRecord(first.job.hex(), "provider", first.workload, dict(first.params),
+                                     peer=to_base58(peer), state=prov.state.value, price=decision.price,
+                                     backend=decision.backend))
+        try:
+            await self._provide(fs, prov, rec, decision.backend)
+        finally:
+            rec.ended = time.time()
+            rec.state = prov.state.value
+        await fs.close()
 
     async def _provide(self, fs: FramedStream, prov: ProviderJob, rec: JobRecord, backend: str) -> None:
+        """Drive ``prov`` from the bid to its end. Raises the requester's offence, if any, once the
+        job is over (never from inside the nursery, so it reaches the guard as itself)."""
         inbox_send, inbox = trio.open_memory_channel[Any](16)
         exec_scope = trio.CancelScope()
-        latest = [0.0]
-        params = [dict(rec.params)]  # completed by the sealed private parameters
-        blobs: list[tuple[bytes, ...]] = [()]
-        receipt: list[m.Receipt | None] = [None]
+        state = _Provided(params=dict(rec.params))
         done_event = trio.Event()
+        budget = TokenBuckets(burst=REQUESTER_BURST, rate=REQUESTER_RATE, max_keys=1)
+        offence: PeerError | None = None
 
         async def reader() -> None:
             try:
                 while True:
-                    await inbox_send.send(m.decode(await fs.receive()))
-            except (StreamGone, PeerError) as exc:
+                    frame = await fs.receive()
+                    if not budget.take(b"", trio.current_time()):
+                        raise PeerError("more messages than a job conversation needs", code="flood")
+                    await inbox_send.send(m.decode(frame))
+            except (StreamGone, PeerError, trio.TooSlowError) as exc:
                 await inbox_send.send(exc)
 
         async def execute() -> None:
@@ -168,15 +196,15 @@ class JobService:
             assert ex is not None
             with exec_scope:
                 try:
-                    run_params = {k: v for k, v in params[0].items() if k != "keys"}
-                    arrays = await self._fetch_inputs(prov, run_params, params[0].get("keys") or {}, blobs[0])
+                    run_params = {k: v for k, v in state.params.items() if k != "keys"}
+                    arrays = await self._fetch_inputs(prov, run_params, state.params.get("keys") or {}, state.blobs)
                     adv, cheat = self.node.adversary, False
                     if adv is not None:
                         if adv.stalls:
                             await trio.sleep_forever()  # progress goes on, the result never comes
                         run_params, cheat = adv.run_params(rec.workload, run_params)
                     r = await ex.run(rec.workload, run_params, backend=backend, inputs=arrays,
-                                     on_progress=lambda f: latest.__setitem__(0, f))
+                                     on_progress=state.set_progress)
                     if adv is not None:
                         r = replace(r, output=adv.tamper(rec.workload, run_params, r.output, cheat))
                     output = sealing.seal(codec.encode(r.output.to_wire()), prov.rfb.requester)
@@ -188,16 +216,28 @@ class JobService:
                                            kernel_ms=int(r.seconds * 1000), backend=r.backend, blob=blob)
                     rec.kernel_ms, rec.output = int(r.seconds * 1000), r.output
                     await fs.send(prov.done(result, time.time()).encode())
-                except (ExecFailure, WorkloadError, BlobError) as exc:
+                except (ExecFailure, WorkloadError, BlobUnavailable) as exc:
+                    await fs.send(prov.failed(exc.code, str(exc)).encode())
+                except PeerError as exc:  # inputs the requester got wrong: a bad key, a bad blob
+                    self._penalise(prov.rfb.requester, exc.code)
                     await fs.send(prov.failed(exc.code, str(exc)).encode())
                 rec.state = prov.state.value
             done_event.set()
 
+        async def execute_or_lose_stream() -> None:
+            try:
+                await execute()
+            except StreamGone:
+                done_event.set()  # the reader sees the end of the stream and ends the job
+
         async def heartbeat() -> None:
-            while not done_event.is_set() and prov.state is P.RUNNING:
-                await fs.send(prov.progress(latest[0]).encode())
-                with trio.move_on_after(HEARTBEAT_S):
-                    await done_event.wait()
+            try:
+                while not done_event.is_set() and prov.state is P.RUNNING:
+                    await fs.send(prov.progress(state.progress).encode())
+                    with trio.move_on_after(HEARTBEAT_S):
+                        await done_event.wait()
+            except StreamGone:
+                pass
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader)
@@ -206,42 +246,55 @@ class JobService:
                 item: Any = None
                 with trio.move_on_at(_trio_deadline(prov.until)):
                     item = await inbox.receive()
-                if item is None:
-                    out = prov.tick(time.time())
-                    if out is not None:
-                        await fs.send(out.encode())
-                elif isinstance(item, StreamGone):
-                    if prov.state is P.BID_SENT:  # the requester chose another bid
-                        prov.tick(prov.until)
-                    elif not prov.terminal:  # the requester vanished: free what it held
+                try:
+                    if item is None:
+                        out = prov.tick(time.time())
+                        if out is not None:
+                            await fs.send(out.encode())
+                    elif isinstance(item, StreamGone):
+                        if prov.state is P.BID_SENT:  # the requester chose another bid
+                            prov.tick(prov.until)
+                        elif not prov.terminal:  # the requester vanished: free what it held
+                            prov.cancel("requester gone")
+                    elif isinstance(item, (PeerError, trio.TooSlowError)):
+                        raise item
+                    else:
+                        prov.receive(item, time.time())
+                        if isinstance(item, m.Receipt) and prov.state is P.DONE:
+                            state.receipt = item
+                        if isinstance(item, m.Inputs) and prov.state is P.RUNNING and not started:
+                            state.params, state.blobs = self._private(prov, item), item.blobs
+                except StreamGone:
+                    if not prov.terminal:
                         prov.cancel("requester gone")
-                elif isinstance(item, PeerError):
-                    prov.cancel("protocol error")
-                    raise item
-                else:
-                    prov.receive(item, time.time())
-                    if isinstance(item, m.Receipt) and prov.state is P.DONE:
-                        receipt[0] = item
-                    if isinstance(item, m.Inputs) and prov.state is P.RUNNING and not started:
-                        params[0], blobs[0] = self._private(prov, item, rec), item.blobs
+                except (PeerError, trio.TooSlowError) as exc:
+                    offence = exc if isinstance(exc, PeerError) else PeerError(
+                        "a frame took too long to arrive", code="idle_stream")
+                    prov.abort(f"requester broke the protocol: {offence.code}")
                 if prov.state is P.RUNNING and not started:
                     started = True
-                    nursery.start_soon(execute)
+                    nursery.start_soon(execute_or_lose_stream)
                     nursery.start_soon(heartbeat)
                 rec.state = prov.state.value
             if prov.state in (P.CANCELLED, P.EXPIRED, P.ERROR):
                 exec_scope.cancel()
             rec.outcome = prov.reason or prov.state.value
             nursery.cancel_scope.cancel()
-        if receipt[0] is not None:
-            await self._record_receipt(receipt[0], "provider", rec.workload, prov.rfb.requester)
+        if state.receipt is not None:
+            await self._record_receipt(state.receipt, "provider", rec.workload, prov.rfb.requester)
+        if offence is not None:
+            raise offence
 
-    def _private(self, prov: ProviderJob, inputs: m.Inputs, rec: JobRecord) -> dict[str, Any]:
+    def _private(self, prov: ProviderJob, inputs: m.Inputs) -> dict[str, Any]:
         """Open the sealed private parameters and merge them into the public ones."""
         private = codec.decode(sealing.unseal(inputs.sealed, self.node.identity.signing_key),
                                max_size=m.MAX_PARAMS_BYTES) if inputs.sealed else {}
         if not isinstance(private, dict) or not set(private) <= set(m.PRIVATE_PARAMS):
-            raise ProtocolError("sealed inputs hold something other than private parameters")
+            raise RemoteProtocolError("sealed inputs hold something other than private parameters")
+        keys = private.get("keys", {})
+        if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, bytes) and len(v) == 32
+                                                 for k, v in keys.items()):
+            raise RemoteProtocolError("sealed input keys must map names to 32-byte keys")
         return {**dict(prov.rfb.params), **private}
 
     async def _fetch_inputs(self, prov: ProviderJob, params: dict[str, Any], keys: dict[str, bytes],
@@ -377,25 +430,41 @@ class JobService:
             except Exception as exc:  # noqa: BLE001 - any dial failure: this provider is out
                 await carry(feed(peer, m.Decline(job_id, "busy", f"unreachable: {exc}")))
                 return
-            fs = streams[peer] = FramedStream(stream, max_frame=m.MAX_MESSAGE)
+            fs = streams[peer] = FramedStream(stream, max_frame=m.MAX_MESSAGE, frame_timeout=FRAME_TIMEOUT_S)
+            budget = TokenBuckets(burst=PROVIDER_BURST, rate=PROVIDER_RATE, max_keys=1)
+
+            async def receive() -> m.Message:
+                frame = await fs.receive()
+                if not budget.take(b"", trio.current_time()):
+                    raise PeerError("more messages than a job conversation needs", code="flood")
+                return m.decode(frame)
+
+            async def lost(why: str) -> None:
+                if machine.provider == peer and machine.state is R.RUNNING:
+                    await carry(feed(peer, m.Failed(job_id, "crashed", why)))
+                elif machine.state is R.COLLECTING and peer not in machine.bids and peer not in machine.declines:
+                    await carry(feed(peer, m.Decline(job_id, "busy", why)))
+
             try:
                 sent = time.perf_counter()
                 await fs.send(rfb.encode())
-                first = m.decode(await fs.receive())
+                first = await receive()
                 self.scorer.observe_latency(peer, (time.perf_counter() - sent) * 1000)
                 await carry(feed(peer, first))
                 while True:
-                    await carry(feed(peer, m.decode(await fs.receive())))
+                    await carry(feed(peer, await receive()))
             except StreamGone:
-                if machine.provider == peer and machine.state is R.RUNNING:
-                    await carry(feed(peer, m.Failed(job_id, "crashed", "stream lost")))
-                elif machine.state is R.COLLECTING and peer not in machine.bids:
-                    await carry(feed(peer, m.Decline(job_id, "busy", "stream lost")))
-            except PeerError as exc:
-                self._penalise(peer, exc.code)
+                await lost("stream lost")
+            except (PeerError, trio.TooSlowError) as exc:
+                code = exc.code if isinstance(exc, PeerError) else "idle_stream"
+                log.info("job %s: %s broke the protocol (%s): %s", rec.job[:8], to_base58(peer), code, exc)
+                self._penalise(peer, code)
                 await fs.reset()
-                if machine.provider == peer and machine.state is R.RUNNING:
-                    await carry(feed(peer, m.Failed(job_id, "crashed", f"protocol error: {exc}")))
+                await lost(f"protocol error: {code}")
+            except Exception as exc:  # noqa: BLE001 - a bug here ends this provider's part, not the job
+                log.error("job %s: talking to %s failed", rec.job[:8], to_base58(peer), exc_info=exc)
+                await fs.reset()
+                await lost(f"internal error: {type(exc).__name__}")
 
         try:
             async with trio.open_nursery() as nursery:
@@ -408,8 +477,12 @@ class JobService:
                     await carry(machine.tick(time.time()))
                     if machine.state is R.VERIFYING and machine.result is not None:
                         result = machine.result
-                        ok, outcome, output, rec.checked = await self._verify(result, rfb, checked, policy,
-                                                                              arrays, event)
+                        try:
+                            ok, outcome, output, rec.checked = await self._verify(result, rfb, checked, policy,
+                                                                                  arrays, event)
+                        except BlobUnavailable as exc:  # its provider is gone: re-award, pay nothing
+                            await carry(machine.output_unavailable(f"output unavailable: {exc}", time.time()))
+                            continue
                         provider_ad = next(a for a in ads if a.peer_id == result.body["provider"])
                         if ok and output is not None and policy == "rerun" and purpose == "job" and \
                                 self.checks.should_rerun(workload, provider_ad.peer_id):
@@ -500,7 +573,7 @@ class JobService:
                 t0 = time.perf_counter()
                 sealed = await self.node.blobs.fetch(result.body["provider"], result.body["blob"])
                 event("download", {"bytes": len(sealed), "seconds": round(time.perf_counter() - t0, 3)})
-            except BlobError as exc:
+            except BlobError as exc:  # a bad manifest or chunk: the provider's fault (penalised)
                 return False, f"output blob: {exc}", None, ""
         try:
             plain = sealing.unseal(sealed, self.node.identity.signing_key)

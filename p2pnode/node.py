@@ -30,6 +30,7 @@ from p2pnode.market.capacity_table import CapacityTable, TableEntry, TableLimits
 from p2pnode.net import workarounds
 from p2pnode.net.discovery import PeerKeeper
 from p2pnode.net.gossip import CAPACITY_TOPIC, build_pubsub
+from p2pnode.net.guard import PeerGate, ban_gate, guard_stream_handler, guard_validator
 from p2pnode.net.host import build_host, parse_multiaddr
 from p2pnode.protocol.penalties import PeerPenalties
 from p2pnode.telemetry.calibrate import calibrate
@@ -149,10 +150,17 @@ class Node:
             self._nursery = nursery
             async with background_trio_service(self.pubsub), background_trio_service(router):
                 await self.pubsub.wait_until_ready()
-                self.pubsub.set_topic_validator(CAPACITY_TOPIC, self._validate, False)
-                self.pubsub.set_topic_validator(REPORTS_TOPIC, self.trust.validate_report, False)
-                self.host.set_stream_handler(JOB_PROTOCOL, self.jobs.handle_stream)
-                self.host.set_stream_handler(BLOB_PROTOCOL, self.blobs.handle_stream)
+                gate = PeerGate(is_banned=lambda peer: self.penalties.is_banned(peer, self._clock()),
+                                penalise=self.penalise)
+                self.host.get_network().register_notifee(
+                    ban_gate(gate.is_banned, lambda peer: nursery.start_soon(self._ban, peer)))
+                self.pubsub.set_topic_validator(CAPACITY_TOPIC, guard_validator("capacity", self._validate), False)
+                self.pubsub.set_topic_validator(REPORTS_TOPIC, guard_validator("reports", self.trust.validate_report),
+                                                False)
+                self.host.set_stream_handler(JOB_PROTOCOL, guard_stream_handler(
+                    "job", self.jobs.handle_stream, gate, self.jobs.limits))
+                self.host.set_stream_handler(BLOB_PROTOCOL, guard_stream_handler(
+                    "blob", self.blobs.handle_stream, gate, self.blobs.limits))
                 subscription = await self.pubsub.subscribe(CAPACITY_TOPIC)
                 reports = await self.pubsub.subscribe(REPORTS_TOPIC)
                 self.started_at = self._clock()

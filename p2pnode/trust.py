@@ -150,6 +150,8 @@ class TrustService:
         fwd = forwarder.to_bytes()
         me = self.node.identity.peer_id
         now = self.now()
+        if fwd != me and self.node.penalties.is_banned(fwd, now):
+            return False
         try:
             r = rpt.decode_report(msg.data)
         except PeerError as exc:

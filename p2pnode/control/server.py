@@ -64,7 +64,7 @@ async def serve(listener: trio.SocketListener, handler: Handler) -> None:
     async def on_connection(stream: trio.SocketStream) -> None:
         async with stream:
             uid = _peer_uid(stream.socket)
-            if uid is not None and uid != my_uid:
+            if uid != my_uid:  # another user, or a caller whose uid cannot be read: refused
                 await _reply(stream, {"ok": False, "error": "permission denied"})
                 return
             async def emit(event: dict[str, Any]) -> None:

@@ -89,7 +89,7 @@ def _int(params: Mapping[str, Any], key: str, lo: int, hi: int, default: int | N
         raise WorkloadError(f"missing parameter {key}")
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise WorkloadError(f"parameter {key}={value!r} is not an integer") from None
     if isinstance(value, bool) or (isinstance(value, float) and value != number) or not lo <= number <= hi:
         raise WorkloadError(f"parameter {key}={value!r} must be an integer in {lo}..{hi}")
@@ -102,7 +102,7 @@ def _float(params: Mapping[str, Any], key: str, lo: float, hi: float, default: f
         number = float(value)
     except (TypeError, ValueError):
         raise WorkloadError(f"parameter {key}={value!r} is not a number") from None
-    if not lo <= number <= hi:
+    if isinstance(value, bool) or not lo <= number <= hi:  # also refuses nan
         raise WorkloadError(f"parameter {key}={value!r} must be in {lo}..{hi}")
     return number
 

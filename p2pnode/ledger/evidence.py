@@ -14,8 +14,9 @@ from p2pnode.wire.report import decode_report
 
 _PASSED = {"freivalds": "checked_ok", "rerun": "checked_ok", "calibration": "calibrated"}
 # Ad rejections that honest peers cause in normal gossip (a replayed or late ad, a burst over the
-# rate at start-up): remembered in the ledger, but no evidence against the peer.
-BENIGN_PENALTIES = frozenset({"stale", "expired", "future", "rate_limited", "table_full"})
+# rate at start-up, a stream that timed out on a bad link): remembered in the ledger, but no
+# evidence against the peer.
+BENIGN_PENALTIES = frozenset({"stale", "expired", "future", "rate_limited", "table_full", "idle_stream"})
 
 
 def apply(rep: Reputation, entry: Entry) -> None:

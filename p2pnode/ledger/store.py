@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -59,6 +60,19 @@ _NO_DELETE = """CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON 
 _GUARDS = _NO_UPDATE + "\n" + _NO_DELETE
 
 
+def _private_files(path: Path) -> None:
+    """The ledger is this node's private record (who it dealt with, what it paid): mode 0600, like
+    the key. The database file is created 0600 before SQLite opens it; SQLite gives its ``-wal`` and
+    ``-shm`` files the database's mode. Files left readable by an older version are tightened."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
 @dataclass(frozen=True)
 class VerifyReport:
     owner: str
@@ -92,7 +106,8 @@ class Ledger:
         """Open (creating with a genesis entry when new), verify the unverified tail, repair."""
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _private_files(path)
             conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")

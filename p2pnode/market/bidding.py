@@ -15,6 +15,7 @@ from p2pnode.wire.blob import MAX_BLOB
 
 MAX_OUTPUT = MAX_BLOB - 4096  # room for the sealing and CBOR around the arrays
 OVERHEAD_MS = 300  # worker round trip, result transfer: measured on loopback, rounded up
+MAX_HORIZON_S = 86400.0  # a request whose deadline is further away than this is declined
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ def decide(rfb: m.RequestForBids, cap: Capacity, now: float) -> Decision:
     def no(code: str, reason: str) -> Decision:
         return Decision(False, code, reason)
 
+    if rfb.deadline_ms / 1000.0 > now + MAX_HORIZON_S:
+        return no("deadline", f"the deadline is more than {MAX_HORIZON_S:g} s away")
     if rfb.workload not in cap.offered:
         try:
             workloads.get(rfb.workload)

@@ -3,11 +3,18 @@
 py-libp2p's ``stream.read()`` raises ``StreamEOF`` at the end of a stream instead of returning
 ``b""``; :class:`FramedStream` turns that, a reset, and a frame over the limit into
 :class:`StreamGone` / ``OversizedError`` so callers deal with two outcomes, not the library's zoo.
+
+A frame that has begun must end within ``frame_timeout`` seconds (``trio.TooSlowError`` otherwise),
+so a peer cannot hold a stream open by trickling one frame a byte at a time. How long a stream may
+wait *between* frames is the caller's business (each protocol state has its own deadline).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import trio
 
 from p2pnode.errors import CodecError, OversizedError
 
@@ -30,9 +37,10 @@ def encode_frame(payload: bytes) -> bytes:
 
 
 class FramedStream:
-    def __init__(self, stream: Any, *, max_frame: int) -> None:
+    def __init__(self, stream: Any, *, max_frame: int, frame_timeout: float = math.inf) -> None:
         self.stream = stream
         self.max_frame = max_frame
+        self.frame_timeout = frame_timeout
         self._buf = bytearray()
 
     async def _fill(self) -> None:
@@ -49,6 +57,12 @@ class FramedStream:
         self._buf += chunk
 
     async def receive(self) -> bytes:
+        while not self._buf:
+            await self._fill()
+        with trio.fail_after(self.frame_timeout):
+            return await self._rest_of_frame()
+
+    async def _rest_of_frame(self) -> bytes:
         length = shift = 0
         i = 0
         while True:

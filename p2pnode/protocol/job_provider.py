@@ -50,6 +50,7 @@ for _s in P:
     if _s not in TERMINAL:
         _TRANSITIONS[(_s, "recv_cancel")] = P.CANCELLED
         _TRANSITIONS[(_s, "cancel")] = P.CANCELLED
+        _TRANSITIONS[(_s, "abort")] = P.ERROR  # the shell saw the peer break the stream's rules
 
 # How long a state may last (seconds) before tick() ends the job, unless a deadline below is
 # earlier: bids live until their expiry; awards and running jobs until the job's deadline.
@@ -119,6 +120,13 @@ class ProviderJob:
         self._move("cancel", remote=False)
         self.reason = reason
         return m.Cancel(self.job, reason[:256])
+
+    def abort(self, reason: str) -> None:
+        """End the job because the requester broke the protocol below this machine (garbage on
+        the stream, a flood); nothing is sent, the stream is reset. No-op once terminal."""
+        if not self.terminal:
+            self._move("abort", remote=False)
+            self.reason = reason
 
     # messages from the requester -------------------------------------------------------------
     def receive(self, msg: m.Message, now: float) -> None:

@@ -47,6 +47,7 @@ _TRANSITIONS: dict[tuple[R, str], frozenset[R]] = {
     (R.RUNNING, "result"): frozenset({R.VERIFYING}),
     (R.RUNNING, "lost"): frozenset({R.RUNNING, R.NO_PROVIDER}),  # failed, cancelled, stalled: re-award
     (R.VERIFYING, "verified"): frozenset({R.DONE, R.REJECTED}),
+    (R.VERIFYING, "lost"): frozenset({R.RUNNING, R.NO_PROVIDER}),  # its output cannot be fetched
 }
 for _s in R:
     if _s not in TERMINAL:
@@ -216,6 +217,15 @@ class RequesterJob:
         if violation:
             step.violation = (peer, why)
         return step
+
+    def output_unavailable(self, why: str, now: float) -> Step:
+        """The result's output could not be fetched (its provider died after sending the result,
+        or no longer holds it). That proves nothing against it, but the job is not done: it is
+        re-awarded to the next live bid, as if the provider had failed, and nothing is paid."""
+        if self.state is not R.VERIFYING or self.provider is None:
+            raise LocalProtocolError(f"no result to give up on in state {self.state.value}")
+        self.result = None
+        return self._lose(self.provider, why, now)
 
     def verified(self, accepted: bool, outcome: str) -> Step:
         """The shell checked the result; sign and send the receipt."""

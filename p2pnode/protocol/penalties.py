@@ -24,6 +24,15 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "rate_limited": 2.0,
     "stale": 0.0,
     "table_full": 0.0,
+    # streams (protocol/limits.py, net/guard.py): hogging costs a little each time, so a peer that
+    # keeps at it is banned; a replayed job or a forged message costs as much as a forged ad
+    "stream_cap": 5.0,
+    "idle_stream": 2.0,
+    "flood": 10.0,
+    "replay": 10.0,
+    "protocol_violation": 10.0,
+    "bad_blob": 10.0,
+    "bad_seal": 10.0,
 }
 
 

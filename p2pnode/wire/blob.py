@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from p2pnode.errors import CodecError, PeerError
+from p2pnode.errors import CodecError, P2PNodeError, PeerError
 from p2pnode.wire import codec
 
 CHUNK = 1 << 20
@@ -30,6 +30,14 @@ class BlobError(PeerError):
     """A blob's manifest or a chunk does not match its hash, or the blob exceeds a limit."""
 
     code = "bad_blob"
+
+
+class BlobUnavailable(P2PNodeError):
+    """The blob could not be had: its holder is unreachable, its streams kept breaking, or it says
+    it does not hold the blob. Not proof of bad faith, so no penalty: the caller decides (a job
+    whose output cannot be fetched is re-awarded)."""
+
+    code = "blob_unavailable"
 
 
 @dataclass(frozen=True)

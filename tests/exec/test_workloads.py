@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from p2pnode.errors import WorkloadError
@@ -89,6 +91,9 @@ def test_bad_input_is_a_typed_error(name: str, params: dict[str, object], code: 
 
 
 @settings(max_examples=200)
+@example({"m": math.inf})  # int(inf) raises OverflowError, not ValueError
+@example({"m": -math.inf, "n": math.nan, "k": 1e300})
+@example({"seed": math.nan})
 @given(st.dictionaries(st.sampled_from(["m", "n", "k", "dtype", "seed", "zz"]),
                        st.one_of(st.integers(-5, 70000), st.text(max_size=5), st.floats(), st.none(), st.booleans())))
 def test_any_params_check_or_raise_workload_error(params: dict[str, object]) -> None:

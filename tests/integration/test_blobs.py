@@ -7,7 +7,7 @@ import os
 import pytest
 
 from p2pnode.blobs import BlobService
-from p2pnode.wire.blob import CHUNK, BlobError
+from p2pnode.wire.blob import CHUNK, BlobError, BlobUnavailable
 from tests.integration.swarm import all_list_all, swarm
 
 DATA = os.urandom(5 * CHUNK + 12345)
@@ -22,8 +22,9 @@ async def test_transfer_checks_every_chunk_and_caches() -> None:
         assert reader.blobs.fetched_bytes == len(DATA) and blob_id in reader.blobs.store
         assert await reader.blobs.fetch(holder.identity.peer_id, blob_id) == DATA  # from the cache
         assert reader.blobs.store.hits == 1 and reader.blobs.fetched_bytes == len(DATA)
-        with pytest.raises(BlobError, match="does not hold"):
+        with pytest.raises(BlobUnavailable, match="does not hold"):  # not proof of bad faith: no penalty
             await reader.blobs.fetch(holder.identity.peer_id, b"\x01" * 32)
+        assert reader.penalties.score(holder.identity.peer_id, reader._clock()) == 0
 
 
 async def test_a_broken_stream_resumes_from_the_next_chunk() -> None:

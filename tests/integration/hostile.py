@@ -1,0 +1,142 @@
+"""A hostile peer for tests: a bare libp2p host (Noise, Yamux, like any node) with a fresh identity,
+which speaks the job and blob protocols by hand so it can send anything at any point.
+
+Each :func:`hostile_peer` is a new identity, so one test's offences do not ban the next one's peer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from nacl.signing import SigningKey
+
+from p2pnode.blobs import BLOB_PROTOCOL
+from p2pnode.identity import Identity
+from p2pnode.jobs import JOB_PROTOCOL
+from p2pnode.net.framing import FramedStream, StreamGone, encode_frame
+from p2pnode.net.host import build_host, parse_multiaddr
+from p2pnode.node import Node
+from p2pnode.wire import codec, sealing
+from p2pnode.wire import job as m
+from p2pnode.wire.blob import MAX_FRAME
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+SMALL = {"m": 8, "n": 8, "k": 8, "dtype": "int8"}
+
+
+@dataclass
+class Conversation:
+    """One job stream opened by the hostile peer, with the honest messages it would send."""
+
+    peer: Hostile
+    fs: FramedStream
+    rfb: m.RequestForBids
+
+    async def send(self, msg: m.Message) -> None:
+        await self.fs.send(msg.encode())
+
+    async def send_raw(self, payload: bytes) -> None:
+        await self.fs.send(payload)
+
+    async def write(self, data: bytes) -> None:
+        await self.fs.stream.write(data)
+
+    async def receive(self, timeout: float = 10.0) -> m.Message:
+        with trio.fail_after(timeout):
+            return m.decode(await self.fs.receive())
+
+    async def receive_until(self, kind: type[m.Message], timeout: float = 30.0) -> m.Message:
+        with trio.fail_after(timeout):
+            while True:
+                msg = m.decode(await self.fs.receive())
+                if isinstance(msg, kind):
+                    return msg
+
+    def award(self, price: int, *, key: SigningKey | None = None, job: bytes | None = None) -> m.Award:
+        return m.make_award(job or self.rfb.job, key or self.peer.identity.signing_key,
+                            requester=self.peer.identity.peer_id, provider=self.peer.target_id,
+                            nonce=self.rfb.nonce, price=price, deadline_ms=self.rfb.deadline_ms)
+
+    def inputs(self, private: dict[str, Any] | None = None) -> m.Inputs:
+        sealed = sealing.seal(codec.encode(private if private is not None else {"seed": 7}), self.peer.target_id)
+        return m.Inputs(self.rfb.job, (), sealed)
+
+    def receipt(self, *, key: SigningKey | None = None) -> m.Receipt:
+        return m.make_receipt(self.rfb.job, key or self.peer.identity.signing_key,
+                              requester=self.peer.identity.peer_id, provider=self.peer.target_id,
+                              nonce=self.rfb.nonce, accepted=True, outcome="ok", paid=1)
+
+    async def ends(self, timeout: float = 15.0) -> bool:
+        """True once the other side closes or resets the stream (what it sent before is skipped)."""
+        with trio.move_on_after(timeout):
+            try:
+                while True:
+                    await self.fs.receive()
+            except (StreamGone, Exception):  # noqa: BLE001 - any end will do
+                return True
+        return False
+
+
+@dataclass
+class Hostile:
+    identity: Identity
+    host: Any
+    target: Node
+
+    @property
+    def peer_id(self) -> bytes:
+        return self.identity.peer_id
+
+    @property
+    def target_id(self) -> bytes:
+        return self.target.identity.peer_id
+
+    async def connect(self) -> None:
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        addrs = [parse_multiaddr(a.split("/p2p/")[0]) for a in self.target.addrs()]
+        self.host.get_network().unblock_peer(ID(self.target_id))
+        with trio.fail_after(10):
+            await self.host.connect(PeerInfo(ID(self.target_id), addrs))
+
+    async def stream(self, protocol: str) -> Any:
+        from libp2p.peer.id import ID
+
+        with trio.fail_after(10):
+            return await self.host.new_stream(ID(self.target_id), [protocol])
+
+    def rfb(self, params: dict[str, Any] | None = None, *, workload: str = "matmul", deadline_s: float = 60.0,
+            job: bytes | None = None) -> m.RequestForBids:
+        return m.RequestForBids(job or os.urandom(16), workload, dict(params or SMALL), self.peer_id, os.urandom(16),
+                                10**12, int((time.time() + deadline_s) * 1000), 0, "", "none")
+
+    async def job(self, rfb: m.RequestForBids | None = None) -> Conversation:
+        """Open a job stream and send a request for bids (not yet answered)."""
+        fs = FramedStream(await self.stream(JOB_PROTOCOL), max_frame=m.MAX_MESSAGE)
+        conv = Conversation(self, fs, rfb or self.rfb())
+        await conv.send(conv.rfb)
+        return conv
+
+    async def blob_stream(self) -> FramedStream:
+        return FramedStream(await self.stream(BLOB_PROTOCOL), max_frame=MAX_FRAME)
+
+
+@asynccontextmanager
+async def hostile_peer(target: Node) -> AsyncIterator[Hostile]:
+    identity = Identity.generate()
+    host = build_host(identity, [parse_multiaddr(LOOPBACK)])
+    async with host.run([parse_multiaddr(LOOPBACK)]):
+        peer = Hostile(identity, host, target)
+        await peer.connect()
+        yield peer
+
+
+def frame(payload: bytes) -> bytes:
+    return encode_frame(payload)
