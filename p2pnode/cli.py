@@ -14,7 +14,7 @@ import math
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from p2pnode import __version__
 from p2pnode.config import Config, load
@@ -33,12 +33,19 @@ def _finite(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors print one line too (``p2pnode: error: ...``), with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"p2pnode: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--data-dir", type=Path, help="node data directory (default ~/.local/share/p2pnode)")
     common.add_argument("--config", type=Path, help="config file (default <data-dir>/config.toml)")
 
-    p = argparse.ArgumentParser(prog="p2pnode", description="A node of a decentralized GPU compute market.")
+    p = _Parser(prog="p2pnode", description="A node of a decentralized GPU compute market.")
     p.add_argument("--version", action="version", version=f"p2pnode {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -379,6 +379,9 @@ class Node:
             "ledger": {"entries": self.trust.ledger.count if self.trust.ledger else 0,
                        "repaired": self.trust.ledger.repaired if self.trust.ledger else 0},
             "checker": self.config.checker,
+            "executor": ({"running": self.executor.running, "completed": self.executor.completed,
+                          "failed": dict(self.executor.failed)} if self.executor is not None else None),
+            "streams": {"job": self.jobs.limits.open(), "blob": self.blobs.limits.open()},
         }
 
     async def _control(self, request: dict[str, Any], emit: Any = None) -> Any:

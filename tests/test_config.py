@@ -60,3 +60,20 @@ def test_readme_documents_every_key() -> None:
     for key in KEYS:
         assert f"| `{key.name}` |" in readme, f"README lacks config key {key.name}"
         assert f"P2PNODE_{key.name.upper()}" in readme or "P2PNODE_<KEY>" in readme
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", float("nan"), float("inf")])
+def test_non_finite_numbers_are_refused_everywhere(data_dir: Path, bad: object) -> None:
+    for source in ("file", "env", "flag"):
+        kwargs: dict[str, object] = {"env": {}}
+        if source == "file":
+            if not isinstance(bad, str):
+                continue
+            (data_dir / "config.toml").write_text(f"ad_ttl = {bad}\n")  # TOML spells them nan and inf
+        elif source == "env":
+            kwargs["env"] = {"P2PNODE_AD_TTL": str(bad)}
+        else:
+            kwargs["flags"] = {"ad_ttl": bad}
+        with pytest.raises(ConfigError, match="finite"):
+            load(data_dir, **kwargs)  # type: ignore[arg-type]
+        (data_dir / "config.toml").unlink(missing_ok=True)

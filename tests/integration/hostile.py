@@ -87,21 +87,18 @@ class Conversation:
 class Hostile:
     identity: Identity
     host: Any
-    target: Node
+    target_id: bytes
+    target_addrs: list[str]
 
     @property
     def peer_id(self) -> bytes:
         return self.identity.peer_id
 
-    @property
-    def target_id(self) -> bytes:
-        return self.target.identity.peer_id
-
     async def connect(self) -> None:
         from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo
 
-        addrs = [parse_multiaddr(a.split("/p2p/")[0]) for a in self.target.addrs()]
+        addrs = [parse_multiaddr(a.split("/p2p/")[0]) for a in self.target_addrs]
         self.host.get_network().unblock_peer(ID(self.target_id))
         with trio.fail_after(10):
             await self.host.connect(PeerInfo(ID(self.target_id), addrs))
@@ -129,11 +126,18 @@ class Hostile:
 
 
 @asynccontextmanager
-async def hostile_peer(target: Node) -> AsyncIterator[Hostile]:
+async def hostile_peer(target: Node | str) -> AsyncIterator[Hostile]:
+    """A new identity connected to ``target``: a node in this process, or a ``/p2p/`` multiaddr."""
+    from p2pnode.wire.peer_id import from_base58
+
+    if isinstance(target, Node):
+        target_id, addrs = target.identity.peer_id, target.addrs()
+    else:
+        target_id, addrs = from_base58(target.split("/p2p/")[1]), [target]
     identity = Identity.generate()
     host = build_host(identity, [parse_multiaddr(LOOPBACK)])
     async with host.run([parse_multiaddr(LOOPBACK)]):
-        peer = Hostile(identity, host, target)
+        peer = Hostile(identity, host, target_id, addrs)
         await peer.connect()
         yield peer
 

@@ -256,3 +256,44 @@ def test_swarm_launcher_converges_catches_its_cheater_and_leaves_no_process() ->
     assert all(j["provider"] != last["peer"] for j in result["jobs"])
     leftovers = subprocess.run(["pgrep", "-f", "p2pswarm-"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(("args", "status", "message"), [
+    (["run", "--ad-ttl", "nan"], 2, "'nan' is not a finite number"),
+    (["submit", "matmul", "--deadline", "inf"], 2, "'inf' is not a finite number"),
+    (["submit", "matmul", "-p", "m=inf", "-p", "n=4", "-p", "k=4"], 1, "'inf' is not a finite number"),
+    (["submit", "matmul", "-p", "m=1e400"], 1, "not a finite number"),
+])
+def test_non_finite_numbers_give_one_clear_line(data_dir: Path, args: list[str], status: int, message: str) -> None:
+    out = subprocess.run([*EXE, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, env=ENV,
+                         timeout=60)
+    assert out.returncode == status
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("p2pnode: error:") and message in lines[0], out.stderr
+
+
+def test_a_caller_whose_uid_cannot_be_read_is_refused(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trio
+
+    from p2pnode.control import server
+    from p2pnode.control.client import call
+    from p2pnode.errors import ControlError
+
+    monkeypatch.setattr(server, "_peer_uid", lambda sock: None)
+
+    async def main() -> None:
+        listener = await server.bind_control_socket(data_dir / "control.sock")
+        handled: list[object] = []
+
+        async def handler(request: dict[str, object], emit: object) -> object:
+            handled.append(request)
+            return "secret"
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.serve, listener, handler)
+            with pytest.raises(ControlError, match="permission denied"):
+                await trio.to_thread.run_sync(lambda: call(data_dir / "control.sock", "status"))
+            assert handled == []
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

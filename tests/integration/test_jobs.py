@@ -265,3 +265,45 @@ async def test_a_job_past_its_deadline_expires_on_both_sides() -> None:
         with trio.fail_after(10):
             while provider.jobs.records[-1].state not in ("cancelled", "expired"):
                 await trio.sleep(0.02)
+
+
+async def test_a_provider_killed_after_its_result_is_replaced_not_blamed(data_dir: Path) -> None:
+    """The provider dies after sending a result whose output is a blob, before the requester has
+    fetched it: the fetch fails because the provider is gone, so the job is re-awarded (and nothing
+    is paid for the lost result), not rejected as a bad one."""
+    procs = [NodeProcess(Path(f"{data_dir}-{i}")) for i in range(2)]
+    try:
+        async with trio.open_nursery() as nursery:
+            requester = await start_node(nursery, node_config(bootstrap=[p.addrs[0] for p in procs], provide=False))
+            ids = {p.addrs[0].split("/p2p/")[1]: p for p in procs}
+            await requester.node.wait_until(lambda: len(requester.node.table) >= 2, 30)
+            awarded: list[str] = []
+
+            def on_event(e: dict[str, object]) -> None:
+                if e["event"] == "award":
+                    awarded.append(str(e["provider"]))
+                elif e["event"] == "result" and len(awarded) == 1:
+                    os.kill(ids[str(e["provider"])].proc.pid, signal.SIGKILL)  # before the output is fetched
+
+            params = {"m": 256, "n": 256, "k": 64, "dtype": "fp32", "seed": 21}  # 256 KiB out: a blob
+            rec = await requester.node.jobs.submit("matmul", params, max_price=RICH, deadline_s=60,
+                                                   on_event=on_event)
+            assert ids[awarded[0]].proc.wait(timeout=10) == -signal.SIGKILL
+            assert rec.state == "done" and len(awarded) == 2 and rec.peer == awarded[1], rec.outcome
+            lost = [e for e in rec.events if e["event"] == "lost"]
+            assert lost and "output unavailable" in str(lost[0]["reason"])
+            wl = workloads.get("matmul")
+            p = wl.check(params)
+            assert np.allclose(rec.output.arrays["c"], wl.run(p, backends.ops("numpy"), lambda f: None).arrays["c"])  # type: ignore[union-attr]
+            # the dead provider is remembered as a failure, not as a cheat, and was not paid
+            from p2pnode.wire.peer_id import from_base58
+
+            dead = from_base58(awarded[0])
+            kinds = [e.kind for e in requester.node.trust.ledger.entries(peer=dead)]  # type: ignore[union-attr]
+            assert "failure" in kinds and "receipt" not in kinds and "verification" not in kinds
+            nursery.cancel_scope.cancel()
+    finally:
+        for p in procs:
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait()

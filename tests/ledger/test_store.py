@@ -163,3 +163,14 @@ def test_export_lines_are_readable_json(tmp_path: Path) -> None:
     header, *lines = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert header["count"] == 3
     assert [x["entry"]["kind"] for x in lines] == ["genesis", "penalty", "penalty"]
+
+
+def test_ledger_files_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "d" / FILE_NAME
+    fill(path, 3).close()
+    files = [p for p in path.parent.iterdir() if p.name.startswith(FILE_NAME)]
+    assert path in files and all(p.stat().st_mode & 0o777 == 0o600 for p in files), \
+        {p.name: oct(p.stat().st_mode) for p in files}
+    path.chmod(0o644)  # left readable by an older version: tightened at the next open
+    Ledger.open(path, KEY).close()
+    assert path.stat().st_mode & 0o777 == 0o600
