@@ -180,21 +180,21 @@ def _read_command(args: argparse.Namespace) -> int:
         return _ledger(config, args, console)
     if args.command == "reputation":
         return _reputation(config, args, console)
-    result = call(config.control_socket, args.command)
+    answer: Any = call(config.control_socket, args.command)
     if args.json:
-        _print_json(result)
+        _print_json(answer)
         return 0
     from p2pnode import ui
 
     if args.command == "peers":
-        console.print(ui.peers_table(result))
+        console.print(ui.peers_table(answer))
     elif args.command == "market":
-        console.print(ui.market_table(result))
+        console.print(ui.market_table(answer))
     elif args.command == "jobs":
-        console.print(ui.jobs_table(result))
+        console.print(ui.jobs_table(answer))
     elif args.command == "status":
-        console.print(ui.status_text(result), end="")
-        return 0 if result["state"] != "error" else 2
+        console.print(ui.status_text(answer), end="")
+        return 0 if answer["state"] != "error" else 2
     return 0
 
 
@@ -257,7 +257,7 @@ def _reputation(config: Config, args: argparse.Namespace, console: Any) -> int:
     try:
         rows = call(config.control_socket, "reputation")
     except LocalError:  # not running: fold the ledger, as the node does at start
-        from p2pnode.trust import offline_table
+        from p2pnode.services.trust import offline_table
 
         rows = offline_table(config)
     if args.json:

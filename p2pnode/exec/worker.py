@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any, BinaryIO
 
+from p2pnode.errors import WorkloadError
 from p2pnode.exec import backends, frames, workloads
 
 
@@ -28,7 +29,7 @@ def _failure_code(exc: BaseException) -> str:
     text = str(exc)
     if name == "OutOfMemoryError" or "out of memory" in text.lower():
         return "oom"
-    if isinstance(exc, workloads.WorkloadError):
+    if isinstance(exc, WorkloadError):
         return exc.code
     return "kernel_error"
 

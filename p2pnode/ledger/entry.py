@@ -24,6 +24,7 @@ from nacl.signing import SigningKey
 
 from p2pnode.errors import ChainError, PeerError
 from p2pnode.wire import codec, envelope
+from p2pnode.wire.jsonview import jsonable
 from p2pnode.wire.peer_id import (
     PEER_ID_LEN,
     peer_id_from_public_key,
@@ -75,7 +76,7 @@ class Entry:
     def to_json(self) -> dict[str, Any]:
         return {"seq": self.seq, "t_ms": self.t_ms, "kind": self.kind,
                 "peer": to_base58(self.peer) if self.peer else "", "hash": self.hash.hex(),
-                "prev": self.prev.hex(), "data": _jsonable(self.data)}
+                "prev": self.prev.hex(), "data": jsonable(self.data)}
 
 
 def record_hash(raw: bytes) -> bytes:
@@ -200,19 +201,3 @@ def verify_chain(records: Iterable[bytes], owner: bytes | None = None) -> ChainV
     if v.count == 0:
         raise ChainError("empty ledger: no genesis entry")
     return v
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        if len(value) == PEER_ID_LEN:
-            try:
-                public_key_from_peer_id(value)
-                return to_base58(value)
-            except PeerError:
-                pass
-        return value.hex() if len(value) <= 64 else f"<{len(value)} bytes>"
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value

@@ -371,7 +371,7 @@ def verify_file(path: Path) -> VerifyReport:
         for record in records:
             if v.count >= MAX_EXPORT_ENTRIES:
                 raise ChainError("too many entries")
-            e = v.feed(record)  # type: ignore[arg-type]
+            e = v.feed(record)
             kinds[e.kind] = kinds.get(e.kind, 0) + 1
         if v.count == 0:
             raise ChainError("the export holds no entries")

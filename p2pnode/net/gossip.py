@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-CAPACITY_TOPIC = "p2pnode/capacity/1"
 GOSSIP_PROTOCOLS = ("/meshsub/1.2.0", "/meshsub/1.1.0", "/meshsub/1.0.0")
 MAX_RPC_BYTES = 1 << 20
 

@@ -10,10 +10,14 @@ one also moves the job to ``ERROR``, a terminal state. Every non-terminal state 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
-from p2pnode.errors import LocalProtocolError, RemoteProtocolError
+from nacl.signing import SigningKey
+
+from p2pnode.errors import LocalProtocolError, PeerError, RemoteProtocolError
+from p2pnode.wire import codec, sealing
 from p2pnode.wire import job as m
 
 
@@ -60,18 +64,27 @@ RECEIPT_TIMEOUT_S = 60.0
 
 @dataclass
 class ProviderJob:
+    """One job on the provider's side. With ``key`` (this provider's identity key) it opens the
+    sealed private parameters when the inputs arrive (:attr:`params`, :attr:`input_blobs`) and
+    signs the result (:meth:`finish`); the requester's signed receipt is kept in :attr:`receipt`."""
+
     me: bytes
     rfb: m.RequestForBids
     now: float
+    key: SigningKey | None = None
     state: P = P.OFFERED
     price: int = 0
     bid_expires: float = 0.0
     award: m.Award | None = None
     until: float = 0.0  # when the current state times out
     reason: str = ""
+    params: dict[str, Any] = field(default_factory=dict)  # public, plus the private ones once opened
+    input_blobs: tuple[bytes, ...] = ()
+    receipt: m.Receipt | None = None
 
     def __post_init__(self) -> None:
         self.until = min(self.rfb.deadline_ms / 1000.0, self.now + INPUT_TIMEOUT_S)
+        self.params = dict(self.rfb.params)
 
     @property
     def job(self) -> bytes:
@@ -111,6 +124,16 @@ class ProviderJob:
         self.until = now + RECEIPT_TIMEOUT_S
         return result
 
+    def finish(self, *, digest: bytes, output: bytes, kernel_ms: int, backend: str, blob: bytes,
+               now: float) -> m.Result:
+        """Sign the result (the output already sealed to the requester, inline or as a blob id)."""
+        if self.key is None:
+            raise LocalProtocolError("a provider job without a key cannot sign its result")
+        result = m.make_result(self.job, self.key, requester=self.rfb.requester, provider=self.me,
+                               nonce=self.rfb.nonce, digest=digest, output=output, kernel_ms=kernel_ms,
+                               backend=backend, blob=blob)
+        return self.done(result, now)
+
     def failed(self, code: str, reason: str) -> m.Failed:
         self._move("failed", remote=False)
         self.reason = code
@@ -143,11 +166,18 @@ class ProviderJob:
         elif isinstance(msg, m.Inputs):
             self._move("recv_inputs", remote=True)
             self.until = self.award.body["deadline"] / 1000.0 if self.award else now
+            self.input_blobs = msg.blobs
+            try:
+                self.params = self._open(msg)
+            except PeerError:
+                self.state, self.reason = P.ERROR, "inputs that do not open"
+                raise
         elif isinstance(msg, m.Receipt):
             self._move("recv_receipt", remote=True)
             if msg.body["provider"] != self.me or msg.body["requester"] != self.rfb.requester:
                 self.state = P.ERROR
                 raise RemoteProtocolError("receipt names other peers")
+            self.receipt = msg
         elif isinstance(msg, m.Cancel):
             self._move("recv_cancel", remote=True)
             self.reason = msg.reason or "cancelled by the requester"
@@ -155,6 +185,19 @@ class ProviderJob:
             self._move(f"recv_{msg.TYPE}", remote=True)
 
     # Messages after the end are not errors: a terminal job ignores what is still in flight.
+
+    def _open(self, inputs: m.Inputs) -> dict[str, Any]:
+        """The public parameters merged with the sealed private ones (``seed``, input ``keys``)."""
+        if self.key is None or not inputs.sealed:
+            return dict(self.rfb.params)
+        private = codec.decode(sealing.unseal(inputs.sealed, self.key), max_size=m.MAX_PARAMS_BYTES)
+        if not isinstance(private, dict) or not set(private) <= set(m.PRIVATE_PARAMS):
+            raise RemoteProtocolError("sealed inputs hold something other than private parameters")
+        keys = private.get("keys", {})
+        if not isinstance(keys, dict) or not all(isinstance(k, str) and isinstance(v, bytes) and len(v) == 32
+                                                 for k, v in keys.items()):
+            raise RemoteProtocolError("sealed input keys must map names to 32-byte keys")
+        return {**dict(self.rfb.params), **private}
 
     def _duplicate(self, msg: m.Message) -> bool:
         if isinstance(msg, m.Award):

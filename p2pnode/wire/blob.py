@@ -82,3 +82,54 @@ def check_chunk(manifest: Manifest, i: int, data: bytes) -> None:
     start, end = manifest.chunk_range(i)
     if len(data) != end - start or hashlib.sha256(data).digest() != manifest.hashes[i]:
         raise BlobError(f"chunk {i} does not match its hash")
+
+
+# stream messages (/p2pnode/blob/1) ---------------------------------------------------------------
+
+MAX_GET = 1024
+
+
+def encode_get(blob_id: bytes, start: int) -> bytes:
+    return codec.encode({"t": "get", "id": blob_id, "from": start})
+
+
+def decode_get(data: bytes) -> tuple[bytes, int]:
+    """A reader's request: (blob id, first chunk wanted)."""
+    f = codec.Fields(codec.decode(data, max_size=MAX_GET), "blob-get")
+    if f.text("t", max_len=8) != "get":
+        raise BlobError("expected a get")
+    return f.blob("id", max_len=32, exact=True), f.uint("from", maximum=MAX_CHUNKS)
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    return codec.encode({"t": "manifest", "m": manifest.raw})
+
+
+def encode_chunk(i: int, data: bytes) -> bytes:
+    return codec.encode({"t": "chunk", "i": i, "data": data})
+
+
+MISSING = codec.encode({"t": "missing"})
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One message from a holder: ``kind`` is ``manifest`` (``raw``), ``chunk`` (``index``,
+    ``data``) or ``missing``."""
+
+    kind: str
+    raw: bytes = b""
+    index: int = 0
+    data: bytes = b""
+
+
+def decode_reply(data: bytes, *, max_chunk: int = CHUNK) -> Reply:
+    f = codec.Fields(codec.decode(data, max_size=MAX_FRAME), "blob")
+    kind = f.text("t", max_len=8)
+    if kind == "missing":
+        return Reply("missing")
+    if kind == "manifest":
+        return Reply("manifest", raw=f.blob("m", max_len=MAX_MANIFEST))
+    if kind == "chunk":
+        return Reply("chunk", index=f.uint("i", maximum=MAX_CHUNKS), data=f.blob("data", max_len=max_chunk))
+    raise BlobError(f"unexpected {kind!r}")

@@ -22,6 +22,9 @@ from p2pnode.wire import codec, envelope
 from p2pnode.wire.peer_id import PEER_ID_LEN, public_key_from_peer_id
 
 VERSION = 1
+HEARTBEAT_S = 2.0  # a running job's provider sends progress at least this often
+FIRST_MESSAGE_TIMEOUT_S = 10.0  # a job stream must open with its request for bids within this
+FRAME_TIMEOUT_S = 10.0  # a message, once begun, must arrive whole within this
 MAX_MESSAGE = 64 * 1024
 MAX_INLINE_OUTPUT = 48 * 1024
 MAX_PARAMS_BYTES = 4096

@@ -16,15 +16,14 @@ from typing import Any
 import trio
 from nacl.signing import SigningKey
 
-from p2pnode.blobs import BLOB_PROTOCOL
 from p2pnode.identity import Identity
-from p2pnode.jobs import JOB_PROTOCOL
 from p2pnode.net.framing import FramedStream, StreamGone, encode_frame
 from p2pnode.net.host import build_host, parse_multiaddr
 from p2pnode.node import Node
 from p2pnode.wire import codec, sealing
 from p2pnode.wire import job as m
 from p2pnode.wire.blob import MAX_FRAME
+from p2pnode.wire.names import BLOB_PROTOCOL, JOB_PROTOCOL
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 SMALL = {"m": 8, "n": 8, "k": 8, "dtype": "int8"}

@@ -13,10 +13,11 @@ from libp2p.tools.anyio_service import background_trio_service
 from nacl.signing import SigningKey
 
 from p2pnode.identity import Identity
-from p2pnode.net.gossip import CAPACITY_TOPIC, build_pubsub
+from p2pnode.net.gossip import build_pubsub
 from p2pnode.net.host import build_host, parse_multiaddr
 from p2pnode.wire import capacity_ad as ca
 from p2pnode.wire import codec, envelope
+from p2pnode.wire.names import CAPACITY_TOPIC
 from tests.integration.swarm import node_config, start_node, wait_connected
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from p2pnode.blobs import BlobService
+from p2pnode.services.blobs import BlobService
 from p2pnode.wire.blob import CHUNK, BlobError, BlobUnavailable
 from tests.integration.swarm import all_list_all, swarm
 

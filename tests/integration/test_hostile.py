@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from nacl.signing import SigningKey
 
-from p2pnode import jobs as jobs_module
 from p2pnode.control.client import call
-from p2pnode.jobs import JOB_PROTOCOL
 from p2pnode.ledger.store import FILE_NAME, Ledger
 from p2pnode.net.framing import FramedStream
 from p2pnode.node import Node
 from p2pnode.protocol.job_provider import TERMINAL, P
+from p2pnode.wire import job as jobs_module
 from p2pnode.wire import job as m
+from p2pnode.wire.names import JOB_PROTOCOL
 from p2pnode.wire.peer_id import peer_id_from_public_key
 from tests.integration.hostile import SMALL, Conversation, Hostile, hostile_peer
 from tests.integration.swarm import all_list_all, node_config, start_node, swarm
@@ -228,7 +227,7 @@ def script(hostile: Node, state: str, how: str, attacked: trio.Event) -> Callabl
 
 @pytest.mark.parametrize("state", REQUESTER_STATES)
 async def test_a_hostile_provider_cannot_hurt_a_requester(state: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from p2pnode.blobs import BLOB_PROTOCOL
+    from p2pnode.wire.names import BLOB_PROTOCOL
 
     monkeypatch.setattr(jobs_module, "FRAME_TIMEOUT_S", 0.5)
     async with swarm(3, line=False) as nodes:  # requester, honest provider, hostile provider

@@ -60,8 +60,8 @@ async def _play(target: str, ops: list[Any]) -> None:
                     if op == "rfb":
                         conv = await peer.job()
                         continue
-                    from p2pnode.jobs import JOB_PROTOCOL
                     from p2pnode.net.framing import FramedStream
+                    from p2pnode.wire.names import JOB_PROTOCOL
 
                     conv = Conversation(peer, FramedStream(await peer.stream(JOB_PROTOCOL),
                                                            max_frame=m.MAX_MESSAGE), peer.rfb())

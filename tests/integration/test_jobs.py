@@ -12,7 +12,8 @@ import trio
 
 from p2pnode.errors import WorkloadError
 from p2pnode.exec import backends, workloads
-from p2pnode.jobs import JOB_PROTOCOL, JobError
+from p2pnode.services.requester import JobError
+from p2pnode.wire.names import JOB_PROTOCOL
 from tests.integration.swarm import all_list_all, node_config, start_node, swarm
 from tests.integration.test_cli import NodeProcess
 

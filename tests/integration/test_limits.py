@@ -9,15 +9,13 @@ from typing import Any
 import pytest
 import trio
 
-from p2pnode.blobs import BLOB_PROTOCOL
-from p2pnode.blobs import MAX_STREAMS_PER_PEER as BLOB_CAP
-from p2pnode.jobs import JOB_PROTOCOL
-from p2pnode.jobs import MAX_STREAMS_PER_PEER as JOB_CAP
 from p2pnode.net.framing import FramedStream
-from p2pnode.trust import REPORTS_TOPIC
+from p2pnode.services.blobs import MAX_STREAMS_PER_PEER as BLOB_CAP
+from p2pnode.services.provider import MAX_STREAMS_PER_PEER as JOB_CAP
 from p2pnode.wire import codec
 from p2pnode.wire import job as m
 from p2pnode.wire.blob import BlobError, manifest_for
+from p2pnode.wire.names import BLOB_PROTOCOL, JOB_PROTOCOL, REPORTS_TOPIC
 from tests.integration.hostile import hostile_peer
 from tests.integration.swarm import all_list_all, node_config, start_node, swarm, wait_connected
 from tests.integration.test_bad_ads import attacker_connected_to

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import trio
 
-from p2pnode import jobs as jobs_module
 from p2pnode.ledger.entry import verify_chain
-from p2pnode.trust import offline_table
+from p2pnode.services import requester as jobs_module
+from p2pnode.services.trust import offline_table
 from p2pnode.wire.peer_id import to_base58
 from p2pnode.wire.report import decode_report, make_report
 from tests.integration.swarm import Running, node_config, start_node

@@ -15,6 +15,10 @@ calibration job sent at first contact (the requester's side; ``specs/verificatio
   Its signed kernel time, and the wall time from award to result less an allowance for what is not
   compute, bound its real speed from above; a bound below a quarter of the advertised speed means
   the ad over-claims.
+
+Collaborators: this node's id, ``now``, the :class:`~p2pnode.services.ports.Judge` (reputation,
+ledger, gossip), ``candidates`` (providers from the market), ``submit`` (the requester's, for the
+checking jobs themselves), ``latency_ms`` (observed round trips) and whether to calibrate.
 """
 
 from __future__ import annotations
@@ -22,18 +26,17 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from p2pnode.exec.workloads import Output
+from p2pnode.services.ports import Judge, Now
+from p2pnode.services.records import JobRecord
 from p2pnode.verify.check import compare
 from p2pnode.wire.peer_id import to_base58
-
-if TYPE_CHECKING:
-    from p2pnode.jobs import JobRecord, JobService
 
 log = logging.getLogger("p2pnode.checks")
 CALIBRATION_TARGET_S = 0.25
@@ -45,6 +48,8 @@ OVERCLAIM_FACTOR = 8.0  # advertised speed over the measured upper bound that co
 ALLOWANCE_S = 0.15  # start-up, input generation and messaging that are not compute
 CHECK_DEADLINE_S = 40.0  # within the provider's receipt timeout (60 s)
 Event = Callable[[str, dict[str, object]], None]
+Submit = Callable[..., Awaitable[JobRecord]]
+Candidates = Callable[[str, int, int, str], list[Any]]
 
 
 @dataclass
@@ -66,9 +71,11 @@ def hosts(ad: Any) -> set[str]:
 
 
 class Checks:
-    def __init__(self, jobs: JobService) -> None:
-        self.jobs = jobs
-        self.node = jobs.node
+    def __init__(self, *, me: bytes, now: Now, judge: Judge, candidates: Candidates, submit: Submit,
+                 latency_ms: Callable[[bytes], float], calibrate_providers: bool) -> None:
+        self.me, self.now, self.judge = me, now, judge
+        self.candidates, self.submit, self.latency_ms = candidates, submit, latency_ms
+        self.calibrate_providers = calibrate_providers
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self._calibrated: set[bytes] = set()
         self._inputs: dict[int, dict[str, np.ndarray]] = {}
@@ -77,20 +84,20 @@ class Checks:
     def independent(self, workload: str, backend: str, exclude: Iterable[Any]) -> Any | None:
         """The best provider of ``workload`` sharing no peer id and no IP address with ``exclude``."""
         excluded = list(exclude)
-        ids = {a.peer_id for a in excluded} | {self.node.identity.peer_id}
+        ids = {a.peer_id for a in excluded} | {self.me}
         ips = set().union(*(hosts(a) for a in excluded)) if excluded else set()
         best: list[tuple[tuple[int, float], Any]] = []
-        for ad in self.jobs.candidates(workload, 0, 64, backend):
+        for ad in self.candidates(workload, 0, 64, backend):
             if ad.peer_id in ids or hosts(ad) & ips:
                 continue
             volunteer = any(o.unit == "check" and o.workload == workload for o in ad.offers)
-            best.append(((0 if volunteer else 1, -self.node.trust.rep.score(ad.peer_id, self.node._clock()).score), ad))
+            best.append(((0 if volunteer else 1, -self.judge.score(ad.peer_id)), ad))
         best.sort(key=lambda x: x[0])
         return best[0][1] if best else None
 
     # re-run and dispute -------------------------------------------------------------------
     def should_rerun(self, workload: str, provider: bytes) -> bool:
-        return self.rng.random() < self.node.trust.check_probability(workload, provider)
+        return self.rng.random() < self.judge.check_probability(workload, provider)
 
     async def rerun(self, rec: JobRecord, provider_ad: Any, result_raw: bytes, output: Output,
                     params: dict[str, Any], inputs: dict[str, np.ndarray], max_price: int,
@@ -109,37 +116,37 @@ class Checks:
         referee = self.independent(wl_name, backend, [provider_ad, checker])
         event("dispute", {"checker": checker.peer_id, "referee": referee.peer_id if referee else b""})
         r = await self._run_elsewhere(rec, referee, params, inputs, max_price, backend) if referee else None
-        if r is None:
+        if r is None or referee is None:
             return CheckOutcome(False, "disputed: no referee could settle it", "rerun")
         provider_right = compare(wl_name, params, output, r.output)[0]  # type: ignore[arg-type]
         checker_right = compare(wl_name, params, c.output, r.output)[0]  # type: ignore[arg-type]
         wrong = "provider" if checker_right and not provider_right else \
             "checker" if provider_right and not checker_right else "inconclusive"
         evidence = (result_raw, c.result_raw, r.result_raw)
-        await self.node.trust.record("dispute", {
+        await self.judge.record("dispute", {
             "job": bytes.fromhex(rec.job), "checker": checker.peer_id, "referee": referee.peer_id,
             "wrong": wrong, "results": list(evidence)}, peer=provider_ad.peer_id)
         event("settled", {"wrong": wrong})
         if wrong == "provider":
-            await self.node.trust.publish_cheat(provider_ad.peer_id, bytes.fromhex(rec.job), evidence)
+            await self.judge.publish_cheat(provider_ad.peer_id, bytes.fromhex(rec.job), evidence)
             return CheckOutcome(False, "wrong: the checker and the referee agree against it", "rerun")
         if wrong == "checker":
-            await self.node.trust.publish_cheat(checker.peer_id, bytes.fromhex(c.job),
+            await self.judge.publish_cheat(checker.peer_id, bytes.fromhex(c.job),
                                                 (c.result_raw, result_raw, r.result_raw))
             return CheckOutcome(True, "verified by a referee (the checker was wrong)", "rerun")
         return CheckOutcome(False, "disputed: no two runs agree", "rerun")
 
     async def _run_elsewhere(self, rec: JobRecord, ad: Any, params: dict[str, Any], inputs: dict[str, np.ndarray],
                              max_price: int, backend: str) -> JobRecord | None:
-        sub = await self.jobs.submit(rec.workload, params, inputs=inputs or None, only=[ad], k=1, verify="none",
+        sub = await self.submit(rec.workload, params, inputs=inputs or None, only=[ad], k=1, verify="none",
                                      max_price=max_price, deadline_s=CHECK_DEADLINE_S, backend=backend,
                                      purpose="check")
         return sub if sub.state == "done" and sub.output is not None and sub.result_raw else None
 
     # calibration --------------------------------------------------------------------------
     def needs_calibration(self, ad: Any) -> bool:
-        return (self.node.config.calibrate_providers and ad.peer_id not in self._calibrated
-                and not self.node.trust.known(ad.peer_id))
+        return (self.calibrate_providers and ad.peer_id not in self._calibrated
+                and not self.judge.known(ad.peer_id))
 
     def _calibration_inputs(self, n: int) -> dict[str, np.ndarray]:
         """Fresh random fp32 A and B per size for this node's life. Supplied as blobs, so the
@@ -162,7 +169,7 @@ class Checks:
         flops = 2.0 * n**3
         price = max((o.price for o in ad.offers if o.workload == "matmul"), default=0)
         event("calibrate", {"peer": ad.peer_id, "n": n})
-        sub = await self.jobs.submit("matmul", params, inputs=self._calibration_inputs(n), only=[ad], k=1,
+        sub = await self.submit("matmul", params, inputs=self._calibration_inputs(n), only=[ad], k=1,
                                      verify="freivalds", max_price=int(price * flops / 1e9 * 2) + 1000,
                                      deadline_s=30.0, purpose="calibration")
         times = {e["event"]: e["t"] for e in sub.events if e["event"] in ("award", "result")}
@@ -172,14 +179,13 @@ class Checks:
         # award to result less what is not compute (start-up, round trips, moving 3 n² floats).
         reported = flops / 1e9 / (sub.kernel_ms / 1000) if sub.kernel_ms > 0 else float("inf")
         wall = float(times["result"]) - float(times["award"])
-        latency = self.jobs.scorer.seen.get(ad.peer_id)
-        allowance = ALLOWANCE_S + 2 * (latency.latency_ms / 1000 if latency else 0.0) + 12 * n * n / MOVE_BYTES_S
+        allowance = ALLOWANCE_S + 2 * self.latency_ms(ad.peer_id) / 1000 + 12 * n * n / MOVE_BYTES_S
         compute = wall - allowance
         bound = min(reported, flops / 1e9 / compute if compute > 0 else float("inf"))
         passed = bound * OVERCLAIM_FACTOR >= claimed
         detail = (f"advertised {claimed:.1f} GFLOP/s; measured at most {bound:.1f} GFLOP/s "
                   f"({n}³ fp32: kernel {sub.kernel_ms} ms, {wall * 1000:.0f} ms award to result)")
-        await self.node.trust.record("verification", {
+        await self.judge.record("verification", {
             "job": bytes.fromhex(sub.job), "method": "calibration", "passed": passed, "detail": detail[:250],
             "claimed": float(claimed), "bound": float(min(bound, 1e12))}, peer=ad.peer_id)
         event("calibrated", {"peer": ad.peer_id, "passed": passed, "detail": detail})

@@ -11,6 +11,10 @@
   weighed; invalid ones count against the forwarder like bad ads;
 * the node publishes its own opinion of a peer after checking its work, and a ``cheat`` report
   with the signed evidence after a dispute.
+
+Collaborators: this node's id and key, the ledger's path, a fresh :class:`Reputation` and the
+:class:`SamplingPolicy` (settings), ``now``, ``penalise``, ``is_banned`` and ``publish``. It is the
+:class:`~p2pnode.services.ports.Judge` the requester side asks.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import trio
+from nacl.signing import SigningKey
 
 from p2pnode.config import Config
 from p2pnode.errors import PeerError
@@ -29,15 +35,13 @@ from p2pnode.ledger.entry import Entry
 from p2pnode.ledger.store import FILE_NAME, Ledger
 from p2pnode.market.rate_limit import TokenBuckets
 from p2pnode.market.reputation import CHEAT_WEIGHT, Reputation
+from p2pnode.services.ports import IsBanned, Now, Penalise, Publish
 from p2pnode.verify.sampling import SamplingPolicy
 from p2pnode.wire import report as rpt
+from p2pnode.wire.names import REPORTS_TOPIC
 from p2pnode.wire.peer_id import from_base58, to_base58
 
-if TYPE_CHECKING:
-    from p2pnode.node import Node
-
 log = logging.getLogger("p2pnode.trust")
-REPORTS_TOPIC = "p2pnode/reports/1"
 PENALTY_RECORD_INTERVAL_S = 60.0  # one ledger entry per peer and offence code per minute at most
 
 
@@ -61,11 +65,15 @@ def offline_table(config: Config) -> list[dict[str, Any]]:
 
 
 class TrustService:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, *, me: bytes, key: SigningKey, ledger_path: Path, reputation: Reputation,
+                 policy: SamplingPolicy, now: Now, penalise: Penalise, is_banned: IsBanned,
+                 publish: Publish) -> None:
+        self.me, self._key, self.ledger_path = me, key, ledger_path
+        self.rep = reputation
+        self.policy = policy
+        self.now = now
+        self._penalise, self._is_banned, self._publish_on = penalise, is_banned, publish
         self.ledger: Ledger | None = None
-        self.rep = Reputation(b"")
-        self.policy = SamplingPolicy(p_min=node.config.check_rate_min)
         self.report_buckets = TokenBuckets(burst=20, rate=1.0)
         self._recent_penalties: dict[tuple[bytes, str], float] = {}
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, Any, bytes]](1024)
@@ -75,11 +83,9 @@ class TrustService:
 
     # lifecycle ----------------------------------------------------------------------------
     def open(self) -> None:
-        node = self.node
-        self.ledger = Ledger.open(node.config.data_dir / FILE_NAME, node.identity.signing_key)
+        self.ledger = Ledger.open(self.ledger_path, self._key)
         if self.ledger.repaired:
             log.warning("ledger: %d damaged record(s) at the tail moved to quarantine", self.ledger.repaired)
-        self.rep = reputation_for(node.config, node.identity.peer_id)
         for entry in self.ledger.entries():
             evidence.apply(self.rep, entry)
 
@@ -124,10 +130,7 @@ class TrustService:
         except trio.WouldBlock:
             log.warning("ledger queue full: dropped a %s entry", kind)
 
-    # reading ------------------------------------------------------------------------------
-    def now(self) -> float:
-        return self.node._clock()
-
+    # reading (the Judge the requester side asks) ------------------------------------------
     def adjust(self, peer: bytes) -> float:
         return self.rep.adjust(peer, self.now())
 
@@ -137,6 +140,9 @@ class TrustService:
     def known(self, peer: bytes) -> bool:
         return peer in self.rep.own
 
+    def score(self, peer: bytes) -> float:
+        return self.rep.score(peer, self.now()).score
+
     def table(self) -> list[dict[str, Any]]:
         return table_json(self.rep, self.now())
 
@@ -144,25 +150,31 @@ class TrustService:
         s = self.rep.score(peer, self.now())
         return self.policy.probability(workload, streak=s.streak, score=s.score)
 
+    def verify_method(self, workload: str) -> str:
+        return self.policy.method(workload)
+
+    @property
+    def freivalds_rounds(self) -> int:
+        return self.policy.freivalds_rounds
+
     # reports ------------------------------------------------------------------------------
     def validate_report(self, forwarder: Any, msg: Any) -> bool:
         """GossipSub validator for the reports topic."""
         fwd = forwarder.to_bytes()
-        me = self.node.identity.peer_id
         now = self.now()
-        if fwd != me and self.node.penalties.is_banned(fwd, now):
+        if fwd != self.me and self._is_banned(fwd):
             return False
         try:
             r = rpt.decode_report(msg.data)
         except PeerError as exc:
-            if fwd != me:
-                self.node.penalise(fwd, exc.code)
+            if fwd != self.me:
+                self._penalise(fwd, exc.code)
             return False
         if r.reporter != bytes(msg.from_id):
-            if fwd != me:
-                self.node.penalise(fwd, "wrong_origin")
+            if fwd != self.me:
+                self._penalise(fwd, "wrong_origin")
             return False
-        if r.reporter == me:
+        if r.reporter == self.me:
             return True
         if not self.report_buckets.take(r.reporter, now):
             return False  # over the reporter's rate: not stored, not forwarded
@@ -172,23 +184,19 @@ class TrustService:
 
     async def publish_opinion(self, subject: bytes) -> None:
         op = self.rep.opinion(subject, self.now())
-        r = rpt.make_report(self.node.identity.signing_key, subject=subject, t_ms=int(op.t * 1000),
-                            pos=op.pos, neg=op.neg)
+        r = rpt.make_report(self._key, subject=subject, t_ms=int(op.t * 1000), pos=op.pos, neg=op.neg)
         await self._publish(r)
 
     async def publish_cheat(self, subject: bytes, job: bytes, results: tuple[bytes, bytes, bytes]) -> None:
         """Gossip a dispute's evidence; the opinion it carries counts the cheat it proves."""
         op = self.rep.opinion(subject, self.now())
-        r = rpt.make_report(self.node.identity.signing_key, subject=subject, t_ms=int(op.t * 1000),
-                            pos=op.pos, neg=op.neg + CHEAT_WEIGHT, verdict="cheat", job=job, evidence=results)
+        r = rpt.make_report(self._key, subject=subject, t_ms=int(op.t * 1000), pos=op.pos,
+                            neg=op.neg + CHEAT_WEIGHT, verdict="cheat", job=job, evidence=results)
         await self._publish(r)
 
     async def _publish(self, r: rpt.Report) -> None:
-        pubsub = self.node.pubsub
-        if pubsub is None:
-            return
         try:
-            await pubsub.publish(REPORTS_TOPIC, r.raw)
+            await self._publish_on(REPORTS_TOPIC, r.raw)
             self.reports_published += 1
         except Exception as exc:  # noqa: BLE001 - gossip is best effort; the ledger has it
             log.info("publishing a report failed: %s", exc)

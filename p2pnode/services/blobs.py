@@ -10,37 +10,28 @@ it does not hold the blob, or is slower than ``MIN_RATE`` overall makes it fail 
 
 Serving is bounded too (``specs/blobs.md``): a reader must ask within ``REQUEST_TIMEOUT_S`` and take
 each chunk within ``CHUNK_TIMEOUT_S``, and the node serves at most ``MAX_STREAMS_PER_PEER`` streams
-to one peer and ``MAX_STREAMS`` in all (enforced by the guard at the handler).
+to one peer and ``MAX_STREAMS`` in all (enforced by the guard at the handler, with :attr:`limits`).
+
+Collaborators: ``streams`` (to open streams to holders) and ``penalise``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from p2pnode.errors import PeerError
 from p2pnode.net.framing import FramedStream, StreamGone
 from p2pnode.protocol.limits import StreamLimits
-from p2pnode.wire import codec
-from p2pnode.wire.blob import (
-    MAX_BLOB,
-    MAX_FRAME,
-    BlobError,
-    BlobUnavailable,
-    Manifest,
-    check_chunk,
-    manifest_for,
-    parse_manifest,
-)
-
-if TYPE_CHECKING:
-    from p2pnode.node import Node
+from p2pnode.services.ports import Penalise, Streams
+from p2pnode.wire import blob as wb
+from p2pnode.wire.blob import MAX_BLOB, MAX_FRAME, BlobError, BlobUnavailable, Manifest
+from p2pnode.wire.names import BLOB_PROTOCOL
 
 log = logging.getLogger("p2pnode.blobs")
-BLOB_PROTOCOL = "/p2pnode/blob/1"
 RESUMES = 5
 REQUEST_TIMEOUT_S = 10.0
 CHUNK_TIMEOUT_S = 30.0  # a chunk (1 MiB) must move within this, either way
@@ -57,7 +48,7 @@ class BlobStore:
         self.hits = 0
 
     def put(self, data: bytes) -> bytes:
-        manifest = manifest_for(data)
+        manifest = wb.manifest_for(data)
         if manifest.id not in self._blobs:
             self._blobs[manifest.id] = (manifest, data)
             self._bytes += len(data)
@@ -78,8 +69,9 @@ class BlobStore:
 
 
 class BlobService:
-    def __init__(self, node: Node, store: BlobStore | None = None) -> None:
-        self.node = node
+    def __init__(self, streams: Streams, penalise: Penalise, store: BlobStore | None = None) -> None:
+        self.streams = streams
+        self.penalise = penalise
         self.store = store or BlobStore()
         self.fetched_bytes = 0
         self.limits = StreamLimits(per_peer=MAX_STREAMS_PER_PEER, total=MAX_STREAMS)
@@ -89,18 +81,14 @@ class BlobService:
         """Serve one ``get`` (the guard in ``net/guard.py`` contains what the reader does wrong)."""
         fs = FramedStream(stream, max_frame=MAX_FRAME, frame_timeout=REQUEST_TIMEOUT_S)
         with trio.fail_after(REQUEST_TIMEOUT_S):
-            f = codec.Fields(codec.decode(await fs.receive(), max_size=1024), "blob-get")
-        if f.text("t", max_len=8) != "get":
-            raise BlobError("expected a get")
-        blob_id = f.blob("id", max_len=32, exact=True)
-        start = f.uint("from", maximum=1 << 20)
+            blob_id, start = wb.decode_get(await fs.receive())
         item = self.store.get(blob_id)
         if item is None:
-            await fs.send(codec.encode({"t": "missing"}))
+            await fs.send(wb.MISSING)
             await fs.close()
             return
         manifest, data = item
-        await fs.send(codec.encode({"t": "manifest", "m": manifest.raw}))
+        await fs.send(wb.encode_manifest(manifest))
         for i in range(start, len(manifest.hashes)):
             a, b = manifest.chunk_range(i)
             with trio.fail_after(CHUNK_TIMEOUT_S):  # a reader that stops reading is dropped
@@ -108,7 +96,7 @@ class BlobService:
         await fs.close()
 
     async def _send_chunk(self, fs: FramedStream, i: int, data: bytes) -> None:
-        await fs.send(codec.encode({"t": "chunk", "i": i, "data": data}))
+        await fs.send(wb.encode_chunk(i, data))
 
     # fetching ------------------------------------------------------------------------------
     async def fetch(self, peer_id: bytes, blob_id: bytes, *, max_size: int = MAX_BLOB) -> bytes:
@@ -117,8 +105,6 @@ class BlobService:
         if local is not None:
             self.store.hits += 1
             return local[1]
-        from libp2p.peer.id import ID
-
         manifest: Manifest | None = None
         chunks: list[bytes] = []
         breaks = 0
@@ -126,39 +112,37 @@ class BlobService:
         while True:
             try:
                 with trio.fail_after(CHUNK_TIMEOUT_S):
-                    stream = await self.node.host.new_stream(ID(peer_id), [BLOB_PROTOCOL])
+                    stream = await self.streams.open(peer_id, BLOB_PROTOCOL)
             except Exception as exc:  # noqa: BLE001 - gone, refusing, or not answering
                 raise BlobUnavailable(f"cannot reach the blob's holder: {exc or type(exc).__name__}") from exc
             fs = FramedStream(stream, max_frame=MAX_FRAME, frame_timeout=CHUNK_TIMEOUT_S)
             manifest_seen = False  # one manifest per stream, first
             try:
-                await fs.send(codec.encode({"t": "get", "id": blob_id, "from": len(chunks)}))
+                await fs.send(wb.encode_get(blob_id, len(chunks)))
                 while manifest is None or len(chunks) < len(manifest.hashes):
                     with trio.fail_at(min(deadline, trio.current_time() + CHUNK_TIMEOUT_S)):
-                        f = codec.Fields(codec.decode(await fs.receive(), max_size=MAX_FRAME), "blob")
-                    kind = f.text("t", max_len=8)
-                    if kind == "missing":
+                        reply = wb.decode_reply(await fs.receive(),
+                                                max_chunk=manifest.chunk if manifest else wb.CHUNK)
+                    if reply.kind == "missing":
                         raise BlobUnavailable("the peer does not hold that blob")
-                    if kind == "manifest":
+                    if reply.kind == "manifest":
                         if manifest_seen:
                             raise BlobError("a second manifest on one stream")
-                        got = parse_manifest(f.blob("m", max_len=MAX_FRAME), blob_id, max_size=max_size)
+                        got = wb.parse_manifest(reply.raw, blob_id, max_size=max_size)
                         if manifest is not None and got.raw != manifest.raw:
                             raise BlobError("manifest changed between resumes")
                         manifest, manifest_seen = got, True
                         deadline = min(deadline, trio.current_time() + FETCH_GRACE_S + got.size / MIN_RATE)
                         continue
-                    if kind != "chunk" or manifest is None:
-                        raise BlobError(f"unexpected {kind!r}")
-                    i = f.uint("i", maximum=1 << 20)
-                    if i != len(chunks):
-                        raise BlobError(f"chunk {i} out of order (expected {len(chunks)})")
-                    data = f.blob("data", max_len=manifest.chunk)
-                    check_chunk(manifest, i, data)
-                    chunks.append(data)
+                    if manifest is None or not manifest_seen:
+                        raise BlobError("a chunk before the manifest")
+                    if reply.index != len(chunks):
+                        raise BlobError(f"chunk {reply.index} out of order (expected {len(chunks)})")
+                    wb.check_chunk(manifest, reply.index, reply.data)
+                    chunks.append(reply.data)
                 break
             except PeerError as exc:
-                self.node.penalise(peer_id, exc.code)
+                self.penalise(peer_id, exc.code)
                 await fs.reset()
                 raise BlobError(str(exc)) from exc
             except (StreamGone, trio.TooSlowError) as exc:

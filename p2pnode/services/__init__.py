@@ -1,0 +1,34 @@
+"""The node's services: the trio shell around the pure core, one protocol's I/O each.
+
+Every service is built from the narrow collaborators it uses (:mod:`p2pnode.services.ports`:
+``now``, ``penalise``, a ledger recorder, streams, ...), never from the node, so each one is built in
+a test from fakes and a virtual clock. ``node.py`` composes them and nothing else.
+
+=============  ===================  ================================================================
+module         service              built from
+=============  ===================  ================================================================
+``peers``      ``PeerPolicy``       penalty book, now, metrics, remember (ledger), network
+``market``     ``MarketService``    identity, now, table, metrics, is_banned, penalise, publish,
+                                    ad settings, resources, probe, executor, adversary, addrs, peers
+``blobs``      ``BlobService``      streams, penalise
+``trust``      ``TrustService``     id and key, ledger path, reputation, policy, now, penalise,
+                                    is_banned, publish
+``provider``   ``JobProvider``      identity, now, executor, capacity, blobs, recorder, penalise,
+                                    job book, adversary
+``checks``     ``Checks``           id, now, judge, candidates, submit, latency, calibrate?
+``requester``  ``JobRequester``     identity, now, table, is_banned, judge, blobs, streams,
+                                    penalise, job book (owns its ``Checks`` and bid scorer)
+``jobs``       ``JobService``       a provider and a requester over one job book
+=============  ===================  ================================================================
+
+Imports point one way, and never at ``p2pnode.node`` (``tests/services`` checks it)::
+
+    ports  <-  records, blobs, trust, peers, market
+    ports, records  <-  checks
+    ports, records, blobs  <-  provider
+    ports, records, blobs, checks  <-  requester
+    records, provider, requester  <-  jobs
+
+``trust`` is known to the job services only as the ``Judge`` / ``Recorder`` protocols of ``ports``,
+and the executor as ``Runner``: they do not import them.
+"""

@@ -1,0 +1,223 @@
+"""Capacity gossip on ``p2pnode/capacity/1``: this node's ads out, everyone's ads into the table.
+
+* **In**: :meth:`MarketService.validate` is the topic's gossipsub validator. A signed ad is offered
+  to the pure :class:`CapacityTable` (signature, sequence, expiry, size and rate rules); a refused
+  one is not forwarded and counts against the peer to blame (the forwarder, or for ``rate_limited``
+  the originator, since an honest forwarder validates before it forwards).
+* **Out** (providers): :meth:`advertise` re-reads the hardware every second and publishes a signed ad
+  at start, every ``ad_interval`` and at every coarse change, never faster than peers accept.
+* :meth:`expire` drops ads past their expiry and keeps the market metrics current;
+  :meth:`wait_until` lets callers wait on table changes instead of polling.
+
+Collaborators: this node's identity, ``now``, the table, the metrics, the peer policy's
+``is_banned`` / ``penalise``, ``publish``, the resources (hardware and speed), the executor (what it
+can run), an optional adversary (over-claims speed), and the node's addresses and peer count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from p2pnode.adversary import Adversary
+from p2pnode.config import MIN_AD_INTERVAL_S
+from p2pnode.errors import PeerError
+from p2pnode.exec.executor import Executor
+from p2pnode.identity import Identity
+from p2pnode.market.bidding import Capacity
+from p2pnode.market.capacity_table import CapacityTable, TableEntry
+from p2pnode.services.ports import IsBanned, Now, Penalise, Publish
+from p2pnode.telemetry.metrics import NodeMetrics
+from p2pnode.telemetry.probe import Hardware, HardwareProbe
+from p2pnode.wire.capacity_ad import CapacityAd, Offer, decode_ad, encode_ad
+from p2pnode.wire.names import CAPACITY_TOPIC
+
+log = logging.getLogger("p2pnode.node")
+# An ad on change waits at least this long after the previous one, so that with
+# ad_interval >= MIN_AD_INTERVAL_S a node never publishes faster than peers accept (0.5/s).
+MIN_CHANGE_INTERVAL_S = MIN_AD_INTERVAL_S
+PROBE_INTERVAL_S = 1.0
+EXPIRE_INTERVAL_S = 0.5
+
+
+@dataclass
+class Resources:
+    """What this machine has to offer: the latest hardware reading and the speeds measured at start."""
+
+    hardware: Hardware | None = None
+    speed: dict[str, float] = field(default_factory=dict)
+
+    def gpu_free(self) -> int | None:
+        """Free memory of the first GPU, from the latest NVML read (refreshed every second)."""
+        if self.hardware is None or not self.hardware.gpus:
+            return None
+        return self.hardware.gpus[0].memory_free
+
+
+@dataclass(frozen=True)
+class AdSettings:
+    price: int
+    workloads: tuple[str, ...]
+    checker: bool
+    ad_interval: float
+    ad_ttl: float
+
+
+def capacity_from(resources: Resources, executor: Executor | None, price: int, workloads: tuple[str, ...],
+                  provide: bool) -> Capacity:
+    """What this node can offer a request for bids right now (for ``market.bidding.decide``)."""
+    speeds = resources.speed
+    gflops = max(speeds.values()) if speeds else 1.0
+    backends = executor.backends if executor else ()
+    hw = resources.hardware
+    gpu_backend = bool(backends) and backends[0] != "numpy"
+    free = (hw.gpus[0].memory_free if gpu_backend and hw.gpus else hw.cpu.memory_free) if hw else 0
+    return Capacity(backends=backends, free_memory=int(free * 0.8), gflops=gflops, price_per_gflop=price,
+                    busy=executor is None or executor.running >= 2 * executor.slots,
+                    offered=workloads if provide else ())
+
+
+class MarketService:
+    def __init__(self, *, identity: Identity, now: Now, table: CapacityTable, metrics: NodeMetrics,
+                 is_banned: IsBanned, penalise: Penalise, publish: Publish, settings: AdSettings,
+                 resources: Resources, probe: HardwareProbe, executor: Executor | None,
+                 adversary: Adversary | None, addrs: Callable[[], list[str]], peers: Callable[[], int]) -> None:
+        self.identity, self.now, self.table, self.metrics = identity, now, table, metrics
+        self.is_banned, self.penalise, self.publish = is_banned, penalise, publish
+        self.settings, self.resources, self.probe = settings, resources, probe
+        self.executor, self.adversary, self.addrs, self.peers = executor, adversary, addrs, peers
+        self.rejected: dict[str, int] = {}
+        self.ads_published = 0
+        self._seq = 0
+        self._changed = trio.Event()
+
+    # gossip in ---------------------------------------------------------------------------
+    def validate(self, forwarder: Any, msg: Any) -> bool:
+        """GossipSub validator: accept into the table or reject (not forwarded) and penalise."""
+        now = self.now()
+        fwd = forwarder.to_bytes()
+        own = fwd == self.identity.peer_id
+        if not own:
+            self.metrics.ads_seen.inc()
+            if self.is_banned(fwd):
+                self._reject("banned", None)
+                return False
+        try:
+            signed = decode_ad(msg.data)
+            entry = self.table.offer(signed, now, origin=bytes(msg.from_id))
+        except PeerError as exc:
+            if own:
+                log.error("own capacity ad refused (%s): %s", exc.code, exc)
+                return False
+            # Over-rate ads are the originator's doing; anything else is the forwarder's, since
+            # an honest forwarder validates before forwarding.
+            blame = bytes(msg.from_id) if exc.code == "rate_limited" else fwd
+            self._reject(exc.code, blame)
+            return False
+        if not own:
+            self.metrics.ads_accepted.inc()
+            self.metrics.gossip_latency.observe(max(0.0, now - entry.ad.issued_at_ms / 1000.0))
+        self._touch()
+        return True
+
+    def _reject(self, code: str, blame: bytes | None) -> None:
+        self.rejected[code] = self.rejected.get(code, 0) + 1
+        self.metrics.ads_rejected.labels(code).inc()
+        if blame is not None:
+            self.penalise(blame, code)
+
+    async def drain(self, subscription: Any) -> None:
+        """Empty a subscription's queue: ads are applied in the validator, which sees every message."""
+        while True:
+            await subscription.get()
+
+    async def expire(self) -> None:
+        while True:
+            await trio.sleep(EXPIRE_INTERVAL_S)
+            if self.table.expire(self.now()):
+                self._touch()
+            self.metrics.market_size.set(len(self.table.entries(self.now())))
+            self.metrics.peers.set(self.peers())
+
+    def _touch(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Wait for ``predicate()`` to hold, re-checking at every table change; TooSlowError if not."""
+        with trio.fail_after(timeout):
+            while not predicate():
+                with trio.move_on_after(0.5):  # also re-check on time-driven changes
+                    await self._changed.wait()
+
+    def view(self) -> list[dict[str, Any]]:
+        now = self.now()
+        return [_entry_json(e, now) for e in self.table.entries(now)]
+
+    # gossip out --------------------------------------------------------------------------
+    def build_ad(self, hardware: Hardware, now: float) -> CapacityAd:
+        s = self.settings
+        self._seq = max(self._seq + 1, int(now * 1000))  # survives restarts: wall-clock based
+        # Offer what the executor can run, not what NVML sees: a GPU without torch or CuPy is NumPy.
+        ex = self.executor
+        backend = ex.backends[0] if ex is not None and ex.backends else "numpy"
+        factor = self.adversary.speed_factor if self.adversary is not None else 1.0
+        offers = [Offer(w, backend, s.price, "gflop") for w in s.workloads[:8]]
+        if s.checker:  # re-runs for others' checks, preferred by requesters that check
+            offers += [Offer(w, backend, s.price, "check") for w in s.workloads[:8]]
+        return CapacityAd(
+            peer_id=self.identity.peer_id,
+            seq=self._seq,
+            issued_at_ms=int(now * 1000),
+            expires_at_ms=int((now + s.ad_ttl) * 1000),
+            cpu=hardware.cpu,
+            gpus=hardware.gpus,
+            offers=tuple(offers),
+            addrs=tuple(a for a in self.addrs() if len(a) <= 128)[:8],
+            speed=tuple(sorted((k, v * factor) for k, v in self.resources.speed.items()))[:16],
+            load=min(1.0, ex.load) if ex is not None else 0.0,
+        )
+
+    async def publish_ad(self) -> None:
+        assert self.resources.hardware is not None
+        data = encode_ad(self.build_ad(self.resources.hardware, self.now()), self.identity.signing_key)
+        await self.publish(CAPACITY_TOPIC, data)
+        self.ads_published += 1
+        self.metrics.ads_published.inc()
+
+    async def advertise(self) -> None:
+        last_publish = -math.inf
+        last_shape = None
+        while True:
+            now = trio.current_time()
+            # a new peer is a change too: it learns the market from the ads that follow
+            hw = self.resources.hardware
+            shape = (_shape(hw) if hw else None, self.peers())
+            due = now - last_publish >= self.settings.ad_interval
+            changed = shape != last_shape and now - last_publish >= MIN_CHANGE_INTERVAL_S
+            if due or changed:
+                await self.publish_ad()
+                last_publish, last_shape = now, shape
+            await trio.sleep(PROBE_INTERVAL_S)
+            self.resources.hardware = await trio.to_thread.run_sync(self.probe.read)
+
+
+def _shape(hw: Hardware) -> tuple[Any, ...]:
+    """What counts as a change worth an immediate ad: coarse, so noise does not spam the topic."""
+    gib = 1 << 30
+    return (
+        tuple((g.index, g.memory_free // gib, g.utilization // 10) for g in hw.gpus),
+        hw.cpu.memory_free // (4 * gib),
+    )
+
+
+def _entry_json(entry: TableEntry, now: float) -> dict[str, Any]:
+    out = entry.ad.to_json()
+    out["age_s"] = round(now - entry.ad.issued_at_ms / 1000.0, 3)
+    out["expires_in_s"] = round(entry.expires_at - now, 3)
+    return out

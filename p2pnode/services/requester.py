@@ -1,0 +1,315 @@
+"""The requester's side of ``/p2pnode/job/1``: the shell around :class:`RequesterJob`.
+
+:meth:`JobRequester.submit` picks up to K providers from the capacity table, runs the auction,
+re-awards on failure, verifies the result (digest, Freivalds for matmul, re-runs by independent
+checkers, see :mod:`p2pnode.services.checks`) and signs the receipt. Providers that send malformed
+or out-of-order messages are penalised; what one provider does wrong ends its part, never the job.
+
+Collaborators: this node's identity, ``now``, the capacity table, ``is_banned``, the
+:class:`~p2pnode.services.ports.Judge` (reputation, check policy, ledger, gossip), the blob service
+(inputs out, large outputs in), ``streams`` to reach providers, ``penalise`` and the job book. It
+owns its bid scorer and its :class:`~p2pnode.services.checks.Checks`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import trio
+
+from p2pnode.errors import LocalError, PeerError
+from p2pnode.exec import workloads
+from p2pnode.exec.workloads import Output
+from p2pnode.identity import Identity
+from p2pnode.market.capacity_table import CapacityTable
+from p2pnode.market.rate_limit import TokenBuckets
+from p2pnode.market.scoring import ObservedScorer
+from p2pnode.net.framing import FramedStream, StreamGone
+from p2pnode.protocol.job_requester import R, RequesterJob, Step
+from p2pnode.services.blobs import BlobService
+from p2pnode.services.checks import Checks
+from p2pnode.services.ports import IsBanned, Judge, Now, Penalise, Streams, trio_deadline
+from p2pnode.services.records import JobRecord, JobRecords, event_item, remember_receipt
+from p2pnode.verify.check import freivalds_check
+from p2pnode.wire import codec, sealing
+from p2pnode.wire import job as m
+from p2pnode.wire.blob import MAX_BLOB, BlobError, BlobUnavailable
+from p2pnode.wire.names import JOB_PROTOCOL
+from p2pnode.wire.peer_id import to_base58
+
+log = logging.getLogger("p2pnode.jobs")
+OVERDUE_GRACE_S = 10.0
+# A provider sends a bid, a result and progress every wire.job.HEARTBEAT_S: more than this is a flood.
+PROVIDER_BURST, PROVIDER_RATE = 64, 10.0
+
+
+class JobError(LocalError):
+    """A job could not be submitted or did not complete (no provider, deadline, ...)."""
+
+
+class JobRequester:
+    def __init__(self, *, identity: Identity, now: Now, table: CapacityTable, is_banned: IsBanned, judge: Judge,
+                 blobs: BlobService, streams: Streams, penalise: Penalise, records: JobRecords,
+                 calibrate_providers: bool = True) -> None:
+        self.identity, self.now, self.table, self.is_banned = identity, now, table, is_banned
+        self.judge, self.blobs, self.streams, self.penalise, self.records = judge, blobs, streams, penalise, records
+        self.scorer = ObservedScorer(reputation=judge.adjust)
+        self.checks = Checks(me=identity.peer_id, now=now, judge=judge, candidates=self.candidates,
+                             submit=self.submit, latency_ms=self._latency_ms,
+                             calibrate_providers=calibrate_providers)
+
+    def _latency_ms(self, peer: bytes) -> float:
+        seen = self.scorer.seen.get(peer)
+        return seen.latency_ms if seen else 0.0
+
+    def candidates(self, workload: str, need: int, k: int, backend: str) -> list[Any]:
+        """Up to ``k`` ads offering ``workload`` (on ``backend``) with ``need`` bytes free, cheapest per
+        advertised GFLOP/s first; never this node, a banned peer or a distrusted one."""
+        me = self.identity.peer_id
+        out = []
+        for e in self.table.entries(self.now()):
+            ad = e.ad
+            if ad.peer_id == me or self.is_banned(ad.peer_id) or self.judge.distrusted(ad.peer_id):
+                continue
+            offers = [o for o in ad.offers if o.workload == workload and (not backend or o.backend == backend)]
+            if not offers or not ad.addrs:
+                continue
+            free = max([g.memory_free for g in ad.gpus], default=ad.cpu.memory_free)
+            if free < need:
+                continue
+            speed = max((v for _, v in ad.speed), default=1.0)
+            out.append((offers[0].price / max(speed, 1e-3) * (1.0 + ad.load), ad))
+        out.sort(key=lambda x: x[0])
+        return [ad for _, ad in out[:k]]
+
+    async def submit(self, workload: str, params: dict[str, Any], *, max_price: int, deadline_s: float,
+                     k: int = 3, backend: str = "", verify: str = "auto", bid_window_s: float = 2.0,
+                     on_event: Callable[[dict[str, Any]], None] | None = None,
+                     inputs: dict[str, np.ndarray] | None = None, only: list[Any] | None = None,
+                     purpose: str = "job") -> JobRecord:
+        """Run a job on the network. ``only`` restricts the auction to these ads (checks and
+        calibration); ``purpose`` other than ``job`` marks such internal jobs, which are not
+        themselves re-checked."""
+        wl = workloads.get(workload)
+        checked = wl.check(params)
+        arrays = workloads.check_inputs(wl, checked, inputs)
+        if deadline_s <= 0:
+            raise JobError("the deadline is already past")
+        if max_price <= 0:
+            raise JobError("--max-price must be positive")
+        early: list[dict[str, Any]] = []
+        if only is None:
+            ads = self.candidates(workload, wl.memory(checked), k, backend)
+            fresh = [ad for ad in ads if self.checks.needs_calibration(ad)]
+            if fresh and purpose == "job":
+                def early_event(what: str, data: dict[str, object]) -> None:
+                    item = event_item(what, data)
+                    early.append(item)
+                    if on_event is not None:
+                        on_event(item)
+                for ad in fresh:
+                    await self.checks.calibrate(ad, early_event)
+                ads = self.candidates(workload, wl.memory(checked), k, backend)
+        else:
+            ads = [ad for ad in only if ad.peer_id != self.identity.peer_id]
+        for ad in ads:
+            self.scorer.advertised[ad.peer_id] = max((v for _, v in ad.speed), default=0.0)
+        if not ads:
+            raise JobError(f"no provider in the market offers {workload}" + (f" on {backend}" if backend else ""))
+        job_id, nonce = os.urandom(16), os.urandom(16)
+        policy = self.judge.verify_method(workload) if verify == "auto" else verify
+        public = {k: v for k, v in checked.items() if k not in m.PRIVATE_PARAMS}
+        private: dict[str, Any] = {k: v for k, v in checked.items() if k in m.PRIVATE_PARAMS}
+        blob_ids: list[bytes] = []
+        if arrays:  # inputs travel as encrypted blobs that the awarded provider fetches from us
+            secret = sealing.blob_secret(self.identity.seed)
+            private["keys"] = {}
+            for name in sorted(arrays):
+                key, ciphertext = sealing.lock(arrays[name].tobytes(), secret)
+                blob_ids.append(self.blobs.store.put(ciphertext))
+                private["keys"][name] = key
+        started = self.now()
+        rfb = m.RequestForBids(job_id, workload, public, self.identity.peer_id, nonce, max_price,
+                               int((started + deadline_s) * 1000), 0, backend, policy)
+        rec = self.records.add(JobRecord(job_id.hex(), "requester", workload, checked, started=started,
+                                         purpose=purpose))
+        rec.events.extend(early)
+
+        def event(what: str, data: dict[str, object]) -> None:
+            item = event_item(what, data, t=round(self.now() - rec.started, 3))
+            rec.events.append(item)
+            if on_event is not None:
+                on_event(item)
+
+        machine = RequesterJob(self.identity.peer_id, self.identity.signing_key, rfb, [a.peer_id for a in ads],
+                               started, bid_window_s=bid_window_s,
+                               stall_s=max(15.0, 3 * m.HEARTBEAT_S), overdue_grace_s=OVERDUE_GRACE_S, on_event=event, private_params=private,
+                               input_blobs=tuple(blob_ids), scorer=self.scorer)
+        streams: dict[bytes, FramedStream] = {}
+        wake = trio.Event()
+        event("request", {"candidates": [to_base58(a.peer_id) for a in ads], "max_price": max_price})
+        if blob_ids:
+            event("upload", {"blobs": len(blob_ids), "bytes": sum(int(a.nbytes) for a in arrays.values())})
+
+        async def carry(step: Step) -> None:
+            if step.violation is not None:
+                peer, why = step.violation
+                log.info("job %s: %s: %s", rec.job[:8], to_base58(peer), why)
+                self.penalise(peer, "protocol_violation")
+            for peer, msg in step.send:
+                fs = streams.get(peer)
+                if fs is None:
+                    continue
+                try:
+                    await fs.send(msg.encode())
+                except StreamGone:
+                    pass
+
+        def feed(peer: bytes, msg: m.Message) -> Step:
+            step = machine.receive(peer, msg, self.now())
+            wake.set()
+            return step
+
+        async def talk(ad: Any) -> None:
+            peer = ad.peer_id
+            try:
+                stream = await self.streams.open(peer, JOB_PROTOCOL, ad.addrs)
+            except Exception as exc:  # noqa: BLE001 - any dial failure: this provider is out
+                await carry(feed(peer, m.Decline(job_id, "busy", f"unreachable: {exc}")))
+                return
+            fs = streams[peer] = FramedStream(stream, max_frame=m.MAX_MESSAGE, frame_timeout=m.FRAME_TIMEOUT_S)
+            budget = TokenBuckets(burst=PROVIDER_BURST, rate=PROVIDER_RATE, max_keys=1)
+
+            async def receive() -> m.Message:
+                frame = await fs.receive()
+                if not budget.take(b"", trio.current_time()):
+                    raise PeerError("more messages than a job conversation needs", code="flood")
+                return m.decode(frame)
+
+            async def lost(why: str) -> None:
+                if machine.provider == peer and machine.state is R.RUNNING:
+                    await carry(feed(peer, m.Failed(job_id, "crashed", why)))
+                elif machine.state is R.COLLECTING and peer not in machine.bids and peer not in machine.declines:
+                    await carry(feed(peer, m.Decline(job_id, "busy", why)))
+
+            try:
+                sent = trio.current_time()
+                await fs.send(rfb.encode())
+                first = await receive()
+                self.scorer.observe_latency(peer, (trio.current_time() - sent) * 1000)
+                await carry(feed(peer, first))
+                while True:
+                    await carry(feed(peer, await receive()))
+            except StreamGone:
+                await lost("stream lost")
+            except (PeerError, trio.TooSlowError) as exc:
+                code = exc.code if isinstance(exc, PeerError) else "idle_stream"
+                log.info("job %s: %s broke the protocol (%s): %s", rec.job[:8], to_base58(peer), code, exc)
+                self.penalise(peer, code)
+                await fs.reset()
+                await lost(f"protocol error: {code}")
+            except Exception as exc:  # noqa: BLE001 - a bug here ends this provider's part, not the job
+                log.error("job %s: talking to %s failed", rec.job[:8], to_base58(peer), exc_info=exc)
+                await fs.reset()
+                await lost(f"internal error: {type(exc).__name__}")
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for ad in ads:
+                    nursery.start_soon(talk, ad)
+                while not machine.terminal:
+                    with trio.move_on_at(trio_deadline(self.now, machine.next_wakeup())):
+                        await wake.wait()
+                    wake = trio.Event()
+                    await carry(machine.tick(self.now()))
+                    if machine.state is R.VERIFYING and machine.result is not None:
+                        result = machine.result
+                        try:
+                            ok, outcome, output, rec.checked = await self._verify(result, rfb, checked, policy,
+                                                                                  arrays, event)
+                        except BlobUnavailable as exc:  # its provider is gone: re-award, pay nothing
+                            await carry(machine.output_unavailable(f"output unavailable: {exc}", self.now()))
+                            continue
+                        provider_ad = next(a for a in ads if a.peer_id == result.body["provider"])
+                        if ok and output is not None and policy == "rerun" and purpose == "job" and \
+                                self.checks.should_rerun(workload, provider_ad.peer_id):
+                            check = await self.checks.rerun(rec, provider_ad, result.raw, output, checked, arrays,
+                                                            max_price, backend, event)
+                            ok, outcome = check.passed, check.detail
+                            rec.checked = "rerun" if check.ran else ""
+                        if ok:
+                            self.scorer.observe_speed(result.body["provider"], wl.flops(checked),
+                                                      result.body["kernel_ms"] / 1000)
+                        rec.output, rec.result_raw = output, result.raw
+                        rec.outcome = outcome
+                        await carry(machine.verified(ok, outcome))
+                nursery.cancel_scope.cancel()
+        finally:
+            # Cancelled by the user, or failing: tell the providers, so their work stops now.
+            with trio.CancelScope(shield=True):
+                if not machine.terminal:
+                    with trio.move_on_after(2):
+                        await carry(machine.cancel("cancelled by the requester"))
+                for fs in streams.values():
+                    with trio.move_on_after(1):
+                        await fs.close()
+                rec.state, rec.ended = machine.state.value, self.now()
+        rec.state, rec.ended = machine.state.value, self.now()
+        rec.outcome = machine.reason or machine.state.value
+        if machine.provider is not None:
+            rec.peer = to_base58(machine.provider)
+            rec.price = machine.bids[machine.provider].price if machine.provider in machine.bids else 0
+        if machine.result is not None:
+            rec.kernel_ms, rec.backend = machine.result.body["kernel_ms"], machine.result.body["backend"]
+        if machine.state is R.DONE:
+            rec.outcome = machine.receipt.body["outcome"] if machine.receipt else "done"
+        await self._remember(machine, rec)
+        return rec
+
+    async def _remember(self, machine: RequesterJob, rec: JobRecord) -> None:
+        """Write what this job taught us to the ledger: failures, the check, the receipt."""
+        trust = self.judge
+        job = machine.job
+        with trio.CancelScope(shield=True):
+            for peer, why in machine.failed.items():
+                await trust.record("failure", {"job": job, "reason": why[:250]}, peer=peer)
+            provider = machine.provider
+            if provider is None or machine.receipt is None:
+                return
+            if rec.checked:
+                await trust.record("verification", {"job": job, "method": rec.checked,
+                                                    "passed": machine.state is R.DONE,
+                                                    "detail": rec.outcome[:250]}, peer=provider)
+            await remember_receipt(trust, machine.receipt, "requester", rec.workload, provider)
+            if rec.checked in ("rerun", "freivalds") and rec.purpose == "job":
+                await trust.publish_opinion(provider)
+
+    async def _verify(self, result: m.Result, rfb: m.RequestForBids, params: dict[str, Any],
+                      policy: str, arrays: dict[str, np.ndarray],
+                      event: Callable[[str, dict[str, object]], None]) -> tuple[bool, str, Output | None, str]:
+        """Open and check a result: (accepted, outcome, output, method of the check that ran)."""
+        sealed = result.body["output"]
+        if result.body["blob"]:
+            try:
+                t0 = trio.current_time()
+                sealed = await self.blobs.fetch(result.body["provider"], result.body["blob"])
+                event("download", {"bytes": len(sealed), "seconds": round(trio.current_time() - t0, 3)})
+            except BlobError as exc:  # a bad manifest or chunk: the provider's fault (penalised)
+                return False, f"output blob: {exc}", None, ""
+        try:
+            plain = sealing.unseal(sealed, self.identity.signing_key)
+            output = Output.from_wire(codec.decode(plain, max_size=MAX_BLOB))
+        except Exception as exc:  # noqa: BLE001 - anything unreadable is a rejected result
+            return False, f"unreadable output: {type(exc).__name__}", None, "digest"
+        if output.digest != result.body["digest"]:
+            return False, "digest does not match the output", output, "digest"
+        if policy == "freivalds" and rfb.workload == "matmul":
+            rounds = self.judge.freivalds_rounds
+            ok, detail = await trio.to_thread.run_sync(lambda: freivalds_check(
+                params, output, rounds=rounds, rng=np.random.default_rng(), inputs=arrays or None))
+            return ok, detail, output, "freivalds"
+        return True, "accepted (unchecked)", output, ""

@@ -1,0 +1,200 @@
+"""The job services built from fakes: a requester and providers over memory streams, an in-process
+executor, judges with list ledgers, and trio's MockClock, so hours of protocol time pass at once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from p2pnode.exec import backends, workloads
+from p2pnode.identity import Identity
+from p2pnode.market.capacity_table import CapacityTable
+from p2pnode.net.framing import FramedStream
+from p2pnode.net.guard import PeerGate, guard_stream_handler
+from p2pnode.protocol.job_provider import P
+from p2pnode.services.blobs import BlobService
+from p2pnode.services.market import Resources, capacity_from
+from p2pnode.services.provider import JobProvider
+from p2pnode.services.records import JobRecords
+from p2pnode.services.requester import JobRequester
+from p2pnode.telemetry.probe import Hardware
+from p2pnode.wire import job as m
+from p2pnode.wire.capacity_ad import CpuInfo, decode_ad, encode_ad
+from p2pnode.wire.names import BLOB_PROTOCOL, JOB_PROTOCOL
+from tests.services.fakes import (
+    InlineExecutor,
+    ListJudge,
+    MemoryNet,
+    Offences,
+    ad_for,
+    virtual_now,
+)
+
+RICH = 10**9
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    # Jump only after 50 ms of real idleness: a check running in a worker thread leaves every task
+    # blocked, and an immediate jump would age the conversation by a minute meanwhile.
+    return trio.testing.MockClock(autojump_threshold=0.05)
+
+
+@dataclass
+class Side:
+    identity: Identity
+    judge: ListJudge
+    offences: Offences
+    records: JobRecords
+    blobs: BlobService
+    provider: JobProvider | None = None
+    executor: InlineExecutor | None = None
+
+
+@dataclass
+class World:
+    net: MemoryNet
+    requester: JobRequester
+    me: Side
+    providers: list[Side] = field(default_factory=list)
+
+
+def _side(net: MemoryNet) -> Side:
+    identity, offences = Identity.generate(), Offences()
+    blobs = BlobService(net.streams(identity.peer_id), offences.penalise)
+    net.serve(identity.peer_id, BLOB_PROTOCOL, blobs.handle_stream)
+    return Side(identity, ListJudge(), offences, JobRecords(), blobs)
+
+
+@asynccontextmanager
+async def world(n: int = 2) -> AsyncIterator[World]:
+    async with trio.open_nursery() as nursery:
+        net = MemoryNet(nursery)
+        me = _side(net)
+        table = CapacityTable()
+        resources = Resources(Hardware(cpu=CpuInfo("test", 2, 8 << 30, 4 << 30), gpus=()), {"numpy-fp32": 50.0})
+        providers = []
+        for _ in range(n):
+            side = _side(net)
+            side.executor = InlineExecutor()
+            ex = side.executor
+            side.provider = JobProvider(
+                identity=side.identity, now=virtual_now, executor=ex,
+                capacity=lambda ex=ex: capacity_from(resources, ex, 100, ("matmul", "infer", "train_step"), True),
+                blobs=side.blobs, recorder=side.judge, penalise=side.offences.penalise, records=side.records)
+            gate = PeerGate(is_banned=side.offences.is_banned, penalise=side.offences.penalise)
+            guarded = guard_stream_handler("job", side.provider.handle_stream, gate, side.provider.limits)
+            net.serve(side.identity.peer_id, JOB_PROTOCOL, lambda s, p, g=guarded: g(s))
+            ad = ad_for(side.identity, virtual_now())
+            table.offer(decode_ad(encode_ad(ad, side.identity.signing_key)), virtual_now(), origin=ad.peer_id)
+            providers.append(side)
+        requester = JobRequester(identity=me.identity, now=virtual_now, table=table, is_banned=me.offences.is_banned,
+                                 judge=me.judge, blobs=me.blobs, streams=net.streams(me.identity.peer_id),
+                                 penalise=me.offences.penalise, records=me.records, calibrate_providers=False)
+        yield World(net, requester, me, providers)
+        nursery.cancel_scope.cancel()
+
+
+def _local(workload: str, params: dict[str, Any]) -> workloads.Output:
+    wl = workloads.get(workload)
+    return wl.run(wl.check(params), backends.ops("numpy"), lambda f: None)
+
+
+async def test_a_job_round_trip_leaves_receipts_and_credits_on_both_sides(autojump_clock: Any) -> None:
+    async with world(2) as w:
+        params = {"m": 16, "n": 8, "k": 32, "dtype": "int8", "seed": 5}
+        rec = await w.requester.submit("matmul", params, max_price=RICH, deadline_s=60)
+        assert rec.state == "done" and rec.outcome.startswith("verified (Freivalds"), rec.outcome
+        assert rec.output is not None and rec.output.digest == _local("matmul", params).digest
+        winner = next(s for s in w.providers if s.identity.peer_id_b58 == rec.peer)
+        assert winner.records[-1].state == "done"
+        assert w.me.judge.kinds() == ["verification", "receipt", "credit"]
+        assert winner.judge.kinds() == ["receipt", "credit"]
+        assert winner.judge.entries[1][1]["amount"] == -w.me.judge.entries[2][1]["amount"] > 0
+        assert w.me.offences.got == [] and winner.offences.got == []
+
+
+async def test_a_large_output_travels_as_a_blob_over_the_blob_service(autojump_clock: Any) -> None:
+    async with world(1) as w:
+        params = {"m": 256, "n": 256, "k": 8, "dtype": "fp32", "seed": 2}  # 256 KiB out
+        rec = await w.requester.submit("matmul", params, max_price=RICH, deadline_s=60)
+        assert rec.state == "done" and w.me.blobs.fetched_bytes > 256 * 256 * 4
+        assert np.allclose(rec.output.arrays["c"], _local("matmul", params).arrays["c"])  # type: ignore[union-attr]
+
+
+async def test_a_provider_that_goes_silent_is_replaced_after_the_stall_timeout(autojump_clock: Any) -> None:
+    async with world(2) as w:
+        silent = w.providers[0]
+
+        async def mute(stream: Any, peer: bytes) -> None:
+            fs = FramedStream(stream, max_frame=m.MAX_MESSAGE)
+            rfb = m.decode(await fs.receive())
+            await fs.send(m.Bid(rfb.job, 1, 60_000, rfb.deadline_ms, "numpy").encode())  # the cheapest
+            await trio.sleep_forever()  # then not a word
+
+        w.net.serve(silent.identity.peer_id, JOB_PROTOCOL, mute)
+        # the requester thinks well of the silent one (as a good record would make it): it wins
+        w.requester.scorer.reputation = lambda peer: 0.001 if peer == silent.identity.peer_id else 1.0
+        t0 = trio.current_time()
+        rec = await w.requester.submit("train_step", {"steps": 3}, max_price=RICH, deadline_s=600)
+        assert rec.state == "done" and rec.peer == w.providers[1].identity.peer_id_b58
+        lost = [e for e in rec.events if e["event"] == "lost"]
+        assert lost and "no word" in lost[0]["reason"]
+        assert trio.current_time() - t0 >= 15.0  # virtual seconds: the stall timeout, waited for real
+        assert ("failure", silent.identity.peer_id) in [(k, p) for k, _, p in w.me.judge.entries]
+
+
+async def test_an_unreachable_provider_is_skipped(autojump_clock: Any) -> None:
+    async with world(2) as w:
+        w.net.down.add(w.providers[0].identity.peer_id)
+        rec = await w.requester.submit("matmul", {"m": 4, "n": 4, "k": 4}, max_price=RICH, deadline_s=60)
+        assert rec.state == "done" and rec.peer == w.providers[1].identity.peer_id_b58
+        assert any(e["event"] == "decline" and e["code"] == "busy" for e in rec.events)
+
+
+async def test_an_unawarded_bid_expires_and_a_late_award_is_an_offence(autojump_clock: Any) -> None:
+    async with world(1) as w:
+        side = w.providers[0]
+        stream = await w.net.streams(w.me.identity.peer_id).open(side.identity.peer_id, JOB_PROTOCOL)
+        fs = FramedStream(stream, max_frame=m.MAX_MESSAGE)
+        rfb = m.RequestForBids(b"J" * 16, "matmul", {"m": 4, "n": 4, "k": 4}, w.me.identity.peer_id, b"N" * 16,
+                               RICH, int((virtual_now() + 3600) * 1000), 0, "", "none")
+        await fs.send(rfb.encode())
+        bid = m.decode(await fs.receive())
+        assert isinstance(bid, m.Bid)
+        await trio.sleep(31)  # the bid lived 30 s
+        assert side.records[-1].state == P.NOT_AWARDED.value
+        assert side.executor is not None and side.executor.calls == []
+        award = m.make_award(rfb.job, w.me.identity.signing_key, requester=w.me.identity.peer_id,
+                             provider=side.identity.peer_id, nonce=rfb.nonce, price=bid.price,
+                             deadline_ms=rfb.deadline_ms)
+        try:
+            await fs.send(award.encode())  # too late: the provider has closed the stream
+        except Exception:  # noqa: BLE001
+            pass
+        assert side.executor.calls == []
+
+
+async def test_the_same_job_id_twice_is_refused_as_a_replay(autojump_clock: Any) -> None:
+    async with world(1) as w:
+        side = w.providers[0]
+        rfb = m.RequestForBids(b"R" * 16, "matmul", {"m": 4, "n": 4, "k": 4}, w.me.identity.peer_id, b"N" * 16,
+                               RICH, int((virtual_now() + 60) * 1000), 0, "", "none")
+        for _ in range(2):
+            stream = await w.net.streams(w.me.identity.peer_id).open(side.identity.peer_id, JOB_PROTOCOL)
+            fs = FramedStream(stream, max_frame=m.MAX_MESSAGE)
+            await fs.send(rfb.encode())
+            with trio.move_on_after(5):
+                try:
+                    await fs.receive()
+                except Exception:  # noqa: BLE001 - the second stream is reset
+                    pass
+        assert side.offences.got == [(w.me.identity.peer_id, "replay")]
+        assert len([r for r in side.records if r.job == rfb.job.hex()]) == 1
