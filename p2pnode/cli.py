@@ -75,15 +75,24 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--cheat", metavar="MODE[:X]", default="",
                     help="make node 1 an adversary (garbage, perturb, replay, lowprec, overclaim, stall)")
 
-    sm = sub.add_parser("submit", parents=[common], help="run a job on the network and show its result")
-    sm.add_argument("workload", help="matmul, infer or train_step")
+    sm = sub.add_parser("submit", parents=[common], help="run a job on the network and show its result",
+                        description="Run a job. With --model: `infer` runs your ONNX model on your data as one "
+                                    "job, `map` runs it over a dataset in shards across several providers.")
+    sm.add_argument("workload", help="matmul, infer, train_step; or, with --model, infer or map")
     sm.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="workload parameter")
-    sm.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy",
-                    help="an input array (with -p inputs=blob); sent encrypted, once, as a blob")
+    sm.add_argument("--model", "-m", type=Path, help="an ONNX model (.onnx; external data files beside it)")
+    sm.add_argument("--input", "-i", action="append", default=[], metavar="FILE | NAME=FILE.npy",
+                    help="with --model: the data (.npy, or .npz with one array per model input); otherwise an "
+                         "input array (with -p inputs=blob). Sent encrypted, once, as a blob")
+    sm.add_argument("--output", "-o", type=Path, help="with --model: save the outputs here (.npy: the model's "
+                                                      "first output; .npz: all)")
+    sm.add_argument("--shard-rows", type=int, default=0, help="map: rows per job (default: spread over --providers)")
     sm.add_argument("--max-price", type=int, default=100_000, help="most micro-credits you pay (default 100000)")
-    sm.add_argument("--deadline", type=_finite, default=60.0, help="seconds from now (default 60)")
-    sm.add_argument("--providers", type=int, default=3, help="ask this many providers for bids (default 3)")
-    sm.add_argument("--backend", default="", help="cuda, cupy or numpy (default: any)")
+    sm.add_argument("--deadline", type=_finite, default=60.0,
+                    help="seconds from now (default 60); for a model job, per shard (default 600)")
+    sm.add_argument("--providers", type=int, default=3,
+                    help="ask this many providers for bids (default 3); map: run on this many at once")
+    sm.add_argument("--backend", default="", help="cuda, cupy, numpy, ort-cpu or ort-cuda (default: any)")
     sm.add_argument("--verify", default="auto", choices=["auto", "none", "freivalds"], help="how to check the result")
     sm.add_argument("--json", action="store_true", help="print JSON")
     jb = sub.add_parser("jobs", parents=[common], help="live and past jobs of the running node")
@@ -306,6 +315,66 @@ def _run(config: Config) -> int:
     return 0
 
 
+def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int:
+    """``submit infer|map --model M.onnx --input DATA [--output OUT]``: run on the node, which reads
+    the files (same user) and writes the output."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from p2pnode import ui
+
+    if args.workload not in ("infer", "map"):
+        raise LocalError(f"--model goes with infer or map, not {args.workload}")
+    if args.model is None:
+        raise LocalError("map needs --model PATH.onnx")
+    if len(args.input) != 1 or "=" in args.input[0]:
+        raise LocalError("a model job needs one --input FILE (.npy, or .npz with one array per model input)")
+    if args.output is not None and args.output.suffix not in (".npy", ".npz"):
+        raise LocalError(f"--output {args.output}: name a .npy or .npz file")
+    if args.shard_rows < 0 or args.providers < 1:
+        raise LocalError("--shard-rows must not be negative and --providers must be at least 1")
+    for path in (args.model, Path(args.input[0])):
+        if not path.is_file():
+            raise LocalError(f"no such file: {path}")
+    deadline = args.deadline if args.deadline != 60.0 else 600.0
+    cmd = "map" if args.workload == "map" else "submit"
+    request = dict(model=str(args.model.resolve()), input=str(Path(args.input[0]).resolve()),
+                   output=str(args.output.resolve()) if args.output else "", max_price=args.max_price,
+                   deadline=deadline, providers=args.providers if cmd == "map" else 1,
+                   shard_rows=args.shard_rows, backend=args.backend)
+    timeout = deadline + 60
+    if args.json:
+        result = call(config.control_socket, cmd, timeout=timeout, **request)
+        _print_json(result)
+        return 0
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), console=console)
+    with progress:
+        rows = progress.add_task("rows", total=None, speed="")
+        providers: dict[str, int] = {}
+
+        def on_event(e: dict[str, Any]) -> None:
+            kind = e.get("event")
+            if kind == "map":
+                progress.update(rows, total=e["rows"], completed=0,
+                                description=f"{e['shards']} shard(s)" + (f", {e['resumed']} resumed" if e["resumed"]
+                                                                        else ""))
+                if e["verify"] != "rows":
+                    progress.console.print("  [yellow]this model couples its rows: results are checked by "
+                                           "re-running whole shards[/]")
+            elif kind == "shard" and e.get("state") == "done":
+                providers[e["provider"]] = providers.get(e["provider"], 0) + e["rows"]
+                progress.update(rows, completed=e["rows_done"], speed=f"{e['rows_per_s']:.0f} rows/s",
+                                description=f"shards {e['done']}/{e['shards']}")
+                progress.console.print(f"  shard {e['shard']} by {ui.short_peer(e['provider'])}: {e['rows']} rows, "
+                                       f"{e['outcome']}")
+            elif kind == "shard" and e.get("state") == "retry":
+                progress.console.print(f"  [yellow]shard {e['shard']} again elsewhere: {e['outcome']}[/]")
+
+        result = call(config.control_socket, cmd, timeout=timeout, on_event=on_event, **request)
+    console.print(ui.map_summary(result))
+    return 0
+
+
 def _parse_params(items: list[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for item in items:
@@ -331,6 +400,8 @@ def _submit(config: Config, args: argparse.Namespace, console: Any) -> int:
     from p2pnode import ui
     from p2pnode.exec import workloads
 
+    if args.model is not None or args.workload == "map":
+        return _submit_model(config, args, console)
     params = _parse_params(args.param)
     wl = workloads.get(args.workload)
     if not wl.input_spec(wl.check(params)) and args.input:  # bad input fails here, before the network

@@ -44,7 +44,7 @@ KEYS: tuple[Key, ...] = (
     Key("mdns", bool, True, "Find peers on the local network with mDNS."),
     Key("provide", bool, True, "Offer this machine's capacity (publish capacity ads)."),
     Key("use_gpu", bool, True, "Probe GPUs with NVML and use them; false forces the CPU path."),
-    Key("workloads", list, ["matmul", "infer", "train_step"], "Workloads offered in the capacity ad."),
+    Key("workloads", list, ["matmul", "infer", "train_step", "onnx"], "Workloads offered in the capacity ad."),
     Key("price", int, 100, "Price in micro-credits per unit of work (one GFLOP)."),
     Key("slots", int, 1, "Jobs this node runs at once (one worker process each)."),
     Key("ad_interval", float, 10.0, "Seconds between periodic capacity ads (also sent at start and on change)."),

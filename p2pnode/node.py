@@ -36,6 +36,7 @@ from p2pnode.net.host import build_host, parse_multiaddr
 from p2pnode.protocol.penalties import PeerPenalties
 from p2pnode.services.blobs import BlobService
 from p2pnode.services.jobs import JobService
+from p2pnode.services.mapper import MapService
 from p2pnode.services.market import AdSettings, MarketService, Resources, capacity_from
 from p2pnode.services.peers import PeerPolicy
 from p2pnode.services.provider import JobProvider
@@ -101,6 +102,8 @@ class Node:
                          judge=self.trust, blobs=self.blobs, streams=self._streams, penalise=self.penalise,
                          records=records, calibrate_providers=cfg.calibrate_providers),
             records)
+        self.maps = MapService(submit=self.jobs.submit, candidates=self.jobs.candidates, now=self.now,
+                               state_dir=cfg.data_dir / "maps")
         self.views = ControlViews(self)
         if self.adversary is not None:
             log.warning("running as an adversary: %s", cfg.adversary)

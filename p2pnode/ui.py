@@ -142,3 +142,31 @@ def ledger_report(r: dict[str, Any]) -> Text:
     if r.get("quarantined"):
         out.append(f"  {r['quarantined']} damaged record(s) were moved to quarantine at a start\n", style="yellow")
     return out
+
+
+def map_summary(m: dict[str, Any]) -> Any:
+    """A model job's or dataset job's outcome: rows, speed, checks, who did what, what was saved."""
+    from rich.console import Group
+
+    head = Text()
+    head.append("DONE", style="bold green")
+    head.append(f"  {m['rows']} rows in {m['shards']} shard(s)"
+                + (f" ({m['resumed']} from an earlier run)" if m["resumed"] else "")
+                + f", {m['seconds']:.2f} s, {m['rows_per_s']:.0f} rows/s\n")
+    model = m.get("model", {})
+    check = (f"checked: {m['checked_rows']} sampled rows re-run" if m["verify"] == "rows"
+             else "checked: whole shards re-run (the model couples its rows)")
+    head.append(f"  model {model.get('inputs')} -> {model.get('outputs')}, {model.get('gflop', 0):.3g} GFLOP; "
+                f"{check}; {m['retries']} shard(s) redone elsewhere\n")
+    saved = m.get("saved")
+    if saved:
+        head.append(f"  saved {', '.join(saved['outputs'])} to {saved['path']}")
+        if saved["skipped"]:
+            head.append(f" (not saved: {', '.join(saved['skipped'])}; use .npz for all outputs)")
+        head.append("\n")
+    t = Table(box=box.SIMPLE, title="rows by provider")
+    t.add_column("provider")
+    t.add_column("rows", justify="right")
+    for peer, rows in sorted(m["by_provider"].items(), key=lambda x: -x[1]):
+        t.add_row(short_peer(peer), str(rows))
+    return Group(head, t) if m["by_provider"] else head

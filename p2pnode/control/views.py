@@ -6,6 +6,7 @@ given; it imports nothing of ``p2pnode.node`` (the node hands itself in).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -102,8 +103,12 @@ class ControlViews:
             return node.trust.table()
         if cmd == "wait":
             return await self._wait(request)
+        if cmd == "submit" and request.get("model"):
+            return await self._map(dict(request, providers=1), emit, single=True)
         if cmd == "submit":
             return await self._submit(request, emit)
+        if cmd == "map":
+            return await self._map(request, emit)
         raise ControlError(f"unknown command {cmd!r}")
 
     async def _wait(self, request: dict[str, Any]) -> Any:
@@ -149,6 +154,82 @@ class ControlViews:
         except BaseExceptionGroup as group:
             raise unwrap_group(group) from None
         return rec.to_json()
+
+
+    async def _map(self, request: dict[str, Any], emit: Any, *, single: bool = False) -> Any:
+        """A model over a dataset, outputs saved to ``output``: one job (``single``), or shards of
+        ``shard_rows`` (0: two shards per provider)."""
+        from p2pnode.exec import model_jobs, onnx_model
+
+        try:
+            model_path, input_path = str(request["model"]), str(request["input"])
+            output = str(request.get("output") or "")
+            shard_rows, providers = int(request.get("shard_rows") or 0), int(request.get("providers", 3))
+            max_price, deadline = int(request["max_price"]), float(request.get("deadline", 600))
+            backend = str(request.get("backend", ""))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ControlError(f"bad map request: {exc}") from exc
+        if output and not output.endswith((".npy", ".npz")):
+            raise ControlError(f"--output {output}: name a .npy or .npz file")
+        blob = await trio.to_thread.run_sync(onnx_model.pack_file, Path(model_path))
+        arrays = await trio.to_thread.run_sync(_load_dataset, input_path)
+        job = await trio.to_thread.run_sync(model_jobs.prepare, blob, arrays)
+        if single:
+            shard_rows = job.rows
+        elif shard_rows <= 0:
+            shard_rows = max(1, -(-job.rows // (2 * max(1, providers))))
+        send, recv = trio.open_memory_channel[dict[str, Any]](256)
+
+        async def forward() -> None:
+            async for item in recv:
+                await emit(item)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forward)
+                try:
+                    result = await self.node.maps.run(job, shard_rows=shard_rows, providers=providers,
+                                                      max_price=max_price, deadline_s=deadline, backend=backend,
+                                                      on_event=lambda e: _send_nowait(send, e))
+                finally:
+                    send.close()
+        except BaseExceptionGroup as group:
+            raise unwrap_group(group) from None
+        summary = result.summary()
+        summary["model"] = {"inputs": [s.name for s in job.info.inputs], "outputs": [s.name for s in job.info.outputs],
+                            "row_independent": job.row_independent, "gflop": round(job.gflop(), 6)}
+        if output:
+            summary["saved"] = await trio.to_thread.run_sync(_save_outputs, output, result.outputs,
+                                                              [s.name for s in job.info.outputs])
+        return summary
+
+
+def _load_dataset(path: str) -> dict[str, Any]:
+    """A ``.npy`` (one unnamed array, memory-mapped) or ``.npz`` (named arrays); no pickles."""
+    import numpy as np
+
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        return {"": np.load(path, allow_pickle=False, mmap_mode="r")}
+    except (OSError, ValueError) as exc:
+        raise ControlError(f"cannot read the dataset {path}: {exc}") from exc
+
+
+def _save_outputs(path: str, outputs: dict[str, Any], order: list[str]) -> dict[str, Any]:
+    """All outputs into a ``.npz``; into a ``.npy`` the model's first output (the others named)."""
+    import numpy as np
+
+    try:
+        if path.endswith(".npz"):
+            np.savez(path, **outputs)
+            return {"path": path, "outputs": order, "skipped": []}
+        first = order[0]
+        np.save(path, outputs[first], allow_pickle=False)
+        return {"path": path, "outputs": [first], "skipped": order[1:]}
+    except OSError as exc:
+        raise ControlError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def _send_nowait(send: trio.MemorySendChannel[dict[str, Any]], item: dict[str, Any]) -> None:

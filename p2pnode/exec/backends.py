@@ -1,4 +1,6 @@
-"""Array backends: torch on CUDA, CuPy, NumPy (always). Chosen per job, imported lazily.
+"""Array backends: torch on CUDA, CuPy, NumPy (always); and ONNX Runtime for people's own models,
+with its CUDA execution provider where onnxruntime-gpu and a GPU are present (``ort-cuda``) and its
+CPU one everywhere (``ort-cpu``). Chosen per job, imported lazily.
 
 Each backend generates seeded inputs on its own device (:mod:`p2pnode.exec.seeded`: the same bits
 everywhere, no host-to-device copy), runs the kernels there, and hands results back as NumPy, so
@@ -16,7 +18,9 @@ import numpy as np
 
 from p2pnode.exec import seeded
 
-BACKENDS = ("cuda", "cupy", "numpy")
+BACKENDS = ("cuda", "cupy", "numpy", "ort-cuda", "ort-cpu")
+ORT_PREFIX = "ort-"
+SESSION_CACHE = 4  # ONNX Runtime sessions a worker keeps, by model content
 
 
 def round_to_bf16(x: np.ndarray) -> np.ndarray:
@@ -44,7 +48,35 @@ def available() -> tuple[str, ...]:
     except Exception:  # noqa: BLE001
         pass
     out.append("numpy")
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers() and _gpu_count() > 0:
+            out.append("ort-cuda")
+        out.append("ort-cpu")
+    except Exception:  # noqa: BLE001 - no ONNX Runtime: no model jobs here
+        pass
     return tuple(out)
+
+
+def for_workload(workload: str, backends: tuple[str, ...]) -> tuple[str, ...]:
+    """The backends that run ``workload``: ONNX Runtime's for model jobs, the array ones otherwise."""
+    if workload == "onnx":
+        return tuple(b for b in backends if b.startswith(ORT_PREFIX))
+    return tuple(b for b in backends if not b.startswith(ORT_PREFIX))
+
+
+def _gpu_count() -> int:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no driver, no GPU
+        return 0
 
 
 class NumpyOps:
@@ -172,9 +204,56 @@ def _bf16_cupy(cp: Any, x: Any) -> Any:
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(cp.uint32).view(cp.float32)
 
 
+class OrtOps:
+    """ONNX Runtime sessions for checked models (:mod:`p2pnode.exec.onnx_model`), kept by the
+    model's content id so a worker builds a session once per model, not once per job. No custom-op
+    library is ever registered; fp32 stays fp32 on CUDA (no TF32), so results stay checkable."""
+
+    def __init__(self, name: str, threads: int = 0) -> None:
+        import onnxruntime
+
+        self.name = name
+        self.ort = onnxruntime
+        self.threads = threads
+        if name == "ort-cuda":
+            self.providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
+        else:
+            self.providers = ["CPUExecutionProvider"]
+        self._sessions: dict[str, tuple[Any, Any]] = {}
+
+    def session(self, blob: bytes) -> tuple[Any, Any]:
+        """(session, ModelInfo) for a model container; checked and built on first use."""
+        from p2pnode.exec import onnx_model
+
+        key = onnx_model.model_id(blob)
+        if key in self._sessions:
+            self._sessions[key] = self._sessions.pop(key)  # most recently used last
+            return self._sessions[key]
+        model = onnx_model.load(blob)
+        info = onnx_model.check_model(model)
+        so = self.ort.SessionOptions()
+        so.log_severity_level = 3
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        try:
+            sess = self.ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
+        except Exception as exc:  # ONNX Runtime refuses it: a model error, not a crash
+            raise onnx_model.ModelError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0][:200]}") \
+                from exc
+        self._sessions[key] = (sess, info)
+        while len(self._sessions) > SESSION_CACHE:
+            self._sessions.pop(next(iter(self._sessions)))
+        return sess, info
+
+    def sync(self) -> None:
+        pass
+
+
 def ops(name: str) -> Any:
     if name == "numpy":
         return NumpyOps()
+    if name.startswith(ORT_PREFIX) and name in BACKENDS:
+        return OrtOps(name)
     if name == "cuda":
         return TorchOps()
     if name == "cupy":

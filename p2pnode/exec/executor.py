@@ -9,12 +9,18 @@ Promises:
 * **isolation** -- kernels run in worker processes, never on the trio thread; an exception in a
   kernel is a typed :class:`~p2pnode.errors.ExecFailure`, a crashed worker too;
 * **cancellation and timeouts really stop the work** -- the worker running it is killed (and a
-  fresh one started for the next job), so a runaway kernel holds no CPU, GPU or memory after.
+  fresh one started for the next job), so a runaway kernel holds no CPU, GPU or memory after;
+* **bounded memory for models** -- a model job on ONNX Runtime's CPU provider runs under an address
+  space limit (``MODEL_MEMORY_FACTOR`` times its estimate, plus headroom), so a model that asks for
+  more fails as ``oom`` in its worker instead of starving the machine;
+* **a model crosses the pipe once per worker** -- large, reused inputs (``CACHED_INPUTS``) are sent
+  to a worker once and named by content afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -32,6 +38,9 @@ from p2pnode.exec import frames, workloads
 from p2pnode.exec.workloads import Output
 
 ProgressFn = Callable[[float], None]
+CACHED_INPUTS = frozenset({"model"})
+MODEL_MEMORY_FACTOR = 4
+MODEL_MEMORY_HEADROOM = 2 << 30  # thread stacks and allocator arenas of a loaded runtime
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class _Worker:
     def __init__(self, proc: trio.Process) -> None:
         self.proc = proc
         self._buf = bytearray()
+        self.cached: set[str] = set()  # content keys of inputs this worker holds
 
     async def send(self, obj: Any) -> None:
         assert self.proc.stdin is not None
@@ -150,12 +160,17 @@ class Executor:
             pass
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
-    def choose_backend(self, requested: str | None) -> str:
-        if requested is None:
-            return self.backends[0] if self.backends else "numpy"
-        if requested not in self.backends:
-            raise ExecFailure(f"backend {requested!r} is not available here (have: {', '.join(self.backends)})",
-                              code="backend_unavailable")
+    def choose_backend(self, requested: str | None, workload: str = "") -> str:
+        from p2pnode.exec.backends import for_workload
+
+        usable = for_workload(workload, self.backends) if workload else self.backends
+        if not requested:
+            if not usable:
+                raise ExecFailure(f"no backend here runs {workload}", code="backend_unavailable")
+            return usable[0]
+        if requested not in usable:
+            raise ExecFailure(f"backend {requested!r} is not available here for {workload or 'this job'} "
+                              f"(have: {', '.join(usable)})", code="backend_unavailable")
         return requested
 
     async def run(self, workload: str, params: dict[str, Any], *, backend: str | None = None,
@@ -166,7 +181,9 @@ class Executor:
         checked = wl.check(params)
         arrays = workloads.check_inputs(wl, checked, inputs)
         wire_inputs = {k: {"dtype": v.dtype.str, "shape": list(v.shape), "data": v.tobytes()} for k, v in arrays.items()}
-        chosen = self.choose_backend(backend)
+        for k in CACHED_INPUTS & set(wire_inputs):
+            wire_inputs[k]["key"] = hashlib.sha256(bytes(wire_inputs[k]["data"])).hexdigest()
+        chosen = self.choose_backend(backend, workload)
         need = wl.memory(checked)
         if need > self._capacity(chosen):
             raise ExecFailure(f"job needs {need} bytes, more than this node has free", code="no_capacity")
@@ -176,7 +193,9 @@ class Executor:
                 async with self._slots:
                     await self._admit(need, chosen)
                     try:
-                        return await self._execute(workload, checked, chosen, on_progress, started, wire_inputs)
+                        limit = need * MODEL_MEMORY_FACTOR + MODEL_MEMORY_HEADROOM if chosen == "ort-cpu" else 0
+                        return await self._execute(workload, checked, chosen, on_progress, started, wire_inputs,
+                                                   limit)
                     finally:
                         async with self._admission:
                             self._reserved -= need
@@ -194,13 +213,17 @@ class Executor:
                 await self._admission.wait()
             self._reserved += need
 
-    async def _execute(self, workload: str, params: dict[str, Any], backend: str,
-                       on_progress: ProgressFn | None, started: float, inputs: dict[str, Any]) -> ExecResult:
+    async def _execute(self, workload: str, params: dict[str, Any], backend: str, on_progress: ProgressFn | None,
+                       started: float, inputs: dict[str, Any], mem_limit: int = 0) -> ExecResult:
         worker = self._idle.pop() if self._idle else await self._spawn()
         self.running += 1
         done = False
         try:
-            await worker.send({"op": "run", "wl": workload, "params": params, "backend": backend, "inputs": inputs})
+            sent = {k: ({kk: vv for kk, vv in v.items() if kk != "data"} if v.get("key") in worker.cached else v)
+                    for k, v in inputs.items()}
+            await worker.send({"op": "run", "wl": workload, "params": params, "backend": backend, "inputs": sent,
+                               "mem_limit": mem_limit})
+            worker.cached |= {v["key"] for v in inputs.values() if v.get("key")}
             while True:
                 frame = await worker.receive()
                 if "progress" in frame:
@@ -221,7 +244,7 @@ class Executor:
         if not frame.get("ok"):
             code = str(frame.get("code", "kernel_error"))
             self._count(code)
-            if code in ("bad_params", "unknown_workload"):
+            if code in ("bad_params", "unknown_workload", "bad_model", "underpriced"):
                 raise WorkloadError(str(frame.get("error")), code=code)
             raise ExecFailure(str(frame.get("error", "kernel failed")), code=code)
         self.completed += 1

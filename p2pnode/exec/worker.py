@@ -6,20 +6,29 @@ one that crashes the process (a driver fault, the OOM killer) is seen by the exe
 worker. Either way the node goes on.
 
 Requests: ``{"op": "hello"}`` -> ``{"backends": [...]}``;
-``{"op": "run", "wl": NAME, "params": {...}, "backend": NAME}`` -> zero or more
-``{"progress": fraction}`` then ``{"ok": true, "output": ..., "seconds": s}`` or
-``{"ok": false, "code": CODE, "error": TEXT}``.
+``{"op": "run", "wl": NAME, "params": {...}, "backend": NAME, "inputs": {...}, "mem_limit": BYTES}``
+-> zero or more ``{"progress": fraction}`` then ``{"ok": true, "output": ..., "seconds": s}`` or
+``{"ok": false, "code": CODE, "error": TEXT}``. An input that carries a ``key`` is kept by that key
+(a few, least recently used dropped first); the executor then sends the key without the data. With
+``mem_limit`` the job runs under that much more address space than the worker already uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import sys
 import time
+from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from p2pnode.errors import WorkloadError
 from p2pnode.exec import backends, frames, workloads
+
+
+KEPT_INPUTS = 4
 
 
 def _failure_code(exc: BaseException) -> str:
@@ -27,7 +36,8 @@ def _failure_code(exc: BaseException) -> str:
         return "oom"
     name = type(exc).__name__
     text = str(exc)
-    if name == "OutOfMemoryError" or "out of memory" in text.lower():
+    if name == "OutOfMemoryError" or "out of memory" in text.lower() or "failed to allocate" in text.lower() \
+            or "bad_alloc" in text.lower():
         return "oom"
     if isinstance(exc, WorkloadError):
         return exc.code
@@ -48,8 +58,54 @@ def _throttled(send: Any) -> Any:
     return progress
 
 
+def _vm_size() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@contextlib.contextmanager
+def _memory_limit(extra: int) -> Iterator[None]:
+    """Cap the address space at what is in use now plus ``extra`` for the block (0: no cap)."""
+    if extra <= 0:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = _vm_size() + extra
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _inputs(wire: dict[str, Any], kept: OrderedDict[str, dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for name, v in wire.items():
+        key = v.get("key")
+        if key and "data" not in v:
+            if key not in kept:
+                raise WorkloadError(f"input {name}: not held here any more", code="crashed")
+            v = kept[key]
+            kept.move_to_end(key)
+        elif key:
+            kept[key] = v
+            while len(kept) > KEPT_INPUTS:
+                kept.popitem(last=False)
+        out[name] = {"dtype": v["dtype"], "shape": v["shape"], "data": v["data"]}
+    return out
+
+
 def serve(inp: BinaryIO, out: BinaryIO) -> None:
     ops_cache: dict[str, Any] = {}
+    kept: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     def send(obj: Any) -> None:
         out.write(frames.pack(obj))
@@ -71,9 +127,10 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             name = request["backend"]
             if name not in ops_cache:
                 ops_cache[name] = backends.ops(name)
-            inputs = workloads.Output.from_wire({"arrays": request.get("inputs") or {}}).arrays
-            output = workload.run(params, ops_cache[name], progress,
-                                  workloads.check_inputs(workload, params, inputs) or None)
+            inputs = workloads.Output.from_wire({"arrays": _inputs(request.get("inputs") or {}, kept)}).arrays
+            with _memory_limit(int(request.get("mem_limit") or 0)):
+                output = workload.run(params, ops_cache[name], progress,
+                                      workloads.check_inputs(workload, params, inputs) or None)
             send({"ok": True, "output": output.to_wire(), "seconds": time.perf_counter() - started})
         except Exception as exc:  # every kernel failure is a typed result, never a dead node
             send({"ok": False, "code": _failure_code(exc), "error": f"{type(exc).__name__}: {exc}"[:500]})

@@ -7,8 +7,11 @@
   compared within a relative tolerance.
 * ``train_step`` -- N steps of SGD on a seeded MLP regression task; returns the new weights, their
   digest and the loss curve; compared within a tolerance.
+* ``onnx`` -- someone's own ONNX model on their own rows (:mod:`p2pnode.exec.onnx_workload`); the
+  model and the rows are input blobs; compared row by row.
 
-Every workload is deterministic given its parameters, so a checker reproduces it from a few bytes.
+The seeded workloads are deterministic given their parameters, so a checker reproduces them from a
+few bytes; a model job is reproduced from the same model and rows.
 Third-party workloads register under the entry-point group ``p2pnode.workloads`` (an object with
 this module's :class:`Workload` interface).
 """
@@ -60,7 +63,7 @@ class Output:
         arrays = {}
         for k, v in m["arrays"].items():
             dtype = np.dtype(v["dtype"])
-            if dtype.kind not in "iuf":
+            if dtype.kind not in "iufb":
                 raise WorkloadError(f"output array {k!r} has dtype {dtype}")
             shape = tuple(int(s) for s in v["shape"])
             if int(np.prod(shape)) * dtype.itemsize != len(v["data"]):
@@ -338,7 +341,9 @@ class TrainStep:
         return all(_close(x.arrays[k], y.arrays[k], 1e-4) for k in ("w1", "b1", "w2", "b2"))
 
 
-_BUILTIN: dict[str, Workload] = {w.name: w for w in (Matmul(), Infer(), TrainStep())}
+from p2pnode.exec.onnx_workload import OnnxWorkload  # noqa: E402 - it uses the helpers above
+
+_BUILTIN: dict[str, Workload] = {w.name: w for w in (Matmul(), Infer(), TrainStep(), OnnxWorkload())}
 
 
 def registry() -> dict[str, Workload]:

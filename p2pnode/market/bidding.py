@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from p2pnode.errors import WorkloadError
 from p2pnode.exec import workloads
+from p2pnode.exec.backends import for_workload
+from p2pnode.telemetry.calibrate import speed_for
 from p2pnode.wire import job as m
 from p2pnode.wire.blob import MAX_BLOB
 
@@ -26,6 +28,7 @@ class Capacity:
     price_per_gflop: int
     busy: bool
     offered: tuple[str, ...]
+    speeds: tuple[tuple[str, float], ...] = ()  # measured speed per kernel and backend (the ad's)
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,12 @@ def decide(rfb: m.RequestForBids, cap: Capacity, now: float) -> Decision:
         return no(exc.code, str(exc))
     if wl.output_bytes(p) > MAX_OUTPUT:
         return no("bad_params", f"output of {wl.output_bytes(p)} bytes is over the limit of {MAX_OUTPUT}")
-    backend = rfb.backend or cap.backends[0]
-    if backend not in cap.backends:
-        return no("backend_unavailable", f"no {backend} backend here")
+    usable = for_workload(rfb.workload, cap.backends)
+    if not usable:
+        return no("backend_unavailable", f"no backend here runs {rfb.workload}")
+    backend = rfb.backend or usable[0]
+    if backend not in usable:
+        return no("backend_unavailable", f"no {backend} backend for {rfb.workload} here")
     need = max(wl.memory(p), rfb.min_memory)
     if need > cap.free_memory:
         return no("no_capacity", f"needs {need} bytes, {cap.free_memory} free")
@@ -68,7 +74,8 @@ def decide(rfb: m.RequestForBids, cap: Capacity, now: float) -> Decision:
     price = max(1, math.ceil(wl.flops(p) / 1e9 * cap.price_per_gflop))
     if price > rfb.max_price:
         return no("price", f"price {price} exceeds the maximum {rfb.max_price}")
-    estimate_ms = int(wl.flops(p) / max(cap.gflops, 0.001) / 1e6) + OVERHEAD_MS
+    gflops = speed_for(dict(cap.speeds), backend) or cap.gflops
+    estimate_ms = int(wl.flops(p) / max(gflops, 0.001) / 1e6) + OVERHEAD_MS
     if now + estimate_ms / 1000.0 > rfb.deadline_ms / 1000.0:
         return no("deadline", f"needs about {estimate_ms} ms; the deadline is too near")
     return Decision(True, price=price, estimate_ms=estimate_ms, backend=backend)

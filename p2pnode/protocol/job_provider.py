@@ -125,13 +125,14 @@ class ProviderJob:
         return result
 
     def finish(self, *, digest: bytes, output: bytes, kernel_ms: int, backend: str, blob: bytes,
-               now: float) -> m.Result:
-        """Sign the result (the output already sealed to the requester, inline or as a blob id)."""
+               now: float, root: bytes = b"") -> m.Result:
+        """Sign the result (the output already sealed to the requester, inline or as a blob id;
+        ``root`` the commitment to its rows, for row jobs)."""
         if self.key is None:
             raise LocalProtocolError("a provider job without a key cannot sign its result")
         result = m.make_result(self.job, self.key, requester=self.rfb.requester, provider=self.me,
                                nonce=self.rfb.nonce, digest=digest, output=output, kernel_ms=kernel_ms,
-                               backend=backend, blob=blob)
+                               backend=backend, blob=blob, root=root)
         return self.done(result, now)
 
     def failed(self, code: str, reason: str) -> m.Failed:

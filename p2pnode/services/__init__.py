@@ -19,11 +19,12 @@ module         service              built from
 ``requester``  ``JobRequester``     identity, now, table, is_banned, judge, blobs, streams,
                                     penalise, job book (owns its ``Checks`` and bid scorer)
 ``jobs``       ``JobService``       a provider and a requester over one job book
+``mapper``     ``MapService``       submit, candidates, now, state dir (dataset jobs in shards)
 =============  ===================  ================================================================
 
 Imports point one way, and never at ``p2pnode.node`` (``tests/services`` checks it)::
 
-    ports  <-  records, blobs, trust, peers, market
+    ports  <-  records, blobs, trust, peers, market, mapper
     ports, records  <-  checks
     ports, records, blobs  <-  provider
     ports, records, blobs, checks  <-  requester

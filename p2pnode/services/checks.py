@@ -32,9 +32,13 @@ from typing import Any
 
 import numpy as np
 
+import trio
+
+from p2pnode.exec.onnx_workload import take_rows
 from p2pnode.exec.workloads import Output
 from p2pnode.services.ports import Judge, Now
 from p2pnode.services.records import JobRecord
+from p2pnode.verify import rows
 from p2pnode.verify.check import compare
 from p2pnode.wire.peer_id import to_base58
 
@@ -99,25 +103,42 @@ class Checks:
     def should_rerun(self, workload: str, provider: bytes) -> bool:
         return self.rng.random() < self.judge.check_probability(workload, provider)
 
+    async def check_rows(self, rec: JobRecord, provider_ad: Any, result_raw: bytes, output: Output,
+                         params: dict[str, Any], inputs: dict[str, np.ndarray], max_price: int,
+                         backend: str, event: Event) -> CheckOutcome:
+        """Re-run a sample of a row job's rows that its provider could not predict (it signed its
+        root first): on an independent checker, or here when there is none. A disagreement goes to a
+        referee like any re-run (``verify/rows.py`` has the maths)."""
+        n = int(params["rows"])
+        idx = rows.sample(n, rows.sample_size(), self.rng)
+        sub_params, sub_inputs, sub_output = take_rows(params, inputs, output, idx)
+        event("sample", {"rows": len(idx), "of": n})
+        outcome = await self.rerun(rec, provider_ad, result_raw, sub_output, sub_params, sub_inputs, max_price,
+                                   backend, event, method="rows")
+        if outcome.ran:
+            return outcome
+        return await trio.to_thread.run_sync(lambda: _rows_here(rec.workload, sub_params, sub_inputs, sub_output))
+
     async def rerun(self, rec: JobRecord, provider_ad: Any, result_raw: bytes, output: Output,
                     params: dict[str, Any], inputs: dict[str, np.ndarray], max_price: int,
-                    backend: str, event: Event) -> CheckOutcome:
+                    backend: str, event: Event, method: str = "rerun") -> CheckOutcome:
         wl_name = rec.workload
         checker = self.independent(wl_name, backend, [provider_ad])
         if checker is None:
-            return CheckOutcome(True, "accepted (no independent checker)", "rerun", ran=False)
-        event("check", {"checker": checker.peer_id, "method": "rerun"})
+            return CheckOutcome(True, "accepted (no independent checker)", method, ran=False)
+        event("check", {"checker": checker.peer_id, "method": method})
         c = await self._run_elsewhere(rec, checker, params, inputs, max_price, backend)
         if c is None:
-            return CheckOutcome(True, "accepted (the check did not complete)", "rerun", ran=False)
+            return CheckOutcome(True, "accepted (the check did not complete)", method, ran=False)
         same, how = compare(wl_name, params, output, c.output)  # type: ignore[arg-type]
         if same:
-            return CheckOutcome(True, f"verified: {how} by {to_base58(checker.peer_id)[-6:]}", "rerun")
+            what = f"{params['rows']} sampled rows " if method == "rows" else ""
+            return CheckOutcome(True, f"verified: {what}{how} by {to_base58(checker.peer_id)[-6:]}", method)
         referee = self.independent(wl_name, backend, [provider_ad, checker])
         event("dispute", {"checker": checker.peer_id, "referee": referee.peer_id if referee else b""})
         r = await self._run_elsewhere(rec, referee, params, inputs, max_price, backend) if referee else None
         if r is None or referee is None:
-            return CheckOutcome(False, "disputed: no referee could settle it", "rerun")
+            return CheckOutcome(False, "disputed: no referee could settle it", method)
         provider_right = compare(wl_name, params, output, r.output)[0]  # type: ignore[arg-type]
         checker_right = compare(wl_name, params, c.output, r.output)[0]  # type: ignore[arg-type]
         wrong = "provider" if checker_right and not provider_right else \
@@ -129,12 +150,12 @@ class Checks:
         event("settled", {"wrong": wrong})
         if wrong == "provider":
             await self.judge.publish_cheat(provider_ad.peer_id, bytes.fromhex(rec.job), evidence)
-            return CheckOutcome(False, "wrong: the checker and the referee agree against it", "rerun")
+            return CheckOutcome(False, "wrong: the checker and the referee agree against it", method)
         if wrong == "checker":
             await self.judge.publish_cheat(checker.peer_id, bytes.fromhex(c.job),
-                                                (c.result_raw, result_raw, r.result_raw))
-            return CheckOutcome(True, "verified by a referee (the checker was wrong)", "rerun")
-        return CheckOutcome(False, "disputed: no two runs agree", "rerun")
+                                           (c.result_raw, result_raw, r.result_raw))
+            return CheckOutcome(True, "verified by a referee (the checker was wrong)", method)
+        return CheckOutcome(False, "disputed: no two runs agree", method)
 
     async def _run_elsewhere(self, rec: JobRecord, ad: Any, params: dict[str, Any], inputs: dict[str, np.ndarray],
                              max_price: int, backend: str) -> JobRecord | None:
@@ -191,3 +212,20 @@ class Checks:
         event("calibrated", {"peer": ad.peer_id, "passed": passed, "detail": detail})
         if not passed:
             log.warning("provider %s over-claims: %s", to_base58(ad.peer_id), detail)
+
+
+def _rows_here(workload: str, params: dict[str, Any], inputs: dict[str, np.ndarray], output: Output) -> CheckOutcome:
+    """Re-run sampled rows on this node's own ONNX Runtime (no independent checker in the market)."""
+    from p2pnode.errors import P2PNodeError
+    from p2pnode.exec import backends, workloads
+
+    try:
+        wl = workloads.get(workload)
+        mine = wl.run(params, backends.ops("ort-cpu"), lambda f: None, inputs)
+    except (P2PNodeError, ValueError, ImportError) as exc:
+        return CheckOutcome(True, f"accepted (could not check here: {exc})", "rows", ran=False)
+    same, how = compare(workload, params, output, mine)
+    n = params["rows"]
+    if same:
+        return CheckOutcome(True, f"verified: {n} sampled rows {how} here", "rows")
+    return CheckOutcome(False, f"wrong: sampled rows disagree with a re-run here ({how})", "rows")

@@ -27,6 +27,7 @@ import trio
 from p2pnode.adversary import Adversary
 from p2pnode.config import MIN_AD_INTERVAL_S
 from p2pnode.errors import PeerError
+from p2pnode.exec.backends import for_workload
 from p2pnode.exec.executor import Executor
 from p2pnode.identity import Identity
 from p2pnode.market.bidding import Capacity
@@ -79,7 +80,7 @@ def capacity_from(resources: Resources, executor: Executor | None, price: int, w
     free = (hw.gpus[0].memory_free if gpu_backend and hw.gpus else hw.cpu.memory_free) if hw else 0
     return Capacity(backends=backends, free_memory=int(free * 0.8), gflops=gflops, price_per_gflop=price,
                     busy=executor is None or executor.running >= 2 * executor.slots,
-                    offered=workloads if provide else ())
+                    offered=workloads if provide else (), speeds=tuple(sorted(speeds.items())))
 
 
 class MarketService:
@@ -163,13 +164,18 @@ class MarketService:
     def build_ad(self, hardware: Hardware, now: float) -> CapacityAd:
         s = self.settings
         self._seq = max(self._seq + 1, int(now * 1000))  # survives restarts: wall-clock based
-        # Offer what the executor can run, not what NVML sees: a GPU without torch or CuPy is NumPy.
+        # Offer what the executor can run, not what NVML sees: a GPU without torch or CuPy is NumPy,
+        # and model jobs only where ONNX Runtime is.
         ex = self.executor
-        backend = ex.backends[0] if ex is not None and ex.backends else "numpy"
+        available = ex.backends if ex is not None and ex.backends else ("numpy",)
         factor = self.adversary.speed_factor if self.adversary is not None else 1.0
-        offers = [Offer(w, backend, s.price, "gflop") for w in s.workloads[:8]]
+        offers = []
+        for w in s.workloads[:8]:
+            usable = for_workload(w, available)
+            if usable:
+                offers.append(Offer(w, usable[0], s.price, "gflop"))
         if s.checker:  # re-runs for others' checks, preferred by requesters that check
-            offers += [Offer(w, backend, s.price, "check") for w in s.workloads[:8]]
+            offers += [Offer(o.workload, o.backend, s.price, "check") for o in list(offers)]
         return CapacityAd(
             peer_id=self.identity.peer_id,
             seq=self._seq,

@@ -32,13 +32,16 @@ from p2pnode.protocol.limits import SeenJobs, StreamLimits
 from p2pnode.services.blobs import BlobService
 from p2pnode.services.ports import Now, Penalise, Recorder, Runner, trio_deadline
 from p2pnode.services.records import JobRecord, JobRecords, remember_receipt
-from p2pnode.wire import codec, sealing
+from p2pnode.wire import codec, merkle, sealing
 from p2pnode.wire import job as m
 from p2pnode.wire.blob import BlobUnavailable
 from p2pnode.wire.peer_id import to_base58
 
 log = logging.getLogger("p2pnode.jobs")
 BID_TTL_S = 30.0
+# A job may run this many times its own estimate (and at least MIN_RUN_S) before the executor kills
+# it: a model that loops or crawls costs its provider a bounded amount, whatever it claimed.
+RUN_TIMEOUT_FACTOR, MIN_RUN_S = 10.0, 60.0
 # A requester sends a handful of messages per job (request, award, inputs, receipt, cancel).
 REQUESTER_BURST, REQUESTER_RATE = 16, 1.0
 MAX_STREAMS_PER_PEER, MAX_STREAMS = 16, 256
@@ -96,14 +99,16 @@ class JobProvider:
         rec = self.records.add(JobRecord(first.job.hex(), "provider", first.workload, dict(first.params),
                                          started=now, peer=to_base58(peer), state=prov.state.value,
                                          price=decision.price, backend=decision.backend))
+        timeout = max(MIN_RUN_S, RUN_TIMEOUT_FACTOR * decision.estimate_ms / 1000.0)
         try:
-            await self._provide(fs, prov, rec, decision.backend)
+            await self._provide(fs, prov, rec, decision.backend, timeout)
         finally:
             rec.ended = self.now()
             rec.state = prov.state.value
         await fs.close()
 
-    async def _provide(self, fs: FramedStream, prov: ProviderJob, rec: JobRecord, backend: str) -> None:
+    async def _provide(self, fs: FramedStream, prov: ProviderJob, rec: JobRecord, backend: str,
+                       timeout: float) -> None:
         """Drive ``prov`` from the bid to its end. Raises the requester's offence, if any, once the
         job is over (never from inside the nursery, so it reaches the guard as itself)."""
         inbox_send, inbox = trio.open_memory_channel[Any](16)
@@ -125,7 +130,7 @@ class JobProvider:
         async def execute() -> None:
             try:
                 with exec_scope:
-                    await self._execute(fs, prov, rec, backend, running)
+                    await self._execute(fs, prov, rec, backend, timeout, running)
             except StreamGone:
                 pass  # the reader sees the end of the stream and ends the job
             finally:
@@ -184,7 +189,7 @@ class JobProvider:
         if offence is not None:
             raise offence
 
-    async def _execute(self, fs: FramedStream, prov: ProviderJob, rec: JobRecord, backend: str,
+    async def _execute(self, fs: FramedStream, prov: ProviderJob, rec: JobRecord, backend: str, timeout: float,
                        running: _Running) -> None:
         """Fetch the inputs, run the job, send the signed result (or a failure)."""
         ex = self.executor
@@ -200,16 +205,19 @@ class JobProvider:
                     await trio.sleep_forever()  # progress goes on, the result never comes
                 run_params, cheat = adv.run_params(rec.workload, run_params)
             r = await ex.run(rec.workload, run_params, backend=backend, inputs=arrays,
-                             on_progress=running.set_progress)
+                             on_progress=running.set_progress, timeout=timeout)
             if adv is not None:
                 r = replace(r, output=adv.tamper(rec.workload, run_params, r.output, cheat))
+            root = b""
+            if prov.rfb.verify == "rows":  # commit to every row before anyone picks rows to check
+                root = await trio.to_thread.run_sync(merkle.rows_root, r.output.arrays)
             output = sealing.seal(codec.encode(r.output.to_wire()), prov.rfb.requester)
             blob = b""
             if len(output) > m.MAX_INLINE_OUTPUT:  # large: fetched by the requester as a blob
                 blob, output = self.blobs.store.put(output), b""
             rec.kernel_ms, rec.output = int(r.seconds * 1000), r.output
             result = prov.finish(digest=r.digest, output=output, kernel_ms=int(r.seconds * 1000),
-                                 backend=r.backend, blob=blob, now=self.now())
+                                 backend=r.backend, blob=blob, now=self.now(), root=root)
             await fs.send(result.encode())
         except (ExecFailure, WorkloadError, BlobUnavailable) as exc:
             await fs.send(prov.failed(exc.code, str(exc)).encode())

@@ -34,8 +34,9 @@ from p2pnode.services.blobs import BlobService
 from p2pnode.services.checks import Checks
 from p2pnode.services.ports import IsBanned, Judge, Now, Penalise, Streams, trio_deadline
 from p2pnode.services.records import JobRecord, JobRecords, event_item, remember_receipt
+from p2pnode.telemetry.calibrate import speed_for
 from p2pnode.verify.check import freivalds_check
-from p2pnode.wire import codec, sealing
+from p2pnode.wire import codec, merkle, sealing
 from p2pnode.wire import job as m
 from p2pnode.wire.blob import MAX_BLOB, BlobError, BlobUnavailable
 from p2pnode.wire.names import JOB_PROTOCOL
@@ -75,13 +76,14 @@ class JobRequester:
             ad = e.ad
             if ad.peer_id == me or self.is_banned(ad.peer_id) or self.judge.distrusted(ad.peer_id):
                 continue
-            offers = [o for o in ad.offers if o.workload == workload and (not backend or o.backend == backend)]
+            offers = [o for o in ad.offers if o.workload == workload and o.unit == "gflop"
+                      and (not backend or o.backend == backend)]
             if not offers or not ad.addrs:
                 continue
             free = max([g.memory_free for g in ad.gpus], default=ad.cpu.memory_free)
             if free < need:
                 continue
-            speed = max((v for _, v in ad.speed), default=1.0)
+            speed = speed_for(dict(ad.speed), offers[0].backend) or max((v for _, v in ad.speed), default=1.0)
             out.append((offers[0].price / max(speed, 1e-3) * (1.0 + ad.load), ad))
         out.sort(key=lambda x: x[0])
         return [ad for _, ad in out[:k]]
@@ -117,7 +119,9 @@ class JobRequester:
         else:
             ads = [ad for ad in only if ad.peer_id != self.identity.peer_id]
         for ad in ads:
-            self.scorer.advertised[ad.peer_id] = max((v for _, v in ad.speed), default=0.0)
+            backends = [o.backend for o in ad.offers if o.workload == workload]
+            self.scorer.advertised[ad.peer_id] = (speed_for(dict(ad.speed), backends[0]) if backends else 0.0) \
+                or max((v for _, v in ad.speed), default=0.0)
         if not ads:
             raise JobError(f"no provider in the market offers {workload}" + (f" on {backend}" if backend else ""))
         job_id, nonce = os.urandom(16), os.urandom(16)
@@ -235,7 +239,12 @@ class JobRequester:
                             await carry(machine.output_unavailable(f"output unavailable: {exc}", self.now()))
                             continue
                         provider_ad = next(a for a in ads if a.peer_id == result.body["provider"])
-                        if ok and output is not None and policy == "rerun" and purpose == "job" and \
+                        if ok and output is not None and policy == "rows" and purpose == "job":
+                            check = await self.checks.check_rows(rec, provider_ad, result.raw, output, checked,
+                                                                 arrays, max_price, backend, event)
+                            ok, outcome = check.passed, check.detail
+                            rec.checked = "rows"
+                        elif ok and output is not None and policy == "rerun" and purpose == "job" and \
                                 self.checks.should_rerun(workload, provider_ad.peer_id):
                             check = await self.checks.rerun(rec, provider_ad, result.raw, output, checked, arrays,
                                                             max_price, backend, event)
@@ -285,7 +294,7 @@ class JobRequester:
                                                     "passed": machine.state is R.DONE,
                                                     "detail": rec.outcome[:250]}, peer=provider)
             await remember_receipt(trust, machine.receipt, "requester", rec.workload, provider)
-            if rec.checked in ("rerun", "freivalds") and rec.purpose == "job":
+            if rec.checked in ("rerun", "freivalds", "rows") and rec.purpose == "job":
                 await trust.publish_opinion(provider)
 
     async def _verify(self, result: m.Result, rfb: m.RequestForBids, params: dict[str, Any],
@@ -312,4 +321,12 @@ class JobRequester:
             ok, detail = await trio.to_thread.run_sync(lambda: freivalds_check(
                 params, output, rounds=rounds, rng=np.random.default_rng(), inputs=arrays or None))
             return ok, detail, output, "freivalds"
+        if policy == "rows":  # the signed commitment must cover exactly the rows we were sent
+            try:
+                root = await trio.to_thread.run_sync(merkle.rows_root, output.arrays)
+            except ValueError:
+                return False, "output is not one row per input row", output, "rows"
+            rows = params.get("rows")
+            if result.body["root"] != root or any(len(a) != rows for a in output.arrays.values()):
+                return False, "the signed row commitment does not match the rows sent", output, "rows"
         return True, "accepted (unchecked)", output, ""

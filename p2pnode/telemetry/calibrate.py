@@ -1,7 +1,8 @@
 """A short calibration run at start: measured speed goes into the capacity ad.
 
-It times real matrix products (not a sleep, not a claim): NumPy fp32 always, and torch on CUDA
-when torch and a GPU are present. Each benchmark runs a warm-up, then repeats until
+It times real matrix products (not a sleep, not a claim): NumPy fp32 always, ONNX Runtime's CPU
+provider (and CUDA provider, with onnxruntime-gpu and a GPU) on a MatMul model, and torch on CUDA
+when torch and a GPU are present. Names are ``<kernel>_<dtype>_<backend>``. Each benchmark runs a warm-up, then repeats until
 ``budget_s`` is spent, and reports the best rate in GFLOP/s. It blocks: call it off the trio
 thread.
 """
@@ -9,6 +10,7 @@ thread.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -34,9 +36,45 @@ def calibrate(budget_s: float = 0.3, size: int = 512, use_gpu: bool = True) -> d
     b = rng.standard_normal((size, size), dtype=np.float32)
     flops = 2.0 * size**3
     speeds = {"matmul_f32_numpy": round(_best_rate(lambda: a @ b, flops, budget_s), 2)}
+    speeds.update(_calibrate_ort(a, b, budget_s, use_gpu=use_gpu))
     if use_gpu:
         speeds.update(_calibrate_torch_cuda(budget_s))
     return speeds
+
+
+def speed_for(speeds: Mapping[str, float], backend: str) -> float:
+    """The measured speed of ``backend`` (the best of its kernels), 0 when none was measured."""
+    return max((v for k, v in speeds.items() if k.endswith("_" + backend)), default=0.0)
+
+
+def _calibrate_ort(a: np.ndarray, b: np.ndarray, budget_s: float, *, use_gpu: bool) -> dict[str, float]:
+    try:
+        import onnxruntime
+        from onnx import TensorProto, helper
+
+        from p2pnode.exec.backends import available
+    except ImportError:
+        return {}
+    n = a.shape[0]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "calibrate",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    out: dict[str, float] = {}
+    backends = [bk for bk in available() if bk.startswith("ort-") and (use_gpu or bk == "ort-cpu")]
+    for backend in backends:
+        try:
+            providers = ["CUDAExecutionProvider"] if backend == "ort-cuda" else ["CPUExecutionProvider"]
+            so = onnxruntime.SessionOptions()
+            so.log_severity_level = 3
+            sess = onnxruntime.InferenceSession(model.SerializeToString(), so, providers=providers)
+            out[f"onnx_f32_{backend}"] = round(
+                _best_rate(lambda s=sess: s.run(None, {"a": a, "b": b}), 2.0 * n**3, budget_s / 2), 2)
+        except Exception:  # noqa: BLE001 - a broken provider is just not offered
+            continue
+    return out
 
 
 def _calibrate_torch_cuda(budget_s: float, size: int = 4096) -> dict[str, float]:

@@ -4,6 +4,9 @@ The policy (``specs/verification.md`` derives the numbers):
 
 * ``matmul`` is checked with Freivalds' algorithm, which costs O(k·n²) against the job's O(n³):
   cheap enough to check **every** result (p = 1).
+* Model jobs (``onnx``) commit to their output rows; a sample of rows the provider could not
+  predict is re-run (:mod:`p2pnode.verify.rows`): about 1 % of a large job, so every result is
+  checked (p = 1). A model that couples its rows falls back to re-runs.
 * Other workloads are re-run by an independent checker peer, which costs a whole job. The
   probability follows the provider's record, like BOINC's adaptive replication: a new or
   low-scoring peer is always checked; each consecutive valid check halves the probability every
@@ -30,13 +33,13 @@ class SamplingPolicy:
     fixed_rate: float | None = None  # check every workload at this rate (experiments, benchmarks)
 
     def method(self, workload: str) -> str:
-        return "freivalds" if workload == "matmul" else "rerun"
+        return {"matmul": "freivalds", "onnx": "rows"}.get(workload, "rerun")
 
     def probability(self, workload: str, *, streak: int, score: float) -> float:
         """Probability of checking a result of ``workload`` from a provider with this record."""
         if self.fixed_rate is not None:
             return self.fixed_rate
-        if self.method(workload) == "freivalds":
+        if self.method(workload) in ("freivalds", "rows"):
             return 1.0
         if score < self.trust_floor:
             return self.p_max

@@ -41,7 +41,7 @@ DOMAINS = {
 }
 DECLINE_CODES = ("unknown_workload", "bad_params", "busy", "price", "deadline", "no_capacity",
                  "backend_unavailable", "not_providing")
-VERIFY_POLICIES = ("none", "freivalds", "rerun")
+VERIFY_POLICIES = ("none", "freivalds", "rerun", "rows")
 # Parameters that never appear in a request for bids: they travel sealed to the awarded provider.
 PRIVATE_PARAMS = ("seed", "keys")
 
@@ -186,11 +186,18 @@ def make_award(job: bytes, key: SigningKey, *, requester: bytes, provider: bytes
 
 
 def make_result(job: bytes, key: SigningKey, *, requester: bytes, provider: bytes, nonce: bytes,
-                digest: bytes, output: bytes, kernel_ms: int, backend: str, blob: bytes = b"") -> Result:
-    """``output`` inline, or ``blob``: the id of the (sealed) output on ``/p2pnode/blob/1``."""
-    return _signed(Result, job, {"requester": requester, "provider": provider, "nonce": nonce,
-                                 "digest": digest, "output": output, "kernel_ms": kernel_ms,
-                                 "backend": backend, "blob": blob}, key)  # type: ignore[return-value]
+                digest: bytes, output: bytes, kernel_ms: int, backend: str, blob: bytes = b"",
+                root: bytes = b"") -> Result:
+    """``output`` inline, or ``blob``: the id of the (sealed) output on ``/p2pnode/blob/1``.
+    ``root``: for row jobs, the Merkle root over the output's rows (``wire/merkle.py``), the
+    provider's commitment before any row is checked."""
+    body = {"requester": requester, "provider": provider, "nonce": nonce, "digest": digest, "output": output,
+            "kernel_ms": kernel_ms, "backend": backend, "blob": blob}
+    if root:  # signed only when there is one, so results of other workloads stay as they were
+        body["root"] = root
+    result = _signed(Result, job, body, key)
+    result.body.setdefault("root", b"")  # as decode gives it
+    return result  # type: ignore[return-value]
 
 
 def make_receipt(job: bytes, key: SigningKey, *, requester: bytes, provider: bytes, nonce: bytes,
@@ -229,6 +236,7 @@ def _signed_body(kind: str, f: codec.Fields, job: bytes) -> tuple[dict[str, Any]
         body["blob"] = body_f.blob("blob", max_len=DIGEST_LEN) if body_f.has("blob") else b""
         if body["blob"] and len(body["blob"]) != DIGEST_LEN:
             raise CodecError("result.blob: expected a 32-byte blob id")
+        body["root"] = body_f.blob("root", max_len=DIGEST_LEN, exact=True) if body_f.has("root") else b""
     else:
         body["accepted"] = body_f.boolean("accepted")
         body["outcome"] = body_f.text("outcome", max_len=MAX_TEXT)

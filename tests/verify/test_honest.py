@@ -11,7 +11,7 @@ from p2pnode.exec.workloads import Output
 from p2pnode.verify.check import compare, freivalds_check
 
 SEEDS = range(40)
-OTHERS = [b for b in backends.available() if b != "numpy"]
+OTHERS = [b for b in backends.for_workload("matmul", backends.available()) if b != "numpy"]
 NP = backends.ops("numpy")
 CASES = [
     ("matmul", {"m": 96, "n": 80, "k": 128, "dtype": "fp32"}),

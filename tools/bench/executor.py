@@ -51,7 +51,7 @@ async def executor_time(ex: Executor, name: str, params: dict[str, Any], backend
 
 
 def agreement(seeds: int) -> list[dict[str, Any]]:
-    avail = backends.available()
+    avail = backends.for_workload("matmul", backends.available())
     rows = []
     cases = [("matmul", {"m": 256, "n": 192, "k": 320, "dtype": d}) for d in workloads.DTYPES]
     cases += [("infer", {"batch": 64, "d_in": 256, "d_hidden": 512, "d_out": 64, "layers": 4}),
@@ -80,7 +80,7 @@ def agreement(seeds: int) -> list[dict[str, Any]]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    avail = backends.available()
+    avail = backends.for_workload("matmul", backends.available())
     cases = [("numpy", {"m": 1024, "n": 1024, "k": 1024, "dtype": "fp32"})]
     if "cuda" in avail:
         cases += [("cuda", {"m": n, "n": n, "k": n, "dtype": d}) for n in (2048, 8192) for d in ("fp32", "bf16")]
