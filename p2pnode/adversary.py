@@ -10,6 +10,8 @@ Selected on a provider with the ``adversary`` config key, ``MODE`` or ``MODE:X``
   (when shapes match), as a provider that skips the work would;
 * ``lowprec:F``  -- on a fraction F, computes at lower precision: fp32 matmul runs as fp16, other
   fp32 outputs are rounded to fp16;
+* ``skip:F``     -- on every job, fakes a fraction F of the output's rows (noise in place of the
+  model's answer), as a provider that runs only part of a dataset shard would;
 * ``overclaim:X`` -- advertises X times its measured speed (honest results);
 * ``stall``      -- accepts jobs and never finishes them, while still sending progress.
 
@@ -28,7 +30,7 @@ import numpy as np
 from p2pnode.errors import ConfigError
 from p2pnode.exec.workloads import TOLERANCE, Output
 
-MODES = ("garbage", "perturb", "replay", "lowprec", "overclaim", "stall")
+MODES = ("garbage", "perturb", "replay", "lowprec", "skip", "overclaim", "stall")
 REL_TOLERANCE = {"infer": 1e-4, "train_step": 1e-4}
 
 
@@ -73,7 +75,8 @@ class Adversary:
     def run_params(self, workload: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """Parameters to actually run with, and whether this job is one to cheat on."""
         self.jobs += 1
-        cheat = self.mode in ("garbage", "perturb", "replay", "lowprec") and self.rng.random() < self.x
+        cheat = (self.mode in ("garbage", "perturb", "replay", "lowprec") and self.rng.random() < self.x) or \
+            (self.mode == "skip" and self.x > 0)
         p = dict(params)
         if cheat and self.mode == "lowprec" and workload == "matmul" and p.get("dtype") == "fp32":
             p["dtype"] = "fp16"
@@ -110,6 +113,17 @@ class Adversary:
             tol = TOLERANCE.get(str(params.get("dtype")), 0.0) if workload == "matmul" else 0.0
             tol = tol or REL_TOLERANCE.get(workload, 1e-4)
             flat[i] += np.asarray(1.5 * tol * float(np.linalg.norm(a.astype(np.float64))) + 1e-6, dtype=a.dtype)
+        return Output(arrays, dict(out.extra))
+
+    def _skip(self, workload: str, params: Mapping[str, Any], out: Output) -> Output:
+        arrays = {k: np.array(a, copy=True) for k, a in out.arrays.items()}
+        n = min((len(a) for a in arrays.values() if a.ndim), default=0)
+        fake = self.rng.sample(range(n), max(1, round(self.x * n))) if n else []
+        g = np.random.default_rng(self.rng.getrandbits(64))
+        for a in arrays.values():
+            if a.ndim and fake:
+                shape = (len(fake), *a.shape[1:])
+                a[fake] = g.integers(-1000, 1000, size=shape) if a.dtype.kind in "iu" else g.standard_normal(shape)
         return Output(arrays, dict(out.extra))
 
     def _replay(self, workload: str, params: Mapping[str, Any], out: Output) -> Output:

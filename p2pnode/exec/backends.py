@@ -214,6 +214,7 @@ class OrtOps:
 
         self.name = name
         self.ort = onnxruntime
+        onnxruntime.set_default_logger_severity(4)
         self.threads = threads
         if name == "ort-cuda":
             self.providers: list[Any] = [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
@@ -232,7 +233,7 @@ class OrtOps:
         model = onnx_model.load(blob)
         info = onnx_model.check_model(model)
         so = self.ort.SessionOptions()
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # failures surface as exceptions, typed by the worker
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         try:

@@ -133,7 +133,8 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
                                       workloads.check_inputs(workload, params, inputs) or None)
             send({"ok": True, "output": output.to_wire(), "seconds": time.perf_counter() - started})
         except Exception as exc:  # every kernel failure is a typed result, never a dead node
-            send({"ok": False, "code": _failure_code(exc), "error": f"{type(exc).__name__}: {exc}"[:500]})
+            first = (str(exc).strip().splitlines() or [""])[0]
+            send({"ok": False, "code": _failure_code(exc), "error": f"{type(exc).__name__}: {first}"[:500]})
 
 
 def main() -> None:

@@ -127,6 +127,7 @@ class MapService:
         retries, checked, jobs = 0, 0, []
         price_per_row = max_price / job.rows
         failure: list[str] = []
+        saving = trio.Lock()  # one writer of the state file at a time
 
         async def worker() -> None:
             nonlocal remaining, retries, checked
@@ -153,7 +154,9 @@ class MapService:
                     busy.discard(chosen.peer_id)
                 peer = rec.peer
                 if rec.state == "done" and rec.output is not None:
-                    await trio.to_thread.run_sync(self._save, folder, shard, rec.output.arrays, rec.job, peer)
+                    async with saving:
+                        await trio.to_thread.run_sync(self._save, folder, state, shard, rec.output.arrays,
+                                                      rec.job, peer)
                     done[shard.index] = dict(rec.output.arrays)
                     by_provider[peer] = by_provider.get(peer, 0) + shard.rows
                     jobs.append(rec.job)
@@ -198,10 +201,11 @@ class MapService:
         except (OSError, ValueError):
             return {}
 
-    def _save(self, folder: Path, shard: Shard, arrays: dict[str, np.ndarray], job: str, peer: str) -> None:
+    def _save(self, folder: Path, state: dict[str, Any], shard: Shard, arrays: dict[str, np.ndarray], job: str,
+              peer: str) -> None:
+        """The shard's output, then the state that names it (each replaced atomically, fsynced)."""
         name = f"shard-{shard.index:06d}.npz"
         _atomic(folder / name, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
-        state = self._load(folder)
         state[str(shard.index)] = {"file": name, "job": job, "provider": peer, "rows": shard.rows}
         _atomic(folder / "state.json", lambda f: f.write(json.dumps(jsonable(state)).encode()))
 

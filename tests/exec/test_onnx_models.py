@@ -1,0 +1,286 @@
+"""Models are data, never code: every refusal with a crafted hostile model, the limits the executor
+puts on what checks cannot see, and the row rules of model jobs."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from p2pnode import models
+from p2pnode.errors import ExecFailure, WorkloadError
+from p2pnode.exec import backends, model_jobs, onnx_model, workloads
+from p2pnode.exec.executor import Executor
+from p2pnode.exec.onnx_model import ModelError
+from p2pnode.exec.onnx_workload import row_mismatches, rows_agree
+from p2pnode.verify import rows
+from p2pnode.wire import merkle
+
+F = TensorProto.FLOAT
+
+
+def _pack(nodes: list, inputs: list, outputs: list, inits: list | None = None, *, opsets: list | None = None,
+          functions: list | None = None, check: bool = True) -> bytes:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits or [])
+    model = helper.make_model(graph, opset_imports=opsets or [helper.make_opsetid("", 17)], functions=functions)
+    model.ir_version = 8
+    return onnx_model.pack(model.SerializeToString())
+
+
+def _io(name: str, dims: list, dtype: int = F) -> object:
+    return helper.make_tensor_value_info(name, dtype, dims)
+
+
+def relu_model() -> bytes:
+    return _pack([helper.make_node("Relu", ["x"], ["y"])], [_io("x", ["n", 4])], [_io("y", ["n", 4])])
+
+
+def _external(location: str) -> tuple[object, bytes]:
+    """A MatMul whose weight lives in external data at ``location``."""
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    data = w.raw_data
+    w.ClearField("raw_data")
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", "0"), ("length", str(len(data)))):
+        w.external_data.add(key=k, value=v)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [_io("x", ["n", 4])],
+                              [_io("y", ["n", 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, data
+
+
+# refusals -----------------------------------------------------------------------------------------
+
+def test_a_plain_model_loads_and_describes_itself() -> None:
+    info = onnx_model.check_model(onnx_model.load(relu_model()))
+    assert [(s.name, s.dtype, s.shape) for s in info.inputs] == [("x", "float32", (None, 4))]
+    assert info.nodes == 1 and info.flops_per_row >= 4
+
+
+@pytest.mark.parametrize("blob", [b"", b"\xff" * 64, onnx_model.pack(b"\x08\x07garbage")])
+def test_garbage_is_refused(blob: bytes) -> None:
+    with pytest.raises(ModelError):
+        onnx_model.load(blob)
+
+
+def test_custom_operators_are_code_and_are_refused() -> None:
+    blob = _pack([helper.make_node("Evil", ["x"], ["y"], domain="com.example.custom")], [_io("x", ["n", 4])],
+                 [_io("y", ["n", 4])], opsets=[helper.make_opsetid("", 17), helper.make_opsetid("com.example.custom", 1)])
+    with pytest.raises(ModelError, match="domain"):
+        onnx_model.load(blob)
+    contrib = _pack([helper.make_node("FastGelu", ["x"], ["y"], domain="com.microsoft")], [_io("x", ["n", 4])],
+                    [_io("y", ["n", 4])], opsets=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    with pytest.raises(ModelError, match="standard"):
+        onnx_model.load(contrib)
+
+
+def test_a_local_function_of_standard_operators_is_data() -> None:
+    fn = helper.make_function("local.fns", "Double", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
+                              [helper.make_opsetid("", 17)])
+    blob = _pack([helper.make_node("Double", ["x"], ["y"], domain="local.fns")], [_io("x", ["n", 4])],
+                 [_io("y", ["n", 4])], opsets=[helper.make_opsetid("", 17), helper.make_opsetid("local.fns", 1)],
+                 functions=[fn])
+    sess, _ = backends.OrtOps("ort-cpu").session(blob)
+    assert np.array_equal(sess.run(None, {"x": np.ones((2, 4), np.float32)})[0], 2 * np.ones((2, 4)))
+
+
+@pytest.mark.parametrize("location", ["../../etc/passwd", "/etc/passwd", "sub/weights.bin", "..", "C:\\w.bin", ""])
+def test_external_data_outside_the_container_is_refused(location: str) -> None:
+    model, data = _external(location)
+    blob = onnx_model.pack(model.SerializeToString(), {location: data} if location else {})
+    with pytest.raises(ModelError, match="plain file name"):
+        onnx_model.load(blob)
+
+
+def test_external_data_packed_in_the_container_is_used_and_a_missing_file_refused() -> None:
+    model, data = _external("weights.bin")
+    blob = onnx_model.pack(model.SerializeToString(), {"weights.bin": data})
+    sess, _ = backends.OrtOps("ort-cpu").session(blob)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    assert np.array_equal(sess.run(None, {"x": x})[0], x)
+    with pytest.raises(ModelError, match="not in the container"):
+        onnx_model.load(onnx_model.pack(model.SerializeToString(), {"other.bin": data}))
+
+
+def test_pack_file_takes_external_data_from_beside_the_model(tmp_path: object) -> None:
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    model, data = _external("weights.bin")
+    (folder / "m.onnx").write_bytes(model.SerializeToString())
+    (folder / "weights.bin").write_bytes(data)
+    onnx_model.load(onnx_model.pack_file(folder / "m.onnx"))
+    evil, _ = _external("../secret.bin")
+    (folder / "evil.onnx").write_bytes(evil.SerializeToString())
+    with pytest.raises(ModelError, match="plain file name"):
+        onnx_model.pack_file(folder / "evil.onnx")
+
+
+def test_size_and_node_count_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(20)]
+    blob = _pack(chain, [_io("t0", ["n", 4])], [_io("t20", ["n", 4])])
+    monkeypatch.setattr(onnx_model, "MAX_NODES", 10)
+    with pytest.raises(ModelError, match="more than 10 nodes"):
+        onnx_model.load(blob)
+    monkeypatch.setattr(onnx_model, "MAX_MODEL_BYTES", 100)
+    with pytest.raises(ModelError, match="exceeds"):
+        onnx_model.pack(b"x" * 200)
+    with pytest.raises(ModelError):
+        onnx_model.unpack(blob)
+
+
+def test_sequence_outputs_are_refused() -> None:
+    blob = _pack([helper.make_node("SequenceConstruct", ["x"], ["s"])], [_io("x", ["n", 4])],
+                 [helper.make_tensor_sequence_value_info("s", F, ["n", 4])])
+    with pytest.raises(ModelError, match="only tensor"):
+        onnx_model.load(blob)
+
+
+# what only running can show ----------------------------------------------------------------
+
+def memory_bomb() -> bytes:
+    """Asks for 2^35 floats (128 GiB), whatever its input."""
+    shape = numpy_helper.from_array(np.array([1 << 35], dtype=np.int64), "shape")
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"], value=helper.make_tensor("v", F, [1], [1.0])),
+             helper.make_node("ReduceSum", ["big"], ["total"], keepdims=1),
+             helper.make_node("Add", ["x", "total"], ["y"])]
+    return _pack(nodes, [_io("x", ["n", 1])], [_io("y", ["n", 1])], [shape])
+
+
+def endless_loop() -> bytes:
+    """A Loop with a trip count of 2^62: it never ends in practice."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["acc_in", "one"], ["acc_out"])],
+        "body", [_io("i", [], TensorProto.INT64), _io("cond_in", [], TensorProto.BOOL), _io("acc_in", ["n", 1])],
+        [_io("cond_out", [], TensorProto.BOOL), _io("acc_out", ["n", 1])],
+        [numpy_helper.from_array(np.ones(1, np.float32), "one")])
+    inits = [numpy_helper.from_array(np.array(1 << 62, dtype=np.int64), "trips"),
+             numpy_helper.from_array(np.array(True), "cond")]
+    return _pack([helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)], [_io("x", ["n", 1])],
+                 [_io("y", ["n", 1])], inits)
+
+
+def _job(blob: bytes, x: np.ndarray, **over: object) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    info = onnx_model.check_model(onnx_model.load(blob))
+    params = {"model_bytes": len(blob), "rows": len(x), "out_row_bytes": 4, "inputs": "blob",
+              "gflop": info.flops_per_row * len(x) / 1e9, "feeds": {info.inputs[0].name: ["float32", list(x.shape[1:])]}}
+    params.update(over)
+    return params, {"model": np.frombuffer(blob, np.uint8), f"in.{info.inputs[0].name}": x}
+
+
+async def test_a_memory_bomb_kills_its_worker_not_the_executor() -> None:
+    x = np.ones((2, 1), np.float32)
+    async with Executor() as ex:
+        params, inputs = _job(memory_bomb(), x, gflop=1e3)
+        with pytest.raises(ExecFailure) as info:
+            await ex.run("onnx", params, inputs=inputs)
+        assert info.value.code in ("oom", "crashed")
+        params, inputs = _job(relu_model(), np.ones((3, 4), np.float32))
+        assert (await ex.run("onnx", params, inputs=inputs)).output.arrays["y"].shape == (3, 4)  # still works
+
+
+async def test_an_endless_model_is_stopped_by_its_timeout() -> None:
+    async with Executor() as ex:
+        params, inputs = _job(endless_loop(), np.zeros((1, 1), np.float32), gflop=1e3)
+        with trio.fail_after(30), pytest.raises(ExecFailure) as info:
+            await ex.run("onnx", params, inputs=inputs, timeout=1.0)
+        assert info.value.code == "timeout" and ex.running == 0
+
+
+async def test_an_underpriced_model_is_refused_before_it_runs() -> None:
+    blob = models.cnn(channels=8)
+    x = models.images(8)
+    async with Executor() as ex:
+        params, inputs = _job(blob, x, gflop=1e-9)
+        with pytest.raises((WorkloadError, ExecFailure)) as info:
+            await ex.run("onnx", params, inputs=inputs)
+        assert info.value.code == "underpriced"
+
+
+def test_job_parameters_are_bounded() -> None:
+    wl = workloads.get("onnx")
+    ok = {"model_bytes": 10, "rows": 4, "feeds": {"x": ["float32", [8]]}, "inputs": "blob"}
+    assert wl.check(ok)["feeds"] == {"x": ["float32", [8]]}
+    for bad in ({**ok, "rows": 0}, {**ok, "feeds": {}}, {**ok, "feeds": {"x": ["complex64", [8]]}},
+                {**ok, "feeds": {"x": ["float32", [0]]}}, {**ok, "feeds": {"x": ["float32", [1 << 30]]}},
+                {**ok, "inputs": "seed"}, {**ok, "model_bytes": 1 << 40}, {**ok, "rows": 10**6, "feeds": {"x": ["float32", [1024]]}},
+                {**ok, "rtol": math.nan}, {**ok, "evil": 1}):
+        with pytest.raises(WorkloadError):
+            wl.check(bad)
+
+
+# rows ------------------------------------------------------------------------------------------
+
+def test_rows_agree_within_tolerance_and_integers_exactly() -> None:
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((50, 10)).astype(np.float32)
+    assert rows_agree(b + b * 1e-6, b)
+    bad = b.copy()
+    bad[7] += np.abs(bad[7]).max() * 1e-2
+    assert list(row_mismatches(bad, b)) == [7]
+    assert rows_agree(b.astype(np.float16).astype(np.float32), b, rtol=2e-2)
+    assert not rows_agree(b.astype(np.float16).astype(np.float32), b)  # fp16 rounding: past fp32's bound
+    labels = rng.integers(0, 10, 50)
+    other = labels.copy()
+    other[3] = (other[3] + 1) % 10
+    assert rows_agree(labels, labels) and list(row_mismatches(other, labels)) == [3]
+    nan = b.copy()
+    nan[0, 0] = np.nan
+    assert rows_agree(nan, nan.copy()) and not rows_agree(nan, b)
+
+
+@settings(max_examples=30)
+@given(st.integers(1, 70), st.data())
+def test_every_row_is_bound_to_the_root(n: int, data: st.DataObject) -> None:
+    arrays = {"y": np.arange(n * 3, dtype=np.float32).reshape(n, 3), "label": np.arange(n)}
+    leaves = merkle.row_leaves(arrays)
+    root = merkle.root(leaves)
+    i = data.draw(st.integers(0, n - 1))
+    assert merkle.verify(root, n, i, leaves[i], merkle.proof(leaves, i))
+    tampered = {k: v.copy() for k, v in arrays.items()}
+    tampered["y"][i, 0] += 1
+    assert merkle.rows_root(tampered) != root
+    assert not merkle.verify(root, n, i, merkle.row_leaves(tampered)[i], merkle.proof(leaves, i))
+
+
+def test_ninety_rows_catch_five_percent_faked_rows_99_times_in_100() -> None:
+    assert rows.sample_size(0.99, 0.05) == 90
+    for n in (90, 100, 1000, 9000, 10**6):
+        faked = math.ceil(0.05 * n)
+        assert rows.catch_probability(n, faked, 90) >= 0.99
+        assert rows.miss_probability(n, faked, 90) <= (1 - faked / n) ** 90 + 1e-12
+    assert rows.overhead(9000, 90) == 0.01
+    # the draw matches the maths: 2000 simulated checks of a 1000-row job with 50 rows faked
+    rng = random.Random(1)
+    faked = set(rng.sample(range(1000), 50))
+    caught = sum(bool(faked & set(rows.sample(1000, 90, rng))) for _ in range(2000))
+    lo, hi = _wilson(caught, 2000)
+    assert lo <= rows.catch_probability(1000, 50, 90) <= hi
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    from p2pnode.verify.sampling import wilson_interval
+
+    return wilson_interval(k, n)
+
+
+def test_a_batch_coupled_model_is_detected_and_falls_back_to_reruns() -> None:
+    centre = _pack([helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1),
+                    helper.make_node("Sub", ["x", "m"], ["y"])], [_io("x", ["n", 4])], [_io("y", ["n", 4])],
+                   opsets=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).standard_normal((20, 4))  # float64 data for a float32 model: cast
+    job = model_jobs.prepare(centre, {"": x})
+    assert not job.row_independent and job.verify == "rerun"
+    assert job.arrays["x"].dtype == np.float32
+    assert model_jobs.prepare(relu_model(), {"x": x.astype(np.float32)}).verify == "rows"
+    with pytest.raises(ModelError, match="takes"):
+        model_jobs.prepare(relu_model(), {"x": np.ones((3, 5), np.float32)})
+    with pytest.raises(ModelError, match="inputs"):
+        model_jobs.prepare(relu_model(), {"a": x, "b": x})

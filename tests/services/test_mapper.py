@@ -1,0 +1,130 @@
+"""Dataset jobs from fakes: a submit that runs shards here (or fails on purpose), a market of named
+providers, and a state directory; no network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from p2pnode import models
+from p2pnode.exec import backends, model_jobs, workloads
+from p2pnode.services.mapper import MapError, MapService
+from p2pnode.services.records import JobRecord
+from p2pnode.wire.peer_id import to_base58
+from tests.services.fakes import virtual_now
+
+ROWS = 100
+
+
+@dataclass(frozen=True)
+class Ad:
+    peer_id: bytes
+
+
+def _peer(i: int) -> bytes:
+    return bytes([0, 36, 8, 1, 18, 32]) + bytes([i]) * 32  # the shape of an ed25519 peer id
+
+
+class Market:
+    """``submit`` and ``candidates`` for MapService, with providers that can be made to fail."""
+
+    def __init__(self, n: int, bad: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        self.ads = [Ad(_peer(i)) for i in range(n)]
+        self.bad = {_peer(i) for i in bad}
+        self.calls: list[tuple[bytes, int]] = []
+        self.in_flight: set[bytes] = set()
+        self.most_at_once = 0
+        self.ort = backends.ops("ort-cpu")
+        self.stop_after: int | None = None
+
+    def candidates(self, workload: str, need: int, k: int, backend: str) -> list[Any]:
+        return list(self.ads)
+
+    async def submit(self, workload: str, params: dict[str, Any], *, inputs: dict[str, Any], only: list[Any],
+                     **kw: Any) -> JobRecord:
+        peer = only[0].peer_id
+        if self.stop_after is not None and len(self.calls) >= self.stop_after:
+            await trio.sleep_forever()  # the requester is about to be killed
+        self.calls.append((peer, params["rows"]))
+        self.in_flight.add(peer)
+        self.most_at_once = max(self.most_at_once, len(self.in_flight))
+        try:
+            await trio.sleep(0.01)
+            rec = JobRecord("ab" * 16, "requester", workload, params, started=virtual_now(), peer=to_base58(peer))
+            if peer in self.bad:
+                rec.state, rec.outcome = "rejected", "wrong: sampled rows disagree"
+                return rec
+            wl = workloads.get(workload)
+            rec.output = wl.run(wl.check(params), self.ort, lambda f: None, inputs)
+            rec.state, rec.outcome = "done", "verified"
+            rec.events.append({"event": "sample", "rows": min(90, params["rows"])})
+            return rec
+        finally:
+            self.in_flight.discard(peer)
+
+
+def _job() -> model_jobs.ModelJob:
+    return model_jobs.prepare(models.cnn(channels=4), {"": models.images(ROWS, seed=3)})
+
+
+def _local(job: model_jobs.ModelJob) -> np.ndarray:
+    params, inputs = job.shard(0, job.rows)
+    wl = workloads.get("onnx")
+    return wl.run(wl.check(params), backends.ops("ort-cpu"), lambda f: None, inputs).arrays["probabilities"]
+
+
+async def test_shards_spread_over_providers_and_come_back_in_order(tmp_path: Path) -> None:
+    market, job = Market(3), _job()
+    maps = MapService(submit=market.submit, candidates=market.candidates, now=virtual_now, state_dir=tmp_path)
+    result = await maps.run(job, shard_rows=9, providers=3, max_price=10**6, deadline_s=60)
+    assert result.shards == 12 and result.resumed == 0 and result.retries == 0
+    assert np.allclose(result.outputs["probabilities"], _local(job), rtol=1e-5, atol=1e-7)
+    assert market.most_at_once == 3 and len(result.by_provider) == 3
+    assert sum(result.by_provider.values()) == ROWS and result.checked_rows == ROWS  # shards under 90 rows: whole
+
+
+async def test_a_failing_provider_loses_its_shards_to_others(tmp_path: Path) -> None:
+    market, job = Market(3, bad={0}), _job()
+    maps = MapService(submit=market.submit, candidates=market.candidates, now=virtual_now, state_dir=tmp_path)
+    events: list[dict[str, Any]] = []
+    result = await maps.run(job, shard_rows=25, providers=2, max_price=10**6, deadline_s=60, on_event=events.append)
+    assert np.allclose(result.outputs["probabilities"], _local(job), rtol=1e-5, atol=1e-7)
+    assert result.retries >= 1 and to_base58(_peer(0)) not in result.by_provider
+    retried = {e["shard"] for e in events if e.get("state") == "retry"}
+    for shard in retried:  # a shard that failed on the bad provider never went back to it
+        givers = [p for p, _ in market.calls]
+        assert givers.count(_peer(0)) <= len(retried)
+    assert any(e.get("state") == "retry" for e in events)
+
+
+async def test_an_interrupted_dataset_job_resumes_without_redoing_finished_shards(tmp_path: Path) -> None:
+    job = _job()
+    first = Market(2)
+    first.stop_after = 4
+    maps = MapService(submit=first.submit, candidates=first.candidates, now=virtual_now, state_dir=tmp_path)
+    with trio.move_on_after(5):  # the requester dies with shards in flight
+        await maps.run(job, shard_rows=10, providers=2, max_price=10**6, deadline_s=60)
+    finished = len(first.calls)
+    assert 0 < finished < 10
+    second = Market(2)
+    maps = MapService(submit=second.submit, candidates=second.candidates, now=virtual_now, state_dir=tmp_path)
+    result = await maps.run(job, shard_rows=10, providers=2, max_price=10**6, deadline_s=60)
+    assert result.resumed == finished and len(second.calls) == 10 - finished  # nothing run (or paid) twice
+    assert sum(result.by_provider.values()) == 10 * (10 - finished)
+    assert np.allclose(result.outputs["probabilities"], _local(job), rtol=1e-5, atol=1e-7)
+    # a different shard size is a different dataset job: nothing is resumed from it
+    other = await MapService(submit=Market(2).submit, candidates=second.candidates, now=virtual_now,
+                             state_dir=tmp_path).run(job, shard_rows=20, providers=2, max_price=10**6, deadline_s=60)
+    assert other.resumed == 0 and other.map_id != result.map_id
+
+
+async def test_a_shard_nobody_can_do_fails_the_job_with_its_name(tmp_path: Path) -> None:
+    market, job = Market(2, bad={0, 1}), _job()
+    maps = MapService(submit=market.submit, candidates=market.candidates, now=virtual_now, state_dir=tmp_path)
+    with pytest.raises(MapError, match="shard"):
+        await maps.run(job, shard_rows=50, providers=2, max_price=10**6, deadline_s=60)
