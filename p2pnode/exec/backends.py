@@ -236,6 +236,9 @@ class OrtOps:
         so.log_severity_level = 4  # failures surface as exceptions, typed by the worker
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
+        # no busy-waiting threads: a provider shares its machine (its owner's work, other workers);
+        # measured faster here too, alone and with two processes (tools/bench/models.py)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             sess = self.ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
         except Exception as exc:  # ONNX Runtime refuses it: a model error, not a crash

@@ -14,7 +14,9 @@ Promises:
   space limit (``MODEL_MEMORY_FACTOR`` times its estimate, plus headroom), so a model that asks for
   more fails as ``oom`` in its worker instead of starving the machine;
 * **a model crosses the pipe once per worker** -- large, reused inputs (``CACHED_INPUTS``) are sent
-  to a worker once and named by content afterwards.
+  to a worker once and named by content afterwards;
+* **big arrays do not cross the pipe at all** -- inputs and outputs of ``spool.SPOOL_MIN`` bytes or
+  more go through files in shared memory (:mod:`p2pnode.exec.spool`), mapped by the worker.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import trio
 
 from p2pnode.errors import ExecFailure, WorkloadError
 from p2pnode.exec import frames, workloads
+from p2pnode.exec.spool import SPOOL_MIN, Spool
 from p2pnode.exec.workloads import Output
 
 ProgressFn = Callable[[float], None]
@@ -110,8 +113,10 @@ class Executor:
         self.running = 0
         self.completed = 0
         self.failed: dict[str, int] = {}
+        self._spool: Spool | None = None
 
     async def __aenter__(self) -> Executor:
+        self._spool = Spool()
         worker = await self._spawn()
         await worker.send({"op": "hello"})
         self.backends = tuple((await worker.receive())["backends"])
@@ -126,6 +131,8 @@ class Executor:
                     await w.proc.wait()
         self._all.clear()
         self._idle.clear()
+        if self._spool is not None:
+            self._spool.close()
 
     @property
     def load(self) -> float:
@@ -180,9 +187,10 @@ class Executor:
         wl = workloads.get(workload)
         checked = wl.check(params)
         arrays = workloads.check_inputs(wl, checked, inputs)
-        wire_inputs = {k: {"dtype": v.dtype.str, "shape": list(v.shape), "data": v.tobytes()} for k, v in arrays.items()}
+        wire_inputs: dict[str, Any] = {k: {"dtype": v.dtype.str, "shape": list(v.shape), "array": v}
+                                       for k, v in arrays.items()}
         for k in CACHED_INPUTS & set(wire_inputs):
-            wire_inputs[k]["key"] = hashlib.sha256(bytes(wire_inputs[k]["data"])).hexdigest()
+            wire_inputs[k]["key"] = hashlib.sha256(memoryview(arrays[k]).cast("B")).hexdigest()
         chosen = self.choose_backend(backend, workload)
         need = wl.memory(checked)
         if need > self._capacity(chosen):
@@ -218,11 +226,22 @@ class Executor:
         worker = self._idle.pop() if self._idle else await self._spawn()
         self.running += 1
         done = False
+        spooled: list[str] = []
         try:
-            sent = {k: ({kk: vv for kk, vv in v.items() if kk != "data"} if v.get("key") in worker.cached else v)
-                    for k, v in inputs.items()}
+            sent = {}
+            for k, v in inputs.items():
+                entry = {kk: vv for kk, vv in v.items() if kk != "array"}
+                array = v["array"]
+                if v.get("key") in worker.cached:
+                    pass  # the worker holds it
+                elif array.nbytes >= SPOOL_MIN and self._spool is not None:
+                    entry["file"] = self._spool.put(array)
+                    spooled.append(entry["file"])
+                else:
+                    entry["data"] = array.tobytes()
+                sent[k] = entry
             await worker.send({"op": "run", "wl": workload, "params": params, "backend": backend, "inputs": sent,
-                               "mem_limit": mem_limit})
+                               "mem_limit": mem_limit, "spool": str(self._spool.dir) if self._spool else ""})
             worker.cached |= {v["key"] for v in inputs.values() if v.get("key")}
             while True:
                 frame = await worker.receive()
@@ -237,6 +256,8 @@ class Executor:
             raise
         finally:
             self.running -= 1
+            for path in spooled:  # the worker mapped them: the mapping outlives the file
+                self._spool.discard(path)  # type: ignore[union-attr]
             if done:
                 self._idle.append(worker)
             else:  # cancelled, timed out or crashed mid-job: the work must stop now
@@ -247,8 +268,16 @@ class Executor:
             if code in ("bad_params", "unknown_workload", "bad_model", "underpriced"):
                 raise WorkloadError(str(frame.get("error")), code=code)
             raise ExecFailure(str(frame.get("error", "kernel failed")), code=code)
+        wire = frame["output"]
+        spooled_out = {k: v for k, v in wire.get("arrays", {}).items() if "file" in v}
+        try:
+            arrays = {k: self._spool.take(v) for k, v in spooled_out.items()}  # type: ignore[union-attr]
+        except (OSError, ValueError) as exc:
+            raise ExecFailure(f"worker left a bad output: {exc}", code="crashed") from exc
+        out = Output.from_wire({"arrays": {k: v for k, v in wire.get("arrays", {}).items() if k not in spooled_out},
+                                "extra": wire.get("extra", {})})
         self.completed += 1
-        return ExecResult(Output.from_wire(frame["output"]), float(frame["seconds"]),
+        return ExecResult(Output({**out.arrays, **arrays}, out.extra), float(frame["seconds"]),
                           time.perf_counter() - started, backend)
 
     def _count(self, code: str) -> None:

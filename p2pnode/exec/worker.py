@@ -24,8 +24,10 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from p2pnode.errors import WorkloadError
-from p2pnode.exec import backends, frames, workloads
+from p2pnode.exec import backends, frames, spool, workloads
 
 
 KEPT_INPUTS = 4
@@ -86,26 +88,42 @@ def _memory_limit(extra: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def _inputs(wire: dict[str, Any], kept: OrderedDict[str, dict[str, Any]]) -> dict[str, Any]:
+def _inputs(wire: dict[str, Any], kept: OrderedDict[str, Any]) -> dict[str, Any]:
+    """Input arrays: inline, mapped from the spool, or kept from an earlier job by content key."""
     out = {}
     for name, v in wire.items():
         key = v.get("key")
-        if key and "data" not in v:
-            if key not in kept:
-                raise WorkloadError(f"input {name}: not held here any more", code="crashed")
-            v = kept[key]
+        if "file" in v:
+            array = spool.load(v)
+        elif "data" in v:
+            array = workloads.Output.from_wire({"arrays": {name: v}}).arrays[name]
+        elif key in kept:
+            array = kept[key]
             kept.move_to_end(key)
-        elif key:
-            kept[key] = v
+        else:
+            raise WorkloadError(f"input {name}: not held here any more", code="crashed")
+        if key and key not in kept:
+            kept[key] = np.array(array)  # a copy of our own: the spool file goes away
             while len(kept) > KEPT_INPUTS:
                 kept.popitem(last=False)
-        out[name] = {"dtype": v["dtype"], "shape": v["shape"], "data": v["data"]}
+        out[name] = array
     return out
+
+
+def _output_wire(output: Any, folder: str) -> dict[str, Any]:
+    """The output for the frame: big arrays left in the spool, small ones inline."""
+    arrays: dict[str, Any] = {}
+    for k, a in output.arrays.items():
+        if folder and a.nbytes >= spool.SPOOL_MIN:
+            arrays[k] = spool.dump(folder, a)
+        else:
+            arrays[k] = {"dtype": a.dtype.str, "shape": list(a.shape), "data": np.ascontiguousarray(a).tobytes()}
+    return {"arrays": arrays, "extra": output.extra}
 
 
 def serve(inp: BinaryIO, out: BinaryIO) -> None:
     ops_cache: dict[str, Any] = {}
-    kept: OrderedDict[str, dict[str, Any]] = OrderedDict()
+    kept: OrderedDict[str, Any] = OrderedDict()
 
     def send(obj: Any) -> None:
         out.write(frames.pack(obj))
@@ -127,11 +145,12 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             name = request["backend"]
             if name not in ops_cache:
                 ops_cache[name] = backends.ops(name)
-            inputs = workloads.Output.from_wire({"arrays": _inputs(request.get("inputs") or {}, kept)}).arrays
+            inputs = _inputs(request.get("inputs") or {}, kept)
             with _memory_limit(int(request.get("mem_limit") or 0)):
                 output = workload.run(params, ops_cache[name], progress,
                                       workloads.check_inputs(workload, params, inputs) or None)
-            send({"ok": True, "output": output.to_wire(), "seconds": time.perf_counter() - started})
+            seconds = time.perf_counter() - started
+            send({"ok": True, "output": _output_wire(output, str(request.get("spool") or "")), "seconds": seconds})
         except Exception as exc:  # every kernel failure is a typed result, never a dead node
             first = (str(exc).strip().splitlines() or [""])[0]
             send({"ok": False, "code": _failure_code(exc), "error": f"{type(exc).__name__}: {first}"[:500]})

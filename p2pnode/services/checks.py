@@ -132,8 +132,10 @@ class Checks:
             return CheckOutcome(True, "accepted (the check did not complete)", method, ran=False)
         same, how = compare(wl_name, params, output, c.output)  # type: ignore[arg-type]
         if same:
-            what = f"{params['rows']} sampled rows " if method == "rows" else ""
-            return CheckOutcome(True, f"verified: {what}{how} by {to_base58(checker.peer_id)[-6:]}", method)
+            by = to_base58(checker.peer_id)[-6:]
+            if method == "rows":
+                return CheckOutcome(True, f"verified: {params['rows']} sampled rows agree with {by}'s re-run", method)
+            return CheckOutcome(True, f"verified: {how} by {by}", method)
         referee = self.independent(wl_name, backend, [provider_ad, checker])
         event("dispute", {"checker": checker.peer_id, "referee": referee.peer_id if referee else b""})
         r = await self._run_elsewhere(rec, referee, params, inputs, max_price, backend) if referee else None
@@ -214,6 +216,9 @@ class Checks:
             log.warning("provider %s over-claims: %s", to_base58(ad.peer_id), detail)
 
 
+_LOCAL: dict[str, Any] = {}  # this node's own ONNX Runtime sessions, for checks made here
+
+
 def _rows_here(workload: str, params: dict[str, Any], inputs: dict[str, np.ndarray], output: Output) -> CheckOutcome:
     """Re-run sampled rows on this node's own ONNX Runtime (no independent checker in the market)."""
     from p2pnode.errors import P2PNodeError
@@ -221,11 +226,13 @@ def _rows_here(workload: str, params: dict[str, Any], inputs: dict[str, np.ndarr
 
     try:
         wl = workloads.get(workload)
-        mine = wl.run(params, backends.ops("ort-cpu"), lambda f: None, inputs)
+        if "ort" not in _LOCAL:
+            _LOCAL["ort"] = backends.ops("ort-cpu")
+        mine = wl.run(params, _LOCAL["ort"], lambda f: None, inputs)
     except (P2PNodeError, ValueError, ImportError) as exc:
         return CheckOutcome(True, f"accepted (could not check here: {exc})", "rows", ran=False)
     same, how = compare(workload, params, output, mine)
     n = params["rows"]
     if same:
-        return CheckOutcome(True, f"verified: {n} sampled rows {how} here", "rows")
-    return CheckOutcome(False, f"wrong: sampled rows disagree with a re-run here ({how})", "rows")
+        return CheckOutcome(True, f"verified: {n} sampled rows agree with a re-run here", "rows")
+    return CheckOutcome(False, "wrong: sampled rows disagree with a re-run here", "rows")

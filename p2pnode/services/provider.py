@@ -211,10 +211,11 @@ class JobProvider:
             root = b""
             if prov.rfb.verify == "rows":  # commit to every row before anyone picks rows to check
                 root = await trio.to_thread.run_sync(merkle.rows_root, r.output.arrays)
-            output = sealing.seal(codec.encode(r.output.to_wire()), prov.rfb.requester)
+            output = await trio.to_thread.run_sync(
+                lambda: sealing.seal(codec.encode(r.output.to_wire()), prov.rfb.requester))
             blob = b""
             if len(output) > m.MAX_INLINE_OUTPUT:  # large: fetched by the requester as a blob
-                blob, output = self.blobs.store.put(output), b""
+                blob, output = await trio.to_thread.run_sync(self.blobs.store.put, output), b""
             rec.kernel_ms, rec.output = int(r.seconds * 1000), r.output
             result = prov.finish(digest=r.digest, output=output, kernel_ms=int(r.seconds * 1000),
                                  backend=r.backend, blob=blob, now=self.now(), root=root)
@@ -238,7 +239,8 @@ class JobProvider:
         arrays = {}
         for name, blob_id in zip(sorted(spec), prov.input_blobs, strict=True):
             shape, dtype = spec[name]
-            data = sealing.unlock(await self.blobs.fetch(prov.rfb.requester, blob_id), keys[name])
+            sealed = await self.blobs.fetch(prov.rfb.requester, blob_id)
+            data = await trio.to_thread.run_sync(sealing.unlock, sealed, keys[name])
             if len(data) != int(np.prod(shape)) * np.dtype(dtype).itemsize:
                 raise WorkloadError(f"input {name}: blob has the wrong size")
             arrays[name] = np.frombuffer(data, dtype=dtype).reshape(shape)

@@ -44,6 +44,7 @@ from p2pnode.wire.peer_id import to_base58
 
 log = logging.getLogger("p2pnode.jobs")
 OVERDUE_GRACE_S = 10.0
+MAX_LOCKED = 4096
 # A provider sends a bid, a result and progress every wire.job.HEARTBEAT_S: more than this is a flood.
 PROVIDER_BURST, PROVIDER_RATE = 64, 10.0
 
@@ -59,9 +60,24 @@ class JobRequester:
         self.identity, self.now, self.table, self.is_banned = identity, now, table, is_banned
         self.judge, self.blobs, self.streams, self.penalise, self.records = judge, blobs, streams, penalise, records
         self.scorer = ObservedScorer(reputation=judge.adjust)
+        self._secret = sealing.blob_secret(identity.seed)
+        self._locked: dict[bytes, bytes] = {}  # blob key -> blob id, for data encrypted before
         self.checks = Checks(me=identity.peer_id, now=now, judge=judge, candidates=self.candidates,
                              submit=self.submit, latency_ms=self._latency_ms,
                              calibrate_providers=calibrate_providers)
+
+    def _lock(self, array: np.ndarray) -> tuple[bytes, bytes]:
+        """(key, blob id) of an input array, encrypted into the blob store (off the trio thread).
+        The same data is encrypted once while its blob is held: a dataset's model, rows sent again."""
+        key = sealing.blob_key(memoryview(np.ascontiguousarray(array)).cast("B"), self._secret)
+        known = self._locked.get(key)
+        if known is not None and known in self.blobs.store:
+            return key, known
+        blob_id = self.blobs.store.put(sealing.lock_with(array.tobytes(), key))
+        self._locked[key] = blob_id
+        while len(self._locked) > MAX_LOCKED:
+            self._locked.pop(next(iter(self._locked)))
+        return key, blob_id
 
     def _latency_ms(self, peer: bytes) -> float:
         seen = self.scorer.seen.get(peer)
@@ -130,11 +146,10 @@ class JobRequester:
         private: dict[str, Any] = {k: v for k, v in checked.items() if k in m.PRIVATE_PARAMS}
         blob_ids: list[bytes] = []
         if arrays:  # inputs travel as encrypted blobs that the awarded provider fetches from us
-            secret = sealing.blob_secret(self.identity.seed)
             private["keys"] = {}
             for name in sorted(arrays):
-                key, ciphertext = sealing.lock(arrays[name].tobytes(), secret)
-                blob_ids.append(self.blobs.store.put(ciphertext))
+                key, blob_id = await trio.to_thread.run_sync(self._lock, arrays[name])
+                blob_ids.append(blob_id)
                 private["keys"][name] = key
         started = self.now()
         rfb = m.RequestForBids(job_id, workload, public, self.identity.peer_id, nonce, max_price,
@@ -268,14 +283,15 @@ class JobRequester:
                         await fs.close()
                 rec.state, rec.ended = machine.state.value, self.now()
         rec.state, rec.ended = machine.state.value, self.now()
+        verdict = rec.outcome  # the check's verdict in full, when a result was checked
         rec.outcome = machine.reason or machine.state.value
         if machine.provider is not None:
             rec.peer = to_base58(machine.provider)
             rec.price = machine.bids[machine.provider].price if machine.provider in machine.bids else 0
         if machine.result is not None:
             rec.kernel_ms, rec.backend = machine.result.body["kernel_ms"], machine.result.body["backend"]
-        if machine.state is R.DONE:
-            rec.outcome = machine.receipt.body["outcome"] if machine.receipt else "done"
+        if machine.state in (R.DONE, R.REJECTED):
+            rec.outcome = verdict or (machine.receipt.body["outcome"] if machine.receipt else machine.state.value)
         await self._remember(machine, rec)
         return rec
 

@@ -202,8 +202,10 @@ def make_result(job: bytes, key: SigningKey, *, requester: bytes, provider: byte
 
 def make_receipt(job: bytes, key: SigningKey, *, requester: bytes, provider: bytes, nonce: bytes,
                  accepted: bool, outcome: str, paid: int) -> Receipt:
+    """``outcome`` is cut to ``MAX_TEXT`` bytes of UTF-8 (the receiver refuses longer)."""
+    short = outcome.encode()[:MAX_TEXT].decode(errors="ignore")
     return _signed(Receipt, job, {"requester": requester, "provider": provider, "nonce": nonce,
-                                  "accepted": accepted, "outcome": outcome, "paid": paid}, key)  # type: ignore[return-value]
+                                  "accepted": accepted, "outcome": short, "paid": paid}, key)  # type: ignore[return-value]
 
 
 # decoding -------------------------------------------------------------------------------------

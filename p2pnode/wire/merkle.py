@@ -36,11 +36,16 @@ def row_leaves(arrays: Mapping[str, np.ndarray]) -> list[bytes]:
     n = len(arrays[names[0]])
     if any(arrays[k].ndim == 0 or len(arrays[k]) != n for k in names):
         raise ValueError("every output array needs the same number of rows")
-    parts = []
+    # one (n, width) byte matrix: 0x00, then per array its header and the row's bytes
+    parts = [np.zeros((n, 1), np.uint8)]
     for k in names:
         a = np.ascontiguousarray(arrays[k])
-        parts.append((f"{k}|{a.dtype.str}|{a.shape[1:]}|".encode(), a.reshape(n, -1).view(np.uint8)))
-    return [leaf_hash(b"".join(head + rows[i].tobytes() for head, rows in parts)) for i in range(n)]
+        head = np.frombuffer(f"{k}|{a.dtype.str}|{a.shape[1:]}|".encode(), np.uint8)
+        parts += [np.broadcast_to(head, (n, len(head))), a.reshape(n, -1).view(np.uint8)]
+    rows = np.ascontiguousarray(np.concatenate(parts, axis=1))
+    view, width = memoryview(rows).cast("B"), rows.shape[1]
+    sha = hashlib.sha256
+    return [sha(view[i * width:(i + 1) * width]).digest() for i in range(n)]
 
 
 def root(leaves: Sequence[bytes]) -> bytes:

@@ -48,6 +48,11 @@ async def test_a_trained_classifier_answers_as_it_does_locally_and_crosses_once(
         assert out is not None and np.array_equal(out.arrays["label"], local.arrays["label"])
         assert np.allclose(out.arrays["probabilities"], local.arrays["probabilities"], rtol=1e-5, atol=1e-7)
         assert float((out.arrays["label"] == data.y).mean()) == pytest.approx(data.accuracy)
+        with trio.fail_after(10):  # the provider got its signed receipt (a long verdict is cut to fit)
+            while provider.jobs.records[-1].state != "done":
+                await trio.sleep(0.02)
+        assert requester.penalties.score(provider.identity.peer_id, requester.now()) == 0
+        assert provider.penalties.score(requester.identity.peer_id, provider.now()) == 0
         fetched = provider.blobs.fetched_bytes
         assert fetched >= len(data.model)
         # the same model on other rows: only the new rows cross the network, the model does not

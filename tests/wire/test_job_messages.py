@@ -86,3 +86,11 @@ def test_oversized_message() -> None:
     with pytest.raises(PeerError) as info:
         m.decode(b"\x00" * (m.MAX_MESSAGE + 1))
     assert info.value.code == "oversized"
+
+
+def test_a_long_receipt_outcome_is_cut_to_what_receivers_accept() -> None:
+    long = "verified: 90 sampled rows agree with a re-run by a checker whose name is long é" * 2
+    r = m.make_receipt(J, RK, requester=R, provider=P, nonce=N, accepted=True, outcome=long, paid=5)
+    back = m.decode(r.encode())
+    assert isinstance(back, m.Receipt) and long.startswith(back.body["outcome"])
+    assert len(back.body["outcome"].encode()) <= m.MAX_TEXT
