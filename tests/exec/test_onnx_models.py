@@ -284,3 +284,40 @@ def test_a_batch_coupled_model_is_detected_and_falls_back_to_reruns() -> None:
         model_jobs.prepare(relu_model(), {"x": np.ones((3, 5), np.float32)})
     with pytest.raises(ModelError, match="inputs"):
         model_jobs.prepare(relu_model(), {"a": x, "b": x})
+
+
+@pytest.mark.parametrize(("mode", "always"), [("garbage", True), ("replay", True), ("lowprec", True),
+                                              ("skip:0.05", False), ("perturb", False)])
+def test_every_cheating_mode_on_model_work_is_caught_as_the_maths_says(mode: str, always: bool) -> None:
+    """Real outputs of a real model, tampered by the adversary, checked by the real sampling and row
+    comparison: wholesale cheats every time; a provider faking 5 % of rows at least 99 % of the time;
+    a single perturbed row when (and only when) the sample holds it."""
+    from p2pnode.adversary import Adversary
+    from p2pnode.exec.onnx_workload import take_rows
+
+    job = model_jobs.prepare(models.cnn(channels=4), {"": models.images(400, seed=2)})
+    params, inputs = job.shard(0, 400)
+    wl = workloads.get("onnx")
+    ort = backends.ops("ort-cpu")
+    honest = wl.run(wl.check(params), ort, lambda f: None, inputs)
+    adv = Adversary.parse(mode, seed=5)
+    assert adv is not None
+    other = job.shard(0, 400)  # an earlier job with other rows, for replay
+    earlier = wl.run(wl.check(other[0]), ort, lambda f: None, {**other[1], "in.image": models.images(400, seed=99)})
+    rng = random.Random(3)
+    trials, caught = 300, 0
+    for _ in range(trials):
+        adv.tamper("onnx", params, earlier, False)  # the job before was another one
+        p, cheat = adv.run_params("onnx", params)
+        claimed = adv.tamper("onnx", p, honest, cheat)
+        idx = rows.sample(400, rows.sample_size(), rng)
+        sub, _, claimed_rows = take_rows(params, inputs, claimed, idx)
+        _, _, truth = take_rows(params, inputs, honest, idx)
+        caught += not wl.agree(sub, claimed_rows, truth)
+    if always:
+        assert caught == trials
+    elif mode.startswith("skip"):
+        assert caught / trials >= rows.catch_probability(400, 20, 90) - 0.03  # 99.5 % in theory
+    else:  # one element of one row: caught when that row is among the 90 of 400
+        lo, hi = _wilson(caught, trials)
+        assert lo <= 90 / 400 <= hi
