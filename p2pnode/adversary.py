@@ -13,6 +13,8 @@ Selected on a provider with the ``adversary`` config key, ``MODE`` or ``MODE:X``
 * ``skip:F``     -- on every job, fakes a fraction F of the output's rows (noise in place of the
   model's answer), as a provider that runs only part of a dataset shard would;
 * ``overclaim:X`` -- advertises X times its measured speed (honest results);
+* ``flood:R``    -- publishes its capacity ad R times a second, far past what peers accept (honest
+  results): the rate limits and bans of capacity gossip are what stop it;
 * ``stall``      -- accepts jobs and never finishes them, while still sending progress.
 
 The digest is always recomputed over the tampered output, so only a real check catches it.
@@ -30,7 +32,7 @@ import numpy as np
 from p2pnode.errors import ConfigError
 from p2pnode.exec.workloads import TOLERANCE, Output
 
-MODES = ("garbage", "perturb", "replay", "lowprec", "skip", "overclaim", "stall")
+MODES = ("garbage", "perturb", "replay", "lowprec", "skip", "overclaim", "stall", "flood")
 REL_TOLERANCE = {"infer": 1e-4, "train_step": 1e-4}
 
 
@@ -55,12 +57,14 @@ class Adversary:
         if mode not in MODES:
             raise ConfigError(f"adversary: {mode!r} is not one of {', '.join(MODES)}")
         try:
-            x = float(arg) if arg else (1.0 if mode != "overclaim" else 10.0)
+            x = float(arg) if arg else {"overclaim": 10.0, "flood": 20.0}.get(mode, 1.0)
         except ValueError:
             raise ConfigError(f"adversary: {arg!r} is not a number") from None
         if mode == "overclaim" and x < 1:
             raise ConfigError("adversary overclaim:X needs X >= 1")
-        if mode != "overclaim" and not 0 <= x <= 1:
+        if mode == "flood" and not 0 < x <= 1000:
+            raise ConfigError("adversary flood:R needs R ads per second in (0, 1000]")
+        if mode not in ("overclaim", "flood") and not 0 <= x <= 1:
             raise ConfigError(f"adversary {mode}:F needs a fraction F in [0, 1]")
         return cls(mode, x, seed)
 
@@ -71,6 +75,11 @@ class Adversary:
     @property
     def stalls(self) -> bool:
         return self.mode == "stall"
+
+    @property
+    def flood_rate(self) -> float:
+        """Ads per second to publish (0: the honest schedule)."""
+        return self.x if self.mode == "flood" else 0.0
 
     def run_params(self, workload: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """Parameters to actually run with, and whether this job is one to cheat on."""

@@ -65,15 +65,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--checker", dest="checker", action="store_true", default=None,
                      help="volunteer to re-run others' work as a checker, for credits")
     run.add_argument("--adversary", metavar="MODE[:X]", help="misbehave as a provider (tests and scenarios)")
+    run.add_argument("--calibration-file", metavar="JSON", help="read measured speeds from this file (swarms)")
+    run.add_argument("--impair", metavar="SPEC", help="for scenarios: delay_ms=,jitter_ms=,drop= on job streams")
 
-    sw = sub.add_parser("swarm", help="run a local swarm of nodes on 127.0.0.1 and show the market converge")
-    sw.add_argument("--nodes", type=int, default=5, help="number of nodes (default 5)")
+    sw = sub.add_parser("swarm", help="local swarms of real nodes: the demo, scenarios, a swarm to keep running",
+                        description="Without an action: the demo (a swarm, a real model, verified jobs, a cheater "
+                                    "caught). `run SCENARIO.toml`: a scenario, judged by its expectations. "
+                                    "`up`, `status`, `down`, `logs`: a swarm that keeps running in the background.")
+    sw.add_argument("action", nargs="?", default="demo", choices=["demo", "run", "up", "status", "down", "logs"],
+                    help="what to do (default: demo)")
+    sw.add_argument("scenario", nargs="?", type=Path, help="run: the scenario file (tools/scenarios/*.toml)")
+    sw.add_argument("--nodes", type=int, default=None, help="demo/up: number of nodes (default 5); run: scale to N")
     sw.add_argument("--keep", action="store_true", help="keep the swarm running until Ctrl-C")
     sw.add_argument("--timeout", type=_finite, default=60.0, help="seconds to wait for convergence")
-    sw.add_argument("--dir", type=Path, help="keep the nodes' data dirs here (default: a temp dir, removed)")
+    sw.add_argument("--dir", type=Path, help="the swarm's folder (default: a temp dir; up: ~/.local/share/p2pnode-swarm)")
+    sw.add_argument("--out", type=Path, help="run: where the summary and plots go (default ./scenario-NAME)")
+    sw.add_argument("--no-isolate", action="store_true", help="run: stay on the host's loopback even as root")
     sw.add_argument("--json", action="store_true", help="print a JSON summary")
     sw.add_argument("--cheat", metavar="MODE[:X]", default="",
-                    help="make node 1 an adversary (garbage, perturb, replay, lowprec, overclaim, stall)")
+                    help="demo/up: make node 1 an adversary (garbage, perturb, replay, lowprec, skip, overclaim, stall)")
+    sw.add_argument("--node", type=int, default=None, help="logs: only this node's log")
 
     sm = sub.add_parser("submit", parents=[common], help="run a job on the network and show its result",
                         description="Run a job. With --model: `infer` runs your ONNX model on your data as one "
@@ -126,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _RUN_FLAGS = ("listen", "bootstrap", "mdns", "provide", "use_gpu", "metrics", "price",
-              "ad_interval", "ad_ttl", "log_level", "checker", "adversary")
+              "ad_interval", "ad_ttl", "log_level", "checker", "adversary", "calibration_file", "impair")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -140,22 +151,43 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _run(_config(args))
         if args.command == "swarm":
-            from p2pnode.swarm import run_swarm
-
-            if not 1 <= args.nodes <= 64:
-                raise LocalError("--nodes must be between 1 and 64")
-            if args.cheat:
-                from p2pnode.adversary import Adversary
-
-                Adversary.parse(args.cheat)
-            return run_swarm(args.nodes, keep=args.keep, as_json=args.json, timeout=args.timeout,
-                             base=args.dir, cheat=args.cheat)
+            return _swarm(args)
         return _read_command(args)
     except P2PNodeError as exc:
         print(f"p2pnode: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _swarm(args: argparse.Namespace) -> int:
+    if args.nodes is not None and not 1 <= args.nodes <= 10_000:
+        raise LocalError("--nodes must be between 1 and 10000")
+    if args.cheat:
+        from p2pnode.adversary import Adversary
+
+        Adversary.parse(args.cheat)
+    if args.action == "run":
+        from p2pnode import scenario as sc
+        from p2pnode.swarm.runner import run_scenario
+
+        if args.scenario is None:
+            raise LocalError("swarm run needs a scenario file, e.g. tools/scenarios/baseline.toml")
+        spec = sc.load(args.scenario)
+        if args.nodes:
+            spec = spec.scaled(args.nodes)
+        code, _ = run_scenario(spec, out=args.out, as_json=args.json, isolate=not args.no_isolate)
+        return code
+    if args.action in ("up", "status", "down", "logs"):
+        from p2pnode.swarm import background
+
+        return background.command(args)
+    from p2pnode.swarm import run_swarm
+
+    nodes = args.nodes or 5
+    if not 1 <= nodes <= 64:
+        raise LocalError("the demo runs 1 to 64 nodes (scenarios run more: swarm run)")
+    return run_swarm(nodes, keep=args.keep, as_json=args.json, timeout=args.timeout, base=args.dir, cheat=args.cheat)
 
 
 def _print_json(obj: Any) -> None:

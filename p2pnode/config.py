@@ -60,6 +60,8 @@ KEYS: tuple[Key, ...] = (
     Key("check_rate_min", float, 0.1, "Lowest probability of re-running a trusted provider's result."),
     Key("calibrate_providers", bool, True, "Send a calibration job to each provider at first contact."),
     Key("adversary", str, "", "Misbehave as a provider, for tests and scenarios: MODE[:X] (see README)."),
+    Key("calibration_file", str, "", "Read the measured speeds from this JSON file instead of calibrating (swarms share one)."),
+    Key("impair", str, "", "For scenarios: delay and break this node's job and blob streams, e.g. delay_ms=80,jitter_ms=40,drop=0.02."),
 )
 _BY_NAME = {k.name: k for k in KEYS}
 
@@ -88,6 +90,8 @@ class Config:
     check_rate_min: float
     calibrate_providers: bool
     adversary: str
+    calibration_file: str
+    impair: str
 
     def with_(self, **changes: Any) -> Config:
         return replace(self, **changes)
@@ -217,6 +221,10 @@ def _check(c: Config) -> None:
         from p2pnode.adversary import Adversary
 
         Adversary.parse(c.adversary)
+    if c.impair:
+        from p2pnode.net.impair import Impairment
+
+        Impairment.parse(c.impair)
     if c.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: {c.log_level!r} is not debug, info, warning or error")
     if c.metrics:

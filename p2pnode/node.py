@@ -22,12 +22,13 @@ from p2pnode.adversary import Adversary
 from p2pnode.config import Config
 from p2pnode.control import server as control_server
 from p2pnode.control.views import ControlViews
+from p2pnode.errors import ConfigError
 from p2pnode.exec.executor import Executor
 from p2pnode.identity import Identity, load_or_create
 from p2pnode.ledger.store import FILE_NAME
 from p2pnode.market.bidding import Capacity
 from p2pnode.market.capacity_table import CapacityTable, TableLimits
-from p2pnode.net import workarounds
+from p2pnode.net import impair, workarounds
 from p2pnode.net.adapters import HostPeers, HostStreams
 from p2pnode.net.discovery import PeerKeeper
 from p2pnode.net.gossip import build_pubsub
@@ -174,7 +175,11 @@ class Node:
             if cfg.metrics:
                 self.metrics.serve(cfg.metrics)
             self.resources.hardware = await trio.to_thread.run_sync(self.probe.read)
-            if cfg.provide:
+            if cfg.impair:
+                impair.set_current(impair.Impairment.parse(cfg.impair))
+            if cfg.provide and cfg.calibration_file:
+                self.resources.speed = _read_calibration(cfg.calibration_file)
+            elif cfg.provide:
                 self.resources.speed = await trio.to_thread.run_sync(
                     lambda: calibrate(cfg.calibrate_seconds, use_gpu=cfg.use_gpu))
             async with self.executor if self.executor is not None else contextlib.nullcontext():
@@ -227,6 +232,20 @@ class Node:
                 self.ready.set()
                 task_status.started(self)
                 await trio.sleep_forever()
+
+
+def _read_calibration(path: str) -> dict[str, float]:
+    """Speeds measured once for the whole machine (``p2pnode swarm`` shares one calibration)."""
+    import json
+
+    try:
+        speeds = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"calibration_file {path}: {exc}") from exc
+    if not isinstance(speeds, dict) or not all(isinstance(k, str) and isinstance(v, (int, float)) and v >= 0
+                                               for k, v in speeds.items()):
+        raise ConfigError(f"calibration_file {path}: expected {{name: GFLOP/s}}")
+    return {k: float(v) for k, v in speeds.items()}
 
 
 def _load_identity(config: Config) -> Identity:

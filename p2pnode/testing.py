@@ -1,7 +1,16 @@
 """Hypothesis strategies for every wire message, for our tests and for researchers' fuzzers.
 
-``capacity_ads(key)`` draws valid ads signed by ``key``; ``ad_bodies()`` draws the CBOR maps;
-combine them with byte-level mutations to fuzz decoders.
+* capacity gossip: ``capacity_ads(key)`` (valid ads), ``sign(ad, key)``;
+* jobs: ``requests(key)``, ``job_messages(...)`` (every message type of ``/p2pnode/job/1``, the
+  signed ones validly signed for the job they name), ``job_message_bytes(...)``;
+* blobs: ``blob_messages()`` (every message of ``/p2pnode/blob/1``, as bytes);
+* reports: ``reports(key)`` (opinions and cheat reports with evidence);
+* ledgers: ``ledger_data()``, ``ledger_chains()``;
+* adversaries: ``mutated(data)`` (bit flips, truncations, extensions, splices: what a hostile or
+  broken peer sends instead), ``peer_behaviours`` (what a network or a peer does to a message).
+
+Everything decoded from these must either decode or raise a ``PeerError``; ``tests/protocol/
+test_stateful.py`` shows how several pure nodes are driven through arbitrary interleavings.
 """
 
 from __future__ import annotations
@@ -11,7 +20,10 @@ from typing import Any
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from p2pnode.wire import blob as wb
 from p2pnode.wire import capacity_ad as ca
+from p2pnode.wire import job as m
+from p2pnode.wire import report as rpt
 from p2pnode.wire.peer_id import peer_id_from_public_key
 
 _short = st.text(max_size=12)
@@ -119,3 +131,135 @@ def ledger_chains(draw: Any, max_entries: int = 12) -> list[bytes]:
         records.append(e.raw)
         prev = e.hash
     return records
+
+
+# jobs -----------------------------------------------------------------------------------------
+
+keys = st.binary(min_size=32, max_size=32).map(SigningKey)
+
+
+def peer_of(key: SigningKey) -> bytes:
+    return peer_id_from_public_key(bytes(key.verify_key))
+
+
+@st.composite
+def requests(draw: Any, key: SigningKey | None = None, job: bytes | None = None) -> m.RequestForBids:
+    """A request for bids from ``key``'s peer, for small seeded or model work."""
+    key = key or draw(keys)
+    workload, params = draw(st.sampled_from([
+        ("matmul", {"m": 8, "n": 8, "k": 8, "dtype": "int8"}), ("train_step", {"steps": 3}),
+        ("infer", {"batch": 4, "d_in": 8, "d_hidden": 8, "d_out": 2, "layers": 2}),
+        ("onnx", {"model_bytes": 100, "rows": 10, "feeds": {"x": ["float32", [4]]}, "inputs": "blob"})]))
+    return m.RequestForBids(job or draw(_job_ids), workload, params, peer_of(key), draw(st.binary(min_size=16, max_size=16)),
+                            draw(st.integers(1, 10**9)), draw(st.integers(0, 2**42)), 0,
+                            draw(st.sampled_from(["", "numpy"])), draw(st.sampled_from(m.VERIFY_POLICIES)))
+
+
+@st.composite
+def job_messages(draw: Any, rfb: m.RequestForBids | None = None, requester_key: SigningKey | None = None,
+                 provider_key: SigningKey | None = None) -> m.Message:
+    """Any message of the job protocol for ``rfb``'s job (drawn when not given); award, result
+    and receipt signed by the right keys for it."""
+    rkey = requester_key or draw(keys)
+    pkey = provider_key or draw(keys)
+    rfb = rfb or draw(requests(rkey))
+    job, me, prov = rfb.job, rfb.requester, peer_of(pkey)
+    text = st.text(max_size=40)
+    kind = draw(st.sampled_from(["rfb", "bid", "decline", "progress", "cancel", "failed", "inputs", "award",
+                                 "result", "receipt"]))
+    if kind == "rfb":
+        return rfb
+    if kind == "bid":
+        return m.Bid(job, draw(st.integers(0, 10**9)), draw(st.integers(0, 10**7)), draw(st.integers(0, 2**42)),
+                     "numpy")
+    if kind == "decline":
+        return m.Decline(job, draw(st.sampled_from(m.DECLINE_CODES)), draw(text))
+    if kind == "progress":
+        return m.Progress(job, draw(st.floats(0, 1)))
+    if kind == "cancel":
+        return m.Cancel(job, draw(text))
+    if kind == "failed":
+        return m.Failed(job, draw(st.sampled_from(["oom", "timeout", "crashed", "kernel_error"])), draw(text))
+    if kind == "inputs":
+        return m.Inputs(job, tuple(draw(st.lists(st.binary(min_size=32, max_size=32), max_size=3))),
+                        draw(st.binary(max_size=64)))
+    if kind == "award":
+        return m.make_award(job, rkey, requester=me, provider=prov, nonce=rfb.nonce,
+                            price=draw(st.integers(0, 10**9)), deadline_ms=rfb.deadline_ms)
+    if kind == "result":
+        return m.make_result(job, pkey, requester=me, provider=prov, nonce=rfb.nonce,
+                             digest=draw(st.binary(min_size=32, max_size=32)), output=draw(st.binary(max_size=64)),
+                             kernel_ms=draw(st.integers(0, 10**6)), backend="numpy",
+                             root=draw(st.one_of(st.just(b""), st.binary(min_size=32, max_size=32))))
+    return m.make_receipt(job, rkey, requester=me, provider=prov, nonce=rfb.nonce, accepted=draw(st.booleans()),
+                          outcome=draw(text), paid=draw(st.integers(0, 10**9)))
+
+
+def job_message_bytes(**kw: Any) -> st.SearchStrategy[bytes]:
+    return job_messages(**kw).map(lambda msg: msg.encode())
+
+
+# blobs ----------------------------------------------------------------------------------------
+
+@st.composite
+def blob_messages(draw: Any) -> bytes:
+    """Any message of ``/p2pnode/blob/1`` (get, manifest, chunk, missing), encoded."""
+    data = draw(st.binary(max_size=2048))
+    manifest = wb.manifest_for(data, chunk=draw(st.sampled_from([256, 1024, wb.CHUNK])))
+    kind = draw(st.sampled_from(["get", "manifest", "chunk", "missing"]))
+    if kind == "get":
+        return wb.encode_get(draw(st.one_of(st.just(manifest.id), st.binary(min_size=32, max_size=32))),
+                             draw(st.integers(0, 10)))
+    if kind == "manifest":
+        return wb.encode_manifest(manifest)
+    if kind == "chunk":
+        i = draw(st.integers(0, len(manifest.hashes) - 1))
+        a, b = manifest.chunk_range(i)
+        return wb.encode_chunk(i, data[a:b])
+    return wb.MISSING
+
+
+# reports --------------------------------------------------------------------------------------
+
+@st.composite
+def reports(draw: Any, key: SigningKey | None = None) -> rpt.Report:
+    """An opinion of another peer, or a cheat report carrying three signed results of one job (the
+    subject's first, then two other providers', all made for the reporter)."""
+    key = key or draw(keys)
+    others = draw(st.lists(keys, min_size=3, max_size=3, unique_by=lambda k: bytes(k))
+                  .filter(lambda ks: bytes(key) not in {bytes(k) for k in ks}))
+    subject = peer_of(others[0])
+    pos, neg = draw(st.floats(0, 1000)), draw(st.floats(0, 1000))
+    t_ms = draw(st.integers(0, 2**42))
+    if not draw(st.booleans()):
+        return rpt.make_report(key, subject=subject, t_ms=t_ms, pos=pos, neg=neg)
+    rfb = draw(requests(key))
+    evidence = tuple(m.make_result(rfb.job, k, requester=rfb.requester, provider=peer_of(k), nonce=rfb.nonce,
+                                   digest=draw(st.binary(min_size=32, max_size=32)), output=b"", kernel_ms=1,
+                                   backend="numpy").raw for k in others)
+    return rpt.make_report(key, subject=subject, t_ms=t_ms, pos=pos, neg=neg + 10, verdict="cheat", job=rfb.job,
+                           evidence=evidence)
+
+
+# adversaries ----------------------------------------------------------------------------------
+
+@st.composite
+def mutated(draw: Any, data: bytes) -> bytes:
+    """``data`` as a hostile or broken peer might send it instead: a flipped bit, cut short, with
+    bytes added, spliced with garbage, or nothing at all."""
+    how = draw(st.sampled_from(["flip", "truncate", "extend", "splice", "empty"]))
+    if how == "empty" or not data:
+        return b""
+    if how == "flip":
+        i = draw(st.integers(0, len(data) * 8 - 1))
+        return data[: i // 8] + bytes([data[i // 8] ^ (1 << (i % 8))]) + data[i // 8 + 1:]
+    if how == "truncate":
+        return data[: draw(st.integers(0, len(data) - 1))]
+    if how == "extend":
+        return bytes(data + draw(st.binary(min_size=1, max_size=16)))
+    i = draw(st.integers(0, len(data)))
+    return bytes(data[:i] + draw(st.binary(max_size=16)) + data[i + draw(st.integers(0, 16)):])
+
+
+# What the network (or a peer in the middle) does with each message it carries.
+peer_behaviours = st.sampled_from(["deliver", "drop", "duplicate", "delay", "reorder", "corrupt", "replay"])

@@ -101,6 +101,18 @@ class ControlViews:
             return [r.to_json() for r in reversed(node.jobs.records)]
         if cmd == "reputation":
             return node.trust.table()
+        if cmd == "metrics":
+            return node.metrics.text()
+        if cmd == "impair":  # scenario faults: a bad network from now on ("" ends it)
+            from p2pnode.errors import ConfigError
+            from p2pnode.net import impair
+
+            spec = str(request.get("spec", ""))
+            try:
+                impair.set_current(impair.Impairment.parse(spec) if spec else None)
+            except ConfigError as exc:
+                raise ControlError(str(exc)) from None
+            return {"impair": spec}
         if cmd == "wait":
             return await self._wait(request)
         if cmd == "submit" and request.get("model"):

@@ -190,7 +190,7 @@ class Executor:
         wire_inputs: dict[str, Any] = {k: {"dtype": v.dtype.str, "shape": list(v.shape), "array": v}
                                        for k, v in arrays.items()}
         for k in CACHED_INPUTS & set(wire_inputs):
-            wire_inputs[k]["key"] = hashlib.sha256(memoryview(arrays[k]).cast("B")).hexdigest()
+            wire_inputs[k]["key"] = hashlib.sha256(arrays[k].data.cast("B")).hexdigest()
         chosen = self.choose_backend(backend, workload)
         need = wl.memory(checked)
         if need > self._capacity(chosen):

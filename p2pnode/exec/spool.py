@@ -50,7 +50,7 @@ class Spool:
     def put(self, array: np.ndarray) -> str:
         path = self.dir / f"in-{uuid.uuid4().hex}.bin"
         with open(path, "wb") as f:
-            f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+            f.write(np.ascontiguousarray(array).data.cast("B"))
         return str(path)
 
     def take(self, entry: dict[str, Any]) -> np.ndarray:
@@ -94,5 +94,5 @@ def dump(folder: str, array: np.ndarray) -> dict[str, Any]:
     a = np.ascontiguousarray(array)
     path = Path(folder) / f"out-{uuid.uuid4().hex}.bin"
     with open(path, "wb") as f:
-        f.write(memoryview(a).cast("B") if a.size else b"")
+        f.write(a.data.cast("B") if a.size else b"")
     return {"dtype": a.dtype.str, "shape": list(a.shape), "file": str(path)}

@@ -29,7 +29,6 @@ import numpy as np
 from p2pnode.errors import WorkloadError
 from p2pnode.exec import backends, frames, spool, workloads
 
-
 KEPT_INPUTS = 4
 
 

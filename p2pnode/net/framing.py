@@ -87,6 +87,12 @@ class FramedStream:
     async def send(self, payload: bytes) -> None:
         from libp2p.network.stream.exceptions import StreamError
 
+        from p2pnode.net import impair
+
+        bad = impair.current()
+        if bad is not None and await bad.before_send():
+            await self.reset()
+            raise StreamGone("impaired network: stream broken on purpose")
         try:
             await self.stream.write(encode_frame(payload))
         except StreamError as exc:

@@ -7,7 +7,8 @@ Changes from py-libp2p 0.8.1's defaults, each measured (specs/libp2p.md):
   a market of a few hundred providers publishing every 10 s would exceed that, so the limit is
   raised to 200/s and our own per-originator budget (the capacity table's token buckets) is what
   really bounds ad rates;
-* all of /meshsub/1.2.0, 1.1.0 and 1.0.0 are offered so go, js and rust peers can join.
+* all of /meshsub/1.2.0, 1.1.0 and 1.0.0 are offered so go, js and rust peers can join;
+* two races in py-libp2p's ``Pubsub`` that stop a node are closed (``net/workarounds.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ MAX_RPC_BYTES = 1 << 20
 def build_pubsub(host: Any, *, heartbeat: float) -> tuple[Any, Any]:
     from libp2p.custom_types import TProtocol
     from libp2p.pubsub.gossipsub import GossipSub
-    from libp2p.pubsub.pubsub import Pubsub
+
+    from p2pnode.net.workarounds import safe_pubsub_class
 
     router = GossipSub(
         protocols=[TProtocol(p) for p in GOSSIP_PROTOCOLS],
@@ -36,5 +38,5 @@ def build_pubsub(host: Any, *, heartbeat: float) -> tuple[Any, Any]:
         spam_protection_enabled=True,
         max_messages_per_topic_per_second=200.0,
     )
-    pubsub = Pubsub(host, router, strict_signing=True, max_inbound_rpc_size=MAX_RPC_BYTES)
+    pubsub = safe_pubsub_class()(host, router, strict_signing=True, max_inbound_rpc_size=MAX_RPC_BYTES)
     return pubsub, router

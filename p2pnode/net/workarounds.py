@@ -59,3 +59,49 @@ def allow_redial(host: Any, peer_id: Any) -> None:
     to lift the entry.
     """
     host.get_network().unblock_peer(peer_id)
+
+
+def safe_pubsub_class() -> type:
+    """py-libp2p's ``Pubsub`` with two races closed (0.8.1; see the upstream issues on direct
+    ``peers`` access in pubsub, e.g. libp2p/py-libp2p#1124, fixed elsewhere but not here).
+
+    * ``_teardown_if_connected`` (run by ``add_to_blacklist``) awaits the peer's stream reset and
+      then does ``del self.peers[peer_id]``; if the peer's disconnect was handled meanwhile (the
+      usual case when we ban a peer: blacklist, then disconnect), that raises ``KeyError`` inside
+      the pubsub service and stops the whole node. Here the entry is popped if still there.
+    * ``stream_handler`` (a peer's inbound pubsub stream) runs outside our guard; a stream that
+      arrives while the service stops raises "Nursery is closed to new arrivals" through the
+      connection's nursery. Here whatever escapes a peer's pubsub stream is logged and ends that
+      stream only (as :mod:`p2pnode.net.guard` does for our own protocols).
+    """
+    import logging
+
+    import trio
+    from libp2p.pubsub.pubsub import Pubsub
+
+    log = logging.getLogger("p2pnode.net")
+
+    class SafePubsub(Pubsub):
+        async def _teardown_if_connected(self, peer_id: Any) -> None:
+            stream = self.peers.get(peer_id)
+            if stream is not None:
+                try:
+                    await stream.reset()
+                except Exception:  # noqa: BLE001 - as upstream: a dead stream is fine
+                    pass
+                self.peers.pop(peer_id, None)
+            self._forget_all_subscriptions(peer_id)
+
+        async def stream_handler(self, stream: Any) -> None:
+            try:
+                await super().stream_handler(stream)
+            except* trio.Cancelled:
+                raise
+            except* Exception as group:
+                log.debug("pubsub stream from %s ended: %r", getattr(stream.muxed_conn, "peer_id", "?"), group)
+                try:
+                    await stream.reset()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    return SafePubsub

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 import trio
 
 from p2pnode.exec.onnx_workload import take_rows

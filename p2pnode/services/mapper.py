@@ -85,7 +85,7 @@ def map_id(job: ModelJob, shard_rows: int) -> str:
     for name in sorted(job.arrays):
         a = job.arrays[name]
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).digest())
+        h.update(hashlib.sha256(np.ascontiguousarray(a).data.cast("B")).digest())
     h.update(str(shard_rows).encode())
     return h.hexdigest()[:24]
 

@@ -103,6 +103,8 @@ class MarketService:
         now = self.now()
         fwd = forwarder.to_bytes()
         own = fwd == self.identity.peer_id
+        if own and self.adversary is not None and self.adversary.flood_rate:
+            return True  # a flooder does not hold itself to the rate it floods past
         if not own:
             self.metrics.ads_seen.inc()
             if self.is_banned(fwd):
@@ -197,6 +199,8 @@ class MarketService:
         self.metrics.ads_published.inc()
 
     async def advertise(self) -> None:
+        if self.adversary is not None and self.adversary.flood_rate:
+            await self._flood(self.adversary.flood_rate)
         last_publish = -math.inf
         last_shape = None
         while True:
@@ -211,6 +215,16 @@ class MarketService:
                 last_publish, last_shape = now, shape
             await trio.sleep(PROBE_INTERVAL_S)
             self.resources.hardware = await trio.to_thread.run_sync(self.probe.read)
+
+
+    async def _flood(self, rate: float) -> None:
+        """Publish at ``rate`` ads per second, for ever (adversary ``flood``)."""
+        while True:
+            try:
+                await self.publish_ad()
+            except Exception as exc:  # noqa: BLE001 - banned peers refuse us; keep trying, as a flooder would
+                log.debug("flood: %s", exc)
+            await trio.sleep(1.0 / rate)
 
 
 def _shape(hw: Hardware) -> tuple[Any, ...]:

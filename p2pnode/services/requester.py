@@ -69,7 +69,7 @@ class JobRequester:
     def _lock(self, array: np.ndarray) -> tuple[bytes, bytes]:
         """(key, blob id) of an input array, encrypted into the blob store (off the trio thread).
         The same data is encrypted once while its blob is held: a dataset's model, rows sent again."""
-        key = sealing.blob_key(memoryview(np.ascontiguousarray(array)).cast("B"), self._secret)
+        key = sealing.blob_key(np.ascontiguousarray(array).data.cast("B"), self._secret)
         known = self._locked.get(key)
         if known is not None and known in self.blobs.store:
             return key, known
@@ -129,8 +129,9 @@ class JobRequester:
                     early.append(item)
                     if on_event is not None:
                         on_event(item)
-                for ad in fresh:
-                    await self.checks.calibrate(ad, early_event)
+                async with trio.open_nursery() as nursery:  # all at once: the slowest sets the wait
+                    for ad in fresh:
+                        nursery.start_soon(self.checks.calibrate, ad, early_event)
                 ads = self.candidates(workload, wl.memory(checked), k, backend)
         else:
             ads = [ad for ad in only if ad.peer_id != self.identity.peer_id]

@@ -46,6 +46,12 @@ class NodeMetrics:
         self._server = server
         self.address = f"{host}:{server.server_port}"
 
+    def text(self) -> str:
+        """The Prometheus exposition, as the HTTP endpoint serves it (for the control API)."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry).decode()
+
     def close(self) -> None:
         if self._server is not None:
             self._server.shutdown()

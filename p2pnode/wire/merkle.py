@@ -43,7 +43,7 @@ def row_leaves(arrays: Mapping[str, np.ndarray]) -> list[bytes]:
         head = np.frombuffer(f"{k}|{a.dtype.str}|{a.shape[1:]}|".encode(), np.uint8)
         parts += [np.broadcast_to(head, (n, len(head))), a.reshape(n, -1).view(np.uint8)]
     rows = np.ascontiguousarray(np.concatenate(parts, axis=1))
-    view, width = memoryview(rows).cast("B"), rows.shape[1]
+    view, width = rows.data.cast("B"), rows.shape[1]
     sha = hashlib.sha256
     return [sha(view[i * width:(i + 1) * width]).digest() for i in range(n)]
 

@@ -70,3 +70,28 @@ async def test_negative_dial_cache_is_lifted_before_a_redial() -> None:
                 await host.connect(info)  # even with the peer back up
             assert await keeper._dial(info) is None  # the keeper lifts the block: it goes through
             assert keeper.is_connected(info.peer_id)
+
+
+async def test_banning_a_peer_that_is_already_gone_does_not_stop_pubsub() -> None:
+    """Upstream's teardown deletes the peer after awaiting its stream's reset; when the peer's own
+    disconnect removed it meanwhile, that is a KeyError inside the pubsub service (the node stops)."""
+    from libp2p.peer.id import ID
+    from libp2p.pubsub.pubsub import Pubsub
+
+    from p2pnode.identity import Identity
+    from p2pnode.net.gossip import build_pubsub
+    from p2pnode.net.host import build_host, parse_multiaddr
+
+    pubsub, _ = build_pubsub(build_host(Identity.generate(), [parse_multiaddr("/ip4/127.0.0.1/tcp/0")]), heartbeat=1.0)
+    pid = ID(Identity.generate().peer_id)
+
+    class GoesAwayOnReset:
+        async def reset(self) -> None:
+            pubsub.peers.pop(pid, None)  # the disconnect handler ran while we awaited
+
+    pubsub.peers[pid] = GoesAwayOnReset()
+    await pubsub._teardown_if_connected(pid)  # the workaround: no KeyError
+    assert pid not in pubsub.peers
+    pubsub.peers[pid] = GoesAwayOnReset()
+    with pytest.raises(KeyError):  # upstream's version, for the record
+        await Pubsub._teardown_if_connected(pubsub, pid)

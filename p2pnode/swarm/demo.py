@@ -1,28 +1,20 @@
-"""A local swarm of real node processes on 127.0.0.1, for operators, demos and scenarios.
+"""The demo: a local swarm of real node processes on 127.0.0.1-N (``p2pnode swarm``, ``tools/demo``).
 
-``p2pnode swarm --nodes 5`` starts the nodes (each its own process, data dir, port and control
-socket; node 0 is everyone's bootstrap peer, and each later node also bootstraps from a random
-earlier one so the mesh is not a star), shows the market converge live, submits real jobs from the
-last node (an auction among three providers each, execution in their executors, Freivalds checks
-for matrix products, signed receipts), reports how fast ads travelled (read from each node's
-Prometheus histogram), then stops every node with SIGTERM and checks that each exited cleanly.
-``--keep`` leaves it running until Ctrl-C.
+It starts the nodes with the launcher (parallel waves, each its own process, data dir, port and
+control socket), shows the market converge live, has a trained classifier label real handwritten
+digits in shards across every provider (rows checked by other providers; node 1 may cheat and is
+caught), submits seeded jobs from the last node (auctions, execution in the providers' executors,
+Freivalds checks, re-runs, signed receipts), shows the reputation table, reports how fast ads
+travelled, then stops every node with SIGTERM and checks that each exited cleanly. ``--keep``
+leaves it running until SIGINT, SIGTERM or SIGHUP.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import random
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,73 +26,28 @@ from rich.table import Table
 
 from p2pnode.control.client import call
 from p2pnode.errors import ControlError, LocalError
+from p2pnode.swarm.launcher import Launcher, NodeProc, NodeSpec, Stopped, stop_on_signals
 from p2pnode.ui import market_table, reputation_table, short_peer
 
 AD_INTERVAL_S = 3.0
 
 
-@dataclass
-class SwarmNode:
-    index: int
-    data_dir: Path
-    proc: subprocess.Popen[str]
-    peer: str = ""
-    addr: str = ""
-    metrics: str = ""
-    started_at: float = 0.0
-    output: list[str] = field(default_factory=list)
-    ready: threading.Event = field(default_factory=threading.Event)
-
-    def pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line.rstrip())
-            if line.startswith("p2pnode ") and " peer " in line:
-                self.peer = line.split()[-1]
-            elif line.startswith("listening on ") and not self.addr:
-                self.addr = line.split()[-1]
-            elif line.startswith("metrics on "):
-                self.metrics = line.split()[-1]
-                self.ready.set()
-        self.ready.set()
-
-    def query(self, cmd: str) -> Any:
-        return call(self.data_dir / "control.sock", cmd, timeout=5)
-
-    def query_submit(self, workload: str, params: dict[str, Any]) -> Any:
-        return call(self.data_dir / "control.sock", "submit", timeout=90, workload=workload, params=params,
-                    max_price=10**9, deadline=60, k=3)
+def _query(node: NodeProc, cmd: str, timeout: float = 5, **args: Any) -> Any:
+    return call(node.socket, cmd, timeout=timeout, **args)
 
 
-def _start(index: int, base: Path, bootstrap: list[str], extra: list[str]) -> SwarmNode:
-    data_dir = base / f"node{index}"
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    args = [sys.executable, "-m", "p2pnode", "run", "--data-dir", str(data_dir),
-            # each node on its own loopback address: checkers must not share the provider's address
-            "--listen", f"/ip4/127.0.0.{index + 1}/tcp/0", "--no-mdns", "--metrics", "127.0.0.1:0",
-            "--ad-interval", str(AD_INTERVAL_S), "--ad-ttl", "10", *extra]
-    for b in bootstrap:
-        args += ["--bootstrap", b]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PNODE_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True)
-    node = SwarmNode(index, data_dir, proc, started_at=time.monotonic())
-    threading.Thread(target=node.pump, daemon=True).start()
-    if not node.ready.wait(60) or not node.addr:
-        proc.kill()
-        raise LocalError(f"node {index} did not start:\n" + "\n".join(node.output[-20:]))
-    return node
+def _submit(node: NodeProc, workload: str, params: dict[str, Any]) -> Any:
+    return call(node.socket, "submit", timeout=90, workload=workload, params=params, max_price=10**9, deadline=60, k=3)
 
 
-def _view(nodes: list[SwarmNode], n: int) -> tuple[Table, list[int]]:
+def _view(nodes: list[NodeProc], n: int) -> tuple[Table, list[int]]:
     t = Table(title=f"Local swarm: {n} nodes on 127.0.0.1-{n}", title_justify="left")
     for col in ("node", "peer id", "tcp port", "peers", "providers known", "status"):
         t.add_column(col)
     counts = []
     for node in nodes:
         try:
-            s = node.query("status")
+            s = _query(node, "status")
             counts.append(int(s["market"]))
             colour = {"healthy": "green", "issues": "yellow"}.get(s["state"], "red")
             reasons = "; ".join(r for r in s["reasons"] if "GPU" not in r and "NVML" not in r)
@@ -115,15 +62,14 @@ def _view(nodes: list[SwarmNode], n: int) -> tuple[Table, list[int]]:
     return t, counts
 
 
-def _histogram(nodes: list[SwarmNode]) -> tuple[dict[float, float], float, float]:
+def _histogram(nodes: list[NodeProc]) -> tuple[dict[float, float], float, float]:
     """Ad propagation histogram (cumulative buckets, sum, count), added up over all nodes."""
     buckets: dict[float, float] = {}
     total = count = 0.0
     for node in nodes:
         try:
-            with urllib.request.urlopen(node.metrics, timeout=5) as r:  # 127.0.0.1 only
-                text = r.read().decode()
-        except OSError:
+            text = _query(node, "metrics")
+        except ControlError:
             continue
         for line in text.splitlines():
             if line.startswith("p2pnode_ad_propagation_seconds_bucket"):
@@ -153,60 +99,64 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
               seed: int = 1, cheat: str = "") -> int:
     """``cheat``: an adversary mode for node 1 (``p2pnode/adversary.py``), to watch checks catch it."""
     console = Console(stderr=as_json)
-    rnd = random.Random(seed)
     own_base = base is None
     base = base or Path(tempfile.mkdtemp(prefix="p2pswarm-", dir="/tmp"))
-    nodes: list[SwarmNode] = []
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    launcher = Launcher(base, ad_interval=AD_INTERVAL_S, ad_ttl=10.0, seed=seed)
+    nodes: list[NodeProc] = []
     result: dict[str, Any] = {"nodes": n, "converged": False}
     progress = Progress(TextColumn("market convergence"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"))
     task = progress.add_task("conv", total=n * n)
+    # each node on its own loopback address: checkers must not share the provider's address
+    specs = [NodeSpec(i, "provider", f"127.0.0.{i + 1}", ["--adversary", cheat] if cheat and i == 1 else [])
+             for i in range(n)]
     try:
-        with Live(console=console, refresh_per_second=8, transient=False) as live:
-            t_start = time.monotonic()
-            for i in range(n):
-                boot = [nodes[0].addr] if nodes else []
-                if len(nodes) > 1:
-                    boot.append(rnd.choice(nodes[1:]).addr)
-                nodes.append(_start(i, base, boot, ["--adversary", cheat] if cheat and i == 1 else []))
-                table, counts = _view(nodes, n)
-                progress.update(task, completed=sum(counts))
-                live.update(Group(table, progress))
-            t_all_started = time.monotonic()
-            result["start_s"] = round(t_all_started - t_start, 3)
-            deadline = t_all_started + timeout
-            while time.monotonic() < deadline:
-                table, counts = _view(nodes, n)
-                progress.update(task, completed=sum(counts))
-                live.update(Group(table, progress))
-                if all(c == n for c in counts):
-                    result["converged"] = True
-                    result["converge_after_last_start_s"] = round(time.monotonic() - t_all_started, 3)
-                    break
-                time.sleep(0.1)
+        with stop_on_signals():
+            with Live(console=console, refresh_per_second=8, transient=False) as live:
+                t_start = time.monotonic()
+
+                def on_wave(launched: Launcher) -> None:
+                    nodes[:] = sorted(launched.nodes.values(), key=lambda x: x.index)
+                    table, counts = _view(nodes, n)
+                    progress.update(task, completed=sum(counts))
+                    live.update(Group(table, progress))
+
+                launcher.start(specs, on_wave=on_wave)
+                t_all_started = time.monotonic()
+                result["start_s"] = round(t_all_started - t_start, 3)
+                deadline = t_all_started + timeout
+                while time.monotonic() < deadline:
+                    table, counts = _view(nodes, n)
+                    progress.update(task, completed=sum(counts))
+                    live.update(Group(table, progress))
+                    if all(c == n for c in counts):
+                        result["converged"] = True
+                        result["converge_after_last_start_s"] = round(time.monotonic() - t_all_started, 3)
+                        break
+                    time.sleep(0.1)
+                if result["converged"]:
+                    live.update(Group(table, progress, market_table(_query(nodes[-1], "market"),
+                                                                   title=f"Market as node {n - 1} sees it")))
             if result["converged"]:
-                live.update(Group(table, progress, market_table(nodes[-1].query("market"),
-                                                               title=f"Market as node {n - 1} sees it")))
-        if result["converged"]:
-            result["model"] = _demo_model(nodes, console, base, cheater=nodes[1].peer if cheat and n > 1 else "")
-            result["jobs"] = _demo_jobs(nodes, console)
-            result["reputation"] = nodes[-1].query("reputation")
-            names = {node.peer: f"node {node.index}" for node in nodes}
-            console.print(reputation_table([{**r, "peer": names.get(r["peer"], r["peer"])}
-                                            for r in result["reputation"]]))
-        # Steady state: ads accepted during one more ad interval after convergence (the first
-        # minutes include ads replayed to late joiners, which measure start-up, not gossip).
-        before = _histogram(nodes)
-        if result["converged"]:
-            time.sleep(AD_INTERVAL_S + 0.5)
-        result["propagation"] = _latency_between(before, _histogram(nodes))
-        if keep and result["converged"]:
-            console.print("[bold]swarm running; Ctrl-C stops it[/]")
-            try:
-                signal.sigwait({signal.SIGINT, signal.SIGTERM})
-            except KeyboardInterrupt:
-                pass
+                result["model"] = _demo_model(nodes, console, base, cheater=nodes[1].peer if cheat and n > 1 else "")
+                result["jobs"] = _demo_jobs(nodes, console)
+                result["reputation"] = _query(nodes[-1], "reputation")
+                names = {node.peer: f"node {node.index}" for node in nodes}
+                console.print(reputation_table([{**r, "peer": names.get(r["peer"], r["peer"])}
+                                                for r in result["reputation"]]))
+                # Steady state: ads accepted during one more ad interval after convergence (the
+                # first minutes include ads replayed to late joiners: start-up, not gossip).
+                before = _histogram(nodes)
+                time.sleep(AD_INTERVAL_S + 0.5)
+                result["propagation"] = _latency_between(before, _histogram(nodes))
+            if keep and result["converged"]:
+                console.print("[bold]swarm running; Ctrl-C stops it[/]")
+                while True:  # until SIGINT, SIGTERM or SIGHUP (Stopped)
+                    time.sleep(3600)
+    except Stopped:
+        pass
     finally:
-        result["clean_exit"] = _stop_all(nodes)
+        result["clean_exit"] = launcher.stop_all()
         if own_base:
             shutil.rmtree(base, ignore_errors=True)
     if as_json:
@@ -222,7 +172,7 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
     return 0 if result["converged"] and result["clean_exit"] and jobs_ok and model_ok else 1
 
 
-def _demo_model(nodes: list[SwarmNode], console: Console, base: Path, cheater: str) -> dict[str, Any]:
+def _demo_model(nodes: list[NodeProc], console: Console, base: Path, cheater: str) -> dict[str, Any]:
     """A real model on a real dataset across the swarm: an MLP trained here on scikit-learn's
     handwritten digits classifies the held-out digits in shards on every provider at once, each
     shard checked on 90 sampled rows by another provider; a cheater's shard is caught and redone."""
@@ -297,7 +247,7 @@ DEMO_JOBS = (
 )
 
 
-def _demo_jobs(nodes: list[SwarmNode], console: Console) -> list[dict[str, Any]]:
+def _demo_jobs(nodes: list[NodeProc], console: Console) -> list[dict[str, Any]]:
     """Real jobs from the last node through the market: auction, execution, verification."""
     requester = nodes[-1]
     names = {n.peer: n.index for n in nodes}
@@ -307,7 +257,7 @@ def _demo_jobs(nodes: list[SwarmNode], console: Console) -> list[dict[str, Any]]
         t.add_column(col, no_wrap=True, min_width=8 if col == "result" else None)
     for workload, params in DEMO_JOBS:
         try:
-            r = requester.query_submit(workload, params)
+            r = _submit(requester, workload, params)
         except ControlError as exc:
             out.append({"workload": workload, "state": "error", "outcome": str(exc)})
             t.add_row(workload, "", "", "", "", "", f"[red]{exc}[/]")
@@ -329,21 +279,6 @@ def _describe(workload: str, p: dict[str, Any]) -> str:
     if workload == "infer":
         return f"infer {p['layers']}×{p['d_hidden']} b{p['batch']}"
     return f"train_step {p['steps']} steps"
-
-
-def _stop_all(nodes: list[SwarmNode]) -> bool:
-    for node in nodes:
-        if node.proc.poll() is None:
-            node.proc.send_signal(signal.SIGTERM)
-    clean = True
-    for node in nodes:
-        try:
-            clean &= node.proc.wait(timeout=20) == 0
-        except subprocess.TimeoutExpired:
-            os.killpg(node.proc.pid, signal.SIGKILL)
-            node.proc.wait()
-            clean = False
-    return clean and all(node.proc.poll() is not None for node in nodes)
 
 
 def _summary(console: Console, r: dict[str, Any]) -> None:

@@ -1,0 +1,117 @@
+"""The shipped scenarios on real node processes: small and short in the suite (each still real: a
+swarm of processes, its own network namespace when root, faults, checks of every answer), full size
+under ``-m slow``; and a swarm never outlives its launcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pnode import scenario as sc
+from p2pnode.swarm.runner import run_scenario
+from tests.integration.test_cli import ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ROOT / "tools" / "scenarios"
+SMALL = {  # name: (nodes, seconds of work)
+    "baseline": (5, 8), "cheaters": (8, 14), "churn": (6, 12), "partition": (6, 14), "sybil-flood": (8, 8),
+    "terrible-network": (5, 10), "models": (4, 8),
+}
+
+
+def _run(name: str, tmp_path: Path, *, nodes: int | None = None, seconds: float | None = None) -> dict[str, Any]:
+    s = sc.load(SCENARIOS / f"{name}.toml")
+    if nodes is not None:
+        s = s.scaled(nodes)
+    if seconds is not None:
+        s = s.shortened(seconds)
+    from rich.console import Console
+
+    _, summary = run_scenario(s, out=tmp_path / name, console=Console(file=open(os.devnull, "w")))
+    assert summary["completed"] and summary["clean_exit"], summary["notes"]
+    assert (tmp_path / name / "summary.json").exists()
+    return summary
+
+
+def _expect(summary: dict[str, Any], name: str) -> Any:
+    return next(e for e in summary["expectations"] if e["expectation"] == name)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_each_shipped_scenario_holds_its_safety_expectations_small(name: str, tmp_path: Path) -> None:
+    nodes, seconds = SMALL[name]
+    r = _run(name, tmp_path, nodes=nodes, seconds=seconds)
+    jobs = r["jobs"]
+    assert jobs["submitted"] >= 2 and jobs["judged"] >= 1, jobs
+    assert jobs["wrong_accepted"] == 0  # never: at any size, under any fault
+    assert jobs["done"] >= 0.6 * jobs["submitted"], jobs
+    if name == "cheaters":
+        assert r["cheaters"]["count"] >= 2
+    if name == "churn":
+        assert any(e["event"] == "kill" and e["nodes"] for e in r["events"])
+        assert any(e["event"] == "restart" for e in r["events"])
+    if name == "partition" and r["isolated"]:
+        assert any(e["event"] == "partition" and e["applied"] for e in r["events"])
+        assert r["converged_after_heal_s"] is not None  # the market was whole again after the heal
+    if name == "sybil-flood":
+        assert r["converged_s"] is not None  # the honest market formed despite the flood
+    if r.get("plots"):
+        assert all(Path(p).stat().st_size > 10_000 for p in r["plots"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_each_shipped_scenario_holds_every_expectation_at_full_size(name: str, tmp_path: Path) -> None:
+    r = _run(name, tmp_path)
+    failed = [e for e in r["expectations"] if not e["held"]]
+    assert not failed, failed
+
+
+def _nodes_under(folder: Path) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"p2pnode run --data-dir {folder}"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_a_swarm_stopped_with_sigterm_leaves_no_node(tmp_path: Path) -> None:
+    folder = tmp_path / "swarm"
+    proc = subprocess.Popen([sys.executable, "-m", "p2pnode", "swarm", "--nodes", "3", "--keep", "--dir", str(folder)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # wait until the swarm is up and held
+        if "Ctrl-C stops it" in line:
+            break
+        assert time.monotonic() < deadline
+    assert len(_nodes_under(folder)) == 3
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert _nodes_under(folder) == []
+
+
+def test_nodes_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    folder = tmp_path / "bg"
+    up = subprocess.run([sys.executable, "-m", "p2pnode", "swarm", "up", "--nodes", "3", "--dir", str(folder)],
+                        capture_output=True, text=True, env=ENV, timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    status = subprocess.run([sys.executable, "-m", "p2pnode", "swarm", "status", "--json", "--dir", str(folder)],
+                            capture_output=True, text=True, env=ENV, timeout=60)
+    assert status.returncode == 0 and '"up": true' in status.stdout
+    import json
+
+    pid = json.loads((folder / "swarm.json").read_text())["pid"]
+    assert len(_nodes_under(folder)) == 3
+    os.kill(pid, signal.SIGKILL)  # no chance to stop them: the parent-death signal does
+    deadline = time.monotonic() + 20
+    while _nodes_under(folder) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _nodes_under(folder) == []
+    down = subprocess.run([sys.executable, "-m", "p2pnode", "swarm", "down", "--dir", str(folder)],
+                          capture_output=True, text=True, env=ENV, timeout=60)
+    assert down.returncode == 0
