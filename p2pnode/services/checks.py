@@ -183,36 +183,49 @@ class Checks:
     async def calibrate(self, ad: Any, event: Event) -> None:
         """Send ``ad``'s provider a known-answer job sized by its advertised speed; record the verdict."""
         self._calibrated.add(ad.peer_id)
-        fp32 = [v for k, v in ad.speed if "f32" in k]
-        claimed = max(fp32 or [v for _, v in ad.speed] or [1.0])
-        n = int(np.clip(round((CALIBRATION_TARGET_S * claimed * 1e9 / 2) ** (1 / 3) / 64) * 64,
-                        CALIBRATION_MIN_N, CALIBRATION_MAX_N))
+        n, claimed = calibration_size(ad)
         params = {"m": n, "n": n, "k": n, "dtype": "fp32", "inputs": "blob"}
-        flops = 2.0 * n**3
         price = max((o.price for o in ad.offers if o.workload == "matmul"), default=0)
         event("calibrate", {"peer": ad.peer_id, "n": n})
         sub = await self.submit("matmul", params, inputs=self._calibration_inputs(n), only=[ad], k=1,
-                                     verify="freivalds", max_price=int(price * flops / 1e9 * 2) + 1000,
+                                     verify="freivalds", max_price=int(price * 2.0 * n**3 / 1e9 * 2) + 1000,
                                      deadline_s=30.0, purpose="calibration")
         times = {e["event"]: e["t"] for e in sub.events if e["event"] in ("award", "result")}
         if sub.state != "done" or "award" not in times or "result" not in times:
             return  # a failure or a wrong answer is already in the ledger as such
-        # Two upper bounds on its real speed: its own signed kernel time, and the wall time from
-        # award to result less what is not compute (start-up, round trips, moving 3 n² floats).
-        reported = flops / 1e9 / (sub.kernel_ms / 1000) if sub.kernel_ms > 0 else float("inf")
         wall = float(times["result"]) - float(times["award"])
-        allowance = ALLOWANCE_S + 2 * self.latency_ms(ad.peer_id) / 1000 + 12 * n * n / MOVE_BYTES_S
-        compute = wall - allowance
-        bound = min(reported, flops / 1e9 / compute if compute > 0 else float("inf"))
-        passed = bound * OVERCLAIM_FACTOR >= claimed
-        detail = (f"advertised {claimed:.1f} GFLOP/s; measured at most {bound:.1f} GFLOP/s "
-                  f"({n}³ fp32: kernel {sub.kernel_ms} ms, {wall * 1000:.0f} ms award to result)")
-        await self.judge.record("verification", {
-            "job": bytes.fromhex(sub.job), "method": "calibration", "passed": passed, "detail": detail[:250],
-            "claimed": float(claimed), "bound": float(min(bound, 1e12))}, peer=ad.peer_id)
-        event("calibrated", {"peer": ad.peer_id, "passed": passed, "detail": detail})
-        if not passed:
-            log.warning("provider %s over-claims: %s", to_base58(ad.peer_id), detail)
+        verdict = calibration_verdict(n, claimed, sub.kernel_ms, wall, self.latency_ms(ad.peer_id))
+        await self.judge.record("verification", {"job": bytes.fromhex(sub.job), **verdict}, peer=ad.peer_id)
+        event("calibrated", {"peer": ad.peer_id, "passed": verdict["passed"], "detail": verdict["detail"]})
+        if not verdict["passed"]:
+            log.warning("provider %s over-claims: %s", to_base58(ad.peer_id), verdict["detail"])
+
+
+def calibration_size(ad: Any) -> tuple[int, float]:
+    """(n, claimed GFLOP/s): the side of the n³ fp32 calibration product for ``ad``'s claim, sized
+    to take about ``CALIBRATION_TARGET_S`` at the advertised speed."""
+    fp32 = [v for k, v in ad.speed if "f32" in k]
+    claimed = max(fp32 or [v for _, v in ad.speed] or [1.0])
+    n = int(np.clip(round((CALIBRATION_TARGET_S * claimed * 1e9 / 2) ** (1 / 3) / 64) * 64,
+                    CALIBRATION_MIN_N, CALIBRATION_MAX_N))
+    return n, claimed
+
+
+def calibration_verdict(n: int, claimed: float, kernel_ms: int, wall_s: float, latency_ms: float) -> dict[str, Any]:
+    """The ledger's ``verification`` data for a calibration job that ran: two upper bounds on the
+    provider's real speed, its own signed kernel time and the wall time from award to result less
+    what is not compute (start-up, round trips, moving 3 n² floats); a bound ``OVERCLAIM_FACTOR``
+    times below the claim fails."""
+    flops = 2.0 * n**3
+    reported = flops / 1e9 / (kernel_ms / 1000) if kernel_ms > 0 else float("inf")
+    allowance = ALLOWANCE_S + 2 * latency_ms / 1000 + 12 * n * n / MOVE_BYTES_S
+    compute = wall_s - allowance
+    bound = min(reported, flops / 1e9 / compute if compute > 0 else float("inf"))
+    passed = bound * OVERCLAIM_FACTOR >= claimed
+    detail = (f"advertised {claimed:.1f} GFLOP/s; measured at most {bound:.1f} GFLOP/s "
+              f"({n}³ fp32: kernel {kernel_ms} ms, {wall_s * 1000:.0f} ms award to result)")
+    return {"method": "calibration", "passed": passed, "detail": detail[:250], "claimed": float(claimed),
+            "bound": float(min(bound, 1e12))}
 
 
 _LOCAL: dict[str, Any] = {}  # this node's own ONNX Runtime sessions, for checks made here

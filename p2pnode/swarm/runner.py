@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pnode.errors import ControlError, LocalError
+from p2pnode.outcome import judge, plot, print_summary, quantile
 from p2pnode.scenario import CHEATER_KINDS, Scenario, pick
 from p2pnode.swarm.launcher import Launcher, NodeSpec, Stopped, stop_on_signals
 from p2pnode.swarm.network import SwarmNetwork, can_isolate
@@ -170,13 +171,13 @@ def run_scenario(s: Scenario, *, out: Path | None = None, as_json: bool = False,
             shutil.rmtree(base, ignore_errors=True)
     summary["clean_exit"] = clean
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plots = _plot(run, summary, out)
+    plots = plot(summary, out, run.notes)
     summary["plots"] = plots
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
-        _print(console, summary)
+        print_summary(console, summary)
     held = all(e["held"] for e in summary.get("expectations", []))
     return (0 if held and summary.get("completed") else 1), summary
 
@@ -434,7 +435,7 @@ def _summarise(run: Run) -> dict[str, Any]:
         "jobs": {"submitted": len(run.jobs), "ended": len(ended), "done": len(done),
                  "by_state": {st: sum(1 for j in ended if j.state == st) for st in sorted({j.state for j in ended})},
                  "wrong_accepted": len(wrong), "judged": sum(1 for j in done if j.correct is not None),
-                 "p50_s": _q(latencies, 0.5), "p99_s": _q(latencies, 0.99),
+                 "p50_s": quantile(latencies, 0.5), "p99_s": quantile(latencies, 0.99),
                  "declines": _count(j.declines for j in ended),
                  "checked": {c: sum(1 for j in done if j.checked == c) for c in sorted({j.checked for j in done})}},
         "cheaters": {"count": len(cheaters), "caught": len(cheaters & caught),
@@ -447,7 +448,7 @@ def _summarise(run: Run) -> dict[str, Any]:
         "peers": {str(i): n.peer for i, n in run.launcher.nodes.items()},
         "roles_by_node": {str(n.index): n.role for n in run.specs},
     }
-    result["expectations"] = _judge(s.expect, result)
+    result["expectations"] = judge(s.expect, result)
     del names
     return result
 
@@ -458,10 +459,6 @@ def _count(maps: Any) -> dict[str, int]:
         for k, v in m.items():
             out[k] = out.get(k, 0) + v
     return out
-
-
-def _q(xs: list[float], q: float) -> float | None:
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3) if xs else None
 
 
 def _propagation(run: Run) -> dict[str, Any]:
@@ -482,124 +479,6 @@ def _propagation(run: Run) -> dict[str, Any]:
     p = {f"p{int(q * 100)}_le_s": next((b for b, f in cdf if f >= q), None) for q in (0.5, 0.99)}
     return {"ads": count, "mean_s": total / count if count else None,
             "cdf": [[b if math.isfinite(b) else None, round(f, 4)] for b, f in cdf], **p}
-
-
-def _judge(expect: dict[str, Any], r: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-
-    def check(name: str, held: bool, value: Any, want: str) -> None:
-        out.append({"expectation": name, "held": bool(held), "value": value, "want": want})
-
-    jobs = r["jobs"]
-    for name, want in expect.items():
-        if name == "wrong_results_accepted":
-            check(name, jobs["wrong_accepted"] <= want, jobs["wrong_accepted"], f"<= {want}")
-        elif name == "jobs_done":
-            frac = jobs["done"] / jobs["submitted"] if jobs["submitted"] else 0.0
-            check(name, frac >= want, round(frac, 3), f">= {want}")
-        elif name == "job_p99_s":
-            check(name, jobs["p99_s"] is not None and jobs["p99_s"] <= want, jobs["p99_s"], f"<= {want}")
-        elif name == "cheater_share":
-            v = r["cheaters"]["award_share_after"]
-            below = want["below"] if isinstance(want, dict) else want
-            check(name, v is not None and v <= below, v, f"<= {below} after {r['cheaters']['after_jobs']} jobs")
-        elif name == "cheaters_caught":
-            c = r["cheaters"]
-            frac = c["caught"] / c["count"] if c["count"] else 1.0
-            check(name, frac >= want, round(frac, 3), f">= {want}")
-        elif name == "converged_s":
-            v = r["converged_s"]
-            check(name, v is not None and v <= want, v, f"<= {want}")
-        elif name == "converged_after_heal_s":
-            v = r["converged_after_heal_s"]
-            skipped = not r["isolated"]
-            check(name, skipped or (v is not None and v <= want), v if not skipped else "not partitioned",
-                  f"<= {want}")
-    return out
-
-
-def _print(console: Any, r: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    j = r["jobs"]
-    console.print(f"[bold]{r['scenario']}[/]: {r['nodes']} nodes; jobs {j['done']}/{j['submitted']} done "
-                  f"({j['by_state']}), p50 {j['p50_s']} s, p99 {j['p99_s']} s; wrong results accepted: "
-                  f"{j['wrong_accepted']} of {j['judged']} judged; cheaters caught {r['cheaters']['caught']}/"
-                  f"{r['cheaters']['count']}")
-    for note in r["notes"]:
-        console.print(f"  [yellow]note:[/] {note}")
-    t = Table(title="expectations")
-    for col in ("expectation", "want", "value", "held"):
-        t.add_column(col)
-    for e in r["expectations"]:
-        t.add_row(e["expectation"], e["want"], str(e["value"]), "[green]yes[/]" if e["held"] else "[red]NO[/]")
-    console.print(t)
-    if r.get("plots"):
-        console.print(f"plots: {', '.join(r['plots'])}")
-
-
-def _plot(run: Run, r: dict[str, Any], out: Path) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        run.notes.append("no plots: install p2pnode[bench] (matplotlib)")
-        return []
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    cdf = [(b, f) for b, f in r["propagation"]["cdf"] if b is not None]
-    if cdf:
-        axes[0][0].step([b * 1000 for b, _ in cdf], [f * 100 for _, f in cdf], where="post")
-        axes[0][0].set_xscale("log")
-    axes[0][0].set_xlabel("ad propagation, ms (histogram bounds)")
-    axes[0][0].set_ylabel("% of ads accepted within")
-    axes[0][0].set_title("ad propagation CDF")
-    done = [j for j in run.jobs if j.state == "done"]
-    if done:
-        axes[0][1].scatter([j.submitted for j in done], [j.ended - j.submitted for j in done], s=8, label="done")
-    bad = [j for j in run.jobs if j.state not in ("done", "pending")]
-    if bad:
-        axes[0][1].scatter([j.submitted for j in bad], [j.ended - j.submitted for j in bad], s=8, c="tab:red",
-                           label="not done")
-    for e in run.events:
-        if e["event"] in ("kill", "restart", "partition", "heal", "netem", "crash"):
-            axes[0][1].axvline(e["t"], color="grey", ls=":", lw=0.8)
-    axes[0][1].set_xlabel("submitted at, s")
-    axes[0][1].set_ylabel("latency, s")
-    axes[0][1].set_title("job latency (dotted: faults)")
-    axes[0][1].legend(fontsize=7)
-    roles = {n.index: n.role for n in run.specs}
-    series: dict[tuple[int, int], list[tuple[float, float]]] = {}
-    for sample in run.reputation:  # one line per (requester, provider): each requester has its own view
-        for i, score in sample["scores"].items():
-            series.setdefault((sample["requester"], int(i)), []).append((sample["t"], score))
-    for (_, i), pts in sorted(series.items()):
-        cheat = roles.get(i) in CHEATER_KINDS
-        axes[1][0].plot([p[0] for p in pts], [p[1] for p in pts], color="tab:red" if cheat else "tab:blue",
-                        alpha=0.8 if cheat else 0.4, lw=1)
-    axes[1][0].set_xlabel("s")
-    axes[1][0].set_ylabel("score (red: cheaters)")
-    axes[1][0].set_title("each provider's reputation, as requesters see it")
-    checks = sorted((j.ended, j.checked, j.state) for j in done + bad if j.ended)
-    t_axis = [c[0] for c in checks]
-    for label, fn in (("checked", lambda c: bool(c[1])), ("rejected (caught)", lambda c: c[2] == "rejected")):
-        n = 0
-        ys = []
-        for c in checks:
-            n += fn(c)
-            ys.append(n)
-        axes[1][1].plot(t_axis, ys, label=label)
-    axes[1][1].set_xlabel("s")
-    axes[1][1].set_ylabel("jobs")
-    axes[1][1].set_title("checks and catches")
-    axes[1][1].legend(fontsize=7)
-    fig.suptitle(f"{r['scenario']}: {r['nodes']} nodes")
-    fig.tight_layout()
-    path = out / f"{r['scenario']}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [str(path)]
 
 
 Callback = Callable[..., Any]

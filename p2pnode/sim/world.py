@@ -1,0 +1,795 @@
+"""The simulated market: nodes built from the node's own core, driven by the event engine.
+
+What runs is the node's code, not a model of it:
+
+* capacity ads are real :class:`~p2pnode.wire.capacity_ad.CapacityAd` objects, signed and encoded
+  by ``encode_ad`` and verified by ``decode_ad`` (once per ad: every receiver would get the same
+  answer), and offered to each observing node's real :class:`CapacityTable` (its limits, rates,
+  sequence and expiry rules);
+* each job is the real :class:`RequesterJob` machine on the requester and a real
+  :class:`ProviderJob` machine on every provider it asks, exchanging real signed messages
+  (their encoded sizes are what the network carries); providers answer with
+  ``market.bidding.decide``;
+* requesters pick candidates, checkers and referees, and decide re-runs and calibrations with the
+  node's own :class:`JobRequester` and :class:`Checks` (``candidates``, ``independent``,
+  ``should_rerun``, ``needs_calibration``, ``calibration_verdict``), rank bids with its
+  :class:`ObservedScorer` and judge with its :class:`TrustService` (reputation, sampling policy);
+* every interaction a requester learns from is a signed, hash-chained ledger entry
+  (``ledger.entry.make_entry``) folded into its reputation by ``ledger.evidence.apply``, and its
+  opinions and cheat reports are real signed reports, gossiped and folded into the other
+  requesters' reputation the same way;
+* flooders meet their mesh peers' rate limits (``TokenBuckets`` as the table's) and
+  :class:`PeerPenalties`, which ban them and cut them out of the mesh.
+
+What is modelled: the network (``engine.py``), and execution: a job takes its FLOPs over the
+provider's true speed plus a worker overhead, and its output is a digest of the job (the honest
+one, or a wrong one when a cheater tampers). A check's verdict follows its method: Freivalds
+catches a wrong product unless all its rounds miss (probability 2^-rounds, drawn); a re-run
+compares the checker's digest with the provider's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from p2pnode.errors import AdRejected, PeerError, ProtocolError
+from p2pnode.exec import workloads
+from p2pnode.identity import Identity
+from p2pnode.ledger import evidence
+from p2pnode.ledger.entry import Entry, genesis, make_entry
+from p2pnode.market.bidding import Capacity, decide
+from p2pnode.market.capacity_table import CapacityTable, TableLimits
+from p2pnode.market.rate_limit import TokenBuckets
+from p2pnode.market.reputation import CHEAT_WEIGHT, Reputation
+from p2pnode.protocol.job_provider import P, ProviderJob
+from p2pnode.protocol.job_requester import R, RequesterJob, Step
+from p2pnode.protocol.penalties import PeerPenalties
+from p2pnode.scenario import CHEATER_KINDS
+from p2pnode.services import checks as checks_mod
+from p2pnode.services.provider import BID_TTL_S
+from p2pnode.services.records import JobRecords
+from p2pnode.services.requester import OVERDUE_GRACE_S, JobRequester
+from p2pnode.services.trust import TrustService
+from p2pnode.sim.engine import CLASSES, Engine, Mesh, Network
+from p2pnode.telemetry.calibrate import speed_for
+from p2pnode.verify.sampling import SamplingPolicy
+from p2pnode.wire import job as m
+from p2pnode.wire import report as rpt
+from p2pnode.wire.capacity_ad import CapacityAd, CpuInfo, Offer, SignedAd, decode_ad, encode_ad
+
+EPOCH = 1_800_000_000.0
+ADS, REPORTS, CONTROL, JOBS = (CLASSES.index(c) for c in CLASSES)
+K = 3  # providers asked per job, as the swarm runner asks
+MAX_PRICE, DEADLINE_S, BID_WINDOW_S = 10**9, 60.0, 2.0
+PRICE = 100
+WORKER_OVERHEAD_S = 0.08  # a worker's round trip for a small job (executor on loopback)
+VALIDATE_S = 0.0003  # one gossip hop's validation, on top of the link (measured per run too)
+HONEST = ("provider", "checker", "requester", "crash")
+
+
+@dataclass
+class SimLedger:
+    """A node's ledger in memory: the same signed, chained entries the SQLite store keeps."""
+
+    key: Any
+    entries: list[Entry] = field(default_factory=list)
+
+    def append(self, kind: str, data: dict[str, Any], peer: bytes, t: float) -> Entry:
+        if not self.entries:
+            self.entries.append(genesis(self.key, int(t * 1000)))
+        head = self.entries[-1]
+        entry = make_entry(self.key, seq=head.seq + 1, prev=head.hash, t_ms=max(int(t * 1000), head.t_ms),
+                           kind=kind, peer=peer, data=data)
+        self.entries.append(entry)
+        return entry
+
+
+@dataclass
+class Node:
+    index: int
+    role: str
+    identity: Identity
+    host: str
+    rng: random.Random
+    speed: float = 20.0  # true GFLOP/s
+    claim: float = 1.0  # advertised speed over true speed (over-claimers)
+    cheat: str = ""
+    cheat_rate: float = 0.0
+    flood: float = 0.0  # ads a second
+    provides: bool = True
+    checker: bool = False
+    alive: bool = True
+    seq: int = 0
+    slots: int = 1
+    running: int = 0
+    started: set[bytes] = field(default_factory=set)  # jobs holding one of the slots
+    queue: deque[Any] = field(default_factory=deque)
+    jobs: dict[bytes, tuple[Ask, ProviderJob]] = field(default_factory=dict)
+    # observers (requesters and a sample of others) hold a market table
+    table: CapacityTable | None = None
+    inbox: list[tuple[float, int, SignedAd]] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)
+    # requesters
+    trust: TrustService | None = None
+    requester: JobRequester | None = None
+    ledger: SimLedger | None = None
+    # what this node's gossip validator holds against the peers it hears from (flooders)
+    penalties: PeerPenalties = field(default_factory=PeerPenalties)
+    buckets: TokenBuckets = field(default_factory=lambda: TokenBuckets(burst=TableLimits().rate_burst,
+                                                                        rate=TableLimits().rate_per_s))
+    last_heard: dict[int, float] = field(default_factory=dict)  # provider index -> arrival
+
+    @property
+    def peer_id(self) -> bytes:
+        return self.identity.peer_id
+
+
+class World:
+    """Nodes, the network, the mesh and the clock of one simulated run."""
+
+    def __init__(self, *, seed: int, n: int, base_ms: float, bandwidth_bps: float, ad_interval: float,
+                 ad_ttl: float, policy: SamplingPolicy | None = None) -> None:
+        self.engine = Engine(seed)
+        self.nrng = np.random.default_rng(seed)
+        self.net = Network(self.engine, n, base_ms=base_ms, bandwidth_bps=bandwidth_bps)
+        self.mesh = Mesh(self.net, random.Random(seed + 1))
+        self.nodes: list[Node] = []
+        self.by_id: dict[bytes, int] = {}
+        self.ad_interval, self.ad_ttl = ad_interval, ad_ttl
+        self.policy = policy or SamplingPolicy()
+        self.observers: list[int] = []
+        self.asks: set[Ask] = set()
+        self.ads_published = 0
+        self.ad_bytes = 0
+        self.reports_published = 0
+        self.validate_s = VALIDATE_S
+        self._n = 0
+        self.digests: dict[tuple[str, str], bytes] = {}
+        self.violations = 0
+        self.propagation: list[float] = []  # seconds from publishing an ad to an observer holding it
+
+    # time ------------------------------------------------------------------------------------
+    def now(self) -> float:
+        return EPOCH + self.engine.t
+
+    @property
+    def t(self) -> float:
+        return self.engine.t
+
+    # building --------------------------------------------------------------------------------
+    def add(self, role: str, host: str, rng: random.Random, **kw: Any) -> Node:
+        node = Node(len(self.nodes), role, Identity(rng.randbytes(32)), host, random.Random(rng.random()), **kw)
+        self.nodes.append(node)
+        self.by_id[node.peer_id] = node.index
+        return node
+
+    def make_observer(self, node: Node) -> None:
+        node.table = CapacityTable()
+        self.observers.append(node.index)
+
+    def make_requester(self, node: Node) -> None:
+        ident = node.identity
+        node.trust = TrustService(me=ident.peer_id, key=ident.signing_key, ledger_path=None,  # type: ignore[arg-type]
+                                  reputation=Reputation(ident.peer_id), policy=self.policy, now=self.now,
+                                  penalise=lambda peer, code: None, is_banned=lambda peer: False,
+                                  publish=None)  # type: ignore[arg-type]
+        assert node.table is not None
+        node.requester = JobRequester(identity=ident, now=self.now, table=node.table, is_banned=lambda p: False,
+                                      judge=node.trust, blobs=None, streams=None,  # type: ignore[arg-type]
+                                      penalise=lambda peer, code: None, records=JobRecords(16))
+        node.requester.checks.rng = random.Random(node.rng.random())
+        node.ledger = SimLedger(ident.signing_key)
+
+    def record(self, node: Node, kind: str, data: dict[str, Any], peer: bytes = b"") -> None:
+        """Append to ``node``'s ledger and fold the entry into its reputation, as TrustService does."""
+        assert node.ledger is not None and node.trust is not None
+        entry = node.ledger.append(kind, data, peer, self.now())
+        evidence.apply(node.trust.rep, entry)
+
+    # capacity gossip -------------------------------------------------------------------------
+    def build_ad(self, node: Node) -> bytes:
+        now = self.now()
+        node.seq = max(node.seq + 1, int(now * 1000))
+        offers = [Offer(w, "numpy", PRICE, "gflop") for w in ("matmul", "infer", "train_step")]
+        if node.checker:
+            offers += [Offer(o.workload, o.backend, PRICE, "check") for o in list(offers)]
+        speed = node.speed * node.claim
+        ad = CapacityAd(peer_id=node.peer_id, seq=node.seq, issued_at_ms=int(now * 1000),
+                        expires_at_ms=int((now + self.ad_ttl) * 1000),
+                        cpu=CpuInfo("simulated", 2, 8 << 30, 6 << 30), offers=tuple(offers),
+                        addrs=(f"/ip4/{node.host}/tcp/4001",),
+                        speed=(("matmul_f32_numpy", round(speed, 2)), ("matmul_i8_numpy", round(speed / 2, 2))),
+                        load=min(1.0, node.running / max(node.slots, 1)))
+        return encode_ad(ad, node.identity.signing_key)
+
+    def publish_ad(self, node: Node) -> None:
+        if not node.alive:
+            return
+        raw = self.build_ad(node)
+        signed = decode_ad(raw)
+        self.ads_published += 1
+        self.ad_bytes += len(raw)
+        if node.flood:
+            self._flooded(node, signed, len(raw))
+            return
+        self._spread(node.index, signed, len(raw))
+
+    def _spread(self, origin: int, signed: SignedAd, nbytes: int) -> None:
+        self.mesh.publish(origin, nbytes, ADS)
+        hop = self.net.base_s + self.validate_s + self._mean_delay(origin)
+        for o, arrival in self.mesh.arrivals(origin, hop, self.nrng):
+            self._n += 1
+            heapq.heappush(self.nodes[o].inbox, (self.t + arrival, self._n, signed))
+            if len(self.propagation) < 200_000:
+                self.propagation.append(arrival)
+
+    def _mean_delay(self, origin: int) -> float:
+        imp = self.net.impair.get(origin)
+        return imp.delay_ms / 1000.0 if imp is not None else 0.0
+
+    def _flooded(self, node: Node, signed: SignedAd, nbytes: int) -> None:
+        """A flooder's ad meets its mesh peers' validators: within the peer's rate it spreads, past
+        it each mesh peer counts a ``rate_limited`` offence, and bans the flooder at the threshold."""
+        now = self.now()
+        spread = False
+        for v in list(self.mesh.adj[node.index]):
+            peer = self.nodes[v]
+            self.net.traffic.count(node.index, v, ADS, nbytes)
+            if peer.buckets.take(node.peer_id, now):
+                spread = True
+            elif peer.penalties.record(node.peer_id, "rate_limited", now):
+                self.mesh.cut(v, node.index)
+        if spread:
+            self._spread(node.index, signed, nbytes)
+
+    def drain(self, node: Node) -> None:
+        """Offer ``node``'s table the ads that have reached it by now."""
+        inbox, table = node.inbox, node.table
+        if table is None:
+            return
+        t = self.t
+        while inbox and inbox[0][0] <= t:
+            at, _, signed = heapq.heappop(inbox)
+            node.last_heard[self.by_id[signed.ad.peer_id]] = at
+            try:
+                table.offer(signed, EPOCH + at)
+            except AdRejected as exc:
+                node.rejected[exc.code] = node.rejected.get(exc.code, 0) + 1
+
+    def publish_report(self, node: Node, report: rpt.Report) -> None:
+        self.reports_published += 1
+        self.mesh.publish(node.index, len(report.raw), REPORTS)
+        hop = self.net.base_s + self.validate_s
+        for o, arrival in self.mesh.arrivals(node.index, hop, self.nrng):
+            if self.nodes[o].trust is not None:
+                self.engine.after(arrival, self._report_arrives, self.nodes[o], report)
+
+    def _report_arrives(self, node: Node, report: rpt.Report) -> None:
+        if node.alive and node.trust is not None and node.trust.report_buckets.take(report.reporter, self.t):
+            self.record(node, "report", {"report": report.raw}, report.reporter)
+
+    # faults ----------------------------------------------------------------------------------
+    def kill(self, i: int) -> None:
+        node = self.nodes[i]
+        if not node.alive:
+            return
+        node.alive = False
+        self.net.alive[i] = False
+        for ask in list(self.asks):
+            ask.peer_gone(i)
+        node.jobs.clear()
+        node.queue.clear()
+        node.started.clear()
+        node.running = 0
+        self.mesh.refresh(self.observers)
+
+    def restart(self, i: int) -> None:
+        node = self.nodes[i]
+        if node.alive:
+            return
+        node.alive = True
+        self.net.alive[i] = True
+        self.mesh.refresh(self.observers)
+        if node.provides:
+            self.engine.after(node.rng.uniform(0.5, 1.5), self.publish_ad, node)
+
+    # providers -------------------------------------------------------------------------------
+    def capacity(self, node: Node) -> Capacity:
+        speeds = (("matmul_f32_numpy", node.speed * node.claim),)
+        return Capacity(backends=("numpy",), free_memory=int((6 << 30) * 0.8), gflops=node.speed * node.claim,
+                        price_per_gflop=PRICE, busy=node.running + len(node.queue) >= 2 * node.slots,
+                        offered=("matmul", "infer", "train_step") if node.provides else (), speeds=speeds)
+
+    def honest_digest(self, workload: str, params: dict[str, Any]) -> bytes:
+        key = (workload, repr(sorted(params.items())))
+        if key not in self.digests:
+            self.digests[key] = hashlib.sha256(key[1].encode() + workload.encode()).digest()
+        return self.digests[key]
+
+    def output_digest(self, node: Node, workload: str, params: dict[str, Any]) -> bytes:
+        """What ``node`` returns: the honest digest, or a wrong one when it cheats on this job."""
+        honest = self.honest_digest(workload, params)
+        kind = node.cheat
+        if kind in ("", "overclaim", "stall"):
+            return honest
+        if kind == "skip" or node.rng.random() < node.cheat_rate:
+            tag = b"collude" if kind == "collude" else node.peer_id + node.rng.randbytes(4)
+            return hashlib.sha256(honest + tag).digest()
+        return honest
+
+    def on_rfb(self, node: Node, ask: Ask, rfb: m.RequestForBids) -> None:
+        if not node.alive:
+            return
+        pj = ProviderJob(node.peer_id, rfb, self.now(), key=node.identity.signing_key)
+        d = decide(rfb, self.capacity(node), self.now())
+        msg: m.Message = pj.bid(d.price, d.estimate_ms, self.now() + BID_TTL_S, d.backend) if d.bid else \
+            pj.decline(d.code, d.reason)
+        if d.bid:
+            node.jobs[rfb.job] = (ask, pj)
+            self.engine.at(pj.until - EPOCH, self._provider_tick, node, rfb.job, pj.until)
+        self.reply(node, ask, msg)
+
+    def reply(self, node: Node, ask: Ask, msg: m.Message, extra: int = 0) -> None:
+        raw = msg.encode()
+        if not self.net.send(node.index, ask.me.index, len(raw) + extra, ask.from_provider, node.index, msg):
+            self._broken(node, ask, msg.job)
+
+    def _broken(self, node: Node, ask: Ask, job: bytes) -> None:
+        """A stream broke: the provider drops its part; the requester hears of it."""
+        entry = node.jobs.pop(job, None)
+        if entry is not None:
+            entry[1].abort("stream lost")
+            self._free(node, entry)
+        self.engine.after(self.net.base_s, ask.stream_lost, node.index)
+
+    def on_job_msg(self, node: Node, ask: Ask, msg: m.Message) -> None:
+        entry = node.jobs.get(msg.job)
+        if not node.alive or entry is None:
+            return
+        _, pj = entry
+        before = pj.state
+        try:
+            pj.receive(msg, self.now())
+        except (PeerError, ProtocolError):
+            self.violations += 1
+            node.jobs.pop(msg.job, None)
+            return
+        if pj.state is P.RUNNING and before is not P.RUNNING:
+            node.queue.append(entry)
+            self._start_next(node)
+        if pj.terminal:
+            node.jobs.pop(msg.job, None)
+            if before is P.RUNNING:
+                self._free(node, entry)
+
+    def _free(self, node: Node, entry: tuple[Ask, ProviderJob]) -> None:
+        if entry in node.queue:
+            node.queue.remove(entry)
+        elif entry[1].job in node.started:
+            node.started.discard(entry[1].job)
+            node.running = max(0, node.running - 1)
+            self._start_next(node)
+
+    def _start_next(self, node: Node) -> None:
+        while node.running < node.slots and node.queue:
+            ask, pj = node.queue.popleft()
+            if pj.terminal:
+                continue
+            node.running += 1
+            node.started.add(pj.job)
+            wl = workloads.get(pj.rfb.workload)
+            p = wl.check(pj.params)
+            kernel = wl.flops(p) / (node.speed * 1e9)
+            took = kernel + WORKER_OVERHEAD_S * node.rng.uniform(0.7, 1.5)
+            if node.cheat == "stall":
+                took = math.inf
+            self.engine.after(m.HEARTBEAT_S, self._heartbeat, node, ask, pj, self.t, took)
+            if math.isfinite(took):
+                self.engine.after(took, self._finished, node, ask, pj, kernel, wl.output_bytes(p))
+
+    def _heartbeat(self, node: Node, ask: Ask, pj: ProviderJob, started: float, took: float) -> None:
+        if not node.alive or pj.state is not P.RUNNING or node.jobs.get(pj.job, (None, None))[1] is not pj:
+            return
+        frac = min(0.99, (self.t - started) / took) if math.isfinite(took) else 0.5
+        self.reply(node, ask, pj.progress(frac))
+        self.engine.after(m.HEARTBEAT_S, self._heartbeat, node, ask, pj, started, took)
+
+    def _finished(self, node: Node, ask: Ask, pj: ProviderJob, kernel_s: float, out_bytes: int) -> None:
+        if not node.alive or pj.state is not P.RUNNING or node.jobs.get(pj.job, (None, None))[1] is not pj:
+            return
+        digest = self.output_digest(node, pj.rfb.workload, pj.params)
+        result = pj.finish(digest=digest, output=b"", kernel_ms=max(1, int(kernel_s * 1000)), backend="numpy",
+                           blob=b"", now=self.now())
+        self.engine.at(pj.until - EPOCH, self._provider_tick, node, pj.job, pj.until)
+        node.running = max(0, node.running - 1)
+        node.started.discard(pj.job)
+        self._start_next(node)
+        self.reply(node, ask, result, extra=out_bytes)
+
+    def _provider_tick(self, node: Node, job: bytes, due: float) -> None:
+        entry = node.jobs.get(job)
+        if entry is None or not node.alive:
+            return
+        ask, pj = entry
+        if pj.until != due:
+            self.engine.at(pj.until - EPOCH, self._provider_tick, node, job, pj.until)
+            return
+        was_running = pj.state is P.RUNNING
+        msg = pj.tick(self.now())
+        if msg is not None:
+            self.reply(node, ask, msg)
+        if pj.terminal:
+            node.jobs.pop(job, None)
+            if was_running:
+                self._free(node, entry)
+
+
+Done = Callable[["Ask"], None]
+
+
+class Ask:
+    """One job on its requester: the node's :class:`RequesterJob` and the shell's steps around it
+    (the simulated counterpart of ``JobRequester.submit``)."""
+
+    def __init__(self, world: World, me: Node, workload: str, params: dict[str, Any], *, purpose: str = "job",
+                 only: list[Any] | None = None, verify: str = "auto", on_end: Done | None = None,
+                 extra_input_bytes: int = 0) -> None:
+        self.w, self.me, self.workload, self.purpose = world, me, workload, purpose
+        self.wl = workloads.get(workload)
+        self.params = self.wl.check(params)
+        self.only, self.verify, self.on_end = only, verify, on_end
+        self.extra_input_bytes = extra_input_bytes
+        self.submitted = world.t
+        self.ended = 0.0
+        self.state = "pending"
+        self.outcome = ""
+        self.provider = b""
+        self.checked = ""
+        self.digest = b""
+        self.declines: dict[str, int] = {}
+        self.events: list[tuple[float, str, dict[str, object]]] = []
+        self.machine: RequesterJob | None = None
+        self.ads: list[Any] = []
+        self.broken: set[int] = set()
+        self.policy = ""
+        self._tick_at = math.inf
+        self._verifying = False
+        self.kernel_ms = 0
+        self.calibrating = 0
+        self.asked_at = 0.0
+
+    # start -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        w, me = self.w, self.me
+        w.asks.add(self)
+        assert me.requester is not None
+        w.drain(me)
+        if self.only is not None:
+            self._auction([ad for ad in self.only if ad.peer_id != me.peer_id])
+            return
+        req = me.requester
+        ads = req.candidates(self.workload, self.wl.memory(self.params), K, "")
+        fresh = [ad for ad in ads if req.checks.needs_calibration(ad)] if self.purpose == "job" else []
+        if not fresh:
+            self._auction(ads)
+            return
+        self.calibrating = len(fresh)
+        for ad in fresh:
+            req.checks._calibrated.add(ad.peer_id)
+            Calibration(w, me, ad, self._calibrated).start()
+
+    def _calibrated(self) -> None:
+        self.calibrating -= 1
+        if self.calibrating == 0:
+            assert self.me.requester is not None
+            self.w.drain(self.me)
+            self._auction(self.me.requester.candidates(self.workload, self.wl.memory(self.params), K, ""))
+
+    def _auction(self, ads: list[Any]) -> None:
+        w, me = self.w, self.me
+        req, trust = me.requester, me.trust
+        assert req is not None and trust is not None
+        if not me.alive:
+            self._end("error", "requester down")
+            return
+        if not ads:
+            self._end("error", f"no provider in the market offers {self.workload}")
+            return
+        self.ads = ads
+        for ad in ads:
+            req.scorer.advertised[ad.peer_id] = speed_for(dict(ad.speed), "numpy") or \
+                max((v for _, v in ad.speed), default=0.0)
+        self.policy = trust.verify_method(self.workload) if self.verify == "auto" else self.verify
+        public = {k: v for k, v in self.params.items() if k not in m.PRIVATE_PARAMS}
+        private = {k: v for k, v in self.params.items() if k in m.PRIVATE_PARAMS}
+        now = w.now()
+        rfb = m.RequestForBids(me.rng.randbytes(16), self.workload, public, me.peer_id, me.rng.randbytes(16),
+                               MAX_PRICE, int((now + (DEADLINE_S if self.purpose == "job" else
+                                                      checks_mod.CHECK_DEADLINE_S)) * 1000), 0, "", self.policy)
+        self.machine = RequesterJob(me.peer_id, me.identity.signing_key, rfb, [a.peer_id for a in ads], now,
+                                    bid_window_s=BID_WINDOW_S, stall_s=max(15.0, 3 * m.HEARTBEAT_S),
+                                    overdue_grace_s=OVERDUE_GRACE_S, scorer=req.scorer,
+                                    private_params=private, on_event=self._event)
+        raw = rfb.encode()
+        self.asked_at = w.t
+        for ad in ads:
+            p = w.by_id[ad.peer_id]
+            if not w.net.send(me.index, p, len(raw), w.on_rfb, w.nodes[p], self, rfb):
+                self.broken.add(p)
+                self._feed(ad.peer_id, m.Decline(rfb.job, "busy", "unreachable"))
+        self._schedule()
+
+    def _event(self, what: str, data: dict[str, object]) -> None:
+        self.events.append((self.w.t, what, data))
+        if what == "decline":
+            code = str(data.get("code", ""))
+            self.declines[code] = self.declines.get(code, 0) + 1
+
+    # the conversation ------------------------------------------------------------------------
+    def _carry(self, step: Step) -> None:
+        w = self.w
+        if step.violation is not None:
+            w.violations += 1
+        for peer, msg in step.send:
+            p = w.by_id[peer]
+            if p in self.broken:
+                continue
+            extra = self.extra_input_bytes if isinstance(msg, m.Inputs) else 0
+            if not w.net.send(self.me.index, p, len(msg.encode()) + extra, w.on_job_msg, w.nodes[p], self, msg):
+                self.broken.add(p)
+                node = w.nodes[p]
+                entry = node.jobs.pop(msg.job, None)
+                if entry is not None:
+                    entry[1].abort("stream lost")
+                    w._free(node, entry)
+                w.engine.after(w.net.base_s, self.stream_lost, p)
+
+    def _feed(self, peer: bytes, msg: m.Message) -> None:
+        if self.machine is None or self.machine.terminal:
+            return
+        self._carry(self.machine.receive(peer, msg, self.w.now()))
+        self._after()
+
+    def from_provider(self, p: int, msg: m.Message) -> None:
+        if not self.me.alive or p in self.broken:
+            return
+        if isinstance(msg, (m.Bid, m.Decline)) and self.me.requester is not None:
+            self.me.requester.scorer.observe_latency(self.w.nodes[p].peer_id, (self.w.t - self.asked_at) * 1000)
+        self._feed(self.w.nodes[p].peer_id, msg)
+
+    def stream_lost(self, p: int) -> None:
+        machine = self.machine
+        if machine is None or machine.terminal or not self.me.alive:
+            return
+        self.broken.add(p)
+        peer = self.w.nodes[p].peer_id
+        if machine.provider == peer and machine.state is R.RUNNING:
+            self._feed(peer, m.Failed(machine.job, "crashed", "stream lost"))
+        elif machine.state is R.COLLECTING and peer not in machine.bids and peer not in machine.declines:
+            self._feed(peer, m.Decline(machine.job, "busy", "stream lost"))
+
+    def peer_gone(self, i: int) -> None:
+        """Node ``i`` died: its streams to us end now (the kernel resets them)."""
+        if i == self.me.index:
+            if self.machine is not None and not self.machine.terminal:
+                for p in {self.w.by_id[c] for c in self.machine.candidates} - self.broken:
+                    node = self.w.nodes[p]
+                    entry = node.jobs.pop(self.machine.job, None)
+                    if entry is not None:
+                        entry[1].abort("stream lost")
+                        self.w._free(node, entry)
+            self._end("error", "requester down")
+            return
+        if self.machine is not None and self.w.nodes[i].peer_id in self.machine.candidates and i not in self.broken:
+            self.w.engine.after(self.w.net.base_s, self.stream_lost, i)
+
+    def _after(self) -> None:
+        machine = self.machine
+        assert machine is not None
+        if machine.state is R.VERIFYING and not self._verifying:
+            self._verifying = True
+            self._verify()
+        elif machine.terminal:
+            self._finish()
+        else:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        machine = self.machine
+        if machine is None or machine.terminal or self._verifying:
+            return
+        t = machine.next_wakeup() - EPOCH
+        if t < self._tick_at:
+            self._tick_at = t
+            self.w.engine.at(t, self._tick, t)
+
+    def _tick(self, t: float) -> None:
+        if t != self._tick_at or self.machine is None or self._verifying:
+            return
+        self._tick_at = math.inf
+        if self.machine.terminal:
+            return
+        self._carry(self.machine.tick(self.w.now()))
+        self._after()
+
+    # checking --------------------------------------------------------------------------------
+    def _verify(self) -> None:
+        machine, w = self.machine, self.w
+        assert machine is not None and machine.result is not None and self.me.requester is not None
+        result = machine.result
+        self.digest = result.body["digest"]
+        self.kernel_ms = result.body["kernel_ms"]
+        honest = w.honest_digest(self.workload, self.params)
+        provider_ad = next(a for a in self.ads if a.peer_id == result.body["provider"])
+        checks = self.me.requester.checks
+        if self.policy == "freivalds" and self.workload == "matmul":
+            rounds = self.me.trust.freivalds_rounds if self.me.trust else 20
+            ok = self.digest == honest or self.me.rng.random() < 2.0 ** -rounds
+            self.checked = "freivalds"
+            self._verified(ok, "verified (freivalds)" if ok else "wrong: Freivalds' check failed")
+        elif self.policy == "rerun" and self.purpose == "job" and checks.should_rerun(self.workload, provider_ad.peer_id):
+            checker = checks.independent(self.workload, "", [provider_ad])
+            if checker is None:
+                self._verified(True, "accepted (no independent checker)")
+                return
+            self.checked = "rerun"
+            Ask(w, self.me, self.workload, self.params, purpose="check", only=[checker], verify="none",
+                on_end=lambda c: self._checked(provider_ad, checker, c)).start()
+        else:
+            self._verified(True, "accepted (unchecked)")
+
+    def _checked(self, provider_ad: Any, checker_ad: Any, c: Ask) -> None:
+        if c.state != "done":
+            self.checked = ""
+            self._verified(True, "accepted (the check could not run)")
+            return
+        if c.digest == self.digest:
+            self._verified(True, "verified: an independent checker agrees")
+            return
+        checks = self.me.requester.checks  # type: ignore[union-attr]
+        referee = checks.independent(self.workload, "", [provider_ad, checker_ad])
+        if referee is None:
+            self._verified(False, "disputed: no referee could settle it")
+            return
+        Ask(self.w, self.me, self.workload, self.params, purpose="check", only=[referee], verify="none",
+            on_end=lambda r: self._refereed(checker_ad, referee, c, r)).start()
+
+    def _refereed(self, checker_ad: Any, referee_ad: Any, c: Ask, r: Ask) -> None:
+        if r.state != "done":
+            self._verified(False, "disputed: no referee could settle it")
+            return
+        provider_right, checker_right = self.digest == r.digest, c.digest == r.digest
+        wrong = "provider" if checker_right and not provider_right else \
+            "checker" if provider_right and not checker_right else "inconclusive"
+        machine = self.machine
+        assert machine is not None and machine.result is not None
+        self.w.record(self.me, "dispute", {"job": machine.job, "checker": checker_ad.peer_id,
+                                           "referee": referee_ad.peer_id, "wrong": wrong,
+                                           "results": [machine.result.raw, c.result_raw, r.result_raw]},
+                      machine.result.body["provider"])
+        if wrong == "provider":
+            self._cheat_report(machine.result.body["provider"], machine.job,
+                               (machine.result.raw, c.result_raw, r.result_raw))
+            self._verified(False, "wrong: the checker and the referee agree against it")
+        elif wrong == "checker":
+            self._cheat_report(checker_ad.peer_id, c.job_id, (c.result_raw, machine.result.raw, r.result_raw))
+            self._verified(True, "verified by a referee (the checker was wrong)")
+        else:
+            self._verified(False, "disputed: the referee agrees with neither")
+
+    @property
+    def result_raw(self) -> bytes:
+        return self.machine.result.raw if self.machine is not None and self.machine.result is not None else b""
+
+    @property
+    def job_id(self) -> bytes:
+        return self.machine.job if self.machine is not None else b""
+
+    def _cheat_report(self, subject: bytes, job: bytes, results: tuple[bytes, bytes, bytes]) -> None:
+        trust = self.me.trust
+        assert trust is not None
+        op = trust.rep.opinion(subject, self.w.now())
+        r = rpt.make_report(self.me.identity.signing_key, subject=subject, t_ms=int(op.t * 1000), pos=op.pos,
+                            neg=op.neg + CHEAT_WEIGHT, verdict="cheat", job=job, evidence=results)
+        self.w.publish_report(self.me, r)
+
+    def _verified(self, ok: bool, outcome: str) -> None:
+        machine = self.machine
+        assert machine is not None
+        if not self.me.alive or machine.state is not R.VERIFYING:
+            self._end("error", "requester down")
+            return
+        self.outcome = outcome
+        if ok and machine.result is not None:
+            self.me.requester.scorer.observe_speed(machine.result.body["provider"],  # type: ignore[union-attr]
+                                                   self.wl.flops(self.params), self.kernel_ms / 1000)
+        self._verifying = False
+        self._carry(machine.verified(ok, outcome))
+        self._finish()
+
+    # the end ---------------------------------------------------------------------------------
+    def _finish(self) -> None:
+        machine = self.machine
+        assert machine is not None
+        if self.state != "pending":
+            return
+        w, me = self.w, self.me
+        if me.alive and me.ledger is not None:
+            for peer, why in machine.failed.items():
+                w.record(me, "failure", {"job": machine.job, "reason": why[:250]}, peer)
+            provider = machine.provider
+            if provider is not None and machine.receipt is not None:
+                if self.checked:
+                    w.record(me, "verification", {"job": machine.job, "method": self.checked,
+                                                  "passed": machine.state is R.DONE,
+                                                  "detail": self.outcome[:250]}, provider)
+                body = machine.receipt.body
+                w.record(me, "receipt", {"role": "requester", "job": machine.job, "receipt": machine.receipt.raw,
+                                         "workload": self.workload, "accepted": body["accepted"],
+                                         "paid": body["paid"]}, provider)
+                if body["paid"]:
+                    w.record(me, "credit", {"job": machine.job, "amount": -body["paid"]}, provider)
+                if self.checked in ("rerun", "freivalds", "rows") and self.purpose == "job":
+                    trust = me.trust
+                    assert trust is not None
+                    op = trust.rep.opinion(provider, w.now())
+                    w.publish_report(me, rpt.make_report(me.identity.signing_key, subject=provider,
+                                                         t_ms=int(op.t * 1000), pos=op.pos, neg=op.neg))
+        if machine.provider is not None:
+            self.provider = machine.provider
+        self._end(machine.state.value, machine.reason or self.outcome or machine.state.value)
+
+    def _end(self, state: str, outcome: str) -> None:
+        if self.state != "pending":
+            return
+        self.state, self.ended = state, self.w.t
+        if not self.outcome:
+            self.outcome = outcome
+        self.w.asks.discard(self)
+        if self.on_end is not None:
+            self.on_end(self)
+
+
+class Calibration:
+    """The first-contact calibration job (``Checks.calibrate``): an n³ fp32 product sized by the
+    advertised speed, checked by Freivalds, its timing judged by ``calibration_verdict``."""
+
+    def __init__(self, world: World, me: Node, ad: Any, done: Callable[[], None]) -> None:
+        self.w, self.me, self.ad, self.done = world, me, ad, done
+        self.n, self.claimed = checks_mod.calibration_size(ad)
+
+    def start(self) -> None:
+        n = self.n
+        Ask(self.w, self.me, "matmul", {"m": n, "n": n, "k": n, "dtype": "fp32", "seed": self.me.rng.randrange(1 << 30)},
+            purpose="calibration", only=[self.ad], verify="freivalds", on_end=self._ended,
+            extra_input_bytes=8 * n * n).start()
+
+    def _ended(self, sub: Ask) -> None:
+        times = {what: t for t, what, _ in sub.events if what in ("award", "result")}
+        if sub.state == "done" and "award" in times and "result" in times and self.me.alive:
+            latency = self.me.requester._latency_ms(self.ad.peer_id) if self.me.requester else 0.0
+            verdict = checks_mod.calibration_verdict(self.n, self.claimed, sub.kernel_ms,
+                                                     times["result"] - times["award"], latency)
+            self.w.record(self.me, "verification", {"job": sub.job_id, **verdict}, self.ad.peer_id)
+        self.done()
+
+
+def roles_of(nodes: list[Node]) -> dict[str, list[int]]:
+    roles: dict[str, list[int]] = {"providers": [], "requesters": [], "checkers": [], "adversaries": []}
+    for n in nodes:
+        key = {"provider": "providers", "requester": "requesters", "checker": "checkers"}.get(n.role, "adversaries")
+        roles[key].append(n.index)
+    return roles
+
+
+def is_cheater(node: Node) -> bool:
+    return node.role in CHEATER_KINDS
