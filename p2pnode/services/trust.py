@@ -51,7 +51,7 @@ def reputation_for(config: Config, me: bytes) -> Reputation:
 
 
 def table_json(rep: Reputation, now: float) -> list[dict[str, Any]]:
-    return [{**s.to_json(), "peer": to_base58(s.peer), "distrusted": s.score < rep.distrust_below}
+    return [{**s.to_json(), "peer": to_base58(s.peer), "distrusted": rep.distrusted(s.peer, now)}
             for s in rep.table(now)]
 
 

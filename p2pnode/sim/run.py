@@ -27,6 +27,7 @@ from p2pnode.outcome import judge, plot, print_summary, quantile
 from p2pnode.scenario import CHEATER_KINDS, Scenario, pick
 from p2pnode.sim.engine import CLASSES, Impair
 from p2pnode.sim.world import EPOCH, HONEST, Ask, Node, World, roles_of
+from p2pnode.verify.sampling import SamplingPolicy
 from p2pnode.wire.capacity_ad import decode_ad
 
 CONVERGE_TIMEOUT_S = 90.0
@@ -41,7 +42,7 @@ def host(i: int) -> str:
 
 
 def build(s: Scenario, *, base_ms: float, bandwidth_bps: float, ad_interval: float, ad_ttl: float,
-          speed_spread: float = 0.0) -> World:
+          speed_spread: float = 0.0, policy: SamplingPolicy | None = None) -> World:
     """The scenario's nodes. ``speed_spread`` is the sigma of the providers' lognormal speeds: 0 by
     default, as in a swarm on one machine that shares one calibration."""
     if any(w.kind == "model" for w in s.workloads):
@@ -49,7 +50,7 @@ def build(s: Scenario, *, base_ms: float, bandwidth_bps: float, ad_interval: flo
                           "model jobs need real models and data: run this scenario with `p2pnode swarm run`")
     n = s.nodes
     world = World(seed=s.seed, n=n, base_ms=base_ms, bandwidth_bps=bandwidth_bps, ad_interval=ad_interval,
-                  ad_ttl=ad_ttl)
+                  ad_ttl=ad_ttl, policy=policy)
     rng = random.Random(s.seed)
 
     def speed() -> float:
@@ -242,7 +243,7 @@ class SimRun:
                     continue
                 sc = rep.score(peer, now)
                 scores[str(i)] = round(sc.score, 4)
-                if sc.score < rep.distrust_below:
+                if rep.distrusted(peer, now):
                     distrusted.append(i)
             self.reputation.append({"t": round(w.t - self.work_start, 3), "requester": r, "scores": scores,
                                     "distrusted": distrusted})
@@ -382,8 +383,9 @@ def _propagation(samples: list[float]) -> dict[str, Any]:
 
 def simulate(s: Scenario, *, nodes: int | None = None, duration: float | None = None, seed: int | None = None,
              base_ms: float = 0.5, bandwidth_mbps: float = 1000.0, ad_interval: float = 10.0,
-             ad_ttl: float = 30.0, speed_spread: float = 0.0) -> dict[str, Any]:
-    """Run ``s`` (scaled to ``nodes``, shortened to ``duration``) on the simulator; its summary."""
+             ad_ttl: float = 30.0, speed_spread: float = 0.0, policy: SamplingPolicy | None = None) -> dict[str, Any]:
+    """Run ``s`` (scaled to ``nodes``, shortened to ``duration``) on the simulator; its summary.
+    ``policy`` replaces the requesters' check policy (experiments: what a lower check rate costs)."""
     if nodes is not None and nodes != s.nodes:
         s = s.scaled(nodes)
     if duration is not None:
@@ -393,7 +395,7 @@ def simulate(s: Scenario, *, nodes: int | None = None, duration: float | None = 
                      s.workloads, s.faults, s.expect, s.network, s.path, s.extra)
     t0 = time.perf_counter()
     world = build(s, base_ms=base_ms, bandwidth_bps=bandwidth_mbps * 1e6, ad_interval=ad_interval, ad_ttl=ad_ttl,
-                  speed_spread=speed_spread)
+                  speed_spread=speed_spread, policy=policy)
     r = SimRun(s, world)
     r.run()
     return summarise(r, time.perf_counter() - t0)
