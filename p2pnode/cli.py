@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--dir", type=Path, help="the swarm's folder (default: a temp dir; up: ~/.local/share/p2pnode-swarm)")
     sw.add_argument("--out", type=Path, help="run: where the summary and plots go (default ./scenario-NAME)")
     sw.add_argument("--no-isolate", action="store_true", help="run: stay on the host's loopback even as root")
+    sw.add_argument("--in-process", action="store_true",
+                    help="run/up: all nodes in one process and one trio loop, sharing one executor (100 nodes "
+                         "on a laptop)")
     sw.add_argument("--json", action="store_true", help="print a JSON summary")
     sw.add_argument("--cheat", metavar="MODE[:X]", default="",
                     help="demo/up: make node 1 an adversary (garbage, perturb, replay, lowprec, skip, overclaim, stall)")
@@ -210,7 +213,8 @@ def _swarm(args: argparse.Namespace) -> int:
         spec = sc.load(args.scenario)
         if args.nodes:
             spec = spec.scaled(args.nodes)
-        code, _ = run_scenario(spec, out=args.out, as_json=args.json, isolate=not args.no_isolate)
+        code, _ = run_scenario(spec, out=args.out, as_json=args.json, isolate=not args.no_isolate,
+                               in_process=args.in_process)
         return code
     if args.action in ("up", "status", "down", "logs"):
         from p2pnode.swarm import background

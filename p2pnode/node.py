@@ -55,9 +55,10 @@ log = logging.getLogger("p2pnode.node")
 
 class Node:
     def __init__(self, config: Config, *, identity: Identity | None = None, nvml: ModuleType | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, executor: Executor | None = None) -> None:
         """Check the addresses (and that the listen ports are free) before touching the data dir,
-        then load or create the identity and build every service."""
+        then load or create the identity and build every service. ``executor``: one shared with
+        other nodes of this process (its owner starts and stops it), instead of the node's own."""
         self.config = config
         self._listen = [parse_multiaddr(a) for a in config.listen]
         self._bootstrap = [parse_multiaddr(a, need_peer_id=True) for a in config.bootstrap]
@@ -72,7 +73,9 @@ class Node:
         self.penalties = PeerPenalties()
         self.metrics = NodeMetrics()
         self.adversary = Adversary.parse(cfg.adversary, seed=int.from_bytes(me[-8:], "big"))
-        self.executor = Executor(slots=cfg.slots, gpu_memory=self.resources.gpu_free) if cfg.provide else None
+        self._own_executor = executor is None
+        self.executor = (executor or Executor(slots=cfg.slots, gpu_memory=self.resources.gpu_free)) \
+            if cfg.provide else None
         self.host: Any = None
         self.pubsub: Any = None
         self.keeper: PeerKeeper | None = None
@@ -182,7 +185,8 @@ class Node:
             elif cfg.provide:
                 self.resources.speed = await trio.to_thread.run_sync(
                     lambda: calibrate(cfg.calibrate_seconds, use_gpu=cfg.use_gpu))
-            async with self.executor if self.executor is not None else contextlib.nullcontext():
+            async with self.executor if self.executor is not None and self._own_executor \
+                    else contextlib.nullcontext():
                 await self._run_network(listen, bootstrap, listener, task_status)
         finally:
             self.trust.close()

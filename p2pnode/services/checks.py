@@ -7,9 +7,11 @@ calibration job sent at first contact (the requester's side; ``specs/verificatio
   checkers (``--checker``, offers with unit ``check``) are preferred. The outputs are compared by
   the workload's own rule.
 * **Dispute**: when they disagree, a **referee** (independent of both) runs the job too. Whoever
-  disagrees with the referee is in the wrong; if nobody agrees, the dispute is inconclusive and the
-  result is not paid, but nobody is marked. The three signed results are kept in the ledger and a
-  ``cheat`` report carrying them is gossiped.
+  disagrees with the referee is in the wrong. If the referee agrees with neither, a second one
+  (independent of all three) is asked; if it agrees with neither too, or no referee can run it, the
+  dispute is inconclusive: the result is not paid, but nobody is marked, so a lying checker and a
+  lying referee cannot frame an honest provider. Each referee's three signed results are kept in the
+  ledger, and a ``cheat`` report carrying them is gossiped when they settle it.
 * **Calibration**: a provider never seen before gets a small fp32 matmul (random inputs sent as
   blobs) sized to take about ``CALIBRATION_TARGET_S`` at its advertised speed, checked by Freivalds.
   Its signed kernel time, and the wall time from award to result less an allowance for what is not
@@ -49,7 +51,9 @@ OVERCLAIM_FACTOR = 8.0  # advertised speed over the measured upper bound that co
 # the ad holds the best of many warm in-process runs; one cold job in a worker on a busy CPU measured
 # up to 3.6 times less (5 nodes on 2 cores)
 ALLOWANCE_S = 0.15  # start-up, input generation and messaging that are not compute
-CHECK_DEADLINE_S = 40.0  # within the provider's receipt timeout (60 s)
+CHECK_DEADLINE_S = 40.0  # a whole check, referees included: within the provider's receipt timeout (60 s)
+MIN_CHECK_S = 2.0  # less time than this left: ask no one more
+MAX_REFEREES = 2  # referees asked, one after another, while none agrees with either run
 Event = Callable[[str, dict[str, object]], None]
 Submit = Callable[..., Awaitable[JobRecord]]
 Candidates = Callable[[str, int, int, str], list[Any]]
@@ -61,6 +65,7 @@ class CheckOutcome:
     detail: str
     method: str
     ran: bool = True  # False: no independent checker could run it
+    settled: bool = True  # False: checked, disputed and nobody agreed; no verdict on anyone
 
 
 def hosts(ad: Any) -> set[str]:
@@ -121,12 +126,16 @@ class Checks:
     async def rerun(self, rec: JobRecord, provider_ad: Any, result_raw: bytes, output: Output,
                     params: dict[str, Any], inputs: dict[str, np.ndarray], max_price: int,
                     backend: str, event: Event, method: str = "rerun") -> CheckOutcome:
+        """Have an independent checker run the job; on a disagreement, referees (up to
+        ``MAX_REFEREES``, each independent of everyone asked before) until one agrees with the
+        provider or the checker. All of it within ``CHECK_DEADLINE_S``."""
         wl_name = rec.workload
+        until = self.now() + CHECK_DEADLINE_S
         checker = self.independent(wl_name, backend, [provider_ad])
         if checker is None:
             return CheckOutcome(True, "accepted (no independent checker)", method, ran=False)
         event("check", {"checker": checker.peer_id, "method": method})
-        c = await self._run_elsewhere(rec, checker, params, inputs, max_price, backend)
+        c = await self._run_elsewhere(rec, checker, params, inputs, max_price, backend, until)
         if c is None:
             return CheckOutcome(True, "accepted (the check did not complete)", method, ran=False)
         same, how = compare(wl_name, params, output, c.output)  # type: ignore[arg-type]
@@ -135,33 +144,43 @@ class Checks:
             if method == "rows":
                 return CheckOutcome(True, f"verified: {params['rows']} sampled rows agree with {by}'s re-run", method)
             return CheckOutcome(True, f"verified: {how} by {by}", method)
-        referee = self.independent(wl_name, backend, [provider_ad, checker])
-        event("dispute", {"checker": checker.peer_id, "referee": referee.peer_id if referee else b""})
-        r = await self._run_elsewhere(rec, referee, params, inputs, max_price, backend) if referee else None
-        if r is None or referee is None:
-            return CheckOutcome(False, "disputed: no referee could settle it", method)
-        provider_right = compare(wl_name, params, output, r.output)[0]  # type: ignore[arg-type]
-        checker_right = compare(wl_name, params, c.output, r.output)[0]  # type: ignore[arg-type]
-        wrong = "provider" if checker_right and not provider_right else \
-            "checker" if provider_right and not checker_right else "inconclusive"
-        evidence = (result_raw, c.result_raw, r.result_raw)
-        await self.judge.record("dispute", {
-            "job": bytes.fromhex(rec.job), "checker": checker.peer_id, "referee": referee.peer_id,
-            "wrong": wrong, "results": list(evidence)}, peer=provider_ad.peer_id)
-        event("settled", {"wrong": wrong})
-        if wrong == "provider":
-            await self.judge.publish_cheat(provider_ad.peer_id, bytes.fromhex(rec.job), evidence)
-            return CheckOutcome(False, "wrong: the checker and the referee agree against it", method)
-        if wrong == "checker":
-            await self.judge.publish_cheat(checker.peer_id, bytes.fromhex(c.job),
-                                           (c.result_raw, result_raw, r.result_raw))
-            return CheckOutcome(True, "verified by a referee (the checker was wrong)", method)
-        return CheckOutcome(False, "disputed: no two runs agree", method)
+        asked = [provider_ad, checker]
+        for _ in range(MAX_REFEREES):
+            referee = self.independent(wl_name, backend, asked)
+            event("dispute", {"checker": checker.peer_id, "referee": referee.peer_id if referee else b""})
+            if referee is None:
+                break
+            asked.append(referee)
+            r = await self._run_elsewhere(rec, referee, params, inputs, max_price, backend, until)
+            if r is None:
+                continue
+            provider_right = compare(wl_name, params, output, r.output)[0]  # type: ignore[arg-type]
+            checker_right = compare(wl_name, params, c.output, r.output)[0]  # type: ignore[arg-type]
+            wrong = "provider" if checker_right and not provider_right else \
+                "checker" if provider_right and not checker_right else "inconclusive"
+            evidence = (result_raw, c.result_raw, r.result_raw)
+            await self.judge.record("dispute", {
+                "job": bytes.fromhex(rec.job), "checker": checker.peer_id, "referee": referee.peer_id,
+                "wrong": wrong, "results": list(evidence)}, peer=provider_ad.peer_id)
+            event("settled", {"wrong": wrong})
+            if wrong == "provider":
+                await self.judge.publish_cheat(provider_ad.peer_id, bytes.fromhex(rec.job), evidence)
+                return CheckOutcome(False, "wrong: the checker and the referee agree against it", method)
+            if wrong == "checker":
+                await self.judge.publish_cheat(checker.peer_id, bytes.fromhex(c.job),
+                                               (c.result_raw, result_raw, r.result_raw))
+                return CheckOutcome(True, "verified by a referee (the checker was wrong)", method)
+        # Nobody settled it: not paid, but nobody is marked either, since a checker and a referee
+        # that both lie (or both fail) must not be able to frame an honest provider.
+        return CheckOutcome(False, "disputed: no referee agrees with either run", method, settled=False)
 
     async def _run_elsewhere(self, rec: JobRecord, ad: Any, params: dict[str, Any], inputs: dict[str, np.ndarray],
-                             max_price: int, backend: str) -> JobRecord | None:
+                             max_price: int, backend: str, until: float) -> JobRecord | None:
+        deadline_s = until - self.now()
+        if deadline_s < MIN_CHECK_S:
+            return None
         sub = await self.submit(rec.workload, params, inputs=inputs or None, only=[ad], k=1, verify="none",
-                                     max_price=max_price, deadline_s=CHECK_DEADLINE_S, backend=backend,
+                                     max_price=max_price, deadline_s=deadline_s, backend=backend,
                                      purpose="check")
         return sub if sub.state == "done" and sub.output is not None and sub.result_raw else None
 

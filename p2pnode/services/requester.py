@@ -259,13 +259,13 @@ class JobRequester:
                             check = await self.checks.check_rows(rec, provider_ad, result.raw, output, checked,
                                                                  arrays, max_price, backend, event)
                             ok, outcome = check.passed, check.detail
-                            rec.checked = "rows"
+                            rec.checked = "rows" if check.settled else ""
                         elif ok and output is not None and policy == "rerun" and purpose == "job" and \
                                 self.checks.should_rerun(workload, provider_ad.peer_id):
                             check = await self.checks.rerun(rec, provider_ad, result.raw, output, checked, arrays,
                                                             max_price, backend, event)
                             ok, outcome = check.passed, check.detail
-                            rec.checked = "rerun" if check.ran else ""
+                            rec.checked = "rerun" if check.ran and check.settled else ""
                         if ok:
                             self.scorer.observe_speed(result.body["provider"], wl.flops(checked),
                                                       result.body["kernel_ms"] / 1000)

@@ -655,17 +655,26 @@ class Ask:
         if c.digest == self.digest:
             self._verified(True, "verified: an independent checker agrees")
             return
+        self._referee(provider_ad, checker_ad, c, [provider_ad, checker_ad])
+
+    def _referee(self, provider_ad: Any, checker_ad: Any, c: Ask, asked: list[Any]) -> None:
+        """Ask the next referee, independent of everyone asked so far, while referees remain."""
         checks = self.me.requester.checks  # type: ignore[union-attr]
-        referee = checks.independent(self.workload, "", [provider_ad, checker_ad])
+        referee = checks.independent(self.workload, "", asked) if len(asked) < 2 + checks_mod.MAX_REFEREES else None
         if referee is None:
-            self._verified(False, "disputed: no referee could settle it")
+            self._unsettled()
             return
         Ask(self.w, self.me, self.workload, self.params, purpose="check", only=[referee], verify="none",
-            on_end=lambda r: self._refereed(checker_ad, referee, c, r)).start()
+            on_end=lambda r: self._refereed(provider_ad, checker_ad, referee, c, r, [*asked, referee])).start()
 
-    def _refereed(self, checker_ad: Any, referee_ad: Any, c: Ask, r: Ask) -> None:
+    def _unsettled(self) -> None:
+        """No referee agrees with either run: not paid, nobody marked (no verification entry)."""
+        self.checked = ""
+        self._verified(False, "disputed: no referee agrees with either run")
+
+    def _refereed(self, provider_ad: Any, checker_ad: Any, referee_ad: Any, c: Ask, r: Ask, asked: list[Any]) -> None:
         if r.state != "done":
-            self._verified(False, "disputed: no referee could settle it")
+            self._referee(provider_ad, checker_ad, c, asked)
             return
         provider_right, checker_right = self.digest == r.digest, c.digest == r.digest
         wrong = "provider" if checker_right and not provider_right else \
@@ -684,7 +693,7 @@ class Ask:
             self._cheat_report(checker_ad.peer_id, c.job_id, (c.result_raw, machine.result.raw, r.result_raw))
             self._verified(True, "verified by a referee (the checker was wrong)")
         else:
-            self._verified(False, "disputed: the referee agrees with neither")
+            self._referee(provider_ad, checker_ad, c, asked)
 
     @property
     def result_raw(self) -> bytes:

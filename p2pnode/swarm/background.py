@@ -55,7 +55,8 @@ def command(args: argparse.Namespace) -> int:
     console = Console()
     folder = (args.dir or default_dir()).expanduser()
     if args.action == "up":
-        return up(folder, args.nodes or 5, args.cheat, console, timeout=args.timeout)
+        return up(folder, args.nodes or 5, args.cheat, console, timeout=max(args.timeout, 120.0),
+                  in_process=args.in_process)
     if args.action == "status":
         return status(folder, console, as_json=args.json)
     if args.action == "down":
@@ -63,7 +64,7 @@ def command(args: argparse.Namespace) -> int:
     return logs(folder, args.node, console)
 
 
-def up(folder: Path, n: int, cheat: str, console: Any, *, timeout: float = 120.0) -> int:
+def up(folder: Path, n: int, cheat: str, console: Any, *, timeout: float = 120.0, in_process: bool = False) -> int:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         old = _state(folder)
@@ -74,7 +75,8 @@ def up(folder: Path, n: int, cheat: str, console: Any, *, timeout: float = 120.0
             raise
     (folder / STATE).unlink(missing_ok=True)
     log = open(folder / "supervisor.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "p2pnode.swarm.background", str(folder), str(n), cheat],
+    proc = subprocess.Popen([sys.executable, "-m", "p2pnode.swarm.background", str(folder), str(n), cheat,
+                             "in-process" if in_process else "processes"],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -153,9 +155,11 @@ def logs(folder: Path, node: int | None, console: Any) -> int:
     return 0
 
 
-def supervise(folder: Path, n: int, cheat: str) -> int:
+def supervise(folder: Path, n: int, cheat: str, in_process: bool = False) -> int:
     """The supervisor: start the nodes, record them, hold them until a signal, stop them."""
-    launcher = Launcher(folder)
+    from p2pnode.swarm.inproc import InProcessLauncher
+
+    launcher = InProcessLauncher(folder) if in_process else Launcher(folder)
     specs = [NodeSpec(i, "provider", address(i), ["--adversary", cheat] if cheat and i == 1 else [])
              for i in range(n)]
     state: dict[str, Any] = {"pid": os.getpid(), "status": "starting", "nodes": []}
@@ -164,7 +168,7 @@ def supervise(folder: Path, n: int, cheat: str) -> int:
         with stop_on_signals():
             launcher.start(specs)
             state["nodes"] = [{"index": p.index, "peer": p.peer, "addr": p.addr, "data_dir": str(p.data_dir),
-                               "log": str(p.log), "pid": p.proc.pid if p.proc else 0} for p in launcher.nodes.values()]
+                               "log": str(p.log), "pid": _pid(launcher, p)} for p in launcher.nodes.values()]
             state["status"] = "up"
             (folder / STATE).write_text(json.dumps(state))
             while True:
@@ -178,5 +182,11 @@ def supervise(folder: Path, n: int, cheat: str) -> int:
     return 0
 
 
+def _pid(launcher: Launcher, node: Any) -> int:
+    host = getattr(launcher, "host", None)
+    return host.pid if host is not None else node.proc.pid if node.proc else 0
+
+
 if __name__ == "__main__":
-    sys.exit(supervise(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else ""))
+    sys.exit(supervise(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "",
+                       len(sys.argv) > 4 and sys.argv[4] == "in-process"))

@@ -131,7 +131,7 @@ class Run:
 
 
 def run_scenario(s: Scenario, *, out: Path | None = None, as_json: bool = False, console: Any = None,
-                 isolate: bool = True, keep_dirs: bool = False) -> tuple[int, dict[str, Any]]:
+                 isolate: bool = True, keep_dirs: bool = False, in_process: bool = False) -> tuple[int, dict[str, Any]]:
     from rich.console import Console
 
     console = console or Console(stderr=as_json)
@@ -142,7 +142,13 @@ def run_scenario(s: Scenario, *, out: Path | None = None, as_json: bool = False,
     network = SwarmNetwork() if ok and isolate else None
     notes = [] if network is not None else [why or "run on the host's loopback (asked not to isolate)"]
     specs = plan(s)
-    launcher = Launcher(base, wrap=network.wrap if network else (), seed=s.seed)
+    if in_process:
+        from p2pnode.swarm.inproc import InProcessLauncher
+
+        launcher: Launcher = InProcessLauncher(base, wrap=network.wrap if network else (), seed=s.seed)
+        notes.append("in-process: all nodes in one process; a kill stops a node at once, not by SIGKILL")
+    else:
+        launcher = Launcher(base, wrap=network.wrap if network else (), seed=s.seed)
     run = Run(s, out, launcher, network, specs, notes=notes)
     summary: dict[str, Any] = {}
     try:

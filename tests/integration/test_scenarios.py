@@ -26,7 +26,8 @@ SMALL = {  # name: (nodes, seconds of work)
 }
 
 
-def _run(name: str, tmp_path: Path, *, nodes: int | None = None, seconds: float | None = None) -> dict[str, Any]:
+def _run(name: str, tmp_path: Path, *, nodes: int | None = None, seconds: float | None = None,
+         in_process: bool = False) -> dict[str, Any]:
     s = sc.load(SCENARIOS / f"{name}.toml")
     if nodes is not None:
         s = s.scaled(nodes)
@@ -34,7 +35,8 @@ def _run(name: str, tmp_path: Path, *, nodes: int | None = None, seconds: float 
         s = s.shortened(seconds)
     from rich.console import Console
 
-    _, summary = run_scenario(s, out=tmp_path / name, console=Console(file=open(os.devnull, "w")))
+    _, summary = run_scenario(s, out=tmp_path / name, console=Console(file=open(os.devnull, "w")),
+                              in_process=in_process)
     assert summary["completed"] and summary["clean_exit"], summary["notes"]
     assert (tmp_path / name / "summary.json").exists()
     return summary
@@ -72,6 +74,16 @@ def test_each_shipped_scenario_holds_every_expectation_at_full_size(name: str, t
     r = _run(name, tmp_path)
     failed = [e for e in r["expectations"] if not e["held"]]
     assert not failed, failed
+
+
+def test_an_in_process_swarm_runs_churn_in_one_host_process(tmp_path: Path) -> None:
+    r = _run("churn", tmp_path, nodes=6, seconds=10, in_process=True)
+    jobs = r["jobs"]
+    assert jobs["wrong_accepted"] == 0 and jobs["done"] >= 0.6 * jobs["submitted"] >= 1, jobs
+    assert any(e["event"] == "kill" and e["nodes"] for e in r["events"])
+    assert any(e["event"] == "restart" for e in r["events"])
+    assert any("in-process" in n for n in r["notes"]), r["notes"]
+    assert len(set(r["peers"].values())) == 6  # six nodes, each its own identity
 
 
 def _nodes_under(folder: Path) -> list[int]:
@@ -115,3 +127,35 @@ def test_nodes_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     down = subprocess.run([sys.executable, "-m", "p2pnode", "swarm", "down", "--dir", str(folder)],
                           capture_output=True, text=True, env=ENV, timeout=60)
     assert down.returncode == 0
+
+
+def test_an_in_process_swarm_dies_with_its_killed_supervisor(tmp_path: Path) -> None:
+    import json
+
+    folder = tmp_path / "bg"
+    up = subprocess.run([sys.executable, "-m", "p2pnode", "swarm", "up", "--in-process", "--nodes", "3",
+                         "--dir", str(folder)], capture_output=True, text=True, env=ENV, timeout=150)
+    assert up.returncode == 0, up.stdout + up.stderr
+    status = subprocess.run([sys.executable, "-m", "p2pnode", "swarm", "status", "--json", "--dir", str(folder)],
+                            capture_output=True, text=True, env=ENV, timeout=60)
+    assert status.returncode == 0 and '"up": true' in status.stdout
+    state = json.loads((folder / "swarm.json").read_text())
+    hosts = {n["pid"] for n in state["nodes"]}
+    assert len(state["nodes"]) == 3 and len(hosts) == 1 and state["pid"] not in hosts  # one host for all
+    (host,) = hosts
+    os.kill(state["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while _alive(host) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(host)
+    down = subprocess.run([sys.executable, "-m", "p2pnode", "swarm", "down", "--dir", str(folder)],
+                          capture_output=True, text=True, env=ENV, timeout=60)
+    assert down.returncode == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
