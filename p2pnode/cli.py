@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import signal
 import sys
@@ -51,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common], help="run a node in the foreground")
     run.add_argument("--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable)")
+    run.add_argument("--announce", action="append", metavar="MULTIADDR",
+                     help="address to advertise instead of the listen addresses (repeatable)")
     run.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="bootstrap peer (repeatable)")
     run.add_argument("--mdns", dest="mdns", action="store_true", default=None, help="find peers with mDNS")
     run.add_argument("--no-mdns", dest="mdns", action="store_false", help="do not use mDNS")
@@ -62,8 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ad-interval", type=_finite, help="seconds between periodic ads")
     run.add_argument("--ad-ttl", type=_finite, help="seconds an ad stays valid")
     run.add_argument("--log-level", help="debug, info, warning, error")
+    run.add_argument("--log-format", choices=("text", "json"), help="one line per event: text, or JSON objects")
     run.add_argument("--checker", dest="checker", action="store_true", default=None,
                      help="volunteer to re-run others' work as a checker, for credits")
+    run.add_argument("--check-rate-min", type=_finite, metavar="P",
+                     help="lowest probability of re-running a trusted provider's result (1: check everything)")
     run.add_argument("--adversary", metavar="MODE[:X]", help="misbehave as a provider (tests and scenarios)")
     run.add_argument("--calibration-file", metavar="JSON", help="read measured speeds from this file (swarms)")
     run.add_argument("--impair", metavar="SPEC", help="for scenarios: delay_ms=,jitter_ms=,drop= on job streams")
@@ -155,8 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-_RUN_FLAGS = ("listen", "bootstrap", "mdns", "provide", "use_gpu", "metrics", "price",
-              "ad_interval", "ad_ttl", "log_level", "checker", "adversary", "calibration_file", "impair")
+_RUN_FLAGS = ("listen", "announce", "bootstrap", "mdns", "provide", "use_gpu", "metrics", "price",
+              "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "adversary",
+              "calibration_file", "impair")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -350,15 +355,9 @@ def _run(config: Config) -> int:
     import trio
 
     from p2pnode.node import Node
+    from p2pnode.telemetry import logs
 
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # py-libp2p logs every failed dial at ERROR; we report what matters (unreachable bootstrap
-    # peers, bans) ourselves, so its logs show only with --log-level debug.
-    if config.log_level.lower() != "debug":
-        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    logs.setup(config.log_level, config.log_format)
 
     async def main() -> None:
         node = Node(config)

@@ -38,8 +38,11 @@ class Key:
     doc: str
 
 
+DEFAULT_METRICS = "127.0.0.1:9464"
 KEYS: tuple[Key, ...] = (
     Key("listen", list, ["/ip4/0.0.0.0/tcp/4001"], "Multiaddrs to listen on (TCP)."),
+    Key("announce", list, [], "Multiaddrs to advertise instead of the listen addresses (a public IP, a "
+        "forwarded port); without it, wildcard listen addresses are expanded to this machine's interfaces."),
     Key("bootstrap", list, [], "Multiaddrs with /p2p/ id of peers to keep connected; redialed with backoff."),
     Key("mdns", bool, True, "Find peers on the local network with mDNS."),
     Key("provide", bool, True, "Offer this machine's capacity (publish capacity ads)."),
@@ -51,9 +54,11 @@ KEYS: tuple[Key, ...] = (
     Key("ad_ttl", float, 30.0, "Seconds an ad stays valid; must exceed ad_interval."),
     Key("calibrate_seconds", float, 0.3, "Budget of the start-up calibration run."),
     Key("heartbeat", float, 1.0, "GossipSub heartbeat interval in seconds."),
-    Key("metrics", str, "127.0.0.1:9464", "host:port of the Prometheus endpoint (loopback only); empty disables it."),
+    Key("metrics", str, DEFAULT_METRICS, "host:port of the Prometheus endpoint (loopback only; the default port "
+        "falls back to a free one when another node holds it); empty disables it."),
     Key("max_peers", int, 1024, "Most providers kept in the capacity table."),
-    Key("log_level", str, "warning", "Logging level: debug, info, warning, error."),
+    Key("log_level", str, "info", "Logging level: debug, info (one line per job event), warning, error."),
+    Key("log_format", str, "text", "Log lines as text or json (one object per line, for log collectors)."),
     Key("checker", bool, False, "Volunteer to re-run others' work as a checker (paid in credits like any job)."),
     Key("pretrusted", list, [], "Peer ids trusted from the start; their reports anchor reputation (EigenTrust)."),
     Key("reputation_half_life", float, 7.0, "Days after which evidence about a peer counts half."),
@@ -70,6 +75,7 @@ _BY_NAME = {k.name: k for k in KEYS}
 class Config:
     data_dir: Path
     listen: tuple[str, ...]
+    announce: tuple[str, ...]
     bootstrap: tuple[str, ...]
     mdns: bool
     provide: bool
@@ -84,6 +90,7 @@ class Config:
     metrics: str
     max_peers: int
     log_level: str
+    log_format: str
     checker: bool
     pretrusted: tuple[str, ...]
     reputation_half_life: float
@@ -225,6 +232,8 @@ def _check(c: Config) -> None:
         from p2pnode.net.impair import Impairment
 
         Impairment.parse(c.impair)
+    if c.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: {c.log_format!r} is not text or json")
     if c.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: {c.log_level!r} is not debug, info, warning or error")
     if c.metrics:

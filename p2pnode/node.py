@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from p2pnode.adversary import Adversary
-from p2pnode.config import Config
+from p2pnode.config import DEFAULT_METRICS, Config
 from p2pnode.control import server as control_server
 from p2pnode.control.views import ControlViews
 from p2pnode.errors import ConfigError
@@ -33,7 +33,7 @@ from p2pnode.net.adapters import HostPeers, HostStreams
 from p2pnode.net.discovery import PeerKeeper
 from p2pnode.net.gossip import build_pubsub
 from p2pnode.net.guard import PeerGate, ban_gate, guard_stream_handler, guard_validator
-from p2pnode.net.host import build_host, parse_multiaddr
+from p2pnode.net.host import advertised, build_host, parse_multiaddr
 from p2pnode.protocol.penalties import PeerPenalties
 from p2pnode.services.blobs import BlobService
 from p2pnode.services.jobs import JobService
@@ -62,6 +62,9 @@ class Node:
         self.config = config
         self._listen = [parse_multiaddr(a) for a in config.listen]
         self._bootstrap = [parse_multiaddr(a, need_peer_id=True) for a in config.bootstrap]
+        for a in config.announce:
+            if parse_multiaddr(a) and a.startswith(("/ip4/0.0.0.0/", "/ip6/::/")):
+                raise ConfigError(f"announce {a!r}: an unspecified address cannot be dialed")
         for addr in self._listen:
             workarounds.check_listen_port_free(addr)
         self.identity = identity or _load_identity(config)
@@ -121,7 +124,11 @@ class Node:
         return self.identity.peer_id_b58
 
     def addrs(self) -> list[str]:
-        return [str(a) for a in self.host.get_addrs()] if self.host is not None else []
+        """Where others can dial this node: ``announce``, or the listen addresses with wildcards
+        expanded (never 0.0.0.0 or ::)."""
+        if self.host is None:
+            return []
+        return advertised([str(a) for a in self.host.get_addrs()], self.config.announce, self.peer_id)
 
     def penalise(self, peer: bytes, code: str, now: float | None = None) -> None:
         self.peers.penalise(peer, code, now)
@@ -176,7 +183,7 @@ class Node:
         try:
             await trio.to_thread.run_sync(self.trust.open)
             if cfg.metrics:
-                self.metrics.serve(cfg.metrics)
+                self.metrics.serve(cfg.metrics, any_port_if_taken=cfg.metrics == DEFAULT_METRICS)
             self.resources.hardware = await trio.to_thread.run_sync(self.probe.read)
             if cfg.impair:
                 impair.set_current(impair.Impairment.parse(cfg.impair))

@@ -72,6 +72,8 @@ def status_text(s: dict[str, Any]) -> Text:
     out.append(f"  peer {s['peer']}  up {s['uptime_s']:.0f} s\n")
     for reason in s["reasons"]:
         out.append(f"  - {reason}\n", style=colour)
+    for note in s.get("notes", []):
+        out.append(f"  · {note}\n", style="dim")
     out.append(f"  peers {s['peers']}  market {s['market']} providers  ads published "
                f"{s['ads_published']}  rejected {sum(s['ads_rejected'].values())}\n")
     out.append(f"  listening on {', '.join(s['addrs']) or '-'}\n")

@@ -6,6 +6,8 @@ given; it imports nothing of ``p2pnode.node`` (the node hands itself in).
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import trio
 
 from p2pnode import __version__
 from p2pnode.errors import ControlError, unwrap_group
+from p2pnode.ledger.store import FILE_NAME
 
 
 class ControlViews:
@@ -42,29 +45,51 @@ class ControlViews:
         return sorted(out, key=lambda p: p["peer"])
 
     def status(self) -> dict[str, Any]:
+        """State, and why: ``errors`` (the node cannot work), ``problems`` (it works badly; each
+        says how to fix it) and ``notes`` (what the operator chose, or worth knowing: never a
+        problem). ``reasons`` lists errors and problems, as one line each."""
         node = self.node
+        cfg = node.config
         problems: list[str] = []
         errors: list[str] = []
+        notes: list[str] = []
         addrs = node.addrs()
         if not addrs:
-            errors.append("not listening on any address")
+            errors.append("not listening on any address -- fix: check --listen")
+        elif all(_loopback(a) for a in addrs):
+            notes.append("reachable from this machine only (loopback); to serve others, listen on 0.0.0.0 "
+                         "or set --announce to an address they can dial")
         if not node.host.get_connected_peers():
-            problems.append("no peers connected")
+            problems.append("no peers connected -- fix: add --bootstrap MULTIADDR of a running node, or "
+                            "enable mDNS on a LAN")
         if node.keeper is not None:
             for addr, err in sorted(node.keeper.unreachable.items()):
-                problems.append(f"bootstrap peer unreachable: {addr} ({err})")
+                problems.append(f"bootstrap peer unreachable: {addr} ({err}) -- fix: check the address "
+                                "and that the peer runs")
         hardware = node.resources.hardware
-        if hardware is not None and not hardware.gpus:
-            problems.extend(hardware.problems or ("no GPU",))
+        if not cfg.provide:
+            notes.append("not providing (--no-provide): this node only requests and checks")
+        elif not cfg.use_gpu:
+            notes.append("CPU only (--no-gpu)")
+        elif hardware is not None and not hardware.gpus:
+            why = "; ".join(hardware.problems) or "no GPU found"
+            problems.append(f"no GPU: {why} -- fix: install the NVIDIA driver (nvidia-smi must work), or "
+                            "run with --no-gpu to offer the CPU on purpose")
         banned = node.peers.banned()
         if banned:
-            problems.append(f"{len(banned)} peer(s) banned for misbehaviour")
+            notes.append(f"{len(banned)} peer(s) banned for misbehaviour")
+        skewed = node.market.rejected.get("future", 0)
+        if skewed:
+            problems.append(f"{skewed} ad(s) refused as issued in the future: this clock or theirs is off "
+                            "-- fix: run NTP (timedatectl set-ntp true)")
+        problems.extend(_disk_problems(cfg.data_dir))
         state = "error" if errors else "issues" if problems else "healthy"
         ledger = node.trust.ledger
         ex = node.executor
         return {
             "state": state,
             "reasons": errors + problems,
+            "notes": notes,
             "peer": node.peer_id,
             "version": __version__,
             "uptime_s": round(node.now() - node.started_at, 1),
@@ -263,4 +288,31 @@ def _load_inputs(files: dict[str, str]) -> dict[str, Any] | None:
             out[str(name)] = np.load(str(path), allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ControlError(f"input {name}: cannot read {path}: {exc}") from exc
+    return out
+
+
+DISK_FREE_MIN = 1 << 30  # below this free on the data dir's file system: a problem
+LEDGER_MAX = 4 << 30  # a ledger file past this: a problem (export and start a new data dir)
+
+
+def _loopback(addr: str) -> bool:
+    return addr.startswith(("/ip4/127.", "/ip6/::1/"))
+
+
+def _disk_problems(data_dir: Path) -> list[str]:
+    out: list[str] = []
+    try:
+        st = os.statvfs(data_dir)
+    except OSError:
+        return out
+    free = st.f_bavail * st.f_frsize
+    if free < DISK_FREE_MIN:
+        out.append(f"disk nearly full: {free / 2**20:.0f} MiB free for {data_dir} -- fix: free space; the "
+                   "ledger and blobs need room")
+    ledger = data_dir / FILE_NAME
+    with contextlib.suppress(OSError):
+        size = ledger.stat().st_size
+        if size > LEDGER_MAX:
+            out.append(f"ledger is {size / 2**30:.1f} GiB -- fix: `p2pnode ledger export`, then start afresh "
+                       "with a new --data-dir")
     return out

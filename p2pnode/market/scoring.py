@@ -6,18 +6,24 @@
   (observed kernel GFLOP/s against advertised; never trusted to be faster than claimed);
 * the bid's arrival latency is added (a slow link costs every message of the job);
 * :meth:`adjust` applies the reputation hook (a callable given by the shell, which reads the clock;
-  1.0 without one).
+  1.0 without one);
+* :meth:`load` spreads work: a provider that won ``c`` of this node's last ``RECENT_AWARDS`` awards
+  scores ``1 + spread · c`` times worse, so equally good offers take turns instead of one provider
+  getting every job (and a provider that is clearly better still wins most).
 
 Observations are exponentially weighted (``alpha``) and bounded in number.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from p2pnode.protocol.job_requester import Scorer
 from p2pnode.wire import job as m
+
+RECENT_AWARDS = 32
 
 
 @dataclass
@@ -33,9 +39,18 @@ class ObservedScorer(Scorer):
     seen: dict[bytes, Observation] = field(default_factory=dict)
     advertised: dict[bytes, float] = field(default_factory=dict)  # GFLOP/s from the capacity ad
     reputation: Callable[[bytes], float] | None = None
+    spread: float = 0.02
+    recent: deque[bytes] = field(default_factory=lambda: deque(maxlen=RECENT_AWARDS))
 
     def adjust(self, peer: bytes) -> float:
         return self.reputation(peer) if self.reputation is not None else 1.0
+
+    def awarded(self, peer: bytes) -> None:
+        self.recent.append(peer)
+
+    def load(self, peer: bytes) -> float:
+        """``1 + spread · (awards among the last RECENT_AWARDS)``: the spreading factor."""
+        return 1.0 + self.spread * self.recent.count(peer) if self.spread else 1.0
 
     def observe_latency(self, peer: bytes, ms: float) -> None:
         o = self._get(peer)
@@ -57,4 +72,4 @@ class ObservedScorer(Scorer):
     def score(self, peer: bytes, bid: m.Bid, budget: int, window_ms: float) -> float:
         o = self.seen.get(peer, Observation())
         time_ms = bid.estimate_ms * o.slowdown + o.latency_ms
-        return (bid.price / max(budget, 1) + time_ms / max(window_ms, 1.0)) * self.adjust(peer)
+        return (bid.price / max(budget, 1) + time_ms / max(window_ms, 1.0)) * self.adjust(peer) * self.load(peer)

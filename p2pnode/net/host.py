@@ -40,6 +40,35 @@ def parse_multiaddr(text: str, *, need_peer_id: bool = False) -> multiaddr.Multi
     return addr
 
 
+UNSPECIFIED = ("/ip4/0.0.0.0/", "/ip6/::/")
+
+
+def advertised(listening: Sequence[str], announce: Sequence[str], peer_id: str) -> list[str]:
+    """The addresses to tell others: ``announce`` when set (with ``/p2p/<id>`` added), else what the
+    host listens on, wildcards expanded to this machine's interface addresses (loopback last). An
+    unspecified address (0.0.0.0, ::) means nothing to a dialer and is never returned."""
+    suffix = f"/p2p/{peer_id}"
+    if announce:
+        return [a if "/p2p/" in a else a + suffix for a in announce]
+    from multiaddr.utils import get_network_addrs
+
+    out: list[str] = []
+    for addr in listening:
+        base = addr.split("/p2p/")[0]
+        for prefix, version, loopback in (("/ip4/0.0.0.0/", 4, "127.0.0.1"), ("/ip6/::/", 6, "::1")):
+            if base.startswith(prefix):
+                rest = base[len(prefix):]
+                try:
+                    ips = [ip for ip in get_network_addrs(version) or [] if ip != loopback]
+                except Exception:  # noqa: BLE001 - interface enumeration is best effort
+                    ips = []
+                out += [f"/ip{version}/{ip}/{rest}{suffix}" for ip in [*ips, loopback]]
+                break
+        else:
+            out.append(base + suffix)
+    return list(dict.fromkeys(a for a in out if not a.startswith(UNSPECIFIED)))
+
+
 def build_host(identity: Identity, listen: Sequence[multiaddr.Multiaddr]) -> Any:
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519

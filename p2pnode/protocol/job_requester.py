@@ -15,6 +15,7 @@ peer broke the protocol, a ``violation`` for the shell to penalise. Misuse by ou
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -65,6 +66,9 @@ class Scorer:
 
     def adjust(self, peer: bytes) -> float:
         return 1.0
+
+    def awarded(self, peer: bytes) -> None:
+        """A job was awarded to ``peer`` (a scorer that spreads work counts it)."""
 
 
 @dataclass
@@ -188,7 +192,9 @@ class RequesterJob:
     def _ranked(self, now: float) -> list[bytes]:
         window_ms = max(1.0, (self.deadline - now) * 1000)
         live = [p for p, b in self.bids.items() if p not in self.failed and b.expires_ms / 1000.0 > now]
-        return sorted(live, key=lambda p: (self.scorer.score(p, self.bids[p], self.rfb.max_price, window_ms), p))
+        # equal scores: an order drawn from the job id, so ties do not always go to the same peer
+        return sorted(live, key=lambda p: (self.scorer.score(p, self.bids[p], self.rfb.max_price, window_ms),
+                                           hashlib.blake2b(self.job + p, digest_size=8).digest()))
 
     def _close(self, now: float, event: str) -> Step:
         ranked = self._ranked(now)
@@ -199,6 +205,7 @@ class RequesterJob:
             return Step()
         self._move(event, R.RUNNING)
         winner = ranked[0]
+        self.scorer.awarded(winner)
         self.provider, self.progress, self._heard_at = winner, 0.0, now
         bid = self.bids[winner]
         self._due = now + 3 * bid.estimate_ms / 1000.0 + self.overdue_grace_s

@@ -99,12 +99,17 @@ class JobProvider:
         rec = self.records.add(JobRecord(first.job.hex(), "provider", first.workload, dict(first.params),
                                          started=now, peer=to_base58(peer), state=prov.state.value,
                                          price=decision.price, backend=decision.backend))
+        log.info("job %s: bid %d on %s for %s", rec.job[:8], decision.price, rec.workload, rec.peer)
         timeout = max(MIN_RUN_S, RUN_TIMEOUT_FACTOR * decision.estimate_ms / 1000.0)
         try:
             await self._provide(fs, prov, rec, decision.backend, timeout)
         finally:
             rec.ended = self.now()
             rec.state = prov.state.value
+            if prov.state is not P.BID_SENT:  # an award came: say how it ended
+                paid = prov.receipt.body["paid"] if prov.receipt is not None else 0
+                log.info("job %s: %s as provider for %s: %s (kernel %d ms, paid %d)", rec.job[:8], rec.state,
+                         rec.peer, rec.outcome or rec.state, rec.kernel_ms, paid)
         await fs.close()
 
     async def _provide(self, fs: FramedStream, prov: ProviderJob, rec: JobRecord, backend: str,

@@ -13,6 +13,7 @@ owns its bid scorer and its :class:`~p2pnode.services.checks.Checks`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -60,6 +61,8 @@ class JobRequester:
         self.identity, self.now, self.table, self.is_banned = identity, now, table, is_banned
         self.judge, self.blobs, self.streams, self.penalise, self.records = judge, blobs, streams, penalise, records
         self.scorer = ObservedScorer(reputation=judge.adjust)
+        self._salt = identity.peer_id  # orders equal-cost candidates differently on each node
+        self._draws = 0
         self._secret = sealing.blob_secret(identity.seed)
         self._locked: dict[bytes, bytes] = {}  # blob key -> blob id, for data encrypted before
         self.checks = Checks(me=identity.peer_id, now=now, judge=judge, candidates=self.candidates,
@@ -100,9 +103,19 @@ class JobRequester:
             if free < need:
                 continue
             speed = speed_for(dict(ad.speed), offers[0].backend) or max((v for _, v in ad.speed), default=1.0)
-            out.append((offers[0].price / max(speed, 1e-3) * (1.0 + ad.load), ad))
-        out.sort(key=lambda x: x[0])
-        return [ad for _, ad in out[:k]]
+            cost = offers[0].price / max(speed, 1e-3) * (1.0 + ad.load)
+            # equal costs: this node's own order, so requesters do not all ask the same few providers
+            out.append((cost, hashlib.blake2b(self._salt + ad.peer_id, digest_size=8).digest(), ad))
+        out.sort(key=lambda x: x[:2])
+        ads = [ad for _, _, ad in out]
+        if k < 2 or len(ads) <= k:
+            return ads
+        # K − 1 best, and one more drawn from the rest: every provider is asked now and then (so
+        # newcomers get work, and are calibrated and checked), while the best stay in every auction
+        self._draws += 1
+        draw = self._salt + self._draws.to_bytes(8, "big")
+        extra = min(ads[k - 1:], key=lambda ad: hashlib.blake2b(draw + ad.peer_id, digest_size=8).digest())
+        return [*ads[:k - 1], extra]
 
     async def submit(self, workload: str, params: dict[str, Any], *, max_price: int, deadline_s: float,
                      k: int = 3, backend: str = "", verify: str = "auto", bid_window_s: float = 2.0,
@@ -294,6 +307,8 @@ class JobRequester:
         if machine.state in (R.DONE, R.REJECTED):
             rec.outcome = verdict or (machine.receipt.body["outcome"] if machine.receipt else machine.state.value)
         await self._remember(machine, rec)
+        log.info("job %s: %s as requester of %s%s on %s: %s (price %d)", rec.job[:8], rec.state, rec.workload,
+                 f" ({rec.purpose})" if rec.purpose != "job" else "", rec.peer or "-", rec.outcome, rec.price)
         return rec
 
     async def _remember(self, machine: RequesterJob, rec: JobRecord) -> None:

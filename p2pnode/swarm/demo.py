@@ -107,8 +107,11 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
     result: dict[str, Any] = {"nodes": n, "converged": False}
     progress = Progress(TextColumn("market convergence"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"))
     task = progress.add_task("conv", total=n * n)
-    # each node on its own loopback address: checkers must not share the provider's address
-    specs = [NodeSpec(i, "provider", f"127.0.0.{i + 1}", ["--adversary", cheat] if cheat and i == 1 else [])
+    # each node on its own loopback address: checkers must not share the provider's address; the
+    # requester (the last node) checks every result it can, so the demo shows each kind of check
+    specs = [NodeSpec(i, "provider", f"127.0.0.{i + 1}",
+                      (["--adversary", cheat] if cheat and i == 1 else [])
+                      + (["--check-rate-min", "1"] if i == n - 1 else []))
              for i in range(n)]
     try:
         with stop_on_signals():

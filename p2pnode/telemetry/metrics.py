@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -34,15 +35,23 @@ class NodeMetrics:
         self._server: Any = None
         self.address: str = ""
 
-    def serve(self, listen: str) -> None:
+    def serve(self, listen: str, *, any_port_if_taken: bool = False) -> None:
+        """Serve on ``listen`` (host:port); with ``any_port_if_taken``, a port another process holds
+        (a second node on this machine, on the default port) falls back to a free one."""
         from prometheus_client import start_http_server
 
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
         try:
-            server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+            try:
+                server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+            except OSError as exc:
+                if not any_port_if_taken or exc.errno != errno.EADDRINUSE:
+                    raise
+                server, _thread = start_http_server(0, addr=host, registry=self.registry)
         except OSError as exc:
-            raise NetworkSetupError(f"cannot serve metrics on {listen}: {exc.strerror}") from exc
+            raise NetworkSetupError(f"cannot serve metrics on {listen}: {exc.strerror} "
+                                    "(choose another with --metrics HOST:PORT, or '' for none)") from exc
         self._server = server
         self.address = f"{host}:{server.server_port}"
 

@@ -32,3 +32,21 @@ def test_memory_is_bounded() -> None:
     for i in range(5):
         s.observe_latency(bytes([i]) * 38, 1.0)
     assert len(s.seen) == 2
+
+
+def _winner(s: ObservedScorer, bids: dict[bytes, m.Bid]) -> bytes:
+    best = min(bids, key=lambda p: s.score(p, bids[p], 1000, 10_000))
+    s.awarded(best)
+    return best
+
+
+def test_recent_awards_spread_work_but_a_clearly_better_offer_still_wins_most() -> None:
+    s = ObservedScorer()
+    same = {bytes([i]) * 38: m.Bid(J, 100, 1000, 0, "numpy") for i in range(3)}
+    wins = [_winner(s, same) for _ in range(30)]
+    assert {wins.count(p) for p in same} == {10}  # equal offers take turns
+    s = ObservedScorer()
+    bids = {FAST: m.Bid(J, 50, 1000, 0, "numpy"), SLOW: m.Bid(J, 100, 1000, 0, "numpy")}  # half the price
+    wins = [_winner(s, bids) for _ in range(32)]
+    assert wins.count(FAST) >= 24 and wins.count(SLOW) >= 1
+    assert ObservedScorer(spread=0.0).load(FAST) == 1.0

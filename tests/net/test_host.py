@@ -67,3 +67,32 @@ async def test_a_standard_peer_connects_identifies_and_pings() -> None:
             addrs = {str(a) for a in other.get_peerstore().addrs(node.host.get_id())}
             assert any(a.startswith("/ip4/127.0.0.1/tcp/") for a in addrs)
         nursery.cancel_scope.cancel()
+
+
+def test_advertised_addresses_expand_wildcards_and_never_name_an_unspecified_one() -> None:
+    from p2pnode.net.host import advertised
+
+    me = Identity.generate().peer_id_b58
+    got = advertised(["/ip4/0.0.0.0/tcp/4001", "/ip6/::/tcp/4001", "/ip4/127.0.0.5/tcp/9"], [], me)
+    assert got and all(a.endswith(f"/p2p/{me}") for a in got)
+    assert not any(a.startswith(("/ip4/0.0.0.0/", "/ip6/::/")) for a in got)
+    assert f"/ip4/127.0.0.1/tcp/4001/p2p/{me}" in got and f"/ip4/127.0.0.5/tcp/9/p2p/{me}" == got[-1]
+    assert len(got) == len(set(got))
+    public = "/ip4/203.0.113.7/tcp/4001"
+    assert advertised(["/ip4/0.0.0.0/tcp/4001"], [public], me) == [f"{public}/p2p/{me}"]
+
+
+async def test_a_node_announces_what_it_is_told_in_id_and_in_its_ad() -> None:
+    from p2pnode.errors import ConfigError
+    from p2pnode.node import Node
+
+    announce = "/ip4/127.0.0.9/tcp/4999"
+    async with trio.open_nursery() as nursery:
+        r = await start_node(nursery, node_config(listen=["/ip4/127.0.0.1/tcp/0"], announce=[announce]))
+        assert r.node.addrs() == [f"{announce}/p2p/{r.node.peer_id}"]
+        assert r.node.hardware is not None
+        ad = r.node.market.build_ad(r.node.hardware, r.node._clock())
+        assert ad.addrs == (f"{announce}/p2p/{r.node.peer_id}",)
+        nursery.cancel_scope.cancel()
+    with pytest.raises(ConfigError, match="unspecified"):
+        Node(node_config(listen=["/ip4/127.0.0.1/tcp/0"], announce=["/ip4/0.0.0.0/tcp/1"]))

@@ -198,3 +198,14 @@ async def test_the_same_job_id_twice_is_refused_as_a_replay(autojump_clock: Any)
                     pass
         assert side.offences.got == [(w.me.identity.peer_id, "replay")]
         assert len([r for r in side.records if r.job == rfb.job.hex()]) == 1
+
+
+async def test_equal_offers_take_turns(autojump_clock: Any) -> None:
+    async with world(3) as w:
+        won: dict[str, int] = {}
+        for seed in range(12):
+            params = {"m": 8, "n": 8, "k": 8, "dtype": "int8", "seed": seed}
+            rec = await w.requester.submit("matmul", params, max_price=RICH, deadline_s=60)
+            assert rec.state == "done", rec.outcome
+            won[rec.peer] = won.get(rec.peer, 0) + 1
+        assert len(won) == 3 and min(won.values()) >= 3, won  # not all to one provider

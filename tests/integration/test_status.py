@@ -1,0 +1,45 @@
+"""``status`` separates what the operator chose (notes) from what is wrong (problems, each with
+its fix), on real nodes on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from p2pnode.control import views
+from tests.integration.swarm import node_config, start_node
+
+
+async def test_deliberate_choices_are_notes_and_a_lone_node_is_told_what_to_do() -> None:
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, node_config(provide=False, use_gpu=False))
+        s = a.node.status_view()
+        assert any("--no-provide" in n for n in s["notes"]) and any("loopback" in n for n in s["notes"])
+        assert not any("GPU" in r or "provid" in r for r in s["reasons"])
+        (lonely,) = [r for r in s["reasons"] if r.startswith("no peers connected")]
+        assert "fix:" in lonely and "--bootstrap" in lonely
+        b = await start_node(nursery, node_config(use_gpu=False, bootstrap=[a.node.addrs()[0]]))
+        await b.node.wait_until(lambda: bool(b.node.host.get_connected_peers()), timeout=10)
+        s = b.node.status_view()
+        assert s["state"] == "healthy", s["reasons"]
+        assert "CPU only (--no-gpu)" in s["notes"]
+        nursery.cancel_scope.cancel()
+
+
+def test_a_full_disk_and_a_huge_ledger_are_problems_with_fixes(tmp_path: Path, monkeypatch: Any) -> None:
+    assert views._disk_problems(tmp_path) == []
+    (tmp_path / "ledger.sqlite").write_bytes(b"x" * 2048)
+    monkeypatch.setattr(views, "DISK_FREE_MIN", 1 << 62)
+    monkeypatch.setattr(views, "LEDGER_MAX", 1024)
+    disk, ledger = views._disk_problems(tmp_path)
+    assert disk.startswith("disk nearly full") and "fix:" in disk
+    assert ledger.startswith("ledger is") and "ledger export" in ledger
+
+
+@pytest.mark.parametrize("addr,loop", [("/ip4/127.0.0.3/tcp/1", True), ("/ip6/::1/tcp/1", True),
+                                       ("/ip4/192.0.2.1/tcp/1", False)])
+def test_loopback_addresses_are_recognised(addr: str, loop: bool) -> None:
+    assert views._loopback(addr) is loop
