@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=("text", "json"), help="one line per event: text, or JSON objects")
     run.add_argument("--checker", dest="checker", action="store_true", default=None,
                      help="volunteer to re-run others' work as a checker, for credits")
+    run.add_argument("--budget", type=int, metavar="MICROCREDITS", help="most this node spends on jobs in all")
+    run.add_argument("--reciprocity", type=_finite, metavar="W",
+                     help="most price discount for requesters that gave this node compute back (0 disables)")
     run.add_argument("--check-rate-min", type=_finite, metavar="P",
                      help="lowest probability of re-running a trusted provider's result (1: check everything)")
     run.add_argument("--adversary", metavar="MODE[:X]", help="misbehave as a provider (tests and scenarios)")
@@ -147,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     le.add_argument("--output", "-o", type=Path, help="file to write (default: standard output)")
     rp = sub.add_parser("reputation", parents=[common], help="this node's reputation table of its peers")
     rp.add_argument("--json", action="store_true", help="print JSON")
+    cr = sub.add_parser("credits", parents=[common],
+                        help="compute given to and received from each peer, from the signed receipts")
+    cr.add_argument("--json", action="store_true", help="print JSON")
 
     for name, text in (
         ("id", "print this node's peer id (and addresses when it runs)"),
@@ -160,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _RUN_FLAGS = ("listen", "announce", "bootstrap", "mdns", "provide", "use_gpu", "metrics", "price",
-              "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "adversary",
+              "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "budget", "reciprocity", "adversary",
               "calibration_file", "impair")
 
 
@@ -264,6 +270,8 @@ def _read_command(args: argparse.Namespace) -> int:
         return _ledger(config, args, console)
     if args.command == "reputation":
         return _reputation(config, args, console)
+    if args.command == "credits":
+        return _credits(config, args, console)
     answer: Any = call(config.control_socket, args.command)
     if args.json:
         _print_json(answer)
@@ -332,6 +340,22 @@ def _ledger_show(config: Config, args: argparse.Namespace, console: Any) -> int:
             print(json.dumps(e, sort_keys=True))
     else:
         console.print(ui.ledger_table(entries))
+    return 0
+
+
+def _credits(config: Config, args: argparse.Namespace, console: Any) -> int:
+    from p2pnode import ui
+
+    try:
+        view = call(config.control_socket, "credits")
+    except LocalError:  # not running: fold the ledger
+        from p2pnode.services.trust import offline_credits
+
+        view = offline_credits(config)
+    if args.json:
+        _print_json(view)
+    else:
+        console.print(ui.credits_table(view))
     return 0
 
 

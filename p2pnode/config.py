@@ -59,6 +59,9 @@ KEYS: tuple[Key, ...] = (
     Key("max_peers", int, 1024, "Most providers kept in the capacity table."),
     Key("log_level", str, "info", "Logging level: debug, info (one line per job event), warning, error."),
     Key("log_format", str, "text", "Log lines as text or json (one object per line, for log collectors)."),
+    Key("reciprocity", float, 0.2, "Most price discount for requesters that gave this node more compute than "
+        "they took from it (share of the work between you that came from them, times this); 0 disables."),
+    Key("budget", int, 0, "Most micro-credits this node spends on jobs in all, by its receipts (0: no cap)."),
     Key("checker", bool, False, "Volunteer to re-run others' work as a checker (paid in credits like any job)."),
     Key("pretrusted", list, [], "Peer ids trusted from the start; their reports anchor reputation (EigenTrust)."),
     Key("reputation_half_life", float, 7.0, "Days after which evidence about a peer counts half."),
@@ -91,6 +94,8 @@ class Config:
     max_peers: int
     log_level: str
     log_format: str
+    reciprocity: float
+    budget: int
     checker: bool
     pretrusted: tuple[str, ...]
     reputation_half_life: float
@@ -207,6 +212,10 @@ def _check(c: Config) -> None:
         raise ConfigError(
             f"ad_interval must be at least {MIN_AD_INTERVAL_S:g} s: peers accept 30 ads a minute from one provider"
         )
+    if not 0 <= c.reciprocity <= 0.9:
+        raise ConfigError("reciprocity must be within [0, 0.9]")
+    if c.budget < 0:
+        raise ConfigError("budget must not be negative (0: no cap)")
     if c.price < 0:
         raise ConfigError("price must not be negative")
     if c.heartbeat <= 0 or c.heartbeat > 60:

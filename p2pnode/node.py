@@ -104,10 +104,12 @@ class Node:
         self.jobs = JobService(
             JobProvider(identity=self.identity, now=self.now, executor=self.executor, capacity=self._capacity,
                         blobs=self.blobs, recorder=self.trust, penalise=self.penalise, records=records,
-                        adversary=self.adversary),
+                        adversary=self.adversary,
+                        discount=lambda peer: self.trust.credits.discount(peer, cfg.reciprocity)),
             JobRequester(identity=self.identity, now=self.now, table=self.table, is_banned=self.is_banned,
                          judge=self.trust, blobs=self.blobs, streams=self._streams, penalise=self.penalise,
-                         records=records, calibrate_providers=cfg.calibrate_providers),
+                         records=records, calibrate_providers=cfg.calibrate_providers,
+                         spent=lambda: self.trust.credits.spent, budget=cfg.budget),
             records)
         self.maps = MapService(submit=self.jobs.submit, candidates=self.jobs.candidates, now=self.now,
                                state_dir=cfg.data_dir / "maps")

@@ -123,6 +123,26 @@ def reputation_table(rows: list[dict[str, Any]]) -> Table:
     return t
 
 
+def credits_table(view: dict[str, Any]) -> Table:
+    """Given (compute this node ran for the peer), received (the peer ran for us), in µcredits."""
+    t = Table(title="Credits (µcr): given = we ran their jobs, received = they ran ours", title_justify="left",
+              box=box.SIMPLE_HEAD, show_footer=True)
+    total = view["total"]
+    t.add_column("peer", footer="total", no_wrap=True)
+    t.add_column("given", justify="right", footer=str(total["given"]))
+    t.add_column("jobs", justify="right")
+    t.add_column("received", justify="right", footer=str(total["received"]))
+    t.add_column("jobs ", justify="right")
+    t.add_column("balance", justify="right", footer=str(total["balance"]))
+    for r in view["peers"]:
+        style = "green" if r["balance"] > 0 else "yellow" if r["balance"] < 0 else ""
+        t.add_row(short_peer(r["peer"]), str(r["given"]), str(r["jobs_given"]), str(r["received"]),
+                  str(r["jobs_received"]), str(r["balance"]), style=style)
+    if view.get("refused"):
+        t.caption = f"{view['refused']} receipt(s) proved nothing (forged, not ours, or replayed)"
+    return t
+
+
 def ledger_table(entries: list[dict[str, Any]]) -> Table:
     t = Table(title="Ledger", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("seq", "time (UTC)", "kind", "peer", "data"):

@@ -126,6 +126,8 @@ class ControlViews:
             return [r.to_json() for r in reversed(node.jobs.records)]
         if cmd == "reputation":
             return node.trust.table()
+        if cmd == "credits":
+            return node.trust.credits.to_json()
         if cmd == "metrics":
             return node.metrics.text()
         if cmd == "impair":  # scenario faults: a bad network from now on ("" ends it)

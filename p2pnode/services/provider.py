@@ -13,6 +13,7 @@ credits), ``penalise``, the job book, and an optional adversary (tests and scena
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -61,8 +62,12 @@ class _Running:
 class JobProvider:
     def __init__(self, *, identity: Identity, now: Now, executor: Runner | None,
                  capacity: Callable[[], Capacity], blobs: BlobService, recorder: Recorder, penalise: Penalise,
-                 records: JobRecords, adversary: Adversary | None = None) -> None:
+                 records: JobRecords, adversary: Adversary | None = None,
+                 discount: Callable[[bytes], float] = lambda requester: 0.0) -> None:
+        """``discount``: the share taken off the price for a requester (reciprocity: one that gave
+        this node compute back pays less); 0 by default."""
         self.identity = identity
+        self.discount = discount
         self.now = now
         self.executor = executor
         self.capacity = capacity
@@ -90,6 +95,9 @@ class JobProvider:
             raise ReplayError(f"job {first.job.hex()[:12]} was already requested")
         prov = ProviderJob(self.identity.peer_id, first, now, key=self.identity.signing_key)
         decision = decide(first, self.capacity(), now)
+        off = min(0.9, max(0.0, self.discount(peer))) if decision.bid else 0.0
+        if off:
+            decision = replace(decision, price=max(1, math.ceil(decision.price * (1.0 - off))))
         if not decision.bid:
             await fs.send(prov.decline(decision.code, decision.reason).encode())
             await fs.close()

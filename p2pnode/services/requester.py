@@ -57,7 +57,10 @@ class JobError(LocalError):
 class JobRequester:
     def __init__(self, *, identity: Identity, now: Now, table: CapacityTable, is_banned: IsBanned, judge: Judge,
                  blobs: BlobService, streams: Streams, penalise: Penalise, records: JobRecords,
-                 calibrate_providers: bool = True) -> None:
+                 calibrate_providers: bool = True, spent: Callable[[], int] = lambda: 0, budget: int = 0) -> None:
+        """``budget``: the most this node spends on jobs in all (µcredits; 0: no cap), against
+        ``spent`` (what its receipts say it paid so far)."""
+        self.spent, self.budget = spent, budget
         self.identity, self.now, self.table, self.is_banned = identity, now, table, is_banned
         self.judge, self.blobs, self.streams, self.penalise, self.records = judge, blobs, streams, penalise, records
         self.scorer = ObservedScorer(reputation=judge.adjust)
@@ -132,6 +135,9 @@ class JobRequester:
             raise JobError("the deadline is already past")
         if max_price <= 0:
             raise JobError("--max-price must be positive")
+        if self.budget and self.spent() + max_price > self.budget:
+            raise JobError(f"over budget: {self.spent()} of {self.budget} µcredits spent, and this job may cost "
+                           f"up to {max_price} (raise --budget, or lower --max-price)")
         early: list[dict[str, Any]] = []
         if only is None:
             ads = self.candidates(workload, wl.memory(checked), k, backend)

@@ -31,6 +31,7 @@ from nacl.signing import SigningKey
 from p2pnode.config import Config
 from p2pnode.errors import PeerError
 from p2pnode.ledger import evidence
+from p2pnode.ledger.credits import Credits
 from p2pnode.ledger.entry import Entry
 from p2pnode.ledger.store import FILE_NAME, Ledger
 from p2pnode.market.rate_limit import TokenBuckets
@@ -55,6 +56,15 @@ def table_json(rep: Reputation, now: float) -> list[dict[str, Any]]:
             for s in rep.table(now)]
 
 
+def offline_credits(config: Config) -> dict[str, Any]:
+    """The credit balances folded from the ledger on disk (the node need not run)."""
+    with Ledger.inspect(config.data_dir / FILE_NAME) as ledger:
+        credits = Credits(ledger.owner)
+        for entry in ledger.entries():
+            credits.apply(entry)
+    return credits.to_json()
+
+
 def offline_table(config: Config) -> list[dict[str, Any]]:
     """The reputation table folded from the ledger on disk (the node need not run)."""
     with Ledger.inspect(config.data_dir / FILE_NAME) as ledger:
@@ -70,6 +80,7 @@ class TrustService:
                  publish: Publish) -> None:
         self.me, self._key, self.ledger_path = me, key, ledger_path
         self.rep = reputation
+        self.credits = Credits(me)
         self.policy = policy
         self.now = now
         self._penalise, self._is_banned, self._publish_on = penalise, is_banned, publish
@@ -88,6 +99,7 @@ class TrustService:
             log.warning("ledger: %d damaged record(s) at the tail moved to quarantine", self.ledger.repaired)
         for entry in self.ledger.entries():
             evidence.apply(self.rep, entry)
+            self.credits.apply(entry)
 
     def close(self) -> None:
         if self.ledger is not None:
@@ -96,6 +108,7 @@ class TrustService:
 
     def _applied(self, entry: Entry) -> None:
         evidence.apply(self.rep, entry)
+        self.credits.apply(entry)
         for listener in self.on_entry:
             listener(entry)
 

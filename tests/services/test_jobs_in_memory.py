@@ -209,3 +209,20 @@ async def test_equal_offers_take_turns(autojump_clock: Any) -> None:
             assert rec.state == "done", rec.outcome
             won[rec.peer] = won.get(rec.peer, 0) + 1
         assert len(won) == 3 and min(won.values()) >= 3, won  # not all to one provider
+
+
+async def test_a_budget_caps_spending_and_reciprocity_lowers_the_price(autojump_clock: Any) -> None:
+    from p2pnode.services.requester import JobError
+
+    async with world(1) as w:
+        params = {"m": 512, "n": 512, "k": 512, "dtype": "int8", "seed": 3}  # 27 µcr
+        full = await w.requester.submit("matmul", params, max_price=RICH, deadline_s=60)
+        (provider,) = w.providers
+        assert provider.provider is not None
+        provider.provider.discount = lambda requester: 0.5 if requester == w.me.identity.peer_id else 0.0
+        half = await w.requester.submit("matmul", {**params, "seed": 4}, max_price=RICH, deadline_s=60)
+        assert full.state == half.state == "done" and full.price > 1
+        assert half.price == -(-full.price // 2)  # half, rounded up
+        w.requester.budget, w.requester.spent = full.price + half.price, lambda: full.price + half.price
+        with pytest.raises(JobError, match="over budget"):
+            await w.requester.submit("matmul", {**params, "seed": 5}, max_price=1, deadline_s=60)
