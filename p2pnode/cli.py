@@ -159,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
         ("peers", "list connected peers"),
         ("market", "show the capacity table"),
         ("status", "healthy / issues / error, with the reasons"),
+        ("pause", "stop taking new jobs (running ones finish; the ad offers nothing)"),
+        ("resume", "take jobs again"),
     ):
         sp = sub.add_parser(name, parents=[common], help=text)
         sp.add_argument("--json", action="store_true", help="print JSON")
@@ -166,8 +168,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _RUN_FLAGS = ("listen", "announce", "bootstrap", "mdns", "provide", "use_gpu", "metrics", "price",
-              "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "budget", "reciprocity", "adversary",
-              "calibration_file", "impair")
+              "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "budget",
+              "reciprocity", "adversary", "calibration_file", "impair")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -287,6 +289,8 @@ def _read_command(args: argparse.Namespace) -> int:
     elif args.command == "status":
         console.print(ui.status_text(answer), end="")
         return 0 if answer["state"] != "error" else 2
+    elif args.command in ("pause", "resume"):
+        console.print(f"{'paused' if answer['paused'] else 'taking jobs'}; {answer['running']} job(s) running")
     return 0
 
 

@@ -56,6 +56,8 @@ KEYS: tuple[Key, ...] = (
     Key("heartbeat", float, 1.0, "GossipSub heartbeat interval in seconds."),
     Key("metrics", str, DEFAULT_METRICS, "host:port of the Prometheus endpoint (loopback only; the default port "
         "falls back to a free one when another node holds it); empty disables it."),
+    Key("metrics_public", bool, False, "Allow a non-loopback metrics address, for a Prometheus server on another "
+        "host (the endpoint has no authentication: firewall it)."),
     Key("max_peers", int, 1024, "Most providers kept in the capacity table."),
     Key("log_level", str, "info", "Logging level: debug, info (one line per job event), warning, error."),
     Key("log_format", str, "text", "Log lines as text or json (one object per line, for log collectors)."),
@@ -91,6 +93,7 @@ class Config:
     calibrate_seconds: float
     heartbeat: float
     metrics: str
+    metrics_public: bool
     max_peers: int
     log_level: str
     log_format: str
@@ -249,5 +252,6 @@ def _check(c: Config) -> None:
         host, sep, port = c.metrics.rpartition(":")
         if not sep or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"metrics: {c.metrics!r} is not host:port")
-        if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
-            raise ConfigError(f"metrics: {host!r} is not a loopback address")
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]") and not c.metrics_public:
+            raise ConfigError(f"metrics: {host!r} is not a loopback address (set metrics_public = true to "
+                              "serve a Prometheus server on another host)")

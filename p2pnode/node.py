@@ -91,6 +91,8 @@ class Node:
             me=me, key=self.identity.signing_key, ledger_path=cfg.data_dir / FILE_NAME,
             reputation=reputation_for(cfg, me), policy=SamplingPolicy(p_min=cfg.check_rate_min),
             now=self.now, penalise=self.penalise, is_banned=self.is_banned, publish=self._publish)
+        self.metrics.watch(credits=lambda: (self.trust.credits.earned, self.trust.credits.spent),
+                           gpus=lambda: self.resources.hardware.gpus if self.resources.hardware else ())
         self.peers = PeerPolicy(penalties=self.penalties, now=self.now, metrics=self.metrics,
                                 remember=self.trust.penalty, network=self._network)
         self.blobs = BlobService(self._streams, self.penalise)
@@ -105,11 +107,12 @@ class Node:
             JobProvider(identity=self.identity, now=self.now, executor=self.executor, capacity=self._capacity,
                         blobs=self.blobs, recorder=self.trust, penalise=self.penalise, records=records,
                         adversary=self.adversary,
-                        discount=lambda peer: self.trust.credits.discount(peer, cfg.reciprocity)),
+                        discount=lambda peer: self.trust.credits.discount(peer, cfg.reciprocity),
+                        on_end=self.metrics.job_ended),
             JobRequester(identity=self.identity, now=self.now, table=self.table, is_banned=self.is_banned,
                          judge=self.trust, blobs=self.blobs, streams=self._streams, penalise=self.penalise,
                          records=records, calibrate_providers=cfg.calibrate_providers,
-                         spent=lambda: self.trust.credits.spent, budget=cfg.budget),
+                         spent=lambda: self.trust.credits.spent, budget=cfg.budget, on_end=self.metrics.job_ended),
             records)
         self.maps = MapService(submit=self.jobs.submit, candidates=self.jobs.candidates, now=self.now,
                                state_dir=cfg.data_dir / "maps")
@@ -167,7 +170,16 @@ class Node:
 
     def _capacity(self) -> Capacity:
         cfg = self.config
-        return capacity_from(self.resources, self.executor, cfg.price, cfg.workloads, cfg.provide)
+        return capacity_from(self.resources, self.executor, cfg.price, cfg.workloads, cfg.provide,
+                             paused=self.market.paused)
+
+    async def pause(self, paused: bool) -> dict[str, Any]:
+        """Stop (or resume) bidding: running jobs finish; the next ad offers nothing (or all again)."""
+        changed = self.market.paused != paused
+        self.market.paused = paused
+        if changed and self.config.provide and self.resources.hardware is not None:
+            await self.market.publish_ad()
+        return {"paused": paused, "running": self.executor.running if self.executor is not None else 0}
 
     async def _publish(self, topic: str, data: bytes) -> None:
         if self.pubsub is None:

@@ -75,6 +75,8 @@ class ControlViews:
             why = "; ".join(hardware.problems) or "no GPU found"
             problems.append(f"no GPU: {why} -- fix: install the NVIDIA driver (nvidia-smi must work), or "
                             "run with --no-gpu to offer the CPU on purpose")
+        if node.market.paused:
+            notes.append("paused: no new jobs, running ones finish (p2pnode resume)")
         banned = node.peers.banned()
         if banned:
             notes.append(f"{len(banned)} peer(s) banned for misbehaviour")
@@ -126,6 +128,8 @@ class ControlViews:
             return [r.to_json() for r in reversed(node.jobs.records)]
         if cmd == "reputation":
             return node.trust.table()
+        if cmd in ("pause", "resume"):
+            return await node.pause(cmd == "pause")
         if cmd == "credits":
             return node.trust.credits.to_json()
         if cmd == "metrics":

@@ -29,6 +29,7 @@ class Capacity:
     busy: bool
     offered: tuple[str, ...]
     speeds: tuple[tuple[str, float], ...] = ()  # measured speed per kernel and backend (the ad's)
+    paused: bool = False  # the operator paused this node: running jobs finish, no new bids
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def decide(rfb: m.RequestForBids, cap: Capacity, now: float) -> Decision:
     need = max(wl.memory(p), rfb.min_memory)
     if need > cap.free_memory:
         return no("no_capacity", f"needs {need} bytes, {cap.free_memory} free")
+    if cap.paused:
+        return no("busy", "paused by its operator")
     if cap.busy:
         return no("busy", "executor queue is full")
     price = max(1, math.ceil(wl.flops(p) / 1e9 * cap.price_per_gflop))

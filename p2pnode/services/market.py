@@ -70,7 +70,7 @@ class AdSettings:
 
 
 def capacity_from(resources: Resources, executor: Executor | None, price: int, workloads: tuple[str, ...],
-                  provide: bool) -> Capacity:
+                  provide: bool, paused: bool = False) -> Capacity:
     """What this node can offer a request for bids right now (for ``market.bidding.decide``)."""
     speeds = resources.speed
     gflops = max(speeds.values()) if speeds else 1.0
@@ -80,7 +80,7 @@ def capacity_from(resources: Resources, executor: Executor | None, price: int, w
     free = (hw.gpus[0].memory_free if gpu_backend and hw.gpus else hw.cpu.memory_free) if hw else 0
     return Capacity(backends=backends, free_memory=int(free * 0.8), gflops=gflops, price_per_gflop=price,
                     busy=executor is None or executor.running >= 2 * executor.slots,
-                    offered=workloads if provide else (), speeds=tuple(sorted(speeds.items())))
+                    offered=workloads if provide else (), speeds=tuple(sorted(speeds.items())), paused=paused)
 
 
 class MarketService:
@@ -89,6 +89,7 @@ class MarketService:
                  resources: Resources, probe: HardwareProbe, executor: Executor | None,
                  adversary: Adversary | None, addrs: Callable[[], list[str]], peers: Callable[[], int]) -> None:
         self.identity, self.now, self.table, self.metrics = identity, now, table, metrics
+        self.paused = False
         self.is_banned, self.penalise, self.publish = is_banned, penalise, publish
         self.settings, self.resources, self.probe = settings, resources, probe
         self.executor, self.adversary, self.addrs, self.peers = executor, adversary, addrs, peers
@@ -172,7 +173,7 @@ class MarketService:
         available = ex.backends if ex is not None and ex.backends else ("numpy",)
         factor = self.adversary.speed_factor if self.adversary is not None else 1.0
         offers = []
-        for w in s.workloads[:8]:
+        for w in s.workloads[:8] if not self.paused else ():  # paused: an ad that offers nothing
             usable = for_workload(w, available)
             if usable:
                 offers.append(Offer(w, usable[0], s.price, "gflop"))

@@ -63,11 +63,12 @@ class JobProvider:
     def __init__(self, *, identity: Identity, now: Now, executor: Runner | None,
                  capacity: Callable[[], Capacity], blobs: BlobService, recorder: Recorder, penalise: Penalise,
                  records: JobRecords, adversary: Adversary | None = None,
-                 discount: Callable[[bytes], float] = lambda requester: 0.0) -> None:
+                 discount: Callable[[bytes], float] = lambda requester: 0.0,
+                 on_end: Callable[[JobRecord], None] = lambda rec: None) -> None:
         """``discount``: the share taken off the price for a requester (reciprocity: one that gave
         this node compute back pays less); 0 by default."""
         self.identity = identity
-        self.discount = discount
+        self.discount, self.on_end = discount, on_end
         self.now = now
         self.executor = executor
         self.capacity = capacity
@@ -118,6 +119,7 @@ class JobProvider:
                 paid = prov.receipt.body["paid"] if prov.receipt is not None else 0
                 log.info("job %s: %s as provider for %s: %s (kernel %d ms, paid %d)", rec.job[:8], rec.state,
                          rec.peer, rec.outcome or rec.state, rec.kernel_ms, paid)
+                self.on_end(rec)
         await fs.close()
 
     async def _provide(self, fs: FramedStream, prov: ProviderJob, rec: JobRecord, backend: str,

@@ -57,10 +57,11 @@ class JobError(LocalError):
 class JobRequester:
     def __init__(self, *, identity: Identity, now: Now, table: CapacityTable, is_banned: IsBanned, judge: Judge,
                  blobs: BlobService, streams: Streams, penalise: Penalise, records: JobRecords,
-                 calibrate_providers: bool = True, spent: Callable[[], int] = lambda: 0, budget: int = 0) -> None:
+                 calibrate_providers: bool = True, spent: Callable[[], int] = lambda: 0, budget: int = 0,
+                 on_end: Callable[[JobRecord], None] = lambda rec: None) -> None:
         """``budget``: the most this node spends on jobs in all (µcredits; 0: no cap), against
         ``spent`` (what its receipts say it paid so far)."""
-        self.spent, self.budget = spent, budget
+        self.spent, self.budget, self.on_end = spent, budget, on_end
         self.identity, self.now, self.table, self.is_banned = identity, now, table, is_banned
         self.judge, self.blobs, self.streams, self.penalise, self.records = judge, blobs, streams, penalise, records
         self.scorer = ObservedScorer(reputation=judge.adjust)
@@ -315,6 +316,7 @@ class JobRequester:
         await self._remember(machine, rec)
         log.info("job %s: %s as requester of %s%s on %s: %s (price %d)", rec.job[:8], rec.state, rec.workload,
                  f" ({rec.purpose})" if rec.purpose != "job" else "", rec.peer or "-", rec.outcome, rec.price)
+        self.on_end(rec)
         return rec
 
     async def _remember(self, machine: RequesterJob, rec: JobRecord) -> None:

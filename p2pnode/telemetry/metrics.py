@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import errno
+import platform
+from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call] # no *_created series: counters only, as scrapers expect
 
 from p2pnode.errors import NetworkSetupError
 
@@ -32,8 +45,29 @@ class NodeMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=r,
         )
+        self.jobs = Counter("p2pnode_jobs", "Jobs ended, by this node's role and the end state",
+                            ["role", "state"], registry=r)
+        self.job_seconds = Histogram("p2pnode_job_seconds", "Wall time of ended jobs, by role", ["role"],
+                                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+                                     registry=r)
+        from p2pnode import __version__
+
+        Info("p2pnode_build", "Version of the node and what it runs on", registry=r).info(
+            {"version": __version__, "python": platform.python_version()})
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self._server: Any = None
         self.address: str = ""
+
+    def job_ended(self, rec: Any) -> None:
+        """Count a job that ended (a JobRecord, as provider or requester)."""
+        self.jobs.labels(rec.role, rec.state).inc()
+        if rec.ended and rec.started:
+            self.job_seconds.labels(rec.role).observe(max(0.0, rec.ended - rec.started))
+
+    def watch(self, credits: Callable[[], tuple[int, int]], gpus: Callable[[], Any]) -> None:
+        """Read at each scrape: (given, received) credits, and the GPUs of the last probe."""
+        self.registry.register(_Live(credits, gpus))
 
     def serve(self, listen: str, *, any_port_if_taken: bool = False) -> None:
         """Serve on ``listen`` (host:port); with ``any_port_if_taken``, a port another process holds
@@ -66,3 +100,29 @@ class NodeMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _Live:
+    """Values read when scraped, not kept twice."""
+
+    def __init__(self, credits: Callable[[], tuple[int, int]], gpus: Callable[[], Any]) -> None:
+        self.credits, self.gpus = credits, gpus
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        given, received = self.credits()
+        c = GaugeMetricFamily("p2pnode_credits", "Micro-credits of compute given to peers (they paid) and "
+                              "received from them (we paid), by the signed receipts", labels=["direction"])
+        c.add_metric(["given"], given)
+        c.add_metric(["received"], received)
+        yield c
+        free = GaugeMetricFamily("p2pnode_gpu_memory_free_bytes", "Free GPU memory at the last probe",
+                                 labels=["gpu"])
+        util = GaugeMetricFamily("p2pnode_gpu_utilisation_ratio", "GPU busy share at the last probe",
+                                 labels=["gpu"])
+        for g in self.gpus() or ():
+            free.add_metric([str(g.index)], g.memory_free)
+            util.add_metric([str(g.index)], g.utilization / 100.0)
+        yield free
+        yield util

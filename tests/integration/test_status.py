@@ -43,3 +43,34 @@ def test_a_full_disk_and_a_huge_ledger_are_problems_with_fixes(tmp_path: Path, m
                                        ("/ip4/192.0.2.1/tcp/1", False)])
 def test_loopback_addresses_are_recognised(addr: str, loop: bool) -> None:
     assert views._loopback(addr) is loop
+
+
+async def test_a_paused_provider_takes_no_new_jobs_and_says_so_until_resumed() -> None:
+    from p2pnode.services.requester import JobError
+    from tests.integration.swarm import swarm
+
+    params = {"m": 8, "n": 8, "k": 8, "dtype": "int8", "seed": 1}
+    async with swarm(2, workloads=["matmul"], use_gpu=False) as nodes:
+        requester, provider = (r.node for r in nodes)
+        me = provider.identity.peer_id
+
+        def offers() -> int:
+            e = next((e for e in requester.table.entries(requester._clock()) if e.ad.peer_id == me), None)
+            return -1 if e is None else len(e.ad.offers)
+
+        await requester.wait_until(lambda: offers() > 0, timeout=20)
+        old_ad = next(e.ad for e in requester.table.entries(requester._clock()) if e.ad.peer_id == me)
+        assert await provider.views.handle({"cmd": "pause"}) == {"paused": True, "running": 0}
+        assert any(n.startswith("paused") for n in provider.status_view()["notes"])
+        await requester.wait_until(lambda: offers() == 0, timeout=20)  # the new ad offers nothing
+        with pytest.raises(JobError, match="no provider in the market offers matmul"):
+            await requester.jobs.submit("matmul", params, max_price=10**6, deadline_s=20)
+        # a requester that asks anyway (it kept the old ad) is declined
+        rec = await requester.jobs.submit("matmul", params, max_price=10**6, deadline_s=20, only=[old_ad])
+        declined = next(e for e in rec.events if e["event"] == "no_provider")["declines"]
+        assert rec.state == "no_provider" and declined == {provider.peer_id: "busy"}
+        assert provider.executor is not None and provider.executor.running == 0  # busy only by the pause
+        assert (await provider.views.handle({"cmd": "resume"}))["paused"] is False
+        await requester.wait_until(lambda: offers() > 0, timeout=20)
+        rec = await requester.jobs.submit("matmul", {**params, "seed": 2}, max_price=10**6, deadline_s=20)
+        assert rec.state == "done" and rec.peer == provider.peer_id
