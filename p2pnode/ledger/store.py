@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -211,21 +211,33 @@ class Ledger:
     # writing ------------------------------------------------------------------------------
     def append(self, kind: str, data: Mapping[str, Any], peer: bytes = b"") -> Entry:
         """Sign, chain and durably store an entry. When this returns, the entry is on disk."""
+        return self.append_many([(kind, data, peer)])[0]
+
+    def append_many(self, items: Sequence[tuple[str, Mapping[str, Any], bytes]]) -> list[Entry]:
+        """Sign and chain each of ``items`` (kind, data, peer) and store them in one transaction:
+        one fsync for all (group commit). When this returns, every one is on disk; if it raises,
+        none is."""
         if self._key is None:
             raise LedgerError(f"{self.path}: opened read-only")
         with self._lock:
-            t = max(self._now_ms(), self._last_t)
-            entry = make_entry(self._key, seq=self._seq + 1, prev=self._head, t_ms=t, kind=kind,
-                               peer=peer, data=data)
+            seq, head, last_t = self._seq, self._head, self._last_t
+            entries = []
+            for kind, data, peer in items:
+                t = max(self._now_ms(), last_t)
+                entry = make_entry(self._key, seq=seq + 1, prev=head, t_ms=t, kind=kind, peer=peer, data=data)
+                entries.append(entry)
+                seq, head, last_t = entry.seq, entry.hash, entry.t_ms
             try:
                 with self._tx():
-                    self._conn.execute("INSERT INTO entries VALUES (?, ?, ?)", (entry.seq, entry.hash, entry.raw))
+                    self._conn.executemany("INSERT INTO entries VALUES (?, ?, ?)",
+                                           [(e.seq, e.hash, e.raw) for e in entries])
             except sqlite3.Error as exc:
                 raise LedgerError(f"{self.path}: cannot append: {exc}") from exc
-            self._seq, self._head, self._last_t = entry.seq, entry.hash, entry.t_ms
-        for listener in self.listeners:
-            listener(entry)
-        return entry
+            self._seq, self._head, self._last_t = seq, head, last_t
+        for entry in entries:
+            for listener in self.listeners:
+                listener(entry)
+        return entries
 
     # reading ------------------------------------------------------------------------------
     @property

@@ -46,6 +46,16 @@ log = logging.getLogger("p2pnode.trust")
 PENALTY_RECORD_INTERVAL_S = 60.0  # one ledger entry per peer and offence code per minute at most
 
 
+class _Pending:
+    """An entry waiting for its group commit."""
+
+    def __init__(self, kind: str, data: Mapping[str, Any], peer: bytes) -> None:
+        self.kind, self.data, self.peer = kind, data, peer
+        self.done = trio.Event()
+        self.entry: Entry | None = None
+        self.error: Exception | None = None
+
+
 def reputation_for(config: Config, me: bytes) -> Reputation:
     return Reputation(me, pretrusted=frozenset(from_base58(p) for p in config.pretrusted),
                       half_life_s=config.reputation_half_life * 86400.0)
@@ -91,6 +101,8 @@ class TrustService:
         self.reports_received = 0
         self.reports_published = 0
         self.on_entry: list[Callable[[Entry], None]] = []
+        self._queued: list[_Pending] = []
+        self._writing = False
 
     # lifecycle ----------------------------------------------------------------------------
     def open(self) -> None:
@@ -119,13 +131,41 @@ class TrustService:
 
     # writing ------------------------------------------------------------------------------
     async def record(self, kind: str, data: Mapping[str, Any], peer: bytes = b"") -> Entry | None:
-        """Append to the ledger; returns once the entry is durable (None without a ledger)."""
+        """Append to the ledger; returns once the entry is durable (None without a ledger).
+
+        Group commit: while one batch is being written (one transaction, one fsync), entries from
+        other tasks queue up and go in the next batch together. The first caller with nothing in
+        flight writes batches until the queue is empty (shielded: an entry once queued is written);
+        every caller returns only when its own entry is on disk."""
         ledger = self.ledger
         if ledger is None:
             return None
-        entry = await trio.to_thread.run_sync(lambda: ledger.append(kind, data, peer))
-        self._applied(entry)  # on the trio thread, like every other reader of the table
-        return entry
+        mine = _Pending(kind, data, peer)
+        self._queued.append(mine)
+        if not self._writing:
+            self._writing = True
+            try:
+                with trio.CancelScope(shield=True):
+                    while self._queued:
+                        batch, self._queued = self._queued, []
+                        try:
+                            entries = await trio.to_thread.run_sync(
+                                lambda: ledger.append_many([(p.kind, p.data, p.peer) for p in batch]))
+                        except Exception as exc:  # noqa: BLE001 - each waiter gets the writer's error
+                            for p in batch:
+                                p.error = exc
+                                p.done.set()
+                            continue
+                        for p, entry in zip(batch, entries, strict=True):
+                            p.entry = entry
+                            self._applied(entry)  # on the trio thread, like every other reader of the table
+                            p.done.set()
+            finally:
+                self._writing = False
+        await mine.done.wait()
+        if mine.error is not None:
+            raise mine.error
+        return mine.entry
 
     def penalty(self, peer: bytes, code: str, now: float) -> None:
         """Remember protocol abuse (rate-limited, so a flood of bad messages is not a flood of writes)."""

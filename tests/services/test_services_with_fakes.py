@@ -128,6 +128,41 @@ async def test_trust_records_folds_and_publishes(tmp_path: Path) -> None:
         trust.close()
 
 
+async def test_concurrent_records_share_commits_and_each_waits_for_its_own(tmp_path: Path) -> None:
+    from p2pnode.ledger.entry import verify_chain
+
+    trust = _trust(tmp_path, Offences(), [])
+    trust.open()
+    assert trust.ledger is not None
+    commits = []
+    real = trust.ledger.append_many
+
+    def counting(items: Any) -> Any:
+        commits.append(len(items))
+        return real(items)
+
+    trust.ledger.append_many = counting  # type: ignore[method-assign]
+    got: dict[int, Any] = {}
+    try:
+        async def one(i: int) -> None:
+            got[i] = await trust.record("penalty", {"code": f"c{i}"}, peer=b"")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(one, i)
+        assert sorted(got) == list(range(40)) and all(got[i].data["code"] == f"c{i}" for i in got)
+        assert sum(commits) == 40 and len(commits) < 40  # batched: fewer commits than entries
+        assert trust.ledger.count == 41
+        verify_chain(trust.ledger.records(), owner=trust.me)
+        trust.ledger.close()  # a failing write reaches every waiter of its batch
+        from p2pnode.errors import LedgerError
+
+        with pytest.raises(LedgerError, match="cannot append"):
+            await trust.record("penalty", {"code": "late"}, peer=b"")
+    finally:
+        trust.ledger = None
+
+
 async def test_bad_reports_cost_the_forwarder_and_banned_forwarders_are_ignored(tmp_path: Path) -> None:
     offences, published = Offences(), []
     trust = _trust(tmp_path, offences, published)
