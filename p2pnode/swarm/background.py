@@ -40,13 +40,19 @@ def _state(folder: Path) -> dict[str, Any]:
 
 
 def _alive(pid: int) -> bool:
+    """Running, not merely a zombie that nobody reaped yet (a killed supervisor's nodes are
+    reparented, and their new parent may be slow to reap them)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust the signal
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def command(args: argparse.Namespace) -> int:
@@ -135,7 +141,12 @@ def down(folder: Path, console: Any, timeout: float = 30.0) -> int:
             time.sleep(0.1)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)  # its nodes die with it (parent-death signal)
-    left = [n for n in state.get("nodes", []) if n.get("pid") and _alive(int(n["pid"]))]
+    deadline = time.monotonic() + 10  # the nodes follow their supervisor (parent-death signal)
+    while True:
+        left = [n for n in state.get("nodes", []) if n.get("pid") and _alive(int(n["pid"]))]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     console.print(f"swarm down ({len(state.get('nodes', []))} nodes stopped)" if not left else
                   f"[red]{len(left)} node(s) still running[/]")
     return 0 if not left else 1
