@@ -121,8 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--input", "-i", action="append", default=[], metavar="FILE | NAME=FILE.npy",
                     help="with --model: the data (.npy, or .npz with one array per model input); otherwise an "
                          "input array (with -p inputs=blob). Sent encrypted, once, as a blob")
-    sm.add_argument("--output", "-o", type=Path, help="with --model: save the outputs here (.npy: the model's "
-                                                      "first output; .npz: all)")
+    sm.add_argument("--output", "-o", type=Path, help="save the result here (.npz: every output array; .npy: the "
+                                                      "first: the model's first output, or matmul's c)")
     sm.add_argument("--shard-rows", type=int, default=0, help="map: rows per job (default: spread over --providers)")
     sm.add_argument("--max-price", type=int, default=100_000, help="most micro-credits you pay (default 100000)")
     sm.add_argument("--deadline", type=_finite, default=60.0,
@@ -512,7 +512,8 @@ def _submit(config: Config, args: argparse.Namespace, console: Any) -> int:
             raise LocalError(f"--input {item!r}: expected NAME=FILE.npy")
         files[name] = str(Path(path).resolve())
     request = dict(workload=args.workload, params=params, max_price=args.max_price, deadline=args.deadline,
-                   k=args.providers, backend=args.backend, verify=args.verify, input_files=files)
+                   k=args.providers, backend=args.backend, verify=args.verify, input_files=files,
+                   output=str(args.output.resolve()) if args.output else "")
     if args.json:
         result = call(config.control_socket, "submit", timeout=args.deadline + 30, **request)
         _print_json(result)

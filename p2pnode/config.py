@@ -50,8 +50,9 @@ KEYS: tuple[Key, ...] = (
     Key("workloads", list, ["matmul", "infer", "train_step", "onnx"], "Workloads offered in the capacity ad."),
     Key("price", int, 100, "Price in micro-credits per unit of work (one GFLOP)."),
     Key("slots", int, 1, "Jobs this node runs at once (one worker process each)."),
-    Key("ad_interval", float, 10.0, "Seconds between periodic capacity ads (also sent at start and on change)."),
-    Key("ad_ttl", float, 30.0, "Seconds an ad stays valid; must exceed ad_interval."),
+    Key("ad_interval", float, 60.0, "Seconds between periodic capacity ads (also sent at start and on change; "
+        "newcomers get the market by sync)."),
+    Key("ad_ttl", float, 180.0, "Seconds an ad stays valid; must exceed ad_interval."),
     Key("calibrate_seconds", float, 0.3, "Budget of the start-up calibration run."),
     Key("heartbeat", float, 1.0, "GossipSub heartbeat interval in seconds."),
     Key("metrics", str, DEFAULT_METRICS, "host:port of the Prometheus endpoint (loopback only; the default port "

@@ -48,7 +48,13 @@ from p2pnode.telemetry.calibrate import calibrate
 from p2pnode.telemetry.metrics import NodeMetrics
 from p2pnode.telemetry.probe import Hardware, HardwareProbe
 from p2pnode.verify.sampling import SamplingPolicy
-from p2pnode.wire.names import BLOB_PROTOCOL, CAPACITY_TOPIC, JOB_PROTOCOL, REPORTS_TOPIC
+from p2pnode.wire.names import (
+    BLOB_PROTOCOL,
+    CAPACITY_TOPIC,
+    JOB_PROTOCOL,
+    MARKET_PROTOCOL,
+    REPORTS_TOPIC,
+)
 
 log = logging.getLogger("p2pnode.node")
 
@@ -101,7 +107,8 @@ class Node:
             is_banned=self.is_banned, penalise=self.penalise, publish=self._publish,
             settings=AdSettings(cfg.price, cfg.workloads, cfg.checker, cfg.ad_interval, cfg.ad_ttl),
             resources=self.resources, probe=self.probe, executor=self.executor, adversary=self.adversary,
-            addrs=self.addrs, peers=lambda: len(self._network.connected()))
+            addrs=self.addrs, peers=lambda: len(self._network.connected()),
+            connected=self._network.connected, streams=self._streams)
         records = JobRecords()
         self.jobs = JobService(
             JobProvider(identity=self.identity, now=self.now, executor=self.executor, capacity=self._capacity,
@@ -242,6 +249,8 @@ class Node:
                     "job", self.jobs.handle_stream, gate, self.jobs.limits))
                 self.host.set_stream_handler(BLOB_PROTOCOL, guard_stream_handler(
                     "blob", self.blobs.handle_stream, gate, self.blobs.limits))
+                self.host.set_stream_handler(MARKET_PROTOCOL, guard_stream_handler(
+                    "market", self.market.handle_sync, gate, self.market.limits))
                 ads = await self.pubsub.subscribe(CAPACITY_TOPIC)
                 reports = await self.pubsub.subscribe(REPORTS_TOPIC)
                 self.started_at = self.now()
@@ -251,6 +260,7 @@ class Node:
                 nursery.start_soon(self.peers.run)
                 nursery.start_soon(control_server.serve, listener, self.views.handle)
                 nursery.start_soon(self.market.expire)
+                nursery.start_soon(self.market.sync_new_peers)
                 nursery.start_soon(self.keeper.run, self.config.mdns)
                 if self.config.provide:
                     nursery.start_soon(self.market.advertise)

@@ -87,7 +87,8 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     for col in ("job", "role", "workload", "peer", "state", "price", "kernel ms", "outcome"):
         t.add_column(col, no_wrap=col != "outcome")
     for j in jobs:
-        t.add_row(j["job"][:8], j["role"], j["workload"], short_peer(j.get("peer", "")), j["state"],
+        role = j["role"] if j.get("purpose", "job") == "job" else f"{j['role']} ({j['purpose']})"
+        t.add_row(j["job"][:8], role, j["workload"], short_peer(j.get("peer", "")), j["state"],
                   str(j.get("price", "")), str(j.get("kernel_ms", "")), j.get("outcome", ""))
     return t
 
@@ -108,6 +109,8 @@ def job_summary(j: dict[str, Any]) -> Text:
         out.append(f"  loss: {loss[0]:.4g} → {loss[-1]:.4g} over {len(loss)} steps\n")
     if j.get("digest"):
         out.append(f"  digest {j['digest']}\n")
+    if j.get("saved"):
+        out.append(f"  saved {', '.join(j['saved']['outputs'])} to {j['saved']['path']}\n")
     return out
 
 

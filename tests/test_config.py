@@ -77,3 +77,11 @@ def test_non_finite_numbers_are_refused_everywhere(data_dir: Path, bad: object) 
         with pytest.raises(ConfigError, match="finite"):
             load(data_dir, **kwargs)  # type: ignore[arg-type]
         (data_dir / "config.toml").unlink(missing_ok=True)
+
+
+def test_one_version_string() -> None:
+    from importlib.metadata import version
+
+    from p2pnode import __version__
+
+    assert version("p2pnode") == __version__

@@ -186,6 +186,9 @@ class ControlViews:
                                         verify=str(request.get("verify", "auto")))
         except (KeyError, TypeError, ValueError) as exc:
             raise ControlError(f"bad submit request: {exc}") from exc
+        output = str(request.get("output") or "")
+        if output and not output.endswith((".npy", ".npz")):
+            raise ControlError(f"--output {output}: name a .npy or .npz file")
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(forward)
@@ -196,7 +199,12 @@ class ControlViews:
                     send.close()
         except BaseExceptionGroup as group:
             raise unwrap_group(group) from None
-        return rec.to_json()
+        out = rec.to_json()
+        output = str(request.get("output") or "")
+        if output and rec.state == "done" and rec.output is not None:
+            arrays = dict(rec.output.arrays)
+            out["saved"] = await trio.to_thread.run_sync(_save_outputs, output, arrays, sorted(arrays))
+        return out
 
 
     async def _map(self, request: dict[str, Any], emit: Any, *, single: bool = False) -> Any:

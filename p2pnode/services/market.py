@@ -26,23 +26,32 @@ import trio
 
 from p2pnode.adversary import Adversary
 from p2pnode.config import MIN_AD_INTERVAL_S
-from p2pnode.errors import PeerError
+from p2pnode.errors import CodecError, PeerError
 from p2pnode.exec.backends import for_workload
 from p2pnode.exec.executor import Executor
 from p2pnode.identity import Identity
 from p2pnode.market.bidding import Capacity
 from p2pnode.market.capacity_table import CapacityTable, TableEntry
-from p2pnode.services.ports import IsBanned, Now, Penalise, Publish
+from p2pnode.net.framing import FramedStream
+from p2pnode.protocol.limits import StreamLimits
+from p2pnode.services.ports import IsBanned, Now, Penalise, Publish, Streams
 from p2pnode.telemetry.metrics import NodeMetrics
 from p2pnode.telemetry.probe import Hardware, HardwareProbe
-from p2pnode.wire.capacity_ad import CapacityAd, Offer, decode_ad, encode_ad
-from p2pnode.wire.names import CAPACITY_TOPIC
+from p2pnode.wire import codec
+from p2pnode.wire.capacity_ad import MAX_AD_BYTES, CapacityAd, Offer, decode_ad, encode_ad
+from p2pnode.wire.names import CAPACITY_TOPIC, MARKET_PROTOCOL
 
 log = logging.getLogger("p2pnode.node")
 # An ad on change waits at least this long after the previous one, so that with
 # ad_interval >= MIN_AD_INTERVAL_S a node never publishes faster than peers accept (0.5/s).
 MIN_CHANGE_INTERVAL_S = MIN_AD_INTERVAL_S
 PROBE_INTERVAL_S = 1.0
+MAX_SYNC_ADS = 1024  # ads in one market sync (the table's default size)
+MAX_SYNC_BYTES = MAX_SYNC_ADS * (MAX_AD_BYTES + 8) + 16
+SYNC_TIMEOUT_S = 10.0
+SYNC_POLL_S = 1.0  # how often new connections are looked for
+# what an honest peer's table holds and we may refuse: no evidence against the peer that sent it
+SYNC_BENIGN = frozenset({"stale", "expired", "future", "rate_limited", "table_full"})
 EXPIRE_INTERVAL_S = 0.5
 
 
@@ -87,12 +96,18 @@ class MarketService:
     def __init__(self, *, identity: Identity, now: Now, table: CapacityTable, metrics: NodeMetrics,
                  is_banned: IsBanned, penalise: Penalise, publish: Publish, settings: AdSettings,
                  resources: Resources, probe: HardwareProbe, executor: Executor | None,
-                 adversary: Adversary | None, addrs: Callable[[], list[str]], peers: Callable[[], int]) -> None:
+                 adversary: Adversary | None, addrs: Callable[[], list[str]], peers: Callable[[], int],
+                 connected: Callable[[], list[bytes]] = list, streams: Streams | None = None) -> None:
+        """``connected`` and ``streams``: for market sync with each newly connected peer (none
+        without them)."""
         self.identity, self.now, self.table, self.metrics = identity, now, table, metrics
         self.paused = False
         self.is_banned, self.penalise, self.publish = is_banned, penalise, publish
         self.settings, self.resources, self.probe = settings, resources, probe
         self.executor, self.adversary, self.addrs, self.peers = executor, adversary, addrs, peers
+        self.connected, self.streams = connected, streams
+        self.limits = StreamLimits(per_peer=2, total=64)
+        self.synced = 0  # ads taken from market syncs
         self.rejected: dict[str, int] = {}
         self.ads_published = 0
         self._seq = 0
@@ -134,6 +149,74 @@ class MarketService:
         self.metrics.ads_rejected.labels(code).inc()
         if blame is not None:
             self.penalise(blame, code)
+
+    # market sync ---------------------------------------------------------------------------
+    async def handle_sync(self, stream: Any, peer: bytes) -> None:
+        """Serve ``/p2pnode/market/1``: every live ad this node holds, as signed, in one frame."""
+        fs = FramedStream(stream, max_frame=MAX_SYNC_BYTES)
+        raws: list[bytes] = []
+        size = 16
+        for e in self.table.entries(self.now()):
+            if len(raws) >= MAX_SYNC_ADS or size + len(e.raw) + 8 > MAX_SYNC_BYTES:
+                break
+            raws.append(e.raw)
+            size += len(e.raw) + 8
+        await fs.send(codec.encode(raws))
+        await fs.close()
+
+    async def sync_from(self, peer: bytes) -> int:
+        """Take ``peer``'s market: each ad checked as if it came by gossip (signature, freshness,
+        rate, table limits). Ads that prove ``peer`` dishonest (forged, malformed) cost it a
+        penalty; stale, expired or over-rate ones are what honest tables hold and cost nothing.
+        Returns the ads accepted."""
+        assert self.streams is not None
+        stream = await self.streams.open(peer, MARKET_PROTOCOL)
+        fs = FramedStream(stream, max_frame=MAX_SYNC_BYTES, frame_timeout=SYNC_TIMEOUT_S)
+        try:
+            with trio.fail_after(SYNC_TIMEOUT_S):
+                frame = await fs.receive()
+        finally:
+            await fs.close()
+        items = codec.decode(frame, max_size=MAX_SYNC_BYTES)
+        if not isinstance(items, list) or len(items) > MAX_SYNC_ADS:
+            raise CodecError(f"market sync: expected a list of at most {MAX_SYNC_ADS} ads")
+        now, taken = self.now(), 0
+        for raw in items:
+            try:
+                signed = decode_ad(raw)
+                if signed.ad.peer_id == self.identity.peer_id:
+                    continue
+                self.table.offer(signed, now, origin=signed.ad.peer_id)
+                taken += 1
+            except PeerError as exc:
+                if exc.code != "stale":  # already held, newer or the same: the normal case, not a refusal
+                    self._reject(exc.code, None if exc.code in SYNC_BENIGN else peer)
+        if taken:
+            self.synced += taken
+            self._touch()
+        return taken
+
+    async def sync_new_peers(self) -> None:
+        """Sync once with every peer this node connects to (again after a reconnection), so a
+        newcomer holds the market at once instead of waiting an ad interval for each provider."""
+        done: set[bytes] = set()
+        async with trio.open_nursery() as nursery:
+            while True:
+                now_connected = set(self.connected())
+                for peer in now_connected - done:
+                    if not self.is_banned(peer):
+                        done.add(peer)
+                        nursery.start_soon(self._sync_one, peer)
+                done &= now_connected
+                await trio.sleep(SYNC_POLL_S)
+
+    async def _sync_one(self, peer: bytes) -> None:
+        try:
+            await self.sync_from(peer)
+        except PeerError as exc:
+            self.penalise(peer, exc.code)
+        except Exception as exc:  # noqa: BLE001 - an old node without the protocol, a reset: gossip still works
+            log.debug("market sync with %s failed: %s", peer.hex()[:12], exc)
 
     async def drain(self, subscription: Any) -> None:
         """Empty a subscription's queue: ads are applied in the validator, which sees every message."""

@@ -43,7 +43,8 @@ class JobRecord:
         if self.output is not None:
             out["digest"] = self.output.digest.hex()
             out["output"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype),
-                                 "sample": [float(f"{x:.4g}") for x in v.reshape(-1)[:6].tolist()]}
+                                 "sample": [x if isinstance(x, int) else float(f"{x:.4g}")
+                                            for x in v.reshape(-1)[:6].tolist()]}
                              for k, v in self.output.arrays.items()}
             if "loss" in self.output.extra:
                 out["loss"] = self.output.extra["loss"]

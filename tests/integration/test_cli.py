@@ -133,11 +133,15 @@ def test_run_read_commands_metrics_and_clean_shutdown(data_dir: Path) -> None:
                 np.save(data_dir / "b.npy", rng.integers(-128, 128, size=(24, 8), dtype=np.int8))
                 job = a.cli("submit", "matmul", "-p", "m=16", "-p", "n=8", "-p", "k=24", "-p", "dtype=int8",
                             "-p", "inputs=blob", "-i", f"a={data_dir / 'a.npy'}", "-i", f"b={data_dir / 'b.npy'}",
-                            "--json")
+                            "-o", str(data_dir / "c.npy"), "--json")
                 assert job.returncode == 0, job.stderr
                 result = json.loads(job.stdout)
                 assert result["state"] == "done" and result["peer"] == b_id
                 assert result["outcome"].startswith("verified (Freivalds")
+                want = np.load(data_dir / "a.npy").astype(np.int32) @ np.load(data_dir / "b.npy").astype(np.int32)
+                assert np.array_equal(np.load(data_dir / "c.npy"), want)  # -o saved the verified product
+                assert result["output"]["c"]["sample"] == want.reshape(-1)[:6].tolist()  # integers, not floats
+                assert all(isinstance(x, int) for x in result["output"]["c"]["sample"])
                 human = a.cli("submit", "train_step", "-p", "steps=20")
                 assert human.returncode == 0 and "DONE" in human.stdout and "loss:" in human.stdout
                 jobs = a.json("jobs")

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import trio
 
 from p2pnode.errors import NetworkSetupError
 from p2pnode.identity import KEY_FILE
+from p2pnode.market.capacity_table import CapacityTable
 from p2pnode.node import Node
 from tests.integration.swarm import all_list_all, node_config, start_node, swarm
 from tests.telemetry.test_probe import H100, fake_nvml
@@ -141,3 +143,43 @@ async def test_no_valid_ad_is_dropped_at_the_highest_rate_allowed() -> None:
             lambda: far.metrics.ads_accepted._value.get() - accepted_before >= burst, timeout=15)
         assert far.table.get(src.identity.peer_id).ad.seq > first  # type: ignore[union-attr]
         assert far.rejected == {} and nodes[1].node.rejected == {}
+
+
+async def test_market_sync_hands_over_the_whole_table_in_one_exchange() -> None:
+    # ads every 120 s: within this test, a table refills only through market sync
+    async with swarm(4, line=False, ad_interval=120.0, ad_ttl=300.0) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        x, y = nodes[3].node, nodes[0].node
+        fresh = CapacityTable(x.table.limits)  # as a newcomer's: empty, no history of anyone's ads
+        x.table._entries, x.table._high_water, x.table._rates = fresh._entries, fresh._high_water, fresh._rates
+        taken = await x.market.sync_from(y.identity.peer_id)
+        # every other provider's ad, y's own among them, never x's own (an ad that gossip brought
+        # in the meantime is already held, and not taken twice)
+        others = {r.node.identity.peer_id for r in nodes[:3]}
+        assert {e.ad.peer_id for e in x.table.entries(x._clock())} == others
+        assert 1 <= taken <= 3 and x.market.synced >= taken
+
+
+async def test_a_market_sync_with_forged_ads_costs_its_sender() -> None:
+    from p2pnode.net.framing import FramedStream
+    from p2pnode.wire import codec
+    from p2pnode.wire.names import MARKET_PROTOCOL
+
+    async with swarm(2, line=False, ad_interval=120.0, ad_ttl=300.0) as nodes:
+        a, b = (r.node for r in nodes)
+        await a.wait_until(lambda: b.identity.peer_id in a.table, timeout=15)
+        good = next(e.raw for e in b.table.entries(b._clock()) if e.ad.peer_id == b.identity.peer_id)
+        forged = bytearray(good)
+        forged[-5] ^= 0xFF  # a flipped bit in the signed body
+
+        async def liar(stream: Any) -> None:
+            fs = FramedStream(stream, max_frame=1 << 20)
+            await fs.send(codec.encode([bytes(forged), good]))
+            await fs.close()
+
+        b.host.set_stream_handler(MARKET_PROTOCOL, liar)
+        before = a.penalties.score(b.identity.peer_id, a._clock())
+        taken = await a.market.sync_from(b.identity.peer_id)
+        assert taken == 0  # the forged ad is refused; the good one is already held (stale, no offence)
+        assert a.penalties.score(b.identity.peer_id, a._clock()) > before
+        assert sum(a.market.rejected.values()) >= 1  # the forged one, counted

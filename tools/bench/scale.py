@@ -179,9 +179,8 @@ def main() -> int:
         print(json.dumps(result, indent=1))
         return 0
     t = Table(title=f"nodes on one machine ({os.cpu_count()} cores, ads every {a.ad_interval:g} s)")
-    for col in ("mode", "nodes", "start s", "converged s", "idle % core/node", "RSS MB/node", "prop p50 s",
-                "prop p99 s"):
-        t.add_column(col, justify="right")
+    for col in ("mode", "N", "start s", "conv. s", "idle %core /node", "RSS MB /node", "ads p50 s", "ads p99 s"):
+        t.add_column(col, justify="right", overflow="fold")
     for r in rows:
         pr = r.get("propagation", {})
         t.add_row(r["mode"], str(r["nodes"]), str(r.get("start_s", "-")), str(r.get("converged_s") or "no"),
