@@ -50,6 +50,7 @@ MAX_SYNC_ADS = 1024  # ads in one market sync (the table's default size)
 MAX_SYNC_BYTES = MAX_SYNC_ADS * (MAX_AD_BYTES + 8) + 16
 SYNC_TIMEOUT_S = 10.0
 SYNC_POLL_S = 1.0  # how often new connections are looked for
+SYNC_AGAIN_S = (0.0, 5.0, 20.0)  # delays of the syncs with a newly connected peer (each after the last)
 # what an honest peer's table holds and we may refuse: no evidence against the peer that sent it
 SYNC_BENIGN = frozenset({"stale", "expired", "future", "rate_limited", "table_full"})
 EXPIRE_INTERVAL_S = 0.5
@@ -211,12 +212,20 @@ class MarketService:
                 await trio.sleep(SYNC_POLL_S)
 
     async def _sync_one(self, peer: bytes) -> None:
-        try:
-            await self.sync_from(peer)
-        except PeerError as exc:
-            self.penalise(peer, exc.code)
-        except Exception as exc:  # noqa: BLE001 - an old node without the protocol, a reset: gossip still works
-            log.debug("market sync with %s failed: %s", peer.hex()[:12], exc)
+        """Sync at the connection, and again a little later: nodes that start together connect
+        before their tables fill, and the ads they missed would otherwise wait an ad interval."""
+        for delay in SYNC_AGAIN_S:
+            await trio.sleep(delay)
+            if peer not in self.connected():
+                return
+            try:
+                await self.sync_from(peer)
+            except PeerError as exc:
+                self.penalise(peer, exc.code)
+                return
+            except Exception as exc:  # noqa: BLE001 - an old node without the protocol, a reset: gossip still works
+                log.debug("market sync with %s failed: %s", peer.hex()[:12], exc)
+                return
 
     async def drain(self, subscription: Any) -> None:
         """Empty a subscription's queue: ads are applied in the validator, which sees every message."""

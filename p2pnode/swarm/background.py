@@ -194,8 +194,8 @@ def supervise(folder: Path, n: int, cheat: str, in_process: bool = False) -> int
 
 
 def _pid(launcher: Launcher, node: Any) -> int:
-    host = getattr(launcher, "host", None)
-    return host.pid if host is not None else node.proc.pid if node.proc else 0
+    """The process that runs ``node``: its own, or its in-process host."""
+    return getattr(node, "host_pid", 0) or (node.proc.pid if node.proc else 0)
 
 
 if __name__ == "__main__":

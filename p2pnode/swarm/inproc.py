@@ -1,7 +1,7 @@
 """Many nodes in one process: one trio loop, one executor, each node still a whole node.
 
-Started as ``python -m p2pnode.swarm.inproc`` by :class:`InProcessLauncher`, a *host* runs nodes
-as trio tasks: each is the same :class:`~p2pnode.node.Node` a process runs (its own identity, data
+Started as ``python -m p2pnode.swarm.inproc`` by :class:`InProcessLauncher` (one host per core:
+a trio loop runs on one), a *host* runs nodes as trio tasks: each is the same :class:`~p2pnode.node.Node` a process runs (its own identity, data
 dir, ledger, control socket, libp2p host on its own loopback address), built from the same ``run``
 flags, but they share the interpreter, the libraries and one executor (workers for the machine's
 cores, not one per node). What a node costs is then its state and its traffic, not a Python
@@ -60,7 +60,7 @@ async def _host() -> None:
             sys.stdout.flush()
 
     scopes: dict[int, trio.CancelScope] = {}
-    executor = Executor(slots=max(1, (os.cpu_count() or 2) - 1))
+    executor = Executor(slots=int(os.environ.get("P2PNODE_HOST_SLOTS", "1")))
 
     async def run_one(index: int, args: list[str]) -> None:
         error = ""
@@ -118,6 +118,7 @@ def main() -> None:
 @dataclass
 class InProcNode(NodeProc):
     running: bool = False
+    host_pid: int = 0
 
     @property
     def alive(self) -> bool:
@@ -125,26 +126,32 @@ class InProcNode(NodeProc):
 
 
 class InProcessLauncher(Launcher):
-    """A :class:`Launcher` whose nodes live in one host process (see the module's docstring)."""
+    """A :class:`Launcher` whose nodes live in host processes, one per core by default (a trio
+    loop uses one core), node ``i`` on host ``i mod hosts`` (see the module's docstring)."""
 
-    def __init__(self, base: Path, **kw: Any) -> None:
+    def __init__(self, base: Path, *, hosts: int = 0, **kw: Any) -> None:
         super().__init__(base, **kw)
-        self.host: subprocess.Popen[str] | None = None
-        self._events: dict[int, threading.Event] = {}
+        cores = os.cpu_count() or 1
+        self.n_hosts = hosts or cores
+        self.slots = max(1, (cores - 1) // self.n_hosts)  # executor workers per host
+        self.hosts: dict[int, subprocess.Popen[str]] = {}
         self._lock = threading.Lock()
 
-    def _start_host(self) -> None:
+    def _start_host(self, h: int) -> subprocess.Popen[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2PNODE_")}
         env["PYTHONUNBUFFERED"] = "1"
-        log_file = open(self.base / "logs" / "host.log", "a", encoding="utf-8")  # noqa: SIM115 - the host's lifetime
-        self.host = subprocess.Popen([*self.wrap, sys.executable, "-m", "p2pnode.swarm.inproc"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=log_file, text=True, env=env,
-                                     preexec_fn=_child_setup(os.getpid()))
-        threading.Thread(target=self._pump, daemon=True).start()
+        env["P2PNODE_HOST_SLOTS"] = str(self.slots)
+        log_file = open(self.base / "logs" / f"host{h}.log", "a", encoding="utf-8")  # noqa: SIM115 - the host's lifetime
+        proc = subprocess.Popen([*self.wrap, sys.executable, "-m", "p2pnode.swarm.inproc"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=log_file, text=True, env=env,
+                                preexec_fn=_child_setup(os.getpid()))
+        self.hosts[h] = proc
+        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
+        return proc
 
-    def _pump(self) -> None:
-        assert self.host is not None and self.host.stdout is not None
-        for line in self.host.stdout:
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             try:
                 msg = json.loads(line)
             except ValueError:
@@ -154,24 +161,24 @@ class InProcessLauncher(Launcher):
             if not isinstance(node, InProcNode):
                 continue
             if "ready" in msg:
-                node.peer, node.addr, node.running = msg["peer"], msg["addr"], True
+                node.peer, node.addr, node.running, node.host_pid = msg["peer"], msg["addr"], True, proc.pid
             else:
                 node.running = False
                 if msg.get("error"):
                     node.tail.append(msg["error"])
             node.ready.set()
-        for node in self.nodes.values():  # the host is gone, and every node with it
-            if isinstance(node, InProcNode):
+        for node in self.nodes.values():  # the host is gone, and every node on it
+            if isinstance(node, InProcNode) and node.host_pid == proc.pid:
                 node.running = False
                 node.ready.set()
 
-    def _send(self, **cmd: Any) -> None:
-        if self.host is None:
-            self._start_host()
-        assert self.host is not None and self.host.stdin is not None
+    def _send(self, index: int, **cmd: Any) -> None:
+        h = index % self.n_hosts
         with self._lock:
-            self.host.stdin.write(json.dumps(cmd) + "\n")
-            self.host.stdin.flush()
+            proc = self.hosts.get(h) or self._start_host(h)
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps({**cmd, "index": index}) + "\n")
+            proc.stdin.flush()
 
     def _args(self, node: NodeProc, bootstrap: Sequence[str]) -> list[str]:
         args = ["--data-dir", str(node.data_dir), "--listen", f"/ip4/{node.spec.address}/tcp/0", "--no-mdns",
@@ -192,7 +199,7 @@ class InProcessLauncher(Launcher):
         node.addr, node.running = "", False
         node.started_at = time.monotonic()
         self.nodes[spec.index] = node
-        self._send(op="start", index=spec.index, args=self._args(node, bootstrap))
+        self._send(spec.index, op="start", args=self._args(node, bootstrap))
         return node
 
     def _await_ready(self, nodes: Sequence[NodeProc]) -> None:
@@ -204,22 +211,25 @@ class InProcessLauncher(Launcher):
         node = self.nodes[index]
         if node.alive:
             node.ready = threading.Event()
-            self._send(op="stop", index=index)
+            self._send(index, op="stop")
             node.ready.wait(30)
 
     def stop_all(self, timeout: float = 20.0) -> bool:
-        if self.host is None:
-            return True
-        with contextlib.suppress(BrokenPipeError, OSError):
-            self._send(op="quit")
-            assert self.host.stdin is not None
-            self.host.stdin.close()
-        try:
-            return self.host.wait(timeout=timeout) == 0
-        except subprocess.TimeoutExpired:
-            self.host.kill()
-            self.host.wait()
-            return False
+        clean = True
+        for proc in self.hosts.values():
+            with contextlib.suppress(BrokenPipeError, OSError):
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                proc.stdin.close()
+        deadline = time.monotonic() + timeout
+        for proc in self.hosts.values():
+            try:
+                clean = proc.wait(timeout=max(0.1, deadline - time.monotonic())) == 0 and clean
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                clean = False
+        return clean
 
 
 if __name__ == "__main__":

@@ -135,13 +135,14 @@ def test_an_in_process_swarm_dies_with_its_killed_supervisor(tmp_path: Path) -> 
     assert status.returncode == 0 and '"up": true' in status.stdout
     state = json.loads((folder / "swarm.json").read_text())
     hosts = {n["pid"] for n in state["nodes"]}
-    assert len(state["nodes"]) == 3 and len(hosts) == 1 and state["pid"] not in hosts  # one host for all
-    (host,) = hosts
+    # nodes share hosts, one per core at most
+    assert len(state["nodes"]) == 3 and 1 <= len(hosts) <= min(3, os.cpu_count() or 1)
+    assert state["pid"] not in hosts and 0 not in hosts
     os.kill(state["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 20
-    while _alive(host) and time.monotonic() < deadline:
+    while any(_alive(h) for h in hosts) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(host)
+    assert not any(_alive(h) for h in hosts)
     down = subprocess.run([sys.executable, "-m", "p2pnode", "swarm", "down", "--dir", str(folder)],
                           capture_output=True, text=True, env=ENV, timeout=60)
     assert down.returncode == 0

@@ -52,9 +52,9 @@ def _rss_mb(pid: int) -> float:
 
 
 def _pids(launcher: Launcher) -> list[int]:
-    host = getattr(launcher, "host", None)
-    if host is not None:
-        return [host.pid]
+    hosts = getattr(launcher, "hosts", None)
+    if hosts is not None:
+        return [p.pid for p in hosts.values()]
     return [n.proc.pid for n in launcher.nodes.values() if n.proc is not None and n.alive]
 
 
