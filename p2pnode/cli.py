@@ -12,6 +12,7 @@ import json
 import math
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -349,33 +350,30 @@ def _ledger_show(config: Config, args: argparse.Namespace, console: Any) -> int:
 
 def _credits(config: Config, args: argparse.Namespace, console: Any) -> int:
     from p2pnode import ui
+    from p2pnode.services.trust import offline_credits
 
-    try:
-        view = call(config.control_socket, "credits")
-    except LocalError:  # not running: fold the ledger
-        from p2pnode.services.trust import offline_credits
-
-        view = offline_credits(config)
-    if args.json:
-        _print_json(view)
-    else:
-        console.print(ui.credits_table(view))
-    return 0
+    return _from_node_or_ledger(config, args, console, "credits", offline_credits, ui.credits_table)
 
 
 def _reputation(config: Config, args: argparse.Namespace, console: Any) -> int:
     from p2pnode import ui
+    from p2pnode.services.trust import offline_table
 
+    return _from_node_or_ledger(config, args, console, "reputation", offline_table, ui.reputation_table)
+
+
+def _from_node_or_ledger(config: Config, args: argparse.Namespace, console: Any, cmd: str,
+                         offline: Callable[[Config], Any], render: Callable[[Any], Any]) -> int:
+    """A view from the running node, or, when it does not run, folded from its ledger on disk
+    (as the node does at start)."""
     try:
-        rows = call(config.control_socket, "reputation")
-    except LocalError:  # not running: fold the ledger, as the node does at start
-        from p2pnode.services.trust import offline_table
-
-        rows = offline_table(config)
+        view = call(config.control_socket, cmd)
+    except LocalError:
+        view = offline(config)
     if args.json:
-        _print_json(rows)
+        _print_json(view)
     else:
-        console.print(ui.reputation_table(rows))
+        console.print(render(view))
     return 0
 
 

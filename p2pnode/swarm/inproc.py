@@ -181,13 +181,7 @@ class InProcessLauncher(Launcher):
             proc.stdin.flush()
 
     def _args(self, node: NodeProc, bootstrap: Sequence[str]) -> list[str]:
-        args = ["--data-dir", str(node.data_dir), "--listen", f"/ip4/{node.spec.address}/tcp/0", "--no-mdns",
-                "--metrics", "", "--ad-interval", str(self.ad_interval), "--ad-ttl", str(self.ad_ttl), *node.spec.args]
-        if self.calibration is not None:
-            args += ["--calibration-file", str(self.calibration)]
-        for b in bootstrap:
-            args += ["--bootstrap", b]
-        return args
+        return self._run_flags(node, bootstrap, metrics="")  # metrics through the control socket
 
     def _spawn(self, spec: NodeSpec, bootstrap: Sequence[str]) -> NodeProc:
         data_dir = self.base / f"node{spec.index}"

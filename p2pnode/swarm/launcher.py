@@ -135,9 +135,15 @@ class Launcher:
 
     # starting --------------------------------------------------------------------------------
     def _args(self, node: NodeProc, bootstrap: Sequence[str]) -> list[str]:
-        args = [*self.wrap, sys.executable, "-m", "p2pnode", "run", "--data-dir", str(node.data_dir),
-                "--listen", f"/ip4/{node.spec.address}/tcp/0", "--no-mdns", "--metrics", "127.0.0.1:0",
-                "--ad-interval", str(self.ad_interval), "--ad-ttl", str(self.ad_ttl), *node.spec.args]
+        return [*self.wrap, sys.executable, "-m", "p2pnode", "run",
+                *self._run_flags(node, bootstrap, metrics="127.0.0.1:0")]
+
+    def _run_flags(self, node: NodeProc, bootstrap: Sequence[str], *, metrics: str) -> list[str]:
+        """``p2pnode run``'s flags for ``node``: its data dir and address, the swarm's ad timing and
+        shared calibration, its role's flags, and whom to bootstrap from."""
+        args = ["--data-dir", str(node.data_dir), "--listen", f"/ip4/{node.spec.address}/tcp/0", "--no-mdns",
+                "--metrics", metrics, "--ad-interval", str(self.ad_interval), "--ad-ttl", str(self.ad_ttl),
+                *node.spec.args]
         if self.calibration is not None:
             args += ["--calibration-file", str(self.calibration)]
         for b in bootstrap:

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -468,11 +468,16 @@ def _count(maps: Any) -> dict[str, int]:
 
 
 def _propagation(run: Run) -> dict[str, Any]:
+    return propagation(run.launcher.try_call(node.index, "metrics", timeout=5) or "" for node in run.launcher.live())
+
+
+def propagation(metrics_texts: Iterable[str]) -> dict[str, Any]:
+    """Ad propagation summed over nodes' Prometheus histograms: count, mean, CDF, p50 and p99
+    (the bucket bounds they fall under)."""
     buckets: dict[float, float] = {}
     total = count = 0.0
-    for node in run.launcher.live():
-        text = run.launcher.try_call(node.index, "metrics", timeout=5)
-        for line in (text or "").splitlines():
+    for text in metrics_texts:
+        for line in text.splitlines():
             if line.startswith("p2pnode_ad_propagation_seconds_bucket"):
                 le = line.split('le="')[1].split('"')[0]
                 bound = math.inf if le == "+Inf" else float(le)

@@ -28,7 +28,7 @@ from rich.table import Table
 from p2pnode.config import KEYS
 from p2pnode.swarm.inproc import InProcessLauncher
 from p2pnode.swarm.launcher import Launcher, NodeSpec
-from p2pnode.swarm.runner import address
+from p2pnode.swarm.runner import address, propagation
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -59,24 +59,12 @@ def _pids(launcher: Launcher) -> list[int]:
 
 
 def _propagation(launcher: Launcher, sample: list[int]) -> dict[str, Any]:
-    buckets: dict[float, float] = {}
-    count = 0.0
-    for i in sample:
-        text = launcher.try_call(i, "metrics", timeout=10) or ""
-        for line in text.splitlines():
-            if line.startswith("p2pnode_ad_propagation_seconds_bucket"):
-                le = line.split('le="')[1].split('"')[0]
-                b = math.inf if le == "+Inf" else float(le)
-                buckets[b] = buckets.get(b, 0.0) + float(line.split()[-1])
-            elif line.startswith("p2pnode_ad_propagation_seconds_count"):
-                count += float(line.split()[-1])
-    cdf = [(b, buckets[b] / count) for b in sorted(buckets)] if count else []
+    p = propagation(launcher.try_call(i, "metrics", timeout=10) or "" for i in sample)
 
-    def q(x: float) -> float | None:
-        b = next((b for b, f in cdf if f >= x), None)
-        return None if b is None or not math.isfinite(b) else b
+    def finite(b: float | None) -> float | None:
+        return b if b is not None and math.isfinite(b) else None
 
-    return {"ads": int(count), "p50_le_s": q(0.5), "p99_le_s": q(0.99)}
+    return {"ads": int(p["ads"]), "p50_le_s": finite(p["p50_le_s"]), "p99_le_s": finite(p["p99_le_s"])}
 
 
 def measure(mode: str, n: int, *, idle_s: float, timeout_s: float, ad_interval: float, ad_ttl: float,
