@@ -23,11 +23,11 @@ def market_table(entries: list[dict[str, Any]], title: str = "Market") -> Table:
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     t.add_column("provider", no_wrap=True)
     any_gpu = any(e.get("gpus") for e in entries)
-    t.add_column("hardware", overflow="ellipsis", no_wrap=True, max_width=20)
+    t.add_column("hardware", overflow="fold", max_width=20)
     t.add_column("mem GiB", justify="right", no_wrap=True)
     if any_gpu:
         t.add_column("use", justify="right", no_wrap=True)
-    t.add_column("offer @ price", overflow="ellipsis", no_wrap=True)
+    t.add_column("offer @ price", overflow="fold")
     t.add_column("Gflop/s", justify="right")
     t.add_column("age/exp s", justify="right", no_wrap=True)
     for e in entries:
@@ -85,7 +85,7 @@ def status_text(s: dict[str, Any]) -> Text:
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     t = Table(title="Jobs", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("job", "role", "workload", "peer", "state", "price", "kernel ms", "outcome"):
-        t.add_column(col, no_wrap=col != "outcome")
+        t.add_column(col, overflow="fold")  # wraps at 80 columns, never drops one
     for j in jobs:
         role = j["role"] if j.get("purpose", "job") == "job" else f"{j['role']} ({j['purpose']})"
         t.add_row(j["job"][:8], role, j["workload"], short_peer(j.get("peer", "")), j["state"],

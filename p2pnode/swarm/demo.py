@@ -256,8 +256,8 @@ def _demo_jobs(nodes: list[NodeProc], console: Console) -> list[dict[str, Any]]:
     names = {n.peer: n.index for n in nodes}
     out = []
     t = Table(title=f"Jobs submitted by node {requester.index}", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("job", "bids", "node", "µcr", "kernel ms", "wall ms", "result"):
-        t.add_column(col, no_wrap=True, min_width=8 if col == "result" else None)
+    for col in ("job", "bids", "node", "µcr", "kernel ms", "wall ms", "result"):  # wraps, never drops, at 80 columns
+        t.add_column(col, overflow="fold", min_width=8 if col == "result" else None)
     for workload, params in DEMO_JOBS:
         try:
             r = _submit(requester, workload, params)
