@@ -12,7 +12,7 @@ import json
 import math
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -375,6 +375,14 @@ def _from_node_or_ledger(config: Config, args: argparse.Namespace, console: Any,
     else:
         console.print(render(view))
     return 0
+
+
+def node_from_run_flags(args: Sequence[str], **kw: Any) -> Any:
+    """A node built from ``p2pnode run``'s flags, as ``run`` builds it (``kw`` goes to ``Node``:
+    an executor shared by the nodes of an in-process host)."""
+    from p2pnode.node import Node
+
+    return Node(_config(_parser().parse_args(["run", *args])), **kw)
 
 
 def _run(config: Config) -> int:

@@ -135,3 +135,12 @@ def plot(r: dict[str, Any], out: Path, notes: list[str]) -> list[str]:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return [str(path)]
+
+
+def summed(maps: Any) -> dict[str, int]:
+    """Counts by key, summed over ``maps`` (declines by code over a run's jobs)."""
+    out: dict[str, int] = {}
+    for m in maps:
+        for k, v in m.items():
+            out[k] = out.get(k, 0) + v
+    return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,19 +156,27 @@ class ControlViews:
         raise ControlError(f"unknown command {cmd!r}")
 
     async def _wait(self, request: dict[str, Any]) -> Any:
-        """Block until ``peers`` or ``market`` reaches ``count`` (scripts and tests wait on the node's
-        own change events instead of polling it)."""
+        """Block until ``peers`` or ``market`` reaches ``count``, or until ``busy`` (jobs running plus
+        job and blob streams open) falls to ``count`` (0: drained, e.g. before a restart). Scripts and
+        tests wait on the node instead of polling it."""
         node = self.node
         what, count = request.get("what"), request.get("count")
         timeout = request.get("timeout_s", 30)
-        views = {"peers": lambda: len(node.host.get_connected_peers()),
-                 "market": lambda: len(node.table.entries(node.now()))}
+        views: dict[str, Callable[[], int]] = {"peers": lambda: len(node.host.get_connected_peers()),
+                 "market": lambda: len(node.table.entries(node.now())),
+                 "busy": lambda: ((node.executor.running if node.executor is not None else 0)
+                                  + node.jobs.limits.open() + node.blobs.limits.open())}
         if what not in views or not isinstance(count, int) or not isinstance(timeout, (int, float)):
-            raise ControlError('wait needs {"what": "peers"|"market", "count": N, "timeout": S}')
+            raise ControlError('wait needs {"what": "peers"|"market"|"busy", "count": N, "timeout": S}')
+
+        def reached() -> bool:
+            value = views[what]()
+            return value <= count if what == "busy" else value >= count
+
         try:
-            await node.market.wait_until(lambda: views[what]() >= count, timeout=min(float(timeout), 300.0))
+            await node.market.wait_until(reached, timeout=min(float(timeout), 300.0))
         except trio.TooSlowError:
-            raise ControlError(f"{what} stayed below {count} for {timeout} s") from None
+            raise ControlError(f"{what} did not reach {count} in {timeout} s") from None
         return {what: views[what]()}
 
     async def _submit(self, request: dict[str, Any], emit: Any) -> Any:

@@ -23,7 +23,7 @@ import numpy as np
 
 from p2pnode.errors import ConfigError
 from p2pnode.market.capacity_table import TableLimits
-from p2pnode.outcome import judge, plot, print_summary, quantile
+from p2pnode.outcome import judge, plot, print_summary, quantile, summed
 from p2pnode.scenario import CHEATER_KINDS, Scenario, pick
 from p2pnode.sim.engine import CLASSES, Impair
 from p2pnode.sim.world import EPOCH, HONEST, Ask, Node, World, roles_of
@@ -334,7 +334,7 @@ def summarise(r: SimRun, wall_s: float) -> dict[str, Any]:
                  "by_state": {st: sum(1 for j in ended if j["state"] == st) for st in sorted({j["state"] for j in ended})},
                  "wrong_accepted": len(wrong), "judged": len(done),
                  "p50_s": quantile(latencies, 0.5), "p99_s": quantile(latencies, 0.99),
-                 "declines": _count(j["declines"] for j in ended),
+                 "declines": summed(j["declines"] for j in ended),
                  "checked": {c: sum(1 for j in done if j["checked"] == c) for c in sorted({j["checked"] for j in done})}},
         "cheaters": {"count": len(cheaters), "caught": len(cheaters & caught),
                      "award_share": (sum(1 for j in awards if j["provider"] in cheaters) / len(awards)) if awards else None,
@@ -361,14 +361,6 @@ def summarise(r: SimRun, wall_s: float) -> dict[str, Any]:
     }
     result["expectations"] = judge(s.expect, result)
     return result
-
-
-def _count(maps: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for m in maps:
-        for k, v in m.items():
-            out[k] = out.get(k, 0) + v
-    return out
 
 
 def _propagation(samples: list[float]) -> dict[str, Any]:

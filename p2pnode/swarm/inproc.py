@@ -39,18 +39,11 @@ log = logging.getLogger("p2pnode.inproc")
 
 
 # the host (child process) ----------------------------------------------------------------------
-def _config(args: Sequence[str]) -> Any:
-    from p2pnode import cli
-
-    ns = cli._parser().parse_args(["run", *args])
-    return cli._config(ns)
-
-
 async def _host() -> None:
     import trio
 
+    from p2pnode.cli import node_from_run_flags
     from p2pnode.exec.executor import Executor
-    from p2pnode.node import Node
 
     out_lock = trio.Lock()
 
@@ -67,7 +60,7 @@ async def _host() -> None:
         try:
             with trio.CancelScope() as scope:
                 scopes[index] = scope
-                node = Node(_config(args), executor=executor)
+                node = node_from_run_flags(args, executor=executor)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(node.run)
                     addrs = node.addrs()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pnode.errors import ControlError, LocalError
-from p2pnode.outcome import judge, plot, print_summary, quantile
+from p2pnode.outcome import judge, plot, print_summary, quantile, summed
 from p2pnode.scenario import CHEATER_KINDS, Scenario, pick
 from p2pnode.swarm.launcher import Launcher, NodeSpec, Stopped, stop_on_signals
 from p2pnode.swarm.network import SwarmNetwork, can_isolate
@@ -442,7 +442,7 @@ def _summarise(run: Run) -> dict[str, Any]:
                  "by_state": {st: sum(1 for j in ended if j.state == st) for st in sorted({j.state for j in ended})},
                  "wrong_accepted": len(wrong), "judged": sum(1 for j in done if j.correct is not None),
                  "p50_s": quantile(latencies, 0.5), "p99_s": quantile(latencies, 0.99),
-                 "declines": _count(j.declines for j in ended),
+                 "declines": summed(j.declines for j in ended),
                  "checked": {c: sum(1 for j in done if j.checked == c) for c in sorted({j.checked for j in done})}},
         "cheaters": {"count": len(cheaters), "caught": len(cheaters & caught),
                      "award_share": (sum(1 for j in awards if j.provider in cheaters) / len(awards)) if awards else None,
@@ -457,14 +457,6 @@ def _summarise(run: Run) -> dict[str, Any]:
     result["expectations"] = judge(s.expect, result)
     del names
     return result
-
-
-def _count(maps: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for m in maps:
-        for k, v in m.items():
-            out[k] = out.get(k, 0) + v
-    return out
 
 
 def _propagation(run: Run) -> dict[str, Any]:

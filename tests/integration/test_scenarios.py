@@ -113,10 +113,9 @@ def test_nodes_die_with_a_killed_supervisor(tmp_path: Path) -> None:
 
     pid = json.loads((folder / "swarm.json").read_text())["pid"]
     assert len(_nodes_under(folder)) == 3
+    nodes = _nodes_under(folder)
     os.kill(pid, signal.SIGKILL)  # no chance to stop them: the parent-death signal does
-    deadline = time.monotonic() + 20
-    while _nodes_under(folder) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_gone(nodes, timeout=20)
     assert _nodes_under(folder) == []
     down = subprocess.run([sys.executable, "-m", "p2pnode", "swarm", "down", "--dir", str(folder)],
                           capture_output=True, text=True, env=ENV, timeout=60)
@@ -139,13 +138,36 @@ def test_an_in_process_swarm_dies_with_its_killed_supervisor(tmp_path: Path) -> 
     assert len(state["nodes"]) == 3 and 1 <= len(hosts) <= min(3, os.cpu_count() or 1)
     assert state["pid"] not in hosts and 0 not in hosts
     os.kill(state["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while any(_alive(h) for h in hosts) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_gone(hosts, timeout=20)
     assert not any(_alive(h) for h in hosts)
     down = subprocess.run([sys.executable, "-m", "p2pnode", "swarm", "down", "--dir", str(folder)],
                           capture_output=True, text=True, env=ENV, timeout=60)
     assert down.returncode == 0
+
+
+def _wait_gone(pids: Any, timeout: float) -> None:
+    """Wait until the processes ``pids`` (not our children) have ended, on their pidfds: the
+    kernel says when, no polling."""
+    import select
+
+    fds = []
+    for pid in pids:
+        try:
+            fds.append(os.pidfd_open(pid))
+        except ProcessLookupError:
+            pass
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    left, deadline = set(fds), time.monotonic() + timeout
+    try:
+        while left and (remaining := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(remaining * 1000):
+                left.discard(fd)
+                poller.unregister(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _alive(pid: int) -> bool:
