@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--provide", dest="provide", action="store_true", default=None, help="offer capacity")
     run.add_argument("--no-provide", dest="provide", action="store_false", help="do not offer capacity")
     run.add_argument("--no-gpu", dest="use_gpu", action="store_false", default=None, help="use the CPU only")
+    run.add_argument("--gpus", metavar="I,J", help="offer only these GPUs (NVML indexes), e.g. 0,2")
+    run.add_argument("--slots", type=int, metavar="N", help="jobs at once on each GPU offered (or on the CPU)")
+    run.add_argument("--max-jobs", type=int, metavar="N", help="most jobs at once in all")
+    run.add_argument("--max-gpu-mem", metavar="SIZE", help="most memory jobs may use on each GPU, e.g. 20G")
+    run.add_argument("--cpu-threads", type=int, metavar="N", help="threads one job may use on the CPU")
+    run.add_argument("--schedule", action="append", metavar="WINDOW",
+                     help="take jobs only in these local-time windows, e.g. 'mon-fri 19:00-07:00' (repeatable)")
     run.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus endpoint ('' disables)")
     run.add_argument("--price", type=int, help="price in micro-credits per unit of work")
     run.add_argument("--ad-interval", type=_finite, help="seconds between periodic ads")
@@ -170,7 +177,8 @@ def _parser() -> argparse.ArgumentParser:
 
 _RUN_FLAGS = ("listen", "announce", "bootstrap", "mdns", "provide", "use_gpu", "metrics", "price",
               "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "budget",
-              "reciprocity", "adversary", "calibration_file", "impair")
+              "reciprocity", "adversary", "calibration_file", "impair", "gpus", "slots", "max_jobs", "max_gpu_mem",
+              "cpu_threads", "schedule")
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -291,7 +299,10 @@ def _read_command(args: argparse.Namespace) -> int:
         console.print(ui.status_text(answer), end="")
         return 0 if answer["state"] != "error" else 2
     elif args.command in ("pause", "resume"):
-        console.print(f"{'paused' if answer['paused'] else 'taking jobs'}; {answer['running']} job(s) running")
+        state = "paused" if answer["paused"] else "taking jobs"
+        if answer["paused"] and not answer.get("operator") and answer.get("off_schedule"):
+            state = "paused by its schedule until its next window"
+        console.print(f"{state}; {answer['running']} job(s) running")
     return 0
 
 

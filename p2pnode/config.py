@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pnode.errors import ConfigError
+from p2pnode.sharing import Schedule, parse_size
 from p2pnode.wire.peer_id import from_base58, public_key_from_peer_id
 
 CONFIG_FILE = "config.toml"
@@ -49,7 +50,15 @@ KEYS: tuple[Key, ...] = (
     Key("use_gpu", bool, True, "Probe GPUs with NVML and use them; false forces the CPU path."),
     Key("workloads", list, ["matmul", "infer", "train_step", "onnx"], "Workloads offered in the capacity ad."),
     Key("price", int, 100, "Price in micro-credits per unit of work (one GFLOP)."),
-    Key("slots", int, 1, "Jobs this node runs at once (one worker process each)."),
+    Key("slots", int, 1, "Jobs this node runs at once on each device it offers: on each GPU, or on the CPU "
+        "where it offers none (one worker process each)."),
+    Key("gpus", list, [], "GPU indexes (as NVML and nvidia-smi number them) this node offers, e.g. 0,2; "
+        "empty: every GPU it finds. Each job's worker sees only its GPU."),
+    Key("max_jobs", int, 0, "Most jobs at once in all (0: slots times the devices offered)."),
+    Key("max_gpu_mem", str, "", "Most memory jobs may use on each offered GPU, e.g. 20G; empty: all that is free."),
+    Key("cpu_threads", int, 0, "Threads one job may use on the CPU (BLAS, ONNX Runtime); 0: every core."),
+    Key("schedule", list, [], "When this node takes jobs, in local time: windows such as 18:00-08:00 or "
+        "mon-fri 19:00-07:00; outside them it is paused (running jobs finish). Empty: always."),
     Key("ad_interval", float, 60.0, "Seconds between periodic capacity ads (also sent at start and on change; "
         "newcomers get the market by sync)."),
     Key("ad_ttl", float, 180.0, "Seconds an ad stays valid; must exceed ad_interval."),
@@ -89,6 +98,11 @@ class Config:
     workloads: tuple[str, ...]
     price: int
     slots: int
+    gpus: tuple[str, ...]
+    max_jobs: int
+    max_gpu_mem: str
+    cpu_threads: int
+    schedule: tuple[str, ...]
     ad_interval: float
     ad_ttl: float
     calibrate_seconds: float
@@ -118,6 +132,21 @@ class Config:
             v = getattr(self, f.name)
             out[f.name] = list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v
         return out
+
+    @property
+    def gpu_indexes(self) -> tuple[int, ...]:
+        """The GPUs offered (empty: all found)."""
+        out = []
+        for g in self.gpus:
+            if not g.isdigit() or int(g) > 255:
+                raise ConfigError(f"gpus: {g!r} is not a GPU index (0..255)")
+            out.append(int(g))
+        return tuple(out)
+
+    @property
+    def gpu_memory_cap(self) -> int:
+        """``max_gpu_mem`` in bytes (0: no cap)."""
+        return parse_size(self.max_gpu_mem, what="max_gpu_mem") if self.max_gpu_mem else 0
 
     @property
     def control_socket(self) -> Path:
@@ -226,6 +255,16 @@ def _check(c: Config) -> None:
         raise ConfigError("heartbeat must be within (0, 60] seconds")
     if not 1 <= c.slots <= 64:
         raise ConfigError("slots must be between 1 and 64")
+    if not 0 <= c.max_jobs <= 256:
+        raise ConfigError("max_jobs must be between 0 (slots times devices) and 256")
+    if not 0 <= c.cpu_threads <= 1024:
+        raise ConfigError("cpu_threads must be between 0 (every core) and 1024")
+    gpu_indexes = c.gpu_indexes  # checks them
+    if len(set(gpu_indexes)) != len(gpu_indexes):
+        raise ConfigError("gpus: an index is named twice")
+    if c.max_gpu_mem:
+        parse_size(c.max_gpu_mem, what="max_gpu_mem")
+    Schedule.parse(c.schedule)
     if c.max_peers < 1:
         raise ConfigError("max_peers must be at least 1")
     if not 0 < c.check_rate_min <= 1:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from types import ModuleType
 from typing import Any
 
@@ -44,6 +45,7 @@ from p2pnode.services.provider import JobProvider
 from p2pnode.services.records import JobRecords
 from p2pnode.services.requester import JobRequester
 from p2pnode.services.trust import TrustService, reputation_for
+from p2pnode.sharing import Schedule
 from p2pnode.telemetry.calibrate import calibrate
 from p2pnode.telemetry.metrics import NodeMetrics
 from p2pnode.telemetry.probe import Hardware, HardwareProbe
@@ -57,6 +59,7 @@ from p2pnode.wire.names import (
 )
 
 log = logging.getLogger("p2pnode.node")
+SCHEDULE_CHECK_S = 20.0  # how often the schedule is looked at (a window starts on a minute)
 
 
 class Node:
@@ -76,15 +79,16 @@ class Node:
         self.identity = identity or _load_identity(config)
         self._clock = clock
         cfg, me = config, self.identity.peer_id
-        self.probe = HardwareProbe(nvml, use_gpu=cfg.use_gpu)
+        self.schedule = Schedule.parse(cfg.schedule)
+        self.probe = HardwareProbe(nvml, use_gpu=cfg.use_gpu, gpus=cfg.gpu_indexes, max_gpu_mem=cfg.gpu_memory_cap,
+                                   cpu_threads=cfg.cpu_threads)
         self.resources = Resources()
         self.table = CapacityTable(TableLimits(max_peers=cfg.max_peers))
         self.penalties = PeerPenalties()
         self.metrics = NodeMetrics()
         self.adversary = Adversary.parse(cfg.adversary, seed=int.from_bytes(me[-8:], "big"))
         self._own_executor = executor is None
-        self.executor = (executor or Executor(slots=cfg.slots, gpu_memory=self.resources.gpu_free)) \
-            if cfg.provide else None
+        self.executor = (executor or self._own_executor_for(cfg)) if cfg.provide else None
         self.host: Any = None
         self.pubsub: Any = None
         self.keeper: PeerKeeper | None = None
@@ -126,6 +130,12 @@ class Node:
         self.views = ControlViews(self)
         if self.adversary is not None:
             log.warning("running as an adversary: %s", cfg.adversary)
+
+    def _own_executor_for(self, cfg: Config) -> Executor:
+        """Job slots on each GPU offered (the probe reads which are there), or on the CPU."""
+        devices = tuple(g.index for g in self.probe.read().gpus) if cfg.use_gpu else ()
+        return Executor(slots=cfg.slots, gpu_memory=self.resources.gpu_free, devices=devices,
+                        max_jobs=cfg.max_jobs, cpu_threads=cfg.cpu_threads)
 
     # the node's own small surface ----------------------------------------------------------
     def now(self) -> float:
@@ -181,12 +191,30 @@ class Node:
                              paused=self.market.paused)
 
     async def pause(self, paused: bool) -> dict[str, Any]:
-        """Stop (or resume) bidding: running jobs finish; the next ad offers nothing (or all again)."""
-        changed = self.market.paused != paused
-        self.market.paused = paused
-        if changed and self.config.provide and self.resources.hardware is not None:
+        """Stop (or resume) bidding: running jobs finish; the next ad offers nothing (or all again).
+        Resuming outside the schedule leaves the node paused until its next window."""
+        before = self.market.paused
+        self.market.operator_paused = paused
+        await self._announce_pause(before)
+        return {"paused": self.market.paused, "operator": paused, "off_schedule": self.market.off_schedule,
+                "running": self.executor.running if self.executor is not None else 0}
+
+    def local_time(self) -> datetime:
+        """The node's clock in the machine's local time zone (the schedule's time)."""
+        return datetime.fromtimestamp(self.now())
+
+    async def follow_schedule(self) -> None:
+        """Pause outside the operator's time-of-day windows, resume inside them."""
+        while True:
+            before = self.market.paused
+            self.market.off_schedule = not self.schedule.is_open(self.local_time())
+            await self._announce_pause(before)
+            await trio.sleep(SCHEDULE_CHECK_S)
+
+    async def _announce_pause(self, before: bool) -> None:
+        if self.market.paused != before and self.config.provide and self.resources.hardware is not None:
+            log.info("%s", "paused: no new jobs" if self.market.paused else "taking jobs again")
             await self.market.publish_ad()
-        return {"paused": paused, "running": self.executor.running if self.executor is not None else 0}
 
     async def _publish(self, topic: str, data: bytes) -> None:
         if self.pubsub is None:
@@ -254,6 +282,9 @@ class Node:
                 ads = await self.pubsub.subscribe(CAPACITY_TOPIC)
                 reports = await self.pubsub.subscribe(REPORTS_TOPIC)
                 self.started_at = self.now()
+                self.market.off_schedule = not self.schedule.is_open(self.local_time())  # before the first ad
+                if self.config.provide and not self.schedule.always:
+                    nursery.start_soon(self.follow_schedule)
                 nursery.start_soon(self.market.drain, reports)
                 nursery.start_soon(self.market.drain, ads)
                 nursery.start_soon(self.trust.run)

@@ -76,8 +76,14 @@ class ControlViews:
             why = "; ".join(hardware.problems) or "no GPU found"
             problems.append(f"no GPU: {why} -- fix: install the NVIDIA driver (nvidia-smi must work), or "
                             "run with --no-gpu to offer the CPU on purpose")
-        if node.market.paused:
+        elif hardware is not None:  # GPUs there, but not all the configuration names
+            problems.extend(f"{p} -- fix: name GPUs that nvidia-smi -L lists in gpus" for p in hardware.problems)
+        if node.market.operator_paused:
             notes.append("paused: no new jobs, running ones finish (p2pnode resume)")
+        if node.market.off_schedule:
+            nxt = node.schedule.next_change(node.local_time())
+            notes.append("outside its schedule: no new jobs" + (f" until {nxt:%a %H:%M}" if nxt else "")
+                         + f" ({', '.join(cfg.schedule)})")
         banned = node.peers.banned()
         if banned:
             notes.append(f"{len(banned)} peer(s) banned for misbehaviour")
@@ -103,6 +109,9 @@ class ControlViews:
             "ads_published": node.market.ads_published,
             "ads_rejected": dict(node.market.rejected),
             "gpus": [g.name for g in hardware.gpus] if hardware else [],
+            "paused": node.market.paused,
+            "slots": ({"total": ex.slots, "per_device": ex.slots_per_device,
+                       "devices": [{"gpu": d, "busy": n} for d, n in ex.busy.items()]} if ex is not None else None),
             "speed": node.resources.speed,
             "metrics": node.metrics.address,
             "data_dir": str(node.config.data_dir),

@@ -11,6 +11,7 @@ fp32, which is what GPU bf16 matrix units do.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import Any
 
@@ -253,11 +254,17 @@ class OrtOps:
         pass
 
 
+def cpu_threads() -> int:
+    """Threads one job may use on the CPU, as the executor set them for this worker (0: all)."""
+    value = os.environ.get("P2PNODE_CPU_THREADS", "")
+    return int(value) if value.isdigit() else 0
+
+
 def ops(name: str) -> Any:
     if name == "numpy":
         return NumpyOps()
     if name.startswith(ORT_PREFIX) and name in BACKENDS:
-        return OrtOps(name)
+        return OrtOps(name, cpu_threads())
     if name == "cuda":
         return TorchOps()
     if name == "cupy":

@@ -5,7 +5,9 @@ Promises:
 * **admission** -- a job starts only when its memory estimate fits: free GPU memory (NVML) for GPU
   backends, available RAM for NumPy, less what running jobs reserved. A job that could never fit
   fails at once with ``no_capacity``; others wait their turn;
-* **concurrency** -- at most ``slots`` jobs at a time (one worker process each);
+* **concurrency and placement** -- ``slots`` jobs at a time on each GPU offered (or on the CPU
+  without GPUs), at most ``max_jobs`` in all, one worker process each; a worker sees only its own
+  GPU (``CUDA_VISIBLE_DEVICES``), and jobs go to the least busy, least recently used GPU;
 * **isolation** -- kernels run in worker processes, never on the trio thread; an exception in a
   kernel is a typed :class:`~p2pnode.errors.ExecFailure`, a crashed worker too;
 * **cancellation and timeouts really stop the work** -- the worker running it is killed (and a
@@ -44,6 +46,14 @@ ProgressFn = Callable[[float], None]
 CACHED_INPUTS = frozenset({"model"})
 MODEL_MEMORY_FACTOR = 4
 MODEL_MEMORY_HEADROOM = 2 << 30  # thread stacks and allocator arenas of a loaded runtime
+CPU_BACKENDS = frozenset({"numpy", "ort-cpu"})  # their memory is RAM, shared by every slot
+
+
+class _NoDevice:
+    """No device can take the job now."""
+
+
+NO_DEVICE = _NoDevice()
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,7 @@ class ExecResult:
     seconds: float  # kernel time inside the worker
     wall_seconds: float  # including queueing and transfer
     backend: str
+    device: int | None = None  # the GPU its worker saw (None: no GPU offered)
 
     @property
     def digest(self) -> bytes:
@@ -97,17 +108,31 @@ def _describe_exit(code: int | None) -> str:
 
 
 class Executor:
+    """``devices``: the GPUs offered (NVML indexes); each has ``slots`` job slots and its workers see
+    only that GPU (``CUDA_VISIBLE_DEVICES``). Without devices there are ``slots`` CPU slots.
+    ``max_jobs`` caps the jobs at once in all (0: slots times devices). ``gpu_memory(index)``: free
+    memory of that GPU, or None when unknown. ``cpu_threads``: threads one job may use (0: all)."""
+
     def __init__(self, *, slots: int = 1, memory_limit: int | None = None,
-                 gpu_memory: Callable[[], int | None] | None = None) -> None:
+                 gpu_memory: Callable[[int], int | None] | None = None, devices: tuple[int, ...] = (),
+                 max_jobs: int = 0, cpu_threads: int = 0) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
-        self.slots = slots
+        if len(set(devices)) != len(devices):
+            raise ValueError("a device is named twice")
+        self.devices: tuple[int | None, ...] = devices or (None,)
+        self.slots_per_device = slots
+        self.slots = min(max_jobs, slots * len(self.devices)) if max_jobs > 0 else slots * len(self.devices)
+        self.cpu_threads = cpu_threads
         self._memory_limit = memory_limit
         self._gpu_memory = gpu_memory
-        self._idle: list[_Worker] = []
+        self._idle: dict[int | None, list[_Worker]] = {d: [] for d in self.devices}
         self._all: set[_Worker] = set()
-        self._slots = trio.Semaphore(slots)
-        self._reserved = 0
+        self.busy: dict[int | None, int] = {d: 0 for d in self.devices}  # jobs running on each device
+        self._reserved: dict[int | None, int] = {d: 0 for d in self.devices}  # GPU bytes, per device
+        self._reserved_ram = 0
+        self._last_used: dict[int | None, int] = {d: 0 for d in self.devices}
+        self._placements = 0
         self._admission = trio.Condition()
         self.backends: tuple[str, ...] = ()
         self.running = 0
@@ -117,10 +142,10 @@ class Executor:
 
     async def __aenter__(self) -> Executor:
         self._spool = Spool()
-        worker = await self._spawn()
+        worker = await self._spawn(self.devices[0])
         await worker.send({"op": "hello"})
         self.backends = tuple((await worker.receive())["backends"])
-        self._idle.append(worker)
+        self._idle[self.devices[0]].append(worker)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -130,7 +155,8 @@ class Executor:
                 with trio.move_on_after(5):
                     await w.proc.wait()
         self._all.clear()
-        self._idle.clear()
+        for idle in self._idle.values():
+            idle.clear()
         if self._spool is not None:
             self._spool.close()
 
@@ -138,10 +164,20 @@ class Executor:
     def load(self) -> float:
         return self.running / self.slots
 
-    async def _spawn(self) -> _Worker:
+    def worker_env(self, device: int | None) -> dict[str, str]:
+        """The environment of a worker for ``device``: only its GPU visible, threads capped."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(device)
+        if self.cpu_threads:
+            for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "P2PNODE_CPU_THREADS"):
+                env[name] = str(self.cpu_threads)
+        return env
+
+    async def _spawn(self, device: int | None) -> _Worker:
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "p2pnode.exec.worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.worker_env(device),
         )
         worker = _Worker(proc)
         self._all.add(worker)
@@ -151,13 +187,16 @@ class Executor:
         worker.kill()
         self._all.discard(worker)
 
-    def _capacity(self, backend: str) -> int:
+    def _capacity(self, backend: str, device: int | None = None) -> int:
+        """Bytes a job on ``backend`` may use: GPU memory of ``device`` (the most free of all when
+        None) for GPU backends, RAM for the others."""
         if self._memory_limit is not None:
             return self._memory_limit
-        if backend != "numpy" and self._gpu_memory is not None:
-            free = self._gpu_memory()
-            if free is not None:
-                return free
+        if backend not in CPU_BACKENDS and self._gpu_memory is not None:
+            gpus = [d for d in self.devices if d is not None] if device is None else [device]
+            frees = [f for f in (self._gpu_memory(d) for d in gpus) if f is not None]
+            if frees:
+                return max(frees)
         try:
             with open("/proc/meminfo") as f:
                 for line in f:
@@ -198,16 +237,14 @@ class Executor:
         started = time.perf_counter()
         try:
             with trio.fail_after(timeout) if timeout else contextlib.nullcontext():
-                async with self._slots:
-                    await self._admit(need, chosen)
-                    try:
-                        limit = need * MODEL_MEMORY_FACTOR + MODEL_MEMORY_HEADROOM if chosen == "ort-cpu" else 0
-                        return await self._execute(workload, checked, chosen, on_progress, started, wire_inputs,
-                                                   limit)
-                    finally:
-                        async with self._admission:
-                            self._reserved -= need
-                            self._admission.notify_all()
+                device = await self._place(need, chosen)
+                try:
+                    limit = need * MODEL_MEMORY_FACTOR + MODEL_MEMORY_HEADROOM if chosen == "ort-cpu" else 0
+                    return await self._execute(workload, checked, chosen, on_progress, started, wire_inputs,
+                                               limit, device)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._release(device, need, chosen)
         except trio.TooSlowError:
             self._count("timeout")
             raise ExecFailure(f"job exceeded its {timeout:g} s timeout", code="timeout") from None
@@ -215,16 +252,53 @@ class Executor:
             self._count("cancelled")
             raise
 
-    async def _admit(self, need: int, backend: str) -> None:
+    def _pick(self, need: int, backend: str) -> int | None | _NoDevice:
+        """A device with a free slot whose memory takes ``need`` now: the least busy, then the
+        least recently used (jobs spread over the GPUs); ``NO_DEVICE`` when none."""
+        if self.running >= self.slots:
+            return NO_DEVICE
+        on_gpu = backend not in CPU_BACKENDS
+        if not on_gpu and self._reserved_ram and self._reserved_ram + need > self._capacity(backend):
+            return NO_DEVICE
+        best: int | None | _NoDevice = NO_DEVICE
+        for d in sorted(self.devices, key=lambda d: (self.busy[d], self._last_used[d])):
+            if self.busy[d] >= self.slots_per_device:
+                continue
+            if on_gpu and self._reserved[d] and self._reserved[d] + need > self._capacity(backend, d):
+                continue
+            best = d
+            break
+        return best
+
+    async def _place(self, need: int, backend: str) -> int | None:
         async with self._admission:
-            while self._reserved and self._reserved + need > self._capacity(backend):
+            while isinstance(device := self._pick(need, backend), _NoDevice):
                 await self._admission.wait()
-            self._reserved += need
+            self.running += 1
+            self.busy[device] += 1
+            self._placements += 1
+            self._last_used[device] = self._placements
+            if backend in CPU_BACKENDS:
+                self._reserved_ram += need
+            else:
+                self._reserved[device] += need
+            return device
+
+    async def _release(self, device: int | None, need: int, backend: str) -> None:
+        async with self._admission:
+            self.running -= 1
+            self.busy[device] -= 1
+            if backend in CPU_BACKENDS:
+                self._reserved_ram -= need
+            else:
+                self._reserved[device] -= need
+            self._admission.notify_all()
 
     async def _execute(self, workload: str, params: dict[str, Any], backend: str, on_progress: ProgressFn | None,
-                       started: float, inputs: dict[str, Any], mem_limit: int = 0) -> ExecResult:
-        worker = self._idle.pop() if self._idle else await self._spawn()
-        self.running += 1
+                       started: float, inputs: dict[str, Any], mem_limit: int = 0,
+                       device: int | None = None) -> ExecResult:
+        idle = self._idle[device]
+        worker = idle.pop() if idle else await self._spawn(device)
         done = False
         spooled: list[str] = []
         try:
@@ -255,11 +329,10 @@ class Executor:
             self._count(exc.code)
             raise
         finally:
-            self.running -= 1
             for path in spooled:  # the worker mapped them: the mapping outlives the file
                 self._spool.discard(path)  # type: ignore[union-attr]
             if done:
-                self._idle.append(worker)
+                idle.append(worker)
             else:  # cancelled, timed out or crashed mid-job: the work must stop now
                 self._discard(worker)
         if not frame.get("ok"):
@@ -278,7 +351,7 @@ class Executor:
                                 "extra": wire.get("extra", {})})
         self.completed += 1
         return ExecResult(Output({**out.arrays, **arrays}, out.extra), float(frame["seconds"]),
-                          time.perf_counter() - started, backend)
+                          time.perf_counter() - started, backend, device)
 
     def _count(self, code: str) -> None:
         self.failed[code] = self.failed.get(code, 0) + 1

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -63,11 +63,11 @@ class Resources:
     hardware: Hardware | None = None
     speed: dict[str, float] = field(default_factory=dict)
 
-    def gpu_free(self) -> int | None:
-        """Free memory of the first GPU, from the latest NVML read (refreshed every second)."""
-        if self.hardware is None or not self.hardware.gpus:
+    def gpu_free(self, index: int) -> int | None:
+        """Free memory offered on GPU ``index``, from the latest NVML read (refreshed every second)."""
+        if self.hardware is None:
             return None
-        return self.hardware.gpus[0].memory_free
+        return next((g.memory_free for g in self.hardware.gpus if g.index == index), None)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def capacity_from(resources: Resources, executor: Executor | None, price: int, w
     backends = executor.backends if executor else ()
     hw = resources.hardware
     gpu_backend = bool(backends) and backends[0] != "numpy"
-    free = (hw.gpus[0].memory_free if gpu_backend and hw.gpus else hw.cpu.memory_free) if hw else 0
+    free = (max(g.memory_free for g in hw.gpus) if gpu_backend and hw.gpus else hw.cpu.memory_free) if hw else 0
     return Capacity(backends=backends, free_memory=int(free * 0.8), gflops=gflops, price_per_gflop=price,
                     busy=executor is None or executor.running >= 2 * executor.slots,
                     offered=workloads if provide else (), speeds=tuple(sorted(speeds.items())), paused=paused)
@@ -102,7 +102,8 @@ class MarketService:
         """``connected`` and ``streams``: for market sync with each newly connected peer (none
         without them)."""
         self.identity, self.now, self.table, self.metrics = identity, now, table, metrics
-        self.paused = False
+        self.operator_paused = False  # p2pnode pause
+        self.off_schedule = False  # outside the operator's time-of-day schedule
         self.is_banned, self.penalise, self.publish = is_banned, penalise, publish
         self.settings, self.resources, self.probe = settings, resources, probe
         self.executor, self.adversary, self.addrs, self.peers = executor, adversary, addrs, peers
@@ -113,6 +114,11 @@ class MarketService:
         self.ads_published = 0
         self._seq = 0
         self._changed = trio.Event()
+
+    @property
+    def paused(self) -> bool:
+        """No new jobs: paused by the operator or outside the schedule (running jobs finish)."""
+        return self.operator_paused or self.off_schedule
 
     # gossip in ---------------------------------------------------------------------------
     def validate(self, forwarder: Any, msg: Any) -> bool:
@@ -277,7 +283,8 @@ class MarketService:
             issued_at_ms=int(now * 1000),
             expires_at_ms=int((now + s.ad_ttl) * 1000),
             cpu=hardware.cpu,
-            gpus=hardware.gpus,
+            gpus=tuple(replace(g, slots=ex.slots_per_device, busy=ex.busy.get(g.index, 0))
+                       if ex is not None and g.index in ex.busy else g for g in hardware.gpus),
             offers=tuple(offers),
             addrs=tuple(a for a in self.addrs() if len(a) <= 128)[:8],
             speed=tuple(sorted((k, v * factor) for k, v in self.resources.speed.items()))[:16],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
@@ -30,9 +30,12 @@ def _text(value: Any) -> str:
 class HardwareProbe:
     """Holds one NVML session open between reads (``nvmlInit`` is slow); close it at shutdown."""
 
-    def __init__(self, nvml: ModuleType | None = None, *, use_gpu: bool = True) -> None:
+    def __init__(self, nvml: ModuleType | None = None, *, use_gpu: bool = True, gpus: tuple[int, ...] = (),
+                 max_gpu_mem: int = 0, cpu_threads: int = 0) -> None:
+        """``gpus``, ``max_gpu_mem``, ``cpu_threads``: what the operator shares (see :func:`offered`)."""
         self._nvml = nvml
         self._use_gpu = use_gpu
+        self.gpus, self.max_gpu_mem, self.cpu_threads = gpus, max_gpu_mem, cpu_threads
         self._nvml_ok = False
         self._nvml_problem: str | None = None
         self._opened = False
@@ -76,7 +79,9 @@ class HardwareProbe:
                 problems.append("NVML found no GPU")
         elif self._nvml_problem:
             problems.append(self._nvml_problem)
-        return Hardware(cpu=read_cpu(), gpus=tuple(gpus), problems=tuple(problems))
+        return offered(Hardware(cpu=read_cpu(), gpus=tuple(gpus), problems=tuple(problems)),
+                       gpus=self.gpus if self._use_gpu else (), max_gpu_mem=self.max_gpu_mem,
+                       cpu_threads=self.cpu_threads)
 
     def _read_gpus(self) -> list[GpuInfo]:
         nv = self._nvml
@@ -108,6 +113,24 @@ class HardwareProbe:
                 )
             )
         return out
+
+
+def offered(hw: Hardware, *, gpus: tuple[int, ...] = (), max_gpu_mem: int = 0, cpu_threads: int = 0) -> Hardware:
+    """What this node shares of ``hw``: only the GPUs named in ``gpus`` (all when empty), each with
+    at most ``max_gpu_mem`` bytes (0: all), and at most ``cpu_threads`` cores (0: all). A named GPU
+    that is not there is a problem for ``status``."""
+    found = {g.index for g in hw.gpus}
+    problems = list(hw.problems)
+    missing = [i for i in gpus if i not in found]
+    if missing and hw.gpus:
+        problems.append(f"GPU {', '.join(map(str, missing))} offered by configuration (gpus) but not found "
+                        f"(found: {', '.join(str(i) for i in sorted(found))})")
+    kept = [g for g in hw.gpus if not gpus or g.index in gpus]
+    if max_gpu_mem:
+        kept = [replace(g, memory_total=min(g.memory_total, max_gpu_mem), memory_free=min(g.memory_free, max_gpu_mem))
+                for g in kept]
+    cpu = replace(hw.cpu, cores=min(hw.cpu.cores, cpu_threads)) if cpu_threads else hw.cpu
+    return Hardware(cpu=cpu, gpus=tuple(kept), problems=tuple(problems))
 
 
 def read_cpu() -> CpuInfo:

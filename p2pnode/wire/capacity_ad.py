@@ -28,6 +28,7 @@ VERSION = 1
 MAX_AD_BYTES = 4096
 MAX_BODY_BYTES = MAX_AD_BYTES - 80
 MAX_GPUS = 16
+MAX_GPU_SLOTS = 64
 MAX_OFFERS = 16
 MAX_ADDRS = 8
 MAX_SPEEDS = 16
@@ -57,9 +58,11 @@ class GpuInfo:
     utilization: int  # percent, 0..100
     compute_capability: str  # "9.0"
     driver: str
+    slots: int = 0  # jobs this GPU takes at once (0: not stated, as in ads before job slots)
+    busy: int = 0  # of those slots, how many run a job now
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "idx": self.index,
             "name": self.name,
             "mem_total": self.memory_total,
@@ -68,10 +71,17 @@ class GpuInfo:
             "cc": self.compute_capability,
             "driver": self.driver,
         }
+        if self.slots:
+            out["slots"], out["busy"] = self.slots, self.busy
+        return out
 
     @classmethod
     def from_wire(cls, f: codec.Fields) -> GpuInfo:
         total, free = _memory(f)
+        slots = f.uint("slots", maximum=MAX_GPU_SLOTS, optional=True)
+        busy = f.uint("busy", maximum=MAX_GPU_SLOTS, optional=True)
+        if busy > slots:
+            raise CodecError(f.where(".busy: exceeds slots"))
         return cls(
             index=f.uint("idx", maximum=255),
             name=f.text("name", max_len=MAX_NAME),
@@ -80,6 +90,8 @@ class GpuInfo:
             utilization=f.uint("util", maximum=100),
             compute_capability=f.text("cc", max_len=8),
             driver=f.text("driver", max_len=MAX_SHORT),
+            slots=slots,
+            busy=busy,
         )
 
 

@@ -115,3 +115,50 @@ async def test_admission_by_memory() -> None:
                                                          on_progress=watch))
         assert most == 1  # two slots, but memory admits one such job at a time
         assert ex.completed == 4
+
+
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    return {k.decode(): v.decode() for k, v in pairs}
+
+
+async def test_jobs_go_to_each_gpus_slots_and_workers_see_only_their_gpu() -> None:
+    """Two GPUs offered (0 and 2), one slot each: jobs alternate between them, each worker's
+    environment names only its GPU, and a third job waits for a free slot."""
+    params = {"m": 64, "n": 64, "k": 64, "dtype": "int8", "seed": 1}
+    async with Executor(devices=(0, 2), cpu_threads=1) as ex:
+        assert ex.slots == 2 and ex.slots_per_device == 1
+        placed = [(await ex.run("matmul", params)).device for _ in range(4)]
+        assert placed == [0, 2, 0, 2]  # least busy, then least recently used
+        for device, workers in ex._idle.items():
+            assert workers, device
+            for w in workers:
+                env = _environ(w.proc.pid)
+                assert env["CUDA_VISIBLE_DEVICES"] == str(device)
+                assert env["OMP_NUM_THREADS"] == env["P2PNODE_CPU_THREADS"] == "1"
+        # at once: both slots busy, a third job waits until one frees
+        results: list[int | None] = []
+
+        async def one() -> None:
+            results.append((await ex.run("matmul", {**params, "m": 256, "n": 256, "k": 256})).device)
+
+        async with trio.open_nursery() as n:
+            for _ in range(3):
+                n.start_soon(one)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ex.running == 2 and ex.busy == {0: 1, 2: 1}
+        assert sorted(results) in ([0, 0, 2], [0, 2, 2])
+        assert ex.running == 0 and ex.busy == {0: 0, 2: 0}
+
+
+async def test_max_jobs_caps_slots_across_gpus() -> None:
+    async with Executor(devices=(0, 1), slots=2, max_jobs=3) as ex:
+        assert ex.slots == 3 and ex.load == 0
+        params = {"m": 256, "n": 256, "k": 256, "dtype": "fp32", "seed": 1}
+        async with trio.open_nursery() as n:
+            for _ in range(4):
+                n.start_soon(ex.run, "matmul", params)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ex.running == 3 and max(ex.busy.values()) == 2 and ex.load == 1.0
+        assert ex.completed == 4
