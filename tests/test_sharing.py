@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -100,3 +101,14 @@ def test_offered_hardware_is_what_the_operator_shares() -> None:
     missing = offered(hw, gpus=(1, 5))
     assert [g.index for g in missing.gpus] == [1]
     assert any("GPU 5" in p and "not found" in p for p in missing.problems)
+
+
+def test_run_flags_reach_the_config(tmp_path: Any) -> None:
+    from p2pnode.cli import _config, _parser
+
+    args = _parser().parse_args(["run", "--data-dir", str(tmp_path), "--gpus", "1", "--slots", "3", "--max-jobs", "2",
+                                 "--max-gpu-mem", "8G", "--cpu-threads", "2", "--schedule", "sat,sun 00:00-24:00",
+                                 "--schedule", "22:00-06:00"])
+    c = _config(args)
+    assert (c.gpu_indexes, c.slots, c.max_jobs, c.gpu_memory_cap, c.cpu_threads) == ((1,), 3, 2, 8 << 30, 2)
+    assert c.schedule == ("sat,sun 00:00-24:00", "22:00-06:00")
