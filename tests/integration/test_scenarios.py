@@ -21,7 +21,7 @@ from tests.integration.test_cli import ENV
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "tools" / "scenarios"
 SMALL = {  # name: (nodes, seconds of work)
-    "baseline": (5, 6), "cheaters": (8, 11), "churn": (6, 10), "partition": (6, 12), "sybil-flood": (8, 6),
+    "baseline": (5, 6), "cheaters": (8, 9), "churn": (6, 9), "partition": (6, 10), "sybil-flood": (8, 6),
     "terrible-network": (5, 8), "models": (4, 8),
 }
 IN_PROCESS = {"baseline"}  # run as one in-process host (the rest as node processes, kill -9 and all)
