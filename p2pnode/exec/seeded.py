@@ -53,13 +53,59 @@ def words(xp: Any, seed: int, stream: int, count: int) -> Any:
     return z
 
 
+CHUNK = 1 << 16  # NumPy generates this many words at a time, in the cache, with no temporaries
+
+
+def _chunks(seed: int, stream: int, count: int) -> Any:
+    """(start, words) for consecutive chunks: the same words as :func:`words`, NumPy only."""
+    key = np.uint64(stream_key(seed, stream))
+    z, t = np.empty(min(count, CHUNK), np.uint64), np.empty(min(count, CHUNK), np.uint64)
+    with np.errstate(over="ignore"):
+        for start in range(0, count, CHUNK):
+            n = min(CHUNK, count - start)
+            w, tmp = z[:n], t[:n]
+            w[:] = np.arange(start, start + n, dtype=np.uint64)
+            w *= np.uint64(GOLDEN)
+            w += key
+            for shift, mult in ((30, M1), (27, M2), (31, 0)):
+                np.right_shift(w, np.uint64(shift), out=tmp)
+                w ^= tmp
+                if mult:
+                    w *= np.uint64(mult)
+            yield start, w, tmp
+
+
+def _uniform_np(seed: int, stream: int, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.empty(int(np.prod(shape)), np.float32)
+    for start, w, tmp in _chunks(seed, stream, out.size):
+        np.right_shift(w, np.uint64(40), out=tmp)
+        chunk = out[start:start + len(w)]
+        chunk[:] = tmp  # < 2^24: exact in float32
+        chunk -= np.float32(1 << 23)
+        chunk *= np.float32(2.0**-23)
+    return out.reshape(shape)
+
+
+def _int8_np(seed: int, stream: int, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.empty(int(np.prod(shape)), np.uint8)
+    for start, w, tmp in _chunks(seed, stream, out.size):
+        np.right_shift(w, np.uint64(56), out=tmp)
+        tmp ^= np.uint64(0x80)  # (v - 128) as int8 is v ^ 0x80 as uint8
+        out[start:start + len(w)] = tmp
+    return out.view(np.int8).reshape(shape)
+
+
 def uniform(xp: Any, seed: int, stream: int, shape: tuple[int, ...]) -> Any:
+    if xp is np:
+        return _uniform_np(seed, stream, shape)
     w = words(xp, seed, stream, int(np.prod(shape)))
     top = (w >> xp.uint64(40)).astype(xp.int64) - (1 << 23)
     return top.astype(xp.float32).reshape(shape) * xp.float32(2.0**-23)
 
 
 def int8(xp: Any, seed: int, stream: int, shape: tuple[int, ...]) -> Any:
+    if xp is np:
+        return _int8_np(seed, stream, shape)
     w = words(xp, seed, stream, int(np.prod(shape)))
     return ((w >> xp.uint64(56)).astype(xp.int16) - 128).astype(xp.int8).reshape(shape)
 
