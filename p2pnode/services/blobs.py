@@ -47,8 +47,10 @@ class BlobStore:
         self._bytes = 0
         self.hits = 0
 
-    def put(self, data: bytes) -> bytes:
-        manifest = wb.manifest_for(data)
+    def put(self, data: bytes, manifest: wb.Manifest | None = None) -> bytes:
+        """Keep ``data``; ``manifest``: its manifest, already checked chunk by chunk (a fetched
+        blob), so it is not hashed again."""
+        manifest = manifest or wb.manifest_for(data)
         if manifest.id not in self._blobs:
             self._blobs[manifest.id] = (manifest, data)
             self._bytes += len(data)
@@ -92,11 +94,11 @@ class BlobService:
         for i in range(start, len(manifest.hashes)):
             a, b = manifest.chunk_range(i)
             with trio.fail_after(CHUNK_TIMEOUT_S):  # a reader that stops reading is dropped
-                await self._send_chunk(fs, i, data[a:b])
+                await self._send_chunk(fs, i, memoryview(data)[a:b])  # a view: no copy of the chunk
         await fs.close()
 
-    async def _send_chunk(self, fs: FramedStream, i: int, data: bytes) -> None:
-        await fs.send(wb.encode_chunk(i, data))
+    async def _send_chunk(self, fs: FramedStream, i: int, data: bytes | memoryview) -> None:
+        await fs.send(data, head=wb.chunk_head(i, len(data)))
 
     # fetching ------------------------------------------------------------------------------
     async def fetch(self, peer_id: bytes, blob_id: bytes, *, max_size: int = MAX_BLOB) -> bytes:
@@ -106,7 +108,7 @@ class BlobService:
             self.store.hits += 1
             return local[1]
         manifest: Manifest | None = None
-        chunks: list[bytes] = []
+        chunks: list[bytes | memoryview] = []  # views of the frames they came in
         breaks = 0
         deadline = trio.current_time() + FETCH_GRACE_S + max_size / MIN_RATE
         while True:
@@ -156,5 +158,6 @@ class BlobService:
                 await fs.close()
         data = b"".join(chunks)
         self.fetched_bytes += len(data)
-        self.store.put(data)
+        assert manifest is not None  # the loop ends with every chunk of it checked
+        self.store.put(data, manifest)
         return data

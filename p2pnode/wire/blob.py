@@ -76,7 +76,7 @@ def parse_manifest(raw: bytes, expected_id: bytes, *, max_size: int = MAX_BLOB) 
     return Manifest(size, chunk, tuple(hashes), raw)
 
 
-def check_chunk(manifest: Manifest, i: int, data: bytes) -> None:
+def check_chunk(manifest: Manifest, i: int, data: bytes | memoryview) -> None:
     if not 0 <= i < len(manifest.hashes):
         raise BlobError(f"chunk {i} is outside the blob")
     start, end = manifest.chunk_range(i)
@@ -109,6 +109,26 @@ def encode_chunk(i: int, data: bytes) -> bytes:
     return codec.encode({"t": "chunk", "i": i, "data": data})
 
 
+def _head(major: int, n: int) -> bytes:
+    """A CBOR item head in its shortest form (as canonical encoding writes it)."""
+    if n < 24:
+        return bytes([major << 5 | n])
+    for code, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * size):
+            return bytes([major << 5 | code]) + n.to_bytes(size, "big")
+    raise ValueError("too large for CBOR")
+
+
+_CHUNK_MAP = b"\xa3\x61i"  # map of 3; key "i" (canonical order: "i", "t", "data")
+_CHUNK_MID = b"\x61t\x65chunk\x64data"
+
+
+def chunk_head(i: int, size: int) -> bytes:
+    """The bytes of :func:`encode_chunk` before the chunk's data: a holder sends this, then the
+    data as it is, so a 1 MiB chunk is not copied into an encoder."""
+    return _CHUNK_MAP + _head(0, i) + _CHUNK_MID + _head(2, size)
+
+
 MISSING = codec.encode({"t": "missing"})
 
 
@@ -120,10 +140,44 @@ class Reply:
     kind: str
     raw: bytes = b""
     index: int = 0
-    data: bytes = b""
+    data: bytes | memoryview = b""
+
+
+def _fast_chunk(data: bytes, max_chunk: int) -> Reply | None:
+    """A chunk message in canonical form, its data a view of ``data`` (no copy); None for
+    anything else, which then goes through the strict general decoder."""
+    if not data.startswith(_CHUNK_MAP):
+        return None
+    index = _head_at(data, len(_CHUNK_MAP), 0)
+    if index is None or not data.startswith(_CHUNK_MID, index[1]):
+        return None
+    size = _head_at(data, index[1] + len(_CHUNK_MID), 2)
+    if size is None or size[0] != len(data) - size[1] or size[0] > max_chunk or index[0] > MAX_CHUNKS:
+        return None
+    return Reply("chunk", index=index[0], data=memoryview(data)[size[1]:])
+
+
+def _head_at(data: bytes, pos: int, major: int) -> tuple[int, int] | None:
+    """(value, next position) of a shortest-form CBOR head of ``major`` at ``pos``, else None."""
+    if pos >= len(data) or data[pos] >> 5 != major:
+        return None
+    low = data[pos] & 0x1F
+    if low < 24:
+        return low, pos + 1
+    size = {24: 1, 25: 2, 26: 4, 27: 8}.get(low)
+    if size is None or pos + 1 + size > len(data):
+        return None
+    value = int.from_bytes(data[pos + 1:pos + 1 + size], "big")
+    if _head(major, value) != data[pos:pos + 1 + size]:
+        return None  # not the shortest form
+    return value, pos + 1 + size
 
 
 def decode_reply(data: bytes, *, max_chunk: int = CHUNK) -> Reply:
+    """A holder's message. A chunk's ``data`` may be a view of ``data`` (bytes-like)."""
+    fast = _fast_chunk(data, max_chunk) if len(data) <= MAX_FRAME else None
+    if fast is not None:
+        return fast
     f = codec.Fields(codec.decode(data, max_size=MAX_FRAME), "blob")
     kind = f.text("t", max_len=8)
     if kind == "missing":
