@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--provide", dest="provide", action="store_true", default=None, help="offer capacity")
     run.add_argument("--no-provide", dest="provide", action="store_false", help="do not offer capacity")
     run.add_argument("--no-gpu", dest="use_gpu", action="store_false", default=None, help="use the CPU only")
+    run.add_argument("--reachability", choices=("auto", "public", "private"),
+                     help="whether others can dial this node (auto: ask peers, AutoNAT)")
+    run.add_argument("--relay-service", choices=("auto", "on", "off"), help="relay for nodes behind NAT")
+    run.add_argument("--relay", dest="relays", action="append", metavar="MULTIADDR",
+                     help="a relay to reserve a slot on when private (repeatable)")
     run.add_argument("--gpus", metavar="I,J", help="offer only these GPUs (NVML indexes), e.g. 0,2")
     run.add_argument("--slots", type=int, metavar="N", help="jobs at once on each GPU offered (or on the CPU)")
     run.add_argument("--max-jobs", type=int, metavar="N", help="most jobs at once in all")
@@ -178,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
 _RUN_FLAGS = ("listen", "announce", "bootstrap", "mdns", "provide", "use_gpu", "metrics", "price",
               "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "budget",
               "reciprocity", "adversary", "calibration_file", "impair", "gpus", "slots", "max_jobs", "max_gpu_mem",
-              "cpu_threads", "schedule")
+              "cpu_threads", "schedule", "reachability", "relay_service", "relays")
 
 
 def _config(args: argparse.Namespace) -> Config:

@@ -46,6 +46,11 @@ KEYS: tuple[Key, ...] = (
         "forwarded port); without it, wildcard listen addresses are expanded to this machine's interfaces."),
     Key("bootstrap", list, [], "Multiaddrs with /p2p/ id of peers to keep connected; redialed with backoff."),
     Key("mdns", bool, True, "Find peers on the local network with mDNS."),
+    Key("reachability", str, "auto", "Whether others can dial this node: auto (ask peers to dial back, AutoNAT), "
+        "public (a forwarded port) or private (behind NAT: reachable through relays only)."),
+    Key("relay_service", str, "auto", "Relay for nodes behind NAT, within bounds: auto (when public), on or off."),
+    Key("relays", list, [], "Multiaddrs with /p2p/ id of relays to reserve a slot on when private; empty: the "
+        "connected peers that relay."),
     Key("provide", bool, True, "Offer this machine's capacity (publish capacity ads)."),
     Key("use_gpu", bool, True, "Probe GPUs with NVML and use them; false forces the CPU path."),
     Key("workloads", list, ["matmul", "infer", "train_step", "onnx"], "Workloads offered in the capacity ad."),
@@ -93,6 +98,9 @@ class Config:
     announce: tuple[str, ...]
     bootstrap: tuple[str, ...]
     mdns: bool
+    reachability: str
+    relay_service: str
+    relays: tuple[str, ...]
     provide: bool
     use_gpu: bool
     workloads: tuple[str, ...]
@@ -255,6 +263,13 @@ def _check(c: Config) -> None:
         raise ConfigError("heartbeat must be within (0, 60] seconds")
     if not 1 <= c.slots <= 64:
         raise ConfigError("slots must be between 1 and 64")
+    if c.reachability not in ("auto", "public", "private"):
+        raise ConfigError(f"reachability: {c.reachability!r} is not auto, public or private")
+    if c.relay_service not in ("auto", "on", "off"):
+        raise ConfigError(f"relay_service: {c.relay_service!r} is not auto, on or off")
+    for relay in c.relays:
+        if "/p2p/" not in relay:
+            raise ConfigError(f"relays: {relay!r} lacks the relay's /p2p/ id")
     if not 0 <= c.max_jobs <= 256:
         raise ConfigError("max_jobs must be between 0 (slots times devices) and 256")
     if not 0 <= c.cpu_threads <= 1024:

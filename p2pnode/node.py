@@ -35,6 +35,7 @@ from p2pnode.net.discovery import PeerKeeper
 from p2pnode.net.gossip import build_pubsub
 from p2pnode.net.guard import PeerGate, ban_gate, guard_stream_handler, guard_validator
 from p2pnode.net.host import advertised, build_host, parse_multiaddr
+from p2pnode.net.relay import Relaying, is_circuit
 from p2pnode.protocol.penalties import PeerPenalties
 from p2pnode.services.blobs import BlobService
 from p2pnode.services.jobs import JobService
@@ -90,6 +91,7 @@ class Node:
         self._own_executor = executor is None
         self.executor = (executor or self._own_executor_for(cfg)) if cfg.provide else None
         self.host: Any = None
+        self.relaying: Relaying | None = None
         self.pubsub: Any = None
         self.keeper: PeerKeeper | None = None
         self.started_at = 0.0
@@ -146,11 +148,20 @@ class Node:
         return self.identity.peer_id_b58
 
     def addrs(self) -> list[str]:
-        """Where others can dial this node: ``announce``, or the listen addresses with wildcards
-        expanded (never 0.0.0.0 or ::)."""
+        """Where others can dial this node: through its relays when it is private, then
+        ``announce``, or the listen addresses with wildcards expanded (never 0.0.0.0 or ::)."""
         if self.host is None:
             return []
-        return advertised([str(a) for a in self.host.get_addrs()], self.config.announce, self.peer_id)
+        relaying = self.relaying
+        if relaying is not None and relaying.reachability == "private":  # its own addresses mean nothing outside
+            return relaying.circuit_addrs() + [a for a in self._direct_addrs() if self.config.announce]
+        return self._direct_addrs()
+
+    def _direct_addrs(self) -> list[str]:
+        if self.host is None:
+            return []
+        return advertised([str(a) for a in self.host.get_addrs() if not is_circuit(str(a))], self.config.announce,
+                          self.peer_id)
 
     def penalise(self, peer: bytes, code: str, now: float | None = None) -> None:
         self.peers.penalise(peer, code, now)
@@ -263,6 +274,10 @@ class Node:
         self.pubsub, router = build_pubsub(self.host, heartbeat=self.config.heartbeat)
         self.keeper = PeerKeeper(self.host, bootstrap)
         self._streams.host = self.host
+        self.relaying = Relaying(self.host, reachability=self.config.reachability,
+                                 relay_service=self.config.relay_service, relays=self.config.relays,
+                                 addrs=self._direct_addrs)
+        self._streams.relaying = self.relaying
         self._network.host, self._network.pubsub = self.host, self.pubsub
         gate = PeerGate(is_banned=self.is_banned, penalise=self.penalise)
         async with self.host.run(listen), trio.open_nursery() as nursery:
@@ -285,6 +300,7 @@ class Node:
                 self.market.off_schedule = not self.schedule.is_open(self.local_time())  # before the first ad
                 if self.config.provide and not self.schedule.always:
                     nursery.start_soon(self.follow_schedule)
+                await nursery.start(self.relaying.run)
                 nursery.start_soon(self.market.drain, reports)
                 nursery.start_soon(self.market.drain, ads)
                 nursery.start_soon(self.trust.run)

@@ -78,6 +78,17 @@ class ControlViews:
                             "run with --no-gpu to offer the CPU on purpose")
         elif hardware is not None:  # GPUs there, but not all the configuration names
             problems.extend(f"{p} -- fix: name GPUs that nvidia-smi -L lists in gpus" for p in hardware.problems)
+        relaying = node.relaying
+        if relaying is not None:
+            via = relaying.circuit_addrs()
+            if relaying.reachability == "private" and not via:
+                problems.append("behind NAT with no relay slot: no one outside can reach this node -- fix: set relays "
+                                "to a public node's multiaddr, or forward the TCP port on your router and set "
+                                "reachability = \"public\" (and announce your public address)")
+            elif relaying.reachability == "private":
+                notes.append(f"behind NAT: reachable through {len(via)} relay(s)")
+            if relaying.serving:
+                notes.append("publicly reachable: relaying for nodes behind NAT (bounded)")
         if node.market.operator_paused:
             notes.append("paused: no new jobs, running ones finish (p2pnode resume)")
         if node.market.off_schedule:
@@ -110,6 +121,7 @@ class ControlViews:
             "ads_rejected": dict(node.market.rejected),
             "gpus": [g.name for g in hardware.gpus] if hardware else [],
             "paused": node.market.paused,
+            "reachability": relaying.status() if relaying is not None else None,
             "slots": ({"total": ex.slots, "per_device": ex.slots_per_device,
                        "devices": [{"gpu": d, "busy": n} for d, n in ex.busy.items()]} if ex is not None else None),
             "speed": node.resources.speed,

@@ -24,6 +24,7 @@ class HostStreams:
     def __init__(self, host: Any = None, *, timeout: float = OPEN_TIMEOUT_S) -> None:
         self.host = host
         self.timeout = timeout
+        self.relaying: Any = None  # p2pnode.net.relay.Relaying: dials circuit addresses
 
     async def open(self, peer: bytes, protocol: str, addrs: Sequence[str] = ()) -> Any:
         from libp2p.peer.id import ID
@@ -33,8 +34,18 @@ class HostStreams:
             raise RuntimeError("the node is not running")
         pid = ID(peer)
         if addrs and pid not in self.host.get_network().connections:
-            with trio.fail_after(self.timeout):
-                await self.host.connect(PeerInfo(pid, [parse_multiaddr(a.split("/p2p/")[0]) for a in addrs]))
+            relayed = [a for a in addrs if "/p2p-circuit" in a]
+            direct = [a for a in addrs if "/p2p-circuit" not in a]
+            try:
+                if not direct:
+                    raise ConnectionError("no direct address")
+                with trio.fail_after(self.timeout):
+                    await self.host.connect(PeerInfo(pid, [parse_multiaddr(a.split("/p2p/")[0]) for a in direct]))
+            except Exception:
+                if not relayed or self.relaying is None:
+                    raise
+                with trio.fail_after(self.timeout):  # behind NAT: through a relay it reserved on
+                    await self.relaying.dial(pid, relayed)
         with trio.fail_after(self.timeout):
             return await self.host.new_stream(pid, [protocol])
 

@@ -69,9 +69,12 @@ class CheckOutcome:
 
 
 def hosts(ad: Any) -> set[str]:
-    """The IP addresses an ad's multiaddrs name."""
+    """The IP addresses an ad's multiaddrs name (not a relay's: nodes behind one relay are not
+    one party for that)."""
     out = set()
     for a in ad.addrs:
+        if "/p2p-circuit" in a:
+            continue
         parts = a.split("/")
         if len(parts) > 2 and parts[1] in ("ip4", "ip6", "dns", "dns4", "dns6"):
             out.add(parts[2])

@@ -307,7 +307,7 @@ class MarketService:
             now = trio.current_time()
             # a new peer is a change too: it learns the market from the ads that follow
             hw = self.resources.hardware
-            shape = (_shape(hw) if hw else None, self.peers())
+            shape = (_shape(hw) if hw else None, self.peers(), tuple(self.addrs()), self.paused)
             due = now - last_publish >= self.settings.ad_interval
             changed = shape != last_shape and now - last_publish >= MIN_CHANGE_INTERVAL_S
             if due or changed:

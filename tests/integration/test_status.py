@@ -60,7 +60,8 @@ async def test_a_paused_provider_takes_no_new_jobs_and_says_so_until_resumed() -
 
         await requester.wait_until(lambda: offers() > 0, timeout=20)
         old_ad = next(e.ad for e in requester.table.entries(requester._clock()) if e.ad.peer_id == me)
-        assert await provider.views.handle({"cmd": "pause"}) == {"paused": True, "running": 0}
+        answer = await provider.views.handle({"cmd": "pause"})
+        assert answer["paused"] and answer["operator"] and not answer["off_schedule"] and answer["running"] == 0
         assert any(n.startswith("paused") for n in provider.status_view()["notes"])
         await requester.wait_until(lambda: offers() == 0, timeout=20)  # the new ad offers nothing
         with pytest.raises(JobError, match="no provider in the market offers matmul"):

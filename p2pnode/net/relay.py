@@ -1,0 +1,273 @@
+"""Reachability behind NAT, with what py-libp2p ships: AutoNAT v1 and circuit relay v2.
+
+* **Reachability.** Every node answers AutoNAT dial-back requests. Each node (but one that listens
+  on loopback only: ``local``) asks up to
+  :data:`AUTONAT_SERVERS` connected peers to dial it back and calls itself ``public`` or
+  ``private`` when they agree (``reachability`` in the config overrides: an operator who forwarded a
+  port knows). The library's server dials back through the libp2p host, which reuses the
+  connection the asking node opened, so everyone behind a NAT would read as public: our server
+  (:class:`DialBackServer`) dials a *new* TCP connection and runs the Noise handshake on it, which
+  proves the address reaches that peer, then drops it.
+* **Relay service.** A public node (or one told ``relay_service = "on"``) relays for others within
+  :data:`RELAY_LIMITS`: reservations, circuits, bytes and seconds per circuit are bounded.
+* **Reservations.** A private node reserves a slot on relays (``relays`` in the config, else the
+  connected peers that serve as relays), renews it, and advertises ``<relay>/p2p-circuit``
+  addresses: in its capacity ad, so requesters dial it through the relay.
+* **Dialing.** Every node accepts relayed connections and dials circuit addresses
+  (:meth:`Relaying.dial`).
+
+What was measured: relayed dial and a first stream on loopback take ~50 ms; the library logs every
+closed hop stream as an error, which :mod:`p2pnode.telemetry.logs` keeps below warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import multiaddr
+import trio
+
+log = logging.getLogger("p2pnode.net")
+
+HOP = "/libp2p/circuit/relay/0.2.0/hop"
+AUTONAT = "/libp2p/autonat/1.0.0"
+AUTONAT_SERVERS = 4  # peers asked to dial back at a time
+CHECK_INTERVAL_S = 60.0  # reachability and reservations are looked at this often
+FIRST_CHECK_S = 1.0  # the first look, once a peer is connected
+DIAL_BACK_TIMEOUT_S = 5.0
+MAX_RELAYS = 2  # reservations a private node keeps
+REACHABILITY = ("auto", "public", "private")
+RELAY_SERVICE = ("auto", "on", "off")
+
+
+def relay_limits() -> Any:
+    from libp2p.relay.circuit_v2.resources import RelayLimits
+
+    return RelayLimits(duration=600, data=256 << 20, max_circuit_conns=16, max_reservations=32,
+                       reservation_ttl=1800)
+
+
+def is_circuit(addr: str) -> bool:
+    return "/p2p-circuit" in addr
+
+
+def _loopback(addr: str) -> bool:
+    return addr.startswith(("/ip4/127.", "/ip6/::1/"))
+
+
+class DialBackServer:
+    """AutoNAT's server, dialing back on a fresh connection (see the module's docstring)."""
+
+    def __init__(self, host: Any) -> None:
+        from libp2p.host.autonat.autonat import AutoNATService
+
+        class Service(AutoNATService):
+            async def _try_dial(inner, peer_id: Any, addrs: list[bytes]) -> bytes | None:  # noqa: N805
+                for raw in addrs:
+                    if await fresh_dial(host, peer_id, multiaddr.Multiaddr(raw)):
+                        return bytes(raw)
+                return None
+
+        self.service = Service(host, serve=True)
+
+
+async def fresh_dial(host: Any, peer_id: Any, addr: multiaddr.Multiaddr) -> bool:
+    """True if a new TCP connection to ``addr`` completes a Noise handshake with ``peer_id``."""
+    swarm = host.get_network()
+    transport = swarm.transport_manager.transport_for_dialing(addr)
+    if transport is None:
+        return False
+    raw = None
+    try:
+        with trio.fail_after(DIAL_BACK_TIMEOUT_S):
+            raw = await transport.dial(addr)
+            secured = await swarm.upgrader.upgrade_security(raw, True, peer_id)
+        await secured.close()
+        return True
+    except Exception as exc:  # noqa: BLE001 - unreachable, refused, wrong peer: not reachable there
+        log.debug("dial-back to %s failed: %s", addr, exc)
+        if raw is not None:
+            try:
+                await raw.close()
+            except Exception:  # noqa: BLE001
+                pass
+        return False
+
+
+class Relaying:
+    """A node's side of NAT traversal: its reachability, its relay service, its reservations."""
+
+    def __init__(self, host: Any, *, reachability: str = "auto", relay_service: str = "auto",
+                 relays: Sequence[str] = (), addrs: Callable[[], list[str]] | None = None) -> None:
+        """``addrs``: this node's direct addresses as it advertises them (what AutoNAT tries)."""
+        from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+        from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+        from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+
+        self.host = host
+        self.addrs = addrs or (lambda: [str(a) for a in host.get_addrs()])
+        self.configured = reachability
+        self.reachability = reachability if reachability != "auto" else "unknown"
+        self.relay_service = relay_service
+        self.relays = [multiaddr.Multiaddr(a) for a in relays]
+        limits = relay_limits()
+        self.protocol = CircuitV2Protocol(host, limits=limits, allow_hop=False)
+        config = RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=limits)
+        self.transport = CircuitV2Transport(host, self.protocol, config)
+        self.autonat = DialBackServer(host).service
+        self.serving = False
+        self.reserved: dict[Any, tuple[str, float]] = {}  # relay id -> (its address, renew at)
+        self.last_check = 0.0
+
+    # reachability ------------------------------------------------------------------------
+    async def check_reachability(self) -> str:
+        """Ask connected peers that speak AutoNAT to dial back; ``public``/``private``/``unknown``."""
+        if self.configured != "auto":
+            return self.reachability
+        own = self.addrs()
+        if not own or all(_loopback(a) for a in own):
+            self.reachability = "local"  # reachable from this machine only: nothing to ask anyone
+            return self.reachability
+        servers = [p for p in self.host.get_connected_peers() if self._speaks(p, AUTONAT)][:AUTONAT_SERVERS]
+        if not servers:
+            return self.reachability
+        self.autonat.dial_results.clear()
+        self.autonat.confirmations = min(3, len(servers))
+        addrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]).to_bytes() for a in own]
+        for server in servers:
+            try:
+                await self.autonat.query_server(server, addrs, timeout=2 * DIAL_BACK_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - a server that fails to answer gives no verdict
+                log.debug("AutoNAT query to %s failed: %s", server, exc)
+        self.autonat.update_status()
+        from libp2p.host.autonat.autonat import AutoNATStatus
+
+        status = self.autonat.get_status()
+        self.reachability = {AutoNATStatus.PUBLIC: "public", AutoNATStatus.PRIVATE: "private"}.get(
+            status, self.reachability)
+        self.last_check = time.time()
+        return self.reachability
+
+    def _speaks(self, peer: Any, protocol: str) -> bool:
+        try:
+            return protocol in self.host.get_peerstore().get_protocols(peer)
+        except Exception:  # noqa: BLE001 - unknown peer
+            return False
+
+    # relay service -----------------------------------------------------------------------
+    def update_service(self) -> None:
+        """Relay for others when public (``auto``) or always (``on``); never with ``off``."""
+        want = self.relay_service == "on" or (self.relay_service == "auto" and self.reachability == "public")
+        if want and not self.serving:
+            from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
+
+            self.protocol.allow_hop = True
+            self.host.set_stream_handler(PROTOCOL_ID, self.protocol._handle_hop_stream)
+            self.serving = True
+            log.info("serving as a relay (reservations and circuits bounded)")
+        elif not want and self.serving:
+            from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
+
+            self.protocol.allow_hop = False
+            self.host.remove_stream_handler(PROTOCOL_ID)
+            self.serving = False
+
+    # reservations ------------------------------------------------------------------------
+    async def reserve(self) -> None:
+        """Keep up to :data:`MAX_RELAYS` reservations while private; renew them before they lapse."""
+        if self.reachability != "private":
+            return
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        for addr in self.relays:
+            try:
+                info = info_from_p2p_addr(addr)
+                if info.peer_id not in self.host.get_network().connections:
+                    with trio.fail_after(DIAL_BACK_TIMEOUT_S):
+                        await self.host.connect(info)
+            except Exception as exc:  # noqa: BLE001 - a relay that is down: try the others
+                log.info("relay %s unreachable: %s", addr, exc)
+        now = time.time()
+        candidates = [p for p in self.host.get_connected_peers() if self._speaks(p, HOP)]
+        for relay in candidates:
+            held = self.reserved.get(relay)
+            if held is not None and held[1] > now:
+                continue
+            if held is None and len(self.reserved) >= MAX_RELAYS:
+                continue
+            if await self._reserve_on(relay):
+                address = self._dialable_addr(relay)
+                if address:
+                    ttl = relay_limits().reservation_ttl
+                    self.reserved[relay] = (address, now + ttl / 2)
+                    log.info("reserved a relay slot on %s", address)
+            else:
+                self.reserved.pop(relay, None)
+
+    async def _reserve_on(self, relay: Any) -> bool:
+        discovery = self.transport.discovery
+        if relay not in discovery._discovered_relays:
+            from libp2p.relay.circuit_v2.discovery import RelayInfo
+
+            now = time.time()
+            discovery._discovered_relays[relay] = RelayInfo(peer_id=relay, discovered_at=now, last_seen=now)
+        return bool(await discovery.make_reservation(relay))
+
+    def _dialable_addr(self, relay: Any) -> str:
+        """The relay's address as this node reached it (the one others can dial too)."""
+        conns = self.host.get_network().connections.get(relay)
+        for conn in conns if isinstance(conns, list) else [conns] if conns else []:
+            try:
+                ip, port = conn.muxed_conn.secured_conn.get_remote_address()
+                return f"/ip4/{ip}/tcp/{port}/p2p/{relay}"
+            except Exception:  # noqa: BLE001 - not a TCP connection
+                continue
+        for a in self.host.get_peerstore().addrs(relay):
+            if not is_circuit(str(a)):
+                return f"{a}/p2p/{relay}"
+        return ""
+
+    def circuit_addrs(self) -> list[str]:
+        """Where others reach this node through its relays (without its own /p2p/ suffix)."""
+        connected = set(self.host.get_connected_peers())
+        return [f"{addr}/p2p-circuit" for relay, (addr, _) in self.reserved.items() if relay in connected]
+
+    # dialing -----------------------------------------------------------------------------
+    async def dial(self, peer: Any, addrs: Sequence[str]) -> None:
+        """Connect to ``peer`` through the first circuit address that works."""
+        last: Exception | None = None
+        for a in addrs:
+            target = a if a.rstrip("/").endswith(f"/p2p/{peer}") else f"{a}/p2p/{peer}"
+            try:
+                await self.transport.dial(multiaddr.Multiaddr(target))
+                return
+            except Exception as exc:  # noqa: BLE001 - try the next relay
+                last = exc
+        raise ConnectionError(f"no relay reached {peer}: {last}")
+
+    # the loop ----------------------------------------------------------------------------
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        from libp2p.tools.anyio_service import background_trio_service
+
+        async with background_trio_service(self.protocol):
+            self.update_service()
+            task_status.started()
+            while not self.host.get_connected_peers():
+                await trio.sleep(FIRST_CHECK_S)
+            await trio.sleep(FIRST_CHECK_S)  # identify tells us who speaks what
+            while True:
+                try:
+                    await self.check_reachability()
+                    self.update_service()
+                    await self.reserve()
+                except Exception as exc:  # noqa: BLE001 - never take the node down over reachability
+                    log.warning("reachability check failed: %s", exc)
+                await trio.sleep(CHECK_INTERVAL_S if self.reachability != "private" or self.reserved
+                                 else FIRST_CHECK_S * 5)
+
+    def status(self) -> dict[str, Any]:
+        return {"reachability": self.reachability, "relay_service": self.serving,
+                "relayed_via": [a for a, _ in self.reserved.values()]}
