@@ -55,9 +55,9 @@ class ControlViews:
         errors: list[str] = []
         notes: list[str] = []
         addrs = node.addrs()
-        if not addrs:
+        if not node._direct_addrs():
             errors.append("not listening on any address -- fix: check --listen")
-        elif all(_loopback(a) for a in addrs):
+        elif all(_loopback(a) for a in node._direct_addrs()):
             notes.append("reachable from this machine only (loopback); to serve others, listen on 0.0.0.0 "
                          "or set --announce to an address they can dial")
         if not node.host.get_connected_peers():
@@ -177,7 +177,8 @@ class ControlViews:
         raise ControlError(f"unknown command {cmd!r}")
 
     async def _wait(self, request: dict[str, Any]) -> Any:
-        """Block until ``peers`` or ``market`` reaches ``count``, or until ``busy`` (jobs running plus
+        """Block until ``peers``, ``market``, ``offers`` (ads with offers and addresses) or ``relays``
+        (relay slots held) reaches ``count``, or until ``busy`` (jobs running plus
         job and blob streams open) falls to ``count`` (0: drained, e.g. before a restart). Scripts and
         tests wait on the node instead of polling it."""
         node = self.node
@@ -185,10 +186,14 @@ class ControlViews:
         timeout = request.get("timeout_s", 30)
         views: dict[str, Callable[[], int]] = {"peers": lambda: len(node.host.get_connected_peers()),
                  "market": lambda: len(node.table.entries(node.now())),
+                 # ads one can act on: something offered, somewhere to dial
+                 "offers": lambda: sum(1 for e in node.table.entries(node.now()) if e.ad.offers and e.ad.addrs),
+                 "relays": lambda: len(node.relaying.circuit_addrs()) if node.relaying is not None else 0,
                  "busy": lambda: ((node.executor.running if node.executor is not None else 0)
                                   + node.jobs.limits.open() + node.blobs.limits.open())}
         if what not in views or not isinstance(count, int) or not isinstance(timeout, (int, float)):
-            raise ControlError('wait needs {"what": "peers"|"market"|"busy", "count": N, "timeout": S}')
+            raise ControlError('wait needs {"what": "peers"|"market"|"offers"|"relays"|"busy", "count": N, '
+                               '"timeout": S}')
 
         def reached() -> bool:
             value = views[what]()

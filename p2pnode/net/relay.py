@@ -39,6 +39,7 @@ CHECK_INTERVAL_S = 60.0  # reachability and reservations are looked at this ofte
 FIRST_CHECK_S = 1.0  # the first look, once a peer is connected
 DIAL_BACK_TIMEOUT_S = 5.0
 MAX_RELAYS = 2  # reservations a private node keeps
+RETRY_S = 60.0  # a peer that refused a reservation is asked again after this
 REACHABILITY = ("auto", "public", "private")
 RELAY_SERVICE = ("auto", "on", "off")
 
@@ -120,6 +121,7 @@ class Relaying:
         self.autonat = DialBackServer(host).service
         self.serving = False
         self.reserved: dict[Any, tuple[str, float]] = {}  # relay id -> (its address, renew at)
+        self._refused: dict[Any, float] = {}  # peer -> when to ask it again
         self.last_check = 0.0
 
     # reachability ------------------------------------------------------------------------
@@ -191,12 +193,16 @@ class Relaying:
             except Exception as exc:  # noqa: BLE001 - a relay that is down: try the others
                 log.info("relay %s unreachable: %s", addr, exc)
         now = time.time()
-        candidates = [p for p in self.host.get_connected_peers() if self._speaks(p, HOP)]
+        # Peers that said they relay first; then any other connected peer, since a node that found
+        # out it is public starts relaying after identify told its peers what it speaks. A peer that
+        # refuses is asked again only after RETRY_S.
+        peers = self.host.get_connected_peers()
+        candidates = sorted(peers, key=lambda p: not self._speaks(p, HOP))
         for relay in candidates:
             held = self.reserved.get(relay)
             if held is not None and held[1] > now:
                 continue
-            if held is None and len(self.reserved) >= MAX_RELAYS:
+            if held is None and (len(self.reserved) >= MAX_RELAYS or self._refused.get(relay, 0.0) > now):
                 continue
             if await self._reserve_on(relay):
                 address = self._dialable_addr(relay)
@@ -206,6 +212,7 @@ class Relaying:
                     log.info("reserved a relay slot on %s", address)
             else:
                 self.reserved.pop(relay, None)
+                self._refused[relay] = now + RETRY_S
 
     async def _reserve_on(self, relay: Any) -> bool:
         discovery = self.transport.discovery

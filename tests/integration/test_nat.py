@@ -1,0 +1,153 @@
+"""Two homes behind NAT and one public relay, in network namespaces this test creates (root,
+iproute2 and nftables; skipped otherwise, saying why):
+
+    h1 (10.1.0.2) -- r1 [masquerade] 198.51.100.2 --+-- pub 198.51.100.1 / .5 (relay node)
+    h2 (10.2.0.2) -- r2 [masquerade] 198.51.100.6 --+
+
+The provider in h1 and the requester in h2 know only the relay. The provider finds out it is
+private (AutoNAT: the relay cannot dial it back), reserves a slot on the relay (which found out
+it is public and serves), and advertises the relayed address; the requester's job reaches it
+through the relay and comes back verified.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from p2pnode.control.client import call
+from tests.integration.test_cli import ENV
+
+NEEDS = [("root", os.geteuid() == 0), ("ip (iproute2)", shutil.which("ip") is not None),
+         ("nft (nftables)", shutil.which("nft") is not None)]
+pytestmark = pytest.mark.skipif(not all(ok for _, ok in NEEDS),
+                                reason="NAT test needs " + ", ".join(n for n, ok in NEEDS if not ok))
+
+
+def sh(*cmd: str) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, f"{' '.join(cmd)}: {r.stderr}"
+
+
+class Lab:
+    """The namespaces and links above; all deleted on close."""
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.ns = {n: f"p2pnat{tag}{n}" for n in ("pub", "r1", "h1", "r2", "h2")}
+        for name in self.ns.values():
+            sh("ip", "netns", "add", name)
+            self.run(name, "ip", "link", "set", "lo", "up")
+        n = self.ns
+        self.link(n["pub"], "198.51.100.1/30", n["r1"], "198.51.100.2/30", "w1")
+        self.link(n["pub"], "198.51.100.5/30", n["r2"], "198.51.100.6/30", "w2")
+        self.link(n["r1"], "10.1.0.1/24", n["h1"], "10.1.0.2/24", "l1")
+        self.link(n["r2"], "10.2.0.1/24", n["h2"], "10.2.0.2/24", "l2")
+        for router, wan_gw, wan in (("r1", "198.51.100.1", "w1b"), ("r2", "198.51.100.5", "w2b")):
+            self.run(n[router], "ip", "route", "add", "default", "via", wan_gw)
+            self.run(n[router], "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            self.run(n[router], "nft", f"add table ip nat; add chain ip nat post {{ type nat hook postrouting "
+                                       f"priority 100 ; }}; add rule ip nat post oifname {wan} masquerade")
+        self.run(n["pub"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.run(n["h1"], "ip", "route", "add", "default", "via", "10.1.0.1")
+        self.run(n["h2"], "ip", "route", "add", "default", "via", "10.2.0.1")
+
+    def link(self, a: str, a_ip: str, b: str, b_ip: str, name: str) -> None:
+        sh("ip", "link", "add", f"{name}a", "netns", a, "type", "veth", "peer", "name", f"{name}b", "netns", b)
+        self.run(a, "ip", "addr", "add", a_ip, "dev", f"{name}a")
+        self.run(b, "ip", "addr", "add", b_ip, "dev", f"{name}b")
+        self.run(a, "ip", "link", "set", f"{name}a", "up")
+        self.run(b, "ip", "link", "set", f"{name}b", "up")
+
+    def run(self, ns: str, *cmd: str) -> None:
+        sh("ip", "netns", "exec", ns, *cmd)
+
+    def close(self) -> None:
+        for name in self.ns.values():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+class Node:
+    def __init__(self, lab: Lab, ns: str, *args: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="p2pnat-", dir="/tmp"))
+        self.log = open(self.dir / "out.log", "w")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.ns[ns], sys.executable, "-m", "p2pnode", "run", "--data-dir", str(self.dir),
+             "--listen", "/ip4/0.0.0.0/tcp/4001", "--no-mdns", "--metrics", "", "--ad-interval", "5",
+             "--ad-ttl", "30", *args], stdout=self.log, stderr=subprocess.STDOUT, env=ENV)
+        self.sock = self.dir / "control.sock"
+
+    def call(self, cmd: str, timeout: float = 30.0, **args: object) -> object:
+        return call(self.sock, cmd, timeout=timeout, **args)
+
+    def ready(self) -> dict[str, object]:
+        for _ in range(300):
+            if self.sock.exists():
+                try:
+                    return self.call("id")  # type: ignore[return-value]
+                except Exception:  # noqa: BLE001 - not listening yet
+                    pass
+            if self.proc.poll() is not None:
+                break
+            subprocess.run(["sleep", "0.1"])
+        raise AssertionError(self.output())
+
+    def output(self) -> str:
+        self.log.flush()
+        return (self.dir / "out.log").read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def test_a_job_crosses_two_nats_through_a_relay(lab: Lab) -> None:
+    nodes: list[Node] = []
+    try:
+        relay = Node(lab, "pub", "--no-provide")
+        nodes.append(relay)
+        rid = relay.ready()["peer"]
+        boot = f"/ip4/198.51.100.1/tcp/4001/p2p/{rid}"
+        provider = Node(lab, "h1", "--bootstrap", boot)
+        requester = Node(lab, "h2", "--bootstrap", boot, "--no-provide")
+        nodes += [provider, requester]
+        pid = provider.ready()["peer"]
+        requester.ready()
+        provider.call("wait", what="relays", count=1, timeout_s=60, timeout=70)
+        status = provider.call("status")
+        assert status["reachability"]["reachability"] == "private", status  # type: ignore[index]
+        assert all("/p2p-circuit" in a and rid in a for a in status["addrs"]), status  # type: ignore[index]
+        assert relay.call("status")["reachability"]["relay_service"]  # type: ignore[index]
+        requester.call("wait", what="offers", count=1, timeout_s=60, timeout=70)
+        rec = requester.call("submit", timeout=120, workload="matmul", params={"m": 32, "n": 32, "k": 32,
+                             "dtype": "int8", "seed": 4}, max_price=10**9, deadline=60, k=1)
+        assert rec["state"] == "done" and rec["peer"] == pid, rec  # type: ignore[index]
+        assert rec["outcome"].startswith("verified")  # type: ignore[index]
+    except BaseException:
+        for n in nodes:
+            print(f"--- {n.dir}\n{n.output()[-3000:]}")
+        raise
+    finally:
+        for n in nodes:
+            n.stop()
