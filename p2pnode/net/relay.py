@@ -119,6 +119,9 @@ class Relaying:
         config = RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=limits)
         self.transport = CircuitV2Transport(host, self.protocol, config)
         self.autonat = DialBackServer(host).service
+        from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+
+        self.dcutr = DCUtRProtocol(host)
         self.serving = False
         self.reserved: dict[Any, tuple[str, float]] = {}  # relay id -> (its address, renew at)
         self._refused: dict[Any, float] = {}  # peer -> when to ask it again
@@ -259,7 +262,7 @@ class Relaying:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         from libp2p.tools.anyio_service import background_trio_service
 
-        async with background_trio_service(self.protocol):
+        async with background_trio_service(self.protocol), background_trio_service(self.dcutr):
             self.update_service()
             task_status.started()
             while not self.host.get_connected_peers():

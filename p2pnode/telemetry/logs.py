@@ -39,6 +39,12 @@ def setup(level: str, fmt: str = "text") -> None:
     root.setLevel(getattr(logging, level.upper()))
     # py-libp2p logs every failed dial at ERROR and much at DEBUG; we report what matters
     # (unreachable bootstrap peers, bans) ourselves, so its logs show only with debug.
-    logging.getLogger("libp2p").setLevel(logging.DEBUG if level.lower() == "debug" else logging.CRITICAL)
+    # Importing libp2p sets up its own logging (level WARNING, not propagated, so Python's
+    # last-resort handler prints its errors as bare lines): import it first, then take over.
+    import libp2p  # noqa: F401
+
+    libp2p_logger = logging.getLogger("libp2p")
+    libp2p_logger.setLevel(logging.DEBUG if level.lower() == "debug" else logging.CRITICAL)
+    libp2p_logger.propagate = True
     for noisy in ("multiaddr", "zeroconf", "async_service"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -7,7 +7,8 @@ iproute2 and nftables; skipped otherwise, saying why):
 The provider in h1 and the requester in h2 know only the relay. The provider finds out it is
 private (AutoNAT: the relay cannot dial it back), reserves a slot on the relay (which found out
 it is public and serves), and advertises the relayed address; the requester's job reaches it
-through the relay and comes back verified.
+through the relay and comes back verified; then the two punch a hole through both NATs (DCUtR)
+and talk directly. The routers drop unsolicited inbound connections, as home routers do.
 """
 
 from __future__ import annotations
@@ -31,6 +32,21 @@ pytestmark = pytest.mark.skipif(not all(ok for _, ok in NEEDS),
                                 reason="NAT test needs " + ", ".join(n for n, ok in NEEDS if not ok))
 
 
+PREFIX = "p2pnat-"
+
+
+def _clean_stale() -> None:
+    """Namespaces left by a run that was killed (its pid is gone)."""
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for name in (line.split()[0] for line in listing.splitlines() if line.startswith(PREFIX)):
+        try:
+            os.kill(int(name[len(PREFIX):].split("-")[0]), 0)
+        except ProcessLookupError:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        except ValueError:
+            continue
+
+
 def sh(*cmd: str) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"{' '.join(cmd)}: {r.stderr}"
@@ -40,8 +56,8 @@ class Lab:
     """The namespaces and links above; all deleted on close."""
 
     def __init__(self) -> None:
-        tag = f"{os.getpid() % 100000}"
-        self.ns = {n: f"p2pnat{tag}{n}" for n in ("pub", "r1", "h1", "r2", "h2")}
+        _clean_stale()
+        self.ns = {n: f"{PREFIX}{os.getpid()}-{n}" for n in ("pub", "r1", "h1", "r2", "h2")}
         for name in self.ns.values():
             sh("ip", "netns", "add", name)
             self.run(name, "ip", "link", "set", "lo", "up")
@@ -53,8 +69,13 @@ class Lab:
         for router, wan_gw, wan in (("r1", "198.51.100.1", "w1b"), ("r2", "198.51.100.5", "w2b")):
             self.run(n[router], "ip", "route", "add", "default", "via", wan_gw)
             self.run(n[router], "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            # a home router: masquerade out, and drop (not refuse) what nobody inside asked for
             self.run(n[router], "nft", f"add table ip nat; add chain ip nat post {{ type nat hook postrouting "
-                                       f"priority 100 ; }}; add rule ip nat post oifname {wan} masquerade")
+                                       f"priority 100 ; }}; add rule ip nat post oifname {wan} masquerade; "
+                                       f"add table inet fw; add chain inet fw inbound {{ type filter hook input "
+                                       f"priority 0 ; }}; add rule inet fw inbound iifname {wan} ct state new drop; "
+                                       f"add chain inet fw through {{ type filter hook forward priority 0 ; }}; "
+                                       f"add rule inet fw through iifname {wan} ct state new drop")
         self.run(n["pub"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
         self.run(n["h1"], "ip", "route", "add", "default", "via", "10.1.0.1")
         self.run(n["h2"], "ip", "route", "add", "default", "via", "10.2.0.1")
@@ -144,6 +165,11 @@ def test_a_job_crosses_two_nats_through_a_relay(lab: Lab) -> None:
                              "dtype": "int8", "seed": 4}, max_price=10**9, deadline=60, k=1)
         assert rec["state"] == "done" and rec["peer"] == pid, rec  # type: ignore[index]
         assert rec["outcome"].startswith("verified")  # type: ignore[index]
+        # then a hole punch (DCUtR over the relayed connection) gives a direct one: the relay and
+        # the provider, through the provider's router's public address
+        requester.call("wait", what="direct", count=2, timeout_s=30, timeout=40)
+        via = next(p["addrs"] for p in requester.call("peers") if p["peer"] == pid)  # type: ignore[union-attr]
+        assert any(a.startswith("/ip4/198.51.100.2/tcp/") for a in via), via
     except BaseException:
         for n in nodes:
             print(f"--- {n.dir}\n{n.output()[-3000:]}")
