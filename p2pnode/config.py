@@ -46,6 +46,7 @@ KEYS: tuple[Key, ...] = (
         "forwarded port); without it, wildcard listen addresses are expanded to this machine's interfaces."),
     Key("bootstrap", list, [], "Multiaddrs with /p2p/ id of peers to keep connected; redialed with backoff."),
     Key("mdns", bool, True, "Find peers on the local network with mDNS."),
+    Key("dht", bool, True, "Find peers and providers beyond the direct connections with the market's Kademlia DHT."),
     Key("reachability", str, "auto", "Whether others can dial this node: auto (ask peers to dial back, AutoNAT), "
         "public (a forwarded port) or private (behind NAT: reachable through relays only)."),
     Key("relay_service", str, "auto", "Relay for nodes behind NAT, within bounds: auto (when public), on or off."),
@@ -98,6 +99,7 @@ class Config:
     announce: tuple[str, ...]
     bootstrap: tuple[str, ...]
     mdns: bool
+    dht: bool
     reachability: str
     relay_service: str
     relays: tuple[str, ...]

@@ -31,6 +31,7 @@ from p2pnode.market.bidding import Capacity
 from p2pnode.market.capacity_table import CapacityTable, TableLimits
 from p2pnode.net import impair, workarounds
 from p2pnode.net.adapters import HostPeers, HostStreams
+from p2pnode.net.dht import Discovery
 from p2pnode.net.discovery import PeerKeeper
 from p2pnode.net.gossip import build_pubsub
 from p2pnode.net.guard import PeerGate, ban_gate, guard_stream_handler, guard_validator
@@ -92,6 +93,7 @@ class Node:
         self.executor = (executor or self._own_executor_for(cfg)) if cfg.provide else None
         self.host: Any = None
         self.relaying: Relaying | None = None
+        self.discovery: Discovery | None = None
         self.pubsub: Any = None
         self.keeper: PeerKeeper | None = None
         self.started_at = 0.0
@@ -278,6 +280,10 @@ class Node:
                                  relay_service=self.config.relay_service, relays=self.config.relays,
                                  addrs=self._direct_addrs)
         self._streams.relaying = self.relaying
+        relaying = self.relaying
+        self.discovery = Discovery(self.host, server=lambda: relaying.reachability != "private",
+                                   offered=lambda: self.config.workloads if self.config.provide and
+                                   not self.market.paused else ()) if self.config.dht else None
         self._network.host, self._network.pubsub = self.host, self.pubsub
         gate = PeerGate(is_banned=self.is_banned, penalise=self.penalise)
         async with self.host.run(listen), trio.open_nursery() as nursery:
@@ -301,6 +307,8 @@ class Node:
                 if self.config.provide and not self.schedule.always:
                     nursery.start_soon(self.follow_schedule)
                 await nursery.start(self.relaying.run)
+                if self.discovery is not None:
+                    await nursery.start(self.discovery.run)
                 nursery.start_soon(self.market.drain, reports)
                 nursery.start_soon(self.market.drain, ads)
                 nursery.start_soon(self.trust.run)
