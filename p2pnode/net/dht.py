@@ -1,7 +1,8 @@
 """Finding the network from one peer: py-libp2p's Kademlia DHT, on a protocol of our own.
 
 * The market's DHT speaks ``/p2pnode/kad/1.0.0`` (not the IPFS one: a market node has no business
-  in the IPFS routing table, and IPFS peers none in ours). Public and local nodes serve it; a node
+  in the IPFS routing table, and IPFS peers none in ours; py-libp2p needs a workaround for that,
+  :func:`p2pnode.net.workarounds.market_dht_protocol`). Public and local nodes serve it; a node
   behind NAT is a client (others could not dial it back).
 * **Peers.** Every :data:`WALK_INTERVAL_S` (ten times less often once it has enough peers) a node
   looks itself and a random id up (a random walk), which fills its routing table, and connects to
@@ -65,6 +66,9 @@ class Discovery:
         ``offered``: the workloads this node provides now (announced as a provider of each)."""
         from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 
+        from p2pnode.net.workarounds import market_dht_protocol
+
+        self.protocol = market_dht_protocol()
         quiet()
         self.host = host
         self.server, self.offered = server, offered

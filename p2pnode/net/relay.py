@@ -123,6 +123,7 @@ class Relaying:
 
         self.dcutr = DCUtRProtocol(host)
         self.serving = False
+        self.relayed_dials = 0  # connections this node opened through a relay
         self.reserved: dict[Any, tuple[str, float]] = {}  # relay id -> (its address, renew at)
         self._refused: dict[Any, float] = {}  # peer -> when to ask it again
         self.last_check = 0.0
@@ -253,6 +254,7 @@ class Relaying:
             target = a if a.rstrip("/").endswith(f"/p2p/{peer}") else f"{a}/p2p/{peer}"
             try:
                 await self.transport.dial(multiaddr.Multiaddr(target))
+                self.relayed_dials += 1
                 return
             except Exception as exc:  # noqa: BLE001 - try the next relay
                 last = exc

@@ -105,3 +105,25 @@ def safe_pubsub_class() -> type:
                     pass
 
     return SafePubsub
+
+
+MARKET_DHT_PROTOCOL = "/p2pnode/kad/1.0.0"
+_KAD_MODULES = ("common", "kad_dht", "peer_routing", "provider_store")
+
+
+def market_dht_protocol() -> str:
+    """Make py-libp2p's Kademlia speak the market's protocol id instead of the IPFS one.
+
+    0.8.1 takes a ``protocol_prefix`` but only to skip the IPFS config checks: every module uses
+    the constant ``PROTOCOL_ID`` (``/ipfs/kad/1.0.0``) for handlers and streams, imported by name
+    (the routing table imports it at each use). So the constant is replaced where each module
+    holds it; every DHT in this process then speaks ``/p2pnode/kad/1.0.0``, which is all a
+    p2pnode process runs."""
+    import importlib
+
+    from libp2p.custom_types import TProtocol
+
+    for name in _KAD_MODULES:
+        module = importlib.import_module(f"libp2p.kad_dht.{name}")
+        module.PROTOCOL_ID = TProtocol(MARKET_DHT_PROTOCOL)  # type: ignore[attr-defined]
+    return MARKET_DHT_PROTOCOL

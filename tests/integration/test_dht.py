@@ -15,6 +15,9 @@ async def test_a_node_that_knows_one_peer_finds_the_rest(monkeypatch: object) ->
     async with swarm(5, line=True) as nodes:
         first, last = nodes[0].node, nodes[-1].node
         assert first.discovery is not None
+        # the market's own DHT protocol, not the IPFS one
+        handlers = first.host.get_mux().handlers
+        assert "/p2pnode/kad/1.0.0" in handlers and "/ipfs/kad/1.0.0" not in handlers
         await first.wait_until(lambda: len(first.host.get_connected_peers()) == 4, timeout=30)
         assert last.host.get_id() in first.host.get_connected_peers()
         await first.wait_until(lambda: all_list_all(nodes), timeout=30)

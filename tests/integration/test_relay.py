@@ -16,14 +16,6 @@ from tests.integration.swarm import node_config, start_node
 RICH = 10**9
 
 
-def _relayed(node: object, peer: bytes) -> bool:
-    from libp2p.peer.id import ID
-
-    conns = node.host.get_network().connections.get(ID(peer))  # type: ignore[attr-defined]
-    conns = conns if isinstance(conns, list) else [conns] if conns else []
-    return bool(conns) and all(any(is_circuit(str(a)) for a in c.get_transport_addresses()) for c in conns)
-
-
 async def test_a_private_provider_serves_a_job_through_a_relay() -> None:
     async with trio.open_nursery() as nursery:
         relay = await start_node(nursery, node_config(reachability="public", provide=False))
@@ -43,11 +35,14 @@ async def test_a_private_provider_serves_a_job_through_a_relay() -> None:
             lambda: pid in requester.node.table and requester.node.table.get(pid).ad.addrs != ()
             and all(is_circuit(a) for a in requester.node.table.get(pid).ad.addrs),
             timeout=30)
+        assert pid not in {p.to_bytes() for p in requester.node.host.get_connected_peers()}
         rec = await requester.node.jobs.submit("matmul", {"m": 32, "n": 32, "k": 32, "dtype": "int8", "seed": 9},
                                                max_price=RICH, deadline_s=30, k=1)
         assert rec.state == "done" and rec.peer == private.node.peer_id, rec.outcome
         assert rec.outcome.startswith("verified")
-        assert _relayed(requester.node, pid)  # the job went through the relay
+        # the job's connection was opened through the relay (on loopback, hole punching may then
+        # replace it with a direct one at once)
+        assert requester.node.relaying is not None and requester.node.relaying.relayed_dials == 1
         nursery.cancel_scope.cancel()
 
 

@@ -95,3 +95,30 @@ async def test_banning_a_peer_that_is_already_gone_does_not_stop_pubsub() -> Non
     pubsub.peers[pid] = GoesAwayOnReset()
     with pytest.raises(KeyError):  # upstream's version, for the record
         await Pubsub._teardown_if_connected(pubsub, pid)
+
+
+def test_the_dht_speaks_the_markets_protocol_only_with_the_workaround() -> None:
+    import importlib
+
+    from libp2p.kad_dht import common
+    from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+
+    modules = [importlib.import_module(f"libp2p.kad_dht.{m}") for m in workarounds._KAD_MODULES]
+    saved = [m.PROTOCOL_ID for m in modules]
+    try:
+        for m in modules:  # the library as shipped: the prefix is taken, and ignored on the wire
+            m.PROTOCOL_ID = common.TProtocol("/ipfs/kad/1.0.0")
+        host = build_host(Identity.generate(), [parse_multiaddr("/ip4/127.0.0.1/tcp/0")])
+        KadDHT(host, DHTMode.SERVER, protocol_prefix="/p2pnode")  # type: ignore[arg-type]
+        assert "/ipfs/kad/1.0.0" in host.get_mux().handlers
+        assert workarounds.market_dht_protocol() == "/p2pnode/kad/1.0.0"
+        host = build_host(Identity.generate(), [parse_multiaddr("/ip4/127.0.0.1/tcp/0")])
+        KadDHT(host, DHTMode.SERVER, protocol_prefix="/p2pnode")  # type: ignore[arg-type]
+        handlers = host.get_mux().handlers
+        assert "/p2pnode/kad/1.0.0" in handlers and "/ipfs/kad/1.0.0" not in handlers
+        from libp2p.kad_dht import peer_routing, provider_store
+
+        assert peer_routing.PROTOCOL_ID == provider_store.PROTOCOL_ID == common.PROTOCOL_ID == "/p2pnode/kad/1.0.0"
+    finally:
+        for m, value in zip(modules, saved):
+            m.PROTOCOL_ID = value
