@@ -18,10 +18,12 @@ RICH = 10**9
 
 async def test_a_private_provider_serves_a_job_through_a_relay() -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start_node(nursery, node_config(reachability="public", provide=False))
+        # no DHT: on loopback its walks would dial the private node's own (here reachable) address
+        relay = await start_node(nursery, node_config(reachability="public", provide=False, dht=False))
         raddr = relay.node.addrs()[0]
-        private = await start_node(nursery, node_config(reachability="private", bootstrap=[raddr], relays=[raddr]))
-        requester = await start_node(nursery, node_config(provide=False, bootstrap=[raddr]))
+        private = await start_node(nursery, node_config(reachability="private", bootstrap=[raddr], relays=[raddr],
+                                                        dht=False))
+        requester = await start_node(nursery, node_config(provide=False, bootstrap=[raddr], dht=False))
         pid = private.node.identity.peer_id
         assert relay.node.relaying is not None and relay.node.relaying.serving
         # the private node reserves a slot and advertises the relayed address, and only that
