@@ -302,17 +302,18 @@ class MarketService:
         if self.adversary is not None and self.adversary.flood_rate:
             await self._flood(self.adversary.flood_rate)
         last_publish = -math.inf
-        last_shape = None
+        last_shape: tuple[Any, ...] | None = None
+        last_hw: Hardware | None = None
         while True:
             now = trio.current_time()
             # a new peer is a change too: it learns the market from the ads that follow
             hw = self.resources.hardware
-            shape = (_shape(hw) if hw else None, self.peers(), tuple(self.addrs()), self.paused)
+            shape = (self.peers(), tuple(self.addrs()), self.paused)
             due = now - last_publish >= self.settings.ad_interval
-            changed = shape != last_shape and now - last_publish >= MIN_CHANGE_INTERVAL_S
+            changed = (shape != last_shape or _moved(hw, last_hw)) and now - last_publish >= MIN_CHANGE_INTERVAL_S
             if due or changed:
                 await self.publish_ad()
-                last_publish, last_shape = now, shape
+                last_publish, last_shape, last_hw = now, shape, hw
             await trio.sleep(PROBE_INTERVAL_S)
             self.resources.hardware = await trio.to_thread.run_sync(self.probe.read)
 
@@ -327,13 +328,19 @@ class MarketService:
             await trio.sleep(1.0 / rate)
 
 
-def _shape(hw: Hardware) -> tuple[Any, ...]:
-    """What counts as a change worth an immediate ad: coarse, so noise does not spam the topic."""
+def _moved(hw: Hardware | None, last: Hardware | None) -> bool:
+    """A change worth an immediate ad: free GPU memory by a GiB, utilisation by 10 points, free RAM
+    by 4 GiB, each against the last ad (so a value hovering at a boundary does not spam the topic)."""
+    if hw is None or last is None:
+        return hw is not last
     gib = 1 << 30
-    return (
-        tuple((g.index, g.memory_free // gib, g.utilization // 10) for g in hw.gpus),
-        hw.cpu.memory_free // (4 * gib),
-    )
+    if abs(hw.cpu.memory_free - last.cpu.memory_free) >= 4 * gib:
+        return True
+    before = {g.index: g for g in last.gpus}
+    if set(before) != {g.index for g in hw.gpus}:
+        return True
+    return any(abs(g.memory_free - before[g.index].memory_free) >= gib
+               or abs(g.utilization - before[g.index].utilization) >= 10 for g in hw.gpus)
 
 
 def _entry_json(entry: TableEntry, now: float) -> dict[str, Any]:
