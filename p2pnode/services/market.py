@@ -306,9 +306,11 @@ class MarketService:
         last_hw: Hardware | None = None
         while True:
             now = trio.current_time()
-            # a new peer is a change too: it learns the market from the ads that follow
+            # A new peer is not a change: it takes the market, this ad included, by market sync. (It
+            # was one before sync existed; with the DHT's connections coming and going, every
+            # node then republished every few seconds.)
             hw = self.resources.hardware
-            shape = (self.peers(), tuple(self.addrs()), self.paused)
+            shape = (tuple(self.addrs()), self.paused)
             due = now - last_publish >= self.settings.ad_interval
             changed = (shape != last_shape or _moved(hw, last_hw)) and now - last_publish >= MIN_CHANGE_INTERVAL_S
             if due or changed:

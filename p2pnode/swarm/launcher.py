@@ -120,8 +120,13 @@ class NodeProc:
 
 class Launcher:
     def __init__(self, base: Path, *, ad_interval: float = 3.0, ad_ttl: float = 10.0, wrap: Sequence[str] = (),
-                 share_calibration: bool = True, seed: int = 1) -> None:
+                 share_calibration: bool = True, seed: int = 1, dht: bool = False) -> None:
+        """``dht``: run the nodes' DHT. Off by default: every node of a swarm on one machine is told
+        of others already, and the DHT's lookups would connect each to all (py-libp2p's gossip
+        costs per connection: a 20-node swarm idles at 4.1 % of a core per node with it, 0.6 %
+        without; tools/bench/scale.py --dht)."""
         self.base = base
+        self.dht = dht
         (base / "logs").mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ad_interval, self.ad_ttl = ad_interval, ad_ttl
         self.wrap = list(wrap)  # e.g. ["ip", "netns", "exec", NAME]
@@ -143,7 +148,7 @@ class Launcher:
         shared calibration, its role's flags, and whom to bootstrap from."""
         args = ["--data-dir", str(node.data_dir), "--listen", f"/ip4/{node.spec.address}/tcp/0", "--no-mdns",
                 "--metrics", metrics, "--ad-interval", str(self.ad_interval), "--ad-ttl", str(self.ad_ttl),
-                *node.spec.args]
+                *([] if self.dht else ["--no-dht"]), *node.spec.args]
         if self.calibration is not None:
             args += ["--calibration-file", str(self.calibration)]
         for b in bootstrap:

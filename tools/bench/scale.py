@@ -68,12 +68,12 @@ def _propagation(launcher: Launcher, sample: list[int]) -> dict[str, Any]:
 
 
 def measure(mode: str, n: int, *, idle_s: float, timeout_s: float, ad_interval: float, ad_ttl: float,
-            console: Console) -> dict[str, Any]:
+            console: Console, dht: bool = False) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="p2pscale-", dir="/tmp"))
     cls = InProcessLauncher if mode == "in-process" else Launcher
-    launcher = cls(base, ad_interval=ad_interval, ad_ttl=ad_ttl)
+    launcher = cls(base, ad_interval=ad_interval, ad_ttl=ad_ttl, dht=dht)
     specs = [NodeSpec(i, "provider", address(i), []) for i in range(n)]
-    out: dict[str, Any] = {"mode": mode, "nodes": n}
+    out: dict[str, Any] = {"mode": mode, "nodes": n, "dht": dht}
     try:
         t0 = time.monotonic()
         launcher.start(specs)
@@ -149,6 +149,7 @@ def main() -> int:
     p.add_argument("--ad-interval", type=float, default=defaults["ad_interval"])
     p.add_argument("--ad-ttl", type=float, default=defaults["ad_ttl"])
     p.add_argument("--out", type=Path, default=Path("bench-scale"))
+    p.add_argument("--dht", action="store_true", help="run the nodes' DHT (off in local swarms: see Launcher)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     console = Console(stderr=True)
@@ -158,7 +159,7 @@ def main() -> int:
             if mode == "processes" and n > a.max_processes:
                 continue
             rows.append(measure(mode, n, idle_s=a.idle, timeout_s=a.timeout, ad_interval=a.ad_interval,
-                                ad_ttl=a.ad_ttl, console=console))
+                                ad_ttl=a.ad_ttl, console=console, dht=a.dht))
     a.out.mkdir(parents=True, exist_ok=True)
     result = {"cores": os.cpu_count(), "ad_interval": a.ad_interval, "ad_ttl": a.ad_ttl, "rows": rows}
     (a.out / "scale.json").write_text(json.dumps(result, indent=1))
