@@ -123,7 +123,7 @@ class Launcher:
                  share_calibration: bool = True, seed: int = 1, dht: bool = False) -> None:
         """``dht``: run the nodes' DHT. Off by default: every node of a swarm on one machine is told
         of others already, and the DHT's lookups would connect each to all (py-libp2p's gossip
-        costs per connection: a 20-node swarm idles at 4.1 % of a core per node with it, 0.6 %
+        costs per connection: a 20-node swarm idled at 4.1-5.9 % of a core per node with it, 0.66 %
         without; tools/bench/scale.py --dht)."""
         self.base = base
         self.dht = dht
