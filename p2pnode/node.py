@@ -251,11 +251,13 @@ class Node:
                 impair.set_current(impair.Impairment.parse(cfg.impair))
             if cfg.provide and cfg.calibration_file:
                 self.resources.speed = _read_calibration(cfg.calibration_file)
-            elif cfg.provide:
-                self.resources.speed = await trio.to_thread.run_sync(
-                    lambda: calibrate(cfg.calibrate_seconds, use_gpu=cfg.use_gpu))
             async with self.executor if self.executor is not None and self._own_executor \
                     else contextlib.nullcontext():
+                if cfg.provide and not cfg.calibration_file:
+                    # measured where jobs run: in a worker, under the same GPU and thread limits
+                    self.resources.speed = await self.executor.calibrate(cfg.calibrate_seconds, cfg.use_gpu) \
+                        if self.executor is not None else await trio.to_thread.run_sync(
+                            lambda: calibrate(cfg.calibrate_seconds, use_gpu=cfg.use_gpu))
                 await self._run_network(listen, bootstrap, listener, task_status)
         finally:
             self.trust.close()

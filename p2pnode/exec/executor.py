@@ -160,6 +160,21 @@ class Executor:
         if self._spool is not None:
             self._spool.close()
 
+    async def calibrate(self, budget_s: float, use_gpu: bool = True) -> dict[str, float]:
+        """The start-up speed measurement (:mod:`p2pnode.telemetry.calibrate`), run in a worker:
+        where jobs run, with their GPU and thread limits, so the ad claims what a job gets."""
+        device = self.devices[0]
+        idle = self._idle[device]
+        worker = idle.pop() if idle else await self._spawn(device)
+        try:
+            await worker.send({"op": "calibrate", "budget": float(budget_s), "gpu": bool(use_gpu)})
+            speeds = (await worker.receive())["speeds"]
+        except BaseException:
+            self._discard(worker)
+            raise
+        idle.append(worker)
+        return {str(k): float(v) for k, v in speeds.items()}
+
     @property
     def load(self) -> float:
         return self.running / self.slots

@@ -5,7 +5,8 @@ frames on stdout (:mod:`p2pnode.exec.frames`). A kernel that raises becomes a ty
 one that crashes the process (a driver fault, the OOM killer) is seen by the executor as a dead
 worker. Either way the node goes on.
 
-Requests: ``{"op": "hello"}`` -> ``{"backends": [...], "pid": PID, "gpu": the visible GPU or None,
+Requests: ``{"op": "calibrate", "budget": S, "gpu": bool}`` -> ``{"speeds": {name: GFLOP/s}}``;
+``{"op": "hello"}`` -> ``{"backends": [...], "pid": PID, "gpu": the visible GPU or None,
 "threads": the CPU thread cap or 0}``;
 ``{"op": "run", "wl": NAME, "params": {...}, "backend": NAME, "inputs": {...}, "mem_limit": BYTES}``
 -> zero or more ``{"progress": fraction}`` then ``{"ok": true, "output": ..., "seconds": s}`` or
@@ -133,6 +134,11 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
         request = frames.read_blocking(inp)
         if request is None:
             return
+        if request.get("op") == "calibrate":
+            from p2pnode.telemetry.calibrate import calibrate
+
+            send({"speeds": calibrate(float(request.get("budget", 0.3)), use_gpu=bool(request.get("gpu", True)))})
+            continue
         if request.get("op") == "hello":
             send({"backends": list(backends.available()), "pid": os.getpid(),
                   "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": backends.cpu_threads()})

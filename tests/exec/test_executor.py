@@ -162,3 +162,12 @@ async def test_max_jobs_caps_slots_across_gpus() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert ex.running == 3 and max(ex.busy.values()) == 2 and ex.load == 1.0
         assert ex.completed == 4
+
+
+async def test_speed_is_measured_in_a_worker_which_then_runs_jobs() -> None:
+    async with Executor(cpu_threads=1) as ex:
+        pids = _worker_pids(ex)
+        speeds = await ex.calibrate(0.02, use_gpu=False)
+        assert speeds["matmul_f32_numpy"] > 0 and _worker_pids(ex) == pids  # no new process for it
+        assert (await ex.run("matmul", {"m": 8, "n": 8, "k": 8, "dtype": "int8", "seed": 1})).output.arrays["c"].shape \
+            == (8, 8)
