@@ -14,10 +14,12 @@ and talk directly. The routers drop unsolicited inbound connections, as home rou
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,33 +107,41 @@ def lab() -> Iterator[Lab]:
 
 
 class Node:
+    """A node process in one of the lab's namespaces, driven through its control socket (which
+    crosses namespaces: it is a file)."""
+
     def __init__(self, lab: Lab, ns: str, *args: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="p2pnat-", dir="/tmp"))
-        self.log = open(self.dir / "out.log", "w")
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", lab.ns[ns], sys.executable, "-m", "p2pnode", "run", "--data-dir", str(self.dir),
              "--listen", "/ip4/0.0.0.0/tcp/4001", "--no-mdns", "--metrics", "", "--ad-interval", "5",
-             "--ad-ttl", "30", *args], stdout=self.log, stderr=subprocess.STDOUT, env=ENV)
+             "--ad-ttl", "30", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
         self.sock = self.dir / "control.sock"
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.seen.append(line)
+            self.lines.put(line)
 
     def call(self, cmd: str, timeout: float = 30.0, **args: object) -> object:
         return call(self.sock, cmd, timeout=timeout, **args)
 
-    def ready(self) -> dict[str, object]:
-        for _ in range(300):
-            if self.sock.exists():
-                try:
-                    return self.call("id")  # type: ignore[return-value]
-                except Exception:  # noqa: BLE001 - not listening yet
-                    pass
-            if self.proc.poll() is not None:
-                break
-            subprocess.run(["sleep", "0.1"])
-        raise AssertionError(self.output())
+    def ready(self, timeout: float = 60.0) -> dict[str, object]:
+        """Block until the node prints its peer id (it is then listening and its socket is up)."""
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(self.output()) from None
+            if line.startswith("p2pnode ") and " peer " in line:
+                return self.call("id")  # type: ignore[return-value]
 
     def output(self) -> str:
-        self.log.flush()
-        return (self.dir / "out.log").read_text()
+        return "".join(self.seen)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
