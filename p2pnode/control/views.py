@@ -178,7 +178,8 @@ class ControlViews:
 
     async def _wait(self, request: dict[str, Any]) -> Any:
         """Block until ``peers``, ``market``, ``offers`` (ads with offers and addresses), ``relays``
-        (relay slots held) or ``direct`` (peers connected other than through a relay) reaches ``count``, or until ``busy`` (jobs running plus
+        (relay slots held), ``direct`` (peers connected other than through a relay) or ``shards`` (dataset
+        shards saved since start) reaches ``count``, or until ``busy`` (jobs running plus
         job and blob streams open) falls to ``count`` (0: drained, e.g. before a restart). Scripts and
         tests wait on the node instead of polling it."""
         node = self.node
@@ -189,12 +190,13 @@ class ControlViews:
                  # ads one can act on: something offered, somewhere to dial
                  "offers": lambda: sum(1 for e in node.table.entries(node.now()) if e.ad.offers and e.ad.addrs),
                  "relays": lambda: len(node.relaying.circuit_addrs()) if node.relaying is not None else 0,
+                 "shards": lambda: node.maps.shards_saved,
                  "direct": lambda: sum(1 for p in self.peers() if any("/p2p-circuit" not in a for a in p["addrs"])),
                  "busy": lambda: ((node.executor.running if node.executor is not None else 0)
                                   + node.jobs.limits.open() + node.blobs.limits.open())}
         if what not in views or not isinstance(count, int) or not isinstance(timeout, (int, float)):
-            raise ControlError('wait needs {"what": "peers"|"market"|"offers"|"relays"|"direct"|"busy", '
-                               '"count": N, "timeout": S}')
+            raise ControlError('wait needs {"what": "peers"|"market"|"offers"|"relays"|"direct"|"shards"|'
+                               '"busy", "count": N, "timeout": S}')
 
         def reached() -> bool:
             value = views[what]()

@@ -93,6 +93,7 @@ def map_id(job: ModelJob, shard_rows: int) -> str:
 class MapService:
     def __init__(self, *, submit: Submit, candidates: Candidates, now: Now, state_dir: Path) -> None:
         self.submit, self.candidates, self.now, self.state_dir = submit, candidates, now, state_dir
+        self.shards_saved = 0  # shards whose output is on disk, in every dataset job since start
 
     async def run(self, job: ModelJob, *, shard_rows: int, providers: int, max_price: int, deadline_s: float,
                   on_event: Event | None = None, backend: str = "") -> MapResult:
@@ -157,6 +158,7 @@ class MapService:
                     async with saving:
                         await trio.to_thread.run_sync(self._save, folder, state, shard, rec.output.arrays,
                                                       rec.job, peer)
+                        self.shards_saved += 1
                     done[shard.index] = dict(rec.output.arrays)
                     by_provider[peer] = by_provider.get(peer, 0) + shard.rows
                     jobs.append(rec.job)
