@@ -137,7 +137,8 @@ class Node:
 
     def _own_executor_for(self, cfg: Config) -> Executor:
         """Job slots on each GPU offered (the probe reads which are there), or on the CPU."""
-        devices = tuple(g.index for g in self.probe.read().gpus) if cfg.use_gpu else ()
+        self.resources.hardware = self.probe.read()  # the first reading, kept for the start
+        devices = tuple(g.index for g in self.resources.hardware.gpus) if cfg.use_gpu else ()
         return Executor(slots=cfg.slots, gpu_memory=self.resources.gpu_free, devices=devices,
                         max_jobs=cfg.max_jobs, cpu_threads=cfg.cpu_threads)
 
@@ -156,10 +157,11 @@ class Node:
             return []
         relaying = self.relaying
         if relaying is not None and relaying.reachability == "private":  # its own addresses mean nothing outside
-            return relaying.circuit_addrs() + [a for a in self._direct_addrs() if self.config.announce]
-        return self._direct_addrs()
+            return relaying.circuit_addrs() + (self.direct_addrs() if self.config.announce else [])
+        return self.direct_addrs()
 
-    def _direct_addrs(self) -> list[str]:
+    def direct_addrs(self) -> list[str]:
+        """``announce``, or the listen addresses with wildcards expanded; never a relayed one."""
         if self.host is None:
             return []
         return advertised([str(a) for a in self.host.get_addrs() if not is_circuit(str(a))], self.config.announce,
@@ -246,7 +248,8 @@ class Node:
             await trio.to_thread.run_sync(self.trust.open)
             if cfg.metrics:
                 self.metrics.serve(cfg.metrics, any_port_if_taken=cfg.metrics == DEFAULT_METRICS)
-            self.resources.hardware = await trio.to_thread.run_sync(self.probe.read)
+            if self.resources.hardware is None:  # not read yet (a node of a shared executor)
+                self.resources.hardware = await trio.to_thread.run_sync(self.probe.read)
             if cfg.impair:
                 impair.set_current(impair.Impairment.parse(cfg.impair))
             if cfg.provide and cfg.calibration_file:
@@ -280,7 +283,7 @@ class Node:
         self._streams.host = self.host
         self.relaying = Relaying(self.host, reachability=self.config.reachability,
                                  relay_service=self.config.relay_service, relays=self.config.relays,
-                                 addrs=self._direct_addrs)
+                                 addrs=self.direct_addrs)
         self._streams.relaying = self.relaying
         relaying = self.relaying
         self.discovery = Discovery(self.host, server=lambda: relaying.reachability != "private",

@@ -55,9 +55,10 @@ class ControlViews:
         errors: list[str] = []
         notes: list[str] = []
         addrs = node.addrs()
-        if not node._direct_addrs():
+        direct = node.direct_addrs()
+        if not direct:
             errors.append("not listening on any address -- fix: check --listen")
-        elif all(_loopback(a) for a in node._direct_addrs()):
+        elif all(_loopback(a) for a in direct):
             notes.append("reachable from this machine only (loopback); to serve others, listen on 0.0.0.0 "
                          "or set --announce to an address they can dial")
         if not node.host.get_connected_peers():

@@ -49,6 +49,14 @@ MODEL_MEMORY_HEADROOM = 2 << 30  # thread stacks and allocator arenas of a loade
 CPU_BACKENDS = frozenset({"numpy", "ort-cpu"})  # their memory is RAM, shared by every slot
 
 
+RAM = "ram"
+
+
+def _pool(backend: str, device: int | None) -> int | None | str:
+    """Whose memory a job on ``backend`` uses: its device's, or the machine's RAM."""
+    return RAM if backend in CPU_BACKENDS else device
+
+
 class _NoDevice:
     """No device can take the job now."""
 
@@ -129,8 +137,8 @@ class Executor:
         self._idle: dict[int | None, list[_Worker]] = {d: [] for d in self.devices}
         self._all: set[_Worker] = set()
         self.busy: dict[int | None, int] = {d: 0 for d in self.devices}  # jobs running on each device
-        self._reserved: dict[int | None, int] = {d: 0 for d in self.devices}  # GPU bytes, per device
-        self._reserved_ram = 0
+        # bytes promised to running jobs: GPU memory per device, and RAM (shared by every slot)
+        self._reserved: dict[int | None | str, int] = {d: 0 for d in self.devices} | {RAM: 0}
         self._last_used: dict[int | None, int] = {d: 0 for d in self.devices}
         self._placements = 0
         self._admission = trio.Condition()
@@ -272,18 +280,11 @@ class Executor:
         least recently used (jobs spread over the GPUs); ``NO_DEVICE`` when none."""
         if self.running >= self.slots:
             return NO_DEVICE
-        on_gpu = backend not in CPU_BACKENDS
-        if not on_gpu and self._reserved_ram and self._reserved_ram + need > self._capacity(backend):
-            return NO_DEVICE
-        best: int | None | _NoDevice = NO_DEVICE
         for d in sorted(self.devices, key=lambda d: (self.busy[d], self._last_used[d])):
-            if self.busy[d] >= self.slots_per_device:
-                continue
-            if on_gpu and self._reserved[d] and self._reserved[d] + need > self._capacity(backend, d):
-                continue
-            best = d
-            break
-        return best
+            reserved = self._reserved[_pool(backend, d)]
+            if self.busy[d] < self.slots_per_device and not (reserved and reserved + need > self._capacity(backend, d)):
+                return d
+        return NO_DEVICE
 
     async def _place(self, need: int, backend: str) -> int | None:
         async with self._admission:
@@ -293,20 +294,14 @@ class Executor:
             self.busy[device] += 1
             self._placements += 1
             self._last_used[device] = self._placements
-            if backend in CPU_BACKENDS:
-                self._reserved_ram += need
-            else:
-                self._reserved[device] += need
+            self._reserved[_pool(backend, device)] += need
             return device
 
     async def _release(self, device: int | None, need: int, backend: str) -> None:
         async with self._admission:
             self.running -= 1
             self.busy[device] -= 1
-            if backend in CPU_BACKENDS:
-                self._reserved_ram -= need
-            else:
-                self._reserved[device] -= need
+            self._reserved[_pool(backend, device)] -= need
             self._admission.notify_all()
 
     async def _execute(self, workload: str, params: dict[str, Any], backend: str, on_progress: ProgressFn | None,

@@ -43,13 +43,11 @@ def offers_key(workload: str) -> str:
 class _ClosedStreams(logging.Filter):
     """Drops the library's error records about streams a peer closed or reset mid-lookup."""
 
-    NOISE = ("stream", "closed", "reset", "eof")
-
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
             return True
         text = record.getMessage().lower()
-        return not ("stream" in text and any(w in text for w in self.NOISE[1:]))
+        return not ("stream" in text and any(w in text for w in ("closed", "reset", "eof")))
 
 
 def quiet() -> None:

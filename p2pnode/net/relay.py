@@ -166,20 +166,17 @@ class Relaying:
     # relay service -----------------------------------------------------------------------
     def update_service(self) -> None:
         """Relay for others when public (``auto``) or always (``on``); never with ``off``."""
+        from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
+
         want = self.relay_service == "on" or (self.relay_service == "auto" and self.reachability == "public")
-        if want and not self.serving:
-            from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
-
-            self.protocol.allow_hop = True
+        if want == self.serving:
+            return
+        self.protocol.allow_hop = self.serving = want
+        if want:
             self.host.set_stream_handler(PROTOCOL_ID, self.protocol._handle_hop_stream)
-            self.serving = True
             log.info("serving as a relay (reservations and circuits bounded)")
-        elif not want and self.serving:
-            from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
-
-            self.protocol.allow_hop = False
+        else:
             self.host.remove_stream_handler(PROTOCOL_ID)
-            self.serving = False
 
     # reservations ------------------------------------------------------------------------
     async def reserve(self) -> None:
