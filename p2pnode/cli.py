@@ -124,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     si.add_argument("--bandwidth-mbps", type=_finite, default=1000.0, help="each link's bandwidth (default 1000)")
     si.add_argument("--speed-spread", type=_finite, default=0.0,
                     help="sigma of the providers' lognormal speeds (default 0: one machine's calibration)")
+    si.add_argument("--ad-interval", type=_finite, default=10.0,
+                    help="providers' base ad interval in seconds (default 10); paced longer in a large market")
+    si.add_argument("--ad-ttl", type=_finite, default=30.0, help="base ad TTL in seconds (default 30)")
+    si.add_argument("--flood", action="store_true",
+                    help="no pacing: every provider publishes every --ad-interval (the version-1 market)")
     si.add_argument("--out", type=Path, help="write summary.json and the plot here")
     si.add_argument("--json", action="store_true", help="print the JSON summary")
 
@@ -220,9 +225,12 @@ def _sim(args: argparse.Namespace) -> int:
         raise LocalError("--duration must be between 1 and 86400 seconds")
     if not 0 <= args.latency_ms <= 10_000 or not 0.1 <= args.bandwidth_mbps <= 1e6 or not 0 <= args.speed_spread <= 3:
         raise LocalError("--latency-ms 0..10000, --bandwidth-mbps 0.1..1e6, --speed-spread 0..3")
+    if not 2 <= args.ad_interval < args.ad_ttl <= 300:
+        raise LocalError("--ad-interval must be at least 2 and below --ad-ttl, which is at most 300")
     code, _ = run_sim(sc.load(args.scenario), out=args.out, as_json=args.json, nodes=args.nodes,
                       duration=args.duration, seed=args.seed, base_ms=args.latency_ms,
-                      bandwidth_mbps=args.bandwidth_mbps, speed_spread=args.speed_spread)
+                      bandwidth_mbps=args.bandwidth_mbps, speed_spread=args.speed_spread,
+                      ad_interval=args.ad_interval, ad_ttl=args.ad_ttl, paced=not args.flood)
     return code
 
 

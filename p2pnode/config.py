@@ -65,9 +65,12 @@ KEYS: tuple[Key, ...] = (
     Key("cpu_threads", int, 0, "Threads one job may use on the CPU (BLAS, ONNX Runtime); 0: every core."),
     Key("schedule", list, [], "When this node takes jobs, in local time: windows such as 18:00-08:00 or "
         "mon-fri 19:00-07:00; outside them it is paused (running jobs finish). Empty: always."),
-    Key("ad_interval", float, 60.0, "Seconds between periodic capacity ads (also sent at start and on change; "
+    Key("ad_interval", float, 60.0, "Seconds between periodic capacity ads in a market of up to 120 providers; "
+        "longer in a larger one, so the market publishes about 2 ads a second (also sent at start and on change; "
         "newcomers get the market by sync)."),
-    Key("ad_ttl", float, 180.0, "Seconds an ad stays valid; must exceed ad_interval."),
+    Key("ad_ttl", float, 180.0, "Seconds an ad stays valid, stretched with the interval; must exceed ad_interval."),
+    Key("market_v1", bool, True, "Also read capacity ads on the version-1 topic and serve version-1 market syncs, "
+        "for nodes not yet upgraded."),
     Key("calibrate_seconds", float, 0.3, "Budget of the start-up calibration run."),
     Key("heartbeat", float, 1.0, "GossipSub heartbeat interval in seconds."),
     Key("metrics", str, DEFAULT_METRICS, "host:port of the Prometheus endpoint (loopback only; the default port "
@@ -115,6 +118,7 @@ class Config:
     schedule: tuple[str, ...]
     ad_interval: float
     ad_ttl: float
+    market_v1: bool
     calibrate_seconds: float
     heartbeat: float
     metrics: str
@@ -250,7 +254,7 @@ def _check(c: Config) -> None:
     if c.ad_ttl <= c.ad_interval:
         raise ConfigError(f"ad_ttl ({c.ad_ttl}) must exceed ad_interval ({c.ad_interval})")
     if c.ad_ttl > 300:
-        raise ConfigError("ad_ttl must be at most 300 seconds (the network's maximum TTL)")
+        raise ConfigError("ad_ttl must be at most 300 seconds (ads stretch it as the market grows)")
     if c.ad_interval < MIN_AD_INTERVAL_S:
         raise ConfigError(
             f"ad_interval must be at least {MIN_AD_INTERVAL_S:g} s: peers accept 30 ads a minute from one provider"

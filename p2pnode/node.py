@@ -55,8 +55,10 @@ from p2pnode.verify.sampling import SamplingPolicy
 from p2pnode.wire.names import (
     BLOB_PROTOCOL,
     CAPACITY_TOPIC,
+    CAPACITY_TOPIC_V1,
     JOB_PROTOCOL,
     MARKET_PROTOCOL,
+    MARKET_PROTOCOL_V1,
     REPORTS_TOPIC,
 )
 
@@ -297,6 +299,9 @@ class Node:
                 self.host.get_network().register_notifee(ban_gate(self.is_banned, self.peers.drop_soon))
                 self.pubsub.set_topic_validator(CAPACITY_TOPIC, guard_validator("capacity", self.market.validate),
                                                 False)
+                if self.config.market_v1:
+                    self.pubsub.set_topic_validator(CAPACITY_TOPIC_V1, guard_validator(
+                        "capacity", self.market.validate_v1), False)
                 self.pubsub.set_topic_validator(REPORTS_TOPIC, guard_validator("reports", self.trust.validate_report),
                                                 False)
                 self.host.set_stream_handler(JOB_PROTOCOL, guard_stream_handler(
@@ -305,6 +310,9 @@ class Node:
                     "blob", self.blobs.handle_stream, gate, self.blobs.limits))
                 self.host.set_stream_handler(MARKET_PROTOCOL, guard_stream_handler(
                     "market", self.market.handle_sync, gate, self.market.limits))
+                if self.config.market_v1:
+                    self.host.set_stream_handler(MARKET_PROTOCOL_V1, guard_stream_handler(
+                        "market", self.market.handle_sync_v1, gate, self.market.limits))
                 ads = await self.pubsub.subscribe(CAPACITY_TOPIC)
                 reports = await self.pubsub.subscribe(REPORTS_TOPIC)
                 self.started_at = self.now()
@@ -316,6 +324,8 @@ class Node:
                     await nursery.start(self.discovery.run)
                 nursery.start_soon(self.market.drain, reports)
                 nursery.start_soon(self.market.drain, ads)
+                if self.config.market_v1:
+                    nursery.start_soon(self.market.drain, await self.pubsub.subscribe(CAPACITY_TOPIC_V1))
                 nursery.start_soon(self.trust.run)
                 nursery.start_soon(self.peers.run)
                 nursery.start_soon(control_server.serve, listener, self.views.handle)

@@ -12,6 +12,9 @@ Rules, applied in this order by :meth:`CapacityTable.offer` (``specs/capacity-ad
 
 An accepted ad replaces the peer's previous one. Entries disappear at their expiry, which is the
 ad's own ``exp`` capped at ``received + max_ttl`` so a peer with a wrong clock cannot pin an entry.
+
+:meth:`CapacityTable.market_size` counts the providers with a live ad, including those a full table
+had no room for: it is what paces every provider's ads (``market.pacing``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from p2pnode.errors import AdRejected
+from p2pnode.market.pacing import MAX_TTL_S
 from p2pnode.market.rate_limit import TokenBuckets
 from p2pnode.wire.capacity_ad import CapacityAd, SignedAd
 
@@ -26,7 +30,7 @@ from p2pnode.wire.capacity_ad import CapacityAd, SignedAd
 @dataclass(frozen=True, slots=True)
 class TableLimits:
     max_peers: int = 1024
-    max_ttl_s: float = 300.0
+    max_ttl_s: float = MAX_TTL_S
     max_clock_skew_s: float = 30.0
     rate_burst: float = 10.0
     rate_per_s: float = 0.5  # 30 ads a minute sustained per peer
@@ -46,6 +50,9 @@ class CapacityTable:
         self._entries: dict[bytes, TableEntry] = {}
         # peer -> (highest seq seen, when that memory may be dropped)
         self._high_water: dict[bytes, tuple[int, float]] = {}
+        # peer -> when its newest valid ad expires: every provider with a live ad, listed or not
+        self._live: dict[bytes, float] = {}
+        self._max_live = 16 * self.limits.max_peers
         self._rates = TokenBuckets(
             burst=self.limits.rate_burst,
             rate=self.limits.rate_per_s,
@@ -70,21 +77,33 @@ class CapacityTable:
         if known is not None and ad.seq <= known[0]:
             raise AdRejected(f"sequence {ad.seq} is not newer than {known[0]}", code="stale")
         if ad.peer_id not in self._entries and len(self._entries) >= lim.max_peers:
+            self._count(ad, now)
             raise AdRejected("capacity table is full", code="table_full")
         if not self._rates.take(ad.peer_id, now):
             raise AdRejected("peer exceeds its ad rate", code="rate_limited")
         expires_at = min(ad.expires_at_ms / 1000.0, now + lim.max_ttl_s)
         entry = TableEntry(ad=ad, raw=signed.raw, received_at=now, expires_at=expires_at)
         self._entries[ad.peer_id] = entry
+        self._count(ad, now)
         # Remember the sequence for as long as any older ad of this peer could still be valid.
         self._high_water[ad.peer_id] = (ad.seq, now + lim.max_ttl_s + lim.max_clock_skew_s)
         return entry
+
+    def _count(self, ad: CapacityAd, now: float) -> None:
+        if ad.peer_id in self._live or len(self._live) < self._max_live:
+            self._live[ad.peer_id] = min(ad.expires_at_ms / 1000.0, now + self.limits.max_ttl_s)
+
+    def market_size(self, now: float) -> int:
+        """Providers with a live, valid ad (at most 16 times the table's size are counted)."""
+        return sum(1 for until in self._live.values() if until > now)
 
     def expire(self, now: float) -> list[bytes]:
         """Drop entries whose time is up; return the peers dropped."""
         gone = [p for p, e in self._entries.items() if e.expires_at <= now]
         for p in gone:
             del self._entries[p]
+        for p in [p for p, until in self._live.items() if until <= now]:
+            del self._live[p]
         for p in [p for p, (_, until) in self._high_water.items() if until <= now]:
             if p not in self._entries:
                 del self._high_water[p]
@@ -92,6 +111,7 @@ class CapacityTable:
 
     def remove(self, peer_id: bytes) -> None:
         self._entries.pop(peer_id, None)
+        self._live.pop(peer_id, None)
 
     def entries(self, now: float) -> list[TableEntry]:
         """Live entries, newest-issued first."""

@@ -5,7 +5,12 @@
   one is not forwarded and counts against the peer to blame (the forwarder, or for ``rate_limited``
   the originator, since an honest forwarder validates before it forwards).
 * **Out** (providers): :meth:`advertise` re-reads the hardware every second and publishes a signed ad
-  at start, every ``ad_interval`` and at every coarse change, never faster than peers accept.
+  at start, at every change of what it offers or where, and otherwise paced by the market's size
+  (``market.pacing``): every ``ad_interval`` in a small market, less often in a large one, so the
+  whole market publishes a bounded number of ads a second.
+* **Version 1**: ads on the previous topic ``p2pnode/capacity/1`` are still read (:meth:`validate_v1`,
+  with that version's 300 s TTL limit) and ``/p2pnode/market/1`` syncs are served with the ads that
+  version accepts; nothing is published there.
 * :meth:`expire` drops ads past their expiry and keeps the market metrics current;
   :meth:`wait_until` lets callers wait on table changes instead of polling.
 
@@ -26,10 +31,11 @@ import trio
 
 from p2pnode.adversary import Adversary
 from p2pnode.config import MIN_AD_INTERVAL_S
-from p2pnode.errors import CodecError, PeerError
+from p2pnode.errors import AdRejected, CodecError, PeerError
 from p2pnode.exec.backends import for_workload
 from p2pnode.exec.executor import Executor
 from p2pnode.identity import Identity
+from p2pnode.market import pacing
 from p2pnode.market.bidding import Capacity
 from p2pnode.market.capacity_table import CapacityTable, TableEntry
 from p2pnode.net.framing import FramedStream
@@ -54,6 +60,7 @@ SYNC_AGAIN_S = (0.0, 5.0, 20.0)  # delays of the syncs with a newly connected pe
 # what an honest peer's table holds and we may refuse: no evidence against the peer that sent it
 SYNC_BENIGN = frozenset({"stale", "expired", "future", "rate_limited", "table_full"})
 EXPIRE_INTERVAL_S = 0.5
+V1_MAX_TTL_S = 300.0  # the longest ad life version 1 of the market accepts
 
 
 @dataclass
@@ -112,6 +119,7 @@ class MarketService:
         self.synced = 0  # ads taken from market syncs
         self.rejected: dict[str, int] = {}
         self.ads_published = 0
+        self.paced_for = 1  # the market size this node's last ad was paced for
         self._seq = 0
         self._changed = trio.Event()
 
@@ -121,7 +129,11 @@ class MarketService:
         return self.operator_paused or self.off_schedule
 
     # gossip in ---------------------------------------------------------------------------
-    def validate(self, forwarder: Any, msg: Any) -> bool:
+    def validate_v1(self, forwarder: Any, msg: Any) -> bool:
+        """Validator of the version-1 topic: the same rules, with that version's TTL limit."""
+        return self.validate(forwarder, msg, max_ttl_s=V1_MAX_TTL_S)
+
+    def validate(self, forwarder: Any, msg: Any, max_ttl_s: float | None = None) -> bool:
         """GossipSub validator: accept into the table or reject (not forwarded) and penalise."""
         now = self.now()
         fwd = forwarder.to_bytes()
@@ -135,6 +147,8 @@ class MarketService:
                 return False
         try:
             signed = decode_ad(msg.data)
+            if max_ttl_s is not None and signed.ad.expires_at_ms - signed.ad.issued_at_ms > max_ttl_s * 1000:
+                raise AdRejected("ad lives longer than the maximum TTL", code="ttl_too_long")
             entry = self.table.offer(signed, now, origin=bytes(msg.from_id))
         except PeerError as exc:
             if own:
@@ -158,12 +172,18 @@ class MarketService:
             self.penalise(blame, code)
 
     # market sync ---------------------------------------------------------------------------
-    async def handle_sync(self, stream: Any, peer: bytes) -> None:
-        """Serve ``/p2pnode/market/1``: every live ad this node holds, as signed, in one frame."""
+    async def handle_sync_v1(self, stream: Any, peer: bytes) -> None:
+        """Serve ``/p2pnode/market/1``: the ads version 1 accepts (TTL at most 300 s)."""
+        await self.handle_sync(stream, peer, max_ttl_s=V1_MAX_TTL_S)
+
+    async def handle_sync(self, stream: Any, peer: bytes, max_ttl_s: float | None = None) -> None:
+        """Serve ``/p2pnode/market/2``: every live ad this node holds, as signed, in one frame."""
         fs = FramedStream(stream, max_frame=MAX_SYNC_BYTES)
         raws: list[bytes] = []
         size = 16
         for e in self.table.entries(self.now()):
+            if max_ttl_s is not None and e.ad.expires_at_ms - e.ad.issued_at_ms > max_ttl_s * 1000:
+                continue
             if len(raws) >= MAX_SYNC_ADS or size + len(e.raw) + 8 > MAX_SYNC_BYTES:
                 break
             raws.append(e.raw)
@@ -281,7 +301,7 @@ class MarketService:
             peer_id=self.identity.peer_id,
             seq=self._seq,
             issued_at_ms=int(now * 1000),
-            expires_at_ms=int((now + s.ad_ttl) * 1000),
+            expires_at_ms=int((now + pacing.ttl(self.paced_for, s.ad_interval, s.ad_ttl)) * 1000),
             cpu=hardware.cpu,
             gpus=tuple(replace(g, slots=ex.slots_per_device, busy=ex.busy.get(g.index, 0))
                        if ex is not None and g.index in ex.busy else g for g in hardware.gpus),
@@ -291,8 +311,13 @@ class MarketService:
             load=min(1.0, ex.load) if ex is not None else 0.0,
         )
 
+    def market_size(self) -> int:
+        """Providers with a live ad, this one included: what paces the ads."""
+        return max(1, self.table.market_size(self.now()))
+
     async def publish_ad(self) -> None:
         assert self.resources.hardware is not None
+        self.paced_for = self.market_size()
         data = encode_ad(self.build_ad(self.resources.hardware, self.now()), self.identity.signing_key)
         await self.publish(CAPACITY_TOPIC, data)
         self.ads_published += 1
@@ -309,15 +334,23 @@ class MarketService:
             # A new peer is not a change: it takes the market, this ad included, by market sync. (It
             # was one before sync existed; with the DHT's connections coming and going, every
             # node then republished every few seconds.)
+            # What it offers and where: at once. Load and free memory: paced like the periodic ads,
+            # since a requester learns them fresh from the bid.
             hw = self.resources.hardware
             shape = (tuple(self.addrs()), self.paused)
-            due = now - last_publish >= self.settings.ad_interval
-            changed = (shape != last_shape or _moved(hw, last_hw)) and now - last_publish >= MIN_CHANGE_INTERVAL_S
+            market, since, base = self.market_size(), now - last_publish, self.settings.ad_interval
+            due = pacing.due(since, market, base, pacing.interval(self.paced_for, base))
+            changed = (shape != last_shape and since >= MIN_CHANGE_INTERVAL_S) or \
+                (_moved(hw, last_hw) and since >= pacing.change_gap(market))
             if due or changed:
                 await self.publish_ad()
                 last_publish, last_shape, last_hw = now, shape, hw
             await trio.sleep(PROBE_INTERVAL_S)
-            self.resources.hardware = await trio.to_thread.run_sync(self.probe.read)
+            self.resources.hardware = await self.read_hardware()
+
+    async def read_hardware(self) -> Hardware:
+        """A fresh hardware reading, off the trio thread (NVML calls can block)."""
+        return await trio.to_thread.run_sync(self.probe.read)
 
 
     async def _flood(self, rate: float) -> None:

@@ -82,6 +82,19 @@ class Traffic:
         self.msgs_in, self.msgs_out = np.zeros(shape), np.zeros(shape)
         self.bytes_in, self.bytes_out = np.zeros(shape), np.zeros(shape)
 
+    def copy(self) -> Traffic:
+        out = Traffic(self.n)
+        out.msgs_in, out.msgs_out = self.msgs_in.copy(), self.msgs_out.copy()
+        out.bytes_in, out.bytes_out = self.bytes_in.copy(), self.bytes_out.copy()
+        return out
+
+    def since(self, before: Traffic) -> Traffic:
+        """What was counted after ``before`` (a copy taken earlier)."""
+        out = Traffic(self.n)
+        out.msgs_in, out.msgs_out = self.msgs_in - before.msgs_in, self.msgs_out - before.msgs_out
+        out.bytes_in, out.bytes_out = self.bytes_in - before.bytes_in, self.bytes_out - before.bytes_out
+        return out
+
     def count(self, src: int, dst: int, cls: int, nbytes: int) -> None:
         self.msgs_out[src, cls] += 1
         self.bytes_out[src, cls] += nbytes
@@ -245,10 +258,11 @@ class Mesh:
                 arr[members, cls] += copies[members] * value
         self._pending.clear()
 
-    def heartbeat_traffic(self, seconds: float, ids_per_s: float) -> None:
+    def heartbeat_traffic(self, seconds: float, ids_per_s: float, tr: Traffic | None = None) -> None:
         """IHAVE gossip over ``seconds``: each live node sends D_lazy messages a heartbeat naming
-        the ids of the last ``GOSSIP_WINDOW`` heartbeats (``ids_per_s`` messages a second network-wide)."""
-        tr = self.net.traffic
+        the ids of the last ``GOSSIP_WINDOW`` heartbeats (``ids_per_s`` messages a second network-wide);
+        counted into ``tr`` (the network's own by default)."""
+        tr = tr if tr is not None else self.net.traffic
         alive = self.net.alive
         beats = seconds / HEARTBEAT_S
         ids = ids_per_s * HEARTBEAT_S * GOSSIP_WINDOW

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from p2pnode.errors import ConfigError
+from p2pnode.market import pacing
 from p2pnode.market.capacity_table import TableLimits
 from p2pnode.outcome import judge, plot, print_summary, quantile, summed
 from p2pnode.scenario import CHEATER_KINDS, Scenario, pick
-from p2pnode.sim.engine import CLASSES, Impair
+from p2pnode.sim.engine import CLASSES, Impair, Traffic
 from p2pnode.sim.world import EPOCH, HONEST, Ask, Node, World, roles_of
 from p2pnode.verify.sampling import SamplingPolicy
 from p2pnode.wire.capacity_ad import decode_ad
@@ -42,7 +43,7 @@ def host(i: int) -> str:
 
 
 def build(s: Scenario, *, base_ms: float, bandwidth_bps: float, ad_interval: float, ad_ttl: float,
-          speed_spread: float = 0.0, policy: SamplingPolicy | None = None) -> World:
+          speed_spread: float = 0.0, policy: SamplingPolicy | None = None, paced: bool = True) -> World:
     """The scenario's nodes. ``speed_spread`` is the sigma of the providers' lognormal speeds: 0 by
     default, as in a swarm on one machine that shares one calibration."""
     if any(w.kind == "model" for w in s.workloads):
@@ -50,7 +51,7 @@ def build(s: Scenario, *, base_ms: float, bandwidth_bps: float, ad_interval: flo
                           "model jobs need real models and data: run this scenario with `p2pnode swarm run`")
     n = s.nodes
     world = World(seed=s.seed, n=n, base_ms=base_ms, bandwidth_bps=bandwidth_bps, ad_interval=ad_interval,
-                  ad_ttl=ad_ttl, policy=policy)
+                  ad_ttl=ad_ttl, policy=policy, paced=paced)
     rng = random.Random(s.seed)
 
     def speed() -> float:
@@ -110,6 +111,7 @@ class SimRun:
         self.killed: set[int] = set()
         self.notes: list[str] = []
         self.partitioned = False
+        self.steady_from: tuple[float, Traffic, int] | None = None  # after convergence: the steady state
 
     def note(self, what: str, **data: Any) -> None:
         self.events.append({"t": round(self.w.t - self.work_start, 3), "event": what, **data})
@@ -120,8 +122,16 @@ class SimRun:
         if not node.alive:
             return
         w.publish_ad(node)
-        period = 1.0 / node.flood if node.flood else w.ad_interval * node.rng.uniform(0.98, 1.02)
-        w.engine.after(period, self._ads, node)
+        w.engine.after(w.ad_period(node), self._ads, node)
+
+    def _join(self, node: Node) -> None:
+        """A provider's first ad, then its periodic ones at a random phase, as in a market whose
+        providers joined at different times."""
+        w = self.w
+        if not node.alive:
+            return
+        w.publish_ad(node)
+        w.engine.after(w.ad_period(node) * (1.0 if node.flood else node.rng.random()), self._ads, node)
 
     def providers(self) -> set[int]:
         return {n.index for n in self.w.nodes if n.provides and n.alive and n.role in HONEST}
@@ -178,6 +188,9 @@ class SimRun:
 
     def _ended(self, ask: Ask, *, job: dict[str, Any]) -> None:
         w = self.w
+        awarded = next((t for t, what, _ in ask.events if what == "award"), None)
+        if awarded is not None:
+            job["award_s"] = round(awarded - ask.submitted, 4)
         job.update(state=ask.state, outcome=ask.outcome[:200], ended=round(w.t - self.work_start, 3),
                    checked=ask.checked, digest=ask.digest.hex(), declines=dict(ask.declines),
                    provider=str(w.by_id[ask.provider]) if ask.provider else "")
@@ -255,9 +268,10 @@ class SimRun:
         s, w = self.s, self.w
         w.mesh.build(range(w.net.n))
         w.mesh.refresh(w.observers)
+        w.market_hint = len(self.providers())
         for node in w.nodes:
             if node.provides:
-                w.engine.after(node.rng.uniform(0.1, 1.0), self._ads, node)
+                w.engine.after(node.rng.uniform(0.1, 1.0), self._join, node)
         limit = TableLimits().max_peers
         if len(self.providers()) > limit:  # no table can list them all: say so, wait one ad round
             self.notes.append(f"{len(self.providers())} providers, but a market table holds at most {limit}: "
@@ -266,6 +280,8 @@ class SimRun:
         else:
             self.converged_s = self.wait_converged(CONVERGE_TIMEOUT_S)
         self.work_start = w.t
+        w.mesh.flush()
+        self.steady_from = (w.t, w.net.traffic.copy(), w.ads_published + w.reports_published)
         self.note("converged", seconds=self.converged_s)
         rate = sum(x.rate for x in s.workloads)
         if rate and roles_of(w.nodes)["requesters"]:
@@ -295,7 +311,6 @@ def summarise(r: SimRun, wall_s: float) -> dict[str, Any]:
     s, w = r.s, r.w
     elapsed = max(w.t, 1e-9)
     w.mesh.flush()
-    w.mesh.heartbeat_traffic(elapsed, (w.ads_published + w.reports_published) / elapsed)
     cheaters = {str(n.index) for n in w.nodes if n.role in CHEATER_KINDS}
     jobs = r.jobs
     ended = [j for j in jobs if j["state"] != "pending"]
@@ -303,23 +318,21 @@ def summarise(r: SimRun, wall_s: float) -> dict[str, Any]:
     wrong = [j for j in done if j["correct"] is False]
     latencies = sorted(j["ended"] - j["submitted"] for j in done)
     awards = [j for j in ended if j["provider"]]
+    award_s = sorted(j["award_s"] for j in ended if "award_s" in j)
     share = s.expect.get("cheater_share")
     after = int(share.get("after", 0)) if isinstance(share, dict) else 0
     late = awards[after:] if after < len(awards) else []
     caught: set[str] = set()
     for sample in r.reputation:
         caught |= {str(i) for i in sample["distrusted"]}
-    tr = w.net.traffic
-    per_node = {}
-    live = w.net.alive
-    for c, name in enumerate(CLASSES):
-        msgs = (tr.msgs_in[:, c] + tr.msgs_out[:, c]) / elapsed
-        nbytes = (tr.bytes_in[:, c] + tr.bytes_out[:, c]) / elapsed
-        per_node[name] = {"msgs_per_s": round(float(msgs.mean()), 3), "bytes_per_s": round(float(nbytes.mean()), 1),
-                          "msgs_per_s_p99": round(float(np.quantile(msgs, 0.99)), 3)}
-    total_msgs = (tr.msgs_in + tr.msgs_out).sum(axis=1) / elapsed
-    total_bytes = (tr.bytes_in + tr.bytes_out).sum(axis=1) / elapsed
-    ads_in = tr.msgs_in[:, CLASSES.index("ads")] + tr.msgs_in[:, CLASSES.index("reports")]
+    steady = None
+    if r.steady_from is not None and elapsed - r.steady_from[0] > 1.0:
+        t0, before, published = r.steady_from
+        window = w.net.traffic.since(before)
+        seconds = elapsed - t0
+        w.mesh.heartbeat_traffic(seconds, (w.ads_published + w.reports_published - published) / seconds, window)
+        steady = _traffic(window, seconds, w.validate_s)
+    w.mesh.heartbeat_traffic(elapsed, (w.ads_published + w.reports_published) / elapsed)
     samples = sorted(w.propagation)
     rejected: dict[str, int] = {}
     for o in w.observers:
@@ -334,6 +347,7 @@ def summarise(r: SimRun, wall_s: float) -> dict[str, Any]:
                  "by_state": {st: sum(1 for j in ended if j["state"] == st) for st in sorted({j["state"] for j in ended})},
                  "wrong_accepted": len(wrong), "judged": len(done),
                  "p50_s": quantile(latencies, 0.5), "p99_s": quantile(latencies, 0.99),
+                 "award_p50_s": quantile(award_s, 0.5), "award_p99_s": quantile(award_s, 0.99),
                  "declines": summed(j["declines"] for j in ended),
                  "checked": {c: sum(1 for j in done if j["checked"] == c) for c in sorted({j["checked"] for j in done})}},
         "cheaters": {"count": len(cheaters), "caught": len(cheaters & caught),
@@ -341,15 +355,14 @@ def summarise(r: SimRun, wall_s: float) -> dict[str, Any]:
                      "award_share_after": (sum(1 for j in late if j["provider"] in cheaters) / len(late)) if late else None,
                      "after_jobs": after},
         "propagation": _propagation(samples),
-        "traffic": {"per_node": per_node, "seconds": round(elapsed, 3),
-                    "msgs_per_node_s": round(float(total_msgs.mean()), 3),
-                    "bytes_per_node_s": round(float(total_bytes.mean()), 1),
-                    "msgs_per_node_s_p99": round(float(np.quantile(total_msgs, 0.99)), 3),
-                    "validate_cpu_share": round(float((ads_in * w.validate_s).mean() / elapsed), 6),
+        "traffic": {**_traffic(w.net.traffic, elapsed, w.validate_s), "seconds": round(elapsed, 3),
                     "validate_s_per_ad": round(w.validate_s, 7),
                     "ads_published": w.ads_published, "reports_published": w.reports_published,
-                    "table_rejections": rejected,
-                    "live_nodes": int(live.sum())},
+                    "table_rejections": rejected, "live_nodes": int(w.net.alive.sum()),
+                    "paced": w.paced, "market_size": w.market_size(),
+                    "ad_interval_s": round(pacing.interval(w.market_size(), w.ad_interval) if w.paced
+                                           else w.ad_interval, 3),
+                    "steady": steady},
         "sim": {"wall_s": round(wall_s, 3), "simulated_s": round(elapsed, 3), "events": w.engine.events,
                 "node_seconds_per_s": round(w.net.n * elapsed / max(wall_s, 1e-9), 1),
                 "protocol_violations": w.violations,
@@ -361,6 +374,24 @@ def summarise(r: SimRun, wall_s: float) -> dict[str, Any]:
     }
     result["expectations"] = judge(s.expect, result)
     return result
+
+
+def _traffic(tr: Traffic, seconds: float, validate_s: float) -> dict[str, Any]:
+    """Messages and bytes per node per second, by class and in all, and the CPU share that
+    validating the gossiped ads and reports costs a node, over ``seconds`` of counts in ``tr``."""
+    per_node = {}
+    for c, name in enumerate(CLASSES):
+        msgs = (tr.msgs_in[:, c] + tr.msgs_out[:, c]) / seconds
+        nbytes = (tr.bytes_in[:, c] + tr.bytes_out[:, c]) / seconds
+        per_node[name] = {"msgs_per_s": round(float(msgs.mean()), 3), "bytes_per_s": round(float(nbytes.mean()), 1),
+                          "msgs_per_s_p99": round(float(np.quantile(msgs, 0.99)), 3)}
+    total_msgs = (tr.msgs_in + tr.msgs_out).sum(axis=1) / seconds
+    total_bytes = (tr.bytes_in + tr.bytes_out).sum(axis=1) / seconds
+    ads_in = tr.msgs_in[:, CLASSES.index("ads")] + tr.msgs_in[:, CLASSES.index("reports")]
+    return {"per_node": per_node, "msgs_per_node_s": round(float(total_msgs.mean()), 3),
+            "bytes_per_node_s": round(float(total_bytes.mean()), 1),
+            "msgs_per_node_s_p99": round(float(np.quantile(total_msgs, 0.99)), 3),
+            "validate_cpu_share": round(float((ads_in * validate_s).mean() / seconds), 6)}
 
 
 def _propagation(samples: list[float]) -> dict[str, Any]:
@@ -375,9 +406,11 @@ def _propagation(samples: list[float]) -> dict[str, Any]:
 
 def simulate(s: Scenario, *, nodes: int | None = None, duration: float | None = None, seed: int | None = None,
              base_ms: float = 0.5, bandwidth_mbps: float = 1000.0, ad_interval: float = 10.0,
-             ad_ttl: float = 30.0, speed_spread: float = 0.0, policy: SamplingPolicy | None = None) -> dict[str, Any]:
+             ad_ttl: float = 30.0, speed_spread: float = 0.0, policy: SamplingPolicy | None = None,
+             paced: bool = True) -> dict[str, Any]:
     """Run ``s`` (scaled to ``nodes``, shortened to ``duration``) on the simulator; its summary.
-    ``policy`` replaces the requesters' check policy (experiments: what a lower check rate costs)."""
+    ``policy`` replaces the requesters' check policy (experiments: what a lower check rate costs);
+    ``paced=False`` floods every ad every ``ad_interval`` (the version-1 market, as a baseline)."""
     if nodes is not None and nodes != s.nodes:
         s = s.scaled(nodes)
     if duration is not None:
@@ -387,7 +420,7 @@ def simulate(s: Scenario, *, nodes: int | None = None, duration: float | None = 
                      s.workloads, s.faults, s.expect, s.network, s.path, s.extra)
     t0 = time.perf_counter()
     world = build(s, base_ms=base_ms, bandwidth_bps=bandwidth_mbps * 1e6, ad_interval=ad_interval, ad_ttl=ad_ttl,
-                  speed_spread=speed_spread, policy=policy)
+                  speed_spread=speed_spread, policy=policy, paced=paced)
     r = SimRun(s, world)
     r.run()
     return summarise(r, time.perf_counter() - t0)
@@ -408,9 +441,12 @@ def run_sim(s: Scenario, *, out: Path | None, as_json: bool, console: Any = None
     else:
         print_summary(console, summary)
         t, sim = summary["traffic"], summary["sim"]
-        console.print(f"traffic per node: {t['msgs_per_node_s']} msgs/s, {t['bytes_per_node_s'] / 1000:.1f} kB/s "
-                      f"(ads {t['per_node']['ads']['msgs_per_s']}/s), ad validation ~{t['validate_cpu_share']:.2%} "
-                      f"of a core; simulated {sim['simulated_s']:.0f} s of {summary['nodes']} nodes in "
+        st = t["steady"] or t
+        console.print(f"traffic per node after convergence: {st['msgs_per_node_s']} msgs/s, "
+                      f"{st['bytes_per_node_s'] / 1000:.1f} kB/s (ads {st['per_node']['ads']['msgs_per_s']}/s), "
+                      f"ad validation ~{st['validate_cpu_share']:.2%} of a core; "
+                      f"{'paced' if t['paced'] else 'flooded'} ads every {t['ad_interval_s']:g} s in a market of "
+                      f"{t['market_size']:,}; simulated {sim['simulated_s']:.0f} s of {summary['nodes']} nodes in "
                       f"{sim['wall_s']:.1f} s ({sim['node_seconds_per_s']:,.0f} node-s/s)")
     held = all(e["held"] for e in summary["expectations"])
     return (0 if held else 1), summary

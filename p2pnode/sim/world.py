@@ -46,6 +46,7 @@ from p2pnode.exec import workloads
 from p2pnode.identity import Identity
 from p2pnode.ledger import evidence
 from p2pnode.ledger.entry import Entry, genesis, make_entry
+from p2pnode.market import pacing
 from p2pnode.market.bidding import Capacity, decide
 from p2pnode.market.capacity_table import CapacityTable, TableLimits
 from p2pnode.market.rate_limit import TokenBuckets
@@ -109,6 +110,7 @@ class Node:
     checker: bool = False
     alive: bool = True
     seq: int = 0
+    paced_for: int = 1  # the market size its last ad was paced for
     slots: int = 1
     running: int = 0
     started: set[bytes] = field(default_factory=set)  # jobs holding one of the slots
@@ -137,14 +139,19 @@ class World:
     """Nodes, the network, the mesh and the clock of one simulated run."""
 
     def __init__(self, *, seed: int, n: int, base_ms: float, bandwidth_bps: float, ad_interval: float,
-                 ad_ttl: float, policy: SamplingPolicy | None = None) -> None:
+                 ad_ttl: float, policy: SamplingPolicy | None = None, paced: bool = True) -> None:
+        """``paced``: providers pace their ads by the market's size (``market.pacing``), as nodes
+        do; without it every provider publishes every ``ad_interval`` (the version-1 market)."""
         self.engine = Engine(seed)
         self.nrng = np.random.default_rng(seed)
         self.net = Network(self.engine, n, base_ms=base_ms, bandwidth_bps=bandwidth_bps)
         self.mesh = Mesh(self.net, random.Random(seed + 1))
         self.nodes: list[Node] = []
         self.by_id: dict[bytes, int] = {}
-        self.ad_interval, self.ad_ttl = ad_interval, ad_ttl
+        self.ad_interval, self.ad_ttl, self.paced = ad_interval, ad_ttl, paced
+        self._market: tuple[float, int] = (-math.inf, 1)
+        # a run starts in a market that existed before it: providers pace by its size from their first ad
+        self.market_hint = 1
         self.policy = policy or SamplingPolicy()
         self.observers: list[int] = []
         self.asks: set[Ask] = set()
@@ -196,6 +203,26 @@ class World:
         evidence.apply(node.trust.rep, entry)
 
     # capacity gossip -------------------------------------------------------------------------
+    def market_size(self) -> int:
+        """The market's size as a provider's table counts it (``CapacityTable.market_size``). Every
+        node hears the same ads, so one observer's count stands for all (refreshed each second)."""
+        at, size = self._market
+        if self.t - at >= 1.0 or at > self.t:
+            node = next((self.nodes[o] for o in self.observers if self.nodes[o].alive), None)
+            if node is not None and node.table is not None:
+                self.drain(node)
+                size = max(1, node.table.market_size(self.now()))
+            self._market = (self.t, size)
+        return max(size, self.market_hint)
+
+    def ad_period(self, node: Node) -> float:
+        """Seconds to ``node``'s next periodic ad."""
+        if node.flood:
+            return 1.0 / node.flood
+        base = min(pacing.interval(self.market_size(), self.ad_interval),
+                   pacing.interval(node.paced_for, self.ad_interval)) if self.paced else self.ad_interval
+        return base * node.rng.uniform(0.98, 1.02)
+
     def build_ad(self, node: Node) -> bytes:
         now = self.now()
         node.seq = max(node.seq + 1, int(now * 1000))
@@ -203,13 +230,17 @@ class World:
         if node.checker:
             offers += [Offer(o.workload, o.backend, PRICE, "check") for o in list(offers)]
         speed = node.speed * node.claim
+        node.paced_for = self.market_size()
         ad = CapacityAd(peer_id=node.peer_id, seq=node.seq, issued_at_ms=int(now * 1000),
-                        expires_at_ms=int((now + self.ad_ttl) * 1000),
+                        expires_at_ms=int((now + self.ad_life(node)) * 1000),
                         cpu=CpuInfo("simulated", 2, 8 << 30, 6 << 30), offers=tuple(offers),
                         addrs=(f"/ip4/{node.host}/tcp/4001",),
                         speed=(("matmul_f32_numpy", round(speed, 2)), ("matmul_i8_numpy", round(speed / 2, 2))),
                         load=min(1.0, node.running / max(node.slots, 1)))
         return encode_ad(ad, node.identity.signing_key)
+
+    def ad_life(self, node: Node) -> float:
+        return pacing.ttl(node.paced_for, self.ad_interval, self.ad_ttl) if self.paced else self.ad_ttl
 
     def publish_ad(self, node: Node) -> None:
         if not node.alive:

@@ -131,3 +131,28 @@ def test_signed_ad_is_immutable() -> None:
     signed = make(A, 1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         signed.ad.seq = 2  # type: ignore[misc]
+
+
+def test_the_market_size_counts_providers_a_full_table_has_no_room_for_until_their_ads_expire() -> None:
+    t = CapacityTable(TableLimits(max_peers=3))
+    keys = [SigningKey(bytes([i + 10]) * 32) for i in range(5)]
+    for i, key in enumerate(keys):
+        signed = make(key, 1, ttl=30.0 + i)
+        if i < 3:
+            t.offer(signed, NOW)
+        else:
+            assert code_of(t, signed) == "table_full"
+    assert len(t) == 3 and t.market_size(NOW) == 5
+    assert t.market_size(NOW + 32.5) == 2  # ads of 30, 31 and 32 s are gone
+    t.expire(NOW + 32.5)
+    assert len(t) == 0 and t.market_size(NOW + 32.5) == 2
+    assert t.market_size(NOW + 40) == 0
+
+
+def test_ads_may_live_as_long_as_pacing_stretches_them_and_no_longer() -> None:
+    from p2pnode.market.pacing import MAX_TTL_S
+
+    t = CapacityTable()
+    t.offer(make(A, 1, ttl=MAX_TTL_S), NOW)
+    assert t.get(make(A, 1).ad.peer_id).expires_at == NOW + MAX_TTL_S  # type: ignore[union-attr]
+    assert code_of(t, make(B, 1, ttl=MAX_TTL_S + 1)) == "ttl_too_long"

@@ -24,6 +24,23 @@ def virtual_now() -> float:
     return EPOCH + trio.current_time()
 
 
+class Msg:
+    """A gossip message as a validator sees it."""
+
+    def __init__(self, data: bytes, origin: bytes) -> None:
+        self.data, self.from_id = data, origin
+
+
+class Peer:
+    """The forwarder of a gossip message (its ``to_bytes`` is the peer id)."""
+
+    def __init__(self, peer: bytes) -> None:
+        self._p = peer
+
+    def to_bytes(self) -> bytes:
+        return self._p
+
+
 class MemoryStream:
     """One end of a trio memory stream, with the libp2p stream methods FramedStream uses."""
 
@@ -171,9 +188,10 @@ class Offences:
         return peer in self.banned
 
 
-def ad_for(identity: Identity, now: float, *, price: int = 100, gflops: float = 50.0) -> CapacityAd:
-    """A provider's capacity ad, as the requester's table would hold it."""
+def ad_for(identity: Identity, now: float, *, price: int = 100, gflops: float = 50.0,
+           life: float = 300.0) -> CapacityAd:
+    """A provider's capacity ad, as the requester's table would hold it, living ``life`` seconds."""
     return CapacityAd(peer_id=identity.peer_id, seq=1, issued_at_ms=int(now * 1000),
-                      expires_at_ms=int((now + 300) * 1000), cpu=CpuInfo("test", 2, 8 << 30, 4 << 30),
+                      expires_at_ms=int((now + life) * 1000), cpu=CpuInfo("test", 2, 8 << 30, 4 << 30),
                       offers=tuple(Offer(w, "numpy", price, "gflop") for w in ("matmul", "infer", "train_step")),
                       addrs=("/ip4/127.0.0.1/tcp/1",), speed=(("numpy-fp32", gflops),))

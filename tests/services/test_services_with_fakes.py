@@ -33,24 +33,9 @@ from p2pnode.wire.blob import (
 )
 from p2pnode.wire.capacity_ad import CpuInfo, decode_ad, encode_ad
 from p2pnode.wire.names import BLOB_PROTOCOL, CAPACITY_TOPIC
-from tests.services.fakes import MemoryNet, Offences, ad_for, virtual_now
+from tests.services.fakes import MemoryNet, Msg, Offences, Peer, ad_for, virtual_now
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Msg:
-    """A gossip message as a validator sees it."""
-
-    def __init__(self, data: bytes, origin: bytes) -> None:
-        self.data, self.from_id = data, origin
-
-
-class Peer:
-    def __init__(self, peer: bytes) -> None:
-        self._p = peer
-
-    def to_bytes(self) -> bytes:
-        return self._p
 
 
 # blobs --------------------------------------------------------------------------------------

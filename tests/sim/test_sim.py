@@ -13,6 +13,7 @@ import pytest
 from p2pnode import scenario as sc
 from p2pnode.errors import ConfigError
 from p2pnode.ledger.entry import verify_chain
+from p2pnode.market import pacing
 from p2pnode.sim import simulate
 from p2pnode.sim.run import SimRun, build
 from p2pnode.verify.sampling import SamplingPolicy
@@ -91,14 +92,25 @@ def test_flooders_are_cut_off_by_their_mesh_peers() -> None:
     assert run.converged_s is not None
 
 
-def test_per_node_gossip_grows_with_the_market_under_flooding() -> None:
+def _ads_per_node(r: dict[str, Any]) -> float:
+    return float(r["traffic"]["steady"]["per_node"]["ads"]["msgs_per_s"])
+
+
+def test_per_node_gossip_grows_with_the_market_under_flooding_and_stays_flat_when_paced() -> None:
     s = sc.load(SCENARIOS / "market.toml").shortened(10)
-    small, large = simulate(s, nodes=50), simulate(s, nodes=400)
-    ads_small = small["traffic"]["per_node"]["ads"]["msgs_per_s"]
-    ads_large = large["traffic"]["per_node"]["ads"]["msgs_per_s"]
+    small, large = simulate(s, nodes=50, paced=False), simulate(s, nodes=400, paced=False)
     # every ad reaches every node: 8 times the providers is about 8 times each node's ad traffic
-    assert 5 < ads_large / ads_small < 12
-    assert large["traffic"]["validate_cpu_share"] > small["traffic"]["validate_cpu_share"]
+    assert 5 < _ads_per_node(large) / _ads_per_node(small) < 12
+    assert large["traffic"]["steady"]["validate_cpu_share"] > small["traffic"]["steady"]["validate_cpu_share"]
+    # paced, the market publishes about 2 ads a second at either size (each node sees each ad
+    # once, plus its mesh's duplicates); a minute holds about 120 of them
+    s = s.shortened(60)
+    paced_small, paced_large = simulate(s, nodes=50), simulate(s, nodes=400)
+    assert 0.6 < _ads_per_node(paced_large) / _ads_per_node(paced_small) < 1.6
+    assert _ads_per_node(paced_large) < _ads_per_node(large) / 5
+    for r in (paced_small, paced_large):  # and the market is still whole: every requester lists every provider
+        assert r["converged_s"] is not None and r["jobs"]["done"] == r["jobs"]["submitted"] > 0
+    assert paced_large["traffic"]["ad_interval_s"] == pytest.approx(pacing.interval(390, 10.0), rel=0.05)
 
 
 def test_models_are_refused_with_a_reason() -> None:

@@ -1,7 +1,7 @@
 // A js-libp2p peer for p2pnode's interop tests and measurements.
 //
 // It joins the network the way any third-party client would: TCP + Noise + Yamux, identify, ping,
-// gossipsub on p2pnode/capacity/1. Every capacity ad it receives is decoded and verified from
+// gossipsub on p2pnode/capacity/2. Every capacity ad it receives is decoded and verified from
 // specs/ alone (restricted CBOR via cborg, ed25519 via @noble/curves): no p2pnode code is used.
 //
 // Configuration: P2P_LISTEN (multiaddr, default /ip4/127.0.0.1/tcp/0), P2P_DIAL (comma-separated
@@ -24,7 +24,7 @@ import { decode, encode } from 'cborg'
 import { ed25519 } from '@noble/curves/ed25519.js'
 import { createInterface } from 'node:readline'
 
-const TOPIC = 'p2pnode/capacity/1'
+const TOPIC = 'p2pnode/capacity/2'
 const DOMAIN = new TextEncoder().encode('p2pnode/capacity-ad/1\n')
 const PEER_PREFIX = Uint8Array.from([0x00, 0x24, 0x08, 0x01, 0x12, 0x20])
 const MAX_AD_BYTES = 4096

@@ -1,0 +1,89 @@
+"""A provider's ads, paced by the market it sees: its own interval in a small market, the market's
+budget in a large one, a TTL stretched to match, and the version-1 topic's 300 s limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from p2pnode.identity import Identity
+from p2pnode.market import pacing
+from p2pnode.market.capacity_table import CapacityTable
+from p2pnode.services.market import AdSettings, MarketService, Resources
+from p2pnode.telemetry.metrics import NodeMetrics
+from p2pnode.telemetry.probe import Hardware, HardwareProbe
+from p2pnode.wire.capacity_ad import CpuInfo, decode_ad, encode_ad
+from tests.services.fakes import Msg, Offences, Peer, ad_for, virtual_now
+
+BASE, TTL = 10.0, 30.0
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+class SteadyMarket(MarketService):
+    """The market service on a machine whose hardware does not change (read without a thread, so
+    the mock clock's jumps are not taken while a reading is under way)."""
+
+    async def read_hardware(self) -> Hardware:
+        assert self.resources.hardware is not None
+        return self.resources.hardware
+
+
+def _market(published: list[tuple[float, Any]]) -> MarketService:
+    async def publish(topic: str, data: bytes) -> None:
+        published.append((trio.current_time(), decode_ad(data).ad))
+
+    offences = Offences()
+    return SteadyMarket(
+        identity=Identity.generate(), now=virtual_now, table=CapacityTable(), metrics=NodeMetrics(),
+        is_banned=offences.is_banned, penalise=offences.penalise, publish=publish,
+        settings=AdSettings(price=7, workloads=("matmul",), checker=False, ad_interval=BASE, ad_ttl=TTL),
+        resources=Resources(Hardware(cpu=CpuInfo("cpu", 2, 8 << 30, 4 << 30), gpus=()), {"numpy-fp32": 9.0}),
+        probe=HardwareProbe(None, use_gpu=False), executor=None, adversary=None,
+        addrs=lambda: ["/ip4/127.0.0.1/tcp/4001"], peers=lambda: 1)
+
+
+def _fill(market: MarketService, n: int, life: float) -> None:
+    """``n`` other providers' ads, each living ``life`` seconds, as gossip would bring them."""
+    now = virtual_now()
+    for _ in range(n):
+        p = Identity.generate()
+        ad = ad_for(p, now, life=life)
+        assert market.validate(Peer(p.peer_id), Msg(encode_ad(ad, p.signing_key), p.peer_id))
+
+
+async def test_a_growing_market_stretches_the_interval_and_the_ad_never_lapses(autojump_clock: Any) -> None:
+    published: list[tuple[float, Any]] = []
+    market = _market(published)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(market.advertise)
+        await trio.sleep(25)  # alone: every BASE seconds, living TTL
+        _fill(market, 300, life=2000.0)  # now a market of 300: 150 s between ads
+        await trio.sleep(600)
+        nursery.cancel_scope.cancel()
+    times = [t for t, _ in published]
+    lives = [(ad.expires_at_ms - ad.issued_at_ms) / 1000 for _, ad in published]
+    assert times[:3] == pytest.approx([0, BASE, 2 * BASE], abs=1.5) and lives[:3] == [TTL] * 3
+    # the ad after the market grew was due by the last one's pacing; then the market's pace
+    assert lives[3] == pytest.approx(pacing.ttl(300, BASE, TTL)) == 450.0
+    gaps = [b - a for a, b in zip(times[3:], times[4:], strict=False)]
+    assert gaps and all(g == pytest.approx(150.0, abs=1.5) for g in gaps)
+    # at every moment the provider's newest ad is live: each lives past the next one
+    assert all(t + life > nxt for t, life, nxt in zip(times, lives, times[1:], strict=False))
+
+
+async def test_ads_over_the_version_1_ttl_are_refused_on_that_topic_only() -> None:
+    market = _market([])
+    p, q = Identity.generate(), Identity.generate()
+    now = virtual_now()
+    short, long = ad_for(p, now), ad_for(q, now, life=1000.0)
+    assert market.validate_v1(Peer(p.peer_id), Msg(encode_ad(short, p.signing_key), p.peer_id))
+    assert not market.validate_v1(Peer(q.peer_id), Msg(encode_ad(long, q.signing_key), q.peer_id))
+    assert market.rejected == {"ttl_too_long": 1}
+    assert market.validate(Peer(q.peer_id), Msg(encode_ad(long, q.signing_key), q.peer_id))
