@@ -64,6 +64,7 @@ from p2pnode.wire.names import (
 
 log = logging.getLogger("p2pnode.node")
 SCHEDULE_CHECK_S = 20.0  # how often the schedule is looked at (a window starts on a minute)
+ADDRS_FRESH_S = 5.0  # how long a reading of this node's own direct addresses is kept
 
 
 class Node:
@@ -73,6 +74,7 @@ class Node:
         then load or create the identity and build every service. ``executor``: one shared with
         other nodes of this process (its owner starts and stops it), instead of the node's own."""
         self.config = config
+        self._direct: tuple[float, list[str]] = (0.0, [])  # (when read, this node's direct addresses)
         self._listen = [parse_multiaddr(a) for a in config.listen]
         self._bootstrap = [parse_multiaddr(a, need_peer_id=True) for a in config.bootstrap]
         for a in config.announce:
@@ -163,11 +165,18 @@ class Node:
         return self.direct_addrs()
 
     def direct_addrs(self) -> list[str]:
-        """``announce``, or the listen addresses with wildcards expanded; never a relayed one."""
+        """``announce``, or the listen addresses with wildcards expanded; never a relayed one.
+        Kept for ``ADDRS_FRESH_S``: the advertiser looks every second, and reading the listeners'
+        sockets and the interfaces is most of what an idle node does."""
         if self.host is None:
             return []
-        return advertised([str(a) for a in self.host.get_addrs() if not is_circuit(str(a))], self.config.announce,
-                          self.peer_id)
+        at, addrs = self._direct
+        now = time.monotonic()
+        if not addrs or now - at >= ADDRS_FRESH_S:
+            addrs = advertised([str(a) for a in self.host.get_addrs() if not is_circuit(str(a))],
+                               self.config.announce, self.peer_id)
+            self._direct = (now, addrs)
+        return list(addrs)
 
     def penalise(self, peer: bytes, code: str, now: float | None = None) -> None:
         self.peers.penalise(peer, code, now)

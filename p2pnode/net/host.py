@@ -21,6 +21,7 @@ import multiaddr
 
 from p2pnode.errors import NetworkSetupError
 from p2pnode.identity import Identity
+from p2pnode.net import workarounds
 
 NOISE = "/noise"
 YAMUX = "/yamux/1.0.0"
@@ -76,6 +77,7 @@ def build_host(identity: Identity, listen: Sequence[multiaddr.Multiaddr]) -> Any
     from libp2p.security.noise.transport import Transport as NoiseTransport
     from libp2p.stream_muxer.yamux.yamux import Yamux
 
+    workarounds.batch_yamux_window_updates()
     key_pair = identity.libp2p_keypair()
     noise = NoiseTransport(libp2p_keypair=key_pair, noise_privkey=new_x25519().private_key)
     return new_host(

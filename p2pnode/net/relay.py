@@ -22,6 +22,8 @@ closed hop stream as an error, which :mod:`p2pnode.telemetry.logs` keeps below w
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -129,12 +131,18 @@ class Relaying:
         self.last_check = 0.0
 
     # reachability ------------------------------------------------------------------------
+    def loopback_only(self) -> bool:
+        """Left to find its reachability (``auto``) and listening on loopback only: a node of a
+        swarm on one machine, which every peer reaches directly."""
+        own = self.addrs()
+        return self.configured == "auto" and (not own or all(_loopback(a) for a in own))
+
     async def check_reachability(self) -> str:
         """Ask connected peers that speak AutoNAT to dial back; ``public``/``private``/``unknown``."""
         if self.configured != "auto":
             return self.reachability
         own = self.addrs()
-        if not own or all(_loopback(a) for a in own):
+        if self.loopback_only():
             self.reachability = "local"  # reachable from this machine only: nothing to ask anyone
             return self.reachability
         servers = [p for p in self.host.get_connected_peers() if self._speaks(p, AUTONAT)][:AUTONAT_SERVERS]
@@ -261,7 +269,9 @@ class Relaying:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         from libp2p.tools.anyio_service import background_trio_service
 
-        async with background_trio_service(self.protocol), background_trio_service(self.dcutr):
+        async with background_trio_service(self.protocol), contextlib.AsyncExitStack() as stack:
+            if not self.loopback_only():  # no NAT between loopback addresses: nothing to punch
+                await stack.enter_async_context(background_trio_service(self.dcutr))
             self.update_service()
             task_status.started()
             while not self.host.get_connected_peers():

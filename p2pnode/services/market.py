@@ -59,7 +59,7 @@ SYNC_POLL_S = 1.0  # how often new connections are looked for
 SYNC_AGAIN_S = (0.0, 5.0, 20.0)  # delays of the syncs with a newly connected peer (each after the last)
 # what an honest peer's table holds and we may refuse: no evidence against the peer that sent it
 SYNC_BENIGN = frozenset({"stale", "expired", "future", "rate_limited", "table_full"})
-EXPIRE_INTERVAL_S = 0.5
+EXPIRE_INTERVAL_S = 1.0
 V1_MAX_TTL_S = 300.0  # the longest ad life version 1 of the market accepts
 
 
@@ -349,8 +349,11 @@ class MarketService:
             self.resources.hardware = await self.read_hardware()
 
     async def read_hardware(self) -> Hardware:
-        """A fresh hardware reading, off the trio thread (NVML calls can block)."""
-        return await trio.to_thread.run_sync(self.probe.read)
+        """A fresh hardware reading: off the trio thread where it calls NVML (which can block); the
+        CPU's is a read of /proc, cheaper than a thread's hand-over."""
+        if self.probe.uses_nvml:
+            return await trio.to_thread.run_sync(self.probe.read)
+        return self.probe.read()
 
 
     async def _flood(self, rate: float) -> None:

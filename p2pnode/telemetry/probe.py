@@ -7,6 +7,7 @@ injected (``nvml=``) so tests fake only the library, never the node.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,12 @@ class HardwareProbe:
             self._nvml_ok = True
         except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
             self._nvml_problem = f"no GPU driver or NVML library ({_text(exc) or type(exc).__name__})"
+
+    @property
+    def uses_nvml(self) -> bool:
+        """Whether a reading calls NVML (which can block: read it off the trio thread)."""
+        self.open()
+        return self._nvml_ok
 
     def close(self) -> None:
         if self._nvml_ok and self._nvml is not None:
@@ -133,21 +140,34 @@ def offered(hw: Hardware, *, gpus: tuple[int, ...] = (), max_gpu_mem: int = 0, c
     return Hardware(cpu=cpu, gpus=tuple(kept), problems=tuple(problems))
 
 
-def read_cpu() -> CpuInfo:
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (read once: it does not change while the node runs)."""
     model = platform.processor() or platform.machine()
-    meminfo: dict[str, int] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return model
+
+
+def read_cpu() -> CpuInfo:
+    """The CPU's model, cores and memory. Cheap (it reads the top of /proc/meminfo), so it runs on the
+    trio thread every second."""
+    model = cpu_model()
+    meminfo: dict[str, int] = {}
+    try:
         with open("/proc/meminfo", encoding="ascii", errors="replace") as f:
             for line in f:
                 key, _, rest = line.partition(":")
                 parts = rest.split()
                 if parts and parts[0].isdigit():
                     meminfo[key] = int(parts[0]) * 1024
+                if "MemTotal" in meminfo and "MemAvailable" in meminfo:
+                    break
     except OSError:
         pass
     try:

@@ -122,3 +122,86 @@ def test_the_dht_speaks_the_markets_protocol_only_with_the_workaround() -> None:
     finally:
         for m, value in zip(modules, saved):
             m.PROTOCOL_ID = value
+
+
+def _router_with_a_v12_mesh_peer(cls: type) -> tuple[object, list[object]]:
+    """A GossipSub router (not started) with one v1.2 mesh peer on topic ``t``, recording IDONTWANTs."""
+    from libp2p.peer.id import ID
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12
+
+    router = cls(protocols=[PROTOCOL_ID_V12], degree=6, degree_low=4, degree_high=12)
+    peer = ID(Identity.generate().peer_id)
+    router.mesh["t"] = {peer}
+    router.peer_protocol[peer] = PROTOCOL_ID_V12
+    router.pubsub = object()  # only checked for None on this path
+    sent: list[object] = []
+
+    async def record(msg_ids: list[bytes], to_peer: object) -> None:
+        sent.append((msg_ids, to_peer))
+
+    router.emit_idontwant = record
+    return router, sent
+
+
+async def test_idontwant_is_sent_only_for_messages_of_a_kilobyte_or_more() -> None:
+    from libp2p.pubsub.gossipsub import GossipSub
+    from libp2p.pubsub.mcache import default_msg_id_fn
+    from libp2p.pubsub.pb import rpc_pb2
+
+    small = rpc_pb2.Message(from_id=b"a" * 38, seqno=b"\x00" * 7 + b"\x01", data=b"x" * 900, topicIDs=["t"])
+    large = rpc_pb2.Message(from_id=b"a" * 38, seqno=b"\x00" * 7 + b"\x02", data=b"x" * 2000, topicIDs=["t"])
+    for cls, sends_for_small in ((GossipSub, True), (workarounds.threshold_gossipsub_class(), False)):
+        router, sent = _router_with_a_v12_mesh_peer(cls)
+        for msg in (small, large):
+            router.mcache.put(msg)
+            await router._emit_idontwant_for_message(default_msg_id_fn(msg), msg.topicIDs)
+        # upstream tells the mesh peer about both; with the workaround, only about the large one
+        assert [ids for ids, _ in sent] == ([[default_msg_id_fn(small)]] if sends_for_small else []) + \
+            [[default_msg_id_fn(large)]]
+
+
+@pytest.mark.parametrize("release_on_read", ["1", None])
+async def test_yamux_returns_receive_credit_in_batches(monkeypatch: pytest.MonkeyPatch,
+                                                      release_on_read: str | None) -> None:
+    """Upstream ("1", its default): a WINDOW_UPDATE frame for every read; the workaround (the
+    variable left to ``build_host``): about half as many for the same hundred small messages."""
+    import struct
+
+    import trio
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.stream_muxer.yamux import yamux
+
+    if release_on_read is None:
+        monkeypatch.delenv("PY_YAMUX_RELEASE_ON_READ", raising=False)
+    else:
+        monkeypatch.setenv("PY_YAMUX_RELEASE_ON_READ", release_on_read)
+    updates = []
+    write_frame = yamux.Yamux._write_frame
+
+    async def counting(self: object, data: bytes) -> None:
+        if struct.unpack(yamux.YAMUX_HEADER_FORMAT, data[:12])[1] == yamux.TYPE_WINDOW_UPDATE:
+            updates.append(len(data))
+        await write_frame(self, data)
+
+    monkeypatch.setattr(yamux.Yamux, "_write_frame", counting)
+    loop = [parse_multiaddr("/ip4/127.0.0.1/tcp/0")]
+    a, b = build_host(Identity.generate(), loop), build_host(Identity.generate(), loop)
+    got = trio.Event()
+
+    async def reader(stream: object) -> None:
+        total = 0
+        while total < 100 * 200:
+            total += len(await stream.read(200))  # type: ignore[attr-defined]
+        got.set()
+
+    b.set_stream_handler("/test/credit/1", reader)
+    async with a.run(loop), b.run(loop):
+        await a.connect(info_from_p2p_addr(parse_multiaddr(f"{b.get_addrs()[0]}")))
+        stream = await a.new_stream(b.get_id(), ["/test/credit/1"])
+        before = len(updates)
+        for _ in range(100):
+            await stream.write(b"m" * 200)
+        with trio.fail_after(10):
+            await got.wait()
+        sent = len(updates) - before
+    assert sent >= 100 if release_on_read == "1" else sent <= 60  # measured: 105 and 51

@@ -6,7 +6,8 @@ histograms). The nodes use the production ad interval and TTL unless told otherw
     tools/bench/run scale [--sizes 5,20,50,100] [--modes processes,in-process] [--idle 30] [--json]
 
 Writes ``scale.json`` and ``scale.png`` to ``--out`` (default ./bench-scale). CPU is the nodes'
-own (utime + stime of their processes over the idle window), not the machine's.
+own (utime + stime of their processes over the idle window, which begins ``--settle`` seconds after
+convergence), not the machine's.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _propagation(launcher: Launcher, sample: list[int]) -> dict[str, Any]:
 
 
 def measure(mode: str, n: int, *, idle_s: float, timeout_s: float, ad_interval: float, ad_ttl: float,
-            console: Console, dht: bool = False) -> dict[str, Any]:
+            console: Console, dht: bool = False, settle_s: float = 30.0) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="p2pscale-", dir="/tmp"))
     cls = InProcessLauncher if mode == "in-process" else Launcher
     launcher = cls(base, ad_interval=ad_interval, ad_ttl=ad_ttl, dht=dht)
@@ -91,6 +92,7 @@ def measure(mode: str, n: int, *, idle_s: float, timeout_s: float, ad_interval: 
                 out["converged_s"] = round(time.monotonic() - t1, 2)
                 break
             time.sleep(1)
+        time.sleep(settle_s)  # start-up's tail (the market syncs 5 s and 20 s after connecting) is not idle
         pids = _pids(launcher)
         cpu0, w0 = sum(_cpu_s(p) for p in pids), time.monotonic()
         time.sleep(idle_s)
@@ -144,6 +146,8 @@ def main() -> int:
     p.add_argument("--modes", default="processes,in-process")
     p.add_argument("--max-processes", type=int, default=50, help="skip larger sizes as processes")
     p.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU measured after convergence")
+    p.add_argument("--settle", type=float, default=30.0,
+                   help="seconds after convergence before the idle window (start-up's syncs end)")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for convergence")
     defaults = {k.name: k.default for k in KEYS}
     p.add_argument("--ad-interval", type=float, default=defaults["ad_interval"])
@@ -158,7 +162,7 @@ def main() -> int:
         for n in (int(s) for s in a.sizes.split(",")):
             if mode == "processes" and n > a.max_processes:
                 continue
-            rows.append(measure(mode, n, idle_s=a.idle, timeout_s=a.timeout, ad_interval=a.ad_interval,
+            rows.append(measure(mode, n, idle_s=a.idle, timeout_s=a.timeout, ad_interval=a.ad_interval, settle_s=a.settle,
                                 ad_ttl=a.ad_ttl, console=console, dht=a.dht))
     a.out.mkdir(parents=True, exist_ok=True)
     result = {"cores": os.cpu_count(), "ad_interval": a.ad_interval, "ad_ttl": a.ad_ttl, "rows": rows}
