@@ -23,7 +23,6 @@ closed hop stream as an error, which :mod:`p2pnode.telemetry.logs` keeps below w
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import time
 from collections.abc import Callable, Sequence
