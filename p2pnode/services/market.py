@@ -1,4 +1,4 @@
-"""Capacity gossip on ``p2pnode/capacity/1``: this node's ads out, everyone's ads into the table.
+"""Capacity gossip on ``p2pnode/capacity/2``: this node's ads out, everyone's ads into the table.
 
 * **In**: :meth:`MarketService.validate` is the topic's gossipsub validator. A signed ad is offered
   to the pure :class:`CapacityTable` (signature, sequence, expiry, size and rate rules); a refused
