@@ -44,7 +44,7 @@ from p2pnode.services.ports import IsBanned, Now, Penalise, Publish, Streams
 from p2pnode.telemetry.metrics import NodeMetrics
 from p2pnode.telemetry.probe import Hardware, HardwareProbe
 from p2pnode.wire import codec
-from p2pnode.wire.capacity_ad import MAX_AD_BYTES, CapacityAd, Offer, decode_ad, encode_ad
+from p2pnode.wire.capacity_ad import MAX_AD_BYTES, CapacityAd, Offer, ad_peer, decode_ad, encode_ad
 from p2pnode.wire.names import CAPACITY_TOPIC, MARKET_PROTOCOL
 
 log = logging.getLogger("p2pnode.node")
@@ -210,6 +210,11 @@ class MarketService:
         now, taken = self.now(), 0
         for raw in items:
             try:
+                # Most of a sync is ads already held (syncs repeat, and gossip got there first):
+                # a byte-identical copy of an ad verified before is skipped without a signature check.
+                held = self.table.get(ad_peer(raw)) if isinstance(raw, bytes) else None
+                if held is not None and held.raw == raw:
+                    continue
                 signed = decode_ad(raw)
                 if signed.ad.peer_id == self.identity.peer_id:
                     continue

@@ -200,6 +200,14 @@ def encode_ad(ad: CapacityAd, key: SigningKey) -> bytes:
     return envelope.seal(DOMAIN, body, key)
 
 
+def ad_peer(data: bytes) -> bytes:
+    """The ad's provider, read without verifying anything: enough to find the ad a table holds
+    for it, and so to skip a byte-identical copy of an ad already verified."""
+    env = envelope.unwrap(data, max_size=MAX_AD_BYTES)
+    return codec.Fields(codec.decode(env.body, max_size=MAX_BODY_BYTES), "ad").blob("peer", max_len=PEER_ID_LEN,
+                                                                                   exact=True)
+
+
 def decode_ad(data: object) -> SignedAd:
     """Decode and verify an ad; any failure is a ``CodecError``/``SignatureError`` (``PeerError``)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -1,5 +1,6 @@
-"""A provider's ads, paced by the market it sees: its own interval in a small market, the market's
-budget in a large one, a TTL stretched to match, and the version-1 topic's 300 s limit."""
+"""What the market costs a node as it grows: a provider's ads paced by the market it sees (its own
+interval in a small market, the market's budget in a large one, a TTL stretched to match), the
+version-1 topic's 300 s limit, and market syncs that check only the ads not already held."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import trio.testing
 from p2pnode.identity import Identity
 from p2pnode.market import pacing
 from p2pnode.market.capacity_table import CapacityTable
+from p2pnode.services import market as market_mod
 from p2pnode.services.market import AdSettings, MarketService, Resources
 from p2pnode.telemetry.metrics import NodeMetrics
 from p2pnode.telemetry.probe import Hardware, HardwareProbe
 from p2pnode.wire.capacity_ad import CpuInfo, decode_ad, encode_ad
-from tests.services.fakes import Msg, Offences, Peer, ad_for, virtual_now
+from p2pnode.wire.names import MARKET_PROTOCOL
+from tests.services.fakes import MemoryNet, Msg, Offences, Peer, ad_for, virtual_now
 
 BASE, TTL = 10.0, 30.0
 
@@ -35,18 +38,18 @@ class SteadyMarket(MarketService):
         return self.resources.hardware
 
 
-def _market(published: list[tuple[float, Any]]) -> MarketService:
+def _market(published: list[tuple[float, Any]], streams: Any = None, me: Identity | None = None) -> MarketService:
     async def publish(topic: str, data: bytes) -> None:
         published.append((trio.current_time(), decode_ad(data).ad))
 
     offences = Offences()
     return SteadyMarket(
-        identity=Identity.generate(), now=virtual_now, table=CapacityTable(), metrics=NodeMetrics(),
+        identity=me or Identity.generate(), now=virtual_now, table=CapacityTable(), metrics=NodeMetrics(),
         is_banned=offences.is_banned, penalise=offences.penalise, publish=publish,
         settings=AdSettings(price=7, workloads=("matmul",), checker=False, ad_interval=BASE, ad_ttl=TTL),
         resources=Resources(Hardware(cpu=CpuInfo("cpu", 2, 8 << 30, 4 << 30), gpus=()), {"numpy-fp32": 9.0}),
         probe=HardwareProbe(None, use_gpu=False), executor=None, adversary=None,
-        addrs=lambda: ["/ip4/127.0.0.1/tcp/4001"], peers=lambda: 1)
+        addrs=lambda: ["/ip4/127.0.0.1/tcp/4001"], peers=lambda: 1, streams=streams)
 
 
 def _fill(market: MarketService, n: int, life: float) -> None:
@@ -87,3 +90,26 @@ async def test_ads_over_the_version_1_ttl_are_refused_on_that_topic_only() -> No
     assert not market.validate_v1(Peer(q.peer_id), Msg(encode_ad(long, q.signing_key), q.peer_id))
     assert market.rejected == {"ttl_too_long": 1}
     assert market.validate(Peer(q.peer_id), Msg(encode_ad(long, q.signing_key), q.peer_id))
+
+
+async def test_a_sync_checks_only_the_ads_it_does_not_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked: list[bytes] = []
+    decode = market_mod.decode_ad
+
+    def counting(raw: Any) -> Any:
+        checked.append(raw)
+        return decode(raw)
+
+    async with trio.open_nursery() as nursery:
+        net = MemoryNet(nursery)
+        a, b = Identity.generate(), Identity.generate()
+        holder, reader = _market([], me=a), _market([], net.streams(b.peer_id), me=b)
+        net.serve(a.peer_id, MARKET_PROTOCOL, holder.handle_sync)
+        _fill(holder, 40, life=300.0)
+        monkeypatch.setattr(market_mod, "decode_ad", counting)
+        assert await reader.sync_from(a.peer_id) == 40 and len(checked) == 40
+        _fill(holder, 2, life=300.0)
+        checked.clear()
+        assert await reader.sync_from(a.peer_id) == 2 and len(checked) == 2  # the 40 held: not checked again
+        assert len(reader.table) == 42 and not reader.rejected
+        nursery.cancel_scope.cancel()
