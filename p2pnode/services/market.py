@@ -60,6 +60,7 @@ SYNC_AGAIN_S = (0.0, 5.0, 20.0)  # delays of the syncs with a newly connected pe
 # what an honest peer's table holds and we may refuse: no evidence against the peer that sent it
 SYNC_BENIGN = frozenset({"stale", "expired", "future", "rate_limited", "table_full"})
 EXPIRE_INTERVAL_S = 1.0
+FIRST_PEER_GRACE_S = 1.0  # from a first connection to its gossip subscriptions being known
 V1_MAX_TTL_S = 300.0  # the longest ad life version 1 of the market accepts
 
 
@@ -334,11 +335,19 @@ class MarketService:
         last_publish = -math.inf
         last_shape: tuple[Any, ...] | None = None
         last_hw: Hardware | None = None
+        connected_at: float | None = None  # since when this node has had a peer
+        unheard = False  # the last ad went out before any peer could take it
         while True:
             now = trio.current_time()
+            if self.peers() == 0:
+                connected_at = None
+            elif connected_at is None:
+                connected_at = now
+            settled = connected_at is not None and now - connected_at >= FIRST_PEER_GRACE_S
             # A new peer is not a change: it takes the market, this ad included, by market sync. (It
             # was one before sync existed; with the DHT's connections coming and going, every
-            # node then republished every few seconds.)
+            # node then republished every few seconds.) But an ad published before the node had
+            # a peer reached nobody, and only direct neighbours sync it: it goes out once more.
             # What it offers and where: at once. Load and free memory: paced like the periodic ads,
             # since a requester learns them fresh from the bid.
             hw = self.resources.hardware
@@ -347,9 +356,10 @@ class MarketService:
             due = pacing.due(since, market, base, pacing.interval(self.paced_for, base))
             changed = (shape != last_shape and since >= MIN_CHANGE_INTERVAL_S) or \
                 (_moved(hw, last_hw) and since >= pacing.change_gap(market))
-            if due or changed:
+            heard = unheard and settled and since >= MIN_CHANGE_INTERVAL_S
+            if due or changed or heard:
                 await self.publish_ad()
-                last_publish, last_shape, last_hw = now, shape, hw
+                last_publish, last_shape, last_hw, unheard = now, shape, hw, not settled
             await trio.sleep(PROBE_INTERVAL_S)
             self.resources.hardware = await self.read_hardware()
 

@@ -38,7 +38,8 @@ class SteadyMarket(MarketService):
         return self.resources.hardware
 
 
-def _market(published: list[tuple[float, Any]], streams: Any = None, me: Identity | None = None) -> MarketService:
+def _market(published: list[tuple[float, Any]], streams: Any = None, me: Identity | None = None,
+            peers: Any = lambda: 1) -> MarketService:
     async def publish(topic: str, data: bytes) -> None:
         published.append((trio.current_time(), decode_ad(data).ad))
 
@@ -49,7 +50,7 @@ def _market(published: list[tuple[float, Any]], streams: Any = None, me: Identit
         settings=AdSettings(price=7, workloads=("matmul",), checker=False, ad_interval=BASE, ad_ttl=TTL),
         resources=Resources(Hardware(cpu=CpuInfo("cpu", 2, 8 << 30, 4 << 30), gpus=()), {"numpy-fp32": 9.0}),
         probe=HardwareProbe(None, use_gpu=False), executor=None, adversary=None,
-        addrs=lambda: ["/ip4/127.0.0.1/tcp/4001"], peers=lambda: 1, streams=streams)
+        addrs=lambda: ["/ip4/127.0.0.1/tcp/4001"], peers=peers, streams=streams)
 
 
 def _fill(market: MarketService, n: int, life: float) -> None:
@@ -72,10 +73,11 @@ async def test_a_growing_market_stretches_the_interval_and_the_ad_never_lapses(a
         nursery.cancel_scope.cancel()
     times = [t for t, _ in published]
     lives = [(ad.expires_at_ms - ad.issued_at_ms) / 1000 for _, ad in published]
-    assert times[:3] == pytest.approx([0, BASE, 2 * BASE], abs=1.5) and lives[:3] == [TTL] * 3
+    # at start (once more when its first peer can take it), then every BASE
+    assert times[:4] == pytest.approx([0, 2, 2 + BASE, 2 + 2 * BASE], abs=1.5) and lives[:4] == [TTL] * 4
     # the ad after the market grew was due by the last one's pacing; then the market's pace
-    assert lives[3] == pytest.approx(pacing.ttl(300, BASE, TTL)) == 450.0
-    gaps = [b - a for a, b in zip(times[3:], times[4:], strict=False)]
+    assert lives[4] == pytest.approx(pacing.ttl(300, BASE, TTL)) == 450.0
+    gaps = [b - a for a, b in zip(times[4:], times[5:], strict=False)]
     assert gaps and all(g == pytest.approx(150.0, abs=1.5) for g in gaps)
     # at every moment the provider's newest ad is live: each lives past the next one
     assert all(t + life > nxt for t, life, nxt in zip(times, lives, times[1:], strict=False))
@@ -112,4 +114,20 @@ async def test_a_sync_checks_only_the_ads_it_does_not_hold(monkeypatch: pytest.M
         checked.clear()
         assert await reader.sync_from(a.peer_id) == 2 and len(checked) == 2  # the 40 held: not checked again
         assert len(reader.table) == 42 and not reader.rejected
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_ad_published_before_any_peer_goes_out_once_more_when_one_is_there(autojump_clock: Any) -> None:
+    published: list[tuple[float, Any]] = []
+    connected = [0]
+    market = _market(published, peers=lambda: connected[0])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(market.advertise)
+        await trio.sleep(4.5)
+        assert len(published) == 1  # at start, alone: it reached nobody
+        connected[0] = 2
+        await trio.sleep(4)
+        assert [round(t) for t, _ in published] == [0, 6]  # once more, a grace second after connecting
+        await trio.sleep(8)
+        assert [round(t) for t, _ in published] == [0, 6, 6 + BASE]  # then only the interval
         nursery.cancel_scope.cancel()
