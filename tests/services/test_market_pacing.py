@@ -67,7 +67,7 @@ async def test_a_growing_market_stretches_the_interval_and_the_ad_never_lapses(a
     market = _market(published)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(market.advertise)
-        await trio.sleep(25)  # alone: every BASE seconds, living TTL
+        await trio.sleep(25)  # virtual seconds (mock clock): a market of one, every BASE seconds
         _fill(market, 300, life=2000.0)  # now a market of 300: 150 s between ads
         await trio.sleep(600)
         nursery.cancel_scope.cancel()
