@@ -59,8 +59,10 @@ class CapacityTable:
             max_keys=4 * self.limits.max_peers,
         )
 
-    def offer(self, signed: SignedAd, now: float, *, origin: bytes | None = None) -> TableEntry:
-        """Insert ``signed`` if every rule holds; otherwise raise ``AdRejected`` with its code."""
+    def offer(self, signed: SignedAd, now: float, *, origin: bytes | None = None,
+              max_ttl_s: float | None = None) -> TableEntry:
+        """Insert ``signed`` if every rule holds; otherwise raise ``AdRejected`` with its code.
+        ``max_ttl_s``: a TTL limit tighter than the table's (version 1's topic)."""
         ad = signed.ad
         lim = self.limits
         now_ms = now * 1000.0
@@ -71,7 +73,7 @@ class CapacityTable:
             raise AdRejected("ad has expired", code="expired")
         if ad.issued_at_ms > now_ms + lim.max_clock_skew_s * 1000.0:
             raise AdRejected("ad is issued in the future", code="future")
-        if ad.expires_at_ms - ad.issued_at_ms > lim.max_ttl_s * 1000.0:
+        if ad.expires_at_ms - ad.issued_at_ms > min(lim.max_ttl_s, max_ttl_s or lim.max_ttl_s) * 1000.0:
             raise AdRejected("ad lives longer than the maximum TTL", code="ttl_too_long")
         known = self._high_water.get(ad.peer_id)
         if known is not None and ad.seq <= known[0]:

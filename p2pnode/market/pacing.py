@@ -26,11 +26,11 @@ def interval(market: int, base_interval: float) -> float:
     return min(max(base_interval, market / AD_BUDGET_PER_S), max(base_interval, MAX_INTERVAL_S))
 
 
-def due(since: float, market: int, base_interval: float, last_interval: float) -> bool:
-    """Whether a periodic ad is due ``since`` seconds after the last one, which was paced for
-    ``last_interval``: the interval grows with the market, but never past what the last ad's TTL
-    was made to cover, so a provider is never dropped from tables between its own ads."""
-    return since >= min(interval(market, base_interval), last_interval)
+def gap(market: int, paced_for: int, base_interval: float) -> float:
+    """Seconds from a provider's last ad, paced for a market of ``paced_for``, to its next periodic
+    one, in a market of ``market`` now: the interval grows with the market, but never past what the
+    last ad's TTL was made to cover, so a provider is never dropped from tables between its own ads."""
+    return min(interval(market, base_interval), interval(paced_for, base_interval))
 
 
 def ttl(market: int, base_interval: float, base_ttl: float) -> float:

@@ -25,6 +25,8 @@ from typing import Any
 
 import trio
 
+from p2pnode.net.host import first_peer
+
 log = logging.getLogger("p2pnode.net")
 
 PROTOCOL_PREFIX = "/p2pnode"
@@ -81,9 +83,7 @@ class Discovery:
 
         async with background_trio_service(self.dht):
             task_status.started()
-            while not self.host.get_connected_peers():
-                await trio.sleep(FIRST_WALK_S)
-            await trio.sleep(FIRST_WALK_S)  # identify first: the table takes peers that speak the DHT
+            await first_peer(self.host, FIRST_WALK_S)  # the table takes peers that speak the DHT
             while True:
                 try:
                     await self.step()

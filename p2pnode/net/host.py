@@ -101,3 +101,13 @@ def build_host(identity: Identity, listen: Sequence[multiaddr.Multiaddr]) -> Any
         enable_mDNS=False,
         bootstrap=None,
     )
+
+
+async def first_peer(host: Any, settle_s: float) -> None:
+    """Return ``settle_s`` after this host has its first connection (checked every ``settle_s``):
+    by then identify has told it which protocols the peer speaks."""
+    import trio
+
+    while not host.get_connected_peers():
+        await trio.sleep(settle_s)
+    await trio.sleep(settle_s)

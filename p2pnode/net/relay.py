@@ -31,6 +31,8 @@ from typing import Any
 import multiaddr
 import trio
 
+from p2pnode.net.host import first_peer
+
 log = logging.getLogger("p2pnode.net")
 
 HOP = "/libp2p/circuit/relay/0.2.0/hop"
@@ -273,9 +275,7 @@ class Relaying:
                 await stack.enter_async_context(background_trio_service(self.dcutr))
             self.update_service()
             task_status.started()
-            while not self.host.get_connected_peers():
-                await trio.sleep(FIRST_CHECK_S)
-            await trio.sleep(FIRST_CHECK_S)  # identify tells us who speaks what
+            await first_peer(self.host, FIRST_CHECK_S)  # identify tells us who speaks what
             while True:
                 try:
                     await self.check_reachability()

@@ -31,7 +31,7 @@ import trio
 
 from p2pnode.adversary import Adversary
 from p2pnode.config import MIN_AD_INTERVAL_S
-from p2pnode.errors import AdRejected, CodecError, PeerError
+from p2pnode.errors import CodecError, PeerError
 from p2pnode.exec.backends import for_workload
 from p2pnode.exec.executor import Executor
 from p2pnode.identity import Identity
@@ -148,9 +148,7 @@ class MarketService:
                 return False
         try:
             signed = decode_ad(msg.data)
-            if max_ttl_s is not None and signed.ad.expires_at_ms - signed.ad.issued_at_ms > max_ttl_s * 1000:
-                raise AdRejected("ad lives longer than the maximum TTL", code="ttl_too_long")
-            entry = self.table.offer(signed, now, origin=bytes(msg.from_id))
+            entry = self.table.offer(signed, now, origin=bytes(msg.from_id), max_ttl_s=max_ttl_s)
         except PeerError as exc:
             if own:
                 log.error("own capacity ad refused (%s): %s", exc.code, exc)
@@ -353,7 +351,7 @@ class MarketService:
             hw = self.resources.hardware
             shape = (tuple(self.addrs()), self.paused)
             market, since, base = self.market_size(), now - last_publish, self.settings.ad_interval
-            due = pacing.due(since, market, base, pacing.interval(self.paced_for, base))
+            due = since >= pacing.gap(market, self.paced_for, base)
             changed = (shape != last_shape and since >= MIN_CHANGE_INTERVAL_S) or \
                 (_moved(hw, last_hw) and since >= pacing.change_gap(market))
             heard = unheard and settled and since >= MIN_CHANGE_INTERVAL_S

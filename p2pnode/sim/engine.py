@@ -83,10 +83,7 @@ class Traffic:
         self.bytes_in, self.bytes_out = np.zeros(shape), np.zeros(shape)
 
     def copy(self) -> Traffic:
-        out = Traffic(self.n)
-        out.msgs_in, out.msgs_out = self.msgs_in.copy(), self.msgs_out.copy()
-        out.bytes_in, out.bytes_out = self.bytes_in.copy(), self.bytes_out.copy()
-        return out
+        return self.since(Traffic(self.n))
 
     def since(self, before: Traffic) -> Traffic:
         """What was counted after ``before`` (a copy taken earlier)."""

@@ -336,6 +336,7 @@ def summarise(r: SimRun, wall_s: float) -> dict[str, Any]:
         w.mesh.heartbeat_traffic(seconds, (w.ads_published + w.reports_published - published) / seconds, window)
         steady = _traffic(window, seconds, w.validate_s)
     w.mesh.heartbeat_traffic(elapsed, (w.ads_published + w.reports_published) / elapsed)
+    market = w.market_size()
     samples = sorted(w.propagation)
     rejected: dict[str, int] = {}
     for o in w.observers:
@@ -362,9 +363,8 @@ def summarise(r: SimRun, wall_s: float) -> dict[str, Any]:
                     "validate_s_per_ad": round(w.validate_s, 7),
                     "ads_published": w.ads_published, "reports_published": w.reports_published,
                     "table_rejections": rejected, "live_nodes": int(w.net.alive.sum()),
-                    "paced": w.paced, "market_size": w.market_size(),
-                    "ad_interval_s": round(pacing.interval(w.market_size(), w.ad_interval) if w.paced
-                                           else w.ad_interval, 3),
+                    "paced": w.paced, "market_size": market,
+                    "ad_interval_s": round(pacing.interval(market, w.ad_interval) if w.paced else w.ad_interval, 3),
                     "steady": steady},
         "sim": {"wall_s": round(wall_s, 3), "simulated_s": round(elapsed, 3), "events": w.engine.events,
                 "node_seconds_per_s": round(w.net.n * elapsed / max(wall_s, 1e-9), 1),

@@ -219,8 +219,7 @@ class World:
         """Seconds to ``node``'s next periodic ad."""
         if node.flood:
             return 1.0 / node.flood
-        base = min(pacing.interval(self.market_size(), self.ad_interval),
-                   pacing.interval(node.paced_for, self.ad_interval)) if self.paced else self.ad_interval
+        base = pacing.gap(self.market_size(), node.paced_for, self.ad_interval) if self.paced else self.ad_interval
         return base * node.rng.uniform(0.98, 1.02)
 
     def build_ad(self, node: Node) -> bytes:

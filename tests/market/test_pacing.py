@@ -34,13 +34,14 @@ def test_the_whole_market_publishes_within_the_budget_once_it_outgrows_the_base_
 def test_a_provider_following_due_is_never_dropped_between_its_own_ads(sizes: list[int], base: float,
                                                                        ratio: float) -> None:
     """The market size changes every ``step`` seconds (hypothesis picks how); the provider checks
-    every second, as the node's loop does. Its newest ad must outlive the gap to the next one."""
+    every second, as the node's loop does, whether the gap has passed. Its newest ad must outlive
+    the gap to the next one."""
     step = 97.0
     t, last, paced_for, expires = 0.0, -1e18, 1, 0.0
     end = step * len(sizes)
     while t < end:
         market = sizes[int(t // step)]
-        if pacing.due(t - last, market, base, pacing.interval(paced_for, base)):
+        if t - last >= pacing.gap(market, paced_for, base):
             assert t < expires or last < 0, (t, expires)
             paced_for, last = market, t
             expires = t + pacing.ttl(market, base, base * ratio)
