@@ -146,6 +146,11 @@ class MarketService:
             if self.is_banned(fwd):
                 self._reject("banned", None)
                 return False
+        if self._held(msg.data):
+            # A copy of the ad held already, which market sync brought before gossip did (or gossip
+            # asked for after a sync): dropped unforwarded, neither a refusal nor the forwarder's fault.
+            self.metrics.ads_duplicate.inc()
+            return False
         try:
             signed = decode_ad(msg.data)
             entry = self.table.offer(signed, now, origin=bytes(msg.from_id), max_ttl_s=max_ttl_s)
@@ -163,6 +168,17 @@ class MarketService:
             self.metrics.gossip_latency.observe(max(0.0, now - entry.ad.issued_at_ms / 1000.0))
         self._touch()
         return True
+
+    def _held(self, raw: object) -> bool:
+        """Whether ``raw`` is a byte-identical copy of an ad the table holds (verified when it came):
+        skipped without a signature check."""
+        if not isinstance(raw, bytes):
+            return False
+        try:
+            held = self.table.get(ad_peer(raw))
+        except PeerError:
+            return False  # malformed: decoding it again says how, and whose fault it is
+        return held is not None and held.raw == raw
 
     def _reject(self, code: str, blame: bytes | None) -> None:
         self.rejected[code] = self.rejected.get(code, 0) + 1
@@ -209,10 +225,7 @@ class MarketService:
         now, taken = self.now(), 0
         for raw in items:
             try:
-                # Most of a sync is ads already held (syncs repeat, and gossip got there first):
-                # a byte-identical copy of an ad verified before is skipped without a signature check.
-                held = self.table.get(ad_peer(raw)) if isinstance(raw, bytes) else None
-                if held is not None and held.raw == raw:
+                if self._held(raw):  # most of a sync: syncs repeat, and gossip got there first
                     continue
                 signed = decode_ad(raw)
                 if signed.ad.peer_id == self.identity.peer_id:

@@ -31,6 +31,8 @@ class NodeMetrics:
         self.market_size = Gauge("p2pnode_market_providers", "Live entries in the capacity table", registry=r)
         self.ads_seen = Counter("p2pnode_ads_seen", "Capacity ads received from the network", registry=r)
         self.ads_accepted = Counter("p2pnode_ads_accepted", "Capacity ads accepted into the table", registry=r)
+        self.ads_duplicate = Counter("p2pnode_ads_duplicate",
+                                     "Capacity ads received by gossip that the table already held", registry=r)
         self.ads_rejected = Counter(
             "p2pnode_ads_rejected", "Capacity ads rejected, by reason", ["reason"], registry=r
         )

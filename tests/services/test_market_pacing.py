@@ -4,6 +4,7 @@ version-1 topic's 300 s limit, and market syncs that check only the ads not alre
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -114,6 +115,27 @@ async def test_a_sync_checks_only_the_ads_it_does_not_hold(monkeypatch: pytest.M
         checked.clear()
         assert await reader.sync_from(a.peer_id) == 2 and len(checked) == 2  # the 40 held: not checked again
         assert len(reader.table) == 42 and not reader.rejected
+        nursery.cancel_scope.cancel()
+
+
+async def test_gossip_bringing_an_ad_a_sync_brought_first_is_no_offence() -> None:
+    async with trio.open_nursery() as nursery:
+        net = MemoryNet(nursery)
+        a, b, p = Identity.generate(), Identity.generate(), Identity.generate()
+        holder, reader = _market([], me=a), _market([], net.streams(b.peer_id), me=b)
+        net.serve(a.peer_id, MARKET_PROTOCOL, holder.handle_sync)
+        now = virtual_now()
+        old = ad_for(p, now)
+        new = dataclasses.replace(old, seq=old.seq + 1)
+        raw_old, raw_new = encode_ad(old, p.signing_key), encode_ad(new, p.signing_key)
+        assert holder.validate(Peer(p.peer_id), Msg(raw_new, p.peer_id))
+        assert await reader.sync_from(a.peer_id) == 1
+        # gossip then brings the same ad: dropped, not forwarded, not a refusal
+        assert not reader.validate(Peer(a.peer_id), Msg(raw_new, p.peer_id))
+        assert reader.rejected == {} and reader.metrics.ads_duplicate._value.get() == 1
+        # an older ad is still a refusal (a replay), counted as such
+        assert not reader.validate(Peer(a.peer_id), Msg(raw_old, p.peer_id))
+        assert reader.rejected == {"stale": 1}
         nursery.cancel_scope.cancel()
 
 
