@@ -146,7 +146,7 @@ class MarketService:
             if self.is_banned(fwd):
                 self._reject("banned", None)
                 return False
-        if self._held(msg.data):
+        if self._held(msg.data, origin=bytes(msg.from_id)):
             # A copy of the ad held already, which market sync brought before gossip did (or gossip
             # asked for after a sync): dropped unforwarded, neither a refusal nor the forwarder's fault.
             self.metrics.ads_duplicate.inc()
@@ -169,16 +169,17 @@ class MarketService:
         self._touch()
         return True
 
-    def _held(self, raw: object) -> bool:
-        """Whether ``raw`` is a byte-identical copy of an ad the table holds (verified when it came):
-        skipped without a signature check."""
+    def _held(self, raw: object, origin: bytes | None = None) -> bool:
+        """Whether ``raw`` is a byte-identical copy of an ad the table holds (verified when it came),
+        published by its own provider where ``origin`` is given: skipped without a signature check."""
         if not isinstance(raw, bytes):
             return False
         try:
-            held = self.table.get(ad_peer(raw))
+            peer = ad_peer(raw)
         except PeerError:
             return False  # malformed: decoding it again says how, and whose fault it is
-        return held is not None and held.raw == raw
+        held = self.table.get(peer)
+        return held is not None and held.raw == raw and origin in (None, peer)
 
     def _reject(self, code: str, blame: bytes | None) -> None:
         self.rejected[code] = self.rejected.get(code, 0) + 1

@@ -142,7 +142,9 @@ async def test_no_valid_ad_is_dropped_at_the_highest_rate_allowed() -> None:
         await far.wait_until(
             lambda: far.metrics.ads_accepted._value.get() - accepted_before >= burst, timeout=15)
         assert far.table.get(src.identity.peer_id).ad.seq > first  # type: ignore[union-attr]
-        assert far.rejected == {} and nodes[1].node.rejected == {}
+        # none refused; an older ad that gossip offers after a sync brought a newer one is stale, and
+        # superseded, not lost
+        assert set(far.rejected) <= {"stale"} and set(nodes[1].node.rejected) <= {"stale"}
 
 
 async def test_market_sync_hands_over_the_whole_table_in_one_exchange() -> None:

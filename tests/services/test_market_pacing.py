@@ -136,6 +136,9 @@ async def test_gossip_bringing_an_ad_a_sync_brought_first_is_no_offence() -> Non
         # an older ad is still a refusal (a replay), counted as such
         assert not reader.validate(Peer(a.peer_id), Msg(raw_old, p.peer_id))
         assert reader.rejected == {"stale": 1}
+        # the held ad's very bytes, published under someone else's name, are still refused as such
+        assert not reader.validate(Peer(a.peer_id), Msg(raw_new, a.peer_id))
+        assert reader.rejected == {"stale": 1, "wrong_origin": 1}
         nursery.cancel_scope.cancel()
 
 
