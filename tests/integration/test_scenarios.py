@@ -24,7 +24,8 @@ SMALL = {  # name: (nodes, seconds of work)
     "baseline": (5, 6), "cheaters": (8, 9), "churn": (6, 9), "partition": (6, 10), "sybil-flood": (8, 6),
     "terrible-network": (5, 8), "models": (4, 8),
 }
-IN_PROCESS = {"baseline"}  # run as one in-process host (the rest as node processes, kill -9 and all)
+IN_PROCESS = {"baseline", "cheaters", "models", "sybil-flood"}  # one in-process host; the rest as
+# node processes: kill -9, and a network namespace each where root allows
 
 
 def _run(name: str, tmp_path: Path, *, nodes: int | None = None, seconds: float | None = None,

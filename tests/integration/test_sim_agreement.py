@@ -1,5 +1,5 @@
 """The simulator reproduces a real swarm's outcome: one scenario, one seed, small enough for the
-suite, run both as real node processes and in the simulator."""
+suite, run both as real nodes (in one process) and in the simulator."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_the_simulator_reproduces_the_real_swarm(tmp_path: Path) -> None:
     s = sc.parse(SCENARIO)
     from rich.console import Console
 
-    _, real = run_scenario(s, out=tmp_path / "real", console=Console(file=open(os.devnull, "w")))
+    _, real = run_scenario(s, out=tmp_path / "real", console=Console(file=open(os.devnull, "w")), in_process=True)
     sim = simulate(s)
     a, b = _outcome(real), _outcome(sim)
     cheaters = {int(i) for i, role in real["roles_by_node"].items() if role in sc.CHEATER_KINDS}
