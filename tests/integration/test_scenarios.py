@@ -70,7 +70,7 @@ def test_each_shipped_scenario_holds_its_safety_expectations_small(name: str, tm
         assert all(Path(p).stat().st_size > 10_000 for p in r["plots"])
     if name in IN_PROCESS:
         assert any("in-process" in n for n in r["notes"]), r["notes"]
-        assert len(set(r["peers"].values())) == nodes  # each node its own identity
+        assert len(set(r["peers"].values())) == len(r["peers"]) >= nodes  # each node its own identity
 
 
 @pytest.mark.slow
