@@ -18,6 +18,7 @@ this module's :class:`Workload` interface).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -348,6 +349,13 @@ _BUILTIN: dict[str, Workload] = {w.name: w for w in (Matmul(), Infer(), TrainSte
 
 def registry() -> dict[str, Workload]:
     """Built-in workloads plus those registered under the ``p2pnode.workloads`` entry points."""
+    return dict(_registered())
+
+
+@functools.cache
+def _registered() -> dict[str, Workload]:
+    """Read once per process: a scan of the installed packages' metadata takes about 13 ms, and a
+    job looks its workload up several times (bid, run, check)."""
     out = dict(_BUILTIN)
     for ep in entry_points(group="p2pnode.workloads"):
         try:
@@ -358,7 +366,7 @@ def registry() -> dict[str, Workload]:
 
 
 def get(name: str) -> Workload:
-    workloads = registry()
+    workloads = _registered()
     if name not in workloads:
         raise WorkloadError(f"unknown workload {name!r} (known: {', '.join(sorted(workloads))})",
                             code="unknown_workload")
