@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-mdns", dest="mdns", action="store_false", help="do not use mDNS")
     run.add_argument("--no-dht", dest="dht", action="store_false", default=None,
                      help="do not use the DHT to find peers and providers")
+    run.add_argument("--no-upnp", dest="upnp", action="store_false", default=None,
+                     help="do not ask the router to forward this node's port (UPnP)")
     run.add_argument("--provide", dest="provide", action="store_true", default=None, help="offer capacity")
     run.add_argument("--no-provide", dest="provide", action="store_false", help="do not offer capacity")
     run.add_argument("--no-gpu", dest="use_gpu", action="store_false", default=None, help="use the CPU only")
@@ -190,7 +192,8 @@ def _parser() -> argparse.ArgumentParser:
 _RUN_FLAGS = ("listen", "announce", "bootstrap", "mdns", "provide", "use_gpu", "metrics", "price",
               "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "budget",
               "reciprocity", "adversary", "calibration_file", "impair", "gpus", "slots", "max_jobs", "max_gpu_mem",
-              "cpu_threads", "schedule", "reachability", "relay_service", "relays", "dht")
+              "cpu_threads", "schedule", "reachability", "relay_service", "relays", "dht",
+              "upnp")
 
 
 def _config(args: argparse.Namespace) -> Config:

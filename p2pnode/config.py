@@ -49,6 +49,8 @@ KEYS: tuple[Key, ...] = (
     Key("dht", bool, True, "Find peers and providers beyond the direct connections with the market's Kademlia DHT."),
     Key("reachability", str, "auto", "Whether others can dial this node: auto (ask peers to dial back, AutoNAT), "
         "public (a forwarded port) or private (behind NAT: reachable through relays only)."),
+    Key("upnp", bool, True, "Ask the home router to forward this node's TCP port (UPnP IGD), and advertise "
+        "the router's external address; never for a node that listens on loopback only."),
     Key("relay_service", str, "auto", "Relay for nodes behind NAT, within bounds: auto (when public), on or off."),
     Key("relays", list, [], "Multiaddrs with /p2p/ id of relays to reserve a slot on when private; empty: the "
         "connected peers that relay."),
@@ -104,6 +106,7 @@ class Config:
     mdns: bool
     dht: bool
     reachability: str
+    upnp: bool
     relay_service: str
     relays: tuple[str, ...]
     provide: bool

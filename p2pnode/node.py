@@ -37,6 +37,7 @@ from p2pnode.net.gossip import build_pubsub
 from p2pnode.net.guard import PeerGate, ban_gate, guard_stream_handler, guard_validator
 from p2pnode.net.host import advertised, build_host, parse_multiaddr
 from p2pnode.net.relay import Relaying, is_circuit
+from p2pnode.net.upnp import PortMapping, tcp_ports
 from p2pnode.protocol.penalties import PeerPenalties
 from p2pnode.services.blobs import BlobService
 from p2pnode.services.jobs import JobService
@@ -97,6 +98,7 @@ class Node:
         self.executor = (executor or self._own_executor_for(cfg)) if cfg.provide else None
         self.host: Any = None
         self.relaying: Relaying | None = None
+        self.upnp: PortMapping | None = None  # the router's forwarded port, where it offers UPnP
         self.discovery: Discovery | None = None
         self.pubsub: Any = None
         self.keeper: PeerKeeper | None = None
@@ -173,10 +175,16 @@ class Node:
         at, addrs = self._direct
         now = time.monotonic()
         if not addrs or now - at >= ADDRS_FRESH_S:
-            addrs = advertised([str(a) for a in self.host.get_addrs() if not is_circuit(str(a))],
+            forwarded = self.upnp.addrs() if self.upnp is not None and not self.config.announce else []
+            addrs = advertised(forwarded + [str(a) for a in self.host.get_addrs() if not is_circuit(str(a))],
                                self.config.announce, self.peer_id)
             self._direct = (now, addrs)
         return list(addrs)
+
+    def _addrs_changed(self) -> None:
+        self._direct = (0.0, [])
+        if self.relaying is not None:
+            self.relaying.recheck()
 
     def penalise(self, peer: bytes, code: str, now: float | None = None) -> None:
         self.peers.penalise(peer, code, now)
@@ -328,6 +336,10 @@ class Node:
                 self.market.off_schedule = not self.schedule.is_open(self.local_time())  # before the first ad
                 if self.config.provide and not self.schedule.always:
                     nursery.start_soon(self.follow_schedule)
+                if self.config.upnp and not self.relaying.loopback_only():
+                    self.upnp = PortMapping(lambda: tcp_ports(self.host.get_addrs()) if self.host else [],
+                                            on_change=self._addrs_changed)
+                    await nursery.start(self.upnp.run)
                 await nursery.start(self.relaying.run)
                 if self.discovery is not None:
                     await nursery.start(self.discovery.run)

@@ -88,6 +88,11 @@ class ControlViews:
                                 "reachability = \"public\" (and announce your public address)")
             elif relaying.reachability == "private":
                 notes.append(f"behind NAT: reachable through {len(via)} relay(s)")
+            upnp = node.upnp
+            if upnp is not None and upnp.state == "mapped":
+                notes.append(f"the router forwards this node's port (UPnP): {', '.join(upnp.addrs())}")
+            elif upnp is not None and relaying.reachability == "private" and upnp.state == "no_gateway":
+                notes.append("no UPnP gateway: enable UPnP on your router, or forward the TCP port by hand")
             if relaying.serving:
                 notes.append("publicly reachable: relaying for nodes behind NAT (bounded)")
         if node.market.operator_paused:
@@ -123,6 +128,7 @@ class ControlViews:
             "gpus": [g.name for g in hardware.gpus] if hardware else [],
             "paused": node.market.paused,
             "reachability": relaying.status() if relaying is not None else None,
+            "upnp": node.upnp.status() if node.upnp is not None else None,
             "slots": ({"total": ex.slots, "per_device": ex.slots_per_device,
                        "devices": [{"gpu": d, "busy": n} for d, n in ex.busy.items()]} if ex is not None else None),
             "speed": node.resources.speed,
@@ -179,7 +185,7 @@ class ControlViews:
 
     async def _wait(self, request: dict[str, Any]) -> Any:
         """Block until ``peers``, ``market``, ``offers`` (ads with offers and addresses), ``relays``
-        (relay slots held), ``direct`` (peers connected other than through a relay) or ``shards`` (dataset
+        (relay slots held), ``public`` (1 once peers' dial-backs found this node reachable), ``direct`` (peers connected other than through a relay) or ``shards`` (dataset
         shards saved since start) reaches ``count``, or until ``busy`` (jobs running plus
         job and blob streams open) falls to ``count`` (0: drained, e.g. before a restart). Scripts and
         tests wait on the node instead of polling it."""
@@ -191,12 +197,13 @@ class ControlViews:
                  # ads one can act on: something offered, somewhere to dial
                  "offers": lambda: sum(1 for e in node.table.entries(node.now()) if e.ad.offers and e.ad.addrs),
                  "relays": lambda: len(node.relaying.circuit_addrs()) if node.relaying is not None else 0,
+                 "public": lambda: int(node.relaying is not None and node.relaying.reachability == "public"),
                  "shards": lambda: node.maps.shards_saved,
                  "direct": lambda: sum(1 for p in self.peers() if any("/p2p-circuit" not in a for a in p["addrs"])),
                  "busy": lambda: ((node.executor.running if node.executor is not None else 0)
                                   + node.jobs.limits.open() + node.blobs.limits.open())}
         if what not in views or not isinstance(count, int) or not isinstance(timeout, (int, float)):
-            raise ControlError('wait needs {"what": "peers"|"market"|"offers"|"relays"|"direct"|"shards"|'
+            raise ControlError('wait needs {"what": "peers"|"market"|"offers"|"relays"|"public"|"direct"|"shards"|'
                                '"busy", "count": N, "timeout": S}')
 
         def reached() -> bool:

@@ -130,6 +130,11 @@ class Relaying:
         self.reserved: dict[Any, tuple[str, float]] = {}  # relay id -> (its address, renew at)
         self._refused: dict[Any, float] = {}  # peer -> when to ask it again
         self.last_check = 0.0
+        self._wake = trio.Event()
+
+    def recheck(self) -> None:
+        """Check reachability again now: this node's addresses changed (a router forwards a port)."""
+        self._wake.set()
 
     # reachability ------------------------------------------------------------------------
     def loopback_only(self) -> bool:
@@ -283,8 +288,10 @@ class Relaying:
                     await self.reserve()
                 except Exception as exc:  # noqa: BLE001 - never take the node down over reachability
                     log.warning("reachability check failed: %s", exc)
-                await trio.sleep(CHECK_INTERVAL_S if self.reachability != "private" or self.reserved
-                                 else FIRST_CHECK_S * 5)
+                with trio.move_on_after(CHECK_INTERVAL_S if self.reachability != "private" or self.reserved
+                                        else FIRST_CHECK_S * 5):
+                    await self._wake.wait()
+                self._wake = trio.Event()
 
     def status(self) -> dict[str, Any]:
         return {"reachability": self.reachability, "relay_service": self.serving,

@@ -9,6 +9,14 @@ private (AutoNAT: the relay cannot dial it back), reserves a slot on the relay (
 it is public and serves), and advertises the relayed address; the requester's job reaches it
 through the relay and comes back verified; then the two punch a hole through both NATs (DCUtR)
 and talk directly. The routers drop unsolicited inbound connections, as home routers do.
+
+A third home's router offers UPnP (miniupnpd, where installed):
+
+    h3 (10.3.0.2) -- r3 [masquerade, miniupnpd] 11.0.0.2 --+-- pub 11.0.0.1
+
+A router refuses to forward ports behind a private or reserved WAN address (double NAT), and so
+does the node's UPnP client, so r3's WAN address lies outside the reserved ranges. The namespaces
+have no link to the host or anything beyond them: nothing sent to that address leaves them.
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ class Lab:
 
     def __init__(self) -> None:
         _clean_stale()
-        self.ns = {n: f"{PREFIX}{os.getpid()}-{n}" for n in ("pub", "r1", "h1", "r2", "h2")}
+        self.ns = {n: f"{PREFIX}{os.getpid()}-{n}" for n in ("pub", "r1", "h1", "r2", "h2", "r3", "h3")}
         for name in self.ns.values():
             sh("ip", "netns", "add", name)
             self.run(name, "ip", "link", "set", "lo", "up")
@@ -68,7 +76,10 @@ class Lab:
         self.link(n["pub"], "198.51.100.5/30", n["r2"], "198.51.100.6/30", "w2")
         self.link(n["r1"], "10.1.0.1/24", n["h1"], "10.1.0.2/24", "l1")
         self.link(n["r2"], "10.2.0.1/24", n["h2"], "10.2.0.2/24", "l2")
-        for router, wan_gw, wan in (("r1", "198.51.100.1", "w1b"), ("r2", "198.51.100.5", "w2b")):
+        self.link(n["pub"], "11.0.0.1/30", n["r3"], "11.0.0.2/30", "w3")
+        self.link(n["r3"], "10.3.0.1/24", n["h3"], "10.3.0.2/24", "l3")
+        for router, wan_gw, wan in (("r1", "198.51.100.1", "w1b"), ("r2", "198.51.100.5", "w2b"),
+                                    ("r3", "11.0.0.1", "w3b")):
             self.run(n[router], "ip", "route", "add", "default", "via", wan_gw)
             self.run(n[router], "sysctl", "-qw", "net.ipv4.ip_forward=1")
             # a home router: masquerade out, and drop (not refuse) what nobody inside asked for
@@ -77,10 +88,34 @@ class Lab:
                                        f"add table inet fw; add chain inet fw inbound {{ type filter hook input "
                                        f"priority 0 ; }}; add rule inet fw inbound iifname {wan} ct state new drop; "
                                        f"add chain inet fw through {{ type filter hook forward priority 0 ; }}; "
-                                       f"add rule inet fw through iifname {wan} ct state new drop")
+                                       f"add rule inet fw through iifname {wan} ct state new ct status ! dnat drop")
         self.run(n["pub"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
         self.run(n["h1"], "ip", "route", "add", "default", "via", "10.1.0.1")
         self.run(n["h2"], "ip", "route", "add", "default", "via", "10.2.0.1")
+        self.run(n["h3"], "ip", "route", "add", "default", "via", "10.3.0.1")
+        self.upnpd: subprocess.Popen[str] | None = None
+
+    def start_upnp(self, router: str, wan: str, lan: str, lan_net: str) -> None:
+        """miniupnpd on ``router``: it forwards the ports its LAN asks for, in its own nftables chains
+        (ports above 1023, to the asking host only)."""
+        ns = self.ns[router]
+        self.run(ns, "nft", "add table inet upnp; "
+                 "add chain inet upnp forward { type filter hook forward priority 0 ; }; "
+                 "add chain inet upnp miniupnpd; add rule inet upnp forward jump miniupnpd; "
+                 "add chain inet upnp prerouting { type nat hook prerouting priority -100 ; }; "
+                 "add chain inet upnp prerouting_miniupnpd; add rule inet upnp prerouting jump prerouting_miniupnpd; "
+                 "add chain inet upnp postrouting { type nat hook postrouting priority 100 ; }; "
+                 "add chain inet upnp postrouting_miniupnpd; "
+                 "add rule inet upnp postrouting jump postrouting_miniupnpd")
+        folder = Path(tempfile.mkdtemp(prefix="p2pnat-upnp-", dir="/tmp"))
+        conf = folder / "miniupnpd.conf"
+        conf.write_text(f"ext_ifname={wan}\nlistening_ip={lan}\nport=0\nenable_natpmp=no\nenable_upnp=yes\n"
+                        "secure_mode=yes\nsystem_uptime=yes\nuuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b\n"
+                        "upnp_table_name=upnp\nupnp_nat_table_name=upnp\n"
+                        f"allow 1024-65535 {lan_net} 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n")
+        self.upnpd = subprocess.Popen(["ip", "netns", "exec", ns, "miniupnpd", "-d", "-f", str(conf),
+                                       "-P", str(folder / "pid")], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True)
 
     def link(self, a: str, a_ip: str, b: str, b_ip: str, name: str) -> None:
         sh("ip", "link", "add", f"{name}a", "netns", a, "type", "veth", "peer", "name", f"{name}b", "netns", b)
@@ -93,6 +128,12 @@ class Lab:
         sh("ip", "netns", "exec", ns, *cmd)
 
     def close(self) -> None:
+        if self.upnpd is not None:
+            self.upnpd.terminate()
+            try:
+                self.upnpd.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.upnpd.kill()
         for name in self.ns.values():
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
@@ -187,3 +228,49 @@ def test_a_job_crosses_two_nats_through_a_relay(lab: Lab) -> None:
     finally:
         for n in nodes:
             n.stop()
+
+
+@pytest.mark.skipif(shutil.which("miniupnpd") is None, reason="UPnP test needs miniupnpd (apt-get install "
+                    "miniupnpd-nftables)")
+def test_a_node_behind_a_upnp_router_is_reached_directly_through_its_forwarded_port(lab: Lab) -> None:
+    lab.start_upnp("r3", "w3b", "l3a", "10.3.0.0/24")
+    nodes: list[Node] = []
+    try:
+        relay = Node(lab, "pub", "--no-provide")
+        nodes.append(relay)
+        rid = relay.ready()["peer"]
+        boot = f"/ip4/198.51.100.1/tcp/4001/p2p/{rid}"
+        provider = Node(lab, "h3", "--bootstrap", boot)
+        requester = Node(lab, "h2", "--bootstrap", boot, "--no-provide")
+        nodes += [provider, requester]
+        pid = provider.ready()["peer"]
+        requester.ready()
+        # the router forwards the provider's port; dialled back there, the provider is public
+        provider.call("wait", what="public", count=1, timeout_s=60, timeout=70)
+        status = provider.call("status")
+        assert status["upnp"]["state"] == "mapped", status  # type: ignore[index]
+        assert status["upnp"]["external"] == ["/ip4/11.0.0.2/tcp/4001"], status  # type: ignore[index]
+        assert status["addrs"][0].startswith("/ip4/11.0.0.2/tcp/4001/p2p/"), status  # type: ignore[index]
+        assert not any("/p2p-circuit" in a for a in status["addrs"])  # type: ignore[union-attr]
+        assert any("UPnP" in n for n in status["notes"]), status  # type: ignore[index]
+        # a requester behind another NAT reaches it directly, at the router's address, no relay
+        requester.call("wait", what="offers", count=1, timeout_s=60, timeout=70)
+        rec = requester.call("submit", timeout=120, workload="matmul", params={"m": 32, "n": 32, "k": 32,
+                             "dtype": "int8", "seed": 5}, max_price=10**9, deadline=60, k=1)
+        assert rec["state"] == "done" and rec["peer"] == pid, rec  # type: ignore[index]
+        via = next(p["addrs"] for p in requester.call("peers") if p["peer"] == pid)  # type: ignore[union-attr]
+        assert any(a.startswith("/ip4/11.0.0.2/tcp/4001") for a in via), via
+        assert not any("/p2p-circuit" in a for a in via), via
+    except BaseException:
+        for n in nodes:
+            print(f"--- {n.dir}\n{n.output()[-3000:]}")
+        if lab.upnpd is not None and lab.upnpd.poll() is not None:
+            print("miniupnpd:", lab.upnpd.stderr.read() if lab.upnpd.stderr else "")
+        raise
+    finally:
+        for n in nodes:
+            n.stop()
+    # the mapping went with the node that asked for it
+    listing = subprocess.run(["ip", "netns", "exec", lab.ns["r3"], "nft", "list", "chain", "inet", "upnp",
+                              "prerouting_miniupnpd"], capture_output=True, text=True).stdout
+    assert "4001" not in listing, listing
