@@ -62,6 +62,11 @@ def decode(data: object, *, max_size: int, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
+def check_plain(value: Any, max_depth: int = MAX_DEPTH) -> None:
+    """Raise ``CodecError`` unless ``value`` lies in the plain data model that :func:`decode` accepts."""
+    _check_plain(value, 0, max_depth)
+
+
 def _refuse_tag(_decoder: object, tag: Any) -> Any:
     raise CodecError(f"CBOR tag {getattr(tag, 'tag', '?')} is not allowed")
 

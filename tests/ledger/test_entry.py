@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from p2pnode.errors import ChainError, PeerError
-from p2pnode.ledger.entry import ChainVerifier, decode_record, genesis, make_entry, verify_chain
-from p2pnode.testing import ledger_chains
+from p2pnode.ledger.entry import MAX_RECORD, ChainVerifier, decode_record, genesis, make_entry, verify_chain
+from p2pnode.testing import ledger_chains, ledger_data
 
 KEY = SigningKey(bytes(range(32)))
 OTHER = SigningKey(bytes(range(1, 33)))
@@ -95,3 +97,24 @@ def test_any_corruption_of_a_valid_chain_is_caught(records: list[bytes], data: s
         for r in bad:
             v.feed(r)
     assert v.count == i
+
+
+@settings(max_examples=150, deadline=None)
+@given(ledger_data(), st.integers(1, 2**40), st.integers(0, 2**40))
+def test_a_made_entry_is_what_its_record_decodes_to(item: tuple[str, dict[str, Any]], seq: int, t: int) -> None:
+    # make_entry checks by the verifier's rules instead of decoding what it just wrote: the two agree
+    kind, data = item
+    peer = genesis(KEY, 0).data["owner"]
+    e = make_entry(KEY, seq=seq, prev=bytes(range(32)), t_ms=t, kind=kind, peer=peer, data=data)
+    assert decode_record(e.raw) == e
+
+
+def test_make_entry_refuses_what_a_verifier_would() -> None:
+    for data, why in (({"code": (1, 2)}, "tuple"), ({"code": "x", "extra": float("nan")}, "non-finite"),
+                      ({"code": "x" * (MAX_RECORD + 1)}, "penalty.data.code")):
+        with pytest.raises(ChainError, match=why):
+            make_entry(KEY, seq=1, prev=bytes(32), t_ms=0, kind="penalty", data=data)
+    with pytest.raises(ChainError, match="exceeds the limit"):
+        make_entry(KEY, seq=1, prev=bytes(32), t_ms=0, kind="penalty", data={"code": "x", "blob": bytes(MAX_RECORD)})
+    with pytest.raises(ChainError, match="not an ed25519 peer id"):
+        make_entry(KEY, seq=1, prev=bytes(32), t_ms=0, kind="penalty", peer=b"\x01" * 38, data={"code": "x"})
