@@ -88,7 +88,8 @@ def make_entry(key: SigningKey, *, seq: int, prev: bytes, t_ms: int, kind: str, 
     """Sign a new entry. It is checked first by the rules a verifier applies to the record (plain
     CBOR data, the kind's schema, peer ids, the size), so nothing is written that fails them; the
     record is not decoded again (that doubled the cost of an append)."""
-    body = {"v": VERSION, "seq": seq, "prev": prev, "t": t_ms, "kind": kind, "peer": peer, "data": dict(data)}
+    plain = dict(data)
+    body = {"v": VERSION, "seq": seq, "prev": prev, "t": t_ms, "kind": kind, "peer": peer, "data": plain}
     try:
         codec.check_plain(body)
     except PeerError as exc:
@@ -99,11 +100,11 @@ def make_entry(key: SigningKey, *, seq: int, prev: bytes, t_ms: int, kind: str, 
         raise ChainError("malformed record: seq, t, prev or peer out of range", seq=seq)
     if peer:
         _check_peer(peer, seq)
-    _check_schema(kind, body["data"], seq)
+    _check_schema(kind, plain, seq)
     raw = envelope.seal(DOMAIN, codec.encode(body), key)
     if len(raw) > MAX_RECORD:
         raise ChainError(f"malformed record: {len(raw)} bytes exceeds the limit of {MAX_RECORD}", seq=seq)
-    return Entry(seq=seq, prev=prev, t_ms=t_ms, kind=kind, peer=peer, data=body["data"], raw=raw,
+    return Entry(seq=seq, prev=prev, t_ms=t_ms, kind=kind, peer=peer, data=plain, raw=raw,
                  hash=record_hash(raw))
 
 

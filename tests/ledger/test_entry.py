@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from p2pnode.errors import ChainError, PeerError
-from p2pnode.ledger.entry import MAX_RECORD, ChainVerifier, decode_record, genesis, make_entry, verify_chain
+from p2pnode.ledger.entry import (
+    MAX_RECORD,
+    ChainVerifier,
+    decode_record,
+    genesis,
+    make_entry,
+    verify_chain,
+)
 from p2pnode.testing import ledger_chains, ledger_data
 
 KEY = SigningKey(bytes(range(32)))
