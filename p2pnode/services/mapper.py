@@ -2,7 +2,9 @@
 
 :meth:`MapService.run` cuts the rows into shards of ``shard_rows`` and keeps up to ``providers``
 shards in flight, each on a different provider when the market has enough, the best ranked first
-(each shard is a normal ``onnx`` job: row checks, receipt, ledger). A shard that ends without
+(each shard is a normal ``onnx`` job: row checks, receipt, ledger). Each of those providers holds up
+to :data:`DEPTH` shards at once: while one computes, the next one's rows are already crossing the
+network and wait in its executor's queue, so moving the data hides behind the compute. A shard that ends without
 a verified result (its provider failed, stalled, or was caught) goes back in the queue and will not
 be given to that provider again; after ``MAX_ATTEMPTS`` the dataset job fails, naming the shard.
 
@@ -36,6 +38,7 @@ from p2pnode.wire.jsonview import jsonable
 
 log = logging.getLogger("p2pnode.map")
 MAX_ATTEMPTS = 5
+DEPTH = 2  # shards in flight on one provider: one computing, one moving its rows
 Submit = Callable[..., Awaitable[Any]]
 Candidates = Callable[[str, int, int, str], list[Any]]
 Event = Callable[[dict[str, Any]], None]
@@ -123,7 +126,7 @@ class MapService:
         for s in queue:
             send.send_nowait(s)
         remaining = len(queue)
-        busy: set[bytes] = set()
+        busy: dict[bytes, int] = {}  # shards in flight per provider
         by_provider: dict[str, int] = {}
         retries, checked, jobs = 0, 0, []
         price_per_row = max_price / job.rows
@@ -135,24 +138,27 @@ class MapService:
             async for shard in recv:
                 params, inputs = job.shard(shard.start, shard.stop)
                 ads = [a for a in self.candidates("onnx", 0, 64, backend) if a.peer_id not in shard.excluded]
-                free = [a for a in ads if a.peer_id not in busy] or ads
-                if not free:
+                if not ads:
                     failure.append(f"shard {shard.index}: no provider left that offers this model job")
                     send.close()
                     return
-                # one provider per shard, a different one for each shard in flight: the candidates
-                # are already ranked by price and speed, and a shard that fails is retried elsewhere
-                chosen = free[0]
+                # up to ``providers`` providers at once, the best ranked (by price and speed) first,
+                # each holding up to DEPTH shards; a shard that fails is retried elsewhere
+                in_use = {p for p, n in busy.items() if n}
+                idle = [a for a in ads if a.peer_id not in in_use]
+                room = sorted((a for a in ads if a.peer_id in in_use and busy[a.peer_id] < DEPTH),
+                              key=lambda a: busy[a.peer_id])
+                chosen = (idle[0] if idle and len(in_use) < providers else (room or idle or ads)[0])
                 shard.attempts += 1
                 emit({"event": "shard", "shard": shard.index, "state": "start", "rows": shard.rows,
                       "attempt": shard.attempts})
-                busy.add(chosen.peer_id)
+                busy[chosen.peer_id] = busy.get(chosen.peer_id, 0) + 1
                 try:
                     rec = await self.submit("onnx", params, inputs=inputs, only=[chosen], k=1,
                                             max_price=max(1, math.ceil(price_per_row * shard.rows)),
                                             deadline_s=deadline_s, verify=job.verify, backend=backend)
                 finally:
-                    busy.discard(chosen.peer_id)
+                    busy[chosen.peer_id] -= 1
                 peer = rec.peer
                 if rec.state == "done" and rec.output is not None:
                     async with saving:
@@ -186,7 +192,7 @@ class MapService:
 
         if queue:
             async with trio.open_nursery() as nursery:
-                for _ in range(min(providers, len(queue))):
+                for _ in range(min(DEPTH * providers, len(queue))):
                     nursery.start_soon(worker)
         if failure or len(done) < len(shards):
             raise MapError(failure[0] if failure else "the dataset job stopped before every shard was done")

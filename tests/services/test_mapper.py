@@ -37,8 +37,9 @@ class Market:
         self.ads = [Ad(_peer(i)) for i in range(n)]
         self.bad = {_peer(i) for i in bad}
         self.calls: list[tuple[bytes, int]] = []
-        self.in_flight: set[bytes] = set()
-        self.most_at_once = 0
+        self.in_flight: dict[bytes, int] = {}  # shards running per provider
+        self.most_at_once = 0  # providers at once
+        self.deepest = 0  # shards at once on one provider
         self.ort = backends.ops("ort-cpu")
         self.stop_after: int | None = None
 
@@ -51,8 +52,9 @@ class Market:
         if self.stop_after is not None and len(self.calls) >= self.stop_after:
             await trio.sleep_forever()  # the requester is about to be killed
         self.calls.append((peer, params["rows"]))
-        self.in_flight.add(peer)
-        self.most_at_once = max(self.most_at_once, len(self.in_flight))
+        self.in_flight[peer] = self.in_flight.get(peer, 0) + 1
+        self.most_at_once = max(self.most_at_once, sum(1 for n in self.in_flight.values() if n))
+        self.deepest = max(self.deepest, self.in_flight[peer])
         try:
             await trio.sleep(0.01)
             rec = JobRecord("ab" * 16, "requester", workload, params, started=virtual_now(), peer=to_base58(peer))
@@ -65,7 +67,7 @@ class Market:
             rec.events.append({"event": "sample", "rows": min(90, params["rows"])})
             return rec
         finally:
-            self.in_flight.discard(peer)
+            self.in_flight[peer] -= 1
 
 
 def _job() -> model_jobs.ModelJob:
@@ -85,7 +87,16 @@ async def test_shards_spread_over_providers_and_come_back_in_order(tmp_path: Pat
     assert result.shards == 12 and result.resumed == 0 and result.retries == 0
     assert np.allclose(result.outputs["probabilities"], _local(job), rtol=1e-5, atol=1e-7)
     assert market.most_at_once == 3 and len(result.by_provider) == 3
+    assert market.deepest == 2  # each holds a second shard while the first runs
     assert sum(result.by_provider.values()) == ROWS and result.checked_rows == ROWS  # shards under 90 rows: whole
+
+
+async def test_one_provider_holds_two_shards_and_no_more_providers_than_asked_are_used(tmp_path: Path) -> None:
+    market, job = Market(4), _job()
+    maps = MapService(submit=market.submit, candidates=market.candidates, now=virtual_now, state_dir=tmp_path)
+    result = await maps.run(job, shard_rows=10, providers=1, max_price=10**6, deadline_s=60)
+    assert np.allclose(result.outputs["probabilities"], _local(job), rtol=1e-5, atol=1e-7)
+    assert market.most_at_once == 1 and market.deepest == 2 and len(result.by_provider) == 1
 
 
 async def test_a_failing_provider_loses_its_shards_to_others(tmp_path: Path) -> None:
