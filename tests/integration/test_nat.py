@@ -29,7 +29,9 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -194,57 +196,62 @@ class Node:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def test_a_job_crosses_two_nats_through_a_relay(lab: Lab) -> None:
+@contextmanager
+def relay_provider_requester(lab: Lab, home: str) -> Iterator[tuple[Node, Node, Node, str, str]]:
+    """A relay in the public namespace, a provider in ``home`` and a requester in h2, both of which
+    know only the relay: (relay, provider, requester, relay id, provider id), all started. Their
+    output is printed when the test fails; all are stopped after it."""
     nodes: list[Node] = []
     try:
         relay = Node(lab, "pub", "--no-provide")
         nodes.append(relay)
         rid = relay.ready()["peer"]
         boot = f"/ip4/198.51.100.1/tcp/4001/p2p/{rid}"
-        provider = Node(lab, "h1", "--bootstrap", boot)
+        provider = Node(lab, home, "--bootstrap", boot)
         requester = Node(lab, "h2", "--bootstrap", boot, "--no-provide")
         nodes += [provider, requester]
         pid = provider.ready()["peer"]
         requester.ready()
-        provider.call("wait", what="relays", count=1, timeout_s=60, timeout=70)
-        status = provider.call("status")
-        assert status["reachability"]["reachability"] == "private", status  # type: ignore[index]
-        assert all("/p2p-circuit" in a and rid in a for a in status["addrs"]), status  # type: ignore[index]
-        assert relay.call("status")["reachability"]["relay_service"]  # type: ignore[index]
-        requester.call("wait", what="offers", count=1, timeout_s=60, timeout=70)
-        rec = requester.call("submit", timeout=120, workload="matmul", params={"m": 32, "n": 32, "k": 32,
-                             "dtype": "int8", "seed": 4}, max_price=10**9, deadline=60, k=1)
-        assert rec["state"] == "done" and rec["peer"] == pid, rec  # type: ignore[index]
-        assert rec["outcome"].startswith("verified")  # type: ignore[index]
-        # then a hole punch (DCUtR over the relayed connection) gives a direct one: the relay and
-        # the provider, through the provider's router's public address
-        requester.call("wait", what="direct", count=2, timeout_s=30, timeout=40)
-        via = next(p["addrs"] for p in requester.call("peers") if p["peer"] == pid)  # type: ignore[union-attr]
-        assert any(a.startswith("/ip4/198.51.100.2/tcp/") for a in via), via
+        yield relay, provider, requester, rid, pid  # type: ignore[misc]
     except BaseException:
         for n in nodes:
             print(f"--- {n.dir}\n{n.output()[-3000:]}")
+        if lab.upnpd is not None and lab.upnpd.poll() is not None and lab.upnpd.stderr is not None:
+            print("miniupnpd:", lab.upnpd.stderr.read())
         raise
     finally:
         for n in nodes:
             n.stop()
 
 
+def _job(requester: Node, seed: int) -> dict[str, Any]:
+    requester.call("wait", what="offers", count=1, timeout_s=60, timeout=70)
+    return requester.call("submit", timeout=120, workload="matmul", params={"m": 32, "n": 32, "k": 32,  # type: ignore[return-value]
+                          "dtype": "int8", "seed": seed}, max_price=10**9, deadline=60, k=1)
+
+
+def test_a_job_crosses_two_nats_through_a_relay(lab: Lab) -> None:
+    with relay_provider_requester(lab, "h1") as (relay, provider, requester, rid, pid):
+        provider.call("wait", what="relays", count=1, timeout_s=60, timeout=70)
+        status = provider.call("status")
+        assert status["reachability"]["reachability"] == "private", status  # type: ignore[index]
+        assert all("/p2p-circuit" in a and rid in a for a in status["addrs"]), status  # type: ignore[index]
+        assert relay.call("status")["reachability"]["relay_service"]  # type: ignore[index]
+        rec = _job(requester, 4)
+        assert rec["state"] == "done" and rec["peer"] == pid, rec
+        assert rec["outcome"].startswith("verified")
+        # then a hole punch (DCUtR over the relayed connection) gives a direct one: the relay and
+        # the provider, through the provider's router's public address
+        requester.call("wait", what="direct", count=2, timeout_s=30, timeout=40)
+        via = next(p["addrs"] for p in requester.call("peers") if p["peer"] == pid)  # type: ignore[union-attr]
+        assert any(a.startswith("/ip4/198.51.100.2/tcp/") for a in via), via
+
+
 @pytest.mark.skipif(shutil.which("miniupnpd") is None, reason="UPnP test needs miniupnpd (apt-get install "
                     "miniupnpd-nftables)")
 def test_a_node_behind_a_upnp_router_is_reached_directly_through_its_forwarded_port(lab: Lab) -> None:
     lab.start_upnp("r3", "w3b", "l3a", "10.3.0.0/24")
-    nodes: list[Node] = []
-    try:
-        relay = Node(lab, "pub", "--no-provide")
-        nodes.append(relay)
-        rid = relay.ready()["peer"]
-        boot = f"/ip4/198.51.100.1/tcp/4001/p2p/{rid}"
-        provider = Node(lab, "h3", "--bootstrap", boot)
-        requester = Node(lab, "h2", "--bootstrap", boot, "--no-provide")
-        nodes += [provider, requester]
-        pid = provider.ready()["peer"]
-        requester.ready()
+    with relay_provider_requester(lab, "h3") as (_, provider, requester, _, pid):
         # the router forwards the provider's port; dialled back there, the provider is public
         provider.call("wait", what="public", count=1, timeout_s=60, timeout=70)
         status = provider.call("status")
@@ -254,23 +261,15 @@ def test_a_node_behind_a_upnp_router_is_reached_directly_through_its_forwarded_p
         assert not any("/p2p-circuit" in a for a in status["addrs"])  # type: ignore[union-attr]
         assert any("UPnP" in n for n in status["notes"]), status  # type: ignore[index]
         # a requester behind another NAT reaches it directly, at the router's address, no relay
-        requester.call("wait", what="offers", count=1, timeout_s=60, timeout=70)
-        rec = requester.call("submit", timeout=120, workload="matmul", params={"m": 32, "n": 32, "k": 32,
-                             "dtype": "int8", "seed": 5}, max_price=10**9, deadline=60, k=1)
-        assert rec["state"] == "done" and rec["peer"] == pid, rec  # type: ignore[index]
+        rec = _job(requester, 5)
+        assert rec["state"] == "done" and rec["peer"] == pid, rec
         via = next(p["addrs"] for p in requester.call("peers") if p["peer"] == pid)  # type: ignore[union-attr]
         assert any(a.startswith("/ip4/11.0.0.2/tcp/4001") for a in via), via
         assert not any("/p2p-circuit" in a for a in via), via
-    except BaseException:
-        for n in nodes:
-            print(f"--- {n.dir}\n{n.output()[-3000:]}")
-        if lab.upnpd is not None and lab.upnpd.poll() is not None:
-            print("miniupnpd:", lab.upnpd.stderr.read() if lab.upnpd.stderr else "")
-        raise
-    finally:
-        for n in nodes:
-            n.stop()
-    # the mapping went with the node that asked for it
-    listing = subprocess.run(["ip", "netns", "exec", lab.ns["r3"], "nft", "list", "chain", "inet", "upnp",
-                              "prerouting_miniupnpd"], capture_output=True, text=True).stdout
-    assert "4001" not in listing, listing
+        assert "dport 4001" in _forwards(lab), _forwards(lab)  # the router's rule
+    assert "dport 4001" not in _forwards(lab)  # gone with the node that asked for it
+
+
+def _forwards(lab: Lab) -> str:
+    return subprocess.run(["ip", "netns", "exec", lab.ns["r3"], "nft", "list", "chain", "inet", "upnp",
+                           "prerouting_miniupnpd"], capture_output=True, text=True).stdout
