@@ -119,7 +119,8 @@ async def bench_infer(job: model_jobs.ModelJob, repeats: int, name: str) -> dict
 
 
 def bench_map(job: model_jobs.ModelJob, counts: list[int]) -> list[dict[str, Any]]:
-    """Real provider processes; the requester a process too; ``submit map --json``."""
+    """Real provider processes; the requester a process too; ``submit map --json``, against ONNX
+    Runtime here on the whole dataset just before each run."""
     import subprocess
 
     from p2pnode.control.client import call
@@ -127,7 +128,7 @@ def bench_map(job: model_jobs.ModelJob, counts: list[int]) -> list[dict[str, Any
     from tests.integration.test_cli import ENV, EXE, NodeProcess
 
     out = []
-    direct = _direct(job)
+    sess = _session(job)
     with tempfile.TemporaryDirectory(prefix="p2pbench-", dir="/tmp") as tmp:
         base = Path(tmp)
         raw, _ = onnx_model.unpack(job.blob)
@@ -140,6 +141,8 @@ def bench_map(job: model_jobs.ModelJob, counts: list[int]) -> list[dict[str, Any
                               *[a for p in procs for a in ("--bootstrap", p.addrs[0])])
             try:
                 call(req_dir / "control.sock", "wait", timeout=60, what="market", count=k, timeout_s=50)
+                # this machine's speed drifts: the baseline is taken just before each run, nodes idle
+                direct = statistics.median(_time_direct(sess, job) for _ in range(3))
                 t0 = time.perf_counter()
                 r = subprocess.run([*EXE, "submit", "map", "--model", str(base / "m.onnx"), "--input",
                                     str(base / "x.npy"), "--providers", str(k), "--shard-rows",
