@@ -197,11 +197,14 @@ def bench_checks(trials: int) -> list[dict[str, Any]]:
     return out
 
 
-def render(r: dict[str, Any], png: Path | None) -> None:
+def render(r: dict[str, Any], png: Path | None, tables: bool = True) -> None:
+    """Tables on the terminal (on stderr with ``tables`` off, for ``--json``), and the PNG."""
     from rich.console import Console
     from rich.table import Table
 
-    c = Console()
+    c = Console(stderr=not tables)
+    if not c.is_terminal:
+        c.width = 140  # a log or a pipe: no wrapped columns
     t = Table(title="infer: one model job through the network vs ONNX Runtime directly (same model, "
                     "same rows; each run paired with a direct one; medians)")
     for col in ("model", "rows", "MB in", "direct s", "net s", "net %", "ceiling", "unchecked", "fresh rows",
@@ -270,7 +273,7 @@ def render(r: dict[str, Any], png: Path | None) -> None:
     axes[2].set_title("Row checks")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
-    print(f"wrote {png}")
+    c.print(f"wrote {png}")
 
 
 async def _infer(args: argparse.Namespace) -> dict[str, Any]:
@@ -291,7 +294,6 @@ if __name__ == "__main__":
     if counts:
         result["map"] = bench_map(_sized_job(args.seconds * 4, "cnn64"), counts)
     result["checks"] = bench_checks(args.trials)
+    render(result, args.png, tables=not args.json)
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        render(result, args.png)
