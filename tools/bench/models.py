@@ -259,7 +259,7 @@ def render(r: dict[str, Any], png: Path | None, tables: bool = True) -> None:
         axes[1].set_xticks(ks)
         axes[1].set_xlabel("provider processes")
         axes[1].set_ylabel("× direct rows/s")
-        axes[1].legend()
+        axes[1].legend(fontsize=7)
         axes[1].set_title("map, wide CNN, over provider processes")
     ks = r["checks"]
     axes[2].plot([k["overhead"] * 100 for k in ks], [k["catch"] * 100 for k in ks], "o", label="measured")
