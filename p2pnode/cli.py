@@ -192,8 +192,7 @@ def _parser() -> argparse.ArgumentParser:
 _RUN_FLAGS = ("listen", "announce", "bootstrap", "mdns", "provide", "use_gpu", "metrics", "price",
               "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "budget",
               "reciprocity", "adversary", "calibration_file", "impair", "gpus", "slots", "max_jobs", "max_gpu_mem",
-              "cpu_threads", "schedule", "reachability", "relay_service", "relays", "dht",
-              "upnp")
+              "cpu_threads", "schedule", "reachability", "relay_service", "relays", "dht", "upnp")
 
 
 def _config(args: argparse.Namespace) -> Config:

@@ -337,8 +337,8 @@ class Node:
                 if self.config.provide and not self.schedule.always:
                     nursery.start_soon(self.follow_schedule)
                 if self.config.upnp and not self.relaying.loopback_only():
-                    self.upnp = PortMapping(lambda: tcp_ports(self.host.get_addrs()) if self.host else [],
-                                            on_change=self._addrs_changed)
+                    host = self.host
+                    self.upnp = PortMapping(lambda: tcp_ports(host.get_addrs()), on_change=self._addrs_changed)
                     await nursery.start(self.upnp.run)
                 await nursery.start(self.relaying.run)
                 if self.discovery is not None:

@@ -185,8 +185,9 @@ class ControlViews:
 
     async def _wait(self, request: dict[str, Any]) -> Any:
         """Block until ``peers``, ``market``, ``offers`` (ads with offers and addresses), ``relays``
-        (relay slots held), ``public`` (1 once peers' dial-backs found this node reachable), ``direct`` (peers connected other than through a relay) or ``shards`` (dataset
-        shards saved since start) reaches ``count``, or until ``busy`` (jobs running plus
+        (relay slots held), ``public`` (1 once peers' dial-backs found this node reachable),
+        ``direct`` (peers connected other than through a relay) or ``shards`` (dataset shards
+        saved since start) reaches ``count``, or until ``busy`` (jobs running plus
         job and blob streams open) falls to ``count`` (0: drained, e.g. before a restart). Scripts and
         tests wait on the node instead of polling it."""
         node = self.node

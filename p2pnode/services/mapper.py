@@ -1,12 +1,12 @@
 """Dataset jobs: one model over every row of a dataset, in shards across several providers.
 
-:meth:`MapService.run` cuts the rows into shards of ``shard_rows`` and keeps up to ``providers``
-shards in flight, each on a different provider when the market has enough, the best ranked first
-(each shard is a normal ``onnx`` job: row checks, receipt, ledger). Each of those providers holds up
-to :data:`DEPTH` shards at once: while one computes, the next one's rows are already crossing the
-network and wait in its executor's queue, so moving the data hides behind the compute. A shard that ends without
-a verified result (its provider failed, stalled, or was caught) goes back in the queue and will not
-be given to that provider again; after ``MAX_ATTEMPTS`` the dataset job fails, naming the shard.
+:meth:`MapService.run` cuts the rows into shards of ``shard_rows`` and runs them on up to
+``providers`` providers at once, the best ranked first (each shard is a normal ``onnx`` job: row
+checks, receipt, ledger). Each of those providers holds up to :data:`DEPTH` shards: while one
+computes, the next one's rows are already crossing the network and wait in its executor's queue,
+so moving the data hides behind the compute. A shard that ends without a verified result (its
+provider failed, stalled, or was caught) goes back in the queue and will not be given to that
+provider again; after ``MAX_ATTEMPTS`` the dataset job fails, naming the shard.
 
 **Resumable.** Every verified shard's output is written, fsynced, under
 ``<state_dir>/<map id>/`` before the next is counted, where the map id is a digest of the model, the

@@ -226,8 +226,10 @@ def relay_provider_requester(lab: Lab, home: str) -> Iterator[tuple[Node, Node, 
 
 def _job(requester: Node, seed: int) -> dict[str, Any]:
     requester.call("wait", what="offers", count=1, timeout_s=60, timeout=70)
-    return requester.call("submit", timeout=120, workload="matmul", params={"m": 32, "n": 32, "k": 32,  # type: ignore[return-value]
-                          "dtype": "int8", "seed": seed}, max_price=10**9, deadline=60, k=1)
+    rec = requester.call("submit", timeout=120, workload="matmul", params={"m": 32, "n": 32, "k": 32,
+                         "dtype": "int8", "seed": seed}, max_price=10**9, deadline=60, k=1)
+    assert isinstance(rec, dict), rec
+    return rec
 
 
 def test_a_job_crosses_two_nats_through_a_relay(lab: Lab) -> None:
