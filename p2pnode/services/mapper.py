@@ -13,7 +13,8 @@ provider again; after ``MAX_ATTEMPTS`` the dataset job fails, naming the shard.
 data and the shard size. Run the same dataset job again (after a crash, a restart, a Ctrl-C) and the
 finished shards are read back, not run or paid for again. The outputs are reassembled in row order.
 
-Collaborators: ``submit`` and ``candidates`` (the requester's), ``now`` and the state directory.
+Collaborators: ``submit`` and ``candidates`` (the requester's), ``now``, the state directory and
+``on_saved``.
 """
 
 from __future__ import annotations
@@ -94,8 +95,11 @@ def map_id(job: ModelJob, shard_rows: int) -> str:
 
 
 class MapService:
-    def __init__(self, *, submit: Submit, candidates: Candidates, now: Now, state_dir: Path) -> None:
+    def __init__(self, *, submit: Submit, candidates: Candidates, now: Now, state_dir: Path,
+                 on_saved: Callable[[], None] = lambda: None) -> None:
+        """``on_saved``: called after each shard's output is on disk (the node wakes its waiters)."""
         self.submit, self.candidates, self.now, self.state_dir = submit, candidates, now, state_dir
+        self.on_saved = on_saved
         self.shards_saved = 0  # shards whose output is on disk, in every dataset job since start
 
     async def run(self, job: ModelJob, *, shard_rows: int, providers: int, max_price: int, deadline_s: float,
@@ -165,6 +169,7 @@ class MapService:
                         await trio.to_thread.run_sync(self._save, folder, state, shard, rec.output.arrays,
                                                       rec.job, peer)
                         self.shards_saved += 1
+                        self.on_saved()
                     done[shard.index] = dict(rec.output.arrays)
                     by_provider[peer] = by_provider.get(peer, 0) + shard.rows
                     jobs.append(rec.job)

@@ -166,7 +166,7 @@ class MarketService:
         if not own:
             self.metrics.ads_accepted.inc()
             self.metrics.gossip_latency.observe(max(0.0, now - entry.ad.issued_at_ms / 1000.0))
-        self._touch()
+        self.touch()
         return True
 
     def _held(self, raw: object, origin: bytes | None = None) -> bool:
@@ -238,7 +238,7 @@ class MarketService:
                     self._reject(exc.code, None if exc.code in SYNC_BENIGN else peer)
         if taken:
             self.synced += taken
-            self._touch()
+            self.touch()
         return taken
 
     async def sync_new_peers(self) -> None:
@@ -280,11 +280,12 @@ class MarketService:
         while True:
             await trio.sleep(EXPIRE_INTERVAL_S)
             if self.table.expire(self.now()):
-                self._touch()
+                self.touch()
             self.metrics.market_size.set(len(self.table.entries(self.now())))
             self.metrics.peers.set(self.peers())
 
-    def _touch(self) -> None:
+    def touch(self) -> None:
+        """Wake whoever waits on this node (``wait_until``): the table, or something it shows, changed."""
         self._changed.set()
         self._changed = trio.Event()
 

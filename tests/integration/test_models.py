@@ -112,7 +112,8 @@ async def test_a_cheater_on_model_work_is_caught_and_its_shards_redone(tmp_path:
 
 
 def test_a_requester_killed_mid_dataset_resumes_where_it_stopped(data_dir: Path) -> None:
-    job = model_jobs.prepare(models.cnn(channels=16), {"": models.images(600, seed=9)})
+    rows, shard = 1200, 40  # 30 shards: enough that the kill lands mid-way, two shards in flight at a time
+    job = model_jobs.prepare(models.cnn(channels=16), {"": models.images(rows, seed=9)})
     model_path, data_path, out_path = data_dir / "m.onnx", data_dir / "x.npy", data_dir / "out.npy"
     raw, _ = onnx_model.unpack(job.blob)
     model_path.write_bytes(raw)
@@ -122,7 +123,7 @@ def test_a_requester_killed_mid_dataset_resumes_where_it_stopped(data_dir: Path)
     boot = [a for p in providers for a in ("--bootstrap", p.addrs[0])]
     requester = NodeProcess(req_dir, "--no-provide", *boot)
     submit = [*EXE, "submit", "map", "--model", str(model_path), "--input", str(data_path), "--output", str(out_path),
-              "--shard-rows", "50", "--providers", "1", "--json", "--data-dir", str(req_dir)]
+              "--shard-rows", str(shard), "--providers", "1", "--json", "--data-dir", str(req_dir)]
     try:
         call(req_dir / "control.sock", "wait", timeout=40, what="market", count=2, timeout_s=30)
         first = subprocess.Popen(submit, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
@@ -140,7 +141,7 @@ def test_a_requester_killed_mid_dataset_resumes_where_it_stopped(data_dir: Path)
         assert second.returncode == 0, second.stderr
         summary = json.loads(second.stdout)
         assert summary["resumed"] == len(finished) >= 3
-        assert sum(summary["by_provider"].values()) == 600 - 50 * len(finished)  # nothing run or paid twice
+        assert sum(summary["by_provider"].values()) == rows - shard * len(finished)  # nothing run or paid twice
         assert np.allclose(np.load(out_path), _local(job).arrays["probabilities"], rtol=1e-5, atol=1e-7)
     finally:
         for p in [*providers, requester]:
