@@ -17,7 +17,10 @@ def call(socket_path: Path, cmd: str, timeout: float = 10.0, on_event: Any = Non
         s.settimeout(timeout)
         try:
             s.connect(str(socket_path))
-            s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            try:
+                s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            except BrokenPipeError:
+                pass  # the node answered (a refusal) and closed before reading all of it
             reader = s.makefile("rb")
             while True:
                 buf = reader.readline()

@@ -65,6 +65,11 @@ async def serve(listener: trio.SocketListener, handler: Handler) -> None:
         async with stream:
             uid = _peer_uid(stream.socket)
             if uid != my_uid:  # another user, or a caller whose uid cannot be read: refused
+                with trio.move_on_after(2):  # its request is read (and dropped) first, so that
+                    try:                     # the caller's write does not break on our close
+                        await _read_line(stream)
+                    except (ControlError, trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
                 await _reply(stream, {"ok": False, "error": "permission denied"})
                 return
             async def emit(event: dict[str, Any]) -> None:
