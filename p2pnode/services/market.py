@@ -267,9 +267,10 @@ class MarketService:
             except PeerError as exc:
                 self.penalise(peer, exc.code)
                 return
-            except Exception as exc:  # noqa: BLE001 - an old node without the protocol, a reset: gossip still works
-                log.debug("market sync with %s failed: %s", peer.hex()[:12], exc)
-                return
+            except Exception as exc:  # noqa: BLE001 - a timeout, a reset, an old node without the protocol
+                # Not the end of this peer's syncs: the first one meets a node that is busiest
+                # (starting, syncing with every other newcomer), and the later ones are for that.
+                log.debug("market sync with %s failed: %r", peer.hex()[:12], exc)
 
     async def drain(self, subscription: Any) -> None:
         """Empty a subscription's queue: ads are applied in the validator, which sees every message."""

@@ -40,7 +40,7 @@ class SteadyMarket(MarketService):
 
 
 def _market(published: list[tuple[float, Any]], streams: Any = None, me: Identity | None = None,
-            peers: Any = lambda: 1) -> MarketService:
+            peers: Any = lambda: 1, connected: Any = list) -> MarketService:
     async def publish(topic: str, data: bytes) -> None:
         published.append((trio.current_time(), decode_ad(data).ad))
 
@@ -51,7 +51,7 @@ def _market(published: list[tuple[float, Any]], streams: Any = None, me: Identit
         settings=AdSettings(price=7, workloads=("matmul",), checker=False, ad_interval=BASE, ad_ttl=TTL),
         resources=Resources(Hardware(cpu=CpuInfo("cpu", 2, 8 << 30, 4 << 30), gpus=()), {"numpy-fp32": 9.0}),
         probe=HardwareProbe(None, use_gpu=False), executor=None, adversary=None,
-        addrs=lambda: ["/ip4/127.0.0.1/tcp/4001"], peers=peers, streams=streams)
+        addrs=lambda: ["/ip4/127.0.0.1/tcp/4001"], peers=peers, connected=connected, streams=streams)
 
 
 def _fill(market: MarketService, n: int, life: float) -> None:
@@ -115,6 +115,31 @@ async def test_a_sync_checks_only_the_ads_it_does_not_hold(monkeypatch: pytest.M
         checked.clear()
         assert await reader.sync_from(a.peer_id) == 2 and len(checked) == 2  # the 40 held: not checked again
         assert len(reader.table) == 42 and not reader.rejected
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_sync_that_times_out_is_tried_again_later(autojump_clock: Any) -> None:
+    """A peer too busy to answer the sync at the connection (a swarm starting on one machine) is
+    synced again at the later delays instead of being left to gossip."""
+    async with trio.open_nursery() as nursery:
+        net = MemoryNet(nursery)
+        a, b = Identity.generate(), Identity.generate()
+        holder = _market([], me=a)
+        reader = _market([], net.streams(b.peer_id), me=b, connected=lambda: [a.peer_id])
+        _fill(holder, 5, life=300.0)
+        asked: list[float] = []
+
+        async def busy_at_first(stream: Any, peer: bytes) -> None:
+            asked.append(trio.current_time())
+            if len(asked) == 1:
+                await trio.sleep_forever()  # the reader gives up after SYNC_TIMEOUT_S
+            await holder.handle_sync(stream, peer)
+
+        net.serve(a.peer_id, MARKET_PROTOCOL, busy_at_first)
+        nursery.start_soon(reader.sync_new_peers)
+        await trio.sleep(60)
+        assert len(asked) == len(market_mod.SYNC_AGAIN_S) and asked[1] - asked[0] >= market_mod.SYNC_TIMEOUT_S
+        assert len(reader.table) == 5 and reader.synced == 5 and not reader.rejected
         nursery.cancel_scope.cancel()
 
 
