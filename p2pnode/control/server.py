@@ -65,8 +65,9 @@ async def serve(listener: trio.SocketListener, handler: Handler) -> None:
         async with stream:
             uid = _peer_uid(stream.socket)
             if uid != my_uid:  # another user, or a caller whose uid cannot be read: refused
-                with trio.move_on_after(2):  # its request is read (and dropped) first, so that
-                    try:                     # the caller's write does not break on our close
+                # Its request is read (and dropped) first, so its write does not meet our close.
+                with trio.move_on_after(2):
+                    try:
                         await _read_line(stream)
                     except (ControlError, trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
