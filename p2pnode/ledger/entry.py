@@ -94,13 +94,9 @@ def make_entry(key: SigningKey, *, seq: int, prev: bytes, t_ms: int, kind: str, 
         codec.check_plain(body)
     except PeerError as exc:
         raise ChainError(f"malformed record: {exc}", seq=seq) from exc
-    if kind not in SCHEMAS:
-        raise ChainError(f"unknown kind {kind!r}", seq=seq)
     if not 0 <= seq < 2**63 or not 0 <= t_ms < 2**63 or len(prev) != HASH_LEN or len(peer) > PEER_ID_LEN:
         raise ChainError("malformed record: seq, t, prev or peer out of range", seq=seq)
-    if peer:
-        _check_peer(peer, seq)
-    _check_schema(kind, plain, seq)
+    _check_content(kind, peer, plain, seq)
     raw = envelope.seal(DOMAIN, codec.encode(body), key)
     if len(raw) > MAX_RECORD:
         raise ChainError(f"malformed record: {len(raw)} bytes exceeds the limit of {MAX_RECORD}", seq=seq)
@@ -126,14 +122,9 @@ def _decode(raw: object, seq_hint: int) -> tuple[Entry, envelope.Envelope]:
             raise ChainError("unsupported version", seq=seq_hint)
         seq = f.uint("seq", maximum=2**63 - 1)
         kind = f.text("kind", max_len=32)
-        if kind not in SCHEMAS:
-            raise ChainError(f"unknown kind {kind!r}", seq=seq)
         peer = f.blob("peer", max_len=PEER_ID_LEN)
-        if peer:
-            _check_peer(peer, seq)
-        data_f = f.require_sub("data")
-        data = dict(data_f.items())
-        _check_schema(kind, data, seq)
+        data = dict(f.require_sub("data").items())
+        _check_content(kind, peer, data, seq)
         record = bytes(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else b""
         entry = Entry(seq=seq, prev=f.blob("prev", max_len=HASH_LEN, exact=True), t_ms=f.uint("t", maximum=2**63 - 1),
                       kind=kind, peer=peer, data=data, raw=record, hash=record_hash(record))
@@ -142,6 +133,15 @@ def _decode(raw: object, seq_hint: int) -> tuple[Entry, envelope.Envelope]:
     except PeerError as exc:
         raise ChainError(f"malformed record: {exc}", seq=seq_hint) from exc
     return entry, env
+
+
+def _check_content(kind: str, peer: bytes, data: dict[str, Any], seq: int) -> None:
+    """What a record holds, as a verifier and the maker of a new entry both check it."""
+    if kind not in SCHEMAS:
+        raise ChainError(f"unknown kind {kind!r}", seq=seq)
+    if peer:
+        _check_peer(peer, seq)
+    _check_schema(kind, data, seq)
 
 
 def _check_peer(value: bytes, seq: int) -> None:
