@@ -10,7 +10,7 @@ async def test_a_node_that_knows_one_peer_finds_the_rest(monkeypatch: object) ->
     monkeypatch.setattr(dht, "WALK_INTERVAL_S", 1.0)  # type: ignore[attr-defined]
     monkeypatch.setattr(dht, "FIRST_WALK_S", 0.2)  # type: ignore[attr-defined]
     # a line: each node was told only of the one before it
-    async with swarm(5, line=True) as nodes:
+    async with swarm(5, line=True, dht=True) as nodes:
         first, last = nodes[0].node, nodes[-1].node
         assert first.discovery is not None
         # the market's own DHT protocol, not the IPFS one
