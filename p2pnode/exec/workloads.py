@@ -49,7 +49,7 @@ class Output:
         for name in sorted(self.arrays):
             a = np.ascontiguousarray(self.arrays[name])
             h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-            h.update(a.tobytes())
+            h.update(a.reshape(-1).view(np.uint8))  # the bytes in place, not a copy
         return h.digest()
 
     def to_wire(self) -> dict[str, Any]:

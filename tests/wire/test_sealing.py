@@ -25,11 +25,21 @@ def test_only_the_recipient_opens_a_sealed_payload(data: bytes) -> None:
         sealing.unseal(box, ALICE)  # not even the sender
 
 
-def test_tampering_is_detected() -> None:
+@pytest.mark.parametrize("where", [0, sealing.SEALED_KEY_BYTES - 1, sealing.SEALED_KEY_BYTES, -1])
+def test_tampering_is_detected(where: int) -> None:
+    """In the boxed payload key or in the payload itself."""
     box = bytearray(sealing.seal(b"seed=42", pid(BOB)))
-    box[-1] ^= 1
+    box[where] ^= 1
     with pytest.raises(sealing.SealError):
         sealing.unseal(bytes(box), BOB)
+
+
+@pytest.mark.parametrize("size", [0, 1, sealing.SEALED_KEY_BYTES - 1, sealing.SEALED_KEY_BYTES,
+                                  sealing.SEALED_KEY_BYTES + 31])
+def test_a_truncated_payload_is_a_seal_error(size: int) -> None:
+    box = sealing.seal(b"seed=42", pid(BOB))
+    with pytest.raises(sealing.SealError):
+        sealing.unseal(box[:size], BOB)
 
 
 def test_sealing_twice_differs() -> None:  # ephemeral keys: equal plaintexts are not linkable
