@@ -47,9 +47,9 @@ class Output:
     def digest(self) -> bytes:
         h = hashlib.sha256()
         for name in sorted(self.arrays):
-            a = np.ascontiguousarray(self.arrays[name])
+            a = self.arrays[name]  # its own shape: ascontiguousarray makes a 0-d array 1-d
             h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-            h.update(a.reshape(-1).view(np.uint8))  # the bytes in place, not a copy
+            h.update(np.ascontiguousarray(a).data)  # the bytes in place, not a copy
         return h.digest()
 
     def to_wire(self) -> dict[str, Any]:

@@ -395,7 +395,7 @@ class _Prepared:
 
     async def _run(self, make: Callable[[], dict[str, np.ndarray]], done: trio.Event) -> None:
         try:
-            self._value = await trio.to_thread.run_sync(make, abandon_on_cancel=True)
+            self._value = await trio.to_thread.run_sync(make)
         except Exception as exc:  # noqa: BLE001 - a preparation, not the check: it runs again there
             log.info("preparing the check's inputs failed: %s", exc)
         finally:

@@ -116,3 +116,17 @@ def test_seeded_inputs_follow_the_spec() -> None:
     i8 = seeded.int8(np, 1, 0, (200_000,))
     assert i8.min() == -128 and i8.max() == 127
     assert not np.array_equal(seeded.uniform(np, 1, 0, (9,)), seeded.uniform(np, 1, 1, (9,)))
+
+
+@pytest.mark.parametrize("array", [np.arange(12, dtype=np.float32).reshape(3, 4).T, np.zeros((0, 3), np.float32),
+                                   np.array(2.5), np.array([True, False, True]), np.arange(-4, 4, dtype=np.int8)],
+                         ids=["transposed", "empty", "0-d", "bool", "int8"])
+def test_the_digest_is_the_one_the_spec_defines(array: np.ndarray) -> None:
+    """SHA-256 over ``name|dtype|shape|`` and the C-order bytes, for each array in name order."""
+    import hashlib
+
+    out = workloads.Output({"z": array, "a": np.ones(2, np.float32)}, {})
+    h = hashlib.sha256()
+    for name, a in (("a", np.ones(2, np.float32)), ("z", array)):
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode() + np.ascontiguousarray(a).tobytes())
+    assert out.digest == h.digest()

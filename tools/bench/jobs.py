@@ -1,6 +1,7 @@
 """Job benchmarks, each next to a baseline measured in the same run (loopback, one process):
 
-* submit -> verified result, against running the same job on an executor directly;
+* submit -> verified result, against running the same job on an executor directly, with where the
+  time went (award, provider, download, check: the requester's own job events);
 * time to award with 10 bidders, against one raw stream round trip (open a stream, one ping);
 * blob fetch throughput, against one raw libp2p stream and one raw TCP socket moving the same bytes.
 
@@ -40,6 +41,7 @@ async def submit_vs_executor(nodes: list[Any], repeats: int) -> list[dict[str, A
         for workload, params in JOBS:
             await ex.run(workload, params)  # warm-up
             direct, total, kernel = [], [], []
+            phases: dict[str, list[float]] = {k: [] for k in PHASES}
             for i in range(repeats):
                 p = dict(params, seed=i)
                 t0 = time.perf_counter()
@@ -49,10 +51,26 @@ async def submit_vs_executor(nodes: list[Any], repeats: int) -> list[dict[str, A
                 assert rec.state == "done", rec.outcome
                 total.append(rec.ended - rec.started)
                 kernel.append(rec.kernel_ms / 1000)
+                for k, v in _phases(rec.events).items():
+                    phases[k].append(v)
             rows.append({"job": f"{workload} {params}", "executor_ms": 1000 * statistics.median(direct),
                          "submit_ms": 1000 * statistics.median(total),
-                         "ratio": statistics.median(total) / statistics.median(direct)})
+                         "ratio": statistics.median(total) / statistics.median(direct),
+                         "phases_ms": {k: 1000 * statistics.median(v) for k, v in phases.items()}})
     return rows
+
+
+PHASES = ("award", "provider", "download", "check")
+
+
+def _phases(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Where a job's time went, from the requester's own events: request -> award (bids), award ->
+    result (the provider: inputs, run, sealing), result -> downloaded (a blob output), -> done
+    (opening and checking the result)."""
+    t = {e["event"]: e["t"] for e in events}
+    got = t.get("download", t["result"])
+    return {"award": t["award"], "provider": t["result"] - t["award"], "download": got - t["result"],
+            "check": t["done"] - got}
 
 
 async def award_time(nodes: list[Any], repeats: int) -> dict[str, float]:
@@ -165,10 +183,11 @@ def render(r: dict[str, Any], png: Path | None) -> None:
 
     c = Console()
     t = Table(title="Submit → verified result vs the executor alone (same job, same run)")
-    for col in ("job", "executor ms", "submit ms", "× executor"):
+    for col in ("job", "executor ms", "submit ms", "× executor", *(f"{k} ms" for k in PHASES)):
         t.add_column(col, justify="left" if col == "job" else "right")
     for row in r["submit"]:
-        t.add_row(row["job"], f"{row['executor_ms']:.1f}", f"{row['submit_ms']:.1f}", f"{row['ratio']:.2f}")
+        t.add_row(row["job"], f"{row['executor_ms']:.1f}", f"{row['submit_ms']:.1f}", f"{row['ratio']:.2f}",
+                  *(f"{row['phases_ms'][k]:.1f}" for k in PHASES))
     c.print(t)
     a = r["award"]
     c.print(f"award with 10 bidders: {a['award_ms']:.1f} ms, one raw stream round trip {a['stream_rtt_ms']:.2f} ms "
