@@ -57,7 +57,8 @@ class Manifest:
 
 
 def manifest_for(data: bytes, chunk: int = CHUNK) -> Manifest:
-    hashes = tuple(hashlib.sha256(data[i:i + chunk]).digest() for i in range(0, max(len(data), 1), chunk))
+    view = memoryview(data)  # chunks hashed in place, not sliced out
+    hashes = tuple(hashlib.sha256(view[i:i + chunk]).digest() for i in range(0, max(len(data), 1), chunk))
     raw = codec.encode({"size": len(data), "chunk": chunk, "hashes": list(hashes)})
     return Manifest(len(data), chunk, hashes, raw)
 

@@ -48,7 +48,11 @@ async def test_a_broken_stream_resumes_from_the_next_chunk() -> None:
         assert reader.blobs.fetched_bytes == len(DATA)
 
 
-async def test_a_corrupt_chunk_is_rejected_and_its_sender_penalised() -> None:
+@pytest.mark.parametrize(("bad", "then_break"), [(1, False), (5, False), (1, True)],
+                         ids=["mid-blob", "last chunk", "then the stream breaks"])
+async def test_a_corrupt_chunk_is_rejected_and_its_sender_penalised(bad: int, then_break: bool) -> None:
+    """A bad chunk is refused wherever it is (the last one too), and a stream that breaks right
+    after it does not make the reader resume past it."""
     async with swarm(2, line=False) as nodes:
         await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
         holder, reader = nodes[0].node, nodes[1].node
@@ -56,12 +60,15 @@ async def test_a_corrupt_chunk_is_rejected_and_its_sender_penalised() -> None:
         original_send = BlobService._send_chunk
 
         async def corrupting_send(self: BlobService, fs: object, i: int, data: bytes) -> None:
-            if i == 1:
+            if then_break and i == bad + 1:
+                await fs.reset()  # type: ignore[attr-defined]
+                return
+            if i == bad:
                 data = bytes([data[0] ^ 1]) + data[1:]
             await original_send(self, fs, i, data)  # type: ignore[arg-type]
 
         holder.blobs._send_chunk = corrupting_send.__get__(holder.blobs)  # type: ignore[method-assign]
-        with pytest.raises(BlobError, match="chunk 1 does not match"):
+        with pytest.raises(BlobError, match=f"chunk {bad} does not match"):
             await reader.blobs.fetch(holder.identity.peer_id, blob_id)
         assert blob_id not in reader.blobs.store
         assert reader.penalties.score(holder.identity.peer_id, reader._clock()) > 0
