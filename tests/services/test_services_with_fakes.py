@@ -148,6 +148,34 @@ async def test_concurrent_records_share_commits_and_each_waits_for_its_own(tmp_p
         trust.ledger = None
 
 
+async def test_callers_that_record_again_at_once_share_the_next_commit(tmp_path: Path) -> None:
+    """A caller whose entry is durable and that records its next one at once joins the others in
+    the next batch, not a batch of its own: 16 callers x 5 entries in about 5 commits, not twice that."""
+    trust = _trust(tmp_path, Offences(), [])
+    trust.open()
+    assert trust.ledger is not None
+    commits = []
+    real = trust.ledger.append_many
+
+    def counting(items: Any) -> Any:
+        commits.append(len(items))
+        return real(items)
+
+    trust.ledger.append_many = counting  # type: ignore[method-assign]
+    try:
+        async def caller(i: int) -> None:
+            for k in range(5):
+                await trust.record("penalty", {"code": f"c{i}.{k}"}, peer=b"")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(16):
+                nursery.start_soon(caller, i)
+        assert sum(commits) == 80
+        assert len(commits) <= 6, commits
+    finally:
+        trust.close()
+
+
 async def test_bad_reports_cost_the_forwarder_and_banned_forwarders_are_ignored(tmp_path: Path) -> None:
     offences, published = Offences(), []
     trust = _trust(tmp_path, offences, published)
