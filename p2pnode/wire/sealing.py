@@ -4,7 +4,7 @@ A payload is sealed to a peer under the peer's identity key converted from ed255
 (``crypto_sign_ed25519_pk_to_curve25519``), so no key exchange is needed: the peer id is enough. A
 fresh random 32-byte key travels in a NaCl sealed box (X25519 + XSalsa20-Poly1305, 80 bytes) and the
 payload under it with AEGIS-256, which runs at twice XSalsa20-Poly1305's speed here (a 16 MiB result
-sealed in 9 ms instead of 20, opened in 9 instead of 23). In jobs, the requester seals the private
+is sealed or opened in about 10 ms instead of 20-23). In jobs, the requester seals the private
 parameters (the seed, from which the inputs are generated) to the awarded provider, and the provider
 seals the output to the requester; other bidders, relays and caches see ciphertext only.
 """
