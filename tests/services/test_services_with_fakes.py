@@ -113,20 +113,26 @@ async def test_trust_records_folds_and_publishes(tmp_path: Path) -> None:
         trust.close()
 
 
-async def test_concurrent_records_share_commits_and_each_waits_for_its_own(tmp_path: Path) -> None:
-    from p2pnode.ledger.entry import verify_chain
-
-    trust = _trust(tmp_path, Offences(), [])
-    trust.open()
+def _count_commits(trust: Any) -> list[int]:
+    """The size of each batch the ledger commits from now on."""
     assert trust.ledger is not None
-    commits = []
+    commits: list[int] = []
     real = trust.ledger.append_many
 
     def counting(items: Any) -> Any:
         commits.append(len(items))
         return real(items)
 
-    trust.ledger.append_many = counting  # type: ignore[method-assign]
+    trust.ledger.append_many = counting
+    return commits
+
+
+async def test_concurrent_records_share_commits_and_each_waits_for_its_own(tmp_path: Path) -> None:
+    from p2pnode.ledger.entry import verify_chain
+
+    trust = _trust(tmp_path, Offences(), [])
+    trust.open()
+    commits = _count_commits(trust)
     got: dict[int, Any] = {}
     try:
         async def one(i: int) -> None:
@@ -153,15 +159,7 @@ async def test_callers_that_record_again_at_once_share_the_next_commit(tmp_path:
     the next batch, not a batch of its own: 16 callers x 5 entries in about 5 commits, not twice that."""
     trust = _trust(tmp_path, Offences(), [])
     trust.open()
-    assert trust.ledger is not None
-    commits = []
-    real = trust.ledger.append_many
-
-    def counting(items: Any) -> Any:
-        commits.append(len(items))
-        return real(items)
-
-    trust.ledger.append_many = counting  # type: ignore[method-assign]
+    commits = _count_commits(trust)
     try:
         async def caller(i: int) -> None:
             for k in range(5):
