@@ -232,14 +232,18 @@ class JobProvider:
             if len(output) > m.MAX_INLINE_OUTPUT:  # large: fetched by the requester as a blob
                 blob, output = await trio.to_thread.run_sync(self.blobs.store.put, output), b""
             rec.kernel_ms, rec.output = int(r.seconds * 1000), r.output
+            if prov.state is not P.RUNNING:  # cancelled or expired while the result was sealed
+                return
             result = prov.finish(digest=digest, output=output, kernel_ms=int(r.seconds * 1000),
                                  backend=r.backend, blob=blob, now=self.now(), root=root)
             await fs.send(result.encode())
         except (ExecFailure, WorkloadError, BlobUnavailable) as exc:
-            await fs.send(prov.failed(exc.code, str(exc)).encode())
+            if prov.state is P.RUNNING:
+                await fs.send(prov.failed(exc.code, str(exc)).encode())
         except PeerError as exc:  # inputs the requester got wrong: a bad key, a bad blob
             self.penalise(prov.rfb.requester, exc.code)
-            await fs.send(prov.failed(exc.code, str(exc)).encode())
+            if prov.state is P.RUNNING:
+                await fs.send(prov.failed(exc.code, str(exc)).encode())
         rec.state = prov.state.value
 
     async def _fetch_inputs(self, prov: ProviderJob, params: dict[str, Any]) -> dict[str, np.ndarray] | None:

@@ -19,6 +19,30 @@ from p2pnode.wire.capacity_ad import CapacityAd, CpuInfo, Offer
 EPOCH = 1_800_000_000.0
 
 
+def thread_aware_clock(monkeypatch: Any) -> trio.testing.MockClock:
+    """Virtual time that jumps as soon as every task waits, but stands still while real work runs in
+    a worker thread (sealing, opening and checking a result): a task waiting on a thread waits too,
+    and a jump then would age the conversation by a minute while a slow moment of this machine
+    lasts (deadlines passed, providers given up for dead)."""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    run_sync = trio.to_thread.run_sync
+    busy = 0
+
+    async def run_sync_standing_still(*args: Any, **kwargs: Any) -> Any:
+        nonlocal busy
+        busy += 1
+        clock.autojump_threshold = float("inf")
+        try:
+            return await run_sync(*args, **kwargs)
+        finally:
+            busy -= 1
+            if not busy:
+                clock.autojump_threshold = 0
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync_standing_still)
+    return clock
+
+
 def virtual_now() -> float:
     """Unix time that follows trio's clock (a MockClock in these tests)."""
     return EPOCH + trio.current_time()

@@ -34,6 +34,7 @@ from tests.services.fakes import (
     MemoryNet,
     Offences,
     ad_for,
+    thread_aware_clock,
     virtual_now,
 )
 
@@ -41,10 +42,8 @@ RICH = 10**9
 
 
 @pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    # Jump only after 50 ms of real idleness: a check running in a worker thread leaves every task
-    # blocked, and an immediate jump would age the conversation by a minute meanwhile.
-    return trio.testing.MockClock(autojump_threshold=0.05)
+def autojump_clock(monkeypatch: Any) -> trio.testing.MockClock:
+    return thread_aware_clock(monkeypatch)
 
 
 @dataclass
@@ -125,7 +124,7 @@ async def test_a_large_output_travels_as_a_blob_over_the_blob_service(autojump_c
     async with world(1) as w:
         params = {"m": 256, "n": 256, "k": 8, "dtype": "fp32", "seed": 2}  # 256 KiB out
         rec = await w.requester.submit("matmul", params, max_price=RICH, deadline_s=60)
-        assert rec.state == "done" and w.me.blobs.fetched_bytes > 256 * 256 * 4
+        assert rec.state == "done" and w.me.blobs.fetched_bytes > 256 * 256 * 4, rec.outcome
         assert np.allclose(rec.output.arrays["c"], _local("matmul", params).arrays["c"])  # type: ignore[union-attr]
 
 
@@ -180,6 +179,51 @@ async def test_an_unawarded_bid_expires_and_a_late_award_is_an_offence(autojump_
         except Exception:  # noqa: BLE001
             pass
         assert side.executor.calls == []
+
+
+async def test_a_job_cancelled_while_its_result_is_sealed_ends_quietly(
+        autojump_clock: Any, monkeypatch: Any, caplog: Any) -> None:
+    """The requester cancels while the provider seals the finished result (in a worker thread):
+    the provider drops the result and ends the job as cancelled, without an internal error."""
+    import logging
+    import threading
+
+    from p2pnode.wire import codec, sealing
+
+    entered, release = trio.Event(), threading.Event()
+    real_seal = sealing.seal
+
+    def held_seal(data: bytes, recipient: bytes) -> bytes:  # in the provider's worker thread
+        trio.from_thread.run_sync(entered.set)
+        release.wait(30)
+        return real_seal(data, recipient)
+
+    async with world(1) as w:
+        side = w.providers[0]
+        fs = FramedStream(await w.net.streams(w.me.identity.peer_id).open(side.identity.peer_id, JOB_PROTOCOL),
+                          max_frame=m.MAX_MESSAGE)
+        rfb = m.RequestForBids(b"C" * 16, "matmul", {"m": 4, "n": 4, "k": 4}, w.me.identity.peer_id, b"N" * 16,
+                               RICH, int((virtual_now() + 600) * 1000), 0, "", "none")
+        await fs.send(rfb.encode())
+        bid = m.decode(await fs.receive())
+        assert isinstance(bid, m.Bid)
+        monkeypatch.setattr(sealing, "seal", held_seal)
+        await fs.send(m.make_award(rfb.job, w.me.identity.signing_key, requester=w.me.identity.peer_id,
+                                   provider=side.identity.peer_id, nonce=rfb.nonce, price=bid.price,
+                                   deadline_ms=rfb.deadline_ms).encode())
+        await fs.send(m.Inputs(rfb.job, (), real_seal(codec.encode({"seed": 7}), side.identity.peer_id)).encode())
+        await entered.wait()  # the result is being sealed (virtual time stands still meanwhile)
+        with caplog.at_level(logging.INFO):
+            await fs.send(m.Cancel(rfb.job, "changed my mind").encode())
+            for _ in range(10_000):  # no sleeping while the clock stands still: yield until it is taken
+                if side.records[-1].state == P.CANCELLED.value:
+                    break
+                await trio.lowlevel.checkpoint()
+            assert side.records[-1].state == P.CANCELLED.value
+            release.set()
+            await trio.sleep(1)  # (virtual) the provider's handler ends once the seal returns
+        assert side.records[-1].state == P.CANCELLED.value and side.records[-1].outcome == "changed my mind"
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 async def test_the_same_job_id_twice_is_refused_as_a_replay(autojump_clock: Any) -> None:
