@@ -16,6 +16,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -207,9 +208,13 @@ class JobProvider:
     async def _execute(self, fs: FramedStream, prov: ProviderJob, rec: JobRecord, backend: str, timeout: float,
                        running: _Running) -> None:
         """Fetch the inputs, run the job, send the signed result (or a failure)."""
+        async def answer(make: Callable[[], m.Message]) -> None:
+            if prov.state is P.RUNNING:  # not cancelled or expired while the work went on
+                await fs.send(make().encode())
+
         ex = self.executor
         if ex is None:
-            await fs.send(prov.failed("not_providing", "this node runs no executor").encode())
+            await answer(lambda: prov.failed("not_providing", "this node runs no executor"))
             return
         try:
             run_params = {k: v for k, v in prov.params.items() if k != "keys"}
@@ -223,27 +228,25 @@ class JobProvider:
                              on_progress=running.set_progress, timeout=timeout)
             if adv is not None:
                 r = replace(r, output=adv.tamper(rec.workload, run_params, r.output, cheat))
-            root = b""
-            if prov.rfb.verify == "rows":  # commit to every row before anyone picks rows to check
-                root = await trio.to_thread.run_sync(merkle.rows_root, r.output.arrays)
-            output, digest = await trio.to_thread.run_sync(  # off the event loop: ~50 ms for 16 MiB
-                lambda: (sealing.seal(codec.encode(r.output.to_wire()), prov.rfb.requester), r.output.digest))
+            out = r.output
+
+            def package() -> tuple[bytes, bytes, bytes]:  # in a thread: ~50 ms for 16 MiB
+                # a row job commits to every row before anyone picks rows to check
+                root = merkle.rows_root(out.arrays) if prov.rfb.verify == "rows" else b""
+                return root, sealing.seal(codec.encode(out.to_wire()), prov.rfb.requester), out.digest
+
+            root, output, digest = await trio.to_thread.run_sync(package)
             blob = b""
             if len(output) > m.MAX_INLINE_OUTPUT:  # large: fetched by the requester as a blob
                 blob, output = await trio.to_thread.run_sync(self.blobs.store.put, output), b""
-            rec.kernel_ms, rec.output = int(r.seconds * 1000), r.output
-            if prov.state is not P.RUNNING:  # cancelled or expired while the result was sealed
-                return
-            result = prov.finish(digest=digest, output=output, kernel_ms=int(r.seconds * 1000),
-                                 backend=r.backend, blob=blob, now=self.now(), root=root)
-            await fs.send(result.encode())
+            rec.kernel_ms, rec.output = int(r.seconds * 1000), out
+            await answer(lambda: prov.finish(digest=digest, output=output, kernel_ms=int(r.seconds * 1000),
+                                             backend=r.backend, blob=blob, now=self.now(), root=root))
         except (ExecFailure, WorkloadError, BlobUnavailable) as exc:
-            if prov.state is P.RUNNING:
-                await fs.send(prov.failed(exc.code, str(exc)).encode())
+            await answer(partial(prov.failed, exc.code, str(exc)))
         except PeerError as exc:  # inputs the requester got wrong: a bad key, a bad blob
             self.penalise(prov.rfb.requester, exc.code)
-            if prov.state is P.RUNNING:
-                await fs.send(prov.failed(exc.code, str(exc)).encode())
+            await answer(partial(prov.failed, exc.code, str(exc)))
         rec.state = prov.state.value
 
     async def _fetch_inputs(self, prov: ProviderJob, params: dict[str, Any]) -> dict[str, np.ndarray] | None:
