@@ -16,6 +16,10 @@ Selected on a provider with the ``adversary`` config key, ``MODE`` or ``MODE:X``
 * ``flood:R``    -- publishes its capacity ad R times a second, far past what peers accept (honest
   results): the rate limits and bans of capacity gossip are what stop it;
 * ``stall``      -- accepts jobs and never finishes them, while still sending progress.
+* ``poison:N``   -- serves every market sync with N validly signed ads of made-up providers (fresh
+  identities, price 1, 10⁹ GFLOP/s, the longest TTL, all naming one third party's address,
+  :data:`POISON_ADDR`) before its own table: market poisoning. Admission and the requester's
+  choice of whom to ask are what stop it (``specs/capacity-ad.md``, Admission).
 
 The digest is always recomputed over the tampered output, so only a real check catches it.
 """
@@ -32,7 +36,9 @@ import numpy as np
 from p2pnode.errors import ConfigError
 from p2pnode.exec.workloads import TOLERANCE, Output
 
-MODES = ("garbage", "perturb", "replay", "lowprec", "skip", "overclaim", "stall", "flood")
+MODES = ("garbage", "perturb", "replay", "lowprec", "skip", "overclaim", "stall", "flood", "poison")
+POISON_ADDR = "/ip4/127.0.0.1/tcp/9"  # the third party a poisoner's made-up providers point at
+MAX_POISON = 1023
 REL_TOLERANCE = {"infer": 1e-4, "train_step": 1e-4}
 
 
@@ -57,14 +63,16 @@ class Adversary:
         if mode not in MODES:
             raise ConfigError(f"adversary: {mode!r} is not one of {', '.join(MODES)}")
         try:
-            x = float(arg) if arg else {"overclaim": 10.0, "flood": 20.0}.get(mode, 1.0)
+            x = float(arg) if arg else {"overclaim": 10.0, "flood": 20.0, "poison": 1000.0}.get(mode, 1.0)
         except ValueError:
             raise ConfigError(f"adversary: {arg!r} is not a number") from None
         if mode == "overclaim" and x < 1:
             raise ConfigError("adversary overclaim:X needs X >= 1")
         if mode == "flood" and not 0 < x <= 1000:
             raise ConfigError("adversary flood:R needs R ads per second in (0, 1000]")
-        if mode not in ("overclaim", "flood") and not 0 <= x <= 1:
+        if mode == "poison" and not (x == int(x) and 1 <= x <= MAX_POISON):
+            raise ConfigError(f"adversary poison:N needs N made-up providers in [1, {MAX_POISON}]")
+        if mode not in ("overclaim", "flood", "poison") and not 0 <= x <= 1:
             raise ConfigError(f"adversary {mode}:F needs a fraction F in [0, 1]")
         return cls(mode, x, seed)
 
@@ -80,6 +88,12 @@ class Adversary:
     def flood_rate(self) -> float:
         """Ads per second to publish (0: the honest schedule)."""
         return self.x if self.mode == "flood" else 0.0
+
+    def poison(self, now: float) -> list[bytes]:
+        """The made-up providers' ads to serve in a market sync at ``now`` (``poison:N``)."""
+        if self.mode != "poison":
+            return []
+        return poisoned_ads(int(self.x), now, seed=self.seed)
 
     def run_params(self, workload: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """Parameters to actually run with, and whether this job is one to cheat on."""
@@ -151,3 +165,26 @@ class Adversary:
             else:
                 arrays[k] = a
         return Output(arrays, dict(out.extra))
+
+
+def poisoned_ads(n: int, now: float, *, seed: int = 0, addr: str = POISON_ADDR, price: int = 1) -> list[bytes]:
+    """``n`` validly signed capacity ads of made-up providers (identities drawn from ``seed``), as a
+    market poisoner serves them: the cheapest price, the highest speed an ad may claim, the longest
+    life, every workload, all at ``addr``. Fresh each call (``seq`` and times from ``now``)."""
+    from nacl.signing import SigningKey
+
+    from p2pnode.market.pacing import MAX_TTL_S
+    from p2pnode.wire.capacity_ad import MAX_GFLOPS, CapacityAd, CpuInfo, Offer, encode_ad
+    from p2pnode.wire.peer_id import peer_id_from_public_key
+
+    g = random.Random(seed)
+    offers = tuple(Offer(w, "numpy", price, "gflop") for w in ("matmul", "infer", "train_step", "onnx"))
+    out = []
+    for _ in range(n):
+        key = SigningKey(g.randbytes(32))
+        ad = CapacityAd(peer_id=peer_id_from_public_key(bytes(key.verify_key)), seq=int(now * 1000),
+                        issued_at_ms=int(now * 1000), expires_at_ms=int((now + MAX_TTL_S) * 1000),
+                        cpu=CpuInfo("made up", 64, 1 << 40, 1 << 40), offers=offers, addrs=(addr,),
+                        speed=(("matmul_f32_numpy", MAX_GFLOPS), ("matmul_i8_numpy", MAX_GFLOPS)))
+        out.append(encode_ad(ad, key))
+    return out

@@ -90,7 +90,6 @@ class Node:
         self.probe = HardwareProbe(nvml, use_gpu=cfg.use_gpu, gpus=cfg.gpu_indexes, max_gpu_mem=cfg.gpu_memory_cap,
                                    cpu_threads=cfg.cpu_threads)
         self.resources = Resources()
-        self.table = CapacityTable(TableLimits(max_peers=cfg.max_peers))
         self.penalties = PeerPenalties()
         self.metrics = NodeMetrics()
         self.adversary = Adversary.parse(cfg.adversary, seed=int.from_bytes(me[-8:], "big"))
@@ -111,6 +110,8 @@ class Node:
             me=me, key=self.identity.signing_key, ledger_path=cfg.data_dir / FILE_NAME,
             reputation=reputation_for(cfg, me), policy=SamplingPolicy(p_min=cfg.check_rate_min),
             now=self.now, penalise=self.penalise, is_banned=self.is_banned, publish=self._publish)
+        # a provider this node has a ledger history with has a place in its market before strangers
+        self.table = CapacityTable(TableLimits(max_peers=cfg.max_peers), known=self.trust.worked_with)
         self.metrics.watch(credits=lambda: (self.trust.credits.earned, self.trust.credits.spent),
                            gpus=lambda: self.resources.hardware.gpus if self.resources.hardware else ())
         self.peers = PeerPolicy(penalties=self.penalties, now=self.now, metrics=self.metrics,

@@ -7,11 +7,25 @@ Rules, applied in this order by :meth:`CapacityTable.offer` (``specs/capacity-ad
    skew (``future``), nor live longer than the maximum TTL (``ttl_too_long``);
 3. its sequence number must be higher than any seen from that peer (``stale``): this is what
    stops replays, and it is remembered after the ad itself expires;
-4. a new peer needs room in the table (``table_full``);
+4. a new peer needs room in the table (``table_full``), and so does the peer that introduced it
+   (below);
 5. the peer must have rate budget left (``rate_limited``).
 
 An accepted ad replaces the peer's previous one. Entries disappear at their expiry, which is the
 ad's own ``exp`` capped at ``received + max_ttl`` so a peer with a wrong clock cannot pin an entry.
+
+**Admission** (``specs/capacity-ad.md``, Admission): every ad comes ``via`` a peer, its
+*introducer*: the gossip forwarder, or the peer whose market sync held it. What this node has seen
+of a provider (:mod:`p2pnode.market.standing`) decides who keeps a place:
+
+* a provider heard of only through another peer (``UNPROVEN``) takes a place only while its
+  introducer holds fewer than ``source_share`` of the table: one connection cannot fill it;
+* in a full table a newcomer takes the place of, in this order: a provider set aside (asked, and
+  it did not answer), a provider of lower standing, or, among unproven ones, one introduced by the
+  peer with the most entries when that peer holds at least two more than the newcomer's does.
+  Otherwise it is refused (``table_full``). So one attacker's thousand identities, however they
+  arrive, end up with one introducer's share of the unproven places, and a provider this node
+  can reach or has worked with always finds a place.
 
 :meth:`CapacityTable.market_size` counts the providers with a live ad, including those a full table
 had no room for: it is what paces every provider's ads (``market.pacing``).
@@ -19,11 +33,13 @@ had no room for: it is what paces every provider's ads (``market.pacing``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from p2pnode.errors import AdRejected
 from p2pnode.market.pacing import MAX_TTL_S
 from p2pnode.market.rate_limit import TokenBuckets
+from p2pnode.market.standing import PeerStanding, Standing
 from p2pnode.wire.capacity_ad import CapacityAd, SignedAd
 
 
@@ -34,6 +50,11 @@ class TableLimits:
     max_clock_skew_s: float = 30.0
     rate_burst: float = 10.0
     rate_per_s: float = 0.5  # 30 ads a minute sustained per peer
+    source_share: float = 0.25  # most of the table one introducer's unproven providers may hold
+
+    @property
+    def max_per_source(self) -> int:
+        return max(1, int(self.max_peers * self.source_share))
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +66,14 @@ class TableEntry:
 
 
 class CapacityTable:
-    def __init__(self, limits: TableLimits | None = None) -> None:
+    def __init__(self, limits: TableLimits | None = None, known: Callable[[bytes], bool] | None = None) -> None:
+        """``known``: whether this node's ledger has history with a peer (it counts as answered)."""
         self.limits = limits or TableLimits()
+        self.standing = PeerStanding(4 * self.limits.max_peers, known)
         self._entries: dict[bytes, TableEntry] = {}
+        # peer -> the peer that introduced its listing (itself: it came over its own connection)
+        self._source: dict[bytes, bytes] = {}
+        self._per_source: dict[bytes, int] = {}  # introducer -> listed providers it introduced
         # peer -> (highest seq seen, when that memory may be dropped)
         self._high_water: dict[bytes, tuple[int, float]] = {}
         # peer -> when its newest valid ad expires: every provider with a live ad, listed or not
@@ -59,10 +85,11 @@ class CapacityTable:
             max_keys=4 * self.limits.max_peers,
         )
 
-    def offer(self, signed: SignedAd, now: float, *, origin: bytes | None = None,
+    def offer(self, signed: SignedAd, now: float, *, origin: bytes | None = None, via: bytes | None = None,
               max_ttl_s: float | None = None) -> TableEntry:
         """Insert ``signed`` if every rule holds; otherwise raise ``AdRejected`` with its code.
-        ``max_ttl_s``: a TTL limit tighter than the table's (version 1's topic)."""
+        ``via``: the peer it came from (default: the provider itself); ``max_ttl_s``: a TTL limit
+        tighter than the table's (version 1's topic)."""
         ad = signed.ad
         lim = self.limits
         now_ms = now * 1000.0
@@ -78,18 +105,96 @@ class CapacityTable:
         known = self._high_water.get(ad.peer_id)
         if known is not None and ad.seq <= known[0]:
             raise AdRejected(f"sequence {ad.seq} is not newer than {known[0]}", code="stale")
-        if ad.peer_id not in self._entries and len(self._entries) >= lim.max_peers:
-            self._count(ad, now)
-            raise AdRejected("capacity table is full", code="table_full")
-        if not self._rates.take(ad.peer_id, now):
+        peer = ad.peer_id
+        source = peer if via is None else via
+        victim = self._room_for(ad, source, now) if peer not in self._entries else None
+        if not self._rates.take(peer, now):
             raise AdRejected("peer exceeds its ad rate", code="rate_limited")
+        if victim is not None:
+            self.remove(victim)
         expires_at = min(ad.expires_at_ms / 1000.0, now + lim.max_ttl_s)
         entry = TableEntry(ad=ad, raw=signed.raw, received_at=now, expires_at=expires_at)
-        self._entries[ad.peer_id] = entry
+        self._entries[peer] = entry
+        self._introduced(peer, source)
         self._count(ad, now)
         # Remember the sequence for as long as any older ad of this peer could still be valid.
         self._high_water[ad.peer_id] = (ad.seq, now + lim.max_ttl_s + lim.max_clock_skew_s)
         return entry
+
+    def _room_for(self, ad: CapacityAd, source: bytes, now: float) -> bytes | None:
+        """Room for a provider not listed yet: None (there is room) or the entry to evict for it;
+        ``table_full`` when it gets no place (it still counts in the market's size)."""
+        peer = ad.peer_id
+        unproven = source != peer and not self.standing.has_answered(peer)
+        if unproven and self._per_source.get(source, 0) >= self.limits.max_per_source:
+            self._count(ad, now)
+            raise AdRejected("the peer that introduced this provider holds its share of the table already",
+                             code="table_full")
+        if len(self._entries) < self.limits.max_peers:
+            return None
+        victim = self._victim(Standing.UNPROVEN if unproven else self.standing_of(peer, source), source, now)
+        if victim is None:
+            self._count(ad, now)
+            raise AdRejected("capacity table is full", code="table_full")
+        return victim
+
+    def _victim(self, rank: Standing, source: bytes, now: float) -> bytes | None:
+        """The entry a newcomer of standing ``rank`` introduced by ``source`` displaces, if any:
+        one set aside, else one of lower standing (the weakest, from the most prolific introducer,
+        oldest first), else an unproven one of the introducer holding the most unproven entries,
+        when it holds at least two more than ``source``."""
+        best: tuple[int, int, int, float] | None = None
+        victim: bytes | None = None
+        unproven: dict[bytes, int] = {}
+        oldest: dict[bytes, tuple[float, bytes]] = {}
+        for p, e in self._entries.items():
+            s = self.standing_of(p)
+            src = self._source.get(p, p)
+            if s is Standing.UNPROVEN:
+                unproven[src] = unproven.get(src, 0) + 1
+                if src not in oldest or e.received_at < oldest[src][0]:
+                    oldest[src] = (e.received_at, p)
+            if s > rank:
+                continue
+            cls = 0 if self.standing.is_aside(p, now) else 1 if s < rank else 2
+            if cls == 2:
+                continue
+            key = (cls, int(s), -self._per_source.get(src, 0), e.received_at)
+            if best is None or key < best:
+                best, victim = key, p
+        if victim is not None or rank is not Standing.UNPROVEN or not unproven:
+            return victim
+        most = max(unproven, key=lambda src: unproven[src])
+        if unproven[most] >= unproven.get(source, 0) + 2:
+            return oldest[most][1]
+        return None
+
+    def standing_of(self, peer: bytes, source: bytes | None = None) -> Standing:
+        """What this node has seen of ``peer`` (``source``: its introducer, if not listed yet)."""
+        if self.standing.has_answered(peer):
+            return Standing.ANSWERED
+        return Standing.DIRECT if self._source.get(peer, source) == peer else Standing.UNPROVEN
+
+    def source_of(self, peer: bytes) -> bytes | None:
+        return self._source.get(peer)
+
+    def _introduced(self, peer: bytes, source: bytes) -> None:
+        old = self._source.get(peer)
+        if old == source or old == peer:
+            return  # the same introducer, or it came over its own connection before: stays direct
+        if old is None or source == peer:
+            if old is not None:
+                self._uncount(old)
+            self._source[peer] = source
+            if source != peer:
+                self._per_source[source] = self._per_source.get(source, 0) + 1
+
+    def _uncount(self, source: bytes) -> None:
+        left = self._per_source.get(source, 0) - 1
+        if left > 0:
+            self._per_source[source] = left
+        else:
+            self._per_source.pop(source, None)
 
     def _count(self, ad: CapacityAd, now: float) -> None:
         if ad.peer_id in self._live or len(self._live) < self._max_live:
@@ -103,7 +208,7 @@ class CapacityTable:
         """Drop entries whose time is up; return the peers dropped."""
         gone = [p for p, e in self._entries.items() if e.expires_at <= now]
         for p in gone:
-            del self._entries[p]
+            self._forget(p)
         for p in [p for p, until in self._live.items() if until <= now]:
             del self._live[p]
         for p in [p for p, (_, until) in self._high_water.items() if until <= now]:
@@ -112,8 +217,14 @@ class CapacityTable:
         return gone
 
     def remove(self, peer_id: bytes) -> None:
-        self._entries.pop(peer_id, None)
+        self._forget(peer_id)
         self._live.pop(peer_id, None)
+
+    def _forget(self, peer: bytes) -> None:
+        self._entries.pop(peer, None)
+        source = self._source.pop(peer, None)
+        if source is not None and source != peer:
+            self._uncount(source)
 
     def entries(self, now: float) -> list[TableEntry]:
         """Live entries, newest-issued first."""

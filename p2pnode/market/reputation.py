@@ -97,6 +97,12 @@ class Reputation:
     _trust_cache: tuple[int, float, dict[bytes, float]] | None = None
     _version: int = 0
 
+    def worked_with(self, peer: bytes) -> bool:
+        """Whether this node's own history holds good evidence of ``peer`` (work done, paid,
+        checked, calibrated), as opposed to failures and penalties only."""
+        own = self.own.get(peer)
+        return own is not None and own.pos > 0
+
     # evidence -----------------------------------------------------------------------------
     def observe(self, peer: bytes, what: str, now: float) -> None:
         """Record one interaction with ``peer`` (a key of :data:`WEIGHTS`)."""

@@ -5,7 +5,10 @@ the bid window closes or everyone answered; the best bid by :class:`Scorer` wins
 follow at once); progress and the result come back; the shell verifies the result and calls
 ``verified``, which signs the receipt. If the awarded provider fails, cancels, goes quiet for
 longer than the stall timeout, or breaks the protocol, the job is **re-awarded** to the next bid
-that has not expired, with no action from the user. A provider that keeps sending progress but
+that has not expired, with no action from the user. When no acceptable bid is left and the job
+has **reserves** (more candidates, in the requester's order), the next batch of them is asked
+(``Step.ask``) with a fresh bid window, as long as the deadline leaves one: candidates that do not
+answer (unreachable, silent, made up) cost a job a bid window, not the job. A provider that keeps sending progress but
 overruns three times its own estimate (plus a grace period) is treated as failed too. The job deadline ends everything.
 
 Transitions live in ``_TRANSITIONS``. Methods return a :class:`Step`: messages to send and, when a
@@ -43,12 +46,13 @@ TERMINAL = frozenset({R.DONE, R.REJECTED, R.NO_PROVIDER, R.CANCELLED, R.EXPIRED}
 
 _TRANSITIONS: dict[tuple[R, str], frozenset[R]] = {
     (R.COLLECTING, "bid"): frozenset({R.COLLECTING, R.RUNNING, R.NO_PROVIDER}),
-    (R.COLLECTING, "close"): frozenset({R.RUNNING, R.NO_PROVIDER}),
+    (R.COLLECTING, "close"): frozenset({R.COLLECTING, R.RUNNING, R.NO_PROVIDER}),  # collecting: reserves asked
     (R.RUNNING, "progress"): frozenset({R.RUNNING}),
     (R.RUNNING, "result"): frozenset({R.VERIFYING}),
-    (R.RUNNING, "lost"): frozenset({R.RUNNING, R.NO_PROVIDER}),  # failed, cancelled, stalled: re-award
+    # failed, cancelled, stalled: re-award, or ask the reserves
+    (R.RUNNING, "lost"): frozenset({R.RUNNING, R.COLLECTING, R.NO_PROVIDER}),
     (R.VERIFYING, "verified"): frozenset({R.DONE, R.REJECTED}),
-    (R.VERIFYING, "lost"): frozenset({R.RUNNING, R.NO_PROVIDER}),  # its output cannot be fetched
+    (R.VERIFYING, "lost"): frozenset({R.RUNNING, R.COLLECTING, R.NO_PROVIDER}),  # its output cannot be fetched
 }
 for _s in R:
     if _s not in TERMINAL:
@@ -75,6 +79,7 @@ class Scorer:
 class Step:
     send: list[tuple[bytes, m.Message]] = field(default_factory=list)
     violation: tuple[bytes, str] | None = None
+    ask: list[bytes] = field(default_factory=list)  # reserves now asked: the shell opens streams to them
 
 
 @dataclass
@@ -90,6 +95,7 @@ class RequesterJob:
     scorer: Scorer = field(default_factory=Scorer)
     private_params: dict[str, object] = field(default_factory=dict)  # sealed to each awarded provider
     input_blobs: tuple[bytes, ...] = ()  # ids of the (encrypted) input blobs, in input-name order
+    reserves: list[bytes] = field(default_factory=list)  # asked, a batch at a time, when nobody bids
     state: R = R.COLLECTING
     bids: dict[bytes, m.Bid] = field(default_factory=dict)
     declines: dict[bytes, str] = field(default_factory=dict)
@@ -103,11 +109,15 @@ class RequesterJob:
     _window_ends: float = 0.0
     _heard_at: float = 0.0
     _due: float = float("inf")
+    _batch: int = 0
     on_event: Callable[[str, dict[str, object]], None] | None = None
 
     def __post_init__(self) -> None:
         if not self.candidates:
             raise LocalProtocolError("a job needs at least one candidate provider")
+        self.candidates = list(self.candidates)
+        self.reserves = [p for p in dict.fromkeys(self.reserves) if p not in self.candidates]
+        self._batch = len(self.candidates)
         self._window_ends = self.now + self.bid_window_s
 
     @property
@@ -198,6 +208,8 @@ class RequesterJob:
 
     def _close(self, now: float, event: str) -> Step:
         ranked = self._ranked(now)
+        if not ranked and self.reserves and now + self.bid_window_s < self.deadline:
+            return self._ask_reserves(now, event)
         if not ranked:
             self._move(event, R.NO_PROVIDER)
             self.reason = "no acceptable bid" if not self.failed else "every awarded provider failed"
@@ -214,6 +226,16 @@ class RequesterJob:
         self._emit("award", provider=winner, price=bid.price, attempt=len(self.failed) + 1)
         sealed = sealing.seal(codec.encode(self.private_params), winner)
         return Step(send=[(winner, self.award), (winner, m.Inputs(self.job, self.input_blobs, sealed))])
+
+    def _ask_reserves(self, now: float, event: str) -> Step:
+        """No acceptable bid left: ask the next batch of reserves, with a fresh bid window."""
+        self._move(event, R.COLLECTING)
+        batch, self.reserves = self.reserves[:self._batch], self.reserves[self._batch:]
+        self.candidates.extend(batch)
+        self.provider, self.award = None, None
+        self._window_ends = now + self.bid_window_s
+        self._emit("reserves", peers=list(batch))
+        return Step(send=[(p, self.rfb) for p in batch], ask=list(batch))
 
     def _lose(self, peer: bytes, why: str, now: float, *, violation: bool = False) -> Step:
         """The awarded provider is out: re-award to the next live bid, or give up."""

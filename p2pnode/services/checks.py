@@ -37,6 +37,7 @@ import trio
 
 from p2pnode.exec.onnx_workload import take_rows
 from p2pnode.exec.workloads import Output
+from p2pnode.market.selection import hosts
 from p2pnode.services.ports import Judge, Now
 from p2pnode.services.records import JobRecord
 from p2pnode.verify import rows
@@ -66,19 +67,6 @@ class CheckOutcome:
     method: str
     ran: bool = True  # False: no independent checker could run it
     settled: bool = True  # False: checked, disputed and nobody agreed; no verdict on anyone
-
-
-def hosts(ad: Any) -> set[str]:
-    """The IP addresses an ad's multiaddrs name (not a relay's: nodes behind one relay are not
-    one party for that)."""
-    out = set()
-    for a in ad.addrs:
-        if "/p2p-circuit" in a:
-            continue
-        parts = a.split("/")
-        if len(parts) > 2 and parts[1] in ("ip4", "ip6", "dns", "dns4", "dns6"):
-            out.add(parts[2])
-    return out
 
 
 class Checks:

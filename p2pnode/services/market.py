@@ -38,6 +38,7 @@ from p2pnode.identity import Identity
 from p2pnode.market import pacing
 from p2pnode.market.bidding import Capacity
 from p2pnode.market.capacity_table import CapacityTable, TableEntry
+from p2pnode.market.standing import Standing
 from p2pnode.net.framing import FramedStream
 from p2pnode.protocol.limits import StreamLimits
 from p2pnode.services.ports import IsBanned, Now, Penalise, Publish, Streams
@@ -54,6 +55,8 @@ MIN_CHANGE_INTERVAL_S = MIN_AD_INTERVAL_S
 PROBE_INTERVAL_S = 1.0
 MAX_SYNC_ADS = 1024  # ads in one market sync (the table's default size)
 MAX_SYNC_BYTES = MAX_SYNC_ADS * (MAX_AD_BYTES + 8) + 16
+MAX_NEW_PER_SYNC = 128  # providers one sync may add to the table (updates of listed ones: no limit)
+SERVE_UNPROVEN = 256  # unproven providers a sync serves (after those this node has seen itself)
 SYNC_TIMEOUT_S = 10.0
 SYNC_POLL_S = 1.0  # how often new connections are looked for
 SYNC_AGAIN_S = (0.0, 5.0, 20.0)  # delays of the syncs with a newly connected peer (each after the last)
@@ -153,7 +156,7 @@ class MarketService:
             return False
         try:
             signed = decode_ad(msg.data)
-            entry = self.table.offer(signed, now, origin=bytes(msg.from_id), max_ttl_s=max_ttl_s)
+            entry = self.table.offer(signed, now, origin=bytes(msg.from_id), via=fwd, max_ttl_s=max_ttl_s)
         except PeerError as exc:
             if own:
                 log.error("own capacity ad refused (%s): %s", exc.code, exc)
@@ -196,16 +199,28 @@ class MarketService:
         """Serve ``/p2pnode/market/2``: every live ad this node holds, as signed, in one frame."""
         fs = FramedStream(stream, max_frame=MAX_SYNC_BYTES)
         raws: list[bytes] = []
-        size = 16
-        for e in self.table.entries(self.now()):
+        size, unproven = 16, 0
+        if self.adversary is not None and self.adversary.mode == "poison":  # a poisoner: made-up providers first
+            raws = await trio.to_thread.run_sync(self.adversary.poison, self.now())
+            size += sum(len(r) + 8 for r in raws)
+        for e in self._served(self.now()):
             if max_ttl_s is not None and e.ad.expires_at_ms - e.ad.issued_at_ms > max_ttl_s * 1000:
                 continue
+            if self.table.standing_of(e.ad.peer_id) is Standing.UNPROVEN:
+                unproven += 1
+                if unproven > SERVE_UNPROVEN:
+                    break
             if len(raws) >= MAX_SYNC_ADS or size + len(e.raw) + 8 > MAX_SYNC_BYTES:
                 break
             raws.append(e.raw)
             size += len(e.raw) + 8
         await fs.send(codec.encode(raws))
         await fs.close()
+
+    def _served(self, now: float) -> list[TableEntry]:
+        """The table in the order a sync serves it: what this node has seen answer or connect
+        first, newest first within each (unproven ones last, and only ``SERVE_UNPROVEN`` of them)."""
+        return sorted(self.table.entries(now), key=lambda e: -int(self.table.standing_of(e.ad.peer_id)))
 
     async def sync_from(self, peer: bytes) -> int:
         """Take ``peer``'s market: each ad checked as if it came by gossip (signature, freshness,
@@ -223,7 +238,7 @@ class MarketService:
         items = codec.decode(frame, max_size=MAX_SYNC_BYTES)
         if not isinstance(items, list) or len(items) > MAX_SYNC_ADS:
             raise CodecError(f"market sync: expected a list of at most {MAX_SYNC_ADS} ads")
-        now, taken = self.now(), 0
+        now, taken, new = self.now(), 0, 0
         for raw in items:
             try:
                 if self._held(raw):  # most of a sync: syncs repeat, and gossip got there first
@@ -231,8 +246,13 @@ class MarketService:
                 signed = decode_ad(raw)
                 if signed.ad.peer_id == self.identity.peer_id:
                     continue
-                self.table.offer(signed, now, origin=signed.ad.peer_id)
+                fresh = signed.ad.peer_id not in self.table
+                if fresh and new >= MAX_NEW_PER_SYNC:
+                    self._reject("sync_new_cap", None)
+                    continue
+                self.table.offer(signed, now, origin=signed.ad.peer_id, via=peer)
                 taken += 1
+                new += fresh
             except PeerError as exc:
                 if exc.code != "stale":  # already held, newer or the same: the normal case, not a refusal
                     self._reject(exc.code, None if exc.code in SYNC_BENIGN else peer)

@@ -13,10 +13,10 @@ owns its bid scorer and its :class:`~p2pnode.services.checks.Checks`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from p2pnode.errors import LocalError, PeerError
 from p2pnode.exec import workloads
 from p2pnode.exec.workloads import Output
 from p2pnode.identity import Identity
+from p2pnode.market import selection
 from p2pnode.market.capacity_table import CapacityTable
 from p2pnode.market.rate_limit import TokenBuckets
 from p2pnode.market.scoring import ObservedScorer
@@ -48,6 +49,7 @@ OVERDUE_GRACE_S = 10.0
 MAX_LOCKED = 4096
 # A provider sends a bid, a result and progress every wire.job.HEARTBEAT_S: more than this is a flood.
 PROVIDER_BURST, PROVIDER_RATE = 64, 10.0
+RESERVES = 2  # candidates held in reserve, in batches of K, for when the first K do not answer
 
 
 class JobError(LocalError):
@@ -90,36 +92,19 @@ class JobRequester:
         seen = self.scorer.seen.get(peer)
         return seen.latency_ms if seen else 0.0
 
-    def candidates(self, workload: str, need: int, k: int, backend: str) -> list[Any]:
-        """Up to ``k`` ads offering ``workload`` (on ``backend``) with ``need`` bytes free, cheapest per
-        advertised GFLOP/s first; never this node, a banned peer or a distrusted one."""
-        me = self.identity.peer_id
-        out = []
-        for e in self.table.entries(self.now()):
-            ad = e.ad
-            if ad.peer_id == me or self.is_banned(ad.peer_id) or self.judge.distrusted(ad.peer_id):
-                continue
-            offers = [o for o in ad.offers if o.workload == workload and o.unit == "gflop"
-                      and (not backend or o.backend == backend)]
-            if not offers or not ad.addrs:
-                continue
-            free = max([g.memory_free for g in ad.gpus], default=ad.cpu.memory_free)
-            if free < need:
-                continue
-            speed = speed_for(dict(ad.speed), offers[0].backend) or max((v for _, v in ad.speed), default=1.0)
-            cost = offers[0].price / max(speed, 1e-3) * (1.0 + ad.load)
-            # equal costs: this node's own order, so requesters do not all ask the same few providers
-            out.append((cost, hashlib.blake2b(self._salt + ad.peer_id, digest_size=8).digest(), ad))
-        out.sort(key=lambda x: x[:2])
-        ads = [ad for _, _, ad in out]
-        if k < 2 or len(ads) <= k:
-            return ads
-        # K − 1 best, and one more drawn from the rest: every provider is asked now and then (so
-        # newcomers get work, and are calibrated and checked), while the best stay in every auction
+    def candidates(self, workload: str, need: int, k: int, backend: str, reserves: int = 0) -> list[Any]:
+        """Up to ``k`` ads to ask for bids on ``workload`` (on ``backend``) with ``need`` bytes free,
+        then up to ``reserves`` more to ask if those do not answer (``market.selection``); never
+        this node, a banned peer or a distrusted one."""
+        me, now = self.identity.peer_id, self.now()
+        ads = [e.ad for e in self.table.entries(now) if e.ad.peer_id != me and not self.is_banned(e.ad.peer_id)
+               and not self.judge.distrusted(e.ad.peer_id)]
+        aside = partial(self.table.standing.is_aside, now=now)
+        ranked = selection.rank(ads, selection.Want(workload, need, backend), standing=self.table.standing_of,
+                                aside=aside, salt=self._salt, source=self.table.source_of)
         self._draws += 1
-        draw = self._salt + self._draws.to_bytes(8, "big")
-        extra = min(ads[k - 1:], key=lambda ad: hashlib.blake2b(draw + ad.peer_id, digest_size=8).digest())
-        return [*ads[:k - 1], extra]
+        return selection.pick(ranked, k, aside=aside, draw=self._salt + self._draws.to_bytes(8, "big"),
+                              reserves=reserves)
 
     async def submit(self, workload: str, params: dict[str, Any], *, max_price: int, deadline_s: float,
                      k: int = 3, backend: str = "", verify: str = "auto", bid_window_s: float = 2.0,
@@ -141,8 +126,8 @@ class JobRequester:
                            f"up to {max_price} (raise --budget, or lower --max-price)")
         early: list[dict[str, Any]] = []
         if only is None:
-            ads = self.candidates(workload, wl.memory(checked), k, backend)
-            fresh = [ad for ad in ads if self.checks.needs_calibration(ad)]
+            ads = self.candidates(workload, wl.memory(checked), k, backend, reserves=RESERVES * k)
+            fresh = [ad for ad in ads[:k] if self.checks.needs_calibration(ad)]
             if fresh and purpose == "job":
                 def early_event(what: str, data: dict[str, object]) -> None:
                     item = event_item(what, data)
@@ -152,9 +137,10 @@ class JobRequester:
                 async with trio.open_nursery() as nursery:  # all at once: the slowest sets the wait
                     for ad in fresh:
                         nursery.start_soon(self.checks.calibrate, ad, early_event)
-                ads = self.candidates(workload, wl.memory(checked), k, backend)
+                ads = self.candidates(workload, wl.memory(checked), k, backend, reserves=RESERVES * k)
         else:
             ads = [ad for ad in only if ad.peer_id != self.identity.peer_id]
+        first = ads[:k] if only is None else ads
         for ad in ads:
             backends = [o.backend for o in ad.offers if o.workload == workload]
             self.scorer.advertised[ad.peer_id] = (speed_for(dict(ad.speed), backends[0]) if backends else 0.0) \
@@ -185,13 +171,15 @@ class JobRequester:
             if on_event is not None:
                 on_event(item)
 
-        machine = RequesterJob(self.identity.peer_id, self.identity.signing_key, rfb, [a.peer_id for a in ads],
-                               started, bid_window_s=bid_window_s,
+        machine = RequesterJob(self.identity.peer_id, self.identity.signing_key, rfb, [a.peer_id for a in first],
+                               started, reserves=[a.peer_id for a in ads[len(first):]], bid_window_s=bid_window_s,
                                stall_s=max(15.0, 3 * m.HEARTBEAT_S), overdue_grace_s=OVERDUE_GRACE_S, on_event=event, private_params=private,
                                input_blobs=tuple(blob_ids), scorer=self.scorer)
         streams: dict[bytes, FramedStream] = {}
         wake = trio.Event()
-        event("request", {"candidates": [to_base58(a.peer_id) for a in ads], "max_price": max_price})
+        by_peer = {ad.peer_id: ad for ad in ads}
+        answered: set[bytes] = set()
+        event("request", {"candidates": [to_base58(a.peer_id) for a in first], "max_price": max_price})
         if blob_ids:
             event("upload", {"blobs": len(blob_ids), "bytes": sum(int(a.nbytes) for a in arrays.values())})
 
@@ -208,6 +196,8 @@ class JobRequester:
                     await fs.send(msg.encode())
                 except StreamGone:
                     pass
+            for peer in step.ask:  # reserves: nobody acceptable answered the first ones
+                nursery.start_soon(talk, by_peer[peer])
 
         def feed(peer: bytes, msg: m.Message) -> Step:
             step = machine.receive(peer, msg, self.now())
@@ -219,6 +209,7 @@ class JobRequester:
             try:
                 stream = await self.streams.open(peer, JOB_PROTOCOL, ad.addrs)
             except Exception as exc:  # noqa: BLE001 - any dial failure: this provider is out
+                self.table.standing.set_aside(peer, self.now())
                 await carry(feed(peer, m.Decline(job_id, "busy", f"unreachable: {exc}")))
                 return
             fs = streams[peer] = FramedStream(stream, max_frame=m.MAX_MESSAGE, frame_timeout=m.FRAME_TIMEOUT_S)
@@ -239,9 +230,11 @@ class JobRequester:
             try:
                 sent = trio.current_time()
                 await fs.send(rfb.encode())
-                first = await receive()
+                reply = await receive()
                 self.scorer.observe_latency(peer, (trio.current_time() - sent) * 1000)
-                await carry(feed(peer, first))
+                answered.add(peer)
+                self.table.standing.answered(peer, self.now())
+                await carry(feed(peer, reply))
                 while True:
                     await carry(feed(peer, await receive()))
             except StreamGone:
@@ -308,6 +301,9 @@ class JobRequester:
                         await fs.close()
                 rec.state, rec.ended = machine.state.value, self.now()
         rec.state, rec.ended = machine.state.value, self.now()
+        for peer in machine.candidates:  # asked and never answered: set aside for a while
+            if peer not in answered and not self.table.standing.is_aside(peer, self.now()):
+                self.table.standing.set_aside(peer, self.now())
         verdict = rec.outcome  # the check's verdict in full, when a result was checked
         rec.outcome = machine.reason or machine.state.value
         if machine.provider is not None:

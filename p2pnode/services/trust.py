@@ -197,6 +197,9 @@ class TrustService:
     def known(self, peer: bytes) -> bool:
         return peer in self.rep.own
 
+    def worked_with(self, peer: bytes) -> bool:
+        return self.rep.worked_with(peer)
+
     def score(self, peer: bytes) -> float:
         return self.rep.score(peer, self.now()).score
 

@@ -156,3 +156,109 @@ def test_ads_may_live_as_long_as_pacing_stretches_them_and_no_longer() -> None:
     t.offer(make(A, 1, ttl=MAX_TTL_S), NOW)
     assert t.get(make(A, 1).ad.peer_id).expires_at == NOW + MAX_TTL_S  # type: ignore[union-attr]
     assert code_of(t, make(B, 1, ttl=MAX_TTL_S + 1)) == "ttl_too_long"
+
+
+# admission ------------------------------------------------------------------------------------
+ATTACKER, HONEST_FWD = b"attacker-connection", b"honest-forwarder"
+
+
+def keys(n: int, base: int = 0) -> list[SigningKey]:
+    return [SigningKey((base + i).to_bytes(4, "big") * 8) for i in range(n)]
+
+
+def test_one_introducer_cannot_fill_the_table() -> None:
+    t = CapacityTable(TableLimits(max_peers=64))  # one introducer holds at most 16 unproven places
+    taken = 0
+    for key in keys(200, 1000):
+        try:
+            t.offer(make(key, 1), NOW, via=ATTACKER)
+            taken += 1
+        except AdRejected as exc:
+            assert exc.code == "table_full"
+    assert taken == 16 == len(t)
+    # an honest provider arriving later, through anyone, still finds a place
+    honest = make(A, 1)
+    t.offer(honest, NOW + 1, via=HONEST_FWD)
+    assert honest.ad.peer_id in t
+
+
+def test_a_full_table_gives_the_most_prolific_introducers_place_to_a_newcomer_of_another() -> None:
+    t = CapacityTable(TableLimits(max_peers=8, source_share=1.0))
+    sybils = [make(k, 1) for k in keys(8, 2000)]
+    for s in sybils:
+        t.offer(s, NOW, via=ATTACKER)
+    assert len(t) == 8
+    for i, key in enumerate(keys(3, 3000)):  # three honest ones through other peers
+        t.offer(make(key, 1), NOW + 1 + i, via=HONEST_FWD + bytes([i]))
+    assert len(t) == 8
+    listed = {e.ad.peer_id for e in t.entries(NOW + 5)}
+    assert {make(k, 1).ad.peer_id for k in keys(3, 3000)} <= listed
+    # the oldest of the attacker's went first
+    assert sybils[0].ad.peer_id not in listed and sybils[-1].ad.peer_id in listed
+    # the attacker cannot take places back from introducers holding fewer than it
+    assert code_of(t, make(SigningKey(b"\x77" * 32), 1), NOW + 6, via=ATTACKER) == "table_full"
+
+
+def test_direct_and_answered_providers_displace_unproven_ones_and_are_not_displaced() -> None:
+    t = CapacityTable(TableLimits(max_peers=4, source_share=1.0))
+    for key in keys(4, 4000):
+        t.offer(make(key, 1), NOW, via=ATTACKER)
+    direct = make(A, 1)
+    t.offer(direct, NOW + 1)  # came over its own connection
+    assert direct.ad.peer_id in t and len(t) == 4
+    t.standing.answered(make(B, 1).ad.peer_id, NOW)
+    t.offer(make(B, 1), NOW + 2, via=HONEST_FWD)  # answered this node before: proven
+    assert make(B, 1).ad.peer_id in t
+    for key in keys(6, 5000):  # unproven newcomers, however many, do not push them out
+        try:
+            t.offer(make(key, 1), NOW + 3, via=HONEST_FWD)
+        except AdRejected:
+            pass
+    assert direct.ad.peer_id in t and make(B, 1).ad.peer_id in t
+
+
+def test_a_provider_set_aside_is_evicted_first() -> None:
+    t = CapacityTable(TableLimits(max_peers=3, source_share=1.0))
+    ads = [make(k, 1) for k in keys(3, 6000)]
+    for a in ads:
+        t.offer(a, NOW)  # all direct
+    t.standing.set_aside(ads[1].ad.peer_id, NOW)
+    newcomer = make(A, 1)
+    t.offer(newcomer, NOW + 1)
+    assert ads[1].ad.peer_id not in t and newcomer.ad.peer_id in t
+
+
+def test_a_provider_that_comes_over_its_own_connection_stops_counting_against_its_introducer() -> None:
+    t = CapacityTable(TableLimits(max_peers=8))  # 2 unproven places per introducer
+    first, second, third = (make(k, 1) for k in keys(3, 7000))
+    t.offer(first, NOW, via=ATTACKER)
+    t.offer(second, NOW, via=ATTACKER)
+    assert code_of(t, third, NOW, via=ATTACKER) == "table_full"
+    t.offer(make(keys(1, 7000)[0], 2), NOW + 1)  # ``first`` again, from itself
+    assert t.source_of(first.ad.peer_id) == first.ad.peer_id
+    t.offer(third, NOW + 2, via=ATTACKER)
+    assert third.ad.peer_id in t
+
+
+@given(st.lists(st.tuples(st.integers(0, 40), st.sampled_from([ATTACKER, HONEST_FWD, b"x", None])),
+                max_size=120))
+def test_admission_keeps_its_bounds_under_any_arrivals(arrivals: list[tuple[int, bytes | None]]) -> None:
+    limits = TableLimits(max_peers=10)
+    t = CapacityTable(limits)
+    pool = keys(41, 9000)
+    seqs: dict[int, int] = {}
+    for step, (i, via) in enumerate(arrivals):
+        seqs[i] = seqs.get(i, 0) + 1
+        try:
+            t.offer(make(pool[i], seqs[i]), NOW + step, via=via)
+        except AdRejected as exc:
+            assert exc.code in {"table_full", "rate_limited"}
+        assert len(t) <= limits.max_peers
+        per: dict[bytes, int] = {}
+        for e in t.entries(NOW + step):
+            src = t.source_of(e.ad.peer_id)
+            assert src is not None
+            if src != e.ad.peer_id:
+                per[src] = per.get(src, 0) + 1
+        assert all(n <= limits.max_per_source for n in per.values())
+        assert per == t._per_source

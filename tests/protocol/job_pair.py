@@ -28,12 +28,16 @@ class Conversation:
     wire: list[tuple[str, bytes, m.Message]] = field(default_factory=list)  # ("->"/"<-", peer, msg)
 
     @classmethod
-    def make(cls, n: int = 3, *, deadline_s: float = 60.0, max_price: int = 1000, **kw: object) -> Conversation:
+    def make(cls, n: int = 3, *, deadline_s: float = 60.0, max_price: int = 1000, reserve: int = 0,
+             **kw: object) -> Conversation:
+        """``n`` providers, the last ``reserve`` of them held in reserve."""
         key, me = identity(0)
         pks = dict(identity(i)[::-1] for i in range(1, n + 1))
         rfb = m.RequestForBids(b"J" * 16, "matmul", {"m": 8, "n": 8, "k": 8}, me, b"N" * 16, max_price,
                                int((T0 + deadline_s) * 1000), 0, "", "none")
-        return cls(RequesterJob(me, key, rfb, list(pks), T0, **kw), pks)  # type: ignore[arg-type]
+        peers = list(pks)
+        return cls(RequesterJob(me, key, rfb, peers[:n - reserve], T0, reserves=peers[n - reserve:],  # type: ignore[arg-type]
+                                **kw), pks)
 
     def deliver(self, step: Step, now: float) -> None:
         """Carry the requester's messages (encoded and decoded, as on the wire) to providers."""

@@ -70,6 +70,44 @@ def test_no_provider_when_all_fail_or_decline() -> None:
     assert c.requester.state is R.NO_PROVIDER and c.requester.declines == {a: "busy"}
 
 
+def test_reserves_are_asked_when_nobody_acceptable_answers() -> None:
+    c = Conversation.make(6, reserve=4)  # two asked first, then the reserves two at a time
+    r = c.requester
+    c.deliver(r.start(), T0)
+    assert set(c.providers) == set(r.candidates) and len(r.candidates) == 2
+    first = list(r.candidates)
+    c.reply(first[0], c.providers[first[0]].decline("busy", "unreachable"), T0)
+    step = r.tick(T0 + 2.5)  # the other stayed silent through the bid window
+    c.deliver(step, T0 + 2.5)
+    assert r.state is R.COLLECTING and len(step.ask) == 2 and set(step.ask) <= set(c.providers)
+    assert all(isinstance(msg, m.RequestForBids) for _, msg in step.send)
+    late = step.ask[1]
+    c.reply(late, c.providers[late].bid(50, 100, T0 + 30, "numpy"), T0 + 3)
+    c.deliver(r.tick(T0 + 5), T0 + 5)
+    assert r.state is R.RUNNING and r.provider == late
+    assert c.providers[late].state is P.RUNNING
+
+
+def test_reserves_are_asked_when_every_bidder_failed() -> None:
+    c = Conversation.make(3, reserve=2)
+    r = c.requester
+    run_auction(c, [100])
+    only = r.provider
+    step = c.reply(only, c.providers[only].failed("crashed", "gone"), T0 + 1)  # type: ignore[arg-type, index]
+    assert r.state is R.COLLECTING and r.provider is None and len(step.ask) == 1
+    nxt = step.ask[0]
+    c.reply(nxt, c.providers[nxt].bid(100, 100, T0 + 30, "numpy"), T0 + 1.5)
+    assert r.state is R.RUNNING and r.provider == nxt
+
+
+def test_no_reserves_are_asked_without_time_for_a_bid_window() -> None:
+    c = Conversation.make(2, reserve=1, deadline_s=3.0)
+    r = c.requester
+    c.deliver(r.start(), T0)
+    step = r.tick(T0 + 2.0)  # a window of 2 s would end past the deadline
+    assert r.state is R.NO_PROVIDER and not step.ask
+
+
 def test_overpriced_bids_are_refused_and_reported() -> None:
     c = Conversation.make(1, max_price=100)
     c.deliver(c.requester.start(), T0)
@@ -207,10 +245,12 @@ REQUESTER_EVENTS = st.lists(st.tuples(
     st.integers(0, 2), st.floats(0, 20)), max_size=15)
 
 
+@pytest.mark.parametrize("reserve", [0, 2])
 @settings(max_examples=300)
 @given(REQUESTER_EVENTS)
-def test_requester_any_events_valid_or_local_error_and_ends_by_deadline(events: list[tuple[str, int, float]]) -> None:
-    c = Conversation.make(3, deadline_s=60, stall_s=5)
+def test_requester_any_events_valid_or_local_error_and_ends_by_deadline(reserve: int,
+                                                                        events: list[tuple[str, int, float]]) -> None:
+    c = Conversation.make(3, deadline_s=60, stall_s=5, reserve=reserve)
     r = c.requester
     c.deliver(r.start(), T0)
     peers = list(c.provider_keys)

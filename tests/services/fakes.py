@@ -218,4 +218,5 @@ def ad_for(identity: Identity, now: float, *, price: int = 100, gflops: float = 
     return CapacityAd(peer_id=identity.peer_id, seq=1, issued_at_ms=int(now * 1000),
                       expires_at_ms=int((now + life) * 1000), cpu=CpuInfo("test", 2, 8 << 30, 4 << 30),
                       offers=tuple(Offer(w, "numpy", price, "gflop") for w in ("matmul", "infer", "train_step")),
-                      addrs=("/ip4/127.0.0.1/tcp/1",), speed=(("numpy-fp32", gflops),))
+                      addrs=(f"/ip4/127.0.0.1/tcp/{1 + int.from_bytes(identity.peer_id[-2:], 'big')}",),
+                      speed=(("numpy-fp32", gflops),))
