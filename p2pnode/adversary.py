@@ -37,7 +37,7 @@ from p2pnode.errors import ConfigError
 from p2pnode.exec.workloads import TOLERANCE, Output
 
 MODES = ("garbage", "perturb", "replay", "lowprec", "skip", "overclaim", "stall", "flood", "poison")
-POISON_ADDR = "/ip4/127.0.0.1/tcp/9"  # the third party a poisoner's made-up providers point at
+POISON_ADDR = "/ip4/127.0.0.9/tcp/9"  # the third party a poisoner's made-up providers point at
 MAX_POISON = 1023
 REL_TOLERANCE = {"infer": 1e-4, "train_step": 1e-4}
 
@@ -93,7 +93,7 @@ class Adversary:
         """The made-up providers' ads to serve in a market sync at ``now`` (``poison:N``)."""
         if self.mode != "poison":
             return []
-        return poisoned_ads(int(self.x), now, seed=self.seed)
+        return poisoned_ads(int(self.x), now, seed=self.seed, addr=POISON_ADDR)
 
     def run_params(self, workload: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """Parameters to actually run with, and whether this job is one to cheat on."""

@@ -79,7 +79,7 @@ def _addresses(ad: CapacityAd) -> set[str]:
 
 
 def rank(ads: Iterable[CapacityAd], want: Want, *, standing: Callable[[bytes], Standing],
-         aside: Callable[[bytes], bool], salt: bytes,
+         aside: Callable[[CapacityAd], bool], salt: bytes,
          source: Callable[[bytes], bytes | None] = lambda peer: peer) -> list[CapacityAd]:
     """Eligible ads, best first, one per address (steps 1–3). ``source``: a provider's introducer."""
     keyed: list[tuple[tuple[bool, int, float, bytes], CapacityAd]] = []
@@ -87,7 +87,7 @@ def rank(ads: Iterable[CapacityAd], want: Want, *, standing: Callable[[bytes], S
         if eligible(ad, want):
             st = standing(ad.peer_id)
             tie = hashlib.blake2b(salt + ad.peer_id, digest_size=8).digest()
-            keyed.append(((aside(ad.peer_id), -int(st), cost(ad, want, st), tie), ad))
+            keyed.append(((aside(ad), -int(st), cost(ad, want, st), tie), ad))
     keyed.sort(key=lambda x: x[0])
     turns: dict[tuple[bool, object], int] = {}
     ordered: list[tuple[tuple[bool, int, int, float, bytes], CapacityAd]] = []
@@ -111,13 +111,13 @@ def rank(ads: Iterable[CapacityAd], want: Want, *, standing: Callable[[bytes], S
     return out
 
 
-def pick(ranked: Sequence[CapacityAd], k: int, *, aside: Callable[[bytes], bool], draw: bytes,
+def pick(ranked: Sequence[CapacityAd], k: int, *, aside: Callable[[CapacityAd], bool], draw: bytes,
          reserves: int = 0) -> list[CapacityAd]:
     """Step 4: the first ``k`` to ask, then up to ``reserves`` more."""
     ads = list(ranked)
     if k < 2 or len(ads) <= k:
         return ads[:k + reserves]
-    rest = [ad for ad in ads[k - 1:] if not aside(ad.peer_id)]
+    rest = [ad for ad in ads[k - 1:] if not aside(ad)]
     if not rest:
         return ads[:k + reserves]
     extra = min(rest, key=lambda ad: hashlib.blake2b(draw + ad.peer_id, digest_size=8).digest())

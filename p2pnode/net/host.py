@@ -73,14 +73,14 @@ def advertised(listening: Sequence[str], announce: Sequence[str], peer_id: str) 
 def build_host(identity: Identity, listen: Sequence[multiaddr.Multiaddr]) -> Any:
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
-    from libp2p.network.config import ConnectionConfig
+    from libp2p.network.config import ConnectionConfig, RetryConfig
     from libp2p.security.noise.transport import Transport as NoiseTransport
     from libp2p.stream_muxer.yamux.yamux import Yamux
 
     workarounds.batch_yamux_window_updates()
     key_pair = identity.libp2p_keypair()
     noise = NoiseTransport(libp2p_keypair=key_pair, noise_privkey=new_x25519().private_key)
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE: noise},  # type: ignore[dict-item]
         muxer_opt={YAMUX: Yamux},  # type: ignore[dict-item]
@@ -101,6 +101,11 @@ def build_host(identity: Identity, listen: Sequence[multiaddr.Multiaddr]) -> Any
         enable_mDNS=False,
         bootstrap=None,
     )
+    # One attempt per dial (the library makes four by default, 0.1 to 0.4 s apart): whoever dials
+    # decides whether to try again (bootstrap peers are redialed with back-off, a job asks other
+    # providers), and an address a stranger names in an ad costs its owner one connection per dial.
+    host.get_network().retry_config = RetryConfig(max_retries=0)
+    return host
 
 
 async def first_peer(host: Any, settle_s: float) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from p2pnode.identity import Identity
 from p2pnode.market import selection
 from p2pnode.market.capacity_table import CapacityTable
 from p2pnode.market.rate_limit import TokenBuckets
+from p2pnode.market.standing import Standing
 from p2pnode.market.scoring import ObservedScorer
 from p2pnode.net.framing import FramedStream, StreamGone
 from p2pnode.protocol.job_requester import R, RequesterJob, Step
@@ -99,7 +99,12 @@ class JobRequester:
         me, now = self.identity.peer_id, self.now()
         ads = [e.ad for e in self.table.entries(now) if e.ad.peer_id != me and not self.is_banned(e.ad.peer_id)
                and not self.judge.distrusted(e.ad.peer_id)]
-        aside = partial(self.table.standing.is_aside, now=now)
+        standing = self.table.standing
+
+        def aside(ad: Any) -> bool:
+            return standing.is_aside(ad.peer_id, now) or (
+                self.table.standing_of(ad.peer_id) is Standing.UNPROVEN and standing.addresses_dead(ad.addrs, now))
+
         ranked = selection.rank(ads, selection.Want(workload, need, backend), standing=self.table.standing_of,
                                 aside=aside, salt=self._salt, source=self.table.source_of)
         self._draws += 1
@@ -209,7 +214,7 @@ class JobRequester:
             try:
                 stream = await self.streams.open(peer, JOB_PROTOCOL, ad.addrs)
             except Exception as exc:  # noqa: BLE001 - any dial failure: this provider is out
-                self.table.standing.set_aside(peer, self.now())
+                self.table.standing.set_aside(peer, self.now(), ad.addrs)
                 await carry(feed(peer, m.Decline(job_id, "busy", f"unreachable: {exc}")))
                 return
             fs = streams[peer] = FramedStream(stream, max_frame=m.MAX_MESSAGE, frame_timeout=m.FRAME_TIMEOUT_S)

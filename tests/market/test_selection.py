@@ -24,7 +24,7 @@ def ad(i: int, *, price: int = 100, speed: float = 50.0, addr: str | None = None
 def order(ads: list[ca.CapacityAd], standing: dict[bytes, Standing] | None = None,
           source: dict[bytes, bytes] | None = None, aside: set[bytes] | None = None) -> list[ca.CapacityAd]:
     st, src, held = standing or {}, source or {}, aside or set()
-    return rank(ads, WANT, standing=lambda p: st.get(p, Standing.UNPROVEN), aside=lambda p: p in held,
+    return rank(ads, WANT, standing=lambda p: st.get(p, Standing.UNPROVEN), aside=lambda a: a.peer_id in held,
                 salt=b"s", source=lambda p: src.get(p))
 
 
@@ -74,7 +74,7 @@ def test_providers_set_aside_come_last_and_are_not_drawn() -> None:
     ranked = order(ads, aside=held)
     assert ranked[-2:] == ads[:2]
     for n in range(20):
-        picked = pick(ranked, 3, aside=lambda p: p in held, draw=bytes([n]), reserves=2)
+        picked = pick(ranked, 3, aside=lambda a: a.peer_id in held, draw=bytes([n]), reserves=2)
         assert not held & {a.peer_id for a in picked[:3]}
         assert len(picked) == 5 and len({a.peer_id for a in picked}) == 5
 
@@ -90,3 +90,12 @@ def test_set_aside_backs_off_and_an_answer_ends_it() -> None:
     assert s.is_aside(p, NOW + 1)
     s.answered(p, NOW + 2)
     assert not s.is_aside(p, NOW + 3) and s.has_answered(p)
+
+
+def test_a_dead_address_sets_aside_every_provider_that_names_only_it() -> None:
+    s = PeerStanding()
+    s.set_aside(b"sybil-1", NOW, ["/ip4/127.0.0.9/tcp/9"])
+    assert s.addresses_dead(["/ip4/127.0.0.9/tcp/9"], NOW + 1)
+    assert not s.addresses_dead(["/ip4/127.0.0.9/tcp/9", "/ip4/127.0.0.10/tcp/9"], NOW + 1)
+    assert not s.addresses_dead([], NOW + 1)
+    assert not s.addresses_dead(["/ip4/127.0.0.9/tcp/9"], NOW + ASIDE_S + 1)
