@@ -36,10 +36,13 @@ def judge(expect: dict[str, Any], r: dict[str, Any]) -> list[dict[str, Any]]:
             v = r["cheaters"]["award_share_after"]
             below = want["below"] if isinstance(want, dict) else want
             check(name, v is not None and v <= below, v, f"<= {below} after {r['cheaters']['after_jobs']} jobs")
-        elif name == "cheaters_caught":
+        elif name == "cheaters_caught":  # of those that cheated: one that never could is no miss
             c = r["cheaters"]
-            frac = c["caught"] / c["count"] if c["count"] else 1.0
-            check(name, frac >= want, round(frac, 3), f">= {want}")
+            frac = c["caught_of_cheated"] / c["cheated"] if c["cheated"] else 1.0
+            check(name, frac >= want, round(frac, 3), f">= {want} of {c['cheated']} that cheated")
+        elif name == "honest_listed":
+            v = r.get("honest_listed")
+            check(name, v is not None and v >= want, v, f">= {want}")
         elif name == "converged_s":
             v = r["converged_s"]
             check(name, v is not None and v <= want, v, f"<= {want}")
@@ -58,7 +61,7 @@ def print_summary(console: Any, r: dict[str, Any]) -> None:
     console.print(f"[bold]{r['scenario']}[/]: {r['nodes']} nodes; jobs {j['done']}/{j['submitted']} done "
                   f"({j['by_state']}), p50 {j['p50_s']} s, p99 {j['p99_s']} s; wrong results accepted: "
                   f"{j['wrong_accepted']} of {j['judged']} judged; cheaters caught {r['cheaters']['caught']}/"
-                  f"{r['cheaters']['count']}")
+                  f"{r['cheaters']['count']} ({r['cheaters']['cheated']} cheated)")
     for note in r["notes"]:
         console.print(f"  [yellow]note:[/] {note}")
     t = Table(title="expectations")

@@ -17,9 +17,10 @@ a value out of range is a :class:`~p2pnode.errors.ConfigError` naming it.
     checkers = 1                       # providers that volunteer to check
 
     [[adversaries]]
-    kind = "perturb"                   # a cheater kind (adversary.py), "flood", "sybil" or "crash"
+    kind = "perturb"                   # a cheater kind (adversary.py), "flood", "sybil", "poison" or "crash"
     fraction = 0.3                     # of the providers (or: count = 2)
     rate = 0.2                         # the cheater's F, or a flood's ads per second
+    ids = 10                           # sybil: identities of one operator; poison: made-up providers
 
     [[workloads]]
     kind = "matmul"                    # matmul, infer, train_step, or "model" (a trained classifier)
@@ -38,6 +39,10 @@ a value out of range is a :class:`~p2pnode.errors.ConfigError` naming it.
     jobs_done = 0.9                    # fraction of submitted jobs done, at least
     cheater_share = { after = 300, below = 0.02 }   # share of awards won by cheaters after N jobs
     converged_after_heal_s = 30        # every node lists every live provider within this
+    honest_listed = 0.9                # share of the live honest providers (or of its table's places,
+                                       # in a larger market) every honest requester lists at the end
+    cheaters_caught = 1.0              # share of the cheaters that cheated (a wrong result of theirs
+                                       # reached a requester) that some requester distrusts
     job_p99_s = 30                     # 99th percentile of job latency, at most
 """
 
@@ -53,13 +58,13 @@ from typing import Any
 from p2pnode.errors import ConfigError
 
 CHEATER_KINDS = ("garbage", "perturb", "replay", "lowprec", "skip", "overclaim", "stall", "collude")
-ADVERSARY_KINDS = (*CHEATER_KINDS, "flood", "sybil", "crash")
+ADVERSARY_KINDS = (*CHEATER_KINDS, "flood", "sybil", "poison", "crash")
 WORKLOAD_KINDS = ("matmul", "infer", "train_step", "model")
 FAULT_ACTIONS = ("kill", "restart", "partition", "heal", "netem", "clear")
 ROLES = ("providers", "requesters", "checkers", "adversaries", "all", "half")
 MAX_NODES = 10_000
 EXPECTATIONS = {"wrong_results_accepted", "jobs_done", "cheater_share", "converged_after_heal_s", "job_p99_s",
-                "cheaters_caught", "converged_s"}
+                "cheaters_caught", "converged_s", "honest_listed"}
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,7 @@ def parse(data: Mapping[str, Any], path: str = "") -> Scenario:
             max(1, round(_num(a, "fraction", 0, 1, 0.1, where=w) * providers))
         default_rate = {"flood": 20.0, "overclaim": 10.0}.get(kind, 1.0)
         rate = _num(a, "rate", 0, 10_000 if kind in ("flood", "overclaim", "sybil") else 1, default_rate, where=w)
-        ids = _num(a, "ids", 1, 1000, 5 if kind == "sybil" else 1, where=w, integer=True)
+        ids = _num(a, "ids", 1, 1023, {"sybil": 5, "poison": 1000}.get(kind, 1), where=w, integer=True)
         advs.append(Adversary(kind, count, rate, ids))
     loads = []
     for i, wdef in enumerate(data.get("workloads", [])):

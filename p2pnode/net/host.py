@@ -104,7 +104,7 @@ def build_host(identity: Identity, listen: Sequence[multiaddr.Multiaddr]) -> Any
     # One attempt per dial (the library makes four by default, 0.1 to 0.4 s apart): whoever dials
     # decides whether to try again (bootstrap peers are redialed with back-off, a job asks other
     # providers), and an address a stranger names in an ad costs its owner one connection per dial.
-    host.get_network().retry_config = RetryConfig(max_retries=0)
+    host.get_network().retry_config = RetryConfig(max_retries=0)  # type: ignore[attr-defined]
     return host
 
 

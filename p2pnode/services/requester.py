@@ -28,8 +28,8 @@ from p2pnode.identity import Identity
 from p2pnode.market import selection
 from p2pnode.market.capacity_table import CapacityTable
 from p2pnode.market.rate_limit import TokenBuckets
-from p2pnode.market.standing import Standing
 from p2pnode.market.scoring import ObservedScorer
+from p2pnode.market.standing import Standing
 from p2pnode.net.framing import FramedStream, StreamGone
 from p2pnode.protocol.job_requester import R, RequesterJob, Step
 from p2pnode.services.blobs import BlobService

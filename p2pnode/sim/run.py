@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from p2pnode.adversary import poisoned_ads
 from p2pnode.errors import ConfigError
 from p2pnode.market import pacing
 from p2pnode.market.capacity_table import TableLimits
 from p2pnode.outcome import judge, plot, print_summary, quantile, summed
 from p2pnode.scenario import CHEATER_KINDS, Scenario, pick
+from p2pnode.services.market import SYNC_AGAIN_S
 from p2pnode.sim.engine import CLASSES, Impair, Traffic
 from p2pnode.sim.world import EPOCH, HONEST, Ask, Node, World, roles_of
 from p2pnode.verify.sampling import SamplingPolicy
@@ -76,6 +78,8 @@ def build(s: Scenario, *, base_ms: float, bandwidth_bps: float, ad_interval: flo
                 shared = host(len(world.nodes))
                 for _ in range(a.ids):
                     world.add("sybil", shared, rng, speed=speed(), flood=a.rate)
+            elif a.kind == "poison":
+                world.add("poison", host(len(world.nodes)), rng, provides=False, poison=a.ids)
             elif a.kind == "crash":
                 world.add("crash", host(len(world.nodes)), rng, speed=speed())
     requesters = [x for x in world.nodes if x.role == "requester"]
@@ -115,6 +119,7 @@ class SimRun:
         self.notes: list[str] = []
         self.partitioned = False
         self.steady_from: tuple[float, Traffic, int] | None = None  # after convergence: the steady state
+        self.listed: float | None = None
 
     def note(self, what: str, **data: Any) -> None:
         self.events.append({"t": round(self.w.t - self.work_start, 3), "event": what, **data})
@@ -140,6 +145,8 @@ class SimRun:
         return {n.index for n in self.w.nodes if n.provides and n.alive and n.role in HONEST}
 
     def converged(self) -> bool:
+        """Every live honest observer lists every live honest provider, or, in a market larger
+        than its table, has its table full."""
         w = self.w
         want = {w.nodes[i].peer_id for i in self.providers()}
         for o in w.observers:
@@ -148,12 +155,39 @@ class SimRun:
                 continue
             w.drain(node)
             assert node.table is not None
-            if len(node.table) < len(want) - (1 if node.peer_id in want else 0):
-                return False
+            if len(node.table) >= node.table.limits.max_peers:
+                continue
             listed = {e.ad.peer_id for e in node.table.entries(w.now())} | {node.peer_id}
             if not want <= listed:
                 return False
         return True
+
+    def honest_listed(self) -> float | None:
+        """The least share, over the live honest requesters, of the live honest providers each lists
+        (of its table's places, in a market larger than its table)."""
+        w = self.w
+        want = {w.nodes[i].peer_id for i in self.providers()}
+        shares = []
+        for r in roles_of(w.nodes)["requesters"]:
+            node = w.nodes[r]
+            if not node.alive or node.table is None:
+                continue
+            w.drain(node)
+            listed = {e.ad.peer_id for e in node.table.entries(w.now())} & want
+            shares.append(len(listed) / max(1, min(len(want), node.table.limits.max_peers)))
+        return round(min(shares), 4) if shares else None
+
+    def _poison(self, node: Node) -> None:
+        """A poisoner's market sync to every observer (it dials them all, as one does), again 5 and
+        20 s later as nodes sync with a new connection: ``node.poison`` made-up providers each time."""
+        w = self.w
+        if not node.alive:
+            return
+        ads = [decode_ad(raw) for raw in poisoned_ads(node.poison, w.now(), seed=node.index,
+                                                        addr=f"/ip4/{node.host}/tcp/9")]
+        for o in w.observers:
+            if w.nodes[o].role in HONEST:
+                w.sync(w.nodes[o], node, ads)
 
     def wait_converged(self, timeout: float) -> float | None:
         t0 = self.w.t
@@ -275,13 +309,14 @@ class SimRun:
         for node in w.nodes:
             if node.provides:
                 w.engine.after(node.rng.uniform(0.1, 1.0), self._join, node)
+            if node.poison:
+                for delay in SYNC_AGAIN_S:
+                    w.engine.after(node.rng.uniform(0.1, 1.0) + delay, self._poison, node)
         limit = TableLimits().max_peers
-        if len(self.providers()) > limit:  # no table can list them all: say so, wait one ad round
-            self.notes.append(f"{len(self.providers())} providers, but a market table holds at most {limit}: "
-                              "the market cannot converge (each requester sees the first to arrive)")
-            w.engine.run(w.t + 1.5 * w.ad_interval)
-        else:
-            self.converged_s = self.wait_converged(CONVERGE_TIMEOUT_S)
+        if len(self.providers()) > limit:
+            self.notes.append(f"{len(self.providers())} providers, and a market table holds {limit}: converged "
+                              "means every table full (each requester holds its own share of the market)")
+        self.converged_s = self.wait_converged(CONVERGE_TIMEOUT_S)
         self.work_start = w.t
         w.mesh.flush()
         self.steady_from = (w.t, w.net.traffic.copy(), w.ads_published + w.reports_published)
@@ -303,8 +338,9 @@ class SimRun:
         for j in self.jobs:
             if j["state"] == "pending":
                 j.update(state="error", outcome="still running when the run ended")
+        self.listed = self.honest_listed()
         heals = [e["t"] for e in self.events if e["event"] == "heal"]
-        if heals and len(self.providers()) <= TableLimits().max_peers:
+        if heals:
             since = w.t - (self.work_start + heals[-1])
             took = self.wait_converged(CONVERGE_TIMEOUT_S)
             self.heal_converged_s = round(took + since, 3) if took is not None else None
@@ -328,6 +364,8 @@ def summarise(r: SimRun, wall_s: float) -> dict[str, Any]:
     caught: set[str] = set()
     for sample in r.reputation:
         caught |= {str(i) for i in sample["distrusted"]}
+    cheated = {j["provider"] for j in ended if j["provider"] in cheaters
+               and (j["state"] == "rejected" or j["correct"] is False)}
     steady = None
     if r.steady_from is not None and elapsed - r.steady_from[0] > 1.0:
         t0, before, published = r.steady_from
@@ -354,7 +392,9 @@ def summarise(r: SimRun, wall_s: float) -> dict[str, Any]:
                  "award_p50_s": quantile(award_s, 0.5), "award_p99_s": quantile(award_s, 0.99),
                  "declines": summed(j["declines"] for j in ended),
                  "checked": {c: sum(1 for j in done if j["checked"] == c) for c in sorted({j["checked"] for j in done})}},
-        "cheaters": {"count": len(cheaters), "caught": len(cheaters & caught),
+        "honest_listed": r.listed, "third_party_dials": w.third_party_dials,
+        "cheaters": {"count": len(cheaters), "caught": len(cheaters & caught), "cheated": len(cheated),
+                     "caught_of_cheated": len(cheated & caught),
                      "award_share": (sum(1 for j in awards if j["provider"] in cheaters) / len(awards)) if awards else None,
                      "award_share_after": (sum(1 for j in late if j["provider"] in cheaters) / len(late)) if late else None,
                      "after_jobs": after},

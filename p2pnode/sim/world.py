@@ -56,9 +56,10 @@ from p2pnode.protocol.job_requester import R, RequesterJob, Step
 from p2pnode.protocol.penalties import PeerPenalties
 from p2pnode.scenario import CHEATER_KINDS
 from p2pnode.services import checks as checks_mod
+from p2pnode.services.market import MAX_NEW_PER_SYNC
 from p2pnode.services.provider import BID_TTL_S
 from p2pnode.services.records import JobRecords
-from p2pnode.services.requester import OVERDUE_GRACE_S, JobRequester
+from p2pnode.services.requester import OVERDUE_GRACE_S, RESERVES, JobRequester
 from p2pnode.services.trust import TrustService
 from p2pnode.sim.engine import CLASSES, Engine, Mesh, Network
 from p2pnode.telemetry.calibrate import speed_for
@@ -106,6 +107,7 @@ class Node:
     cheat: str = ""
     cheat_rate: float = 0.0
     flood: float = 0.0  # ads a second
+    poison: int = 0  # made-up providers in each market sync it serves (a poisoner)
     provides: bool = True
     checker: bool = False
     alive: bool = True
@@ -118,7 +120,7 @@ class Node:
     jobs: dict[bytes, tuple[Ask, ProviderJob]] = field(default_factory=dict)
     # observers (requesters and a sample of others) hold a market table
     table: CapacityTable | None = None
-    inbox: list[tuple[float, int, SignedAd]] = field(default_factory=list)
+    inbox: list[tuple[float, int, SignedAd, bytes]] = field(default_factory=list)  # (at, n, ad, via)
     rejected: dict[str, int] = field(default_factory=dict)
     # requesters
     trust: TrustService | None = None
@@ -163,6 +165,7 @@ class World:
         self.digests: dict[tuple[str, str], bytes] = {}
         self.violations = 0
         self.propagation: list[float] = []  # seconds from publishing an ad to an observer holding it
+        self.third_party_dials = 0  # requesters' dials of made-up providers (a poisoner's third party)
 
     # time ------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -258,9 +261,17 @@ class World:
         hop = self.net.base_s + self.validate_s + self._mean_delay(origin)
         for o, arrival in self.mesh.arrivals(origin, hop, self.nrng):
             self._n += 1
-            heapq.heappush(self.nodes[o].inbox, (self.t + arrival, self._n, signed))
+            heapq.heappush(self.nodes[o].inbox, (self.t + arrival, self._n, signed, self._via(o, origin)))
             if len(self.propagation) < 200_000:
                 self.propagation.append(arrival)
+
+    def _via(self, o: int, origin: int) -> bytes:
+        """The mesh peer an ad from ``origin`` reaches ``o`` through: the origin itself when it is a
+        mesh peer of ``o``, else one of ``o``'s mesh peers (a fixed one per origin)."""
+        adj = self.mesh.adj[o]
+        if origin in adj or not adj:
+            return self.nodes[origin].peer_id
+        return self.nodes[sorted(adj)[(origin * 7919 + o) % len(adj)]].peer_id
 
     def _mean_delay(self, origin: int) -> float:
         imp = self.net.impair.get(origin)
@@ -288,12 +299,37 @@ class World:
             return
         t = self.t
         while inbox and inbox[0][0] <= t:
-            at, _, signed = heapq.heappop(inbox)
-            node.last_heard[self.by_id[signed.ad.peer_id]] = at
+            at, _, signed, via = heapq.heappop(inbox)
+            if signed.ad.peer_id in self.by_id:
+                node.last_heard[self.by_id[signed.ad.peer_id]] = at
             try:
-                table.offer(signed, EPOCH + at)
+                table.offer(signed, EPOCH + at, via=via)
             except AdRejected as exc:
                 node.rejected[exc.code] = node.rejected.get(exc.code, 0) + 1
+
+    def sync(self, node: Node, server: Node, ads: list[SignedAd]) -> int:
+        """``node`` takes a market sync of ``ads`` from ``server``, as ``MarketService.sync_from``
+        does: at most ``MAX_NEW_PER_SYNC`` providers new to its table, each ad offered via the server."""
+        table = node.table
+        if table is None or not node.alive:
+            return 0
+        self.drain(node)
+        now, new, taken = self.now(), 0, 0
+        for signed in ads:
+            if signed.ad.peer_id == node.peer_id:
+                continue
+            fresh = signed.ad.peer_id not in table
+            if fresh and new >= MAX_NEW_PER_SYNC:
+                node.rejected["sync_new_cap"] = node.rejected.get("sync_new_cap", 0) + 1
+                continue
+            try:
+                table.offer(signed, now, origin=signed.ad.peer_id, via=server.peer_id)
+            except AdRejected as exc:
+                node.rejected[exc.code] = node.rejected.get(exc.code, 0) + 1
+                continue
+            taken += 1
+            new += fresh
+        return taken
 
     def publish_report(self, node: Node, report: rpt.Report) -> None:
         self.reports_published += 1
@@ -496,6 +532,7 @@ class Ask:
         self.kernel_ms = 0
         self.calibrating = 0
         self.asked_at = 0.0
+        self.answered: set[bytes] = set()
 
     # start -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -507,8 +544,8 @@ class Ask:
             self._auction([ad for ad in self.only if ad.peer_id != me.peer_id])
             return
         req = me.requester
-        ads = req.candidates(self.workload, self.wl.memory(self.params), K, "")
-        fresh = [ad for ad in ads if req.checks.needs_calibration(ad)] if self.purpose == "job" else []
+        ads = req.candidates(self.workload, self.wl.memory(self.params), K, "", reserves=RESERVES * K)
+        fresh = [ad for ad in ads[:K] if req.checks.needs_calibration(ad)] if self.purpose == "job" else []
         if not fresh:
             self._auction(ads)
             return
@@ -522,7 +559,8 @@ class Ask:
         if self.calibrating == 0:
             assert self.me.requester is not None
             self.w.drain(self.me)
-            self._auction(self.me.requester.candidates(self.workload, self.wl.memory(self.params), K, ""))
+            self._auction(self.me.requester.candidates(self.workload, self.wl.memory(self.params), K, "",
+                                                       reserves=RESERVES * K))
 
     def _auction(self, ads: list[Any]) -> None:
         w, me = self.w, self.me
@@ -545,18 +583,32 @@ class Ask:
         rfb = m.RequestForBids(me.rng.randbytes(16), self.workload, public, me.peer_id, me.rng.randbytes(16),
                                MAX_PRICE, int((now + (DEADLINE_S if self.purpose == "job" else
                                                       checks_mod.CHECK_DEADLINE_S)) * 1000), 0, "", self.policy)
-        self.machine = RequesterJob(me.peer_id, me.identity.signing_key, rfb, [a.peer_id for a in ads], now,
+        first = ads if self.only is not None else ads[:K]
+        self.machine = RequesterJob(me.peer_id, me.identity.signing_key, rfb, [a.peer_id for a in first], now,
+                                    reserves=[a.peer_id for a in ads[len(first):]],
                                     bid_window_s=BID_WINDOW_S, stall_s=max(15.0, 3 * m.HEARTBEAT_S),
                                     overdue_grace_s=OVERDUE_GRACE_S, scorer=req.scorer,
                                     private_params=private, on_event=self._event)
-        raw = rfb.encode()
         self.asked_at = w.t
-        for ad in ads:
-            p = w.by_id[ad.peer_id]
-            if not w.net.send(me.index, p, len(raw), w.on_rfb, w.nodes[p], self, rfb):
-                self.broken.add(p)
-                self._feed(ad.peer_id, m.Decline(rfb.job, "busy", "unreachable"))
+        self._ask(rfb, [a.peer_id for a in first])
         self._schedule()
+
+    def _ask(self, rfb: m.RequestForBids, peers: list[bytes]) -> None:
+        """Send the request for bids (the shell dials each provider). A made-up provider (a
+        poisoner's) cannot be dialed: its address is a third party's, which counts the dial."""
+        w, me = self.w, self.me
+        raw = rfb.encode()
+        ads = {a.peer_id: a for a in self.ads}
+        for peer in peers:
+            p = w.by_id.get(peer)
+            if p is None:
+                w.third_party_dials += 1
+                assert me.table is not None
+                me.table.standing.set_aside(peer, w.now(), ads[peer].addrs if peer in ads else ())
+                self._feed(peer, m.Decline(rfb.job, "busy", "unreachable"))
+            elif not w.net.send(me.index, p, len(raw), w.on_rfb, w.nodes[p], self, rfb):
+                self.broken.add(p)
+                self._feed(peer, m.Decline(rfb.job, "busy", "unreachable"))
 
     def _event(self, what: str, data: dict[str, object]) -> None:
         self.events.append((self.w.t, what, data))
@@ -570,9 +622,9 @@ class Ask:
         if step.violation is not None:
             w.violations += 1
         for peer, msg in step.send:
-            p = w.by_id[peer]
-            if p in self.broken:
-                continue
+            p = w.by_id.get(peer)
+            if p is None or p in self.broken or isinstance(msg, m.RequestForBids):
+                continue  # requests for bids go out below, dialing each reserve
             extra = self.extra_input_bytes if isinstance(msg, m.Inputs) else 0
             if not w.net.send(self.me.index, p, len(msg.encode()) + extra, w.on_job_msg, w.nodes[p], self, msg):
                 self.broken.add(p)
@@ -582,6 +634,8 @@ class Ask:
                     entry[1].abort("stream lost")
                     w._free(node, entry)
                 w.engine.after(w.net.base_s, self.stream_lost, p)
+        if step.ask and self.machine is not None:
+            self.w.engine.after(0.0, self._ask, self.machine.rfb, list(step.ask))
 
     def _feed(self, peer: bytes, msg: m.Message) -> None:
         if self.machine is None or self.machine.terminal:
@@ -593,7 +647,10 @@ class Ask:
         if not self.me.alive or p in self.broken:
             return
         if isinstance(msg, (m.Bid, m.Decline)) and self.me.requester is not None:
-            self.me.requester.scorer.observe_latency(self.w.nodes[p].peer_id, (self.w.t - self.asked_at) * 1000)
+            peer = self.w.nodes[p].peer_id
+            self.me.requester.scorer.observe_latency(peer, (self.w.t - self.asked_at) * 1000)
+            self.answered.add(peer)
+            self.me.requester.table.standing.answered(peer, self.w.now())
         self._feed(self.w.nodes[p].peer_id, msg)
 
     def stream_lost(self, p: int) -> None:
@@ -611,7 +668,8 @@ class Ask:
         """Node ``i`` died: its streams to us end now (the kernel resets them)."""
         if i == self.me.index:
             if self.machine is not None and not self.machine.terminal:
-                for p in {self.w.by_id[c] for c in self.machine.candidates} - self.broken:
+                asked = {self.w.by_id[c] for c in self.machine.candidates if c in self.w.by_id}
+                for p in asked - self.broken:
                     node = self.w.nodes[p]
                     entry = node.jobs.pop(self.machine.job, None)
                     if entry is not None:
@@ -762,6 +820,10 @@ class Ask:
         if self.state != "pending":
             return
         w, me = self.w, self.me
+        if me.table is not None:  # asked and never answered: set aside for a while
+            for peer in machine.candidates:
+                if peer not in self.answered and not me.table.standing.is_aside(peer, w.now()):
+                    me.table.standing.set_aside(peer, w.now())
         if me.alive and me.ledger is not None:
             for peer, why in machine.failed.items():
                 w.record(me, "failure", {"job": machine.job, "reason": why[:250]}, peer)

@@ -185,7 +185,9 @@ class Launcher:
             started = []
             for spec in batch:  # forked from this thread: the parent-death signal follows it
                 boot = []
-                if ready:
+                if spec.role == "poison":  # a market poisoner connects to every node it can
+                    boot = [n.addr for n in ready]
+                elif ready:
                     boot.append(ready[0].addr)
                     if len(ready) > 1:
                         boot.append(self.rnd.choice(ready[1:]).addr)

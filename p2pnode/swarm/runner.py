@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from p2pnode.errors import ControlError, LocalError
+from p2pnode.market.capacity_table import TableLimits
 from p2pnode.outcome import judge, plot, print_summary, quantile, summed
 from p2pnode.scenario import CHEATER_KINDS, Scenario, pick
 from p2pnode.swarm.launcher import Launcher, NodeSpec, Stopped, stop_on_signals
 from p2pnode.swarm.network import SwarmNetwork, can_isolate
 
 MAX_IN_FLIGHT = 32
+MAX_PEERS = TableLimits().max_peers
 CONVERGE_TIMEOUT_S = 90.0
 SAMPLE_EVERY_S = 2.0
 
@@ -65,6 +67,8 @@ def plan(s: Scenario) -> list[NodeSpec]:
                 shared = address(len(specs))
                 for _ in range(a.ids):
                     add("sybil", ["--adversary", f"flood:{a.rate:g}"], shared)
+            elif a.kind == "poison":  # serves made-up providers in market syncs, dials everyone
+                add("poison", ["--adversary", f"poison:{a.ids}", "--no-provide"])
             elif a.kind == "crash":
                 add("crash", [])
     if s.network is not None:
@@ -208,6 +212,19 @@ def _converged(run: Run) -> bool:
         if market is None or not want <= {e["peer"] for e in market}:
             return False
     return True
+
+
+def _honest_listed(run: Run) -> float | None:
+    """The least share, over the live requesters, of the live honest providers each lists."""
+    want = {run.launcher.nodes[i].peer for i in _providers(run) if run.specs[i].role in HONEST}
+    shares = []
+    for r in run.roles["requesters"]:
+        if not run.launcher.nodes[r].alive:
+            continue
+        market = run.launcher.try_call(r, "market", timeout=5)
+        if market is not None:
+            shares.append(len(want & {e["peer"] for e in market}) / max(1, min(len(want), MAX_PEERS)))
+    return round(min(shares), 4) if shares else None
 
 
 def _converge(run: Run, timeout: float) -> float | None:
@@ -433,6 +450,7 @@ def _summarise(run: Run) -> dict[str, Any]:
     caught = set()
     for sample in run.reputation:
         caught |= {run.launcher.nodes[i].peer for i in sample["distrusted"]}
+    cheated = {j.provider for j in ended if j.provider in cheaters and (j.state == "rejected" or j.correct is False)}
     result = {
         "scenario": s.name, "description": s.description, "nodes": len(run.specs), "completed": bool(run.started),
         "isolated": run.network is not None, "notes": run.notes,
@@ -444,7 +462,9 @@ def _summarise(run: Run) -> dict[str, Any]:
                  "p50_s": quantile(latencies, 0.5), "p99_s": quantile(latencies, 0.99),
                  "declines": summed(j.declines for j in ended),
                  "checked": {c: sum(1 for j in done if j.checked == c) for c in sorted({j.checked for j in done})}},
-        "cheaters": {"count": len(cheaters), "caught": len(cheaters & caught),
+        "honest_listed": _honest_listed(run),
+        "cheaters": {"count": len(cheaters), "caught": len(cheaters & caught), "cheated": len(cheated),
+                     "caught_of_cheated": len(cheated & caught),
                      "award_share": (sum(1 for j in awards if j.provider in cheaters) / len(awards)) if awards else None,
                      "award_share_after": share_late, "after_jobs": after},
         "propagation": _propagation(run),
