@@ -15,6 +15,7 @@ test_stateful.py`` shows how several pure nodes are driven through arbitrary int
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import strategies as st
@@ -263,3 +264,25 @@ def mutated(draw: Any, data: bytes) -> bytes:
 
 # What the network (or a peer in the middle) does with each message it carries.
 peer_behaviours = st.sampled_from(["deliver", "drop", "duplicate", "delay", "reorder", "corrupt", "replay"])
+
+
+@st.composite
+def market_arrivals(draw: Any, max_size: int = 200) -> list[tuple[bytes, bytes]]:
+    """A market as one node receives it, with a sybil operator in it: ``(signed ad, introducer)``
+    pairs, where the made-up providers (the cheapest, the fastest, at one address) come through one
+    introducer and honest providers through several. For properties of admission and choice: honest
+    providers keep places, and a requester asks one made-up provider at most per round."""
+    from p2pnode.adversary import poisoned_ads
+
+    now = draw(st.integers(1_700_000_000, 1_900_000_000))
+    sybils = poisoned_ads(draw(st.integers(0, 64)), now, seed=draw(st.integers(0, 2**16)))
+    honest = []
+    for i in range(draw(st.integers(1, 8))):
+        k = SigningKey(bytes([i + 1]) * 32)
+        ad = draw(capacity_ads(key=k, now_ms=now * 1000))
+        ad = replace(ad, seq=1, expires_at_ms=now * 1000 + 60_000, addrs=(f"/ip4/127.0.1.{i + 1}/tcp/4001",),
+                     offers=(ca.Offer("matmul", "numpy", draw(st.integers(1, 1000)), "gflop"),))
+        honest.append(sign(ad, k))
+    arrivals = [(raw, b"sybil-operator") for raw in sybils]
+    arrivals += [(raw, draw(st.sampled_from([b"peer-a", b"peer-b", b"peer-c"]))) for raw in honest]
+    return draw(st.permutations(arrivals))[:max_size]

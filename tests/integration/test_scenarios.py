@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "tools" / "scenarios"
 SMALL = {  # name: (nodes, seconds of work)
     "baseline": (5, 6), "cheaters": (8, 9), "churn": (6, 9), "partition": (6, 10), "sybil-flood": (8, 6),
-    "terrible-network": (5, 8), "models": (4, 8),
+    "terrible-network": (5, 8), "models": (4, 8), "market-poison": (8, 8),
 }
 # one in-process host; the rest as node processes: kill -9, a network namespace each where root
 # allows, and a flooder that does not share its victims' process
@@ -67,6 +67,8 @@ def test_each_shipped_scenario_holds_its_safety_expectations_small(name: str, tm
         assert r["converged_after_heal_s"] is not None  # the market was whole again after the heal
     if name == "sybil-flood":
         assert r["converged_s"] is not None  # the honest market formed despite the flood
+    if name == "market-poison":  # a thousand made-up providers in every sync: the honest market holds
+        assert r["converged_s"] is not None and r["honest_listed"] == 1.0, r["honest_listed"]
     if r.get("plots"):
         assert all(Path(p).stat().st_size > 10_000 for p in r["plots"])
     if name in IN_PROCESS:

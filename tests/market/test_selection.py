@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+import contextlib
+
+from hypothesis import given, settings
 from nacl.signing import SigningKey
 
+from p2pnode import testing
+from p2pnode.errors import AdRejected
+from p2pnode.market.capacity_table import CapacityTable, TableLimits
 from p2pnode.market.selection import Want, pick, rank
 from p2pnode.market.standing import ASIDE_MAX_S, ASIDE_S, PeerStanding, Standing
 from p2pnode.wire import capacity_ad as ca
@@ -99,3 +105,24 @@ def test_a_dead_address_sets_aside_every_provider_that_names_only_it() -> None:
     assert not s.addresses_dead(["/ip4/127.0.0.9/tcp/9", "/ip4/127.0.0.10/tcp/9"], NOW + 1)
     assert not s.addresses_dead([], NOW + 1)
     assert not s.addresses_dead(["/ip4/127.0.0.9/tcp/9"], NOW + ASIDE_S + 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(testing.market_arrivals())
+def test_a_sybil_operator_in_the_market_leaves_every_honest_provider_listed_and_asked(
+        arrivals: list[tuple[bytes, bytes]]) -> None:
+    table = CapacityTable(TableLimits(max_peers=16))  # one introducer: 4 unproven places at most
+    now = 0.0
+    for raw, via in arrivals:
+        signed = ca.decode_ad(raw)
+        now = signed.ad.issued_at_ms / 1000
+        with contextlib.suppress(AdRejected):
+            table.offer(signed, now, via=via)
+    honest = {ca.decode_ad(raw).ad.peer_id for raw, via in arrivals if via != b"sybil-operator"}
+    listed = {e.ad.peer_id for e in table.entries(now)}
+    assert honest <= listed
+    ranked = rank([e.ad for e in table.entries(now)], WANT, standing=table.standing_of, aside=lambda a: False,
+                  salt=b"s", source=table.source_of)
+    first = ranked[:3]
+    assert sum(a.peer_id not in honest for a in first) <= 1
+    assert {a.peer_id for a in ranked} >= honest
