@@ -102,12 +102,16 @@ async def _read_line(stream: trio.SocketStream) -> dict[str, Any]:
         if len(buf) > MAX_REQUEST:
             raise ControlError("request too large")
     try:
-        request = json.loads(bytes(buf).split(b"\n", 1)[0])
+        request = json.loads(bytes(buf).split(b"\n", 1)[0], parse_constant=_non_finite)
     except ValueError as exc:
         raise ControlError("request is not JSON") from exc
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
         raise ControlError('request must be {"cmd": NAME}')
     return request
+
+
+def _non_finite(name: str) -> Any:
+    raise ControlError(f"request holds {name}: numbers must be finite")
 
 
 async def _reply(stream: trio.SocketStream, obj: dict[str, Any]) -> None:

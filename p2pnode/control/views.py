@@ -15,8 +15,12 @@ from typing import Any
 import trio
 
 from p2pnode import __version__
+from p2pnode.control.requests import MAX_DEADLINE_S, MAX_PRICE, number, text
 from p2pnode.errors import ControlError, unwrap_group
 from p2pnode.ledger.store import FILE_NAME
+
+
+MAX_WAIT_S = 300.0
 
 
 class ControlViews:
@@ -191,8 +195,7 @@ class ControlViews:
         job and blob streams open) falls to ``count`` (0: drained, e.g. before a restart). Scripts and
         tests wait on the node instead of polling it."""
         node = self.node
-        what, count = request.get("what"), request.get("count")
-        timeout = request.get("timeout_s", 30)
+        what = request.get("what")
         views: dict[str, Callable[[], int]] = {"peers": lambda: len(node.host.get_connected_peers()),
                  "market": lambda: len(node.table.entries(node.now())),
                  # ads one can act on: something offered, somewhere to dial
@@ -203,18 +206,20 @@ class ControlViews:
                  "direct": lambda: sum(1 for p in self.peers() if any("/p2p-circuit" not in a for a in p["addrs"])),
                  "busy": lambda: ((node.executor.running if node.executor is not None else 0)
                                   + node.jobs.limits.open() + node.blobs.limits.open())}
-        if what not in views or not isinstance(count, int) or not isinstance(timeout, (int, float)):
+        if what not in views:
             raise ControlError('wait needs {"what": "peers"|"market"|"offers"|"relays"|"public"|"direct"|"shards"|'
-                               '"busy", "count": N, "timeout": S}')
+                               '"busy", "count": N, "timeout_s": S}')
+        count = number(request, "count", lo=0, hi=2**31, integer=True)
+        timeout = number(request, "timeout_s", 30, lo=0, hi=MAX_WAIT_S)
 
         def reached() -> bool:
             value = views[what]()
             return value <= count if what == "busy" else value >= count
 
         try:
-            await node.market.wait_until(reached, timeout=min(float(timeout), 300.0))
+            await node.market.wait_until(reached, timeout=timeout)
         except trio.TooSlowError:
-            raise ControlError(f"{what} did not reach {count} in {timeout} s") from None
+            raise ControlError(f"{what} did not reach {count} in {timeout:g} s") from None
         return {what: views[what]()}
 
     async def _submit(self, request: dict[str, Any], emit: Any) -> Any:
@@ -224,15 +229,16 @@ class ControlViews:
             async for item in recv:
                 await emit(item)
 
-        try:
-            params = dict(request.get("params") or {})
-            inputs = _load_inputs(request.get("input_files") or {})
-            args: dict[str, Any] = dict(max_price=int(request["max_price"]),
-                                        deadline_s=float(request.get("deadline", 60)),
-                                        k=int(request.get("k", 3)), backend=str(request.get("backend", "")),
-                                        verify=str(request.get("verify", "auto")))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ControlError(f"bad submit request: {exc}") from exc
+        params = request.get("params") or {}
+        files = request.get("input_files") or {}
+        if not isinstance(params, dict) or not isinstance(files, dict):
+            raise ControlError("params and input_files must be maps")
+        args: dict[str, Any] = dict(max_price=number(request, "max_price", lo=1, hi=MAX_PRICE, integer=True),
+                                    deadline_s=number(request, "deadline", 60, lo=1e-3, hi=MAX_DEADLINE_S),
+                                    k=number(request, "k", 3, lo=1, hi=64, integer=True),
+                                    backend=text(request, "backend", max_len=32),
+                                    verify=text(request, "verify", "auto", max_len=32))
+        inputs = _load_inputs(files)
         output = str(request.get("output") or "")
         if output and not output.endswith((".npy", ".npz")):
             raise ControlError(f"--output {output}: name a .npy or .npz file")
@@ -240,7 +246,7 @@ class ControlViews:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(forward)
                 try:
-                    rec = await self.node.jobs.submit(str(request.get("workload")), params, inputs=inputs,
+                    rec = await self.node.jobs.submit(text(request, "workload"), dict(params), inputs=inputs,
                                                       on_event=lambda e: _send_nowait(send, e), **args)
                 finally:
                     send.close()
@@ -259,14 +265,13 @@ class ControlViews:
         ``shard_rows`` (0: two shards per provider)."""
         from p2pnode.exec import model_jobs, onnx_model
 
-        try:
-            model_path, input_path = str(request["model"]), str(request["input"])
-            output = str(request.get("output") or "")
-            shard_rows, providers = int(request.get("shard_rows") or 0), int(request.get("providers", 3))
-            max_price, deadline = int(request["max_price"]), float(request.get("deadline", 600))
-            backend = str(request.get("backend", ""))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ControlError(f"bad map request: {exc}") from exc
+        model_path, input_path = text(request, "model"), text(request, "input")
+        output = text(request, "output")
+        shard_rows = number(request, "shard_rows", 0, lo=0, hi=2**31, integer=True)
+        providers = number(request, "providers", 3, lo=1, hi=64, integer=True)
+        max_price = number(request, "max_price", lo=1, hi=MAX_PRICE, integer=True)
+        deadline = number(request, "deadline", 600, lo=1e-3, hi=MAX_DEADLINE_S)
+        backend = text(request, "backend", max_len=32)
         if output and not output.endswith((".npy", ".npz")):
             raise ControlError(f"--output {output}: name a .npy or .npz file")
         blob = await trio.to_thread.run_sync(onnx_model.pack_file, Path(model_path))

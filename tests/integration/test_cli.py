@@ -304,3 +304,28 @@ def test_a_caller_whose_uid_cannot_be_read_is_refused(data_dir: Path, monkeypatc
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_control_requests_with_bad_numbers_are_refused_in_one_line(data_dir: Path) -> None:
+    from p2pnode.control.client import call
+    from p2pnode.errors import ControlError
+
+    bad = [
+        ("wait", {"what": "peers", "count": 1, "timeout_s": float("nan")}, "request holds NaN: numbers must be finite"),
+        ("wait", {"what": "peers", "count": 1, "timeout_s": float("-inf")}, "request holds -Infinity"),
+        ("wait", {"what": "peers", "count": 1, "timeout_s": 1e9}, "timeout_s must be between 0 and 300, not 1e+09"),
+        ("wait", {"what": "peers", "count": 1, "timeout_s": -1}, "timeout_s must be between 0 and 300, not -1"),
+        ("wait", {"what": "peers", "count": "one"}, "count must be a whole number, not 'one'"),
+        ("wait", {"what": "peers", "count": True}, "count must be a whole number, not True"),
+        ("submit", {"workload": "matmul", "max_price": 1e30}, "max_price must be a whole number, not 1e+30"),
+        ("submit", {"workload": "matmul", "max_price": 10, "deadline": 1e300}, "deadline must be between"),
+        ("map", {"model": "m.onnx", "input": "x.npy", "max_price": 10, "providers": 0}, "providers must be between"),
+    ]
+    with running(data_dir, "--no-provide") as node:
+        for cmd, fields, message in bad:
+            with pytest.raises(ControlError) as refused:
+                call(data_dir / "control.sock", cmd, **fields)
+            assert str(refused.value).startswith(message), (cmd, fields)
+        assert node.json("status")["state"] in ("healthy", "issues")  # it goes on answering
+        assert node.stop() == 0
+    assert "Traceback" not in "".join(node.output) and "internal error" not in "".join(node.output)
