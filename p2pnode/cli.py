@@ -421,18 +421,21 @@ def _run(config: Config) -> int:
 
     logs.setup(config.log_level, config.log_format)
 
+    def say(text: str) -> None:
+        logs.say(text, config.log_format)
+
     async def main() -> None:
         node = Node(config)
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(node.run)
-                print(f"p2pnode {__version__} peer {node.peer_id}", flush=True)
+                say(f"p2pnode {__version__} peer {node.peer_id}")
                 for addr in node.addrs():
-                    print(f"listening on {addr}", flush=True)
+                    say(f"listening on {addr}")
                 if node.config.metrics:
-                    print(f"metrics on http://{node.metrics.address}/metrics", flush=True)
+                    say(f"metrics on http://{node.metrics.address}/metrics")
                 async for signum in signals:
-                    print(f"received {signal.Signals(signum).name}, shutting down", flush=True)
+                    say(f"received {signal.Signals(signum).name}, shutting down")
                     nursery.cancel_scope.cancel()
                     break
 

@@ -329,3 +329,32 @@ def test_control_requests_with_bad_numbers_are_refused_in_one_line(data_dir: Pat
         assert node.json("status")["state"] in ("healthy", "issues")  # it goes on answering
         assert node.stop() == 0
     assert "Traceback" not in "".join(node.output) and "internal error" not in "".join(node.output)
+
+
+def test_json_logs_stay_one_object_per_line_through_a_terminals_ctrl_c(data_dir: Path) -> None:
+    """Ctrl-C at a terminal signals the node's whole process group (its workers too): standard
+    output and error together must still be JSON objects, one per line, and no traceback."""
+    proc = subprocess.Popen(
+        [*EXE, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--metrics", "",
+         "--log-format", "json", "--log-level", "info"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
+    assert proc.stdout is not None
+    try:
+        lines = []
+        for line in proc.stdout:  # up to the node's "listening on": its workers are running by then
+            lines.append(line)
+            if "listening on" in line:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        lines += out.splitlines(keepends=True)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    objects = [json.loads(line) for line in lines]  # every line parses
+    messages = [o["msg"] for o in objects]
+    assert any(m.startswith("listening on /ip4/127.0.0.1/") for m in messages)
+    assert "received SIGINT, shutting down" in messages
+    assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in lines)
