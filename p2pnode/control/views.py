@@ -15,10 +15,10 @@ from typing import Any
 import trio
 
 from p2pnode import __version__
-from p2pnode.control.requests import MAX_DEADLINE_S, MAX_PRICE, number, text
-from p2pnode.errors import ControlError, unwrap_group
+from p2pnode.control import work
+from p2pnode.control.requests import number
+from p2pnode.errors import ControlError
 from p2pnode.ledger.store import FILE_NAME
-
 
 MAX_WAIT_S = 300.0
 
@@ -180,11 +180,13 @@ class ControlViews:
         if cmd == "wait":
             return await self._wait(request)
         if cmd == "submit" and request.get("model"):
-            return await self._map(dict(request, providers=1), emit, single=True)
+            return await work.run_map(node.maps, dict(request, providers=1), emit, single=True)
         if cmd == "submit":
-            return await self._submit(request, emit)
+            return await work.submit_job(node.jobs, request, emit)
         if cmd == "map":
-            return await self._map(request, emit)
+            return await work.run_map(node.maps, request, emit)
+        if cmd == "cancel":
+            return await work.cancel([node.maps.runs, node.jobs.runs], request)
         raise ControlError(f"unknown command {cmd!r}")
 
     async def _wait(self, request: dict[str, Any]) -> Any:
@@ -209,8 +211,8 @@ class ControlViews:
         if what not in views:
             raise ControlError('wait needs {"what": "peers"|"market"|"offers"|"relays"|"public"|"direct"|"shards"|'
                                '"busy", "count": N, "timeout_s": S}')
-        count = number(request, "count", lo=0, hi=2**31, integer=True)
-        timeout = number(request, "timeout_s", 30, lo=0, hi=MAX_WAIT_S)
+        count: int = number(request, "count", lo=0, hi=2**31, integer=True)
+        timeout: float = number(request, "timeout_s", 30, lo=0, hi=MAX_WAIT_S)
 
         def reached() -> bool:
             value = views[what]()
@@ -221,141 +223,6 @@ class ControlViews:
         except trio.TooSlowError:
             raise ControlError(f"{what} did not reach {count} in {timeout:g} s") from None
         return {what: views[what]()}
-
-    async def _submit(self, request: dict[str, Any], emit: Any) -> Any:
-        send, recv = trio.open_memory_channel[dict[str, Any]](256)
-
-        async def forward() -> None:
-            async for item in recv:
-                await emit(item)
-
-        params = request.get("params") or {}
-        files = request.get("input_files") or {}
-        if not isinstance(params, dict) or not isinstance(files, dict):
-            raise ControlError("params and input_files must be maps")
-        args: dict[str, Any] = dict(max_price=number(request, "max_price", lo=1, hi=MAX_PRICE, integer=True),
-                                    deadline_s=number(request, "deadline", 60, lo=1e-3, hi=MAX_DEADLINE_S),
-                                    k=number(request, "k", 3, lo=1, hi=64, integer=True),
-                                    backend=text(request, "backend", max_len=32),
-                                    verify=text(request, "verify", "auto", max_len=32))
-        inputs = _load_inputs(files)
-        output = str(request.get("output") or "")
-        if output and not output.endswith((".npy", ".npz")):
-            raise ControlError(f"--output {output}: name a .npy or .npz file")
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(forward)
-                try:
-                    rec = await self.node.jobs.submit(text(request, "workload"), dict(params), inputs=inputs,
-                                                      on_event=lambda e: _send_nowait(send, e), **args)
-                finally:
-                    send.close()
-        except BaseExceptionGroup as group:
-            raise unwrap_group(group) from None
-        out = rec.to_json()
-        output = str(request.get("output") or "")
-        if output and rec.state == "done" and rec.output is not None:
-            arrays = dict(rec.output.arrays)
-            out["saved"] = await trio.to_thread.run_sync(_save_outputs, output, arrays, sorted(arrays))
-        return out
-
-
-    async def _map(self, request: dict[str, Any], emit: Any, *, single: bool = False) -> Any:
-        """A model over a dataset, outputs saved to ``output``: one job (``single``), or shards of
-        ``shard_rows`` (0: two shards per provider)."""
-        from p2pnode.exec import model_jobs, onnx_model
-
-        model_path, input_path = text(request, "model"), text(request, "input")
-        output = text(request, "output")
-        shard_rows = number(request, "shard_rows", 0, lo=0, hi=2**31, integer=True)
-        providers = number(request, "providers", 3, lo=1, hi=64, integer=True)
-        max_price = number(request, "max_price", lo=1, hi=MAX_PRICE, integer=True)
-        deadline = number(request, "deadline", 600, lo=1e-3, hi=MAX_DEADLINE_S)
-        backend = text(request, "backend", max_len=32)
-        if output and not output.endswith((".npy", ".npz")):
-            raise ControlError(f"--output {output}: name a .npy or .npz file")
-        blob = await trio.to_thread.run_sync(onnx_model.pack_file, Path(model_path))
-        arrays = await trio.to_thread.run_sync(_load_dataset, input_path)
-        job = await trio.to_thread.run_sync(model_jobs.prepare, blob, arrays)
-        if single:
-            shard_rows = job.rows
-        elif shard_rows <= 0:
-            shard_rows = max(1, -(-job.rows // (2 * max(1, providers))))
-        send, recv = trio.open_memory_channel[dict[str, Any]](256)
-
-        async def forward() -> None:
-            async for item in recv:
-                await emit(item)
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(forward)
-                try:
-                    result = await self.node.maps.run(job, shard_rows=shard_rows, providers=providers,
-                                                      max_price=max_price, deadline_s=deadline, backend=backend,
-                                                      on_event=lambda e: _send_nowait(send, e))
-                finally:
-                    send.close()
-        except BaseExceptionGroup as group:
-            raise unwrap_group(group) from None
-        summary = result.summary()
-        summary["model"] = {"inputs": [s.name for s in job.info.inputs], "outputs": [s.name for s in job.info.outputs],
-                            "row_independent": job.row_independent, "gflop": round(job.gflop(), 6)}
-        if output:
-            summary["saved"] = await trio.to_thread.run_sync(_save_outputs, output, result.outputs,
-                                                              [s.name for s in job.info.outputs])
-        return summary
-
-
-def _load_dataset(path: str) -> dict[str, Any]:
-    """A ``.npy`` (one unnamed array, memory-mapped) or ``.npz`` (named arrays); no pickles."""
-    import numpy as np
-
-    try:
-        if path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        return {"": np.load(path, allow_pickle=False, mmap_mode="r")}
-    except (OSError, ValueError) as exc:
-        raise ControlError(f"cannot read the dataset {path}: {exc}") from exc
-
-
-def _save_outputs(path: str, outputs: dict[str, Any], order: list[str]) -> dict[str, Any]:
-    """All outputs into a ``.npz``; into a ``.npy`` the model's first output (the others named)."""
-    import numpy as np
-
-    try:
-        if path.endswith(".npz"):
-            np.savez(path, **outputs)
-            return {"path": path, "outputs": order, "skipped": []}
-        first = order[0]
-        np.save(path, outputs[first], allow_pickle=False)
-        return {"path": path, "outputs": [first], "skipped": order[1:]}
-    except OSError as exc:
-        raise ControlError(f"cannot write {path}: {exc.strerror}") from exc
-
-
-def _send_nowait(send: trio.MemorySendChannel[dict[str, Any]], item: dict[str, Any]) -> None:
-    try:
-        send.send_nowait(item)
-    except (trio.WouldBlock, trio.ClosedResourceError):
-        pass  # a slow CLI misses a progress line, never the result
-
-
-def _load_inputs(files: dict[str, str]) -> dict[str, Any] | None:
-    """Input arrays named on the command line: .npy files (no pickles) readable by this node."""
-    if not files:
-        return None
-    import numpy as np
-
-    out = {}
-    for name, path in files.items():
-        try:
-            out[str(name)] = np.load(str(path), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ControlError(f"input {name}: cannot read {path}: {exc}") from exc
-    return out
-
 
 DISK_FREE_MIN = 1 << 30  # below this free on the data dir's file system: a problem
 LEDGER_MAX = 4 << 30  # a ledger file past this: a problem (export and start a new data dir)
