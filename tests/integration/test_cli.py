@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -358,3 +359,113 @@ def test_json_logs_stay_one_object_per_line_through_a_terminals_ctrl_c(data_dir:
     assert any(m.startswith("listening on /ip4/127.0.0.1/") for m in messages)
     assert "received SIGINT, shutting down" in messages
     assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in lines)
+
+
+LIVE = ("starting", "collecting", "running", "verifying")  # a requester's job that has not ended
+
+
+def _requester_and_provider(data_dir: Path) -> tuple[NodeProcess, NodeProcess]:
+    from p2pnode.control.client import call
+
+    provider = NodeProcess(Path(f"{data_dir}-p"))
+    requester = NodeProcess(data_dir, "--no-provide", "--bootstrap", provider.addrs[0])
+    call(data_dir / "control.sock", "wait", timeout=40, what="offers", count=1, timeout_s=30)
+    return requester, provider
+
+
+def _stop_all(*nodes: NodeProcess) -> None:
+    import shutil
+
+    for node in nodes:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+        if node.data_dir.name.endswith("-p"):
+            shutil.rmtree(node.data_dir, ignore_errors=True)
+
+
+def test_ctrl_c_stops_a_map_in_the_node_says_what_it_paid_and_one_map_runs_once(data_dir: Path) -> None:
+    """Ctrl-C on `submit map` cancels the map inside the node (its jobs at the provider too) and the
+    client prints what was paid; a second run of the same map meanwhile is refused in one line;
+    `p2pnode cancel` stops a rerun the same way, which then resumes the kept shards."""
+    import numpy as np
+
+    from p2pnode import models
+    from p2pnode.control.client import call
+    from p2pnode.exec import model_jobs, onnx_model
+
+    rows, shard = 2400, 40  # 60 shards: the map is still running when the client is stopped
+    job = model_jobs.prepare(models.cnn(channels=16), {"": models.images(rows, seed=4)})
+    raw, _ = onnx_model.unpack(job.blob)
+    (data_dir / "m.onnx").write_bytes(raw)
+    np.save(data_dir / "x.npy", job.arrays["image"])
+    submit = [*EXE, "submit", "map", "--model", str(data_dir / "m.onnx"), "--input", str(data_dir / "x.npy"),
+              "--output", str(data_dir / "out.npy"), "--shard-rows", str(shard), "--providers", "1",
+              "--data-dir", str(data_dir)]
+    requester, provider = _requester_and_provider(data_dir)
+    sock = data_dir / "control.sock"
+    try:
+        first = subprocess.Popen(submit, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        call(sock, "wait", timeout=70, what="shards", count=2, timeout_s=60)
+        second = subprocess.run(submit, capture_output=True, text=True, env=ENV, timeout=60)
+        assert second.returncode == 1
+        assert re.fullmatch(r"p2pnode: error: map (\w+) is already running, started \d+ s ago: wait for it, or stop "
+                            r"it with `p2pnode cancel \1`\n", second.stderr), second.stderr
+        assert first.poll() is None
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 130, err
+        stopped = re.search(r"p2pnode: stopped: map (\w+) cancelled \(its client went away\): (\d+) of 60 shards "
+                            r"done and kept, paid (\d+) µcr \(job \d+\); the same command resumes it", err)
+        assert stopped, err
+        map_id, kept, paid = stopped.group(1), int(stopped.group(2)), int(stopped.group(3))
+        assert 2 <= kept < 60
+        jobs = requester.json("jobs")
+        (the_map,) = [j for j in jobs if j["workload"] == "map"]
+        assert the_map["job"] == map_id and the_map["state"] == "cancelled" and the_map["price"] == paid
+        assert not [j for j in jobs if j["state"] in LIVE], jobs  # no job of the map left running here
+        shards = [j for j in jobs if j["workload"] == "onnx" and j["state"] == "done"]
+        assert paid == sum(j["price"] for j in shards) > 0 and len(shards) >= kept
+        call(provider.data_dir / "control.sock", "wait", timeout=40, what="busy", count=0, timeout_s=30)
+        # `p2pnode cancel` stops a rerun, which resumed the kept shards
+        third = subprocess.Popen([*submit, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=ENV)
+        call(sock, "wait", timeout=70, what="shards", count=kept + 2, timeout_s=60)
+        cancelled = requester.cli("cancel", map_id[:8])
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert re.fullmatch(rf"cancelled: map {map_id}; paid \d+ µcr \(job \d+\)\n", cancelled.stdout), cancelled.stdout
+        _, err = third.communicate(timeout=60)
+        assert third.returncode == 1 and f"map {map_id} cancelled (by p2pnode cancel)" in err, err
+        assert requester.cli("cancel", map_id[:8]).stderr.startswith("p2pnode: error: nothing running has an id")
+        assert "Traceback" not in "".join(requester.output + provider.output)
+    finally:
+        _stop_all(requester, provider)
+
+
+def test_a_client_that_goes_away_cancels_its_job_at_the_provider(data_dir: Path) -> None:
+    """`submit WORKLOAD` stopped by Ctrl-C while its provider computes: the job is cancelled there."""
+    requester, provider = _requester_and_provider(data_dir)
+    try:
+        client = subprocess.Popen([*EXE, "submit", "train_step", "-p", "steps=1000", "-p", "batch=1024", "-p", "d_in=256",
+                                   "-p", "d_hidden=640", "--deadline", "300", "--max-price", str(10**9),
+                                   "--data-dir", str(data_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=ENV)
+        assert client.stdout is not None
+        for line in client.stdout:  # the human output, as it comes
+            if "award to" in line:
+                break
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=60)
+        assert client.returncode == 130
+        # what it paid: the calibration of the provider, met for the first time (the job itself: nothing)
+        assert re.search(r"p2pnode: stopped: job \w{16} cancelled: its client went away; paid \d+ µcr "
+                         r"\(calibration \d+\)\n", err), err
+        (job,) = [j for j in requester.json("jobs") if j["workload"] == "train_step"]
+        assert job["state"] == "cancelled" and job["outcome"] == "cancelled: its client went away"
+        from p2pnode.control.client import call
+
+        call(provider.data_dir / "control.sock", "wait", timeout=40, what="busy", count=0, timeout_s=30)
+        (done,) = [j for j in provider.json("jobs") if j["job"] == job["job"]]
+        assert done["state"] == "cancelled"
+    finally:
+        _stop_all(requester, provider)
