@@ -469,3 +469,23 @@ def test_a_client_that_goes_away_cancels_its_job_at_the_provider(data_dir: Path)
         assert done["state"] == "cancelled"
     finally:
         _stop_all(requester, provider)
+
+
+@pytest.mark.parametrize(("args", "status", "message"), [
+    (["submit", "matmul", "--max-price", "0"], 2,
+     "argument --max-price: 0: a job pays at least 1 µcr (every provider charges at least 1 for a job)"),
+    (["submit", "matmul", "-p", "m=4", "-p", "n=4", "-p", "k=4", "-o", "/nonexistent-dir/c.npy"], 1, "--output /nonexistent-dir/c.npy: the folder "
+                                                              "/nonexistent-dir does not exist"),
+    (["submit", "map", "--model", "m.onnx", "--input", "x.npy", "-o", "/nonexistent-dir/y.npy"], 1,
+     "the folder /nonexistent-dir does not exist"),
+    (["submit", "infer", "--model", "m.onnx", "--input", "x.npy", "--verify", "freivalds"], 1,
+     "--verify freivalds checks matrix products (matmul) only"),
+])
+def test_bad_submit_options_are_refused_before_anything_is_sent(data_dir: Path, args: list[str], status: int,
+                                                                 message: str) -> None:
+    """No node runs here: each is refused by the command itself, before it would ask one."""
+    out = subprocess.run([*EXE, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, env=ENV,
+                         timeout=60, cwd=data_dir)
+    assert out.returncode == status
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("p2pnode: error:") and message in lines[0], out.stderr
