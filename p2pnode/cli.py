@@ -494,9 +494,7 @@ def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int
     the files (same user) and writes the output."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from p2pnode import ui
-
-    from p2pnode import model_io
+    from p2pnode import model_io, ui
 
     if args.workload not in ("infer", "map"):
         raise LocalError(f"--model goes with infer or map, not {args.workload}")

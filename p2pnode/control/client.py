@@ -14,7 +14,7 @@ import socket
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Self
 
 from p2pnode.errors import ControlError
 
@@ -76,7 +76,7 @@ class _StopOnCtrlC:
         self.stopped = False
         self._old: Any = None
 
-    def __enter__(self) -> _StopOnCtrlC:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._on_sigint)
         return self

@@ -137,9 +137,9 @@ class JobRequester:
         provider is told at once, and the record says ``cancelled``. Its record's ``paid`` holds
         what it cost in all: its price, its checks, the calibration of providers met for it."""
         job_id = os.urandom(16)
-        kw: dict[str, Any] = dict(max_price=max_price, deadline_s=deadline_s, k=k, backend=backend, verify=verify,
-                                  bid_window_s=bid_window_s, on_event=on_event, inputs=inputs, only=only,
-                                  purpose=purpose)
+        kw: dict[str, Any] = {"max_price": max_price, "deadline_s": deadline_s, "k": k, "backend": backend,
+                              "verify": verify, "bid_window_s": bid_window_s, "on_event": on_event, "inputs": inputs,
+                              "only": only, "purpose": purpose}
         if operations.current() is not None:  # a part of a larger request, which pays for it
             return await self._submit(job_id, workload, params, **kw)
         rec: JobRecord | None = None
