@@ -492,6 +492,7 @@ def _run(config: Config) -> int:
 def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int:
     """``submit infer|map --model M.onnx --input DATA [--output OUT]``: run on the node, which reads
     the files (same user) and writes the output."""
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from p2pnode import model_io, ui
@@ -533,7 +534,7 @@ def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int
         def on_event(e: dict[str, Any]) -> None:
             kind = e.get("event")
             if kind == "note":
-                progress.console.print(f"  [yellow]note: {e['text']}[/]", highlight=False)
+                progress.console.print(f"  [yellow]note: {escape(str(e['text']))}[/]", highlight=False)
             elif kind == "map":
                 progress.update(rows, total=e["rows"], completed=e["rows"] if e.get("already_done") else 0,
                                 description=f"{e['shards']} shard(s)" + (f", {e['resumed']} resumed" if e["resumed"]

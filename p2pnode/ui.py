@@ -197,8 +197,6 @@ def map_summary(m: dict[str, Any]) -> Any:
         head.append(f"  model {model.get('inputs')} -> {model.get('outputs')}, {model.get('gflop', 0):.3g} GFLOP; "
                     f"{check}; {m['retries']} shard(s) redone elsewhere\n")
         head.append(f"  {describe_paid(m.get('paid') or {})}\n")
-    for note in m.get("notes") or []:
-        head.append(f"  note: {note}\n", style="yellow")
     saved = m.get("saved")
     if saved:
         head.append(f"  saved {', '.join(saved['outputs'])} to {saved['path']}")
