@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from p2pnode import __version__
 from p2pnode.config import Config, load
-from p2pnode.control.client import call
+from p2pnode.control.client import Interrupted, call
 from p2pnode.errors import LocalError, P2PNodeError, unwrap_group
 
 
@@ -30,6 +30,18 @@ def _finite(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _max_price(text: str) -> int:
+    """An argparse type: a price of at least 1 µcr (0 would pay nothing, and no provider works for that)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of micro-credits") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: a job pays at least 1 µcr (every provider charges at least 1 "
+                                         "for a job), so a smaller maximum would never run")
     return value
 
 
@@ -146,14 +158,25 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--output", "-o", type=Path, help="save the result here (.npz: every output array; .npy: the "
                                                       "first: the model's first output, or matmul's c)")
     sm.add_argument("--shard-rows", type=int, default=0, help="map: rows per job (default: spread over --providers)")
-    sm.add_argument("--max-price", type=int, default=100_000, help="most micro-credits you pay (default 100000)")
+    sm.add_argument("--max-price", type=_max_price, default=100_000,
+                    help="most micro-credits the job (map: the whole dataset) pays its providers (default 100000); "
+                         "checks by other providers and a new provider's calibration are paid on top, and shown")
     sm.add_argument("--deadline", type=_finite, default=60.0,
                     help="seconds from now (default 60); for a model job, per shard (default 600)")
     sm.add_argument("--providers", type=int, default=3,
                     help="ask this many providers for bids (default 3); map: run on this many at once")
     sm.add_argument("--backend", default="", help="cuda, cupy, numpy, ort-cpu or ort-cuda (default: any)")
-    sm.add_argument("--verify", default="auto", choices=["auto", "none", "freivalds"], help="how to check the result")
+    sm.add_argument("--verify", default="auto", choices=["auto", "none", "freivalds"],
+                    help="how to check the result (a model job: auto or none)")
+    sm.add_argument("--fresh", action="store_true",
+                    help="map/infer: compute everything again, forgetting the shards an earlier run finished")
     sm.add_argument("--json", action="store_true", help="print JSON")
+    cn = sub.add_parser("cancel", parents=[common], help="stop a running job or map (its providers are told)",
+                        description="Stop a job or map that this node runs for you, named by the start of its id "
+                                    "(`p2pnode jobs` lists them; a shard's job id names its map). Its jobs are "
+                                    "cancelled at their providers; a map keeps its finished shards for a rerun.")
+    cn.add_argument("id", help="a job or map id, or its first characters (at least 4)")
+    cn.add_argument("--json", action="store_true", help="print JSON")
     jb = sub.add_parser("jobs", parents=[common], help="live and past jobs of the running node")
     jb.add_argument("--json", action="store_true", help="print JSON")
 
@@ -210,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sim":
             return _sim(args)
         return _read_command(args)
+    except Interrupted as exc:  # Ctrl-C: the node stopped the work and said what it paid
+        print(f"p2pnode: stopped: {exc}", file=sys.stderr)
+        return 130
     except P2PNodeError as exc:
         print(f"p2pnode: error: {exc}", file=sys.stderr)
         return 1
@@ -300,6 +326,8 @@ def _read_command(args: argparse.Namespace) -> int:
         return _reputation(config, args, console)
     if args.command == "credits":
         return _credits(config, args, console)
+    if args.command == "cancel":
+        return _cancel(config, args, console)
     answer: Any = call(config.control_socket, args.command)
     if args.json:
         _print_json(answer)
@@ -320,6 +348,18 @@ def _read_command(args: argparse.Namespace) -> int:
         if answer["paused"] and not answer.get("operator") and answer.get("off_schedule"):
             state = "paused by its schedule until its next window"
         console.print(f"{state}; {answer['running']} job(s) running")
+    return 0
+
+
+def _cancel(config: Config, args: argparse.Namespace, console: Any) -> int:
+    from p2pnode.services.operations import describe_paid
+
+    answer = call(config.control_socket, "cancel", timeout=60, id=args.id)
+    if args.json:
+        _print_json(answer)
+    else:
+        console.print(f"{answer['state']}: {answer['kind']} {answer['id']}; {describe_paid(answer['paid'])}",
+                      highlight=False)
     return 0
 
 
@@ -421,18 +461,21 @@ def _run(config: Config) -> int:
 
     logs.setup(config.log_level, config.log_format)
 
+    def say(text: str) -> None:
+        logs.say(text, config.log_format)
+
     async def main() -> None:
         node = Node(config)
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(node.run)
-                print(f"p2pnode {__version__} peer {node.peer_id}", flush=True)
+                say(f"p2pnode {__version__} peer {node.peer_id}")
                 for addr in node.addrs():
-                    print(f"listening on {addr}", flush=True)
+                    say(f"listening on {addr}")
                 if node.config.metrics:
-                    print(f"metrics on http://{node.metrics.address}/metrics", flush=True)
+                    say(f"metrics on http://{node.metrics.address}/metrics")
                 async for signum in signals:
-                    print(f"received {signal.Signals(signum).name}, shutting down", flush=True)
+                    say(f"received {signal.Signals(signum).name}, shutting down")
                     nursery.cancel_scope.cancel()
                     break
 
@@ -449,9 +492,10 @@ def _run(config: Config) -> int:
 def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int:
     """``submit infer|map --model M.onnx --input DATA [--output OUT]``: run on the node, which reads
     the files (same user) and writes the output."""
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from p2pnode import ui
+    from p2pnode import model_io, ui
 
     if args.workload not in ("infer", "map"):
         raise LocalError(f"--model goes with infer or map, not {args.workload}")
@@ -459,8 +503,12 @@ def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int
         raise LocalError("map needs --model PATH.onnx")
     if len(args.input) != 1 or "=" in args.input[0]:
         raise LocalError("a model job needs one --input FILE (.npy, or .npz with one array per model input)")
-    if args.output is not None and args.output.suffix not in (".npy", ".npz"):
-        raise LocalError(f"--output {args.output}: name a .npy or .npz file")
+    if args.verify == "freivalds":
+        raise LocalError("--verify freivalds checks matrix products (matmul) only: a model job is checked by "
+                         "re-running sampled rows or whole shards elsewhere (auto), or not at all (none)")
+    output = str(args.output.resolve()) if args.output else ""
+    if output:
+        model_io.check_output(output)  # before anything is sent or paid for
     if args.shard_rows < 0 or args.providers < 1:
         raise LocalError("--shard-rows must not be negative and --providers must be at least 1")
     for path in (args.model, Path(args.input[0])):
@@ -469,9 +517,9 @@ def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int
     deadline = args.deadline if args.deadline != 60.0 else 600.0
     cmd = "map" if args.workload == "map" else "submit"
     request = dict(model=str(args.model.resolve()), input=str(Path(args.input[0]).resolve()),
-                   output=str(args.output.resolve()) if args.output else "", max_price=args.max_price,
-                   deadline=deadline, providers=args.providers if cmd == "map" else 1,
-                   shard_rows=args.shard_rows, backend=args.backend)
+                   output=output, max_price=args.max_price, deadline=deadline,
+                   providers=args.providers if cmd == "map" else 1, shard_rows=args.shard_rows, backend=args.backend,
+                   verify=args.verify, fresh=args.fresh)
     timeout = deadline + 60
     if args.json:
         result = call(config.control_socket, cmd, timeout=timeout, **request)
@@ -485,11 +533,16 @@ def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int
 
         def on_event(e: dict[str, Any]) -> None:
             kind = e.get("event")
-            if kind == "map":
-                progress.update(rows, total=e["rows"], completed=0,
+            if kind == "note":
+                progress.console.print(f"  [yellow]note: {escape(str(e['text']))}[/]", highlight=False)
+            elif kind == "map":
+                progress.update(rows, total=e["rows"], completed=e["rows"] if e.get("already_done") else 0,
                                 description=f"{e['shards']} shard(s)" + (f", {e['resumed']} resumed" if e["resumed"]
                                                                         else ""))
-                if e["verify"] != "rows":
+                if e["verify"] == "none":
+                    progress.console.print("  [yellow]not checked (--verify none): results are taken as they "
+                                           "come[/]")
+                elif e["verify"] != "rows":
                     progress.console.print("  [yellow]this model couples its rows: results are checked by "
                                            "re-running whole shards[/]")
             elif kind == "shard" and e.get("state") == "done":
@@ -539,6 +592,11 @@ def _submit(config: Config, args: argparse.Namespace, console: Any) -> int:
         raise LocalError("--input needs -p inputs=blob")
     if args.deadline <= 0:
         raise LocalError("--deadline must be in the future (seconds from now)")
+    output = str(args.output.resolve()) if args.output else ""
+    if output:
+        from p2pnode import model_io
+
+        model_io.check_output(output)  # before anything is sent or paid for
     files = {}
     for item in args.input:
         name, sep, path = item.partition("=")
@@ -546,8 +604,7 @@ def _submit(config: Config, args: argparse.Namespace, console: Any) -> int:
             raise LocalError(f"--input {item!r}: expected NAME=FILE.npy")
         files[name] = str(Path(path).resolve())
     request = dict(workload=args.workload, params=params, max_price=args.max_price, deadline=args.deadline,
-                   k=args.providers, backend=args.backend, verify=args.verify, input_files=files,
-                   output=str(args.output.resolve()) if args.output else "")
+                   k=args.providers, backend=args.backend, verify=args.verify, input_files=files, output=output)
     if args.json:
         result = call(config.control_socket, "submit", timeout=args.deadline + 30, **request)
         _print_json(result)
@@ -576,6 +633,14 @@ def _submit(config: Config, args: argparse.Namespace, console: Any) -> int:
             elif kind == "result":
                 progress.update(run, completed=1.0)
                 progress.console.print("  result received; verifying")
+            elif kind == "calibrate":
+                progress.console.print(f"  [yellow]first contact with {ui.short_peer(e['peer'])}: a calibration job "
+                                       f"({e['n']}³ matmul) at about {e['cost']} µcr (at most {e['max_price']}), "
+                                       "paid on top of this job[/]", highlight=False)
+            elif kind == "calibration_skipped":
+                progress.console.print(f"  first contact with {ui.short_peer(e['peer'])}: its calibration would cost "
+                                       f"{e['cost']} µcr, more than this job's {e['limit']}: not done now",
+                                       highlight=False)
             elif kind == "upload":
                 progress.console.print(f"  inputs: {e['blobs']} encrypted blob(s), {e['bytes']} bytes, "
                                        "fetched by the awarded provider")

@@ -137,7 +137,7 @@ class Node:
                          spent=lambda: self.trust.credits.spent, budget=cfg.budget, on_end=self.metrics.job_ended),
             records)
         self.maps = MapService(submit=self.jobs.submit, candidates=self.jobs.candidates, now=self.now,
-                               state_dir=cfg.data_dir / "maps", on_saved=self.market.touch)
+                               state_dir=cfg.data_dir / "maps", on_saved=self.market.touch, records=records)
         self.views = ControlViews(self)
         if self.adversary is not None:
             log.warning("running as an adversary: %s", cfg.adversary)

@@ -102,6 +102,10 @@ def job_summary(j: dict[str, Any]) -> Text:
     if ok:
         out.append(f"  price {j['price']} µcr, kernel {j.get('kernel_ms')} ms on {j.get('backend')}, "
                    f"wall {j['ended'] - j['started']:.3f} s\n")
+    if j.get("paid"):
+        from p2pnode.services.operations import describe_paid
+
+        out.append(f"  {describe_paid(j['paid'])}\n")
     for name, arr in (j.get("output") or {}).items():
         out.append(f"  {name}: {arr['dtype']}{arr['shape']} = {arr['sample']} …\n")
     if j.get("loss"):
@@ -173,16 +177,26 @@ def map_summary(m: dict[str, Any]) -> Any:
     """A model job's or dataset job's outcome: rows, speed, checks, who did what, what was saved."""
     from rich.console import Group
 
+    from p2pnode.services.operations import describe_paid
+
     head = Text()
-    head.append("DONE", style="bold green")
-    head.append(f"  {m['rows']} rows in {m['shards']} shard(s)"
-                + (f" ({m['resumed']} from an earlier run)" if m["resumed"] else "")
-                + f", {m['seconds']:.2f} s, {m['rows_per_s']:.0f} rows/s\n")
     model = m.get("model", {})
-    check = (f"checked: {m['checked_rows']} sampled rows re-run" if m["verify"] == "rows"
-             else "checked: whole shards re-run (the model couples its rows)")
-    head.append(f"  model {model.get('inputs')} -> {model.get('outputs')}, {model.get('gflop', 0):.3g} GFLOP; "
-                f"{check}; {m['retries']} shard(s) redone elsewhere\n")
+    if m.get("already_done"):
+        head.append("ALREADY DONE", style="bold green")
+        head.append(f"  map {m['map']}: the same model, data and shards finished earlier ({m['rows']} rows in "
+                    f"{m['shards']} shard(s), kept in {m.get('state_dir')}); nothing was run, checked or paid now; "
+                    "--fresh computes it again\n")
+    else:
+        head.append("DONE", style="bold green")
+        head.append(f"  {m['rows']} rows in {m['shards']} shard(s)"
+                    + (f" ({m['resumed']} from an earlier run)" if m["resumed"] else "")
+                    + f", {m['seconds']:.2f} s, {m['rows_per_s']:.0f} rows/s\n")
+        check = {"rows": f"checked: {m['checked_rows']} sampled rows re-run",
+                 "none": "not checked (--verify none)"}.get(m["verify"],
+                                                            "checked: whole shards re-run (the model couples its rows)")
+        head.append(f"  model {model.get('inputs')} -> {model.get('outputs')}, {model.get('gflop', 0):.3g} GFLOP; "
+                    f"{check}; {m['retries']} shard(s) redone elsewhere\n")
+        head.append(f"  {describe_paid(m.get('paid') or {})}\n")
     saved = m.get("saved")
     if saved:
         head.append(f"  saved {', '.join(saved['outputs'])} to {saved['path']}")

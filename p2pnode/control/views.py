@@ -15,8 +15,12 @@ from typing import Any
 import trio
 
 from p2pnode import __version__
-from p2pnode.errors import ControlError, unwrap_group
+from p2pnode.control import work
+from p2pnode.control.requests import number
+from p2pnode.errors import ControlError
 from p2pnode.ledger.store import FILE_NAME
+
+MAX_WAIT_S = 300.0
 
 
 class ControlViews:
@@ -176,11 +180,13 @@ class ControlViews:
         if cmd == "wait":
             return await self._wait(request)
         if cmd == "submit" and request.get("model"):
-            return await self._map(dict(request, providers=1), emit, single=True)
+            return await work.run_map(node.maps, dict(request, providers=1), emit, single=True)
         if cmd == "submit":
-            return await self._submit(request, emit)
+            return await work.submit_job(node.jobs, request, emit)
         if cmd == "map":
-            return await self._map(request, emit)
+            return await work.run_map(node.maps, request, emit)
+        if cmd == "cancel":
+            return await work.cancel([node.maps.runs, node.jobs.runs], request)
         raise ControlError(f"unknown command {cmd!r}")
 
     async def _wait(self, request: dict[str, Any]) -> Any:
@@ -191,8 +197,7 @@ class ControlViews:
         job and blob streams open) falls to ``count`` (0: drained, e.g. before a restart). Scripts and
         tests wait on the node instead of polling it."""
         node = self.node
-        what, count = request.get("what"), request.get("count")
-        timeout = request.get("timeout_s", 30)
+        what = request.get("what")
         views: dict[str, Callable[[], int]] = {"peers": lambda: len(node.host.get_connected_peers()),
                  "market": lambda: len(node.table.entries(node.now())),
                  # ads one can act on: something offered, somewhere to dial
@@ -203,154 +208,21 @@ class ControlViews:
                  "direct": lambda: sum(1 for p in self.peers() if any("/p2p-circuit" not in a for a in p["addrs"])),
                  "busy": lambda: ((node.executor.running if node.executor is not None else 0)
                                   + node.jobs.limits.open() + node.blobs.limits.open())}
-        if what not in views or not isinstance(count, int) or not isinstance(timeout, (int, float)):
+        if what not in views:
             raise ControlError('wait needs {"what": "peers"|"market"|"offers"|"relays"|"public"|"direct"|"shards"|'
-                               '"busy", "count": N, "timeout": S}')
+                               '"busy", "count": N, "timeout_s": S}')
+        count: int = number(request, "count", lo=0, hi=2**31, integer=True)
+        timeout: float = number(request, "timeout_s", 30, lo=0, hi=MAX_WAIT_S)
 
         def reached() -> bool:
             value = views[what]()
             return value <= count if what == "busy" else value >= count
 
         try:
-            await node.market.wait_until(reached, timeout=min(float(timeout), 300.0))
+            await node.market.wait_until(reached, timeout=timeout)
         except trio.TooSlowError:
-            raise ControlError(f"{what} did not reach {count} in {timeout} s") from None
+            raise ControlError(f"{what} did not reach {count} in {timeout:g} s") from None
         return {what: views[what]()}
-
-    async def _submit(self, request: dict[str, Any], emit: Any) -> Any:
-        send, recv = trio.open_memory_channel[dict[str, Any]](256)
-
-        async def forward() -> None:
-            async for item in recv:
-                await emit(item)
-
-        try:
-            params = dict(request.get("params") or {})
-            inputs = _load_inputs(request.get("input_files") or {})
-            args: dict[str, Any] = dict(max_price=int(request["max_price"]),
-                                        deadline_s=float(request.get("deadline", 60)),
-                                        k=int(request.get("k", 3)), backend=str(request.get("backend", "")),
-                                        verify=str(request.get("verify", "auto")))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ControlError(f"bad submit request: {exc}") from exc
-        output = str(request.get("output") or "")
-        if output and not output.endswith((".npy", ".npz")):
-            raise ControlError(f"--output {output}: name a .npy or .npz file")
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(forward)
-                try:
-                    rec = await self.node.jobs.submit(str(request.get("workload")), params, inputs=inputs,
-                                                      on_event=lambda e: _send_nowait(send, e), **args)
-                finally:
-                    send.close()
-        except BaseExceptionGroup as group:
-            raise unwrap_group(group) from None
-        out = rec.to_json()
-        output = str(request.get("output") or "")
-        if output and rec.state == "done" and rec.output is not None:
-            arrays = dict(rec.output.arrays)
-            out["saved"] = await trio.to_thread.run_sync(_save_outputs, output, arrays, sorted(arrays))
-        return out
-
-
-    async def _map(self, request: dict[str, Any], emit: Any, *, single: bool = False) -> Any:
-        """A model over a dataset, outputs saved to ``output``: one job (``single``), or shards of
-        ``shard_rows`` (0: two shards per provider)."""
-        from p2pnode.exec import model_jobs, onnx_model
-
-        try:
-            model_path, input_path = str(request["model"]), str(request["input"])
-            output = str(request.get("output") or "")
-            shard_rows, providers = int(request.get("shard_rows") or 0), int(request.get("providers", 3))
-            max_price, deadline = int(request["max_price"]), float(request.get("deadline", 600))
-            backend = str(request.get("backend", ""))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ControlError(f"bad map request: {exc}") from exc
-        if output and not output.endswith((".npy", ".npz")):
-            raise ControlError(f"--output {output}: name a .npy or .npz file")
-        blob = await trio.to_thread.run_sync(onnx_model.pack_file, Path(model_path))
-        arrays = await trio.to_thread.run_sync(_load_dataset, input_path)
-        job = await trio.to_thread.run_sync(model_jobs.prepare, blob, arrays)
-        if single:
-            shard_rows = job.rows
-        elif shard_rows <= 0:
-            shard_rows = max(1, -(-job.rows // (2 * max(1, providers))))
-        send, recv = trio.open_memory_channel[dict[str, Any]](256)
-
-        async def forward() -> None:
-            async for item in recv:
-                await emit(item)
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(forward)
-                try:
-                    result = await self.node.maps.run(job, shard_rows=shard_rows, providers=providers,
-                                                      max_price=max_price, deadline_s=deadline, backend=backend,
-                                                      on_event=lambda e: _send_nowait(send, e))
-                finally:
-                    send.close()
-        except BaseExceptionGroup as group:
-            raise unwrap_group(group) from None
-        summary = result.summary()
-        summary["model"] = {"inputs": [s.name for s in job.info.inputs], "outputs": [s.name for s in job.info.outputs],
-                            "row_independent": job.row_independent, "gflop": round(job.gflop(), 6)}
-        if output:
-            summary["saved"] = await trio.to_thread.run_sync(_save_outputs, output, result.outputs,
-                                                              [s.name for s in job.info.outputs])
-        return summary
-
-
-def _load_dataset(path: str) -> dict[str, Any]:
-    """A ``.npy`` (one unnamed array, memory-mapped) or ``.npz`` (named arrays); no pickles."""
-    import numpy as np
-
-    try:
-        if path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        return {"": np.load(path, allow_pickle=False, mmap_mode="r")}
-    except (OSError, ValueError) as exc:
-        raise ControlError(f"cannot read the dataset {path}: {exc}") from exc
-
-
-def _save_outputs(path: str, outputs: dict[str, Any], order: list[str]) -> dict[str, Any]:
-    """All outputs into a ``.npz``; into a ``.npy`` the model's first output (the others named)."""
-    import numpy as np
-
-    try:
-        if path.endswith(".npz"):
-            np.savez(path, **outputs)
-            return {"path": path, "outputs": order, "skipped": []}
-        first = order[0]
-        np.save(path, outputs[first], allow_pickle=False)
-        return {"path": path, "outputs": [first], "skipped": order[1:]}
-    except OSError as exc:
-        raise ControlError(f"cannot write {path}: {exc.strerror}") from exc
-
-
-def _send_nowait(send: trio.MemorySendChannel[dict[str, Any]], item: dict[str, Any]) -> None:
-    try:
-        send.send_nowait(item)
-    except (trio.WouldBlock, trio.ClosedResourceError):
-        pass  # a slow CLI misses a progress line, never the result
-
-
-def _load_inputs(files: dict[str, str]) -> dict[str, Any] | None:
-    """Input arrays named on the command line: .npy files (no pickles) readable by this node."""
-    if not files:
-        return None
-    import numpy as np
-
-    out = {}
-    for name, path in files.items():
-        try:
-            out[str(name)] = np.load(str(path), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ControlError(f"input {name}: cannot read {path}: {exc}") from exc
-    return out
-
 
 DISK_FREE_MIN = 1 << 30  # below this free on the data dir's file system: a problem
 LEDGER_MAX = 4 << 30  # a ledger file past this: a problem (export and start a new data dir)

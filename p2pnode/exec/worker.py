@@ -17,6 +17,14 @@ Requests: ``{"op": "calibrate", "budget": S, "gpu": bool}`` -> ``{"speeds": {nam
 
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__":
+    # A Ctrl-C at a terminal reaches the node's whole process group, its workers too. Stopping
+    # them is the node's business (it kills them as it shuts down), so a worker ignores SIGINT from
+    # before its imports on: no KeyboardInterrupt traceback of its own in the node's log.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
 import contextlib
 import os
 import resource

@@ -374,16 +374,18 @@ def verify_file(path: Path) -> VerifyReport:
         first = f.read(1)
         f.seek(0)
         records = _jsonl_records(f) if first == b"{" else _cbor_records(f)
-        header = next(records)
+        header = next(records)[0]
         owner = header.get("owner")
         if not isinstance(owner, bytes):
             raise ChainError("export header names no owner")
         kinds: dict[str, int] = {}
         v = ChainVerifier(owner)
-        for record in records:
+        for record, readable in records:
             if v.count >= MAX_EXPORT_ENTRIES:
                 raise ChainError("too many entries")
             e = v.feed(record)
+            if readable is not None:
+                _check_readable(e, readable)
             kinds[e.kind] = kinds.get(e.kind, 0) + 1
         if v.count == 0:
             raise ChainError("the export holds no entries")
@@ -395,7 +397,48 @@ def verify_file(path: Path) -> VerifyReport:
 _MAX_LINE = MAX_RECORD * 2 + 4096
 
 
-def _jsonl_records(f: BinaryIO) -> Iterator[Any]:
+def _check_readable(entry: Entry, readable: Any) -> None:
+    """A JSON line's readable fields (``seq``, ``entry``) must say what its signed record says: a
+    reader who trusts the readable part must not be told another story than the signature covers."""
+    signed = {"seq": entry.seq, "entry": entry.to_json()}
+    for name, value in readable.items():
+        where = _first_difference(value, signed[name], name)
+        if where is not None:
+            path, said, truth = where
+            raise ChainError(f"the readable field {path} says {_short(said)}, the signed record says {_short(truth)}",
+                             seq=entry.seq)
+
+
+def _first_difference(said: Any, truth: Any, path: str) -> tuple[str, Any, Any] | None:
+    """(path, said, truth) of the first place ``said`` differs from ``truth``, or None."""
+    if isinstance(said, dict) and isinstance(truth, dict):
+        for key in sorted(set(said) | set(truth), key=str):
+            if key not in said or key not in truth:
+                return (f"{path}.{key}", said.get(key, _MISSING), truth.get(key, _MISSING))
+            found = _first_difference(said[key], truth[key], f"{path}.{key}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(said, list) and isinstance(truth, list) and len(said) == len(truth):
+        for i, (a, b) in enumerate(zip(said, truth, strict=True)):
+            found = _first_difference(a, b, f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
+    same = said == truth and type(said) is type(truth)  # 1 is not true, nor 1.0
+    return None if same else (path, said, truth)
+
+
+_MISSING = object()
+
+
+def _short(value: Any) -> str:
+    text = "nothing" if value is _MISSING else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _jsonl_records(f: BinaryIO) -> Iterator[tuple[Any, dict[str, Any] | None]]:
+    """(header, None), then (record, its readable fields) for each line."""
     first = True
     for n, line in enumerate(iter(lambda: f.readline(_MAX_LINE + 1), b"")):
         if len(line) > _MAX_LINE:
@@ -404,9 +447,11 @@ def _jsonl_records(f: BinaryIO) -> Iterator[Any]:
             obj = json.loads(line)
             if first:
                 first = False
-                yield {"owner": from_base58(obj["owner"]), "count": obj.get("count")}
+                yield {"owner": from_base58(obj["owner"]), "count": obj.get("count")}, None
                 continue
-            yield base64.b64decode(obj["record"], validate=True)
+            record = base64.b64decode(obj["record"], validate=True)
+            readable = {k: obj[k] for k in ("seq", "entry") if k in obj}
+            yield record, readable
         except ChainError:
             raise
         except Exception as exc:  # noqa: BLE001 - anything unreadable in a foreign file
@@ -415,7 +460,7 @@ def _jsonl_records(f: BinaryIO) -> Iterator[Any]:
         raise ChainError("empty export")
 
 
-def _cbor_records(f: BinaryIO) -> Iterator[Any]:
+def _cbor_records(f: BinaryIO) -> Iterator[tuple[Any, None]]:
     """A CBOR sequence of byte strings: the encoded header map, then the records."""
     first = True
     while True:
@@ -427,9 +472,9 @@ def _cbor_records(f: BinaryIO) -> Iterator[Any]:
             header = codec.decode(item, max_size=4096)
             if not isinstance(header, dict):
                 raise ChainError("export header is not a map")
-            yield header
+            yield header, None
         else:
-            yield item
+            yield item, None
     if first:
         raise ChainError("empty export")
 

@@ -19,15 +19,20 @@ module         service              built from
 ``requester``  ``JobRequester``     identity, now, table, is_banned, judge, blobs, streams,
                                     penalise, job book (owns its ``Checks`` and bid scorer)
 ``jobs``       ``JobService``       a provider and a requester over one job book
-``mapper``     ``MapService``       submit, candidates, now, state dir (dataset jobs in shards)
+``mapper``     ``MapService``       submit, candidates, now, state dir, job book (dataset jobs in
+                                    shards)
 =============  ===================  ================================================================
+
+``operations`` holds what a user's request paid (``Spending``) and the runs that can be cancelled
+(``Runs``); it is no service and imports none.
 
 Imports point one way, and never at ``p2pnode.node`` (``tests/services`` checks it)::
 
-    ports  <-  records, blobs, trust, peers, market, mapper
+    ports  <-  records, blobs, trust, peers, market
     ports, records  <-  checks
     ports, records, blobs  <-  provider
-    ports, records, blobs, checks  <-  requester
+    ports, records, blobs, checks, operations  <-  requester
+    ports, records, operations  <-  mapper
     records, provider, requester  <-  jobs
 
 ``trust`` is known to the job services only as the ``Judge`` / ``Recorder`` protocols of ``ports``,

@@ -26,6 +26,7 @@ checking jobs themselves), ``latency_ms`` (observed round trips) and whether to 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from collections.abc import Awaitable, Callable, Iterable
@@ -190,16 +191,20 @@ class Checks:
                                "b": g.standard_normal((n, n), dtype=np.float32)}
         return self._inputs[n]
 
-    async def calibrate(self, ad: Any, event: Event) -> None:
-        """Send ``ad``'s provider a known-answer job sized by its advertised speed; record the verdict."""
-        self._calibrated.add(ad.peer_id)
+    async def calibrate(self, ad: Any, event: Event, limit: int) -> None:
+        """Send ``ad``'s provider a known-answer job sized by its advertised speed; record the verdict.
+        It may cost at most ``limit`` (the job it is made for may cost as much), and is not sent
+        when its advertised price is above that: the provider is calibrated by a later, larger job."""
         n, claimed = calibration_size(ad)
         params = {"m": n, "n": n, "k": n, "dtype": "fp32", "inputs": "blob"}
-        price = max((o.price for o in ad.offers if o.workload == "matmul"), default=0)
-        event("calibrate", {"peer": ad.peer_id, "n": n})
+        cost, most = calibration_price(ad, params, limit)
+        if cost > most:
+            event("calibration_skipped", {"peer": ad.peer_id, "n": n, "cost": cost, "limit": limit})
+            return
+        self._calibrated.add(ad.peer_id)
+        event("calibrate", {"peer": ad.peer_id, "n": n, "cost": cost, "max_price": most})
         sub = await self.submit("matmul", params, inputs=self._calibration_inputs(n), only=[ad], k=1,
-                                     verify="freivalds", max_price=int(price * 2.0 * n**3 / 1e9 * 2) + 1000,
-                                     deadline_s=30.0, purpose="calibration")
+                                verify="freivalds", max_price=most, deadline_s=30.0, purpose="calibration")
         times = {e["event"]: e["t"] for e in sub.events if e["event"] in ("award", "result")}
         if sub.state != "done" or "award" not in times or "result" not in times:
             return  # a failure or a wrong answer is already in the ledger as such
@@ -219,6 +224,18 @@ def calibration_size(ad: Any) -> tuple[int, float]:
     n = int(np.clip(round((CALIBRATION_TARGET_S * claimed * 1e9 / 2) ** (1 / 3) / 64) * 64,
                     CALIBRATION_MIN_N, CALIBRATION_MAX_N))
     return n, claimed
+
+
+def calibration_price(ad: Any, params: dict[str, Any], limit: int) -> tuple[int, int]:
+    """(what the calibration job costs at ``ad``'s advertised matmul price, the most it may be
+    paid): its price as the provider computes a bid (``market/bidding.py``), with room for the
+    price to double before the bid, but never more than ``limit``."""
+    from p2pnode.exec import workloads
+
+    per_gflop = max((o.price for o in ad.offers if o.workload == "matmul"), default=0)
+    wl = workloads.get("matmul")
+    cost = max(1, math.ceil(wl.flops(wl.check(params)) / 1e9 * per_gflop))
+    return cost, min(limit, 2 * cost)
 
 
 def calibration_verdict(n: int, claimed: float, kernel_ms: int, wall_s: float, latency_ms: float) -> dict[str, Any]:

@@ -16,6 +16,7 @@ class JobService:
         self.submit = requester.submit
         self.candidates = requester.candidates
         self.handle_stream = provider.handle_stream
+        self.runs = requester.runs  # jobs asked for on their own, running now
 
     @property
     def scorer(self) -> Any:

@@ -12,18 +12,32 @@ provider again; after ``MAX_ATTEMPTS`` the dataset job fails, naming the shard.
 ``<state_dir>/<map id>/`` before the next is counted, where the map id is a digest of the model, the
 data and the shard size. Run the same dataset job again (after a crash, a restart, a Ctrl-C) and the
 finished shards are read back, not run or paid for again. The outputs are reassembled in row order.
+A map whose every shard is done already is not run again: it says so (``already_done``), and
+``fresh`` forgets its shards to compute it all again.
 
-Collaborators: ``submit`` and ``candidates`` (the requester's), ``now``, the state directory and
-``on_saved``.
+**One run at a time, stoppable.** A map runs once at a time (a second run of it is refused, naming
+it), holding a lock file in its folder; each state file is written under a unique temporary name
+and renamed. ``p2pnode cancel MAP`` or its client going away cancels it: its jobs in flight are
+cancelled at their providers, the finished shards stay for the next run, and it ends with
+:class:`MapCancelled`, saying what it paid. It is in the job book as a job of workload ``map``.
+
+**Price.** ``max_price`` bounds what the whole dataset pays its providers: each shard may pay its
+share, rounded down, and the shares add up to ``max_price`` exactly; a share under 1 µcr is
+refused before anything is sent.
+
+Collaborators: ``submit`` and ``candidates`` (the requester's), ``now``, the state directory,
+``on_saved`` and the job book.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +48,10 @@ import trio
 
 from p2pnode.errors import LocalError
 from p2pnode.exec.model_jobs import ModelJob
+from p2pnode.services import operations
+from p2pnode.services.operations import AlreadyRunning, Hangup, Run, Runs, Spending
 from p2pnode.services.ports import Now
+from p2pnode.services.records import JobRecord, JobRecords
 from p2pnode.wire.jsonview import jsonable
 
 log = logging.getLogger("p2pnode.map")
@@ -47,6 +64,10 @@ Event = Callable[[dict[str, Any]], None]
 
 class MapError(LocalError):
     """A dataset job that could not finish (a shard failed everywhere, nobody offers the model)."""
+
+
+class MapCancelled(MapError):
+    """A dataset job stopped by ``p2pnode cancel`` or by its client going away."""
 
 
 @dataclass
@@ -72,16 +93,26 @@ class MapResult:
     seconds: float
     by_provider: dict[str, int]  # rows done per provider (this run)
     retries: int
-    verify: str
+    verify: str  # rows, rerun or none
     checked_rows: int
     jobs: list[str]
+    paid: dict[str, int] = field(default_factory=dict)  # this run, by purpose, and the total
+    already_done: bool = False  # every shard was done by an earlier run: nothing ran now
+    folder: str = ""  # where its shards are kept
 
     def summary(self) -> dict[str, Any]:
         return {"map": self.map_id, "rows": self.rows, "shards": self.shards, "resumed": self.resumed,
                 "seconds": round(self.seconds, 3), "rows_per_s": round(self.rows / self.seconds, 1) if self.seconds else 0,
                 "by_provider": self.by_provider, "retries": self.retries, "verify": self.verify,
-                "checked_rows": self.checked_rows, "jobs": self.jobs,
+                "checked_rows": self.checked_rows, "jobs": self.jobs, "paid": self.paid,
+                "already_done": self.already_done, "state_dir": self.folder,
                 "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in self.outputs.items()}}
+
+
+def price_shares(max_price: int, rows: int, shards: list[Shard]) -> list[int]:
+    """Each shard's most price: its rows' share of ``max_price``, rounded down at the row where it
+    ends, so that the shares add up to ``max_price`` exactly (never more)."""
+    return [max_price * s.stop // rows - max_price * s.start // rows for s in shards]
 
 
 def map_id(job: ModelJob, shard_rows: int) -> str:
@@ -96,35 +127,108 @@ def map_id(job: ModelJob, shard_rows: int) -> str:
 
 class MapService:
     def __init__(self, *, submit: Submit, candidates: Candidates, now: Now, state_dir: Path,
-                 on_saved: Callable[[], None] = lambda: None) -> None:
-        """``on_saved``: called after each shard's output is on disk (the node wakes its waiters)."""
+                 on_saved: Callable[[], None] = lambda: None, records: JobRecords | None = None) -> None:
+        """``on_saved``: called after each shard's output is on disk (the node wakes its waiters).
+        ``records``: the job book, where each map is a job of workload ``map``."""
         self.submit, self.candidates, self.now, self.state_dir = submit, candidates, now, state_dir
         self.on_saved = on_saved
+        self.records = records if records is not None else JobRecords()
         self.shards_saved = 0  # shards whose output is on disk, in every dataset job since start
+        self.runs = Runs("map")  # maps running now
 
     async def run(self, job: ModelJob, *, shard_rows: int, providers: int, max_price: int, deadline_s: float,
-                  on_event: Event | None = None, backend: str = "") -> MapResult:
+                  on_event: Event | None = None, backend: str = "", verify: str = "auto", fresh: bool = False,
+                  hangup: Hangup | None = None) -> MapResult:
         """Run ``job`` over all its rows. ``max_price`` is for the whole dataset (each shard gets its
-        share); ``deadline_s`` is per shard."""
+        share); ``deadline_s`` is per shard. ``verify``: ``auto`` (the job's own check) or ``none``.
+        ``fresh``: forget the shards an earlier run finished."""
         if shard_rows < 1 or providers < 1:
             raise MapError("--shard-rows and --providers must be at least 1")
-        started = self.now()
-        emit = on_event or (lambda e: None)
+        if verify not in ("auto", "none"):
+            raise MapError(f"--verify {verify}: a model job is checked by re-running sampled rows or whole shards "
+                           "(auto), or not at all (none); freivalds checks matrix products only")
+        shards = [Shard(i, a, min(a + shard_rows, job.rows)) for i, a in enumerate(range(0, job.rows, shard_rows))]
+        shares = price_shares(max_price, job.rows, shards)
+        if min(shares) < 1:
+            raise MapError(f"--max-price {max_price} leaves less than 1 µcr for a shard ({len(shards)} shards of up "
+                           f"to {shard_rows} rows): raise --max-price, or make shards larger (--shard-rows)")
         mid = map_id(job, shard_rows)
         folder = self.state_dir / mid
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        shards = [Shard(i, a, min(a + shard_rows, job.rows)) for i, a in enumerate(range(0, job.rows, shard_rows))]
-        done: dict[int, dict[str, np.ndarray]] = {}
+        with self._exclusive(folder, mid), operations.spending() as account:
+            return await self._run_once(job, mid, folder, shards, shares, providers=providers, deadline_s=deadline_s,
+                                        on_event=on_event, backend=backend, verify=verify, fresh=fresh,
+                                        hangup=hangup, account=account)
+
+    @contextlib.contextmanager
+    def _exclusive(self, folder: Path, mid: str) -> Any:
+        """Hold the map's lock file (one run of a map at a time, in this node or any other)."""
+        running = self.runs.live.get(mid)
+        fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                since = f", started {self.now() - running.started_at:.0f} s ago" if running else ""
+                raise AlreadyRunning(f"map {mid} is already running{since}: wait for it, or stop it with "
+                                     f"`p2pnode cancel {mid}`") from None
+            yield
+        finally:
+            os.close(fd)
+
+    async def _run_once(self, job: ModelJob, mid: str, folder: Path, shards: list[Shard], shares: list[int], *,
+                        providers: int, deadline_s: float, on_event: Event | None, backend: str, verify: str,
+                        fresh: bool, hangup: Hangup | None, account: Spending) -> MapResult:
+        """The map under its lock: shards done before read back, the rest run as a cancellable run
+        recorded in the job book."""
+        started = self.now()
+        if fresh:
+            await trio.to_thread.run_sync(_forget, folder)
+        done = await trio.to_thread.run_sync(_read_done, folder, shards)
+        resumed = len(done)
+        check = "none" if verify == "none" else job.verify
+        if resumed == len(shards):  # the same map, finished before: nothing to run (``fresh`` runs it again)
+            if on_event is not None:
+                on_event({"event": "map", "map": mid, "rows": job.rows, "shards": len(shards), "resumed": resumed,
+                          "verify": check, "already_done": True})
+            return MapResult(mid, job.rows, len(shards), resumed, _assemble(done, shards), 0.0, {}, 0, check, 0,
+                             [], account.to_json(), already_done=True, folder=str(folder))
+        rec = self.records.add(JobRecord(mid, "requester", "map", {"rows": job.rows, "shards": len(shards),
+                                                                    "resumed": resumed, "verify": check},
+                                         started=started, state="running"))
+        result: MapResult | None = None
+        run: Run | None = None
+        try:
+            with self.runs.open(mid, account, started, hangup) as run:
+                result = await self._run(job, mid, folder, shards, shares, done, providers=providers,
+                                         deadline_s=deadline_s, on_event=on_event, backend=backend, verify=check)
+        except MapError as exc:
+            rec.state, rec.outcome = "failed", str(exc)[:250]
+            raise
+        finally:
+            rec.ended, rec.price, rec.paid = self.now(), account.total, account.to_json()
+            reason = run.reason if run is not None and run.reason else "the node stopped"
+            if rec.state == "running":  # stopped: by a cancel, or by the node shutting down
+                rec.state, rec.outcome = "cancelled", f"cancelled ({reason})"
+        if result is None:
+            kept = f"{len(done)} of {len(shards)} shards done and kept"
+            rec.outcome += f": {kept}"
+            log.info("map %s: %s; %s", mid, rec.outcome, account.describe())
+            raise MapCancelled(f"map {mid} cancelled ({reason}): {kept}, {account.describe()}; "
+                               "the same command resumes it")
+        result.resumed, result.paid, result.folder = resumed, account.to_json(), str(folder)
+        rec.state, rec.outcome = "done", f"{len(shards)} shards, {resumed} resumed; {account.describe()}"
+        return result
+
+    async def _run(self, job: ModelJob, mid: str, folder: Path, shards: list[Shard], shares: list[int],
+                   done: dict[int, dict[str, np.ndarray]], *, providers: int, deadline_s: float,
+                   on_event: Event | None, backend: str, verify: str) -> MapResult:
+        started = self.now()
+        emit = on_event or (lambda e: None)
         state = self._load(folder)
-        for i_str, meta in state.items():
-            i = int(i_str)
-            if i < len(shards):
-                arrays = _read_shard(folder / meta["file"], shards[i].rows)
-                if arrays is not None:
-                    done[i] = arrays
         resumed = len(done)
         emit({"event": "map", "map": mid, "rows": job.rows, "shards": len(shards), "resumed": resumed,
-              "verify": job.verify})
+              "verify": verify})
         queue = [s for s in shards if s.index not in done]
         send, recv = trio.open_memory_channel[Shard](len(shards))
         for s in queue:
@@ -133,7 +237,6 @@ class MapService:
         busy: dict[bytes, int] = {}  # shards in flight per provider
         by_provider: dict[str, int] = {}
         retries, checked, jobs = 0, 0, []
-        price_per_row = max_price / job.rows
         failure: list[str] = []
         saving = trio.Lock()  # one writer of the state file at a time
 
@@ -159,8 +262,8 @@ class MapService:
                 busy[chosen.peer_id] = busy.get(chosen.peer_id, 0) + 1
                 try:
                     rec = await self.submit("onnx", params, inputs=inputs, only=[chosen], k=1,
-                                            max_price=max(1, math.ceil(price_per_row * shard.rows)),
-                                            deadline_s=deadline_s, verify=job.verify, backend=backend)
+                                            max_price=shares[shard.index],
+                                            deadline_s=deadline_s, verify=verify, backend=backend)
                 finally:
                     busy[chosen.peer_id] -= 1
                 peer = rec.peer
@@ -201,9 +304,8 @@ class MapService:
                     nursery.start_soon(worker)
         if failure or len(done) < len(shards):
             raise MapError(failure[0] if failure else "the dataset job stopped before every shard was done")
-        outputs = {k: np.concatenate([done[i][k] for i in range(len(shards))]) for k in done[0]}
-        return MapResult(mid, job.rows, len(shards), resumed, outputs, self.now() - started, by_provider, retries,
-                         job.verify, checked, jobs)
+        return MapResult(mid, job.rows, len(shards), resumed, _assemble(done, shards), self.now() - started,
+                         by_provider, retries, verify, checked, jobs)
 
     # state on disk -------------------------------------------------------------------------
     @staticmethod
@@ -230,13 +332,46 @@ def _checked_rows(rec: Any) -> int:
     return 0
 
 
+def _assemble(done: dict[int, dict[str, np.ndarray]], shards: list[Shard]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([done[i][k] for i in range(len(shards))]) for k in done[0]}
+
+
+def _read_done(folder: Path, shards: list[Shard]) -> dict[int, dict[str, np.ndarray]]:
+    """The outputs of the shards an earlier run finished (and that read back whole)."""
+    done: dict[int, dict[str, np.ndarray]] = {}
+    for i_str, meta in MapService._load(folder).items():
+        try:
+            i, name = int(i_str), str(meta["file"])
+        except (ValueError, TypeError, KeyError):
+            continue
+        if 0 <= i < len(shards) and "/" not in name:
+            arrays = _read_shard(folder / name, shards[i].rows)
+            if arrays is not None:
+                done[i] = arrays
+    return done
+
+
+def _forget(folder: Path) -> None:
+    """Drop what earlier runs of a map kept (``fresh``): its state first, then its shards."""
+    for path in [folder / "state.json", *sorted(folder.glob("shard-*.npz"))]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 def _atomic(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``path`` whole or not at all: into a temporary file of a name of its own beside it,
+    fsynced, then renamed over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)

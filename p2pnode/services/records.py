@@ -36,6 +36,7 @@ class JobRecord:
     purpose: str = "job"  # job, check (a re-run for a check) or calibration
     checked: str = ""  # how the result was checked
     result_raw: bytes = b""  # the provider's signed result
+    paid: dict[str, int] = field(default_factory=dict)  # a job or map on its own: what it paid in all, by purpose
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("output", "events", "result_raw")}
@@ -62,6 +63,10 @@ class JobRecords:
         self._records.append(rec)
         del self._records[:-self.limit]
         return rec
+
+    def find(self, job: str) -> JobRecord | None:
+        """The newest record of ``job`` (hex id), if still kept."""
+        return next((r for r in reversed(self._records) if r.job == job), None)
 
     def __iter__(self) -> Iterator[JobRecord]:
         return iter(self._records)

@@ -32,6 +32,7 @@ from p2pnode.market.scoring import ObservedScorer
 from p2pnode.market.standing import Standing
 from p2pnode.net.framing import FramedStream, StreamGone
 from p2pnode.protocol.job_requester import R, RequesterJob, Step
+from p2pnode.services import operations
 from p2pnode.services.blobs import BlobService
 from p2pnode.services.checks import Checks
 from p2pnode.services.ports import IsBanned, Judge, Now, Penalise, Streams, trio_deadline
@@ -71,6 +72,7 @@ class JobRequester:
         self._draws = 0
         self._secret = sealing.blob_secret(identity.seed)
         self._locked: dict[bytes, bytes] = {}  # blob key -> blob id, for data encrypted before
+        self.runs = operations.Runs("job")  # jobs asked for on their own, running now
         self.checks = Checks(me=identity.peer_id, now=now, judge=judge, candidates=self.candidates,
                              submit=self.submit, latency_ms=self._latency_ms,
                              calibrate_providers=calibrate_providers)
@@ -115,17 +117,47 @@ class JobRequester:
                      k: int = 3, backend: str = "", verify: str = "auto", bid_window_s: float = 2.0,
                      on_event: Callable[[dict[str, Any]], None] | None = None,
                      inputs: dict[str, np.ndarray] | None = None, only: list[Any] | None = None,
-                     purpose: str = "job") -> JobRecord:
+                     purpose: str = "job", hangup: operations.Hangup | None = None) -> JobRecord:
         """Run a job on the network. ``only`` restricts the auction to these ads (checks and
         calibration); ``purpose`` other than ``job`` marks such internal jobs, which are not
-        themselves re-checked."""
+        themselves re-checked.
+
+        A job asked for on its own (not a part of a map, a check or a calibration, which are
+        charged to what they are part of) is a run: ``p2pnode cancel`` or ``hangup`` stops it, its
+        provider is told at once, and the record says ``cancelled``. Its record's ``paid`` holds
+        what it cost in all: its price, its checks, the calibration of providers met for it."""
+        job_id = os.urandom(16)
+        kw: dict[str, Any] = {"max_price": max_price, "deadline_s": deadline_s, "k": k, "backend": backend,
+                              "verify": verify, "bid_window_s": bid_window_s, "on_event": on_event, "inputs": inputs,
+                              "only": only, "purpose": purpose}
+        if operations.current() is not None:  # a part of a larger request, which pays for it
+            return await self._submit(job_id, workload, params, **kw)
+        rec: JobRecord | None = None
+        with operations.spending() as account, self.runs.open(job_id.hex(), account, self.now(), hangup) as run:
+            rec = await self._submit(job_id, workload, params, **kw)
+        rec = rec or self.records.find(job_id.hex())
+        if rec is None:
+            raise JobError(f"job {job_id.hex()[:16]} cancelled ({run.reason}) before it was sent to a provider; "
+                           f"{account.describe()}")
+        rec.paid = account.to_json()
+        if run.cancelled and rec.state == "cancelled":
+            rec.outcome, rec.ended = f"cancelled: {run.reason}", self.now()
+            log.info("job %s: cancelled as requester of %s (%s); %s", rec.job[:8], rec.workload, run.reason,
+                     account.describe())
+            self.on_end(rec)
+        return rec
+
+    async def _submit(self, job_id: bytes, workload: str, params: dict[str, Any], *, max_price: int,
+                      deadline_s: float, k: int, backend: str, verify: str, bid_window_s: float,
+                      on_event: Callable[[dict[str, Any]], None] | None, inputs: dict[str, np.ndarray] | None,
+                      only: list[Any] | None, purpose: str) -> JobRecord:
         wl = workloads.get(workload)
         checked = wl.check(params)
         arrays = workloads.check_inputs(wl, checked, inputs)
         if deadline_s <= 0:
             raise JobError("the deadline is already past")
         if max_price <= 0:
-            raise JobError("--max-price must be positive")
+            raise JobError("--max-price must be at least 1 µcr: every provider charges at least 1 for a job")
         if self.budget and self.spent() + max_price > self.budget:
             raise JobError(f"over budget: {self.spent()} of {self.budget} µcredits spent, and this job may cost "
                            f"up to {max_price} (raise --budget, or lower --max-price)")
@@ -140,8 +172,8 @@ class JobRequester:
                     if on_event is not None:
                         on_event(item)
                 async with trio.open_nursery() as nursery:  # all at once: the slowest sets the wait
-                    for ad in fresh:
-                        nursery.start_soon(self.checks.calibrate, ad, early_event)
+                    for ad in fresh:  # each costs at most what this job may cost, or is not done
+                        nursery.start_soon(self.checks.calibrate, ad, early_event, max_price)
                 ads = self.candidates(workload, wl.memory(checked), k, backend, reserves=RESERVES * k)
         else:
             ads = [ad for ad in only if ad.peer_id != self.identity.peer_id]
@@ -152,7 +184,7 @@ class JobRequester:
                 or max((v for _, v in ad.speed), default=0.0)
         if not ads:
             raise JobError(f"no provider in the market offers {workload}" + (f" on {backend}" if backend else ""))
-        job_id, nonce = os.urandom(16), os.urandom(16)
+        nonce = os.urandom(16)
         policy = self.judge.verify_method(workload) if verify == "auto" else verify
         public = {k: v for k, v in checked.items() if k not in m.PRIVATE_PARAMS}
         private: dict[str, Any] = {k: v for k, v in checked.items() if k in m.PRIVATE_PARAMS}
@@ -168,6 +200,7 @@ class JobRequester:
                                int((started + deadline_s) * 1000), 0, backend, policy)
         rec = self.records.add(JobRecord(job_id.hex(), "requester", workload, checked, started=started,
                                          purpose=purpose))
+        operations.started(rec.job)
         rec.events.extend(early)
 
         def event(what: str, data: dict[str, object]) -> None:
@@ -339,6 +372,7 @@ class JobRequester:
                                                     "passed": machine.state is R.DONE,
                                                     "detail": rec.outcome[:250]}, peer=provider)
             await remember_receipt(trust, machine.receipt, "requester", rec.workload, provider)
+            operations.charge(rec.purpose, int(machine.receipt.body["paid"]))
             if rec.checked in ("rerun", "freivalds", "rows") and rec.purpose == "job":
                 await trust.publish_opinion(provider)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -304,3 +305,187 @@ def test_a_caller_whose_uid_cannot_be_read_is_refused(data_dir: Path, monkeypatc
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_control_requests_with_bad_numbers_are_refused_in_one_line(data_dir: Path) -> None:
+    from p2pnode.control.client import call
+    from p2pnode.errors import ControlError
+
+    bad = [
+        ("wait", {"what": "peers", "count": 1, "timeout_s": float("nan")}, "request holds NaN: numbers must be finite"),
+        ("wait", {"what": "peers", "count": 1, "timeout_s": float("-inf")}, "request holds -Infinity"),
+        ("wait", {"what": "peers", "count": 1, "timeout_s": 1e9}, "timeout_s must be between 0 and 300, not 1e+09"),
+        ("wait", {"what": "peers", "count": 1, "timeout_s": -1}, "timeout_s must be between 0 and 300, not -1"),
+        ("wait", {"what": "peers", "count": "one"}, "count must be a whole number, not 'one'"),
+        ("wait", {"what": "peers", "count": True}, "count must be a whole number, not True"),
+        ("submit", {"workload": "matmul", "max_price": 1e30}, "max_price must be a whole number, not 1e+30"),
+        ("submit", {"workload": "matmul", "max_price": 10, "deadline": 1e300}, "deadline must be between"),
+        ("map", {"model": "m.onnx", "input": "x.npy", "max_price": 10, "providers": 0}, "providers must be between"),
+    ]
+    with running(data_dir, "--no-provide") as node:
+        for cmd, fields, message in bad:
+            with pytest.raises(ControlError) as refused:
+                call(data_dir / "control.sock", cmd, **fields)
+            assert str(refused.value).startswith(message), (cmd, fields)
+        assert node.json("status")["state"] in ("healthy", "issues")  # it goes on answering
+        assert node.stop() == 0
+    assert "Traceback" not in "".join(node.output) and "internal error" not in "".join(node.output)
+
+
+def test_json_logs_stay_one_object_per_line_through_a_terminals_ctrl_c(data_dir: Path) -> None:
+    """Ctrl-C at a terminal signals the node's whole process group (its workers too): standard
+    output and error together must still be JSON objects, one per line, and no traceback."""
+    proc = subprocess.Popen(
+        [*EXE, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns", "--metrics", "",
+         "--log-format", "json", "--log-level", "info"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
+    assert proc.stdout is not None
+    try:
+        lines = []
+        for line in proc.stdout:  # up to the node's "listening on": its workers are running by then
+            lines.append(line)
+            if "listening on" in line:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        lines += out.splitlines(keepends=True)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    objects = [json.loads(line) for line in lines]  # every line parses
+    messages = [o["msg"] for o in objects]
+    assert any(m.startswith("listening on /ip4/127.0.0.1/") for m in messages)
+    assert "received SIGINT, shutting down" in messages
+    assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in lines)
+
+
+LIVE = ("starting", "collecting", "running", "verifying")  # a requester's job that has not ended
+
+
+def _requester_and_provider(data_dir: Path) -> tuple[NodeProcess, NodeProcess]:
+    from p2pnode.control.client import call
+
+    provider = NodeProcess(Path(f"{data_dir}-p"))
+    requester = NodeProcess(data_dir, "--no-provide", "--bootstrap", provider.addrs[0])
+    call(data_dir / "control.sock", "wait", timeout=40, what="offers", count=1, timeout_s=30)
+    return requester, provider
+
+
+def _stop_all(*nodes: NodeProcess) -> None:
+    import shutil
+
+    for node in nodes:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+        if node.data_dir.name.endswith("-p"):
+            shutil.rmtree(node.data_dir, ignore_errors=True)
+
+
+def test_ctrl_c_stops_a_map_in_the_node_says_what_it_paid_and_one_map_runs_once(data_dir: Path) -> None:
+    """Ctrl-C on `submit map` cancels the map inside the node (its jobs at the provider too) and the
+    client prints what was paid; a second run of the same map meanwhile is refused in one line;
+    `p2pnode cancel` stops a rerun the same way, which then resumes the kept shards."""
+    import numpy as np
+
+    from p2pnode import models
+    from p2pnode.control.client import call
+    from p2pnode.exec import model_jobs, onnx_model
+
+    rows, shard = 2400, 40  # 60 shards: the map is still running when the client is stopped
+    job = model_jobs.prepare(models.cnn(channels=16), {"": models.images(rows, seed=4)})
+    raw, _ = onnx_model.unpack(job.blob)
+    (data_dir / "m.onnx").write_bytes(raw)
+    np.save(data_dir / "x.npy", job.arrays["image"])
+    submit = [*EXE, "submit", "map", "--model", str(data_dir / "m.onnx"), "--input", str(data_dir / "x.npy"),
+              "--output", str(data_dir / "out.npy"), "--shard-rows", str(shard), "--providers", "1",
+              "--data-dir", str(data_dir)]
+    requester, provider = _requester_and_provider(data_dir)
+    sock = data_dir / "control.sock"
+    try:
+        first = subprocess.Popen(submit, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        call(sock, "wait", timeout=70, what="shards", count=2, timeout_s=60)
+        second = subprocess.run(submit, capture_output=True, text=True, env=ENV, timeout=60, check=False)
+        assert second.returncode == 1
+        assert re.fullmatch(r"p2pnode: error: map (\w+) is already running, started \d+ s ago: wait for it, or stop "
+                            r"it with `p2pnode cancel \1`\n", second.stderr), second.stderr
+        assert first.poll() is None
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 130, err
+        stopped = re.search(r"p2pnode: stopped: map (\w+) cancelled \(its client went away\): (\d+) of 60 shards "
+                            r"done and kept, paid (\d+) µcr \(job \d+\); the same command resumes it", err)
+        assert stopped, err
+        map_id, kept, paid = stopped.group(1), int(stopped.group(2)), int(stopped.group(3))
+        assert 2 <= kept < 60
+        jobs = requester.json("jobs")
+        (the_map,) = [j for j in jobs if j["workload"] == "map"]
+        assert the_map["job"] == map_id and the_map["state"] == "cancelled" and the_map["price"] == paid
+        assert not [j for j in jobs if j["state"] in LIVE], jobs  # no job of the map left running here
+        shards = [j for j in jobs if j["workload"] == "onnx" and j["state"] == "done"]
+        assert paid == sum(j["price"] for j in shards) > 0 and len(shards) >= kept
+        call(provider.data_dir / "control.sock", "wait", timeout=40, what="busy", count=0, timeout_s=30)
+        # `p2pnode cancel` stops a rerun, which resumed the kept shards
+        third = subprocess.Popen([*submit, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=ENV)
+        call(sock, "wait", timeout=70, what="shards", count=kept + 2, timeout_s=60)
+        cancelled = requester.cli("cancel", map_id[:8])
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert re.fullmatch(rf"cancelled: map {map_id}; paid \d+ µcr \(job \d+\)\n", cancelled.stdout), cancelled.stdout
+        _, err = third.communicate(timeout=60)
+        assert third.returncode == 1 and f"map {map_id} cancelled (by p2pnode cancel)" in err, err
+        assert requester.cli("cancel", map_id[:8]).stderr.startswith("p2pnode: error: nothing running has an id")
+        assert "Traceback" not in "".join(requester.output + provider.output)
+    finally:
+        _stop_all(requester, provider)
+
+
+def test_a_client_that_goes_away_cancels_its_job_at_the_provider(data_dir: Path) -> None:
+    """`submit WORKLOAD` stopped by Ctrl-C while its provider computes: the job is cancelled there."""
+    requester, provider = _requester_and_provider(data_dir)
+    try:
+        client = subprocess.Popen([*EXE, "submit", "train_step", "-p", "steps=1000", "-p", "batch=1024", "-p", "d_in=256",
+                                   "-p", "d_hidden=640", "--deadline", "300", "--max-price", str(10**9),
+                                   "--data-dir", str(data_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=ENV)
+        assert client.stdout is not None
+        for line in client.stdout:  # the human output, as it comes
+            if "award to" in line:
+                break
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=60)
+        assert client.returncode == 130
+        # what it paid: the calibration of the provider, met for the first time (the job itself: nothing)
+        assert re.search(r"p2pnode: stopped: job \w{16} cancelled: its client went away; paid \d+ µcr "
+                         r"\(calibration \d+\)\n", err), err
+        (job,) = [j for j in requester.json("jobs") if j["workload"] == "train_step"]
+        assert job["state"] == "cancelled" and job["outcome"] == "cancelled: its client went away"
+        from p2pnode.control.client import call
+
+        call(provider.data_dir / "control.sock", "wait", timeout=40, what="busy", count=0, timeout_s=30)
+        (done,) = [j for j in provider.json("jobs") if j["job"] == job["job"]]
+        assert done["state"] == "cancelled"
+    finally:
+        _stop_all(requester, provider)
+
+
+@pytest.mark.parametrize(("args", "status", "message"), [
+    (["submit", "matmul", "--max-price", "0"], 2,
+     "argument --max-price: 0: a job pays at least 1 µcr (every provider charges at least 1 for a job)"),
+    (["submit", "matmul", "-p", "m=4", "-p", "n=4", "-p", "k=4", "-o", "/nonexistent-dir/c.npy"], 1,
+     "--output /nonexistent-dir/c.npy: the folder /nonexistent-dir does not exist"),
+    (["submit", "map", "--model", "m.onnx", "--input", "x.npy", "-o", "/nonexistent-dir/y.npy"], 1,
+     "the folder /nonexistent-dir does not exist"),
+    (["submit", "infer", "--model", "m.onnx", "--input", "x.npy", "--verify", "freivalds"], 1,
+     "--verify freivalds checks matrix products (matmul) only"),
+])
+def test_bad_submit_options_are_refused_before_anything_is_sent(data_dir: Path, args: list[str], status: int,
+                                                                 message: str) -> None:
+    """No node runs here: each is refused by the command itself, before it would ask one."""
+    out = subprocess.run([*EXE, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, env=ENV,
+                         timeout=60, cwd=data_dir, check=False)
+    assert out.returncode == status
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("p2pnode: error:") and message in lines[0], out.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 from nacl.signing import SigningKey
 
@@ -63,3 +64,38 @@ def test_verify_file_reports_a_tampered_export(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert cli.main(["ledger", "verify", "--file", str(out)]) == 2
     assert "entry 2" in capsys.readouterr().err
+
+
+def test_verify_file_refuses_readable_fields_that_disagree_with_the_signed_record(tmp_path: Path, capsys) -> None:
+    a = tmp_path / "a"
+    identity, _ = load_or_create(a)
+    with Ledger.open(a / FILE_NAME, identity.signing_key) as ledger:
+        ledger.append("receipt", {"role": "requester", "job": b"j" * 16, "receipt": b"r" * 80, "workload": "matmul",
+                                  "accepted": True, "paid": 1}, peer=OTHER[0])
+        ledger.append("credit", {"job": b"j" * 16, "amount": -1}, peer=OTHER[0])
+    out = tmp_path / "a.jsonl"
+    assert cli.main(["ledger", "export", "--data-dir", str(a), "-o", str(out)]) == 0
+    honest = out.read_text().splitlines()
+    assert cli.main(["ledger", "verify", "--file", str(out)]) == 0
+
+    def verify_with(line: int, edit: Any) -> tuple[int, str]:
+        lines = list(honest)
+        obj = json.loads(lines[line])
+        edit(obj)
+        lines[line] = json.dumps(obj)
+        out.write_text("\n".join(lines) + "\n")
+        capsys.readouterr()
+        code = cli.main(["ledger", "verify", "--file", str(out)])
+        return code, capsys.readouterr().err
+
+    code, err = verify_with(2, lambda o: o["entry"]["data"].update(paid=1000000))
+    assert code == 2
+    assert "entry 1:" in err and "entry.data.paid says 1000000" in err and "signed record says 1" in err
+    code, err = verify_with(3, lambda o: o["entry"]["data"].update(amount=True))  # -1 and true are not alike
+    assert code == 2 and "entry.data.amount" in err
+    code, err = verify_with(3, lambda o: o.update(seq=7))
+    assert code == 2 and "entry 2:" in err and "field seq says 7" in err
+    code, err = verify_with(2, lambda o: o["entry"].pop("peer"))
+    assert code == 2 and "entry.peer says nothing" in err
+    code, err = verify_with(2, lambda o: o.pop("entry"))  # only the record: nothing readable to disagree
+    assert code == 0, err

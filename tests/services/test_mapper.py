@@ -13,8 +13,10 @@ import trio
 
 from p2pnode import models
 from p2pnode.exec import backends, model_jobs, workloads
-from p2pnode.services.mapper import MapError, MapService
-from p2pnode.services.records import JobRecord
+from p2pnode.services import operations
+from p2pnode.services.mapper import MapCancelled, MapError, MapService, _atomic, map_id
+from p2pnode.services.operations import AlreadyRunning, Hangup
+from p2pnode.services.records import JobRecord, JobRecords
 from p2pnode.wire.peer_id import to_base58
 from tests.services.fakes import virtual_now
 
@@ -42,6 +44,9 @@ class Market:
         self.deepest = 0  # shards at once on one provider
         self.ort = backends.ops("ort-cpu")
         self.stop_after: int | None = None
+        self.gate: trio.Event | None = None  # shards after the first ``hold_after`` wait for it
+        self.hold_after = 0
+        self.asked: list[dict[str, Any]] = []  # each submit's max_price and verify
 
     def candidates(self, workload: str, need: int, k: int, backend: str) -> list[Any]:
         return list(self.ads)
@@ -52,18 +57,23 @@ class Market:
         if self.stop_after is not None and len(self.calls) >= self.stop_after:
             await trio.sleep_forever()  # the requester is about to be killed
         self.calls.append((peer, params["rows"]))
+        nth = len(self.calls)
+        self.asked.append({"max_price": kw["max_price"], "verify": kw["verify"]})
         self.in_flight[peer] = self.in_flight.get(peer, 0) + 1
         self.most_at_once = max(self.most_at_once, sum(1 for n in self.in_flight.values() if n))
         self.deepest = max(self.deepest, self.in_flight[peer])
         try:
             await trio.sleep(0.01)
+            if self.gate is not None and nth > self.hold_after:
+                await self.gate.wait()
             rec = JobRecord("ab" * 16, "requester", workload, params, started=virtual_now(), peer=to_base58(peer))
             if peer in self.bad:
                 rec.state, rec.outcome = "rejected", "wrong: sampled rows disagree"
                 return rec
             wl = workloads.get(workload)
             rec.output = wl.run(wl.check(params), self.ort, lambda f: None, inputs)
-            rec.state, rec.outcome = "done", "verified"
+            rec.state, rec.outcome, rec.price = "done", "verified", kw["max_price"]
+            operations.charge("job", rec.price)  # as the requester charges a paid receipt
             rec.events.append({"event": "sample", "rows": min(90, params["rows"])})
             return rec
         finally:
@@ -139,3 +149,147 @@ async def test_a_shard_nobody_can_do_fails_the_job_with_its_name(tmp_path: Path)
     maps = MapService(submit=market.submit, candidates=market.candidates, now=virtual_now, state_dir=tmp_path)
     with pytest.raises(MapError, match="shard"):
         await maps.run(job, shard_rows=50, providers=2, max_price=10**6, deadline_s=60)
+
+
+def _maps(market: Market, folder: Path, records: JobRecords | None = None) -> MapService:
+    return MapService(submit=market.submit, candidates=market.candidates, now=virtual_now, state_dir=folder,
+                      records=records)
+
+
+async def test_a_second_run_of_a_running_map_is_refused_and_the_first_goes_on(tmp_path: Path) -> None:
+    market, job = Market(2), _job()
+    market.gate = trio.Event()
+    maps, results = _maps(market, tmp_path), []
+
+    async def first() -> None:
+        results.append(await maps.run(job, shard_rows=25, providers=2, max_price=10**6, deadline_s=60))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first)
+        with trio.fail_after(30):
+            while not market.calls:  # it runs, its shards held at the gate
+                await trio.sleep(0.01)
+        mid = map_id(job, 25)
+        with pytest.raises(AlreadyRunning, match=f"map {mid} is already running, started .*p2pnode cancel {mid}"):
+            await maps.run(job, shard_rows=25, providers=2, max_price=10**6, deadline_s=60)
+        # another service over the same folder (a restarted node's): its lock file refuses it too
+        with pytest.raises(AlreadyRunning, match=f"map {mid} is already running: wait"):
+            await _maps(Market(2), tmp_path).run(job, shard_rows=25, providers=2, max_price=10**6, deadline_s=60)
+        market.gate.set()
+    (result,) = results
+    assert result.shards == 4 and len(market.calls) == 4 and result.resumed == 0
+    assert np.allclose(result.outputs["probabilities"], _local(job), rtol=1e-5, atol=1e-7)
+
+
+async def test_a_cancelled_map_stops_its_jobs_keeps_its_shards_and_says_what_it_paid(tmp_path: Path) -> None:
+    market, job, records = Market(2), _job(), JobRecords()
+    market.gate, market.hold_after = trio.Event(), 3  # three shards finish, the rest hang
+    maps, hangup, errors = _maps(market, tmp_path, records), Hangup(), []
+
+    async def run() -> None:
+        try:
+            await maps.run(job, shard_rows=10, providers=2, max_price=1000, deadline_s=60, hangup=hangup)
+        except MapCancelled as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        with trio.fail_after(30):
+            while maps.shards_saved < 3 or not any(market.in_flight.values()):
+                await trio.sleep(0.01)
+        hangup.set()  # its client went away
+    (error,) = errors
+    assert str(error) == (f"map {map_id(job, 10)} cancelled (its client went away): 3 of 10 shards done and kept, "
+                          "paid 300 µcr (job 300); the same command resumes it")
+    assert not any(market.in_flight.values())  # no shard job left running
+    (rec,) = [r for r in records if r.workload == "map"]
+    assert rec.state == "cancelled" and rec.price == 300 and rec.paid == {"job": 300, "total": 300}
+    assert "3 of 10 shards done and kept" in rec.outcome and not maps.runs.live
+    again = Market(2)
+    result = await _maps(again, tmp_path).run(job, shard_rows=10, providers=2, max_price=1000, deadline_s=60)
+    assert result.resumed == 3 and len(again.calls) == 7 and result.paid["total"] == 700
+
+
+async def test_p2pnode_cancel_finds_a_map_by_the_start_of_its_id(tmp_path: Path) -> None:
+    market, job = Market(1), _job()
+    market.gate = trio.Event()
+    maps, errors = _maps(market, tmp_path), []
+
+    async def run() -> None:
+        with pytest.raises(MapCancelled, match="cancelled \\(by p2pnode cancel\\): 0 of 4 shards done") as caught:
+            await maps.run(job, shard_rows=25, providers=1, max_price=1000, deadline_s=60)
+        errors.append(caught.value)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        with trio.fail_after(30):
+            while not market.calls:
+                await trio.sleep(0.01)
+        run_ = maps.runs.find(map_id(job, 25)[:6])
+        assert run_ is not None and maps.runs.find("ffffffff") is None
+        run_.cancel("by p2pnode cancel")
+    assert errors and not any(market.in_flight.values())
+
+
+async def test_a_finished_map_run_again_says_so_and_fresh_runs_it_again(tmp_path: Path) -> None:
+    job = _job()
+    first = await _maps(Market(2), tmp_path).run(job, shard_rows=25, providers=2, max_price=1000, deadline_s=60)
+    assert not first.already_done and first.paid["total"] == 1000
+    market, events = Market(2), []
+    again = await _maps(market, tmp_path).run(job, shard_rows=25, providers=2, max_price=1000, deadline_s=60,
+                                              on_event=events.append)
+    assert again.already_done and again.resumed == again.shards == 4 and not market.calls
+    assert again.paid == {"total": 0} and again.checked_rows == 0 and again.folder.endswith(again.map_id)
+    assert again.summary()["already_done"] and events[0]["already_done"]
+    assert np.array_equal(again.outputs["probabilities"], first.outputs["probabilities"])
+    fresh = await _maps(market, tmp_path).run(job, shard_rows=25, providers=2, max_price=1000, deadline_s=60,
+                                              fresh=True)
+    assert not fresh.already_done and fresh.resumed == 0 and len(market.calls) == 4
+
+
+async def test_the_shards_prices_add_up_to_the_max_price_and_never_more(tmp_path: Path) -> None:
+    market, job = Market(2), _job()
+    await _maps(market, tmp_path).run(job, shard_rows=30, providers=2, max_price=101, deadline_s=60)
+    prices = sorted(a["max_price"] for a in market.asked)
+    assert prices == [11, 30, 30, 30] and sum(prices) == 101  # rounded down, the last shard's remainder its own
+    market = Market(2)
+    with pytest.raises(MapError, match="--max-price 3 leaves less than 1 µcr for a shard \\(4 shards"):
+        await _maps(market, tmp_path).run(job, shard_rows=30, providers=2, max_price=3, deadline_s=60)
+    assert not market.calls
+
+
+async def test_verify_none_is_passed_on_and_freivalds_refused(tmp_path: Path) -> None:
+    market, job = Market(2), _job()
+    result = await _maps(market, tmp_path).run(job, shard_rows=50, providers=2, max_price=100, deadline_s=60,
+                                               verify="none")
+    assert result.verify == "none" and {a["verify"] for a in market.asked} == {"none"}
+    with pytest.raises(MapError, match="freivalds checks matrix products only"):
+        await _maps(market, tmp_path).run(job, shard_rows=50, providers=2, max_price=100, deadline_s=60,
+                                          verify="freivalds", fresh=True)
+
+
+def test_state_files_written_at_once_each_use_their_own_temporary_file(tmp_path: Path) -> None:
+    """Two writers of one state file at the same moment (two runs of a map once raced so): each
+    writes its own temporary file and renames it; neither finds its file taken by the other."""
+    import threading
+
+    both_open = threading.Barrier(2, timeout=10)
+    errors: list[BaseException] = []
+
+    def write(text: bytes) -> None:
+        def slow(f: Any) -> None:
+            f.write(text)
+            both_open.wait()
+
+        try:
+            _atomic(tmp_path / "state.json", slow)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in (b'{"a": 1}', b'{"b": 2}')]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and (tmp_path / "state.json").read_bytes() in (b'{"a": 1}', b'{"b": 2}')
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left

@@ -42,6 +42,30 @@ def test_text_lines_escape_newlines_and_libp2p_stays_quiet() -> None:
     logs.setup("warning")
 
 
+def test_library_info_lines_stay_out_at_every_level_but_debug(capsys: pytest.CaptureFixture[str]) -> None:
+    import libp2p.network.auto_connector  # noqa: F401 - sets its own logger to INFO when imported
+
+    chatty, failing = logging.getLogger("libp2p.network.auto_connector"), logging.getLogger("libp2p.network.swarm")
+    try:
+        for level, fmt in (("info", "json"), ("info", "text"), ("warning", "json"), ("error", "text")):
+            logs.setup(level, fmt)
+            chatty.info("Connections (0, in_flight=0) below target (100); initiating 100 new dials")
+            failing.error("failed to dial 12D3KooW")
+            logging.getLogger("p2pnode.node").error("ours")
+            err = capsys.readouterr().err
+            assert "initiating" not in err and "failed to dial" not in err, (level, fmt, err)
+            assert err.count("\n") == 1 and "ours" in err
+            if fmt == "json":
+                assert json.loads(err)["msg"] == "ours"
+        logs.setup("debug", "json")
+        chatty.info("initiating 100 new dials")
+        logging.getLogger("zeroconf").info("mdns chatter")
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+        assert [x["msg"] for x in lines] == ["initiating 100 new dials"]
+    finally:
+        logs.setup("warning")
+
+
 async def test_both_sides_of_a_job_log_it(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="p2pnode.jobs")
     async with swarm(2, workloads=["matmul"]) as nodes:

@@ -1,0 +1,157 @@
+"""The control commands that run work for the user: ``submit`` (a job), ``map`` and ``submit`` with
+a model (a model over a dataset), and ``cancel``.
+
+Everything the user gives is checked before anything is sent or paid for: the numbers, the input
+files, the output path (:mod:`p2pnode.model_io`). A job or map runs until it ends, ``cancel`` names
+it, or its client goes away (the control connection closes: Ctrl-C); stopped, its jobs are cancelled
+at their providers and the answer says what it paid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pnode import model_io
+from p2pnode.control.requests import MAX_DEADLINE_S, MAX_PRICE, flag, number, text
+from p2pnode.errors import ControlError, unwrap_group
+from p2pnode.services.operations import Hangup, Runs, describe_paid
+
+CANCEL_WAIT_S = 30.0  # how long `cancel` waits for what it stopped to end (its providers told)
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _hangup(emit: Any) -> Hangup | None:
+    """The client's hang-up, from the server's call object (None for in-process callers); from
+    now on the handler answers for it."""
+    hangup = getattr(emit, "hangup", None)
+    if hangup is not None:
+        emit.answers_hangup = True
+    return hangup
+
+
+async def _with_events(emit: Emit, work: Callable[[Callable[[dict[str, Any]], None]], Awaitable[Any]]) -> Any:
+    """Run ``work(on_event)``, its events sent to the client as they come (a slow client misses
+    some, never the answer)."""
+    send, recv = trio.open_memory_channel[dict[str, Any]](256)
+
+    def on_event(item: dict[str, Any]) -> None:
+        try:
+            send.send_nowait(item)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass
+
+    async def forward() -> None:
+        async for item in recv:
+            await emit(item)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward)
+            try:
+                return await work(on_event)
+            finally:
+                send.close()
+    except BaseExceptionGroup as group:
+        raise unwrap_group(group) from None
+
+
+async def submit_job(jobs: Any, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    """A workload with parameters (and input arrays from files) on the network."""
+    params = request.get("params") or {}
+    files = request.get("input_files") or {}
+    if not isinstance(params, dict) or not isinstance(files, dict):
+        raise ControlError("params and input_files must be maps")
+    args: dict[str, Any] = dict(max_price=number(request, "max_price", lo=1, hi=MAX_PRICE, integer=True),  # noqa: C408
+                                deadline_s=number(request, "deadline", 60, lo=1e-3, hi=MAX_DEADLINE_S),
+                                k=number(request, "k", 3, lo=1, hi=64, integer=True),
+                                backend=text(request, "backend", max_len=32),
+                                verify=text(request, "verify", "auto", max_len=32))
+    output = text(request, "output")
+    if output:
+        model_io.check_output(output)
+    inputs = {str(name): model_io.read_array(str(path), f"input {name}") for name, path in files.items()} or None
+    workload = text(request, "workload", max_len=64)
+    hangup = _hangup(emit)
+    rec = await _with_events(emit, lambda on_event: jobs.submit(workload, dict(params), inputs=inputs,
+                                                                on_event=on_event, hangup=hangup, **args))
+    if rec.state == "cancelled":
+        raise ControlError(f"job {rec.job[:16]} {rec.outcome}; {describe_paid(rec.paid)}")
+    out: dict[str, Any] = rec.to_json()
+    if output and rec.state == "done" and rec.output is not None:
+        arrays = dict(rec.output.arrays)
+        out["saved"] = await trio.to_thread.run_sync(model_io.save_outputs, output, arrays, sorted(arrays))
+    return out
+
+
+async def run_map(maps: Any, request: dict[str, Any], emit: Emit, *, single: bool = False) -> dict[str, Any]:
+    """A model over a dataset, outputs saved to ``output``: one job (``single``), or shards of
+    ``shard_rows`` (0: two shards per provider)."""
+    model_path, input_path, output = text(request, "model"), text(request, "input"), text(request, "output")
+    if not model_path or not input_path:
+        raise ControlError("a model job needs a model and an input file")
+    shard_rows = number(request, "shard_rows", 0, lo=0, hi=2**31, integer=True)
+    providers = number(request, "providers", 3, lo=1, hi=64, integer=True)
+    max_price = number(request, "max_price", lo=1, hi=MAX_PRICE, integer=True)
+    deadline = number(request, "deadline", 600, lo=1e-3, hi=MAX_DEADLINE_S)
+    backend, verify = text(request, "backend", max_len=32), text(request, "verify", "auto", max_len=32)
+    fresh = flag(request, "fresh")
+    if verify not in ("auto", "none"):
+        raise ControlError(f"--verify {verify} does not check a model job: it is checked by re-running sampled rows "
+                           "or whole shards elsewhere (auto), or not at all (none); freivalds checks matrix "
+                           "products (matmul) only")
+    if output:
+        model_io.check_output(output)
+    job, notes = await trio.to_thread.run_sync(_prepare, Path(model_path), input_path)
+    if single:
+        shard_rows = job.rows
+    elif shard_rows <= 0:
+        shard_rows = max(1, -(-job.rows // (2 * max(1, providers))))
+    for note in notes:
+        await emit({"event": "note", "text": note})
+    hangup = _hangup(emit)
+    result = await _with_events(emit, lambda on_event: maps.run(
+        job, shard_rows=shard_rows, providers=providers, max_price=max_price, deadline_s=deadline, backend=backend,
+        verify=verify, fresh=fresh, hangup=hangup, on_event=on_event))
+    summary: dict[str, Any] = result.summary()
+    summary["notes"] = notes
+    summary["model"] = {"inputs": [s.name for s in job.info.inputs], "outputs": [s.name for s in job.info.outputs],
+                        "row_independent": job.row_independent, "gflop": round(job.gflop(), 6)}
+    if output:
+        names = [s.name for s in job.info.outputs]
+        summary["saved"] = await trio.to_thread.run_sync(model_io.save_outputs, output, result.outputs, names)
+    return summary
+
+
+def _prepare(model_path: Path, input_path: str) -> tuple[Any, list[str]]:
+    """The model job (checked, probed), and what was done to the model and data to make it."""
+    from p2pnode.exec import model_jobs, onnx_model
+
+    blob = onnx_model.pack_file(model_path)
+    raw, external = onnx_model.unpack(blob)
+    raw, notes = model_io.drop_zipmap(raw)
+    if notes:
+        blob = onnx_model.pack(raw, external)
+    arrays = model_io.read_dataset(input_path)
+    job = model_jobs.prepare(blob, arrays)
+    notes += model_io.conversions(model_jobs.name_arrays(job.info, arrays), job.arrays)
+    return job, notes
+
+
+async def cancel(runs: list[Runs], request: dict[str, Any]) -> dict[str, Any]:
+    """Stop the running job or map whose id (or one of whose jobs' ids) starts with ``id``; wait
+    until it has ended (its providers told) and say what it paid."""
+    target = text(request, "id", max_len=64).strip().lower()
+    if len(target) < 4:
+        raise ControlError("name a job or map by at least 4 characters of its id (p2pnode jobs lists them)")
+    run = next((r for r in (rs.find(target) for rs in runs) if r is not None), None)
+    if run is None:
+        raise ControlError(f"nothing running has an id starting {target} (p2pnode jobs lists what runs)")
+    run.cancel("by p2pnode cancel")
+    with trio.move_on_after(CANCEL_WAIT_S):
+        await run.ended.wait()
+    return {"kind": run.kind, "id": run.id, "state": "cancelled" if run.ended.is_set() else "cancelling",
+            "paid": run.spending.to_json()}
