@@ -236,8 +236,14 @@ def test_swarm_logs_follow_prints_new_lines_until_ctrl_c(tmp_path: Path) -> None
     proc = subprocess.Popen([*EXE, "swarm", "logs", "-f", "--dir", str(tmp_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=ENV)
     lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    threading.Thread(target=lambda: [lines.put(x.rstrip("\n")) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    stdout = proc.stdout
+    assert stdout is not None
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
 
     def expect(line: str) -> None:
         while lines.get(timeout=30) != line:

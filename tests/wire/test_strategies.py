@@ -56,7 +56,7 @@ def _find(condition: Callable[[ca.CapacityAd], bool]) -> ca.CapacityAd:
 
 
 def test_ads_cover_every_offer_kind_real_nodes_publish() -> None:
-    wanted, seen = set(testing.offer_kinds()), set()
+    wanted, seen = set(testing.offer_kinds()), set[tuple[str, str, str]]()
 
     def all_seen(ad: ca.CapacityAd) -> bool:
         seen.update((o.workload, o.backend, o.unit) for o in ca.decode_ad(testing.sign(ad, KEY)).ad.offers)
