@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,24 @@ def default_data_dir() -> Path:
 
 
 _FLAG = Flag()
+_TIME_RANGE = re.compile(r"\d{1,2}:\d{2}\s*-\s*\d{1,2}:\d{2}")
+
+
+def _by_commas(text: str) -> list[str]:
+    return text.split(",")
+
+
+def _windows(text: str) -> list[str]:
+    """Schedule windows separated by commas, where a window's days may hold commas too: a piece
+    without a time range is a day list, and joins the next (``"mon-fri 19:00-07:00,sat,sun
+    00:00-24:00"`` is two windows, ``"sat,sun 00:00-24:00"`` one)."""
+    out, days = [], ""
+    for piece in text.split(","):
+        days = f"{days},{piece.strip()}" if days else piece.strip()
+        if _TIME_RANGE.search(piece):
+            out.append(days)
+            days = ""
+    return [*out, days] if days else out  # a day list with no time: Schedule.parse says so
 
 
 @dataclass(frozen=True)
@@ -56,7 +75,7 @@ class Key:
     default: Any
     doc: str
     accepts: Rule = _FLAG  # the range or format, checked at load; the README's "accepts" column
-    commas: bool = True  # a list whose entries never hold a comma: "a,b" in the environment is two
+    split: Callable[[str], list[str]] = _by_commas  # a list given as one string, separated by commas
 
 
 # Format rules: each takes the key's name and its value, and raises ConfigError ----------------
@@ -175,7 +194,7 @@ KEYS: tuple[Key, ...] = (
         Between(0, 1024)),
     Key("schedule", list, [], "When this node takes jobs, in local time: windows such as 18:00-08:00 or "
         "mon-fri 19:00-07:00; outside them it is paused (running jobs finish). Empty: always.", _schedule,
-        commas=False),
+        split=_windows),
     Key("ad_interval", float, 60.0, "Seconds between periodic capacity ads in a market of up to 120 providers; "
         "longer in a larger one, so the market publishes about 2 ads a second (also sent at start and on change; "
         "newcomers get the market by sync).", Between(MIN_AD_INTERVAL_S, MAX_AD_TTL_S, "s", hi_open=True,
@@ -339,8 +358,8 @@ def _coerce(key: Key, value: Any, source: str) -> Any:
 
 def _split(key: Key, text: str, where: str) -> list[str]:
     """A list given as one string (an environment variable, a flag): a TOML or JSON array when it
-    starts with ``[``; else entries separated by ``;`` or newlines; else, where the key's entries
-    never hold a comma, by commas. ``"sat,sun 00:00-24:00"`` is then one schedule window."""
+    starts with ``[``; else entries separated by ``;`` or newlines; else by commas, as the key
+    reads them (schedule windows keep the commas of their day lists)."""
     text = text.strip()
     if text.startswith("["):
         try:
@@ -351,10 +370,7 @@ def _split(key: Key, text: str, where: str) -> list[str]:
             raise ConfigError(f"{where}: not a TOML or JSON array of strings")
         value = doc["v"]
         return value if isinstance(value, list) else [value]
-    if ";" in text or "\n" in text:
-        parts = text.replace("\n", ";").split(";")
-    else:
-        parts = text.split(",") if key.commas else [text]
+    parts = text.replace("\n", ";").split(";") if ";" in text or "\n" in text else key.split(text)
     return [p.strip() for p in parts if p.strip()]
 
 

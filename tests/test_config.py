@@ -198,6 +198,8 @@ def test_readme_shows_what_each_key_accepts() -> None:
     ("mon-fri 19:00-07:00\nsat,sun 00:00-24:00\n", ("mon-fri 19:00-07:00", "sat,sun 00:00-24:00")),
     ('["mon-fri 19:00-07:00", "sat,sun 00:00-24:00"]', ("mon-fri 19:00-07:00", "sat,sun 00:00-24:00")),
     ("['sat,sun 00:00-24:00']", ("sat,sun 00:00-24:00",)),  # TOML's literal strings too
+    ("mon-fri 19:00-07:00,sat,sun 00:00-24:00", ("mon-fri 19:00-07:00", "sat,sun 00:00-24:00")),
+    ("sat+sun 10:00-12:00,22:00-06:00", ("sat+sun 10:00-12:00", "22:00-06:00")),  # commas between windows
 ])
 def test_schedule_windows_with_commas_come_through_the_environment(
         data_dir: Path, raw: str, windows: tuple[str, ...]) -> None:
@@ -209,6 +211,11 @@ def test_simple_comma_lists_still_work_in_the_environment(data_dir: Path) -> Non
                             "P2PNODE_WORKLOADS": '["matmul", "onnx"]'})
     assert c.listen == ("/ip4/127.0.0.1/tcp/1", "/ip4/127.0.0.1/tcp/2")
     assert (c.gpus, c.workloads) == (("0", "2"), ("matmul", "onnx"))
+
+
+def test_a_day_list_without_a_time_is_refused_from_the_environment(data_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="'sat,sun' is not a window"):
+        load(data_dir, env={"P2PNODE_SCHEDULE": "mon 10:00-12:00,sat,sun"})
 
 
 @pytest.mark.parametrize(("raw", "message"), [
