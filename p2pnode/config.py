@@ -205,8 +205,9 @@ KEYS: tuple[Key, ...] = (
     Key("market_v1", bool, True, "Also read capacity ads on the version-1 topic and serve version-1 market syncs, "
         "for nodes not yet upgraded."),
     Key("calibrate_seconds", float, 0.3, "Budget of the start-up calibration run.", Between(0.01, 30.0, "s")),
-    Key("heartbeat", float, 1.0, "GossipSub heartbeat interval in seconds.", Between(0.2, 60.0, "s",
-                                                                                            why="a shorter one spins")),
+    # a lone idle node used 0.2 % of a core at 1 s, 0.3 % at 0.2 s and 55 % at 1e-9 s (20 s of /proc/PID/stat)
+    Key("heartbeat", float, 1.0, "GossipSub heartbeat interval in seconds.",
+        Between(0.2, 60.0, "s", why="a shorter one spins")),
     Key("metrics", str, DEFAULT_METRICS, "host:port of the Prometheus endpoint (loopback only; the default port "
         "falls back to a free one when another node holds it); empty disables it.", _metrics),
     Key("metrics_public", bool, False, "Allow a non-loopback metrics address, for a Prometheus server on another "
