@@ -124,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--cheat", metavar="MODE[:X]", default="",
                     help="demo/up: make node 1 an adversary (garbage, perturb, replay, lowprec, skip, overclaim, stall)")
     sw.add_argument("--node", type=int, default=None, help="logs: only this node's log")
+    sw.add_argument("--tail", type=int, default=None, metavar="N",
+                    help="logs: the last N lines of each log (default 10; with --node, all)")
+    sw.add_argument("-f", "--follow", action="store_true", help="logs: keep printing new lines until Ctrl-C")
 
     si = sub.add_parser("sim", help="simulate a scenario on the node's own core, up to 10,000 nodes",
                         description="Run a scenario file (the ones `swarm run` takes) on the simulator: the node's "

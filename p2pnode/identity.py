@@ -18,6 +18,7 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from p2pnode.errors import IdentityError
+from p2pnode.files import kind_of
 from p2pnode.wire.peer_id import peer_id_from_public_key, to_base58
 
 KEY_FILE = "identity.key"
@@ -85,15 +86,22 @@ def load_or_create(data_dir: Path) -> tuple[Identity, bool]:
         raise IdentityError(f"cannot create data dir {data_dir}: {exc.strerror}") from exc
     path = data_dir / KEY_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return _create(path), True
     except OSError as exc:
+        raise IdentityError(f"{path}: cannot look at it: {exc.strerror}") from exc
+    if not stat.S_ISREG(mode):  # never open a FIFO (it blocks) or a device
+        raise IdentityError(f"{path}: is {kind_of(mode)}, not a key file; move it out of the data dir")
+    try:  # non-blocking, in case a FIFO took the file's place since: it is then refused below
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
         raise IdentityError(f"{path}: cannot open: {exc.strerror}") from exc
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise IdentityError(f"{path}: is {kind_of(mode)}, not a key file; move it out of the data dir")
     with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            raise IdentityError(f"{path}: not a regular file")
         if mode & 0o077:
             raise IdentityError(
                 f"{path}: permissions {oct(mode & 0o777)} let other users read the key; "

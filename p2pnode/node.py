@@ -25,6 +25,7 @@ from p2pnode.control import server as control_server
 from p2pnode.control.views import ControlViews
 from p2pnode.errors import ConfigError
 from p2pnode.exec.executor import Executor
+from p2pnode.files import check_data_dir
 from p2pnode.identity import Identity, load_or_create
 from p2pnode.ledger.store import FILE_NAME
 from p2pnode.market.bidding import Capacity
@@ -49,7 +50,7 @@ from p2pnode.services.records import JobRecords
 from p2pnode.services.requester import JobRequester
 from p2pnode.services.trust import TrustService, reputation_for
 from p2pnode.sharing import Schedule
-from p2pnode.telemetry.calibrate import calibrate
+from p2pnode.telemetry.calibrate import calibrate, read_calibration_file
 from p2pnode.telemetry.metrics import NodeMetrics
 from p2pnode.telemetry.probe import Hardware, HardwareProbe
 from p2pnode.verify.sampling import SamplingPolicy
@@ -71,8 +72,8 @@ ADDRS_FRESH_S = 5.0  # how long a reading of this node's own direct addresses is
 class Node:
     def __init__(self, config: Config, *, identity: Identity | None = None, nvml: ModuleType | None = None,
                  clock: Callable[[], float] = time.time, executor: Executor | None = None) -> None:
-        """Check the addresses (and that the listen ports are free) before touching the data dir,
-        then load or create the identity and build every service. ``executor``: one shared with
+        """Check the addresses (and that the listen ports are free) and the data dir's entries before
+        touching it, then load or create the identity and build every service. ``executor``: one shared with
         other nodes of this process (its owner starts and stops it), instead of the node's own."""
         self.config = config
         self._direct: tuple[float, list[str]] = (0.0, [])  # (when read, this node's direct addresses)
@@ -83,6 +84,7 @@ class Node:
                 raise ConfigError(f"announce {a!r}: an unspecified address cannot be dialed")
         for addr in self._listen:
             workarounds.check_listen_port_free(addr)
+        check_data_dir(config.data_dir)  # a directory named ledger.sqlite, a FIFO, ...: one clear line
         self.identity = identity or _load_identity(config)
         self._clock = clock
         cfg, me = config, self.identity.peer_id
@@ -273,7 +275,7 @@ class Node:
             if cfg.impair:
                 impair.set_current(impair.Impairment.parse(cfg.impair))
             if cfg.provide and cfg.calibration_file:
-                self.resources.speed = _read_calibration(cfg.calibration_file)
+                self.resources.speed = read_calibration_file(cfg.calibration_file)
             async with self.executor if self.executor is not None and self._own_executor \
                     else contextlib.nullcontext():
                 if cfg.provide and not cfg.calibration_file:
@@ -359,20 +361,6 @@ class Node:
                 self.ready.set()
                 task_status.started(self)
                 await trio.sleep_forever()
-
-
-def _read_calibration(path: str) -> dict[str, float]:
-    """Speeds measured once for the whole machine (``p2pnode swarm`` shares one calibration)."""
-    import json
-
-    try:
-        speeds = json.loads(open(path, encoding="utf-8").read())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"calibration_file {path}: {exc}") from exc
-    if not isinstance(speeds, dict) or not all(isinstance(k, str) and isinstance(v, (int, float)) and v >= 0
-                                               for k, v in speeds.items()):
-        raise ConfigError(f"calibration_file {path}: expected {{name: GFLOP/s}}")
-    return {k: float(v) for k, v in speeds.items()}
 
 
 def _load_identity(config: Config) -> Identity:

@@ -25,7 +25,7 @@ from p2pnode.wire import blob as wb
 from p2pnode.wire import capacity_ad as ca
 from p2pnode.wire import job as m
 from p2pnode.wire import report as rpt
-from p2pnode.wire.peer_id import peer_id_from_public_key
+from p2pnode.wire.peer_id import peer_id_from_public_key, to_base58
 
 _short = st.text(max_size=12)
 _u63 = st.integers(min_value=0, max_value=ca.MAX_U63)
@@ -33,7 +33,10 @@ _u63 = st.integers(min_value=0, max_value=ca.MAX_U63)
 
 @st.composite
 def gpus(draw: Any, index: int = 0) -> ca.GpuInfo:
+    """A GPU as an ad carries it; with job slots and how many are busy, as a provider's executor
+    states them (0 slots: not stated, as in ads before slots)."""
     total = draw(st.integers(min_value=0, max_value=2**40))
+    slots = draw(st.integers(min_value=0, max_value=ca.MAX_GPU_SLOTS))
     return ca.GpuInfo(
         index=index,
         name=draw(st.text(max_size=16)),
@@ -42,6 +45,8 @@ def gpus(draw: Any, index: int = 0) -> ca.GpuInfo:
         utilization=draw(st.integers(min_value=0, max_value=100)),
         compute_capability=draw(st.sampled_from(["7.0", "8.0", "8.6", "9.0", ""])),
         driver=draw(st.text(max_size=8)),
+        slots=slots,
+        busy=draw(st.integers(min_value=0, max_value=slots)),
     )
 
 
@@ -56,32 +61,51 @@ def cpus(draw: Any) -> ca.CpuInfo:
     )
 
 
-offers = st.builds(
-    ca.Offer,
-    workload=st.sampled_from(["matmul", "infer", "train_step"]),
-    backend=st.sampled_from(["cuda", "cupy", "numpy"]),
-    price=st.integers(min_value=0, max_value=ca.MAX_PRICE),
-    unit=st.just("gflop"),
-)
+def offer_kinds() -> list[tuple[str, str, str]]:
+    """Every ``(workload, backend, unit)`` a node offers: each workload it knows on each backend
+    that runs it (ONNX Runtime's for ``onnx``, the array ones for the rest), sold as work
+    (``gflop``) or, by a checker, as re-runs of others' work (``check``)."""
+    from p2pnode.config import KEYS
+    from p2pnode.exec.backends import BACKENDS, for_workload
+
+    workloads = next(k.default for k in KEYS if k.name == "workloads")
+    return [(w, b, unit) for w in workloads for b in for_workload(w, BACKENDS) for unit in ("gflop", "check")]
+
+
+@st.composite
+def offers(draw: Any) -> ca.Offer:
+    workload, backend, unit = draw(st.sampled_from(offer_kinds()))
+    return ca.Offer(workload, backend, draw(st.integers(min_value=0, max_value=ca.MAX_PRICE)), unit)
+
+
+# the speeds a node measures at start (telemetry.calibrate): <kernel>_<dtype>_<backend>
+SPEED_NAMES = ("matmul_f32_numpy", "matmul_f32_cuda", "matmul_bf16_cuda", "onnx_f32_ort-cpu", "onnx_f32_ort-cuda")
 
 
 @st.composite
 def capacity_ads(draw: Any, key: SigningKey | None = None, now_ms: int | None = None) -> ca.CapacityAd:
+    """A valid ad, covering what real nodes publish: every offer kind (:func:`offer_kinds`), GPUs
+    with job slots, up to the ad's 8 addresses with the provider's /p2p/ id, measured speeds."""
     key = key or SigningKey(draw(st.binary(min_size=32, max_size=32)))
     issued = now_ms if now_ms is not None else draw(st.integers(min_value=0, max_value=2**45))
     n_gpus = draw(st.integers(min_value=0, max_value=4))
+    peer_id = peer_id_from_public_key(bytes(key.verify_key))
+    suffix = "/p2p/" + to_base58(peer_id)
     return ca.CapacityAd(
-        peer_id=peer_id_from_public_key(bytes(key.verify_key)),
+        peer_id=peer_id,
         seq=draw(_u63),
         issued_at_ms=issued,
         expires_at_ms=issued + draw(st.integers(min_value=1, max_value=300_000)),
         cpu=draw(cpus()),
         gpus=tuple(draw(gpus(i)) for i in range(n_gpus)),
-        offers=tuple(draw(st.lists(offers, max_size=3))),
-        addrs=tuple(draw(st.lists(st.just("/ip4/127.0.0.1/tcp/4001"), max_size=2))),
+        offers=tuple(draw(st.lists(offers(), max_size=ca.MAX_OFFERS,
+                                   unique_by=lambda o: (o.workload, o.backend, o.unit)))),
+        addrs=tuple(draw(st.lists(st.builds("/ip4/127.0.0.{}/tcp/{}{}".format, st.integers(1, 254),
+                                            st.integers(1, 65535), st.just(suffix)),
+                                  max_size=ca.MAX_ADDRS, unique=True))),
         speed=tuple(sorted(draw(st.dictionaries(
-            st.sampled_from(["matmul_f32_numpy", "matmul_f32_cuda", "matmul_bf16_cuda"]),
-            st.floats(min_value=0, max_value=1e6, allow_nan=False), max_size=3)).items())),
+            st.sampled_from(SPEED_NAMES), st.floats(min_value=0, max_value=1e6, allow_nan=False),
+            max_size=len(SPEED_NAMES))).items())),
         load=draw(st.floats(min_value=0.0, max_value=1.0, allow_nan=False)),
     )
 

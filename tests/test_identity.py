@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +63,31 @@ def test_go_and_python_key_forms_both_load(data_dir: Path) -> None:
     path.write_bytes(bytes([0x08, 0x01, 0x12, 0x20]) + identity.seed)  # py-libp2p's 32-byte form
     path.chmod(0o600)
     assert load_or_create(data_dir)[0].peer_id == identity.peer_id
+
+
+def _fifo_with_a_writer(path: Path) -> None:
+    """A FIFO that a writer holds open: a reader that opens it blocking does not hang this test."""
+    os.mkfifo(path, 0o600)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    _held.extend([reader, os.open(path, os.O_WRONLY)])
+
+
+_held: list[int] = []
+
+
+@pytest.mark.parametrize(("make", "kind"), [
+    (lambda p: p.mkdir(), "a directory"),
+    (_fifo_with_a_writer, "a FIFO"),  # with no writer, opening it would wait for one for ever
+    (lambda p: p.symlink_to("/dev/zero"), "a symbolic link"),
+])
+def test_a_key_path_that_is_no_regular_file_is_refused_without_opening_it(
+        data_dir: Path, make: Any, kind: str) -> None:
+    path = data_dir / KEY_FILE
+    try:
+        make(path)
+        with pytest.raises(IdentityError, match=f"is {kind}, not a key file"):
+            load_or_create(data_dir)
+        assert os.path.lexists(path)  # left as it was
+    finally:
+        while _held:
+            os.close(_held.pop())

@@ -72,6 +72,9 @@ class ControlViews:
             for addr, err in sorted(node.keeper.unreachable.items()):
                 problems.append(f"bootstrap peer unreachable: {addr} ({err}) -- fix: check the address "
                                 "and that the peer runs")
+        if node.market.own_refused:
+            errors.append(f"this node's own capacity ad is refused ({node.market.own_refused}): no one lists it "
+                          "-- fix: check price, workloads and announce against what an ad carries (specs/capacity-ad.md)")
         hardware = node.resources.hardware
         if not cfg.provide:
             notes.append("not providing (--no-provide): this node only requests and checks")

@@ -122,6 +122,7 @@ class MarketService:
         self.limits = StreamLimits(per_peer=2, total=64)
         self.synced = 0  # ads taken from market syncs
         self.rejected: dict[str, int] = {}
+        self.own_refused = ""  # why this node's last own ad was refused ("": it was taken)
         self.ads_published = 0
         self.paced_for = 1  # the market size this node's last ad was paced for
         self._seq = 0
@@ -158,7 +159,8 @@ class MarketService:
             signed = decode_ad(msg.data)
             entry = self.table.offer(signed, now, origin=bytes(msg.from_id), via=fwd, max_ttl_s=max_ttl_s)
         except PeerError as exc:
-            if own:
+            if own:  # no one lists this node: said in the log and, as an error, by status
+                self.own_refused = f"{exc.code}: {exc}"
                 log.error("own capacity ad refused (%s): %s", exc.code, exc)
                 return False
             # Over-rate ads are the originator's doing; anything else is the forwarder's, since
@@ -169,6 +171,8 @@ class MarketService:
         if not own:
             self.metrics.ads_accepted.inc()
             self.metrics.gossip_latency.observe(max(0.0, now - entry.ad.issued_at_ms / 1000.0))
+        else:
+            self.own_refused = ""
         self.touch()
         return True
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from p2pnode.errors import LocalError
 from p2pnode.swarm.launcher import Launcher, NodeSpec, Stopped, stop_on_signals
@@ -36,7 +37,7 @@ def _state(folder: Path) -> dict[str, Any]:
     try:
         return dict(json.loads((folder / STATE).read_text()))
     except (OSError, ValueError):
-        raise LocalError(f"no swarm in {folder} (start one with `p2pnode swarm up`)") from None
+        raise LocalError(f"no swarm in {folder} (start one with `p2pnode swarm up{_dir_option(folder)}`)") from None
 
 
 def _alive(pid: int) -> bool:
@@ -67,7 +68,7 @@ def command(args: argparse.Namespace) -> int:
         return status(folder, console, as_json=args.json)
     if args.action == "down":
         return down(folder, console)
-    return logs(folder, args.node, console)
+    return logs(folder, args.node, tail=args.tail, follow=args.follow)
 
 
 def up(folder: Path, n: int, cheat: str, console: Any, *, timeout: float = 120.0, in_process: bool = False) -> int:
@@ -75,7 +76,8 @@ def up(folder: Path, n: int, cheat: str, console: Any, *, timeout: float = 120.0
     try:
         old = _state(folder)
         if _alive(int(old["pid"])) and old.get("status") != "down":
-            raise LocalError(f"a swarm is already up in {folder} (pid {old['pid']}): `p2pnode swarm down` first")
+            raise LocalError(f"a swarm is already up in {folder} (pid {old['pid']}): "
+                             f"`p2pnode swarm down{_dir_option(folder)}` first")
     except LocalError as exc:
         if "already up" in str(exc):
             raise
@@ -90,11 +92,11 @@ def up(folder: Path, n: int, cheat: str, console: Any, *, timeout: float = 120.0
             raise LocalError(f"the swarm did not start:\n{(folder / 'supervisor.log').read_text()[-2000:]}")
         try:
             state = _state(folder)
-            if state.get("status") == "up":
-                console.print(f"swarm up: {len(state['nodes'])} nodes in {folder} (supervisor pid {state['pid']}); "
-                              "`p2pnode swarm status`, `p2pnode swarm down`")
+            if state.get("status") == "up":  # plain lines: a path or an address is never wrapped
+                print(f"swarm up: {len(state['nodes'])} nodes in {folder} (supervisor pid {state['pid']}); "
+                      f"{next_steps(folder)}", flush=True)
                 for node in state["nodes"]:
-                    console.print(f"  node {node['index']}: {node['addr']}  --data-dir {node['data_dir']}")
+                    print(f"  node {node['index']}: {node['addr']}  --data-dir {node['data_dir']}", flush=True)
                 return 0
         except LocalError:
             pass
@@ -131,9 +133,25 @@ def status(folder: Path, console: Any, *, as_json: bool = False) -> int:
     return 0 if up_ else 2
 
 
+def next_steps(folder: Path) -> str:
+    """The commands that reach this swarm, with ``--dir`` where it is not the default folder."""
+    return ", ".join(f"`p2pnode swarm {action}{_dir_option(folder)}`" for action in ("status", "logs", "down"))
+
+
+def _dir_option(folder: Path) -> str:
+    """`` --dir FOLDER``, or nothing for the default folder: what a command needs to find this swarm."""
+    return "" if folder == default_dir().expanduser() else f" --dir {shlex.quote(str(folder))}"
+
+
 def down(folder: Path, console: Any, timeout: float = 30.0) -> int:
     state = _state(folder)
     pid = int(state["pid"])
+    nodes = state.get("nodes", [])
+    running = [n for n in nodes if n.get("pid") and _alive(int(n["pid"]))]
+    if state.get("status") == "down" or (not _alive(pid) and not running):
+        # stopped already (a pid alive now may be another process's: it is left alone)
+        print(f"no swarm is running in {folder}: nothing to stop", flush=True)
+        return 0
     if _alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -143,27 +161,105 @@ def down(folder: Path, console: Any, timeout: float = 30.0) -> int:
             os.kill(pid, signal.SIGKILL)  # its nodes die with it (parent-death signal)
     deadline = time.monotonic() + 10  # the nodes follow their supervisor (parent-death signal)
     while True:
-        left = [n for n in state.get("nodes", []) if n.get("pid") and _alive(int(n["pid"]))]
+        left = [n for n in nodes if n.get("pid") and _alive(int(n["pid"]))]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    console.print(f"swarm down ({len(state.get('nodes', []))} nodes stopped)" if not left else
+    console.print(f"swarm down ({len(nodes)} nodes stopped)" if not left else
                   f"[red]{len(left)} node(s) still running[/]")
     return 0 if not left else 1
 
 
-def logs(folder: Path, node: int | None, console: Any) -> int:
-    state = _state(folder)
+def logs(folder: Path, node: int | None, *, tail: int | None = None, follow: bool = False,
+         out: TextIO | None = None, poll_s: float = 0.2) -> int:
+    """Print the swarm's logs, each file once (an in-process host's holds all its nodes): its last
+    ``tail`` lines (default 10; with ``node``, all of it) under a header, lines whole and unwrapped;
+    with ``follow``, then every new line as it comes, until Ctrl-C."""
+    out = out or sys.stdout
+    if tail is not None and tail < 0:
+        raise LocalError("--tail must not be negative")
+    sources = log_sources(_state(folder), node)
+    if node is not None and not sources:
+        raise LocalError(f"no node {node} in the swarm in {folder}")
+    follower = LogFollower(sources, out)
+    follower.print_tails(tail if tail is not None else None if node is not None else 10)
+    if not follow:
+        return 0
+    try:
+        while True:
+            time.sleep(poll_s)
+            follower.print_new()
+    except KeyboardInterrupt:
+        return 0
+
+
+def log_sources(state: dict[str, Any], node: int | None) -> list[tuple[str, Path]]:
+    """``(label, path)`` for each log file of ``node`` (or of every node), in node order."""
+    by_path: dict[Path, list[int]] = {}
     for n in state.get("nodes", []):
-        if node is not None and n["index"] != node:
-            continue
-        path = Path(n["log"])
-        text = path.read_text(errors="replace") if path.exists() else ""
-        lines = text.splitlines() if node is not None else text.splitlines()[-10:]
-        console.print(f"[bold]node {n['index']}[/] ({path})")
-        for line in lines:
-            console.print(f"  {line}", markup=False, highlight=False)
-    return 0
+        if node is None or n["index"] == node:
+            by_path.setdefault(Path(n["log"]), []).append(int(n["index"]))
+    return [(("node " if len(ix) == 1 else "nodes ") + ", ".join(map(str, ix)), path)
+            for path, ix in by_path.items()]
+
+
+class LogFollower:
+    """Prints log files' lines as they grow, each line whole (a partial last line waits for its
+    end), under a ``==> label (path) <==`` header whenever the file printed from changes."""
+
+    def __init__(self, sources: list[tuple[str, Path]], out: TextIO) -> None:
+        self.sources, self.out = sources, out
+        self.offsets: dict[Path, int] = {}
+        self.partial: dict[Path, bytes] = {}
+        self.last: Path | None = None
+
+    def print_tails(self, count: int | None) -> None:
+        """The last ``count`` complete lines of each file (None: all)."""
+        for label, path in self.sources:
+            data = _read_from(path, 0)
+            self.offsets[path] = len(data)
+            lines = self._complete_lines(path, data)
+            self._header(label, path)
+            for line in lines if count is None else lines[max(0, len(lines) - count):]:
+                self.out.write(line + "\n")
+        self.out.flush()
+
+    def print_new(self) -> None:
+        """Whatever complete lines were added to each file since it was last read."""
+        for label, path in self.sources:
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            if size < self.offsets.get(path, 0):  # truncated or replaced: from its start again
+                self.offsets[path], self.partial[path] = 0, b""
+            data = _read_from(path, self.offsets.get(path, 0))
+            self.offsets[path] = self.offsets.get(path, 0) + len(data)
+            lines = self._complete_lines(path, data)
+            if lines:
+                self._header(label, path)
+                self.out.write("".join(line + "\n" for line in lines))
+        self.out.flush()
+
+    def _complete_lines(self, path: Path, data: bytes) -> list[str]:
+        text = self.partial.pop(path, b"") + data
+        complete, newline, rest = text.rpartition(b"\n")
+        self.partial[path] = rest
+        return complete.decode("utf-8", "replace").split("\n") if newline else []
+
+    def _header(self, label: str, path: Path) -> None:
+        if self.last != path:
+            self.out.write(f"==> {label} ({path}) <==\n")
+            self.last = path
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+    except OSError:
+        return b""
 
 
 def supervise(folder: Path, n: int, cheat: str, in_process: bool = False) -> int:

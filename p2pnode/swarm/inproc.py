@@ -130,11 +130,15 @@ class InProcessLauncher(Launcher):
         self.hosts: dict[int, subprocess.Popen[str]] = {}
         self._lock = threading.Lock()
 
+    def host_log(self, h: int) -> Path:
+        """Where host ``h`` writes its output, the log of every node it runs."""
+        return self.base / "logs" / f"host{h}.log"
+
     def _start_host(self, h: int) -> subprocess.Popen[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2PNODE_")}
         env["PYTHONUNBUFFERED"] = "1"
         env["P2PNODE_HOST_SLOTS"] = str(self.slots)
-        log_file = open(self.base / "logs" / f"host{h}.log", "a", encoding="utf-8")  # noqa: SIM115 - the host's lifetime
+        log_file = open(self.host_log(h), "a", encoding="utf-8")  # noqa: SIM115 - the host's lifetime
         proc = subprocess.Popen([*self.wrap, sys.executable, "-m", "p2pnode.swarm.inproc"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=log_file, text=True, env=env,
                                 preexec_fn=_child_setup(os.getpid()))
@@ -181,7 +185,7 @@ class InProcessLauncher(Launcher):
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         node = self.nodes.get(spec.index)
         if not isinstance(node, InProcNode):
-            node = InProcNode(spec, data_dir, self.base / "logs" / "host.log")
+            node = InProcNode(spec, data_dir, self.host_log(spec.index % self.n_hosts))
         node.ready = threading.Event()
         node.addr, node.running = "", False
         node.started_at = time.monotonic()

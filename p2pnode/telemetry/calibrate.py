@@ -5,15 +5,27 @@ provider (and CUDA provider, with onnxruntime-gpu and a GPU) on a MatMul model, 
 when torch and a GPU are present. Names are ``<kernel>_<dtype>_<backend>``. Each benchmark runs a warm-up, then repeats until
 ``budget_s`` is spent, and reports the best rate in GFLOP/s. It blocks: call it off the trio
 thread.
+
+A machine measured once can share the result: :func:`read_calibration_file` reads the speeds
+from a JSON file (``calibration_file``; a swarm's nodes share one) within the bounds of an ad.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from p2pnode.errors import ConfigError
+from p2pnode.files import read_small_file
+from p2pnode.wire.capacity_ad import MAX_GFLOPS, MAX_SHORT, MAX_SPEEDS
+
+MAX_CALIBRATION_FILE = 64 * 1024  # bytes: an ad carries 16 speeds of 32-byte names
 
 
 def _best_rate(run_once: object, flops: float, budget_s: float) -> float:
@@ -97,3 +109,30 @@ def _calibrate_torch_cuda(budget_s: float, size: int = 4096) -> dict[str, float]
         return out
     except Exception:  # a broken driver must not stop the node from starting
         return {}
+
+
+def read_calibration_file(path: str | Path) -> dict[str, float]:
+    """``{name: GFLOP/s}`` from ``path``: a regular JSON file of at most 64 KiB (never a FIFO or a
+    device, which would hang the start), holding what an ad can carry (at most 16 names of at
+    most 32 bytes, finite speeds from 0 to 10^9); anything else is a one-line ``ConfigError``."""
+    raw = read_small_file(path, limit=MAX_CALIBRATION_FILE, what="calibration_file", error=ConfigError)
+    where = f"calibration_file {path}"
+
+    def no_constant(name: str) -> None:
+        raise ValueError(f"{name} is not a speed")
+
+    try:
+        speeds = json.loads(raw.decode("utf-8"), parse_constant=no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{where}: not JSON: {exc}") from None
+    if not isinstance(speeds, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in speeds.values()):
+        raise ConfigError(f"{where}: expected {{name: GFLOP/s}}")
+    if len(speeds) > MAX_SPEEDS:
+        raise ConfigError(f"{where}: more than {MAX_SPEEDS} speeds (an ad carries {MAX_SPEEDS})")
+    for name, value in speeds.items():
+        if len(name.encode("utf-8", "surrogatepass")) > MAX_SHORT:
+            raise ConfigError(f"{where}: the name {name[:40]!r} is longer than {MAX_SHORT} bytes")
+        if not (math.isfinite(value) and 0 <= value <= MAX_GFLOPS):
+            raise ConfigError(f"{where}: {name}: {value!r} is not a speed from 0 to {MAX_GFLOPS:g} GFLOP/s")
+    return {k: float(v) for k, v in speeds.items()}

@@ -183,7 +183,7 @@ def _free_port() -> int:
         (None, ["--bootstrap", "/ip4/127.0.0.1/tcp/1"], "needs a /p2p/"),
         ("key", [], "not a libp2p private key"),
         ("config", [], "not valid TOML"),
-        (None, ["--price", "-5"], "price must not be negative"),
+        (None, ["--price", "-5"], "price: -5 is outside [0, 10^12]"),
         ("port", [], "is in use"),
     ],
 )

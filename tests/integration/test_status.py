@@ -75,3 +75,18 @@ async def test_a_paused_provider_takes_no_new_jobs_and_says_so_until_resumed() -
         await requester.wait_until(lambda: offers() > 0, timeout=20)
         rec = await requester.jobs.submit("matmul", {**params, "seed": 2}, max_price=10**6, deadline_s=20)
         assert rec.state == "done" and rec.peer == provider.peer_id
+
+
+async def test_a_node_whose_own_ad_is_refused_says_so_as_an_error() -> None:
+    """A price the ad cannot carry (past the config's check, as a bug elsewhere could make it) is
+    not a silent absence from every table: status says the node's own ad is refused."""
+    config = node_config(workloads=["matmul"], use_gpu=False).with_(price=10**40)
+    async with trio.open_nursery() as nursery:
+        a = await start_node(nursery, config)
+        await a.node.wait_until(lambda: bool(a.node.market.own_refused), timeout=10)
+        s = a.node.status_view()
+        assert s["state"] == "error"
+        (refused,) = [r for r in s["reasons"] if "own capacity ad is refused" in r]
+        assert "ad.offers[0].price" in refused and "fix:" in refused
+        assert a.node.identity.peer_id not in a.node.table
+        nursery.cancel_scope.cancel()

@@ -1,17 +1,28 @@
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from p2pnode.errors import NetworkSetupError
+from p2pnode.errors import LocalError, NetworkSetupError
 from p2pnode.identity import KEY_FILE
 from p2pnode.market.capacity_table import CapacityTable
 from p2pnode.node import Node
 from tests.integration.swarm import all_list_all, node_config, start_node, swarm
 from tests.telemetry.test_probe import H100, fake_nvml
+
+EXE = [sys.executable, "-m", "p2pnode"]
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("P2PNODE_")} | {"PYTHONUNBUFFERED": "1"}
 
 
 async def test_five_node_swarm_converges() -> None:
@@ -185,3 +196,123 @@ async def test_a_market_sync_with_forged_ads_costs_its_sender() -> None:
         assert taken == 0  # the forged ad is refused; the good one is already held (stale, no offence)
         assert a.penalties.score(b.identity.peer_id, a._clock()) > before
         assert sum(a.market.rejected.values()) >= 1  # the forged one, counted
+
+
+# the swarm commands: logs, up's hint, down -------------------------------------------------------
+def _fake_swarm(folder: Path, logs: dict[int, str], *, status: str = "up", pid: int = 0,
+                node_pids: dict[int, int] | None = None) -> None:
+    """A ``swarm.json`` as ``swarm up`` leaves it, for nodes ``logs`` (index -> log file name)."""
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    nodes = [{"index": i, "peer": f"peer{i}", "addr": f"/ip4/127.77.0.{i + 1}/tcp/1", "data_dir": str(folder / f"node{i}"),
+              "log": str(folder / "logs" / name), "pid": (node_pids or {}).get(i, 0)} for i, name in logs.items()]
+    (folder / "swarm.json").write_text(json.dumps({"pid": pid, "status": status, "nodes": nodes}))
+
+
+def test_swarm_logs_print_whole_lines_and_each_host_log_once(tmp_path: Path) -> None:
+    long = "x" * 300  # a traceback's line, a multiaddr: wider than any terminal
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "host0.log").write_text("".join(f"line {i}\n" for i in range(30)) + long + "\n")
+    (tmp_path / "logs" / "host1.log").write_text("one\ntwo\n")
+    _fake_swarm(tmp_path, {0: "host0.log", 1: "host1.log", 2: "host0.log"})  # in-process: hosts share logs
+    out = subprocess.run([*EXE, "swarm", "logs", "--dir", str(tmp_path)], capture_output=True, text=True,
+                         env=ENV | {"COLUMNS": "80"}, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"==> nodes 0, 2 ({tmp_path}/logs/host0.log) <=="
+    assert lines[1:11] == [f"line {i}" for i in range(21, 30)] + [long]  # the last 10, the long one whole
+    assert lines[11:] == [f"==> node 1 ({tmp_path}/logs/host1.log) <==", "one", "two"]
+    tail = subprocess.run([*EXE, "swarm", "logs", "--dir", str(tmp_path), "--node", "1", "--tail", "1"],
+                          capture_output=True, text=True, env=ENV, timeout=60, check=False)
+    assert tail.stdout.splitlines() == [f"==> node 1 ({tmp_path}/logs/host1.log) <==", "two"]
+
+
+def test_swarm_logs_follow_prints_new_lines_until_ctrl_c(tmp_path: Path) -> None:
+    import queue
+    import threading
+
+    log = tmp_path / "logs" / "node0.log"
+    _fake_swarm(tmp_path, {0: "node0.log", 1: "node1.log"})
+    log.write_text("old\n")
+    proc = subprocess.Popen([*EXE, "swarm", "logs", "-f", "--dir", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = proc.stdout
+    assert stdout is not None
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
+
+    def expect(line: str) -> None:
+        while lines.get(timeout=30) != line:
+            pass
+
+    try:
+        expect(f"==> node 1 ({tmp_path}/logs/node1.log) <==")  # the tails are out: following now
+        with log.open("a") as f:
+            f.write("new, half a li")
+            f.flush()
+            f.write("ne\n")
+        expect(f"==> node 0 ({log}) <==")
+        expect("new, half a line")
+        (tmp_path / "logs" / "node1.log").write_text("node 1 starts\n")  # a log that appears later
+        expect(f"==> node 1 ({tmp_path}/logs/node1.log) <==")
+        expect("node 1 starts")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_an_in_process_nodes_log_is_its_hosts(tmp_path: Path) -> None:
+    from p2pnode.swarm.inproc import InProcessLauncher
+    from p2pnode.swarm.launcher import NodeSpec
+
+    launcher = InProcessLauncher(tmp_path, hosts=2, share_calibration=False)
+    try:
+        node = launcher._spawn(NodeSpec(3, "provider", "127.0.0.1", ["--price", "-1"]), [])  # fails at once
+        assert node.ready.wait(60) and not node.alive
+    finally:
+        launcher.stop_all()
+    assert node.log == tmp_path / "logs" / "host1.log"  # node 3 of 2 hosts runs on host 1
+    assert "node 3 failed" in node.log.read_text() and "price: -1 is outside" in node.log.read_text()
+
+
+def test_swarm_up_names_the_folder_in_its_hints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from p2pnode.swarm import background
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert "--dir" not in background.next_steps(background.default_dir())
+    other = tmp_path / "my swarm"
+    hints = background.next_steps(other)
+    for action in ("status", "logs", "down"):
+        assert f"`p2pnode swarm {action} --dir '{other}'`" in hints
+    _fake_swarm(other, {0: "node0.log"}, status="up")
+    with pytest.raises(LocalError, match=re.escape(f"p2pnode swarm down --dir '{other}'")):
+        background.up(other, 1, "", console=None, timeout=1)  # the supervisor "alive": this test's pid
+
+
+def test_swarm_down_twice_says_nothing_was_running(tmp_path: Path) -> None:
+    from io import StringIO
+
+    from p2pnode.swarm import background
+
+    bystander = subprocess.Popen(["sleep", "60"])  # holds the pid the stopped supervisor had
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        _fake_swarm(tmp_path, {0: "node0.log", 1: "node1.log"}, status="down", pid=bystander.pid)
+        for state in ("down", "up"):  # cleanly stopped; or its supervisor killed, its nodes gone
+            if state == "up":
+                _fake_swarm(tmp_path, {0: "node0.log", 1: "node1.log"}, status="up", pid=gone.pid,
+                            node_pids={0: gone.pid, 1: gone.pid})
+            printed = StringIO()
+            with contextlib.redirect_stdout(printed):
+                assert background.down(tmp_path, console=None) == 0
+            assert printed.getvalue() == f"no swarm is running in {tmp_path}: nothing to stop\n"
+        assert bystander.poll() is None  # never signalled
+    finally:
+        bystander.kill()
+        bystander.wait()
