@@ -309,4 +309,5 @@ def market_arrivals(draw: Any, max_size: int = 200) -> list[tuple[bytes, bytes]]
         honest.append(sign(ad, k))
     arrivals = [(raw, b"sybil-operator") for raw in sybils]
     arrivals += [(raw, draw(st.sampled_from([b"peer-a", b"peer-b", b"peer-c"]))) for raw in honest]
-    return draw(st.permutations(arrivals))[:max_size]
+    shuffled: list[tuple[bytes, bytes]] = draw(st.permutations(arrivals))
+    return shuffled[:max_size]
