@@ -16,7 +16,8 @@ Promises:
   space limit (``MODEL_MEMORY_FACTOR`` times its estimate, plus headroom), so a model that asks for
   more fails as ``oom`` in its worker instead of starving the machine;
 * **a model crosses the pipe once per worker** -- large, reused inputs (``CACHED_INPUTS``) are sent
-  to a worker once and named by content afterwards;
+  to a worker once and named by content afterwards, for as long as the worker keeps them: each of
+  its answers says which it holds, and one it no longer holds is sent again, never a failure;
 * **big arrays do not cross the pipe at all** -- inputs and outputs of ``spool.SPOOL_MIN`` bytes or
   more go through files in shared memory (:mod:`p2pnode.exec.spool`), mapped by the worker.
 """
@@ -40,6 +41,7 @@ import trio
 from p2pnode.errors import ExecFailure, WorkloadError
 from p2pnode.exec import frames, workloads
 from p2pnode.exec.spool import SPOOL_MIN, Spool
+from p2pnode.exec.worker import NOT_HELD
 from p2pnode.exec.workloads import Output
 
 ProgressFn = Callable[[float], None]
@@ -307,44 +309,8 @@ class Executor:
     async def _execute(self, workload: str, params: dict[str, Any], backend: str, on_progress: ProgressFn | None,
                        started: float, inputs: dict[str, Any], mem_limit: int = 0,
                        device: int | None = None) -> ExecResult:
-        idle = self._idle[device]
-        worker = idle.pop() if idle else await self._spawn(device)
-        done = False
-        spooled: list[str] = []
-        try:
-            sent = {}
-            for k, v in inputs.items():
-                entry = {kk: vv for kk, vv in v.items() if kk != "array"}
-                array = v["array"]
-                if v.get("key") in worker.cached:
-                    pass  # the worker holds it
-                elif array.nbytes >= SPOOL_MIN and self._spool is not None:
-                    entry["file"] = self._spool.put(array)
-                    spooled.append(entry["file"])
-                else:
-                    entry["data"] = array.tobytes()
-                sent[k] = entry
-            await worker.send({"op": "run", "wl": workload, "params": params, "backend": backend, "inputs": sent,
-                               "mem_limit": mem_limit, "spool": str(self._spool.dir) if self._spool else ""})
-            worker.cached |= {v["key"] for v in inputs.values() if v.get("key")}
-            while True:
-                frame = await worker.receive()
-                if "progress" in frame:
-                    if on_progress is not None:
-                        on_progress(float(frame["progress"]))
-                    continue
-                break
-            done = True
-        except ExecFailure as exc:
-            self._count(exc.code)
-            raise
-        finally:
-            for path in spooled:  # the worker mapped them: the mapping outlives the file
-                self._spool.discard(path)  # type: ignore[union-attr]
-            if done:
-                idle.append(worker)
-            else:  # cancelled, timed out or crashed mid-job: the work must stop now
-                self._discard(worker)
+        request = {"op": "run", "wl": workload, "params": params, "backend": backend, "mem_limit": mem_limit}
+        frame = await self._ask(device, request, inputs, on_progress)
         if not frame.get("ok"):
             code = str(frame.get("code", "kernel_error"))
             self._count(code)
@@ -362,6 +328,62 @@ class Executor:
         self.completed += 1
         return ExecResult(Output({**out.arrays, **arrays}, out.extra), float(frame["seconds"]),
                           time.perf_counter() - started, backend, device)
+
+    async def _ask(self, device: int | None, request: dict[str, Any], inputs: dict[str, Any],
+                   on_progress: ProgressFn | None) -> dict[str, Any]:
+        """Send ``request`` with ``inputs`` to an idle worker of ``device`` (or a new one) and return
+        its final answer. Inputs the worker holds go by key only; the worker's answer says what it
+        holds afterwards, and that is what is remembered. A worker that no longer holds one (it
+        cannot happen while the two agree) gets the request again with the data: never a failure."""
+        idle = self._idle[device]
+        worker = idle.pop() if idle else await self._spawn(device)
+        done = False
+        try:
+            for by_key in (True, False):
+                frame = await self._exchange(worker, request, inputs, on_progress, by_key)
+                if frame.get("code") != NOT_HELD:
+                    break
+            done = True
+        except ExecFailure as exc:
+            self._count(exc.code)
+            raise
+        finally:
+            if done:
+                idle.append(worker)
+            else:  # cancelled, timed out or crashed mid-job: the work must stop now
+                self._discard(worker)
+        return frame
+
+    async def _exchange(self, worker: _Worker, request: dict[str, Any], inputs: dict[str, Any],
+                        on_progress: ProgressFn | None, by_key: bool) -> dict[str, Any]:
+        spooled: list[str] = []
+        try:
+            sent = {}
+            for k, v in inputs.items():
+                entry = {kk: vv for kk, vv in v.items() if kk != "array"}
+                array = v["array"]
+                if by_key and v.get("key") in worker.cached:
+                    pass  # the worker holds it
+                elif array.nbytes >= SPOOL_MIN and self._spool is not None:
+                    entry["file"] = self._spool.put(array)
+                    spooled.append(entry["file"])
+                else:
+                    entry["data"] = array.tobytes()
+                sent[k] = entry
+            await worker.send({**request, "inputs": sent, "spool": str(self._spool.dir) if self._spool else ""})
+            while True:
+                frame = await worker.receive()
+                if "progress" in frame:
+                    if on_progress is not None:
+                        on_progress(float(frame["progress"]))
+                    continue
+                break
+        finally:
+            for path in spooled:  # the worker mapped them: the mapping outlives the file
+                self._spool.discard(path)  # type: ignore[union-attr]
+        kept = frame.get("kept")
+        worker.cached = {k for k in kept if isinstance(k, str)} if isinstance(kept, list) else set()
+        return dict(frame)
 
     def _count(self, code: str) -> None:
         self.failed[code] = self.failed.get(code, 0) + 1

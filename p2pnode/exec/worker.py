@@ -11,8 +11,11 @@ Requests: ``{"op": "calibrate", "budget": S, "gpu": bool}`` -> ``{"speeds": {nam
 ``{"op": "run", "wl": NAME, "params": {...}, "backend": NAME, "inputs": {...}, "mem_limit": BYTES}``
 -> zero or more ``{"progress": fraction}`` then ``{"ok": true, "output": ..., "seconds": s}`` or
 ``{"ok": false, "code": CODE, "error": TEXT}``. An input that carries a ``key`` is kept by that key
-(a few, least recently used dropped first); the executor then sends the key without the data. With
-``mem_limit`` the job runs under that much more address space than the worker already uses.
+(``KEPT_INPUTS`` of them, the least recently used dropped first); the executor then sends the key
+without the data. Every answer to a request with inputs names the keys the worker holds after it
+(``"kept": [key, ...]``), so the executor's record is the worker's own; an input sent by key that
+is no longer held is answered ``{"ok": false, "code": "not_held"}`` (the executor sends it again).
+With ``mem_limit`` the job runs under that much more address space than the worker already uses.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from p2pnode.errors import WorkloadError
 from p2pnode.exec import backends, frames, spool, workloads
 
 KEPT_INPUTS = 4
+NOT_HELD = "not_held"  # an input sent by key that this worker no longer holds
 
 
 def _failure_code(exc: BaseException) -> str:
@@ -102,7 +106,7 @@ def _inputs(wire: dict[str, Any], kept: OrderedDict[str, Any]) -> dict[str, Any]
             array = kept[key]
             kept.move_to_end(key)
         else:
-            raise WorkloadError(f"input {name}: not held here any more", code="crashed")
+            raise WorkloadError(f"input {name}: not held here any more", code=NOT_HELD)
         if key and key not in kept:
             kept[key] = np.array(array)  # a copy of our own: the spool file goes away
             while len(kept) > KEPT_INPUTS:
@@ -157,10 +161,12 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
                 output = workload.run(params, ops_cache[name], progress,
                                       workloads.check_inputs(workload, params, inputs) or None)
             seconds = time.perf_counter() - started
-            send({"ok": True, "output": _output_wire(output, str(request.get("spool") or "")), "seconds": seconds})
+            send({"ok": True, "output": _output_wire(output, str(request.get("spool") or "")), "seconds": seconds,
+                  "kept": list(kept)})
         except Exception as exc:  # every kernel failure is a typed result, never a dead node
             first = (str(exc).strip().splitlines() or [""])[0]
-            send({"ok": False, "code": _failure_code(exc), "error": f"{type(exc).__name__}: {first}"[:500]})
+            send({"ok": False, "code": _failure_code(exc), "error": f"{type(exc).__name__}: {first}"[:500],
+                  "kept": list(kept)})
 
 
 def main() -> None:

@@ -3,6 +3,7 @@ puts on what checks cannot see, and the row rules of model jobs."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 
@@ -192,6 +193,32 @@ async def test_an_endless_model_is_stopped_by_its_timeout() -> None:
         with trio.fail_after(30), pytest.raises(ExecFailure) as info:
             await ex.run("onnx", params, inputs=inputs, timeout=1.0)
         assert info.value.code == "timeout" and ex.running == 0
+
+
+def scale_model(k: float) -> bytes:
+    """y = k·x: a different model (and container) for every k."""
+    return _pack([helper.make_node("Mul", ["x", "k"], ["y"])], [_io("x", ["n", 4])], [_io("y", ["n", 4])],
+                 [numpy_helper.from_array(np.array([k], np.float32), "k")])
+
+
+async def test_a_model_a_worker_dropped_is_sent_again_never_a_failure() -> None:
+    """A worker keeps a few models; seven in turn, then the first again, all on one worker: every
+    run succeeds, and what the executor believes the worker holds is what the worker says it holds."""
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    blobs = {k: scale_model(k) for k in range(1, 8)}
+    async with Executor() as ex:
+        for k in [*blobs, 1]:
+            params, inputs = _job(blobs[k], x)
+            r = await ex.run("onnx", params, inputs=inputs)
+            assert np.array_equal(r.output.arrays["y"], x * k)
+        (worker,) = ex._all
+        keys = {k: hashlib.sha256(b).hexdigest() for k, b in blobs.items()}
+        assert worker.cached == {keys[k] for k in (5, 6, 7, 1)}  # the four it used last
+        # were the record ever wrong, the worker's "not held" brings the data, not a failure
+        worker.cached.add(keys[2])
+        params, inputs = _job(blobs[2], x)
+        assert np.array_equal((await ex.run("onnx", params, inputs=inputs)).output.arrays["y"], x * 2)
+        assert ex.failed == {} and ex._all == {worker} and keys[2] in worker.cached
 
 
 async def test_an_underpriced_model_is_refused_before_it_runs() -> None:

@@ -62,6 +62,25 @@ async def test_a_trained_classifier_answers_as_it_does_locally_and_crosses_once(
         assert rows_bytes <= provider.blobs.fetched_bytes - fetched < rows_bytes + 1024
 
 
+async def test_a_provider_runs_a_model_again_after_seven_others() -> None:
+    """Its worker keeps four models: the first of seven, asked for again, is sent to it again."""
+    from tests.exec.test_onnx_models import scale_model
+
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    jobs = {k: model_jobs.prepare(scale_model(k), {"": x}) for k in range(1, 8)}
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        requester, provider = nodes[0].node, nodes[1].node
+        for k in [*jobs, 1]:
+            params, inputs = jobs[k].shard(0, len(x))
+            rec = await requester.jobs.submit("onnx", params, inputs=inputs, max_price=RICH, deadline_s=60,
+                                              verify=jobs[k].verify)
+            assert rec.state == "done" and rec.peer == provider.peer_id, rec.outcome
+            assert rec.output is not None and np.array_equal(rec.output.arrays["y"], x * k)
+        assert provider.executor is not None and provider.executor.failed == {}
+        assert requester.trust.score(provider.identity.peer_id) > 0.5  # nothing held against it
+
+
 async def test_a_dataset_spreads_over_providers_and_comes_back_in_order(tmp_path: Path) -> None:
     job = model_jobs.prepare(models.attention(tokens=8, dim=16), {"": np.random.default_rng(5).random((240, 8, 16))})
     async with swarm(4, line=False) as nodes:
