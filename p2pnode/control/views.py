@@ -14,9 +14,10 @@ from typing import Any
 
 import trio
 
-from p2pnode import __version__
+from p2pnode import __version__, local_files
 from p2pnode.errors import ControlError, unwrap_group
 from p2pnode.ledger.store import FILE_NAME
+from p2pnode.wire.blob import MAX_BLOB
 
 
 class ControlViews:
@@ -236,6 +237,8 @@ class ControlViews:
         output = str(request.get("output") or "")
         if output and not output.endswith((".npy", ".npz")):
             raise ControlError(f"--output {output}: name a .npy or .npz file")
+        if output:
+            local_files.check_output(output)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(forward)
@@ -269,6 +272,8 @@ class ControlViews:
             raise ControlError(f"bad map request: {exc}") from exc
         if output and not output.endswith((".npy", ".npz")):
             raise ControlError(f"--output {output}: name a .npy or .npz file")
+        if output:
+            local_files.check_output(output)
         blob = await trio.to_thread.run_sync(onnx_model.pack_file, Path(model_path))
         arrays = await trio.to_thread.run_sync(_load_dataset, input_path)
         job = await trio.to_thread.run_sync(model_jobs.prepare, blob, arrays)
@@ -303,22 +308,16 @@ class ControlViews:
 
 
 def _load_dataset(path: str) -> dict[str, Any]:
-    """A ``.npy`` (one unnamed array, memory-mapped) or ``.npz`` (named arrays); no pickles."""
-    import numpy as np
-
-    try:
-        if path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        return {"": np.load(path, allow_pickle=False, mmap_mode="r")}
-    except (OSError, ValueError) as exc:
-        raise ControlError(f"cannot read the dataset {path}: {exc}") from exc
+    """A ``.npy`` (one unnamed array, memory-mapped) or ``.npz`` (named arrays); no pickles. Type
+    and size are checked before anything is read (:mod:`p2pnode.local_files`)."""
+    return local_files.load_arrays(path, what="dataset")
 
 
 def _save_outputs(path: str, outputs: dict[str, Any], order: list[str]) -> dict[str, Any]:
     """All outputs into a ``.npz``; into a ``.npy`` the model's first output (the others named)."""
     import numpy as np
 
+    local_files.check_output(path)
     try:
         if path.endswith(".npz"):
             np.savez(path, **outputs)
@@ -338,17 +337,18 @@ def _send_nowait(send: trio.MemorySendChannel[dict[str, Any]], item: dict[str, A
 
 
 def _load_inputs(files: dict[str, str]) -> dict[str, Any] | None:
-    """Input arrays named on the command line: .npy files (no pickles) readable by this node."""
+    """Input arrays named on the command line: .npy files (no pickles) readable by this node, each
+    a regular file no larger than a blob, checked before it is read."""
     if not files:
         return None
     import numpy as np
 
     out = {}
     for name, path in files.items():
-        try:
-            out[str(name)] = np.load(str(path), allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ControlError(f"input {name}: cannot read {path}: {exc}") from exc
+        arrays = local_files.load_arrays(str(path), what=f"input {name}:", limit=MAX_BLOB)
+        if len(arrays) != 1:
+            raise ControlError(f"input {name}: {path} holds {len(arrays)} arrays; name a .npy file")
+        out[str(name)] = np.array(next(iter(arrays.values())))
     return out
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from p2pnode import models
-from p2pnode.errors import ExecFailure, WorkloadError
+from p2pnode.errors import ExecFailure, FileRefused, WorkloadError
 from p2pnode.exec import backends, model_jobs, onnx_model, workloads
 from p2pnode.exec.executor import Executor
 from p2pnode.exec.onnx_model import ModelError
@@ -122,6 +124,54 @@ def test_pack_file_takes_external_data_from_beside_the_model(tmp_path: object) -
     (folder / "evil.onnx").write_bytes(evil.SerializeToString())
     with pytest.raises(ModelError, match="plain file name"):
         onnx_model.pack_file(folder / "evil.onnx")
+
+
+@pytest.mark.parametrize("target", ["secret", "identity", "inside"])
+def test_external_data_that_is_a_link_is_refused_not_packed(tmp_path: Path, target: str) -> None:
+    """weights.bin -> ~/.ssh/id_ed25519, the node's own key, or even another file beside the model:
+    a link is never followed for external data, so no local file's bytes can reach a stranger."""
+    secret = b"-----BEGIN OPENSSH PRIVATE KEY----- not for strangers"
+    model, data = _external("weights.bin")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "m.onnx").write_bytes(model.SerializeToString())
+    places = {"secret": tmp_path / "id_ed25519", "identity": tmp_path / "data" / "identity.key",
+              "inside": folder / "real.bin"}
+    places[target].parent.mkdir(exist_ok=True)
+    places[target].write_bytes(secret if target != "inside" else data)
+    (folder / "weights.bin").symlink_to(places[target])
+    with pytest.raises(FileRefused, match="weights.bin is a symbolic link"):
+        onnx_model.pack_file(folder / "m.onnx")
+
+
+def test_a_model_file_that_is_a_link_is_followed_and_its_data_read_from_its_real_folder(tmp_path: Path) -> None:
+    model, data = _external("weights.bin")
+    real, elsewhere = tmp_path / "real", tmp_path / "elsewhere"
+    real.mkdir()
+    elsewhere.mkdir()
+    (real / "m.onnx").write_bytes(model.SerializeToString())
+    (real / "weights.bin").write_bytes(data)
+    (elsewhere / "m.onnx").symlink_to(real / "m.onnx")
+    (elsewhere / "weights.bin").write_bytes(b"\x00" * len(data))  # beside the link, not the model
+    _, external = onnx_model.unpack(onnx_model.pack_file(elsewhere / "m.onnx"))
+    assert external == {"weights.bin": data}
+    (real / "weights.bin").unlink()  # not there: refused, never taken from beside the link
+    with pytest.raises(FileRefused, match="weights.bin: No such file"):
+        onnx_model.pack_file(elsewhere / "m.onnx")
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "dev"])
+def test_external_data_that_is_not_a_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    model, _ = _external("weights.bin")
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    if kind == "folder":
+        (tmp_path / "weights.bin").mkdir()
+    elif kind == "fifo":
+        os.mkfifo(tmp_path / "weights.bin")
+    else:
+        (tmp_path / "weights.bin").symlink_to("/dev/zero")
+    with pytest.raises(FileRefused, match="weights.bin (is a folder|is a device|is a symbolic link)"):
+        onnx_model.pack_file(tmp_path / "m.onnx")
 
 
 def test_size_and_node_count_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
