@@ -276,8 +276,9 @@ class ControlViews:
             local_files.check_output(output)
         blob = await trio.to_thread.run_sync(onnx_model.pack_file, Path(model_path))
         arrays = await trio.to_thread.run_sync(_load_dataset, input_path)
-        job = await trio.to_thread.run_sync(model_jobs.prepare, blob, arrays)
-        if single:
+        # the model is tried on a few rows in a worker (memory limit, timeout), never in the node
+        job = await self.node.model_prep.prepare(blob, arrays, timeout=min(deadline, model_jobs.PROBE_TIMEOUT_S))
+        if single or job.whole:  # a model that couples its rows runs on all of them at once
             shard_rows = job.rows
         elif shard_rows <= 0:
             shard_rows = max(1, -(-job.rows // (2 * max(1, providers))))
@@ -300,7 +301,8 @@ class ControlViews:
             raise unwrap_group(group) from None
         summary = result.summary()
         summary["model"] = {"inputs": [s.name for s in job.info.inputs], "outputs": [s.name for s in job.info.outputs],
-                            "row_independent": job.row_independent, "gflop": round(job.gflop(), 6)}
+                            "row_independent": job.row_independent, "coupling": job.coupling,
+                            "gflop": round(job.gflop(), 6)}
         if output:
             summary["saved"] = await trio.to_thread.run_sync(_save_outputs, output, result.outputs,
                                                               [s.name for s in job.info.outputs])

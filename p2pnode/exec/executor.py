@@ -277,6 +277,42 @@ class Executor:
             self._count("cancelled")
             raise
 
+    async def probe_model(self, blob: bytes, rows: dict[str, Any], spread: int, *, timeout: float) -> dict[str, Any]:
+        """A requester's model tried on ``rows`` of its dataset in a worker (the answer of
+        :func:`p2pnode.exec.model_jobs.probe`, as a dict), under the memory limit a provider's job of
+        these rows gets and within ``timeout``: a model that loops or asks for too much memory fails
+        here (``timeout``, ``oom``), its worker killed, never the node."""
+        import numpy as np
+
+        chosen = self.choose_backend("ort-cpu", "onnx")
+        arrays = {"model": np.frombuffer(blob, dtype=np.uint8), **{f"in.{k}": np.asarray(v) for k, v in rows.items()}}
+        inputs: dict[str, Any] = {k: {"dtype": v.dtype.str, "shape": list(v.shape), "array": v} for k, v in arrays.items()}
+        inputs["model"]["key"] = hashlib.sha256(blob).hexdigest()
+        need = 4 * len(blob) + 2 * sum(v.nbytes for k, v in arrays.items() if k != "model") + (64 << 20)
+        try:
+            with trio.fail_after(timeout):
+                device = await self._place(need, chosen)
+                try:
+                    request = {"op": "probe", "spread": int(spread),
+                               "mem_limit": need * MODEL_MEMORY_FACTOR + MODEL_MEMORY_HEADROOM}
+                    frame = await self._ask(device, request, inputs, None)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._release(device, need, chosen)
+        except trio.TooSlowError:
+            self._count("timeout")
+            raise ExecFailure(f"the model ran past {timeout:g} s on a few rows", code="timeout") from None
+        if not frame.get("ok"):
+            code = str(frame.get("code", "kernel_error"))
+            self._count(code)
+            if code in ("bad_params", "bad_model"):
+                raise WorkloadError(str(frame.get("error")), code=code)
+            raise ExecFailure(str(frame.get("error", "the probe failed")), code=code)
+        probe = frame.get("probe")
+        if not isinstance(probe, dict):
+            raise ExecFailure("the worker's probe answer is malformed", code="crashed")
+        return probe
+
     def _pick(self, need: int, backend: str) -> int | None | _NoDevice:
         """A device with a free slot whose memory takes ``need`` now: the least busy, then the
         least recently used (jobs spread over the GPUs); ``NO_DEVICE`` when none."""

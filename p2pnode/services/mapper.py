@@ -108,6 +108,8 @@ class MapService:
         share); ``deadline_s`` is per shard."""
         if shard_rows < 1 or providers < 1:
             raise MapError("--shard-rows and --providers must be at least 1")
+        if job.whole:  # a model that couples its rows gets all of them in one job, one batch
+            shard_rows = job.rows
         started = self.now()
         emit = on_event or (lambda e: None)
         mid = map_id(job, shard_rows)
@@ -124,7 +126,7 @@ class MapService:
                     done[i] = arrays
         resumed = len(done)
         emit({"event": "map", "map": mid, "rows": job.rows, "shards": len(shards), "resumed": resumed,
-              "verify": job.verify})
+              "verify": job.verify, "coupling": job.coupling})
         queue = [s for s in shards if s.index not in done]
         send, recv = trio.open_memory_channel[Shard](len(shards))
         for s in queue:

@@ -139,3 +139,18 @@ async def test_a_shard_nobody_can_do_fails_the_job_with_its_name(tmp_path: Path)
     maps = MapService(submit=market.submit, candidates=market.candidates, now=virtual_now, state_dir=tmp_path)
     with pytest.raises(MapError, match="shard"):
         await maps.run(job, shard_rows=50, providers=2, max_price=10**6, deadline_s=60)
+
+
+async def test_a_model_that_couples_its_rows_gives_onnx_runtimes_answer_on_the_whole_dataset(tmp_path: Path) -> None:
+    """y = x − mean over the rows: run in shards or chunks, each piece would subtract its own mean."""
+    from tests.exec.test_row_coupling import centre
+
+    x = np.random.default_rng(4).standard_normal((2500, 4)).astype(np.float32)
+    market, job = Market(3), model_jobs.prepare(centre(), {"": x})
+    maps = MapService(submit=market.submit, candidates=market.candidates, now=virtual_now, state_dir=tmp_path)
+    events: list[dict[str, Any]] = []
+    result = await maps.run(job, shard_rows=500, providers=3, max_price=10**6, deadline_s=60, on_event=events.append)
+    sess, _ = backends.OrtOps("ort-cpu").session(centre())
+    assert np.allclose(result.outputs["y"], sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    assert result.shards == 1 and market.calls == [(market.calls[0][0], 2500)] and result.verify == "rerun"
+    assert "ReduceMean" in events[0]["coupling"]
