@@ -136,7 +136,7 @@ class Node:
                          records=records, calibrate_providers=cfg.calibrate_providers,
                          spent=lambda: self.trust.credits.spent, budget=cfg.budget, on_end=self.metrics.job_ended),
             records)
-        self.model_prep = ModelPrep(self.executor, cpu_threads=cfg.cpu_threads)
+        self.model_prep = ModelPrep(self.executor, lambda: Executor(slots=1, cpu_threads=cfg.cpu_threads))
         self.maps = MapService(submit=self.jobs.submit, candidates=self.jobs.candidates, now=self.now,
                                state_dir=cfg.data_dir / "maps", on_saved=self.market.touch)
         self.views = ControlViews(self)

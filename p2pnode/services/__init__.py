@@ -20,11 +20,12 @@ module         service              built from
                                     penalise, job book (owns its ``Checks`` and bid scorer)
 ``jobs``       ``JobService``       a provider and a requester over one job book
 ``mapper``     ``MapService``       submit, candidates, now, state dir (dataset jobs in shards)
+``model_prep`` ``ModelPrep``        the executor as a prober (or how to start a small one)
 =============  ===================  ================================================================
 
 Imports point one way, and never at ``p2pnode.node`` (``tests/services`` checks it)::
 
-    ports  <-  records, blobs, trust, peers, market, mapper
+    ports  <-  records, blobs, trust, peers, market, mapper, model_prep
     ports, records  <-  checks
     ports, records, blobs  <-  provider
     ports, records, blobs, checks  <-  requester

@@ -8,24 +8,23 @@ and timeout a provider's job of those rows gets; the node only casts the dataset
 providing node uses its own executor; a requester-only node starts one small executor (one slot,
 one worker) at its first model job and keeps it until the node stops.
 
-Collaborators: the node's executor (or none), and the CPU thread cap for the small one.
+Collaborators: the node's executor as a ``Prober`` (or none), and how to start a small one.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import numpy as np
 import trio
 
 from p2pnode.errors import ExecFailure, LocalError, WorkloadError
 from p2pnode.exec import model_jobs
-from p2pnode.exec.executor import Executor
 from p2pnode.exec.model_jobs import ModelJob, Probe
 from p2pnode.exec.onnx_model import ModelError
-
-log = logging.getLogger("p2pnode.models")
+from p2pnode.services.ports import Prober
 
 
 class ModelPrepError(LocalError):
@@ -33,21 +32,23 @@ class ModelPrepError(LocalError):
 
 
 class ModelPrep:
-    def __init__(self, executor: Executor | None, *, cpu_threads: int = 0) -> None:
+    def __init__(self, executor: Prober | None,
+                 start_own: Callable[[], AbstractAsyncContextManager[Any]]) -> None:
+        """``start_own``: a small executor for a node without one (entered at first use)."""
         self._shared = executor
-        self._cpu_threads = cpu_threads
-        self._own: Executor | None = None
+        self._start_own = start_own
+        self._own: AbstractAsyncContextManager[Any] | None = None
+        self._prober: Prober | None = executor
         self._starting = trio.Lock()
 
-    async def _executor(self) -> Executor:
-        if self._shared is not None:
-            return self._shared
+    async def _executor(self) -> Prober:
         async with self._starting:
-            if self._own is None:
-                ex = Executor(slots=1, cpu_threads=self._cpu_threads)
-                await ex.__aenter__()
-                self._own = ex
-        return self._own
+            if self._prober is None:
+                own = self._start_own()
+                self._prober = await own.__aenter__()
+                self._own = own
+        assert self._prober is not None
+        return self._prober
 
     async def prepare(self, blob: bytes, arrays: Mapping[str, np.ndarray], *,
                       timeout: float = model_jobs.PROBE_TIMEOUT_S) -> ModelJob:
@@ -69,7 +70,7 @@ class ModelPrep:
 
     async def aclose(self) -> None:
         if self._own is not None:
-            own, self._own = self._own, None
+            own, self._own, self._prober = self._own, None, self._shared
             with trio.CancelScope(shield=True):
                 await own.__aexit__(None, None, None)
 

@@ -36,6 +36,8 @@ class JobRecord:
     purpose: str = "job"  # job, check (a re-run for a check) or calibration
     checked: str = ""  # how the result was checked
     result_raw: bytes = b""  # the provider's signed result
+    overran: list[str] = field(default_factory=list)  # awarded providers lost only for running past their estimate
+    declines: dict[str, str] = field(default_factory=dict)  # provider -> the code it declined with
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("output", "events", "result_raw")}

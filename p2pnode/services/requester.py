@@ -308,6 +308,8 @@ class JobRequester:
                         await fs.close()
                 rec.state, rec.ended = machine.state.value, self.now()
         rec.state, rec.ended = machine.state.value, self.now()
+        rec.overran = [to_base58(p) for p in machine.overran]
+        rec.declines = {to_base58(p): code for p, code in machine.declines.items()}
         verdict = rec.outcome  # the check's verdict in full, when a result was checked
         rec.outcome = machine.reason or machine.state.value
         if machine.provider is not None:
@@ -328,8 +330,9 @@ class JobRequester:
         trust = self.judge
         job = machine.job
         with trio.CancelScope(shield=True):
-            for peer, why in machine.failed.items():
-                await trust.record("failure", {"job": job, "reason": why[:250]}, peer=peer)
+            for peer, why in machine.failed.items():  # an overrun is remembered, but no evidence against it
+                data = {"job": job, "reason": why[:250]} | ({"overrun": True} if peer in machine.overran else {})
+                await trust.record("failure", data, peer=peer)
             provider = machine.provider
             if provider is None or machine.receipt is None:
                 return

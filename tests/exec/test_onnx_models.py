@@ -218,6 +218,33 @@ def endless_loop() -> bytes:
                  [_io("y", ["n", 1])], inits)
 
 
+def loop_heavy(trips: int = 2000, d: int = 64) -> bytes:
+    """y = x after ``trips`` rounds of x·a + b in a Loop: its graph counts about 1 FLOP a row (the
+    body is not counted), running it costs thousands of times more."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["c_out"]), helper.make_node("Mul", ["acc", "a"], ["t"]),
+         helper.make_node("Add", ["t", "b"], ["acc_out"])],
+        "body", [_io("i", [], TensorProto.INT64), _io("c", [], TensorProto.BOOL), _io("acc", ["n", d])],
+        [_io("c_out", [], TensorProto.BOOL), _io("acc_out", ["n", d])],
+        [numpy_helper.from_array(np.full(1, 0.999, np.float32), "a"),
+         numpy_helper.from_array(np.full(1, 0.001, np.float32), "b")])
+    inits = [numpy_helper.from_array(np.array(trips, dtype=np.int64), "trips"),
+             numpy_helper.from_array(np.array(True), "cond")]
+    return _pack([helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)], [_io("x", ["n", d])],
+                 [_io("y", ["n", d])], inits)
+
+
+def test_a_model_is_priced_by_what_its_rows_take_not_only_by_its_graph() -> None:
+    x = np.random.default_rng(0).random((2000, 64), dtype=np.float32)
+    job = model_jobs.prepare(loop_heavy(), {"": x})
+    assert job.info.flops_per_row <= 64  # the graph alone: next to nothing
+    assert job.cost_per_row() > 1e5 * job.info.flops_per_row  # 2000 rounds of 128 FLOP, and their overhead
+    params, _ = job.shard(0, job.rows)
+    assert params["gflop"] == pytest.approx(job.cost_per_row() * job.rows / 1e9, rel=1e-6)
+    relu = model_jobs.prepare(relu_model(), {"": x[:, :4].copy()})
+    assert relu.cost_per_row() >= relu.info.flops_per_row  # the graph's count is the floor
+
+
 def _job(blob: bytes, x: np.ndarray, **over: object) -> tuple[dict[str, object], dict[str, np.ndarray]]:
     info = onnx_model.check_model(onnx_model.load(blob))
     params = {"model_bytes": len(blob), "rows": len(x), "out_row_bytes": 4, "inputs": "blob",

@@ -17,6 +17,7 @@ from onnx import helper, numpy_helper
 
 from p2pnode.control.views import ControlViews
 from p2pnode.exec import model_jobs, onnx_model
+from p2pnode.exec.executor import Executor
 from p2pnode.services.model_prep import ModelPrep, ModelPrepError
 from tests.exec.test_onnx_models import _io, _pack, endless_loop, relu_model
 
@@ -29,6 +30,11 @@ def expand_bomb(gib: int = 3) -> bytes:
              helper.make_node("ReduceSum", ["big"], ["total"], keepdims=1),
              helper.make_node("Add", ["x", "total"], ["y"])]
     return _pack(nodes, [_io("x", ["n", 1])], [_io("y", ["n", 1])], [shape, one])
+
+
+def _prep() -> ModelPrep:
+    """A requester-only node's preparation: its own small executor, started at first use."""
+    return ModelPrep(None, lambda: Executor(slots=1))
 
 
 def _files(tmp_path: Path, blob: bytes, x: np.ndarray) -> dict[str, str]:
@@ -63,12 +69,12 @@ async def _submit(prep: ModelPrep, **request: Any) -> Any:
 
 
 async def test_an_endless_model_is_stopped_in_its_worker_and_the_submit_says_why(tmp_path: Path) -> None:
-    prep = ModelPrep(None)
+    prep = _prep()
     try:
         with trio.fail_after(60), pytest.raises(ModelPrepError, match="did not finish a few rows in 2 s"):
             await _submit(prep, **_files(tmp_path, endless_loop(), np.zeros((5, 1), np.float32)), deadline=2)
         assert _threads_running_a_model() == 0  # nothing of it goes on in the node
-        assert prep._own is not None and prep._own.running == 0 and prep._own.failed == {"timeout": 1}
+        assert isinstance(prep._own, Executor) and prep._own.running == 0 and prep._own.failed == {"timeout": 1}
         # the worker that looped was killed; the next model gets a fresh one
         job = await prep.prepare(relu_model(), {"": np.ones((3, 4), np.float32)})
         assert job.rows == 3 and job.row_independent
@@ -77,7 +83,7 @@ async def test_an_endless_model_is_stopped_in_its_worker_and_the_submit_says_why
 
 
 async def test_a_memory_bomb_is_stopped_in_its_worker_and_the_node_stays_small(tmp_path: Path) -> None:
-    prep = ModelPrep(None)
+    prep = _prep()
     before = _peak_rss()
     try:
         with trio.fail_after(60), pytest.raises(ModelPrepError, match="more memory than a job of a few rows"):
@@ -89,13 +95,13 @@ async def test_a_memory_bomb_is_stopped_in_its_worker_and_the_node_stays_small(t
 
 
 async def test_the_probe_tells_what_a_row_costs_and_the_own_worker_goes_with_the_node() -> None:
-    prep = ModelPrep(None)
+    prep = _prep()
     try:
         x = np.random.default_rng(0).standard_normal((200, 4)).astype(np.float32)
         job = await prep.prepare(relu_model(), {"": x})
         assert job.out_row_bytes == 16 and job.rows == 200 and job.cost_per_row() >= job.info.flops_per_row
         assert np.array_equal(job.arrays["x"], x)
-        (worker,) = prep._own._all if prep._own is not None else ()
+        (worker,) = prep._own._all if isinstance(prep._own, Executor) else ()
         pid = worker.proc.pid
     finally:
         await prep.aclose()
@@ -119,7 +125,7 @@ def test_a_model_error_found_in_the_worker_is_the_same_one_line(tmp_path: Path) 
         model_jobs.prepare(blob, {"": np.ones((3, 5), np.float32)})
 
     async def main() -> None:
-        prep = ModelPrep(None)
+        prep = _prep()
         try:
             with pytest.raises(onnx_model.ModelError, match=line):
                 await prep.prepare(blob, {"": np.ones((3, 5), np.float32)})
