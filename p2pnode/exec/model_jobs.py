@@ -43,7 +43,8 @@ from p2pnode.exec.onnx_workload import CHUNK_ROWS, MAX_ROWS, input_name, rows_ag
 
 SPREAD_ROWS = 8  # rows run as one batch and one by one
 PROBE_BYTES = 32 << 20  # of the dataset's rows sent to the probe, at most (at least a row of each kind)
-TIMING_S = 0.05  # a timed batch grows until it takes this long
+TIMING_S = 0.05  # a timed batch grows until it takes this long (or is run again until the runs do)
+MAX_TIMED_RUNS = 200
 PROBE_TIMEOUT_S = 60.0  # as a provider's shortest job timeout
 SPEED_BUDGET_S = 0.2
 JOB_MAX_BYTES = 1 << 30  # a job's input (onnx_workload's rule)
@@ -285,8 +286,9 @@ def _couples(run: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]], batch:
 
 def _seconds_per_row(run: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]],
                      rows: Mapping[str, np.ndarray]) -> float:
-    """Seconds a row takes in batches as large as the sample allows (up to ``CHUNK_ROWS``), the
-    batch doubling until it takes ``TIMING_S``."""
+    """Seconds a row takes in batches as large as the sample allows (up to ``CHUNK_ROWS``): the
+    batch doubles until it takes ``TIMING_S``; a sample too quick for that is run again until the
+    runs add up to it, and the quickest run counts (as the calibration counts its best)."""
     total = len(next(iter(rows.values())))
     n = min(total, 8)
     while True:
@@ -294,8 +296,18 @@ def _seconds_per_row(run: Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
         run({k: a[:n] for k, a in rows.items()})
         took = time.perf_counter() - t0
         if took >= TIMING_S or n >= total:
-            return took / n
+            break
         n = min(total, 2 * n)
+    best, spent = took, took
+    batch = {k: a[:n] for k, a in rows.items()}
+    for _ in range(MAX_TIMED_RUNS):
+        if spent >= TIMING_S:
+            break
+        t0 = time.perf_counter()
+        run(batch)
+        took = time.perf_counter() - t0
+        best, spent = min(best, took), spent + took
+    return best / n
 
 
 def _ort_speed() -> float:

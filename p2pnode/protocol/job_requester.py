@@ -7,7 +7,8 @@ follow at once); progress and the result come back; the shell verifies the resul
 longer than the stall timeout, or breaks the protocol, the job is **re-awarded** to the next bid
 that has not expired, with no action from the user.
 
-An **overrun** (three times the bid's estimate plus a grace period since the award) is not evidence
+An **overrun** (three times the bid's estimate plus a grace period since the award, plus the time
+the inputs take to cross a slow link, ``TRANSFER_FLOOR_BPS``: the estimate is of the compute) is not evidence
 of cheating: the estimate came from the requester's own measurement, and the provider may simply be
 slower. While the provider's progress moves, the allowance is granted again; a provider whose
 progress has not moved since the last allowance (or whose executor stopped the job at its own time
@@ -32,6 +33,9 @@ from nacl.signing import SigningKey
 from p2pnode.errors import LocalProtocolError
 from p2pnode.wire import codec, sealing
 from p2pnode.wire import job as m
+
+
+TRANSFER_FLOOR_BPS = 1 << 20  # the slowest link an award's inputs are given time to cross (bytes/s)
 
 
 class R(Enum):
@@ -97,6 +101,7 @@ class RequesterJob:
     scorer: Scorer = field(default_factory=Scorer)
     private_params: dict[str, object] = field(default_factory=dict)  # sealed to each awarded provider
     input_blobs: tuple[bytes, ...] = ()  # ids of the (encrypted) input blobs, in input-name order
+    input_bytes: int = 0  # their size: the first allowance gives them time to cross
     state: R = R.COLLECTING
     bids: dict[bytes, m.Bid] = field(default_factory=dict)
     declines: dict[bytes, str] = field(default_factory=dict)
@@ -221,7 +226,8 @@ class RequesterJob:
         self.provider, self.progress, self._heard_at = winner, 0.0, now
         bid = self.bids[winner]
         self._allowance = 3 * bid.estimate_ms / 1000.0 + self.overdue_grace_s
-        self._due, self._due_progress = now + self._allowance, 0.0
+        self._due = now + self._allowance + self.input_bytes / TRANSFER_FLOOR_BPS
+        self._due_progress = 0.0
         self.award = m.make_award(self.job, self.key, requester=self.me, provider=winner, nonce=self.rfb.nonce,
                                   price=bid.price, deadline_ms=self.rfb.deadline_ms)
         self._emit("award", provider=winner, price=bid.price, attempt=len(self.failed) + 1)

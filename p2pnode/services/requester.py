@@ -188,7 +188,8 @@ class JobRequester:
         machine = RequesterJob(self.identity.peer_id, self.identity.signing_key, rfb, [a.peer_id for a in ads],
                                started, bid_window_s=bid_window_s,
                                stall_s=max(15.0, 3 * m.HEARTBEAT_S), overdue_grace_s=OVERDUE_GRACE_S, on_event=event, private_params=private,
-                               input_blobs=tuple(blob_ids), scorer=self.scorer)
+                               input_blobs=tuple(blob_ids), scorer=self.scorer,
+                               input_bytes=sum(int(a.nbytes) for a in (arrays or {}).values()))
         streams: dict[bytes, FramedStream] = {}
         wake = trio.Event()
         event("request", {"candidates": [to_base58(a.peer_id) for a in ads], "max_price": max_price})

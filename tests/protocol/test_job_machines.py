@@ -81,6 +81,17 @@ def test_an_overrun_with_moving_progress_gets_more_time_and_one_without_is_no_fa
     assert r.state is R.NO_PROVIDER and third in r.failed and third not in r.overran
 
 
+def test_the_first_allowance_gives_the_inputs_time_to_cross() -> None:
+    """The bid estimates the compute; 10 MiB of inputs get 10 s more (at 1 MiB/s) before an overrun."""
+    c = Conversation.make(2, overdue_grace_s=1.0, stall_s=100.0, input_bytes=10 << 20)
+    run_auction(c, [100, 200])  # awarded at T0 + 0.1: due at T0 + 1.4 + 10
+    first = c.requester.provider
+    c.deliver(c.requester.tick(T0 + 11.0), T0 + 11.0)
+    assert c.requester.provider == first and not c.requester.failed
+    c.deliver(c.requester.tick(T0 + 11.6), T0 + 11.6)
+    assert c.requester.provider != first and c.requester.overran == {first}
+
+
 def test_no_provider_when_all_fail_or_decline() -> None:
     c = Conversation.make(2)
     c.deliver(c.requester.start(), T0)
