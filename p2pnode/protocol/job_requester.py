@@ -34,7 +34,6 @@ from p2pnode.errors import LocalProtocolError
 from p2pnode.wire import codec, sealing
 from p2pnode.wire import job as m
 
-
 TRANSFER_FLOOR_BPS = 1 << 20  # the slowest link an award's inputs are given time to cross (bytes/s)
 
 
