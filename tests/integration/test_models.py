@@ -103,6 +103,20 @@ async def test_a_model_its_graph_underprices_is_timed_and_mapped_without_a_provi
             assert requester.trust.score(r.node.identity.peer_id) >= 0.5
 
 
+async def test_a_model_that_couples_its_rows_runs_whole_on_a_provider() -> None:
+    """x − mean over the rows, 2500 rows: one job, one batch on the provider, ONNX Runtime's answer."""
+    from tests.exec.test_row_coupling import centre
+
+    x = np.random.default_rng(8).standard_normal((2500, 4)).astype(np.float32)
+    job = model_jobs.prepare(centre(), {"": x})
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        result = await nodes[0].node.maps.run(job, shard_rows=500, providers=2, max_price=RICH, deadline_s=60)
+    sess, _ = backends.OrtOps("ort-cpu").session(centre())
+    assert result.shards == 1 and result.verify == "rerun"
+    assert np.allclose(result.outputs["y"], sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
 async def test_a_dataset_spreads_over_providers_and_comes_back_in_order(tmp_path: Path) -> None:
     job = model_jobs.prepare(models.attention(tokens=8, dim=16), {"": np.random.default_rng(5).random((240, 8, 16))})
     async with swarm(4, line=False) as nodes:
