@@ -546,8 +546,9 @@ def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int
                     progress.console.print("  [yellow]not checked (--verify none): results are taken as they "
                                            "come[/]")
                 elif e["verify"] != "rows":
-                    progress.console.print("  [yellow]this model couples its rows: results are checked by "
-                                           "re-running whole shards[/]")
+                    why = f" ({e['coupling']})" if e.get("coupling") else ""
+                    progress.console.print(f"  [yellow]this model couples its rows{why}: it runs as one job on "
+                                           "all rows at once, checked by re-running that job[/]", highlight=False)
             elif kind == "shard" and e.get("state") == "done":
                 providers[e["provider"]] = providers.get(e["provider"], 0) + e["rows"]
                 progress.update(rows, completed=e["rows_done"], speed=f"{e['rows_per_s']:.0f} rows/s",

@@ -32,6 +32,11 @@ class NetworkSetupError(LocalError):
     """The host could not start: a bad multiaddr, a port in use, ..."""
 
 
+class FileRefused(LocalError):
+    """A file the user named cannot be used as it is: missing, not a regular file (a device, a
+    FIFO, a folder), over its size limit, or a symbolic link where only a file itself is read."""
+
+
 class ControlError(LocalError):
     """The local control API could not be reached or answered an error."""
 

@@ -20,53 +20,49 @@
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from p2pnode.errors import LocalError
+from p2pnode import local_files
+from p2pnode.errors import FileRefused
+from p2pnode.wire.blob import MAX_BLOB
 
 NPY_MAGIC = b"\x93NUMPY"
 OUTPUT_SUFFIXES = (".npy", ".npz")
 
 
-class DataError(LocalError):
+class DataError(FileRefused):
     """A data file, an output path or a model's inputs that this node will not use as they are."""
 
 
 # data ---------------------------------------------------------------------------------------------
 
 def read_dataset(path: str) -> dict[str, np.ndarray]:
-    """A ``.npz`` (its named arrays) or any other file as one ``.npy`` array (name ``""``)."""
-    if path.endswith(".npz"):
-        _expect(path, zip_file=True)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise DataError(f"cannot read the dataset {path}: {_why(exc)}") from None
-    return {"": read_array(path, "the dataset", mmap=True)}
+    """A ``.npz`` (its named arrays) or any other file as one ``.npy`` array (name ``""``,
+    memory-mapped); its type and size checked before anything is read (:mod:`p2pnode.local_files`)."""
+    _expect(path, zip_file=path.endswith(".npz"))
+    return _load(path, "the dataset", local_files.MAX_DATASET_BYTES)
 
 
-def read_array(path: str, what: str, *, mmap: bool = False) -> np.ndarray:
-    """One array from a ``.npy`` file; ``what`` names it in errors."""
+def read_array(path: str, what: str) -> np.ndarray:
+    """One array from a ``.npy`` file of at most a blob's size; ``what`` names it in errors."""
     _expect(path, zip_file=False)
+    return np.array(next(iter(_load(path, what, MAX_BLOB).values())))
+
+
+def _load(path: str, what: str, limit: int) -> dict[str, np.ndarray]:
     try:
-        array: np.ndarray = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {what} {path}: {_why(exc)}") from None
-    return array
+        return local_files.load_arrays(path, what=what, limit=limit)
+    except FileRefused as exc:
+        raise DataError(f"cannot read {what} {path}: {exc}" if str(exc).startswith("it holds") else str(exc)) from None
 
 
 def _expect(path: str, *, zip_file: bool) -> None:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(NPY_MAGIC))
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror}") from None
+    with local_files.opened(path, what="data file", limit=local_files.MAX_DATASET_BYTES) as (f, _):
+        head = f.read(len(NPY_MAGIC))
     if zip_file and not head.startswith(b"PK"):
         raise DataError(f"{path} is not a NumPy .npz file (save arrays with numpy.savez)")
     if not zip_file and head != NPY_MAGIC:
@@ -98,6 +94,7 @@ def check_output(path: str) -> None:
         raise DataError(f"--output {path}: the file cannot be written (permissions)")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise DataError(f"--output {path}: the folder {parent} cannot be written to (permissions)")
+    local_files.check_output(path, what="--output")  # an existing file there is a regular one
 
 
 def save_outputs(path: str, outputs: Mapping[str, np.ndarray], order: list[str]) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from p2pnode.services.blobs import BlobService
 from p2pnode.services.jobs import JobService
 from p2pnode.services.mapper import MapService
 from p2pnode.services.market import AdSettings, MarketService, Resources, capacity_from
+from p2pnode.services.model_prep import ModelPrep
 from p2pnode.services.peers import PeerPolicy
 from p2pnode.services.provider import JobProvider
 from p2pnode.services.records import JobRecords
@@ -138,6 +139,7 @@ class Node:
                          records=records, calibrate_providers=cfg.calibrate_providers,
                          spent=lambda: self.trust.credits.spent, budget=cfg.budget, on_end=self.metrics.job_ended),
             records)
+        self.model_prep = ModelPrep(self.executor, lambda: Executor(slots=1, cpu_threads=cfg.cpu_threads))
         self.maps = MapService(submit=self.jobs.submit, candidates=self.jobs.candidates, now=self.now,
                                state_dir=cfg.data_dir / "maps", on_saved=self.market.touch, records=records)
         self.views = ControlViews(self)
@@ -289,6 +291,7 @@ class Node:
             self.metrics.close()
             self.probe.close()
             with trio.CancelScope(shield=True):
+                await self.model_prep.aclose()
                 await listener.aclose()
             try:
                 cfg.control_socket.unlink()

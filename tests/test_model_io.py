@@ -16,6 +16,13 @@ from p2pnode.exec import backends, model_jobs, onnx_model, workloads
 from p2pnode.model_io import DataError
 
 
+def _prepare(model: Path, data: str) -> tuple[Any, list[str]]:
+    """The model job as the node makes it (its probe here, not in a worker), and the notes."""
+    blob, arrays, notes = work._read(model, data)
+    job = model_jobs.prepare(blob, arrays)
+    return job, notes + work._conversions(job, arrays)
+
+
 def _run_here(job: model_jobs.ModelJob) -> dict[str, np.ndarray]:
     params, inputs = job.shard(0, job.rows)
     wl = workloads.get("onnx")
@@ -35,7 +42,7 @@ def test_sklearns_default_conversion_with_zipmap_runs_as_its_probability_tensor(
     np.save(tmp_path / "x.npy", x)
     with pytest.raises(onnx_model.ModelError, match="sequence_type"):  # as it is, no row check can compare it
         model_jobs.prepare(onnx_model.pack_file(tmp_path / "clf.onnx"), {"": x})
-    job, notes = work._prepare(tmp_path / "clf.onnx", str(tmp_path / "x.npy"))
+    job, notes = _prepare(tmp_path / "clf.onnx", str(tmp_path / "x.npy"))
     assert [s.name for s in job.info.outputs] == ["output_label", "output_probability"]
     assert len(notes) == 1 and "output output_probability: scikit-learn's ZipMap" in notes[0]
     assert "probability tensor [rows, 3] instead, columns in class order (0, 1, 2)" in notes[0]
@@ -61,20 +68,20 @@ def test_data_of_another_type_follows_the_rule_and_says_so(tmp_path: Path) -> No
 
     (tmp_path / "cnn.onnx").write_bytes(onnx_model.unpack(models.cnn(channels=2))[0])
     np.save(tmp_path / "x64.npy", models.images(6).astype(np.float64))
-    job, notes = work._prepare(tmp_path / "cnn.onnx", str(tmp_path / "x64.npy"))
+    job, notes = _prepare(tmp_path / "cnn.onnx", str(tmp_path / "x64.npy"))
     assert job.arrays["image"].dtype == np.float32
     assert notes == ["input image: float64 data rounded to the model's float32 (less precise)"]
     (tmp_path / "int.onnx").write_bytes(_int32_model())
     np.save(tmp_path / "small.npy", np.arange(12, dtype=np.int64).reshape(4, 3))
-    job, notes = work._prepare(tmp_path / "int.onnx", str(tmp_path / "small.npy"))
+    job, notes = _prepare(tmp_path / "int.onnx", str(tmp_path / "small.npy"))
     assert notes == ["input x: int64 data converted to the model's int32 (every value fits)"]
     np.save(tmp_path / "big.npy", np.array([[1, 2, 2**40]], dtype=np.int64))  # would wrap around in int32
     with pytest.raises(DataError, match="input x: the model takes int32, and the data \\(int64\\) holds values "
                                         "outside -2147483648..2147483647"):
-        work._prepare(tmp_path / "int.onnx", str(tmp_path / "big.npy"))
+        _prepare(tmp_path / "int.onnx", str(tmp_path / "big.npy"))
     np.save(tmp_path / "floats.npy", np.ones((2, 3), dtype=np.float32))
     with pytest.raises(onnx_model.ModelError, match="the model takes int32, the data is float32"):
-        work._prepare(tmp_path / "int.onnx", str(tmp_path / "floats.npy"))
+        _prepare(tmp_path / "int.onnx", str(tmp_path / "floats.npy"))
 
 
 def test_a_file_that_is_not_what_its_name_says_is_called_so_never_a_pickle(tmp_path: Path) -> None:
@@ -125,7 +132,7 @@ async def test_the_node_refuses_a_bad_output_path_before_it_reads_or_runs_anythi
     request = {"model": str(tmp_path / "m.onnx"), "input": str(tmp_path / "x.npy"), "max_price": 10,
                "output": str(tmp_path / "gone" / "y.npy")}
     with pytest.raises(DataError, match="does not exist"):
-        await work.run_map(NoMaps(), request, emit)
+        await work.run_map(NoMaps(), None, request, emit)
     with pytest.raises(DataError, match="does not exist"):
         await work.submit_job(NoMaps(), {"workload": "matmul", "max_price": 10, "output": request["output"]}, emit)
     assert events == []

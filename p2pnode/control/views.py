@@ -183,11 +183,11 @@ class ControlViews:
         if cmd == "wait":
             return await self._wait(request)
         if cmd == "submit" and request.get("model"):
-            return await work.run_map(node.maps, dict(request, providers=1), emit, single=True)
+            return await work.run_map(node.maps, node.model_prep, dict(request, providers=1), emit, single=True)
         if cmd == "submit":
             return await work.submit_job(node.jobs, request, emit)
         if cmd == "map":
-            return await work.run_map(node.maps, request, emit)
+            return await work.run_map(node.maps, node.model_prep, request, emit)
         if cmd == "cancel":
             return await work.cancel([node.maps.runs, node.jobs.runs], request)
         raise ControlError(f"unknown command {cmd!r}")

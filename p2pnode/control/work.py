@@ -18,6 +18,7 @@ import trio
 from p2pnode import model_io
 from p2pnode.control.requests import MAX_DEADLINE_S, MAX_PRICE, flag, number, text
 from p2pnode.errors import ControlError, unwrap_group
+from p2pnode.exec import model_jobs
 from p2pnode.services.operations import Hangup, Runs, describe_paid
 
 CANCEL_WAIT_S = 30.0  # how long `cancel` waits for what it stopped to end (its providers told)
@@ -87,9 +88,11 @@ async def submit_job(jobs: Any, request: dict[str, Any], emit: Emit) -> dict[str
     return out
 
 
-async def run_map(maps: Any, request: dict[str, Any], emit: Emit, *, single: bool = False) -> dict[str, Any]:
+async def run_map(maps: Any, prep: Any, request: dict[str, Any], emit: Emit, *,
+                  single: bool = False) -> dict[str, Any]:
     """A model over a dataset, outputs saved to ``output``: one job (``single``), or shards of
-    ``shard_rows`` (0: two shards per provider)."""
+    ``shard_rows`` (0: two shards per provider). ``prep``: the node's
+    :class:`~p2pnode.services.model_prep.ModelPrep`, which tries the model in a worker."""
     model_path, input_path, output = text(request, "model"), text(request, "input"), text(request, "output")
     if not model_path or not input_path:
         raise ControlError("a model job needs a model and an input file")
@@ -105,8 +108,11 @@ async def run_map(maps: Any, request: dict[str, Any], emit: Emit, *, single: boo
                            "products (matmul) only")
     if output:
         model_io.check_output(output)
-    job, notes = await trio.to_thread.run_sync(_prepare, Path(model_path), input_path)
-    if single:
+    blob, arrays, notes = await trio.to_thread.run_sync(_read, Path(model_path), input_path)
+    # the model is tried on a few rows in a worker (memory limit, timeout), never in the node
+    job = await prep.prepare(blob, arrays, timeout=min(deadline, model_jobs.PROBE_TIMEOUT_S))
+    notes += _conversions(job, arrays)
+    if single or job.whole:  # a model that couples its rows runs on all of them at once
         shard_rows = job.rows
     elif shard_rows <= 0:
         shard_rows = max(1, -(-job.rows // (2 * max(1, providers))))
@@ -119,26 +125,30 @@ async def run_map(maps: Any, request: dict[str, Any], emit: Emit, *, single: boo
     summary: dict[str, Any] = result.summary()
     summary["notes"] = notes
     summary["model"] = {"inputs": [s.name for s in job.info.inputs], "outputs": [s.name for s in job.info.outputs],
-                        "row_independent": job.row_independent, "gflop": round(job.gflop(), 6)}
+                        "row_independent": job.row_independent, "coupling": job.coupling,
+                        "gflop": round(job.gflop(), 6)}
     if output:
         names = [s.name for s in job.info.outputs]
         summary["saved"] = await trio.to_thread.run_sync(model_io.save_outputs, output, result.outputs, names)
     return summary
 
 
-def _prepare(model_path: Path, input_path: str) -> tuple[Any, list[str]]:
-    """The model job (checked, probed), and what was done to the model and data to make it."""
-    from p2pnode.exec import model_jobs, onnx_model
+def _read(model_path: Path, input_path: str) -> tuple[bytes, dict[str, Any], list[str]]:
+    """The model (packed, checked; scikit-learn's ZipMap given as its tensor), the dataset, and
+    what was done to the model to make it."""
+    from p2pnode.exec import onnx_model
 
     blob = onnx_model.pack_file(model_path)
     raw, external = onnx_model.unpack(blob)
     raw, notes = model_io.drop_zipmap(raw)
     if notes:
         blob = onnx_model.pack(raw, external)
-    arrays = model_io.read_dataset(input_path)
-    job = model_jobs.prepare(blob, arrays)
-    notes += model_io.conversions(model_jobs.name_arrays(job.info, arrays), job.arrays)
-    return job, notes
+    return blob, model_io.read_dataset(input_path), notes
+
+
+def _conversions(job: Any, arrays: dict[str, Any]) -> list[str]:
+    """What was done to the user's arrays to make what the model takes (``model_io.conversions``)."""
+    return model_io.conversions(model_jobs.name_arrays(job.info, arrays), job.arrays)
 
 
 async def cancel(runs: list[Runs], request: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ Promises:
   space limit (``MODEL_MEMORY_FACTOR`` times its estimate, plus headroom), so a model that asks for
   more fails as ``oom`` in its worker instead of starving the machine;
 * **a model crosses the pipe once per worker** -- large, reused inputs (``CACHED_INPUTS``) are sent
-  to a worker once and named by content afterwards;
+  to a worker once and named by content afterwards, for as long as the worker keeps them: each of
+  its answers says which it holds, and one it no longer holds is sent again, never a failure;
 * **big arrays do not cross the pipe at all** -- inputs and outputs of ``spool.SPOOL_MIN`` bytes or
   more go through files in shared memory (:mod:`p2pnode.exec.spool`), mapped by the worker.
 """
@@ -40,6 +41,7 @@ import trio
 from p2pnode.errors import ExecFailure, WorkloadError
 from p2pnode.exec import frames, workloads
 from p2pnode.exec.spool import SPOOL_MIN, Spool
+from p2pnode.exec.worker import NOT_HELD
 from p2pnode.exec.workloads import Output
 
 ProgressFn = Callable[[float], None]
@@ -275,6 +277,42 @@ class Executor:
             self._count("cancelled")
             raise
 
+    async def probe_model(self, blob: bytes, rows: dict[str, Any], spread: int, *, timeout: float) -> dict[str, Any]:
+        """A requester's model tried on ``rows`` of its dataset in a worker (the answer of
+        :func:`p2pnode.exec.model_jobs.probe`, as a dict), under the memory limit a provider's job of
+        these rows gets and within ``timeout``: a model that loops or asks for too much memory fails
+        here (``timeout``, ``oom``), its worker killed, never the node."""
+        import numpy as np
+
+        chosen = self.choose_backend("ort-cpu", "onnx")
+        arrays = {"model": np.frombuffer(blob, dtype=np.uint8), **{f"in.{k}": np.asarray(v) for k, v in rows.items()}}
+        inputs: dict[str, Any] = {k: {"dtype": v.dtype.str, "shape": list(v.shape), "array": v} for k, v in arrays.items()}
+        inputs["model"]["key"] = hashlib.sha256(blob).hexdigest()
+        need = 4 * len(blob) + 2 * sum(v.nbytes for k, v in arrays.items() if k != "model") + (64 << 20)
+        try:
+            with trio.fail_after(timeout):
+                device = await self._place(need, chosen)
+                try:
+                    request = {"op": "probe", "spread": int(spread),
+                               "mem_limit": need * MODEL_MEMORY_FACTOR + MODEL_MEMORY_HEADROOM}
+                    frame = await self._ask(device, request, inputs, None)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self._release(device, need, chosen)
+        except trio.TooSlowError:
+            self._count("timeout")
+            raise ExecFailure(f"the model ran past {timeout:g} s on a few rows", code="timeout") from None
+        if not frame.get("ok"):
+            code = str(frame.get("code", "kernel_error"))
+            self._count(code)
+            if code in ("bad_params", "bad_model"):
+                raise WorkloadError(str(frame.get("error")), code=code)
+            raise ExecFailure(str(frame.get("error", "the probe failed")), code=code)
+        probe = frame.get("probe")
+        if not isinstance(probe, dict):
+            raise ExecFailure("the worker's probe answer is malformed", code="crashed")
+        return probe
+
     def _pick(self, need: int, backend: str) -> int | None | _NoDevice:
         """A device with a free slot whose memory takes ``need`` now: the least busy, then the
         least recently used (jobs spread over the GPUs); ``NO_DEVICE`` when none."""
@@ -307,44 +345,8 @@ class Executor:
     async def _execute(self, workload: str, params: dict[str, Any], backend: str, on_progress: ProgressFn | None,
                        started: float, inputs: dict[str, Any], mem_limit: int = 0,
                        device: int | None = None) -> ExecResult:
-        idle = self._idle[device]
-        worker = idle.pop() if idle else await self._spawn(device)
-        done = False
-        spooled: list[str] = []
-        try:
-            sent = {}
-            for k, v in inputs.items():
-                entry = {kk: vv for kk, vv in v.items() if kk != "array"}
-                array = v["array"]
-                if v.get("key") in worker.cached:
-                    pass  # the worker holds it
-                elif array.nbytes >= SPOOL_MIN and self._spool is not None:
-                    entry["file"] = self._spool.put(array)
-                    spooled.append(entry["file"])
-                else:
-                    entry["data"] = array.tobytes()
-                sent[k] = entry
-            await worker.send({"op": "run", "wl": workload, "params": params, "backend": backend, "inputs": sent,
-                               "mem_limit": mem_limit, "spool": str(self._spool.dir) if self._spool else ""})
-            worker.cached |= {v["key"] for v in inputs.values() if v.get("key")}
-            while True:
-                frame = await worker.receive()
-                if "progress" in frame:
-                    if on_progress is not None:
-                        on_progress(float(frame["progress"]))
-                    continue
-                break
-            done = True
-        except ExecFailure as exc:
-            self._count(exc.code)
-            raise
-        finally:
-            for path in spooled:  # the worker mapped them: the mapping outlives the file
-                self._spool.discard(path)  # type: ignore[union-attr]
-            if done:
-                idle.append(worker)
-            else:  # cancelled, timed out or crashed mid-job: the work must stop now
-                self._discard(worker)
+        request = {"op": "run", "wl": workload, "params": params, "backend": backend, "mem_limit": mem_limit}
+        frame = await self._ask(device, request, inputs, on_progress)
         if not frame.get("ok"):
             code = str(frame.get("code", "kernel_error"))
             self._count(code)
@@ -362,6 +364,62 @@ class Executor:
         self.completed += 1
         return ExecResult(Output({**out.arrays, **arrays}, out.extra), float(frame["seconds"]),
                           time.perf_counter() - started, backend, device)
+
+    async def _ask(self, device: int | None, request: dict[str, Any], inputs: dict[str, Any],
+                   on_progress: ProgressFn | None) -> dict[str, Any]:
+        """Send ``request`` with ``inputs`` to an idle worker of ``device`` (or a new one) and return
+        its final answer. Inputs the worker holds go by key only; the worker's answer says what it
+        holds afterwards, and that is what is remembered. A worker that no longer holds one (it
+        cannot happen while the two agree) gets the request again with the data: never a failure."""
+        idle = self._idle[device]
+        worker = idle.pop() if idle else await self._spawn(device)
+        done = False
+        try:
+            for by_key in (True, False):
+                frame = await self._exchange(worker, request, inputs, on_progress, by_key)
+                if frame.get("code") != NOT_HELD:
+                    break
+            done = True
+        except ExecFailure as exc:
+            self._count(exc.code)
+            raise
+        finally:
+            if done:
+                idle.append(worker)
+            else:  # cancelled, timed out or crashed mid-job: the work must stop now
+                self._discard(worker)
+        return frame
+
+    async def _exchange(self, worker: _Worker, request: dict[str, Any], inputs: dict[str, Any],
+                        on_progress: ProgressFn | None, by_key: bool) -> dict[str, Any]:
+        spooled: list[str] = []
+        try:
+            sent = {}
+            for k, v in inputs.items():
+                entry = {kk: vv for kk, vv in v.items() if kk != "array"}
+                array = v["array"]
+                if by_key and v.get("key") in worker.cached:
+                    pass  # the worker holds it
+                elif array.nbytes >= SPOOL_MIN and self._spool is not None:
+                    entry["file"] = self._spool.put(array)
+                    spooled.append(entry["file"])
+                else:
+                    entry["data"] = array.tobytes()
+                sent[k] = entry
+            await worker.send({**request, "inputs": sent, "spool": str(self._spool.dir) if self._spool else ""})
+            while True:
+                frame = await worker.receive()
+                if "progress" in frame:
+                    if on_progress is not None:
+                        on_progress(float(frame["progress"]))
+                    continue
+                break
+        finally:
+            for path in spooled:  # the worker mapped them: the mapping outlives the file
+                self._spool.discard(path)  # type: ignore[union-attr]
+        kept = frame.get("kept")
+        worker.cached = {k for k in kept if isinstance(k, str)} if isinstance(kept, list) else set()
+        return dict(frame)
 
     def _count(self, code: str) -> None:
         self.failed[code] = self.failed.get(code, 0) + 1

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -80,23 +81,29 @@ def pack(model: bytes, external: Mapping[str, bytes] | None = None) -> bytes:
 
 
 def pack_file(path: Path) -> bytes:
-    """Pack a ``.onnx`` file and the external data files it names (beside it, plain names only)."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read {path}: {exc.strerror}") from exc
-    if len(raw) > MAX_MODEL_BYTES:
-        raise ModelError(f"model of {len(raw)} bytes exceeds {MAX_MODEL_BYTES}")
-    model = _parse(raw)
-    external: dict[str, bytes] = {}
-    for tensor in _tensors(model):
-        if _is_external(tensor):
-            name = _safe_location(_external_info(tensor).get("location", ""))
-            if name not in external:
-                try:
-                    external[name] = (Path(path).parent / name).read_bytes()
-                except OSError as exc:
-                    raise ModelError(f"external data {name!r} of {path}: {exc.strerror}") from exc
+    """Pack a ``.onnx`` file and the external data files it names, read from beside it.
+
+    The model file the user named may be a symbolic link: it is followed, and "beside it" means
+    the folder of the file it resolves to. Its external data files must be regular files in that
+    folder, named by plain names: a link (to ``~/.ssh/id_ed25519``, to the node's key) is refused,
+    never read and packed. Types and sizes are checked before reading, and reads are bounded
+    (:mod:`p2pnode.local_files`): the whole container at most ``MAX_MODEL_BYTES``."""
+    from p2pnode.local_files import folder, read_regular
+
+    real = os.path.realpath(path)
+    where, name = os.path.split(real)
+    with folder(where or ".", what=f"the folder of model {path}") as dir_fd:
+        raw = read_regular(name, what="model", limit=MAX_MODEL_BYTES, dir_fd=dir_fd, follow=False)
+        model = _parse(raw)
+        external: dict[str, bytes] = {}
+        total = len(raw)
+        for tensor in _tensors(model):
+            if _is_external(tensor):
+                location = _safe_location(_external_info(tensor).get("location", ""))
+                if location not in external:
+                    external[location] = read_regular(location, what=f"external data of {path}:", dir_fd=dir_fd,
+                                                      limit=max(0, MAX_MODEL_BYTES - total), follow=False)
+                    total += len(external[location])
     return pack(raw, external)
 
 

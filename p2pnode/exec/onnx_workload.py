@@ -9,10 +9,12 @@ Parameters (public, in the request for bids; the data itself travels as encrypte
 * ``out_row_bytes`` -- bytes of output per row (from one local row run), for memory and limits;
 * ``gflop`` -- the requester's cost estimate (``onnx_model`` estimator); a provider that finds the
   model costs over 4 times that refuses it (``underpriced``) before running it;
-* ``rtol`` -- optional relative tolerance per row (default by output dtype).
+* ``rtol`` -- optional relative tolerance per row (default by output dtype);
+* ``whole`` -- optional, ``true``: every row in one batch (a model that couples its rows).
 
-Rows are run in chunks of ``CHUNK_ROWS`` (a fixed rule, so a batch-coupled model still gives the same
-answer on every honest provider). Outputs are compared **row by row**: integers exactly, floats with
+Rows are run in chunks of ``CHUNK_ROWS`` (a fixed rule, so every honest provider gives the same
+answer), or all at once for a ``whole`` job: a model that couples its rows gets the answer ONNX
+Runtime gives on all of them together, never one per chunk. Outputs are compared **row by row**: integers exactly, floats with
 ``‖a_i − b_i‖₂ ≤ rtol·‖b_i‖₂ + rtol·1e-6·maxⱼ‖b_j‖₂`` (NaN and infinities must match exactly).
 """
 
@@ -43,7 +45,7 @@ def input_name(feed: str) -> str:
 
 class OnnxWorkload:
     name = "onnx"
-    KEYS = {"model_bytes", "rows", "feeds", "out_row_bytes", "gflop", "rtol", "inputs"}
+    KEYS = {"model_bytes", "rows", "feeds", "out_row_bytes", "gflop", "rtol", "inputs", "whole"}
 
     def check(self, params: Mapping[str, Any]) -> dict[str, Any]:
         from p2pnode.exec.workloads import _float, _int, _unknown
@@ -59,6 +61,11 @@ class OnnxWorkload:
             "rtol": _float(params, "rtol", 0.0, 0.5, 0.0),
             "inputs": "blob",
         }
+        whole = params.get("whole", False)
+        if not isinstance(whole, bool):
+            raise WorkloadError("whole must be true or false")
+        if whole:  # only when set: a job without it reads as it always did
+            p["whole"] = True
         feeds = params.get("feeds")
         if not isinstance(feeds, Mapping) or not 1 <= len(feeds) <= MAX_IO:
             raise WorkloadError(f"feeds must map 1..{MAX_IO} input names to [dtype, [dims]]")
@@ -127,13 +134,14 @@ class OnnxWorkload:
             raise WorkloadError(f"the model costs about {estimate:.3g} GFLOP, not {p['gflop']:.3g}",
                                 code="underpriced")
         rows = p["rows"]
+        step = rows if p.get("whole") else CHUNK_ROWS
         chunks: dict[str, list[np.ndarray]] = {s.name: [] for s in info.outputs}
-        for start in range(0, rows, CHUNK_ROWS):
-            feed = {n: inputs[input_name(n)][start:start + CHUNK_ROWS] for n in feeds}
+        for start in range(0, rows, step):
+            feed = {n: inputs[input_name(n)][start:start + step] for n in feeds}
             results = sess.run(None, feed)
             for spec, r in zip(info.outputs, results, strict=True):
                 chunks[spec.name].append(np.asarray(r))
-            progress(min(1.0, (start + CHUNK_ROWS) / rows))
+            progress(min(1.0, (start + step) / rows))
         arrays = {}
         for name, parts in chunks.items():
             a = np.concatenate(parts) if len(parts) > 1 else parts[0]

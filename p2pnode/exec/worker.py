@@ -10,9 +10,14 @@ Requests: ``{"op": "calibrate", "budget": S, "gpu": bool}`` -> ``{"speeds": {nam
 "threads": the CPU thread cap or 0}``;
 ``{"op": "run", "wl": NAME, "params": {...}, "backend": NAME, "inputs": {...}, "mem_limit": BYTES}``
 -> zero or more ``{"progress": fraction}`` then ``{"ok": true, "output": ..., "seconds": s}`` or
-``{"ok": false, "code": CODE, "error": TEXT}``. An input that carries a ``key`` is kept by that key
-(a few, least recently used dropped first); the executor then sends the key without the data. With
-``mem_limit`` the job runs under that much more address space than the worker already uses.
+``{"ok": false, "code": CODE, "error": TEXT}``; ``{"op": "probe", "inputs": {...}, "spread": N,
+"mem_limit": BYTES}`` -> ``{"ok": true, "probe": ...}`` (:func:`p2pnode.exec.model_jobs.probe`: a
+requester's model tried on a few of its rows, here and never in the node). An input that carries a ``key`` is kept by that key
+(``KEPT_INPUTS`` of them, the least recently used dropped first); the executor then sends the key
+without the data. Every answer to a request with inputs names the keys the worker holds after it
+(``"kept": [key, ...]``), so the executor's record is the worker's own; an input sent by key that
+is no longer held is answered ``{"ok": false, "code": "not_held"}`` (the executor sends it again).
+With ``mem_limit`` the job runs under that much more address space than the worker already uses.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from p2pnode.errors import WorkloadError
 from p2pnode.exec import backends, frames, spool, workloads
 
 KEPT_INPUTS = 4
+NOT_HELD = "not_held"  # an input sent by key that this worker no longer holds
 
 
 def _failure_code(exc: BaseException) -> str:
@@ -110,7 +116,7 @@ def _inputs(wire: dict[str, Any], kept: OrderedDict[str, Any]) -> dict[str, Any]
             array = kept[key]
             kept.move_to_end(key)
         else:
-            raise WorkloadError(f"input {name}: not held here any more", code="crashed")
+            raise WorkloadError(f"input {name}: not held here any more", code=NOT_HELD)
         if key and key not in kept:
             kept[key] = np.array(array)  # a copy of our own: the spool file goes away
             while len(kept) > KEPT_INPUTS:
@@ -151,24 +157,49 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             send({"backends": list(backends.available()), "pid": os.getpid(),
                   "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "threads": backends.cpu_threads()})
             continue
-        progress = _throttled(send)
-
-        started = time.perf_counter()
+        work = _probe if request.get("op") == "probe" else _run
         try:
-            workload = workloads.get(request["wl"])
-            params = workload.check(request["params"])
-            name = request["backend"]
-            if name not in ops_cache:
-                ops_cache[name] = backends.ops(name)
-            inputs = _inputs(request.get("inputs") or {}, kept)
-            with _memory_limit(int(request.get("mem_limit") or 0)):
-                output = workload.run(params, ops_cache[name], progress,
-                                      workloads.check_inputs(workload, params, inputs) or None)
-            seconds = time.perf_counter() - started
-            send({"ok": True, "output": _output_wire(output, str(request.get("spool") or "")), "seconds": seconds})
+            send({"ok": True, **work(request, kept, ops_cache, send), "kept": list(kept)})
         except Exception as exc:  # every kernel failure is a typed result, never a dead node
             first = (str(exc).strip().splitlines() or [""])[0]
-            send({"ok": False, "code": _failure_code(exc), "error": f"{type(exc).__name__}: {first}"[:500]})
+            send({"ok": False, "code": _failure_code(exc), "error": f"{type(exc).__name__}: {first}"[:500],
+                  "kept": list(kept)})
+
+
+def _ops(name: str, cache: dict[str, Any]) -> Any:
+    if name not in cache:
+        cache[name] = backends.ops(name)
+    return cache[name]
+
+
+def _run(request: dict[str, Any], kept: OrderedDict[str, Any], ops_cache: dict[str, Any], send: Any) -> dict[str, Any]:
+    """A job: its output (and the kernel's seconds)."""
+    started = time.perf_counter()
+    workload = workloads.get(request["wl"])
+    params = workload.check(request["params"])
+    ops = _ops(request["backend"], ops_cache)
+    inputs = _inputs(request.get("inputs") or {}, kept)
+    with _memory_limit(int(request.get("mem_limit") or 0)):
+        output = workload.run(params, ops, _throttled(send), workloads.check_inputs(workload, params, inputs) or None)
+    seconds = time.perf_counter() - started
+    return {"output": _output_wire(output, str(request.get("spool") or "")), "seconds": seconds}
+
+
+def _probe(request: dict[str, Any], kept: OrderedDict[str, Any], ops_cache: dict[str, Any], send: Any) -> dict[str, Any]:
+    """A requester's model tried on a few rows of its dataset (:func:`model_jobs.probe`): input
+    ``model`` (the container) and ``in.<name>`` (the rows, the first ``spread`` of them spread over
+    the dataset)."""
+    from p2pnode.exec import model_jobs
+
+    inputs = _inputs(request.get("inputs") or {}, kept)
+    model = inputs.pop("model", None)
+    if model is None:
+        raise WorkloadError("a probe needs the model")
+    rows = {k[3:]: v for k, v in inputs.items() if k.startswith("in.")}
+    with _memory_limit(int(request.get("mem_limit") or 0)):
+        result = model_jobs.probe(np.ascontiguousarray(model).tobytes(), rows, int(request.get("spread") or 1),
+                                  _ops("ort-cpu", ops_cache))
+    return {"probe": result.to_wire()}
 
 
 def main() -> None:

@@ -33,6 +33,8 @@ def apply(rep: Reputation, entry: Entry) -> None:
             what = "paid"
         elif d.get("accepted"):
             what = "accepted"
+    elif entry.kind == "failure" and d.get("overrun") is True:
+        pass  # a job that took longer than estimated: no evidence of anything but a low estimate
     elif entry.kind == "failure" or (entry.kind == "penalty" and d["code"] not in BENIGN_PENALTIES):
         what = entry.kind
     elif entry.kind == "dispute" and d["wrong"] == "checker":

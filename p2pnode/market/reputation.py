@@ -5,8 +5,8 @@ Own history (see ``specs/reputation.md`` for the formulas):
 
 * every interaction adds decayed evidence, positive (``pos``) or negative (``neg``), halving every
   ``half_life_s``: a checked valid result +1, an unchecked accepted result +0.5, a passed
-  calibration +0.5; a failed, stalled or overrun job −1, protocol abuse −1, capacity over-claimed
-  −5, cheating caught −10;
+  calibration +0.5; a failed or stalled job −1 (one that only ran past its estimate: nothing),
+  protocol abuse −1, capacity over-claimed −5, cheating caught −10;
 * the score is the mean of Beta(1 + pos, 1 + neg), so an unknown peer scores 0.5 and the
   uncertainty (the Beta's standard deviation) shrinks as evidence accumulates.
 

@@ -8,8 +8,16 @@ longer than the stall timeout, or breaks the protocol, the job is **re-awarded**
 that has not expired, with no action from the user. When no acceptable bid is left and the job
 has **reserves** (more candidates, in the requester's order), the next batch of them is asked
 (``Step.ask``) with a fresh bid window, as long as the deadline leaves one: candidates that do not
-answer (unreachable, silent, made up) cost a job a bid window, not the job. A provider that keeps sending progress but
-overruns three times its own estimate (plus a grace period) is treated as failed too. The job deadline ends everything.
+answer (unreachable, silent, made up) cost a job a bid window, not the job.
+
+An **overrun** (three times the bid's estimate plus a grace period since the award, plus the time
+the inputs take to cross a slow link, ``TRANSFER_FLOOR_BPS``: the estimate is of the compute) is not evidence
+of cheating: the estimate came from the requester's own measurement, and the provider may simply be
+slower. While the provider's progress moves, the allowance is granted again; a provider whose
+progress has not moved since the last allowance (or whose executor stopped the job at its own time
+limit, ``timeout``) is re-awarded like a failed one, but named in ``overran``: the shell records no
+reputation loss for it, and a caller may try again with a larger estimate. The job deadline ends
+everything.
 
 Transitions live in ``_TRANSITIONS``. Methods return a :class:`Step`: messages to send and, when a
 peer broke the protocol, a ``violation`` for the shell to penalise. Misuse by our own code raises
@@ -28,6 +36,8 @@ from nacl.signing import SigningKey
 from p2pnode.errors import LocalProtocolError
 from p2pnode.wire import codec, sealing
 from p2pnode.wire import job as m
+
+TRANSFER_FLOOR_BPS = 1 << 20  # the slowest link an award's inputs are given time to cross (bytes/s)
 
 
 class R(Enum):
@@ -96,10 +106,12 @@ class RequesterJob:
     private_params: dict[str, object] = field(default_factory=dict)  # sealed to each awarded provider
     input_blobs: tuple[bytes, ...] = ()  # ids of the (encrypted) input blobs, in input-name order
     reserves: list[bytes] = field(default_factory=list)  # asked, a batch at a time, when nobody bids
+    input_bytes: int = 0  # their size: the first allowance gives them time to cross
     state: R = R.COLLECTING
     bids: dict[bytes, m.Bid] = field(default_factory=dict)
     declines: dict[bytes, str] = field(default_factory=dict)
     failed: dict[bytes, str] = field(default_factory=dict)  # awarded providers that let us down
+    overran: set[bytes] = field(default_factory=set)  # of those, the ones that only took longer than estimated
     provider: bytes | None = None
     award: m.Award | None = None
     result: m.Result | None = None
@@ -110,6 +122,8 @@ class RequesterJob:
     _heard_at: float = 0.0
     _due: float = float("inf")
     _batch: int = 0
+    _allowance: float = 0.0  # seconds an award may run before it is overdue (granted again while progress moves)
+    _due_progress: float = 0.0  # the provider's progress when the current allowance began
     on_event: Callable[[str, dict[str, object]], None] | None = None
 
     def __post_init__(self) -> None:
@@ -170,6 +184,8 @@ class RequesterJob:
             return Step()
         if isinstance(msg, (m.Failed, m.Cancel)) and self.state is R.RUNNING:
             code = msg.code if isinstance(msg, m.Failed) else "cancelled"
+            if code == "timeout":  # its executor stopped the job at its own limit: it ran long, no more
+                self.overran.add(peer)
             return self._lose(peer, f"{code}: {msg.reason}", now)
         if self.state is R.VERIFYING:
             if isinstance(msg, m.Result) and self.result is not None and msg.raw == self.result.raw:
@@ -220,7 +236,9 @@ class RequesterJob:
         self.scorer.awarded(winner)
         self.provider, self.progress, self._heard_at = winner, 0.0, now
         bid = self.bids[winner]
-        self._due = now + 3 * bid.estimate_ms / 1000.0 + self.overdue_grace_s
+        self._allowance = 3 * bid.estimate_ms / 1000.0 + self.overdue_grace_s
+        self._due = now + self._allowance + self.input_bytes / TRANSFER_FLOOR_BPS
+        self._due_progress = 0.0
         self.award = m.make_award(self.job, self.key, requester=self.me, provider=winner, nonce=self.rfb.nonce,
                                   price=bid.price, deadline_ms=self.rfb.deadline_ms)
         self._emit("award", provider=winner, price=bid.price, attempt=len(self.failed) + 1)
@@ -287,7 +305,12 @@ class RequesterJob:
         if self.state is R.RUNNING and self.provider is not None and now - self._heard_at >= self.stall_s:
             return self._lose(self.provider, f"no word for {self.stall_s:g} s", now)
         if self.state is R.RUNNING and self.provider is not None and now >= self._due:
-            # progress that never ends is no better than silence: accept-and-never-finish
+            if self.progress > self._due_progress:  # slower than estimated, but working: more time
+                self._due, self._due_progress = now + self._allowance, self.progress
+                self._emit("overrun", provider=self.provider, progress=self.progress)
+                return Step()
+            # no progress since the last allowance: accept-and-never-finish, or far too slow
+            self.overran.add(self.provider)
             return self._lose(self.provider, "overran three times its estimate", now)
         return Step()
 

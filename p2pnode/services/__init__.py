@@ -21,6 +21,7 @@ module         service              built from
 ``jobs``       ``JobService``       a provider and a requester over one job book
 ``mapper``     ``MapService``       submit, candidates, now, state dir, job book (dataset jobs in
                                     shards)
+``model_prep`` ``ModelPrep``        the executor as a prober (or how to start a small one)
 =============  ===================  ================================================================
 
 ``operations`` holds what a user's request paid (``Spending``) and the runs that can be cancelled
@@ -28,7 +29,7 @@ module         service              built from
 
 Imports point one way, and never at ``p2pnode.node`` (``tests/services`` checks it)::
 
-    ports  <-  records, blobs, trust, peers, market
+    ports  <-  records, blobs, trust, peers, market, mapper, model_prep
     ports, records  <-  checks
     ports, records, blobs  <-  provider
     ports, records, blobs, checks, operations  <-  requester

@@ -4,9 +4,19 @@
 ``providers`` providers at once, the best ranked first (each shard is a normal ``onnx`` job: row
 checks, receipt, ledger). Each of those providers holds up to :data:`DEPTH` shards: while one
 computes, the next one's rows are already crossing the network and wait in its executor's queue,
-so moving the data hides behind the compute. A shard that ends without a verified result (its
-provider failed, stalled, or was caught) goes back in the queue and will not be given to that
-provider again; after ``MAX_ATTEMPTS`` the dataset job fails, naming the shard.
+so moving the data hides behind the compute. A shard that ends without a verified result goes
+back in the queue. What happens next depends on why:
+
+* **an overrun** (its provider ran past its estimate with no progress, or its executor's own time
+  limit stopped it, or the deadline came): no one's fault; the shard is priced again at twice the
+  estimate, and that provider may take it again (``MAX_OVERRUNS`` times at most);
+* **busy** (the provider declined for now): the shard waits ``BUSY_WAIT_S`` and goes back, and the
+  provider is passed over for it after ``MAX_BUSY`` such answers;
+* anything else (a failure, a rejected result, a decline for good): that provider is not given the
+  shard again.
+
+The dataset job fails only when a shard has no provider left in the market, naming the shard and
+what its last attempt said: while an honest provider remains, the map goes on.
 
 **Resumable.** Every verified shard's output is written, fsynced, under
 ``<state_dir>/<map id>/`` before the next is counted, where the map id is a digest of the model, the
@@ -53,9 +63,12 @@ from p2pnode.services.operations import AlreadyRunning, Hangup, Run, Runs, Spend
 from p2pnode.services.ports import Now
 from p2pnode.services.records import JobRecord, JobRecords
 from p2pnode.wire.jsonview import jsonable
+from p2pnode.wire.peer_id import to_base58
 
 log = logging.getLogger("p2pnode.map")
-MAX_ATTEMPTS = 5
+MAX_OVERRUNS = 3  # one provider, one shard: each time priced at twice the estimate
+MAX_BUSY = 5  # "busy" answers from one provider for one shard before it is passed over
+BUSY_WAIT_S = 1.0
 DEPTH = 2  # shards in flight on one provider: one computing, one moving its rows
 Submit = Callable[..., Awaitable[Any]]
 Candidates = Callable[[str, int, int, str], list[Any]]
@@ -77,6 +90,9 @@ class Shard:
     stop: int
     attempts: int = 0
     excluded: set[bytes] = field(default_factory=set)
+    scale: float = 1.0  # its estimate is this many times the measured one (doubled at each overrun)
+    setbacks: dict[tuple[bytes, str], int] = field(default_factory=dict)  # (provider, overrun|busy) -> count
+    last: str = ""  # what its last attempt said
 
     @property
     def rows(self) -> int:
@@ -144,6 +160,8 @@ class MapService:
         ``fresh``: forget the shards an earlier run finished."""
         if shard_rows < 1 or providers < 1:
             raise MapError("--shard-rows and --providers must be at least 1")
+        if job.whole:  # a model that couples its rows gets all of them in one job, one batch
+            shard_rows = job.rows
         if verify not in ("auto", "none"):
             raise MapError(f"--verify {verify}: a model job is checked by re-running sampled rows or whole shards "
                            "(auto), or not at all (none); freivalds checks matrix products only")
@@ -228,7 +246,7 @@ class MapService:
         state = self._load(folder)
         resumed = len(done)
         emit({"event": "map", "map": mid, "rows": job.rows, "shards": len(shards), "resumed": resumed,
-              "verify": verify})
+              "verify": verify, "coupling": job.coupling})
         queue = [s for s in shards if s.index not in done]
         send, recv = trio.open_memory_channel[Shard](len(shards))
         for s in queue:
@@ -244,9 +262,11 @@ class MapService:
             nonlocal remaining, retries, checked
             async for shard in recv:
                 params, inputs = job.shard(shard.start, shard.stop)
+                params["gflop"] = round(params["gflop"] * shard.scale, 9)
                 ads = [a for a in self.candidates("onnx", 0, 64, backend) if a.peer_id not in shard.excluded]
                 if not ads:
-                    failure.append(f"shard {shard.index}: no provider left that offers this model job")
+                    failure.append(f"shard {shard.index}: no provider left that offers this model job"
+                                   + (f" (last: {shard.last})" if shard.last else ""))
                     send.close()
                     return
                 # up to ``providers`` providers at once, the best ranked (by price and speed) first,
@@ -286,13 +306,11 @@ class MapService:
                         send.close()
                     continue
                 retries += 1
-                shard.excluded.add(chosen.peer_id)
-                emit({"event": "shard", "shard": shard.index, "state": "retry", "provider": peer,
-                      "outcome": f"{rec.state}: {rec.outcome}"[:200], "attempt": shard.attempts})
-                if shard.attempts >= MAX_ATTEMPTS:
-                    failure.append(f"shard {shard.index} failed {shard.attempts} times (last: {rec.outcome})")
-                    send.close()
-                    return
+                why = _setback(shard, chosen.peer_id, rec)
+                emit({"event": "shard", "shard": shard.index, "state": "retry", "provider": peer, "why": why,
+                      "outcome": shard.last, "attempt": shard.attempts})
+                if why == "busy":
+                    await trio.sleep(BUSY_WAIT_S)
                 try:
                     send.send_nowait(shard)  # room for every shard: never blocks
                 except trio.ClosedResourceError:
@@ -323,6 +341,24 @@ class MapService:
         _atomic(folder / name, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
         state[str(shard.index)] = {"file": name, "job": job, "provider": peer, "rows": shard.rows}
         _atomic(folder / "state.json", lambda f: f.write(json.dumps(jsonable(state)).encode()))
+
+
+def _setback(shard: Shard, peer: bytes, rec: Any) -> str:
+    """Why ``shard`` did not end on ``peer`` (``overrun``, ``busy`` or ``fault``), and what that
+    changes: a larger estimate, a wait, or that provider passed over for this shard."""
+    b58 = to_base58(peer)
+    why = "overrun" if b58 in rec.overran or rec.state == "expired" else \
+        "busy" if rec.declines.get(b58) == "busy" else "fault"
+    shard.last = f"{rec.state}: {rec.outcome}"[:200]
+    if why == "overrun":
+        shard.scale *= 2
+    if why == "fault":
+        shard.excluded.add(peer)
+    else:
+        n = shard.setbacks[(peer, why)] = shard.setbacks.get((peer, why), 0) + 1
+        if n >= (MAX_OVERRUNS if why == "overrun" else MAX_BUSY):
+            shard.excluded.add(peer)
+    return why
 
 
 def _checked_rows(rec: Any) -> int:

@@ -68,6 +68,14 @@ class Runner(Protocol):
                   inputs: dict[str, Any] | None = None) -> Any: ...
 
 
+class Prober(Protocol):
+    """What the requester's model preparation asks of an executor: a model tried on a few rows in
+    a worker (``Executor.probe_model``)."""
+
+    async def probe_model(self, blob: bytes, rows: dict[str, Any], spread: int, *,
+                          timeout: float) -> dict[str, Any]: ...
+
+
 def trio_deadline(now: Now, unix: float) -> float:
     """The trio clock reading at which Unix time ``unix`` comes (for ``trio.move_on_at``)."""
     return trio.current_time() + (unix - now())

@@ -37,6 +37,8 @@ class JobRecord:
     checked: str = ""  # how the result was checked
     result_raw: bytes = b""  # the provider's signed result
     paid: dict[str, int] = field(default_factory=dict)  # a job or map on its own: what it paid in all, by purpose
+    overran: list[str] = field(default_factory=list)  # awarded providers lost only for running past their estimate
+    declines: dict[str, str] = field(default_factory=dict)  # provider -> the code it declined with
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("output", "events", "result_raw")}

@@ -212,7 +212,8 @@ class JobRequester:
         machine = RequesterJob(self.identity.peer_id, self.identity.signing_key, rfb, [a.peer_id for a in first],
                                started, reserves=[a.peer_id for a in ads[len(first):]], bid_window_s=bid_window_s,
                                stall_s=max(15.0, 3 * m.HEARTBEAT_S), overdue_grace_s=OVERDUE_GRACE_S, on_event=event, private_params=private,
-                               input_blobs=tuple(blob_ids), scorer=self.scorer)
+                               input_blobs=tuple(blob_ids), scorer=self.scorer,
+                               input_bytes=sum(int(a.nbytes) for a in (arrays or {}).values()))
         streams: dict[bytes, FramedStream] = {}
         wake = trio.Event()
         by_peer = {ad.peer_id: ad for ad in ads}
@@ -339,6 +340,8 @@ class JobRequester:
                         await fs.close()
                 rec.state, rec.ended = machine.state.value, self.now()
         rec.state, rec.ended = machine.state.value, self.now()
+        rec.overran = [to_base58(p) for p in machine.overran]
+        rec.declines = {to_base58(p): code for p, code in machine.declines.items()}
         for peer in machine.candidates:  # asked and never answered: set aside for a while
             if peer not in answered and not self.table.standing.is_aside(peer, self.now()):
                 self.table.standing.set_aside(peer, self.now())
@@ -362,8 +365,9 @@ class JobRequester:
         trust = self.judge
         job = machine.job
         with trio.CancelScope(shield=True):
-            for peer, why in machine.failed.items():
-                await trust.record("failure", {"job": job, "reason": why[:250]}, peer=peer)
+            for peer, why in machine.failed.items():  # an overrun is remembered, but no evidence against it
+                data = {"job": job, "reason": why[:250]} | ({"overrun": True} if peer in machine.overran else {})
+                await trust.record("failure", data, peer=peer)
             provider = machine.provider
             if provider is None or machine.receipt is None:
                 return

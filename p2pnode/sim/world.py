@@ -826,7 +826,8 @@ class Ask:
                     me.table.standing.set_aside(peer, w.now())
         if me.alive and me.ledger is not None:
             for peer, why in machine.failed.items():
-                w.record(me, "failure", {"job": machine.job, "reason": why[:250]}, peer)
+                overrun = {"overrun": True} if peer in machine.overran else {}
+                w.record(me, "failure", {"job": machine.job, "reason": why[:250], **overrun}, peer)
             provider = machine.provider
             if provider is not None and machine.receipt is not None:
                 if self.checked:

@@ -59,6 +59,15 @@ def speed_for(speeds: Mapping[str, float], backend: str) -> float:
     return max((v for k, v in speeds.items() if k.endswith("_" + backend)), default=0.0)
 
 
+def ort_cpu_speed(budget_s: float = 0.2, size: int = 512) -> float:
+    """GFLOP/s of ONNX Runtime's CPU provider on the calibration MatMul, as a provider measures
+    it for its ad (``onnx_f32_ort-cpu``); 0 without ONNX Runtime."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    return _calibrate_ort(a, b, budget_s * 2, use_gpu=False).get("onnx_f32_ort-cpu", 0.0)
+
+
 def _calibrate_ort(a: np.ndarray, b: np.ndarray, budget_s: float, *, use_gpu: bool) -> dict[str, float]:
     try:
         import onnxruntime

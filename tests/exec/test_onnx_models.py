@@ -3,8 +3,11 @@ puts on what checks cannot see, and the row rules of model jobs."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from p2pnode import models
-from p2pnode.errors import ExecFailure, WorkloadError
+from p2pnode.errors import ExecFailure, FileRefused, WorkloadError
 from p2pnode.exec import backends, model_jobs, onnx_model, workloads
 from p2pnode.exec.executor import Executor
 from p2pnode.exec.onnx_model import ModelError
@@ -123,6 +126,54 @@ def test_pack_file_takes_external_data_from_beside_the_model(tmp_path: object) -
         onnx_model.pack_file(folder / "evil.onnx")
 
 
+@pytest.mark.parametrize("target", ["secret", "identity", "inside"])
+def test_external_data_that_is_a_link_is_refused_not_packed(tmp_path: Path, target: str) -> None:
+    """weights.bin -> ~/.ssh/id_ed25519, the node's own key, or even another file beside the model:
+    a link is never followed for external data, so no local file's bytes can reach a stranger."""
+    secret = b"-----BEGIN OPENSSH PRIVATE KEY----- not for strangers"
+    model, data = _external("weights.bin")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "m.onnx").write_bytes(model.SerializeToString())
+    places = {"secret": tmp_path / "id_ed25519", "identity": tmp_path / "data" / "identity.key",
+              "inside": folder / "real.bin"}
+    places[target].parent.mkdir(exist_ok=True)
+    places[target].write_bytes(secret if target != "inside" else data)
+    (folder / "weights.bin").symlink_to(places[target])
+    with pytest.raises(FileRefused, match="weights.bin is a symbolic link"):
+        onnx_model.pack_file(folder / "m.onnx")
+
+
+def test_a_model_file_that_is_a_link_is_followed_and_its_data_read_from_its_real_folder(tmp_path: Path) -> None:
+    model, data = _external("weights.bin")
+    real, elsewhere = tmp_path / "real", tmp_path / "elsewhere"
+    real.mkdir()
+    elsewhere.mkdir()
+    (real / "m.onnx").write_bytes(model.SerializeToString())
+    (real / "weights.bin").write_bytes(data)
+    (elsewhere / "m.onnx").symlink_to(real / "m.onnx")
+    (elsewhere / "weights.bin").write_bytes(b"\x00" * len(data))  # beside the link, not the model
+    _, external = onnx_model.unpack(onnx_model.pack_file(elsewhere / "m.onnx"))
+    assert external == {"weights.bin": data}
+    (real / "weights.bin").unlink()  # not there: refused, never taken from beside the link
+    with pytest.raises(FileRefused, match="weights.bin: No such file"):
+        onnx_model.pack_file(elsewhere / "m.onnx")
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "dev"])
+def test_external_data_that_is_not_a_regular_file_is_refused(tmp_path: Path, kind: str) -> None:
+    model, _ = _external("weights.bin")
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    if kind == "folder":
+        (tmp_path / "weights.bin").mkdir()
+    elif kind == "fifo":
+        os.mkfifo(tmp_path / "weights.bin")
+    else:
+        (tmp_path / "weights.bin").symlink_to("/dev/zero")
+    with pytest.raises(FileRefused, match="weights.bin (is a folder|is a device|is a symbolic link)"):
+        onnx_model.pack_file(tmp_path / "m.onnx")
+
+
 def test_size_and_node_count_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     chain = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(20)]
     blob = _pack(chain, [_io("t0", ["n", 4])], [_io("t20", ["n", 4])])
@@ -167,6 +218,33 @@ def endless_loop() -> bytes:
                  [_io("y", ["n", 1])], inits)
 
 
+def loop_heavy(trips: int = 2000, d: int = 64) -> bytes:
+    """y = x after ``trips`` rounds of x·a + b in a Loop: its graph counts about 1 FLOP a row (the
+    body is not counted), running it costs thousands of times more."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["c_out"]), helper.make_node("Mul", ["acc", "a"], ["t"]),
+         helper.make_node("Add", ["t", "b"], ["acc_out"])],
+        "body", [_io("i", [], TensorProto.INT64), _io("c", [], TensorProto.BOOL), _io("acc", ["n", d])],
+        [_io("c_out", [], TensorProto.BOOL), _io("acc_out", ["n", d])],
+        [numpy_helper.from_array(np.full(1, 0.999, np.float32), "a"),
+         numpy_helper.from_array(np.full(1, 0.001, np.float32), "b")])
+    inits = [numpy_helper.from_array(np.array(trips, dtype=np.int64), "trips"),
+             numpy_helper.from_array(np.array(True), "cond")]
+    return _pack([helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)], [_io("x", ["n", d])],
+                 [_io("y", ["n", d])], inits)
+
+
+def test_a_model_is_priced_by_what_its_rows_take_not_only_by_its_graph() -> None:
+    x = np.random.default_rng(0).random((2000, 64), dtype=np.float32)
+    job = model_jobs.prepare(loop_heavy(), {"": x})
+    assert job.info.flops_per_row <= 64  # the graph alone: next to nothing
+    assert job.cost_per_row() > 1e5 * job.info.flops_per_row  # 2000 rounds of 128 FLOP, and their overhead
+    params, _ = job.shard(0, job.rows)
+    assert params["gflop"] == pytest.approx(job.cost_per_row() * job.rows / 1e9, rel=1e-6)
+    relu = model_jobs.prepare(relu_model(), {"": x[:, :4].copy()})
+    assert relu.cost_per_row() >= relu.info.flops_per_row  # the graph's count is the floor
+
+
 def _job(blob: bytes, x: np.ndarray, **over: object) -> tuple[dict[str, object], dict[str, np.ndarray]]:
     info = onnx_model.check_model(onnx_model.load(blob))
     params = {"model_bytes": len(blob), "rows": len(x), "out_row_bytes": 4, "inputs": "blob",
@@ -192,6 +270,32 @@ async def test_an_endless_model_is_stopped_by_its_timeout() -> None:
         with trio.fail_after(30), pytest.raises(ExecFailure) as info:
             await ex.run("onnx", params, inputs=inputs, timeout=1.0)
         assert info.value.code == "timeout" and ex.running == 0
+
+
+def scale_model(k: float) -> bytes:
+    """y = k·x: a different model (and container) for every k."""
+    return _pack([helper.make_node("Mul", ["x", "k"], ["y"])], [_io("x", ["n", 4])], [_io("y", ["n", 4])],
+                 [numpy_helper.from_array(np.array([k], np.float32), "k")])
+
+
+async def test_a_model_a_worker_dropped_is_sent_again_never_a_failure() -> None:
+    """A worker keeps a few models; seven in turn, then the first again, all on one worker: every
+    run succeeds, and what the executor believes the worker holds is what the worker says it holds."""
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    blobs = {k: scale_model(k) for k in range(1, 8)}
+    async with Executor() as ex:
+        for k in [*blobs, 1]:
+            params, inputs = _job(blobs[k], x)
+            r = await ex.run("onnx", params, inputs=inputs)
+            assert np.array_equal(r.output.arrays["y"], x * k)
+        (worker,) = ex._all
+        keys = {k: hashlib.sha256(b).hexdigest() for k, b in blobs.items()}
+        assert worker.cached == {keys[k] for k in (5, 6, 7, 1)}  # the four it used last
+        # were the record ever wrong, the worker's "not held" brings the data, not a failure
+        worker.cached.add(keys[2])
+        params, inputs = _job(blobs[2], x)
+        assert np.array_equal((await ex.run("onnx", params, inputs=inputs)).output.arrays["y"], x * 2)
+        assert ex.failed == {} and ex._all == {worker} and keys[2] in worker.cached
 
 
 async def test_an_underpriced_model_is_refused_before_it_runs() -> None:

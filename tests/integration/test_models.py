@@ -17,6 +17,7 @@ import trio
 from p2pnode import models
 from p2pnode.control.client import call
 from p2pnode.exec import backends, model_jobs, onnx_model, workloads
+from p2pnode.services import requester as requester_module
 from p2pnode.services.mapper import MapService
 from p2pnode.wire.peer_id import from_base58
 from tests.integration.swarm import all_list_all, node_config, start_node, swarm
@@ -60,6 +61,60 @@ async def test_a_trained_classifier_answers_as_it_does_locally_and_crosses_once(
         rows_bytes = sum(a.nbytes for k, a in inputs.items() if k != "model")
         assert provider.blobs.store.hits >= 1  # the model came from its cache
         assert rows_bytes <= provider.blobs.fetched_bytes - fetched < rows_bytes + 1024
+
+
+async def test_a_provider_runs_a_model_again_after_seven_others() -> None:
+    """Its worker keeps four models: the first of seven, asked for again, is sent to it again."""
+    from tests.exec.test_onnx_models import scale_model
+
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    jobs = {k: model_jobs.prepare(scale_model(k), {"": x}) for k in range(1, 8)}
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        requester, provider = nodes[0].node, nodes[1].node
+        for k in [*jobs, 1]:
+            params, inputs = jobs[k].shard(0, len(x))
+            rec = await requester.jobs.submit("onnx", params, inputs=inputs, max_price=RICH, deadline_s=60,
+                                              verify=jobs[k].verify)
+            assert rec.state == "done" and rec.peer == provider.peer_id, rec.outcome
+            assert rec.output is not None and np.array_equal(rec.output.arrays["y"], x * k)
+        assert provider.executor is not None and provider.executor.failed == {}
+        assert requester.trust.score(provider.identity.peer_id) > 0.5  # nothing held against it
+
+
+async def test_a_model_its_graph_underprices_is_timed_and_mapped_without_a_provider_lost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Loop-heavy model counts ~1 FLOP a row by its graph and takes ~20 MFLOP-equivalents. Priced by
+    its graph, every shard overran its estimate (3 × est + grace) on every provider and the map ran
+    out of providers; priced by a timed probe, no shard overruns and nobody loses reputation."""
+    from tests.exec.test_onnx_models import loop_heavy
+
+    monkeypatch.setattr(requester_module, "OVERDUE_GRACE_S", 0.2)  # the overrun shows in a second
+    x = np.random.default_rng(6).random((24_000, 64), dtype=np.float32)
+    job = model_jobs.prepare(loop_heavy(), {"": x})
+    async with swarm(3, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        requester = nodes[0].node
+        result = await requester.maps.run(job, shard_rows=12_000, providers=2, max_price=RICH, deadline_s=120)
+        assert result.retries == 0 and sum(result.by_provider.values()) == len(x)
+        assert np.allclose(result.outputs["y"], _local(job).arrays["y"], rtol=1e-5, atol=1e-6)
+        for r in nodes[1:]:
+            assert not list(requester.trust.ledger.entries(kind="failure"))  # type: ignore[union-attr]
+            assert requester.trust.score(r.node.identity.peer_id) >= 0.5
+
+
+async def test_a_model_that_couples_its_rows_runs_whole_on_a_provider() -> None:
+    """x − mean over the rows, 2500 rows: one job, one batch on the provider, ONNX Runtime's answer."""
+    from tests.exec.test_row_coupling import centre
+
+    x = np.random.default_rng(8).standard_normal((2500, 4)).astype(np.float32)
+    job = model_jobs.prepare(centre(), {"": x})
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        result = await nodes[0].node.maps.run(job, shard_rows=500, providers=2, max_price=RICH, deadline_s=60)
+    sess, _ = backends.OrtOps("ort-cpu").session(centre())
+    assert result.shards == 1 and result.verify == "rerun"
+    assert np.allclose(result.outputs["y"], sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
 
 
 async def test_a_dataset_spreads_over_providers_and_comes_back_in_order(tmp_path: Path) -> None:

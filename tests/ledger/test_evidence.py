@@ -31,6 +31,8 @@ def test_each_kind_moves_the_score_as_specified() -> None:
         ("verification", A, {"job": job, "method": "freivalds", "passed": True, "detail": ""}),
         ("receipt", A, {"role": "requester", "job": job, "receipt": b"", "workload": "matmul", "accepted": True}),
         ("failure", B, {"job": job, "reason": "stalled"}),
+        ("failure", B, {"job": job, "reason": "overran three times its estimate", "overrun": True}),  # none
+        ("failure", C, {"job": job, "reason": "timeout: past its limit", "overrun": True}),  # none
         ("penalty", B, {"code": "stale"}),  # benign: no evidence
         ("penalty", B, {"code": "malformed"}),
         ("verification", C, {"job": job, "method": "calibration", "passed": False, "detail": ""}),

@@ -111,7 +111,7 @@ def test_a_dead_address_sets_aside_every_provider_that_names_only_it() -> None:
 @given(testing.market_arrivals())
 def test_a_sybil_operator_in_the_market_leaves_every_honest_provider_listed_and_asked(
         arrivals: list[tuple[bytes, bytes]]) -> None:
-    table = CapacityTable(TableLimits(max_peers=16))  # one introducer: 4 unproven places at most
+    table = CapacityTable(TableLimits(max_peers=64))  # one introducer: 16 unproven places at most
     now = 0.0
     for raw, via in arrivals:
         signed = ca.decode_ad(raw)

@@ -60,6 +60,38 @@ def test_reaward_when_the_winner_goes_quiet() -> None:
     assert c.providers[first].state is P.CANCELLED  # type: ignore[index]  # told to stop
 
 
+def test_an_overrun_with_moving_progress_gets_more_time_and_one_without_is_no_fault() -> None:
+    c = Conversation.make(3, overdue_grace_s=1.0, stall_s=100.0)
+    run_auction(c, [100, 200, 300])  # awarded at T0 + 0.1 on a 100 ms estimate: due 1.3 s later
+    r = c.requester
+    first = r.provider
+    assert first is not None
+    c.reply(first, c.providers[first].progress(0.3), T0 + 1.0)
+    c.deliver(r.tick(T0 + 1.5), T0 + 1.5)
+    assert r.provider == first and r.state is R.RUNNING and not r.failed  # slower, but working
+    c.reply(first, c.providers[first].progress(0.3), T0 + 2.0)  # talking, not moving
+    c.deliver(r.tick(T0 + 2.9), T0 + 2.9)
+    assert r.provider != first and "overran" in r.failed[first] and r.overran == {first}
+    second = r.provider
+    assert second is not None  # its own executor stopped it at its limit: ran long, no fault either
+    c.reply(second, c.providers[second].failed("timeout", "exceeded its 60 s timeout"), T0 + 3.0)
+    third = r.provider
+    assert third is not None and r.overran == {first, second}
+    c.reply(third, c.providers[third].failed("kernel_error", "boom"), T0 + 3.5)  # a failure is one
+    assert r.state is R.NO_PROVIDER and third in r.failed and third not in r.overran
+
+
+def test_the_first_allowance_gives_the_inputs_time_to_cross() -> None:
+    """The bid estimates the compute; 10 MiB of inputs get 10 s more (at 1 MiB/s) before an overrun."""
+    c = Conversation.make(2, overdue_grace_s=1.0, stall_s=100.0, input_bytes=10 << 20)
+    run_auction(c, [100, 200])  # awarded at T0 + 0.1: due at T0 + 1.4 + 10
+    first = c.requester.provider
+    c.deliver(c.requester.tick(T0 + 11.0), T0 + 11.0)
+    assert c.requester.provider == first and not c.requester.failed
+    c.deliver(c.requester.tick(T0 + 11.6), T0 + 11.6)
+    assert c.requester.provider != first and c.requester.overran == {first}
+
+
 def test_no_provider_when_all_fail_or_decline() -> None:
     c = Conversation.make(2)
     c.deliver(c.requester.start(), T0)

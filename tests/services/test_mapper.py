@@ -13,7 +13,7 @@ import trio
 
 from p2pnode import models
 from p2pnode.exec import backends, model_jobs, workloads
-from p2pnode.services import operations
+from p2pnode.services import mapper, operations
 from p2pnode.services.mapper import MapCancelled, MapError, MapService, _atomic, map_id
 from p2pnode.services.operations import AlreadyRunning, Hangup
 from p2pnode.services.records import JobRecord, JobRecords
@@ -293,3 +293,79 @@ def test_state_files_written_at_once_each_use_their_own_temporary_file(tmp_path:
         t.join()
     assert errors == [] and (tmp_path / "state.json").read_bytes() in (b'{"a": 1}', b'{"b": 2}')
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary file left
+
+
+async def test_a_model_that_couples_its_rows_gives_onnx_runtimes_answer_on_the_whole_dataset(tmp_path: Path) -> None:
+    """y = x − mean over the rows: run in shards or chunks, each piece would subtract its own mean."""
+    from tests.exec.test_row_coupling import centre
+
+    x = np.random.default_rng(4).standard_normal((2500, 4)).astype(np.float32)
+    market, job = Market(3), model_jobs.prepare(centre(), {"": x})
+    maps = MapService(submit=market.submit, candidates=market.candidates, now=virtual_now, state_dir=tmp_path)
+    events: list[dict[str, Any]] = []
+    result = await maps.run(job, shard_rows=500, providers=3, max_price=10**6, deadline_s=60, on_event=events.append)
+    sess, _ = backends.OrtOps("ort-cpu").session(centre())
+    assert np.allclose(result.outputs["y"], sess.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    assert result.shards == 1 and market.calls == [(market.calls[0][0], 2500)] and result.verify == "rerun"
+    assert "ReduceMean" in events[0]["coupling"]
+
+
+class Setbacks(Market):
+    """Providers that take longer than a shard's estimate allows until it is priced at ``need`` times
+    the measured one (an honest overrun), or answer busy the first ``busy`` times."""
+
+    def __init__(self, job: model_jobs.ModelJob, *, need: float = 1.0, busy: int = 0) -> None:
+        super().__init__(1)
+        self.per_row = job.gflop() / job.rows
+        self.need, self.busy_left = need, busy
+        self.gflops: list[float] = []
+
+    async def submit(self, workload: str, params: dict[str, Any], *, inputs: dict[str, Any], only: list[Any],
+                     **kw: Any) -> JobRecord:
+        peer = only[0].peer_id
+        self.gflops.append(params["gflop"])
+        if self.busy_left > 0:
+            self.busy_left -= 1
+            rec = JobRecord("cd" * 16, "requester", workload, params, started=virtual_now(), state="no_provider",
+                            outcome="no acceptable bid", declines={to_base58(peer): "busy"})
+            return rec
+        measured = self.per_row * params["rows"]
+        if params["gflop"] < self.need * measured * 0.999:
+            self.calls.append((peer, params["rows"]))
+            return JobRecord("ef" * 16, "requester", workload, params, started=virtual_now(), peer=to_base58(peer),
+                             state="no_provider", outcome="every awarded provider failed",
+                             overran=[to_base58(peer)])
+        return await super().submit(workload, params, inputs=inputs, only=only, **kw)
+
+
+async def test_an_overrun_is_priced_again_on_the_same_provider_not_dropped(tmp_path: Path) -> None:
+    """The only provider overran every shard at the estimate it was given (3 times too low): each
+    shard goes back to it at twice, then four times the estimate, and the map finishes."""
+    job = _job()
+    market = Setbacks(job, need=3.0)
+    maps = MapService(submit=market.submit, candidates=market.candidates, now=virtual_now, state_dir=tmp_path)
+    events: list[dict[str, Any]] = []
+    result = await maps.run(job, shard_rows=50, providers=1, max_price=10**6, deadline_s=60, on_event=events.append)
+    assert np.allclose(result.outputs["probabilities"], _local(job), rtol=1e-5, atol=1e-7)
+    assert [e["why"] for e in events if e.get("state") == "retry"] == ["overrun"] * 4  # two each
+    first = market.per_row * 50
+    assert sorted({round(g / first, 6) for g in market.gflops}) == [1.0, 2.0, 4.0]
+
+
+async def test_a_busy_provider_is_asked_again_after_a_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mapper, "BUSY_WAIT_S", 0.01)
+    job = _job()
+    market = Setbacks(job, busy=3)
+    maps = MapService(submit=market.submit, candidates=market.candidates, now=virtual_now, state_dir=tmp_path)
+    result = await maps.run(job, shard_rows=100, providers=1, max_price=10**6, deadline_s=60)
+    assert result.retries == 3 and sum(result.by_provider.values()) == ROWS
+
+
+async def test_a_map_goes_on_while_an_honest_provider_remains(tmp_path: Path) -> None:
+    """Five bad providers ranked first, one honest one last: every shard fails on the five (each
+    dropped for that shard), and the honest one does them all."""
+    market, job = Market(6, bad={0, 1, 2, 3, 4}), _job()
+    maps = MapService(submit=market.submit, candidates=market.candidates, now=virtual_now, state_dir=tmp_path)
+    result = await maps.run(job, shard_rows=50, providers=1, max_price=10**6, deadline_s=60)
+    assert result.by_provider == {to_base58(_peer(5)): ROWS} and result.retries == 10
+    assert np.allclose(result.outputs["probabilities"], _local(job), rtol=1e-5, atol=1e-7)

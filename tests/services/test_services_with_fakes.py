@@ -286,7 +286,7 @@ ALLOWED = {  # which services each service may import (the direction stated in s
     "ports": set(), "operations": set(), "records": {"ports"}, "blobs": {"ports"}, "trust": {"ports"},
     "peers": {"ports"}, "market": {"ports"}, "checks": {"ports", "records"}, "provider": {"ports", "records", "blobs"},
     "requester": {"ports", "records", "blobs", "checks", "operations"}, "jobs": {"provider", "requester", "records"},
-    "mapper": {"ports", "records", "operations"},
+    "mapper": {"ports", "records", "operations"}, "model_prep": {"ports"},
 }
 
 
