@@ -25,14 +25,14 @@ from typing import Any
 
 import trio
 
-from p2pnode.net.host import first_peer
+from p2pnode.net.host import TARGET_CONNECTIONS, first_peer
 
 log = logging.getLogger("p2pnode.net")
 
 PROTOCOL_PREFIX = "/p2pnode"
 WALK_INTERVAL_S = 30.0
 FIRST_WALK_S = 2.0
-TARGET_PEERS = 8
+TARGET_PEERS = TARGET_CONNECTIONS  # the library's auto-connector aims at the same number
 SETTLED_FACTOR = 10  # with TARGET_PEERS connected, walk this many times less often
 LOOKUP_TIMEOUT_S = 10.0
 MAX_PROVIDERS = 20

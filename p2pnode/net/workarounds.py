@@ -169,3 +169,33 @@ def batch_yamux_window_updates() -> None:
     import os
 
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
+
+class _LowWatermarkView:
+    """The swarm as the auto-connector sees it: the same, but with the high watermark at the low
+    one, so that the midpoint it aims at is the low watermark."""
+
+    def __init__(self, swarm: Any) -> None:
+        from dataclasses import replace
+
+        self._swarm = swarm
+        config = swarm.connection_config
+        self.connection_config = replace(config, high_watermark=config.low_watermark)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._swarm, name)
+
+
+def aim_auto_connector_at_low_watermark(host: Any) -> None:
+    """Make py-libp2p's auto-connector dial towards the node's low watermark, not past it.
+
+    Upstream: ``libp2p.network.auto_connector.AutoConnector.maybe_connect`` (0.8.1) says it keeps
+    the connection count above the low watermark, but aims at the midpoint of the low and high
+    watermarks: with the node's 8 and 192 that is 100, so a node of a small network logged
+    "initiating 100 new dials" every 10 s (every 30 s once it has ``min_connections``) and dialed
+    up to 32 peers of its peerstore at a time, whatever it had learned of them. The high watermark
+    must stay high (the pruner closes connections above it: a provider serves many requesters), so
+    the auto-connector alone is shown a copy of the settings whose high watermark is the low one.
+    """
+    connector = host.get_network().auto_connector
+    connector.swarm = _LowWatermarkView(host.get_network())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from typing import Any
 
 import pytest
+import trio
 
 from p2pnode.errors import NetworkSetupError
 from p2pnode.identity import Identity
@@ -205,3 +208,52 @@ async def test_yamux_returns_receive_credit_in_batches(monkeypatch: pytest.Monke
             await got.wait()
         sent = len(updates) - before
     assert sent >= 100 if release_on_read == "1" else sent <= 60  # measured: 105 and 51
+
+
+async def _accepting_and_closing(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A loopback listener that takes every connection and closes it at once (a dial that fails
+    fast); ``task_status.started`` gets (port, the list of accept times)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    accepted: list[float] = []
+
+    async def take(stream: trio.SocketStream) -> None:
+        accepted.append(trio.current_time())
+        await stream.aclose()
+
+    async with listeners[0]:
+        task_status.started((listeners[0].socket.getsockname()[1], accepted))
+        await trio.serve_listeners(take, listeners)
+
+
+@pytest.mark.parametrize("aimed", [True, False])
+async def test_the_auto_connector_dials_towards_the_nodes_target_not_the_midpoint(
+        aimed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upstream aims at (low + high watermark) / 2 = 100 and dials 32 peers of its peerstore a
+    cycle; the node's target is its low watermark. 40 known peers, none reachable: one cycle of a
+    node with no connection dials exactly TARGET_CONNECTIONS of them."""
+    from libp2p.peer.id import ID
+    from multiaddr import Multiaddr
+
+    from p2pnode.net.host import TARGET_CONNECTIONS
+
+    if not aimed:
+        monkeypatch.setattr(workarounds, "aim_auto_connector_at_low_watermark", lambda host: None)
+    async with trio.open_nursery() as nursery:
+        port, accepted = await nursery.start(_accepting_and_closing)
+        host = build_host(Identity.generate(), [parse_multiaddr("/ip4/127.0.0.1/tcp/0")])
+        async with host.run([parse_multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            connector = host.get_network().auto_connector
+            assert connector.swarm.connection_config.low_watermark == TARGET_CONNECTIONS
+            for _ in range(40):
+                peer = ID(b"\x00\x24\x08\x01\x12\x20" + os.urandom(32))
+                host.get_peerstore().add_addrs(peer, [Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")], 3600)
+            with trio.fail_after(30):
+                while connector._is_connecting:  # a cycle the start began
+                    await trio.sleep(0.05)
+                await connector.maybe_connect()
+            dialed = set(connector._failure_counts)  # the peers it tried (and failed to reach)
+            attempts = 1 + host.get_network().retry_config.max_retries
+        nursery.cancel_scope.cancel()
+    want = TARGET_CONNECTIONS if aimed else 32  # the library alone: if 32 fails, upstream changed
+    assert len(dialed) == want
+    assert len(accepted) == want * attempts  # each tried as often as the swarm retries a dial
