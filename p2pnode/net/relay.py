@@ -247,17 +247,21 @@ class Relaying:
             self.update_service()
             task_status.started()
             await first_peer(self.host, FIRST_CHECK_S)  # identify tells us who speaks what
+            next_check = 0.0  # servers are asked once a minute (they serve 3 a minute), or on a change
             while True:
                 try:
-                    await self.check_reachability()
-                    self.update_service()
+                    if self._wake.is_set() or self.reachability == "unknown" or trio.current_time() >= next_check:
+                        self._wake = trio.Event()
+                        next_check = trio.current_time() + CHECK_INTERVAL_S
+                        await self.check_reachability()
+                        self.update_service()
                     await self.reserve()
                 except Exception as exc:  # noqa: BLE001 - never take the node down over reachability
                     log.warning("reachability check failed: %s", exc)
+                # a private node without a relay slot looks for one every few seconds
                 with trio.move_on_after(CHECK_INTERVAL_S if self.reachability != "private" or self.reserved
                                         else FIRST_CHECK_S * 5):
                     await self._wake.wait()
-                self._wake = trio.Event()
 
     def status(self) -> dict[str, Any]:
         return {"reachability": self.reachability, "relay_service": self.serving,
