@@ -66,7 +66,7 @@ class Discovery:
         ``offered``: the workloads this node provides now (announced as a provider of each)."""
         from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 
-        from p2pnode.net.workarounds import market_dht_protocol
+        from p2pnode.net.workarounds import bounded_provider_store, market_dht_protocol
 
         self.protocol = market_dht_protocol()
         quiet()
@@ -74,6 +74,7 @@ class Discovery:
         self.server, self.offered = server, offered
         self.dht = KadDHT(host, DHTMode.SERVER if server() else DHTMode.CLIENT,
                           protocol_prefix=PROTOCOL_PREFIX, enable_values=False)  # type: ignore[arg-type]
+        self.dht.provider_store = bounded_provider_store(host, self.dht.peer_routing)
         self.walks = 0
         self.dialed = 0
         self.announced: set[str] = set()

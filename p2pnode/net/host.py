@@ -104,6 +104,7 @@ def build_host(identity: Identity, listen: Sequence[multiaddr.Multiaddr]) -> Any
         ),
         enable_mDNS=False,
         bootstrap=None,
+        peerstore_opt=workarounds.bounded_peerstore(),
     )
     workarounds.aim_auto_connector_at_low_watermark(host)
     return host

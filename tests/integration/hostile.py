@@ -150,6 +150,60 @@ class Hostile:
                 await stream.close()
         return int(response.dialResponse.status), response.dialResponse.statusText
 
+    def provider_record(self, key: bytes, addrs: list[str], *, signed_record: bytes = b"") -> Any:
+        """An ADD_PROVIDER message: this peer provides ``key`` at ``addrs`` (any addresses)."""
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+        from libp2p.peer.id import ID
+        from multiaddr import Multiaddr
+
+        message = Message()
+        message.type = Message.MessageType.ADD_PROVIDER
+        message.key = key
+        provider = message.providerPeers.add()
+        provider.id = ID(self.peer_id).to_bytes()
+        provider.addrs.extend(Multiaddr(a).to_bytes() for a in addrs)
+        if signed_record:
+            provider.signedRecord = signed_record
+        return message
+
+    def signed_record(self, addrs: list[str]) -> bytes:
+        """This peer's signed peer record (a self-certified address list) naming ``addrs``, with a
+        sequence number that beats the one identify sends."""
+        from libp2p.peer.envelope import seal_record
+        from libp2p.peer.peer_record import PeerRecord
+        from multiaddr import Multiaddr
+
+        record = PeerRecord(self.host.get_id(), [Multiaddr(a) for a in addrs], seq=time.time_ns() + 10**15)
+        return bytes(seal_record(record, self.host.get_private_key()).marshal_envelope())
+
+    async def dht_request(self, message: Any, *, timeout: float = 30.0) -> tuple[Any, int]:
+        """Send one message on the market's DHT protocol: (the answer, its size in bytes)."""
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+        from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
+
+        from p2pnode.net.workarounds import MARKET_DHT_PROTOCOL
+
+        stream = await self.stream(MARKET_DHT_PROTOCOL)
+        try:
+            with trio.fail_after(timeout):
+                await stream.write(encode_varint_prefixed(message.SerializeToString()))
+                raw = await read_varint_prefixed_bytes_limited(stream, 16 << 20)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.close()
+        answer = Message()
+        answer.ParseFromString(raw)
+        return answer, len(raw)
+
+    async def get_providers(self, key: bytes) -> tuple[Any, int]:
+        """Ask for ``key``'s providers: (the answer, its size in bytes)."""
+        from libp2p.kad_dht.pb.kademlia_pb2 import Message
+
+        message = Message()
+        message.type = Message.MessageType.GET_PROVIDERS
+        message.key = key
+        return await self.dht_request(message)
+
 
 class Tarpit:
     """Loopback listeners that take every connection and never answer (``hold``: the connection
