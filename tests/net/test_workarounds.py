@@ -364,4 +364,4 @@ def test_the_peerstore_keeps_a_few_addresses_per_peer_and_refuses_fat_signed_rec
     assert not store.consume_peer_record(fat, 3600)
     lean = create_signed_peer_record(peer, many[100:102], keys.private_key)
     assert store.consume_peer_record(lean, 3600)
-    assert store.addrs(peer) == many[100:102]
+    assert set(store.addrs(peer)) == set(many[100:102])  # upstream takes them as a set
