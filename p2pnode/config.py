@@ -44,7 +44,10 @@ KEYS: tuple[Key, ...] = (
     Key("listen", list, ["/ip4/0.0.0.0/tcp/4001"], "Multiaddrs to listen on (TCP)."),
     Key("announce", list, [], "Multiaddrs to advertise instead of the listen addresses (a public IP, a "
         "forwarded port); without it, wildcard listen addresses are expanded to this machine's interfaces."),
-    Key("bootstrap", list, [], "Multiaddrs with /p2p/ id of peers to keep connected; redialed with backoff."),
+    Key("bootstrap", list, [], "Multiaddrs with /p2p/ id of peers to keep connected; redialed with backoff. "
+        "/dnsaddr/DOMAIN entries are resolved (TXT records of _dnsaddr.DOMAIN)."),
+    Key("network", str, "", "The network to join: its bootstrap list file (one multiaddr a line, # comments), "
+        "a name (the file <data-dir>/networks/NAME) or its domain (resolved as /dnsaddr/DOMAIN); added to bootstrap."),
     Key("mdns", bool, True, "Find peers on the local network with mDNS."),
     Key("dht", bool, True, "Find peers and providers beyond the direct connections with the market's Kademlia DHT."),
     Key("reachability", str, "auto", "Whether others can dial this node: auto (ask peers to dial back, AutoNAT), "
@@ -103,6 +106,7 @@ class Config:
     listen: tuple[str, ...]
     announce: tuple[str, ...]
     bootstrap: tuple[str, ...]
+    network: str
     mdns: bool
     dht: bool
     reachability: str
@@ -276,6 +280,10 @@ def _check(c: Config) -> None:
         raise ConfigError(f"reachability: {c.reachability!r} is not auto, public or private")
     if c.relay_service not in ("auto", "on", "off"):
         raise ConfigError(f"relay_service: {c.relay_service!r} is not auto, on or off")
+    if c.network:
+        from p2pnode.net.network import network_entries
+
+        network_entries(c.network, c.data_dir)  # readable, and every line a bootstrap address
     for relay in c.relays:
         if "/p2p/" not in relay:
             raise ConfigError(f"relays: {relay!r} lacks the relay's /p2p/ id")
