@@ -141,3 +141,19 @@ async def test_the_keeper_joins_the_peers_a_dnsaddr_names_and_reports_one_that_n
                     await trio.sleep(0.05)
             assert "names no address" in keeper.unreachable["/dnsaddr/nothing.test"]
             nursery.cancel_scope.cancel()
+
+
+async def test_the_default_lookup_turns_dns_failures_into_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dns.asyncresolver
+    import dns.exception
+    import dns.resolver
+
+    async def fails(name: str, rdtype: str, lifetime: float) -> object:
+        raise {"_dnsaddr.none.test": dns.resolver.NXDOMAIN(), "_dnsaddr.empty.test": dns.resolver.NoAnswer()}.get(
+            name, dns.exception.Timeout())
+
+    monkeypatch.setattr(dns.asyncresolver, "resolve", fails)
+    assert await network.dns_txt("_dnsaddr.none.test") == []
+    assert await network.dns_txt("_dnsaddr.empty.test") == []
+    with pytest.raises(NetworkSetupError, match="DNS lookup of _dnsaddr.slow.test failed"):
+        await network.dns_txt("_dnsaddr.slow.test")
