@@ -120,7 +120,7 @@ async def dns_txt(name: str) -> list[str]:
         return []
     except dns.exception.DNSException as exc:
         raise NetworkSetupError(f"DNS lookup of {name} failed: {exc}") from None
-    return [b"".join(record.strings).decode("utf-8", "replace") for record in answer]  # type: ignore[attr-defined]
+    return [b"".join(record.strings).decode("utf-8", "replace") for record in answer]
 
 
 async def resolve(entry: str, lookup: TxtLookup = dns_txt) -> list[str]:
