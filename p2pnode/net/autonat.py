@@ -12,7 +12,9 @@ and it went on dialing for minutes after they disconnected. Here (:class:`DialBa
 * requests are rate-limited (:class:`DialBackLimits`): :data:`PER_PEER_PER_WINDOW` per peer and
   :data:`ALL_PER_WINDOW` in all per :data:`WINDOW_S`, one at a time per peer and
   :data:`MAX_REQUESTS_IN_FLIGHT` in all; a request over a limit is answered at once with
-  ``E_INTERNAL_ERROR`` ("busy"), which says nothing about the asker's reachability;
+  ``E_INTERNAL_ERROR`` ("busy"), which says nothing about the asker's reachability, and a peer
+  over its own limits is penalised (``rate_limited``; a malformed request: ``malformed``), so
+  one that keeps at it is banned and dropped;
 * :data:`MAX_DIALS_IN_FLIGHT` dial-back sockets at once in all;
 * a request's dials end after :data:`DIALS_TIMEOUT_S`, and a requester's dials are cancelled
   (their sockets closed) the moment its connection closes.
@@ -44,6 +46,8 @@ PER_PEER_PER_WINDOW = 3  # requests a peer may make per window (a node asks each
 ALL_PER_WINDOW = 60  # requests served per window from all peers
 MAX_REQUESTS_IN_FLIGHT = 16
 MAX_DIALS_IN_FLIGHT = 8  # dial-back sockets open at once
+ONE_AT_A_TIME, PER_PEER = "one request at a time", "too many requests from this peer"
+PEER_LIMITS = (ONE_AT_A_TIME, PER_PEER)  # refusals that are the asking peer's own doing
 
 
 class DialBackLimits:
@@ -69,9 +73,9 @@ class DialBackLimits:
         times = self._peers.get(peer, deque())
         while times and times[0] <= cutoff:
             times.popleft()
-        why = ("one request at a time" if self.in_flight.get(peer, 0) else
+        why = (ONE_AT_A_TIME if self.in_flight.get(peer, 0) else
                "too many requests in flight" if sum(self.in_flight.values()) >= self.max_in_flight else
-               "too many requests from this peer" if len(times) >= self.per_peer else
+               PER_PEER if len(times) >= self.per_peer else
                "too many requests" if len(self._all) >= self.in_all else None)
         if why is not None:
             self.refused += 1
@@ -127,11 +131,12 @@ class DialBackServer:
     """Answers ``/libp2p/autonat/1.0.0`` requests (see the module's docstring); ``client`` is the
     library's AutoNAT service without its server, for this node's own questions."""
 
-    def __init__(self, host: Any, *, now: Callable[[], float] = trio.current_time) -> None:
+    def __init__(self, host: Any, *, now: Callable[[], float] = trio.current_time,
+                 penalise: Callable[[bytes, str], None] = lambda peer, code: None) -> None:
         from libp2p.host.autonat.autonat import AUTONAT_PROTOCOL_ID, AutoNATService
 
         self.host = host
-        self.now = now
+        self.now, self.penalise = now, penalise
         self.client = AutoNATService(host, serve=False)
         self.limits = DialBackLimits()
         self.dials = trio.CapacityLimiter(MAX_DIALS_IN_FLIGHT)
@@ -152,6 +157,8 @@ class DialBackServer:
         why = self.limits.admit(peer.to_bytes(), self.now())
         if why is not None:
             log.debug("AutoNAT request from %s refused: %s", peer, why)
+            if why in PEER_LIMITS:
+                self.penalise(peer.to_bytes(), "rate_limited")
             await _reply(stream, Message.E_INTERNAL_ERROR, f"busy: {why}")
             return
         scope = trio.CancelScope()  # cancelled when the requester leaves
@@ -159,6 +166,8 @@ class DialBackServer:
         try:
             with scope:
                 status, text, addr = await self._serve(stream, peer)
+                if status == Message.E_BAD_REQUEST:
+                    self.penalise(peer.to_bytes(), "malformed")
                 await _reply(stream, status, text, addr)
         finally:
             self.limits.done(peer.to_bytes())

@@ -65,8 +65,10 @@ class Relaying:
     """A node's side of NAT traversal: its reachability, its relay service, its reservations."""
 
     def __init__(self, host: Any, *, reachability: str = "auto", relay_service: str = "auto",
-                 relays: Sequence[str] = (), addrs: Callable[[], list[str]] | None = None) -> None:
-        """``addrs``: this node's direct addresses as it advertises them (what AutoNAT tries)."""
+                 relays: Sequence[str] = (), addrs: Callable[[], list[str]] | None = None,
+                 penalise: Callable[[bytes, str], None] = lambda peer, code: None) -> None:
+        """``addrs``: this node's direct addresses as it advertises them (what AutoNAT tries);
+        ``penalise``: counts an offence against a peer (a dial-back asker over its limits)."""
         from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
         from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
         from libp2p.relay.circuit_v2.transport import CircuitV2Transport
@@ -81,7 +83,7 @@ class Relaying:
         self.protocol = CircuitV2Protocol(host, limits=limits, allow_hop=False)
         config = RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=limits)
         self.transport = CircuitV2Transport(host, self.protocol, config)
-        self.dial_back = DialBackServer(host)
+        self.dial_back = DialBackServer(host, penalise=penalise)
         self.autonat = self.dial_back.client
         from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 

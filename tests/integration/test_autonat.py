@@ -29,12 +29,14 @@ async def test_one_request_dials_a_few_addresses_and_a_peer_a_few_requests_a_min
         addrs = tarpit.addrs(copies=30)  # 600 addresses (6 KB), all on the asker's IP
         async with hostile_peer(victim) as peer:
             answers = [await peer.autonat_request(addrs, timeout=30) for _ in range(10)]
+            pushing = victim.penalties.score(peer.peer_id, victim.now())
         served = answers[:autonat.PER_PEER_PER_WINDOW]
         assert all(status == Message.E_DIAL_ERROR for status, _ in served), answers
         assert all(status == BUSY and text.startswith("busy") for status, text in
                    answers[autonat.PER_PEER_PER_WINDOW:]), answers
         # each served request dialed three distinct addresses, no more
         assert tarpit.accepted == autonat.PER_PEER_PER_WINDOW * autonat.MAX_DIAL_ADDRS
+        assert pushing > 0  # asking past its limits counts against the peer (a little each time)
         nursery.cancel_scope.cancel()
 
 
@@ -91,6 +93,7 @@ async def test_a_request_naming_another_peer_or_too_large_is_refused_without_a_d
         async with hostile_peer(victim) as peer, hostile_peer(victim) as other:
             status, _ = await peer.autonat_request(tarpit.addrs(), peer_id=other.peer_id)
             assert status == Message.E_BAD_REQUEST
+            assert victim.penalties.score(peer.peer_id, victim.now()) > 0
         async with hostile_peer(victim) as peer:
             status, _ = await peer.autonat_request(tarpit.addrs(copies=1000))  # 10 KB: over the bound
             assert status == Message.E_BAD_REQUEST
