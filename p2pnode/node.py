@@ -306,7 +306,7 @@ class Node:
         self._streams.host = self.host
         self.relaying = Relaying(self.host, reachability=self.config.reachability,
                                  relay_service=self.config.relay_service, relays=self.config.relays,
-                                 addrs=self.direct_addrs)
+                                 addrs=self.direct_addrs, penalise=self.penalise)
         self._streams.relaying = self.relaying
         relaying = self.relaying
         self.discovery = Discovery(self.host, server=lambda: relaying.reachability != "private",
