@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--announce", action="append", metavar="MULTIADDR",
                      help="address to advertise instead of the listen addresses (repeatable)")
     run.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="bootstrap peer (repeatable)")
+    run.add_argument("--network", metavar="FILE|NAME|DOMAIN",
+                     help="join this network: its bootstrap list file, a name under <data-dir>/networks/, "
+                          "or its /dnsaddr domain")
     run.add_argument("--mdns", dest="mdns", action="store_true", default=None, help="find peers with mDNS")
     run.add_argument("--no-mdns", dest="mdns", action="store_false", help="do not use mDNS")
     run.add_argument("--no-dht", dest="dht", action="store_false", default=None,
@@ -215,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-_RUN_FLAGS = ("listen", "announce", "bootstrap", "mdns", "provide", "use_gpu", "metrics", "price",
+_RUN_FLAGS = ("listen", "announce", "bootstrap", "network", "mdns", "provide", "use_gpu", "metrics", "price",
               "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "budget",
               "reciprocity", "adversary", "calibration_file", "impair", "gpus", "slots", "max_jobs", "max_gpu_mem",
               "cpu_threads", "schedule", "reachability", "relay_service", "relays", "dht", "upnp")

@@ -157,6 +157,12 @@ def _impair(name: str, value: str) -> None:
         Impairment.parse(value)
 
 
+@fmt("empty, a bootstrap list file, a name or a domain")
+def _network(name: str, value: str) -> None:
+    if "\n" in value or "\0" in value:
+        raise ConfigError(f"{name}: {value!r} is not a file, a name or a domain")  # read whole in _check
+
+
 DEFAULT_METRICS = "127.0.0.1:9464"
 _DEFAULT_WORKLOADS = ("matmul", "infer", "train_step", "onnx")
 MAX_WORKLOADS = 8  # an ad's offers: each workload, once more as a check offer (16)
@@ -165,8 +171,12 @@ KEYS: tuple[Key, ...] = (
     Key("announce", list, [], "Multiaddrs to advertise instead of the listen addresses (a public IP, a "
         "forwarded port); without it, wildcard listen addresses are expanded to this machine's interfaces.",
         Multiaddrs(MAX_ADDRS, dialable=True)),
-    Key("bootstrap", list, [], "Multiaddrs with /p2p/ id of peers to keep connected; redialed with backoff.",
-        Multiaddrs(MAX_LIST, peer_id=True)),
+    Key("bootstrap", list, [], "Multiaddrs with /p2p/ id of peers to keep connected; redialed with backoff. "
+        "/dnsaddr/DOMAIN entries are resolved (TXT records of _dnsaddr.DOMAIN).",
+        Multiaddrs(MAX_LIST, peer_id=True, dnsaddr=True)),
+    Key("network", str, "", "The network to join: its bootstrap list file (one multiaddr a line, # comments), "
+        "a name (the file <data-dir>/networks/NAME) or its domain (resolved as /dnsaddr/DOMAIN); added to bootstrap.",
+        _network),
     Key("mdns", bool, True, "Find peers on the local network with mDNS."),
     Key("dht", bool, True, "Find peers and providers beyond the direct connections with the market's Kademlia DHT."),
     Key("reachability", str, "auto", "Whether others can dial this node: auto (ask peers to dial back, AutoNAT), "
@@ -245,6 +255,7 @@ class Config:
     listen: tuple[str, ...]
     announce: tuple[str, ...]
     bootstrap: tuple[str, ...]
+    network: str
     mdns: bool
     dht: bool
     reachability: str
@@ -439,6 +450,10 @@ def _check(c: Config) -> None:
         key.accepts.check(key.name, getattr(c, key.name))
     if c.ad_ttl <= c.ad_interval:
         raise ConfigError(f"ad_ttl ({c.ad_ttl}) must exceed ad_interval ({c.ad_interval})")
+    if c.network:
+        from p2pnode.net.network import network_entries
+
+        network_entries(c.network, c.data_dir)  # readable, and every line a bootstrap address
     if c.metrics:
         host = c.metrics.rpartition(":")[0]
         if host not in ("127.0.0.1", "localhost", "::1", "[::1]") and not c.metrics_public:

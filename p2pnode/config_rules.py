@@ -88,6 +88,7 @@ class Multiaddrs(Rule):
     least: int = 0
     peer_id: bool = False
     dialable: bool = False
+    dnsaddr: bool = False  # /dnsaddr/DOMAIN entries too (resolved at start)
 
     def check(self, name: str, value: Any) -> None:
         from p2pnode.net.host import UNSPECIFIED, parse_multiaddr
@@ -96,6 +97,14 @@ class Multiaddrs(Rule):
         if not self.least <= len(value) <= self.most:
             raise ConfigError(f"{name}: {len(value)} address(es); {self}")
         for text in value:
+            if self.dnsaddr and text.startswith("/dnsaddr/"):
+                from p2pnode.net.network import check_dnsaddr
+
+                try:
+                    check_dnsaddr(text)
+                except NetworkSetupError as exc:
+                    raise ConfigError(f"{name}: {exc}") from None
+                continue
             try:
                 parse_multiaddr(text, need_peer_id=self.peer_id)
             except NetworkSetupError as exc:
@@ -109,7 +118,8 @@ class Multiaddrs(Rule):
 
     def __str__(self) -> str:
         count = f"{self.least}-{self.most}" if self.least else f"up to {self.most}"
-        return f"{count} TCP multiaddrs" + (" with /p2p/ id" if self.peer_id else "")
+        return f"{count} TCP multiaddrs" + (" with /p2p/ id" if self.peer_id else "") + \
+            (", or /dnsaddr/DOMAIN" if self.dnsaddr else "")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from p2pnode.net.discovery import PeerKeeper
 from p2pnode.net.gossip import build_pubsub
 from p2pnode.net.guard import PeerGate, ban_gate, guard_stream_handler, guard_validator
 from p2pnode.net.host import advertised, build_host, parse_multiaddr
+from p2pnode.net.network import check_dnsaddr, is_dnsaddr, network_entries
 from p2pnode.net.relay import Relaying, is_circuit
 from p2pnode.net.upnp import PortMapping, tcp_ports
 from p2pnode.protocol.penalties import PeerPenalties
@@ -79,7 +80,10 @@ class Node:
         self.config = config
         self._direct: tuple[float, list[str]] = (0.0, [])  # (when read, this node's direct addresses)
         self._listen = [parse_multiaddr(a) for a in config.listen]
-        self._bootstrap = [parse_multiaddr(a, need_peer_id=True) for a in config.bootstrap]
+        entries = list(dict.fromkeys([*config.bootstrap, *(network_entries(config.network, config.data_dir)
+                                                            if config.network else [])]))
+        self._bootstrap = [parse_multiaddr(a, need_peer_id=True) for a in entries if not is_dnsaddr(a)]
+        self._dnsaddrs = [check_dnsaddr(a) for a in entries if is_dnsaddr(a)]
         for a in config.announce:
             if parse_multiaddr(a) and a.startswith(("/ip4/0.0.0.0/", "/ip6/::/")):
                 raise ConfigError(f"announce {a!r}: an unspecified address cannot be dialed")
@@ -304,11 +308,11 @@ class Node:
 
         self.host = build_host(self.identity, listen)
         self.pubsub, router = build_pubsub(self.host, heartbeat=self.config.heartbeat)
-        self.keeper = PeerKeeper(self.host, bootstrap)
+        self.keeper = PeerKeeper(self.host, bootstrap, dnsaddrs=self._dnsaddrs)
         self._streams.host = self.host
         self.relaying = Relaying(self.host, reachability=self.config.reachability,
                                  relay_service=self.config.relay_service, relays=self.config.relays,
-                                 addrs=self.direct_addrs)
+                                 addrs=self.direct_addrs, penalise=self.penalise)
         self._streams.relaying = self.relaying
         relaying = self.relaying
         self.discovery = Discovery(self.host, server=lambda: relaying.reachability != "private",

@@ -104,6 +104,8 @@ BAD: list[tuple[str, object, str]] = [
     ("announce", ["/dns4/" + ".".join(["x" * 40] * 2) + ".example/tcp/4001"], "too long for a capacity ad"),
     ("bootstrap", [_ADDR], "needs a /p2p/"),
     ("bootstrap", ["not an address"], "bad multiaddr"),
+    ("bootstrap", ["/dnsaddr/example.org/tcp/4001"], "a /dnsaddr/ bootstrap entry is"),
+    ("network", "/nonexistent/bootstrap.txt", "no such file"),
     ("mdns", "maybe", "expected true or false"),
     ("dht", 3, "expected true or false"),
     ("reachability", "sometimes", "not auto, public or private"),

@@ -65,7 +65,11 @@ class ControlViews:
         elif all(_loopback(a) for a in direct):
             notes.append("reachable from this machine only (loopback); to serve others, listen on 0.0.0.0 "
                          "or set --announce to an address they can dial")
-        if not node.host.get_connected_peers():
+        if not node.host.get_connected_peers() and not (cfg.bootstrap or cfg.network):
+            problems.append("no peers, and no network to join -- fix: set network = \"FILE|NAME|DOMAIN\" (the "
+                            "bootstrap list or domain a network's operators publish; --network), or bootstrap = "
+                            "[\"MULTIADDR\"] of a running node" + ("" if cfg.mdns else ", or enable mDNS on a LAN"))
+        elif not node.host.get_connected_peers():
             problems.append("no peers connected -- fix: add --bootstrap MULTIADDR of a running node, or "
                             "enable mDNS on a LAN")
         if node.keeper is not None:

@@ -25,14 +25,14 @@ from typing import Any
 
 import trio
 
-from p2pnode.net.host import first_peer
+from p2pnode.net.host import TARGET_CONNECTIONS, first_peer
 
 log = logging.getLogger("p2pnode.net")
 
 PROTOCOL_PREFIX = "/p2pnode"
 WALK_INTERVAL_S = 30.0
 FIRST_WALK_S = 2.0
-TARGET_PEERS = 8
+TARGET_PEERS = TARGET_CONNECTIONS  # the library's auto-connector aims at the same number
 SETTLED_FACTOR = 10  # with TARGET_PEERS connected, walk this many times less often
 LOOKUP_TIMEOUT_S = 10.0
 MAX_PROVIDERS = 20
@@ -66,7 +66,7 @@ class Discovery:
         ``offered``: the workloads this node provides now (announced as a provider of each)."""
         from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 
-        from p2pnode.net.workarounds import market_dht_protocol
+        from p2pnode.net.workarounds import bounded_provider_store, market_dht_protocol
 
         self.protocol = market_dht_protocol()
         quiet()
@@ -74,6 +74,7 @@ class Discovery:
         self.server, self.offered = server, offered
         self.dht = KadDHT(host, DHTMode.SERVER if server() else DHTMode.CLIENT,
                           protocol_prefix=PROTOCOL_PREFIX, enable_values=False)  # type: ignore[arg-type]
+        self.dht.provider_store = bounded_provider_store(host, self.dht.peer_routing)
         self.walks = 0
         self.dialed = 0
         self.announced: set[str] = set()

@@ -7,7 +7,9 @@ py-libp2p's defaults are unsafe or slow for us (see specs/libp2p.md):
 * connect latency: with ``max_connections_per_peer=3`` every dial waits out a 250 ms
   happy-eyeballs delay; ``1`` brings a connect to ~11 ms;
 * the connection manager's watermarks (50/100/200) make it redial every known peer every 30 s;
-  we keep 4/8/192;
+  we keep 4/8/192, and its auto-connector, which aims at the midpoint of the watermarks (100), is
+  aimed at the low one (:data:`TARGET_CONNECTIONS`, see
+  :func:`~p2pnode.net.workarounds.aim_auto_connector_at_low_watermark`);
 * mDNS and bootstrap are not started by the library: :mod:`p2pnode.net.discovery` runs them, so
   that a lost bootstrap peer is redialed with backoff.
 """
@@ -25,6 +27,8 @@ from p2pnode.net import workarounds
 
 NOISE = "/noise"
 YAMUX = "/yamux/1.0.0"
+MIN_CONNECTIONS = 4  # below this, the library's auto-connector looks for peers every 10 s (else 30 s)
+TARGET_CONNECTIONS = 8  # the connections it dials towards (the low watermark)
 
 
 def parse_multiaddr(text: str, *, need_peer_id: bool = False) -> multiaddr.Multiaddr:
@@ -90,8 +94,8 @@ def build_host(identity: Identity, listen: Sequence[multiaddr.Multiaddr]) -> Any
             # The library's connection manager auto-dials known peers while below
             # min_connections/low_watermark (50/100 by default: "initiating 200 new dials" every
             # 30 s on a small network). A market node needs a handful of well-kept links.
-            min_connections=4,
-            low_watermark=8,
+            min_connections=MIN_CONNECTIONS,
+            low_watermark=TARGET_CONNECTIONS,
             high_watermark=192,
             max_connections=256,
             dial_timeout=5.0,
@@ -100,11 +104,13 @@ def build_host(identity: Identity, listen: Sequence[multiaddr.Multiaddr]) -> Any
         ),
         enable_mDNS=False,
         bootstrap=None,
+        peerstore_opt=workarounds.bounded_peerstore(),
     )
     # One attempt per dial (the library makes four by default, 0.1 to 0.4 s apart): whoever dials
     # decides whether to try again (bootstrap peers are redialed with back-off, a job asks other
     # providers), and an address a stranger names in an ad costs its owner one connection per dial.
     host.get_network().retry_config = RetryConfig(max_retries=0)  # type: ignore[attr-defined]
+    workarounds.aim_auto_connector_at_low_watermark(host)
     return host
 
 

@@ -4,10 +4,9 @@
   on loopback only: ``local``) asks up to
   :data:`AUTONAT_SERVERS` connected peers to dial it back and calls itself ``public`` or
   ``private`` when they agree (``reachability`` in the config overrides: an operator who forwarded a
-  port knows). The library's server dials back through the libp2p host, which reuses the
-  connection the asking node opened, so everyone behind a NAT would read as public: our server
-  (:class:`DialBackServer`) dials a *new* TCP connection and runs the Noise handshake on it, which
-  proves the address reaches that peer, then drops it.
+  port knows). The server, :class:`p2pnode.net.autonat.DialBackServer`, dials back on a new
+  connection, within bounds per request, per peer and in all. A server's "busy" answer
+  (``E_INTERNAL_ERROR``), or one that did not understand, is no verdict.
 * **Relay service.** A public node (or one told ``relay_service = "on"``) relays for others within
   :data:`RELAY_LIMITS`: reservations, circuits, bytes and seconds per circuit are bounded.
 * **Reservations.** A private node reserves a slot on relays (``relays`` in the config, else the
@@ -31,6 +30,7 @@ from typing import Any
 import multiaddr
 import trio
 
+from p2pnode.net.autonat import DIAL_BACK_TIMEOUT_S, DialBackServer
 from p2pnode.net.host import first_peer
 
 log = logging.getLogger("p2pnode.net")
@@ -40,7 +40,6 @@ AUTONAT = "/libp2p/autonat/1.0.0"
 AUTONAT_SERVERS = 4  # peers asked to dial back at a time
 CHECK_INTERVAL_S = 60.0  # reachability and reservations are looked at this often
 FIRST_CHECK_S = 1.0  # the first look, once a peer is connected
-DIAL_BACK_TIMEOUT_S = 5.0
 MAX_RELAYS = 2  # reservations a private node keeps
 RETRY_S = 60.0  # a peer that refused a reservation is asked again after this
 REACHABILITY = ("auto", "public", "private")
@@ -62,51 +61,14 @@ def _loopback(addr: str) -> bool:
     return addr.startswith(("/ip4/127.", "/ip6/::1/"))
 
 
-class DialBackServer:
-    """AutoNAT's server, dialing back on a fresh connection (see the module's docstring)."""
-
-    def __init__(self, host: Any) -> None:
-        from libp2p.host.autonat.autonat import AutoNATService
-
-        class Service(AutoNATService):
-            async def _try_dial(inner, peer_id: Any, addrs: list[bytes]) -> bytes | None:  # noqa: N805
-                for raw in addrs:
-                    if await fresh_dial(host, peer_id, multiaddr.Multiaddr(raw)):
-                        return bytes(raw)
-                return None
-
-        self.service = Service(host, serve=True)
-
-
-async def fresh_dial(host: Any, peer_id: Any, addr: multiaddr.Multiaddr) -> bool:
-    """True if a new TCP connection to ``addr`` completes a Noise handshake with ``peer_id``."""
-    swarm = host.get_network()
-    transport = swarm.transport_manager.transport_for_dialing(addr)
-    if transport is None:
-        return False
-    raw = None
-    try:
-        with trio.fail_after(DIAL_BACK_TIMEOUT_S):
-            raw = await transport.dial(addr)
-            secured = await swarm.upgrader.upgrade_security(raw, True, peer_id)
-        await secured.close()
-        return True
-    except Exception as exc:  # noqa: BLE001 - unreachable, refused, wrong peer: not reachable there
-        log.debug("dial-back to %s failed: %s", addr, exc)
-        if raw is not None:
-            try:
-                await raw.close()
-            except Exception:  # noqa: BLE001
-                pass
-        return False
-
-
 class Relaying:
     """A node's side of NAT traversal: its reachability, its relay service, its reservations."""
 
     def __init__(self, host: Any, *, reachability: str = "auto", relay_service: str = "auto",
-                 relays: Sequence[str] = (), addrs: Callable[[], list[str]] | None = None) -> None:
-        """``addrs``: this node's direct addresses as it advertises them (what AutoNAT tries)."""
+                 relays: Sequence[str] = (), addrs: Callable[[], list[str]] | None = None,
+                 penalise: Callable[[bytes, str], None] = lambda peer, code: None) -> None:
+        """``addrs``: this node's direct addresses as it advertises them (what AutoNAT tries);
+        ``penalise``: counts an offence against a peer (a dial-back asker over its limits)."""
         from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
         from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
         from libp2p.relay.circuit_v2.transport import CircuitV2Transport
@@ -121,7 +83,8 @@ class Relaying:
         self.protocol = CircuitV2Protocol(host, limits=limits, allow_hop=False)
         config = RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=limits)
         self.transport = CircuitV2Transport(host, self.protocol, config)
-        self.autonat = DialBackServer(host).service
+        self.dial_back = DialBackServer(host, penalise=penalise)
+        self.autonat = self.dial_back.client
         from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 
         self.dcutr = DCUtRProtocol(host)
@@ -157,11 +120,16 @@ class Relaying:
         self.autonat.dial_results.clear()
         self.autonat.confirmations = min(3, len(servers))
         addrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]).to_bytes() for a in own]
+        from libp2p.host.autonat.pb.autonat_pb2 import Message
+
         for server in servers:
             try:
-                await self.autonat.query_server(server, addrs, timeout=2 * DIAL_BACK_TIMEOUT_S)
+                status, _ = await self.autonat.query_server(server, addrs, timeout=2 * DIAL_BACK_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - a server that fails to answer gives no verdict
                 log.debug("AutoNAT query to %s failed: %s", server, exc)
+                continue
+            if status not in (Message.OK, Message.E_DIAL_ERROR, Message.E_DIAL_REFUSED):
+                self.autonat.dial_results.pop(server, None)  # busy, or did not understand: no verdict
         self.autonat.update_status()
         from libp2p.host.autonat.autonat import AutoNATStatus
 
@@ -281,17 +249,21 @@ class Relaying:
             self.update_service()
             task_status.started()
             await first_peer(self.host, FIRST_CHECK_S)  # identify tells us who speaks what
+            next_check = 0.0  # servers are asked once a minute (they serve 3 a minute), or on a change
             while True:
                 try:
-                    await self.check_reachability()
-                    self.update_service()
+                    if self._wake.is_set() or self.reachability == "unknown" or trio.current_time() >= next_check:
+                        self._wake = trio.Event()
+                        next_check = trio.current_time() + CHECK_INTERVAL_S
+                        await self.check_reachability()
+                        self.update_service()
                     await self.reserve()
                 except Exception as exc:  # noqa: BLE001 - never take the node down over reachability
                     log.warning("reachability check failed: %s", exc)
+                # a private node without a relay slot looks for one every few seconds
                 with trio.move_on_after(CHECK_INTERVAL_S if self.reachability != "private" or self.reserved
                                         else FIRST_CHECK_S * 5):
                     await self._wake.wait()
-                self._wake = trio.Event()
 
     def status(self) -> dict[str, Any]:
         return {"reachability": self.reachability, "relay_service": self.serving,

@@ -169,3 +169,181 @@ def batch_yamux_window_updates() -> None:
     import os
 
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
+
+class _LowWatermarkView:
+    """The swarm as the auto-connector sees it: the same, but with the high watermark at the low
+    one, so that the midpoint it aims at is the low watermark."""
+
+    def __init__(self, swarm: Any) -> None:
+        from dataclasses import replace
+
+        self._swarm = swarm
+        config = swarm.connection_config
+        self.connection_config = replace(config, high_watermark=config.low_watermark)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._swarm, name)
+
+
+def aim_auto_connector_at_low_watermark(host: Any) -> None:
+    """Make py-libp2p's auto-connector dial towards the node's low watermark, not past it.
+
+    Upstream: ``libp2p.network.auto_connector.AutoConnector.maybe_connect`` (0.8.1) says it keeps
+    the connection count above the low watermark, but aims at the midpoint of the low and high
+    watermarks: with the node's 8 and 192 that is 100, so a node of a small network logged
+    "initiating 100 new dials" every 10 s (every 30 s once it has ``min_connections``) and dialed
+    up to 32 peers of its peerstore at a time, whatever it had learned of them. The high watermark
+    must stay high (the pruner closes connections above it: a provider serves many requesters), so
+    the auto-connector alone is shown a copy of the settings whose high watermark is the low one.
+    """
+    connector = host.get_network().auto_connector
+    connector.swarm = _LowWatermarkView(host.get_network())
+
+
+MAX_ADDRS_PER_PEER = 16  # addresses kept per peer, and in a signed peer record taken from one
+
+
+def bounded_peerstore() -> Any:
+    """py-libp2p's ``PeerStore`` keeping at most :data:`MAX_ADDRS_PER_PEER` addresses per peer.
+
+    Upstream: ``libp2p.peer.peerstore.PeerStore`` (0.8.1) keeps every address it is told of
+    (identify's listen addresses, DHT answers, signed peer records), deduplicating each against all
+    the others (quadratic), and the DHT hands them on: to anyone whose lookup comes near the peer
+    (FIND_NODE and GET_PROVIDERS list up to 20 closer peers with all their addresses) and, as the
+    peer's signed record, in every GET_PROVIDERS answer naming it. A peer that signed a record of
+    2,000 third-party addresses made each 21-byte GET_PROVIDERS for its key answer 89 KB. Here a
+    peer's further addresses are dropped once it has 16, and a signed record naming more than 16
+    is refused whole (it cannot be cut: its signature covers them all).
+    """
+    from libp2p.peer.peerstore import PeerStore
+
+    class BoundedPeerStore(PeerStore):
+        def add_addrs(self, peer_id: Any, addrs: Any, ttl: int = 0) -> None:
+            data = self.peer_data_map.get(peer_id)
+            known = list(data.get_addrs()) if data is not None else []
+            fresh: list[Any] = []
+            for addr in addrs:
+                if len(known) + len(fresh) >= MAX_ADDRS_PER_PEER:
+                    break
+                if addr not in known and addr not in fresh:
+                    fresh.append(addr)
+            super().add_addrs(peer_id, fresh, ttl)  # with none: the known ones' TTL is renewed
+
+        def consume_peer_record(self, envelope: Any, ttl: int) -> bool:
+            try:
+                named = len(envelope.record().addrs)
+            except Exception:  # noqa: BLE001 - undecodable: as upstream, not taken
+                return False
+            return named <= MAX_ADDRS_PER_PEER and bool(super().consume_peer_record(envelope, ttl))
+
+    return BoundedPeerStore()
+
+
+MAX_DHT_REQUEST = 16 * 1024  # bytes: a DHT request names a key, or a provider and its addresses
+MAX_PROVIDER_ADDRS = 4  # addresses kept in a provider record: those the provider was seen at
+MAX_PROVIDERS_PER_KEY = 20  # the library's k
+MAX_KEYS_PER_PROVIDER = 32  # keys one peer may provide here (a node offers one key per workload)
+MAX_PROVIDER_RECORDS = 4096  # in all
+
+
+def bounded_provider_store(host: Any, peer_routing: Any) -> Any:
+    """py-libp2p's Kademlia ``ProviderStore`` with every record bounded, and addresses checked.
+
+    Upstream: ``libp2p.kad_dht.provider_store.ProviderStore`` (0.8.1) and the ADD_PROVIDER handler
+    of ``kad_dht.KadDHT`` keep, for 48 h, every address a provider names (a request may be 4 MiB),
+    on any number of keys: 6 identities sending 10 ADD_PROVIDER of 20,000 addresses each grew a
+    node by 21.7 MB per identity, and a 37-byte GET_PROVIDERS then returned 200 KB listing those
+    20,000 third-party addresses (~5,400x). A key's 20 slots went to whoever came first. Here:
+
+    * a request is at most :data:`MAX_DHT_REQUEST` (the handler parses every address it holds);
+    * a record keeps at most :data:`MAX_PROVIDER_ADDRS` addresses, and only those on an IP the
+      provider is connected to this node from (the ADD_PROVIDER sender is the provider: upstream
+      checks that); a record learned of a provider this node is not connected to keeps none;
+    * :data:`MAX_PROVIDERS_PER_KEY` providers per key, :data:`MAX_KEYS_PER_PROVIDER` keys per
+      provider, :data:`MAX_PROVIDER_RECORDS` records in all; when a key or the store is full, the
+      oldest record of a provider not connected now makes room, else the new one is refused.
+    """
+    import importlib
+
+    from libp2p.kad_dht.provider_store import ProviderStore
+    from libp2p.peer.peerinfo import PeerInfo
+
+    importlib.import_module("libp2p.kad_dht.kad_dht").MAX_DHT_MESSAGE_SIZE = MAX_DHT_REQUEST  # type: ignore[attr-defined]
+
+    class BoundedProviderStore(ProviderStore):
+        refused = 0
+
+        def add_provider(self, key: bytes, provider: Any) -> None:
+            if not provider or not provider.peer_id:
+                return
+            if provider.peer_id != self.local_peer_id:
+                provider = PeerInfo(provider.peer_id, seen_addrs(self.host, provider.peer_id, provider.addrs))
+                if not self._room_for(key, str(provider.peer_id)):
+                    self.refused += 1
+                    return
+            super().add_provider(key, provider)
+
+        def _room_for(self, key: bytes, peer: str) -> bool:
+            records = self.providers.get(key, {})
+            if peer in records:
+                return True
+            if sum(peer in r for r in self.providers.values()) >= MAX_KEYS_PER_PROVIDER:
+                return False
+            if len(records) >= MAX_PROVIDERS_PER_KEY and not self._evict([(key, p) for p in records]):
+                return False
+            everything = [(k, p) for k, r in self.providers.items() for p in r]
+            return len(everything) < MAX_PROVIDER_RECORDS or self._evict(everything)
+
+        def _evict(self, candidates: list[tuple[bytes, str]]) -> bool:
+            """Drop the oldest record among ``candidates`` whose provider is not connected now."""
+            connected = {str(p) for p in self.host.get_connected_peers()} | {str(self.local_peer_id)}
+            gone = [(self.providers[k][p].timestamp, k, p) for k, p in candidates if p not in connected]
+            if not gone:
+                return False
+            _, key, peer = min(gone)
+            del self.providers[key][peer]
+            if not self.providers[key]:
+                del self.providers[key]
+            return True
+
+    return BoundedProviderStore(host, peer_routing)
+
+
+def seen_addrs(host: Any, peer: Any, addrs: Any) -> list[Any]:
+    """Of ``addrs``, those on an IP ``peer`` is connected to ``host`` from: each once, at most
+    :data:`MAX_PROVIDER_ADDRS`."""
+    ips = set()
+    conns = host.get_network().connections.get(peer)
+    for conn in conns if isinstance(conns, list) else [conns] if conns else []:
+        try:
+            ips.add(_ip(conn.muxed_conn.secured_conn.get_remote_address()[0]))
+        except Exception:  # noqa: BLE001 - not a TCP connection
+            continue
+    out: list[Any] = []
+    for addr in addrs:
+        if len(out) >= MAX_PROVIDER_ADDRS:
+            break
+        if addr not in out and _addr_ip(addr) in ips - {None}:
+            out.append(addr)
+    return out
+
+
+def _ip(text: str) -> str | None:
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
+
+
+def _addr_ip(addr: Any) -> str | None:
+    for proto in ("ip4", "ip6"):
+        try:
+            return _ip(addr.value_for_protocol(proto))
+        except Exception:  # noqa: BLE001 - not in this address
+            continue
+    return None

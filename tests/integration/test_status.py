@@ -19,8 +19,9 @@ async def test_deliberate_choices_are_notes_and_a_lone_node_is_told_what_to_do()
         s = a.node.status_view()
         assert any("--no-provide" in n for n in s["notes"]) and any("loopback" in n for n in s["notes"])
         assert not any("GPU" in r or "provid" in r for r in s["reasons"])
-        (lonely,) = [r for r in s["reasons"] if r.startswith("no peers connected")]
-        assert "fix:" in lonely and "--bootstrap" in lonely
+        (lonely,) = [r for r in s["reasons"] if r.startswith("no peers")]
+        assert lonely.startswith("no peers, and no network to join -- fix: set network = ")
+        assert "bootstrap = " in lonely and "\n" not in lonely
         b = await start_node(nursery, node_config(use_gpu=False, bootstrap=[a.node.addrs()[0]]))
         await b.node.wait_until(lambda: bool(b.node.host.get_connected_peers()), timeout=10)
         s = b.node.status_view()

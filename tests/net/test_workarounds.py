@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from typing import Any
 
 import pytest
+import trio
 
 from p2pnode.errors import NetworkSetupError
 from p2pnode.identity import Identity
@@ -205,3 +208,160 @@ async def test_yamux_returns_receive_credit_in_batches(monkeypatch: pytest.Monke
             await got.wait()
         sent = len(updates) - before
     assert sent >= 100 if release_on_read == "1" else sent <= 60  # measured: 105 and 51
+
+
+async def _accepting_and_closing(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A loopback listener that takes every connection and closes it at once (a dial that fails
+    fast); ``task_status.started`` gets (port, the list of accept times)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    accepted: list[float] = []
+
+    async def take(stream: trio.SocketStream) -> None:
+        accepted.append(trio.current_time())
+        await stream.aclose()
+
+    async with listeners[0]:
+        task_status.started((listeners[0].socket.getsockname()[1], accepted))
+        await trio.serve_listeners(take, listeners)
+
+
+@pytest.mark.parametrize("aimed", [True, False])
+async def test_the_auto_connector_dials_towards_the_nodes_target_not_the_midpoint(
+        aimed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upstream aims at (low + high watermark) / 2 = 100 and dials 32 peers of its peerstore a
+    cycle; the node's target is its low watermark. 40 known peers, none reachable: one cycle of a
+    node with no connection dials exactly TARGET_CONNECTIONS of them."""
+    from libp2p.peer.id import ID
+    from multiaddr import Multiaddr
+
+    from p2pnode.net.host import TARGET_CONNECTIONS
+
+    if not aimed:
+        monkeypatch.setattr(workarounds, "aim_auto_connector_at_low_watermark", lambda host: None)
+    async with trio.open_nursery() as nursery:
+        port, accepted = await nursery.start(_accepting_and_closing)
+        host = build_host(Identity.generate(), [parse_multiaddr("/ip4/127.0.0.1/tcp/0")])
+        async with host.run([parse_multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            connector = host.get_network().auto_connector
+            assert connector.swarm.connection_config.low_watermark == TARGET_CONNECTIONS
+            for _ in range(40):
+                peer = ID(b"\x00\x24\x08\x01\x12\x20" + os.urandom(32))
+                host.get_peerstore().add_addrs(peer, [Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")], 3600)
+            with trio.fail_after(30):
+                while connector._is_connecting:  # a cycle the start began
+                    await trio.sleep(0.05)
+                await connector.maybe_connect()
+            dialed = set(connector._failure_counts)  # the peers it tried (and failed to reach)
+            attempts = 1 + host.get_network().retry_config.max_retries
+        nursery.cancel_scope.cancel()
+    want = TARGET_CONNECTIONS if aimed else 32  # the library alone: if 32 fails, upstream changed
+    assert len(dialed) == want
+    assert len(accepted) == want * attempts  # each tried as often as the swarm retries a dial
+
+
+class _Conn:
+    def __init__(self, ip: str) -> None:
+        class Secured:
+            def get_remote_address(self) -> tuple[str, int]:
+                return ip, 40000
+
+        class Muxed:
+            secured_conn = Secured()
+
+        self.muxed_conn = Muxed()
+
+
+class _Host:
+    """What the provider store reads of a host: its id and who is connected from where."""
+
+    def __init__(self) -> None:
+        from libp2p.peer.id import ID
+
+        self.id = ID(Identity.generate().peer_id)
+        self.connections: dict[Any, list[_Conn]] = {}
+
+    def get_id(self) -> Any:
+        return self.id
+
+    def get_network(self) -> Any:
+        return self
+
+    def get_connected_peers(self) -> list[Any]:
+        return list(self.connections)
+
+
+def _peer(host: _Host, ip: str = "127.0.0.1") -> Any:
+    from libp2p.peer.id import ID
+
+    peer = ID(Identity.generate().peer_id)
+    host.connections[peer] = [_Conn(ip)]
+    return peer
+
+
+def _info(peer: Any, *addrs: str) -> Any:
+    from libp2p.peer.peerinfo import PeerInfo
+    from multiaddr import Multiaddr
+
+    return PeerInfo(peer, [Multiaddr(a) for a in addrs])
+
+
+def test_a_provider_record_keeps_a_few_addresses_it_was_seen_at() -> None:
+    host = _Host()
+    store = workarounds.bounded_provider_store(host, None)
+    peer = _peer(host, "10.0.0.5")
+    named = [f"/ip4/10.0.0.5/tcp/{p}" for p in range(4001, 4011)]
+    store.add_provider(b"k", _info(peer, "/ip4/198.51.100.9/tcp/1", "/ip4/10.0.0.5/tcp/4001", *named))
+    assert [str(a) for a in store.get_providers(b"k")[0].addrs] == named[:workarounds.MAX_PROVIDER_ADDRS]
+    stranger = _peer(host)
+    del host.connections[stranger]  # told of by someone else: no address of its own is believed
+    store.add_provider(b"k", _info(stranger, "/ip4/127.0.0.1/tcp/4001"))
+    assert {str(p.peer_id): p.addrs for p in store.get_providers(b"k")}[str(stranger)] == []
+    store.add_provider(b"k", _info(host.id, *[f"/ip4/127.0.0.1/tcp/{p}" for p in range(1, 7)]))
+    assert len({str(p.peer_id): p.addrs for p in store.get_providers(b"k")}[str(host.id)]) == 6  # its own
+
+
+def test_provider_records_are_bounded_per_key_per_provider_and_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    host = _Host()
+    store = workarounds.bounded_provider_store(host, None)
+    peers = [_peer(host) for _ in range(workarounds.MAX_PROVIDERS_PER_KEY + 1)]
+    for peer in peers:
+        store.add_provider(b"k", _info(peer, "/ip4/127.0.0.1/tcp/4001"))
+    listed = {p.peer_id for p in store.get_providers(b"k")}
+    assert listed == set(peers[:-1]) and store.refused == 1  # full of connected providers
+    del host.connections[peers[3]]  # gone: its record makes room
+    store.add_provider(b"k", _info(peers[-1], "/ip4/127.0.0.1/tcp/4001"))
+    assert {p.peer_id for p in store.get_providers(b"k")} == set(peers) - {peers[3]}
+
+    busy = peers[0]
+    for i in range(workarounds.MAX_KEYS_PER_PROVIDER + 5):
+        store.add_provider(f"key{i}".encode(), _info(busy, "/ip4/127.0.0.1/tcp/4001"))
+    assert len(store.get_provided_keys(busy)) == workarounds.MAX_KEYS_PER_PROVIDER
+
+    monkeypatch.setattr(workarounds, "MAX_PROVIDER_RECORDS", store.size() + 2)
+    late = [_peer(host) for _ in range(4)]
+    for i, peer in enumerate(late):
+        store.add_provider(f"late{i}".encode(), _info(peer, "/ip4/127.0.0.1/tcp/4001"))
+    assert store.size() == workarounds.MAX_PROVIDER_RECORDS
+    assert [bool(store.get_providers(f"late{i}".encode())) for i in range(4)] == [True, True, False, False]
+    del host.connections[late[0]]
+    store.add_provider(b"late3", _info(late[3], "/ip4/127.0.0.1/tcp/4001"))
+    assert store.get_providers(b"late3") and not store.get_providers(b"late0")  # the one gone made room
+
+
+def test_the_peerstore_keeps_a_few_addresses_per_peer_and_refuses_fat_signed_records() -> None:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.id import ID
+    from libp2p.peer.peerstore import create_signed_peer_record
+    from multiaddr import Multiaddr
+
+    store = workarounds.bounded_peerstore()
+    keys = create_new_key_pair()
+    peer = ID.from_pubkey(keys.public_key)
+    many = [Multiaddr(f"/ip4/127.0.0.77/tcp/{p}") for p in range(1, 2001)]
+    store.add_addrs(peer, many, 3600)
+    assert store.addrs(peer) == many[:workarounds.MAX_ADDRS_PER_PEER]
+    fat = create_signed_peer_record(peer, many[:workarounds.MAX_ADDRS_PER_PEER + 1], keys.private_key)
+    assert not store.consume_peer_record(fat, 3600)
+    lean = create_signed_peer_record(peer, many[100:102], keys.private_key)
+    assert store.consume_peer_record(lean, 3600)
+    assert set(store.addrs(peer)) == set(many[100:102])  # upstream takes them as a set
