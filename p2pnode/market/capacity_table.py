@@ -42,6 +42,8 @@ from p2pnode.market.rate_limit import TokenBuckets
 from p2pnode.market.standing import PeerStanding, Standing
 from p2pnode.wire.capacity_ad import CapacityAd, SignedAd
 
+_SCAN = 64  # entries looked at for a victim at most (those answered or no longer set aside skipped)
+
 
 @dataclass(frozen=True, slots=True)
 class TableLimits:
@@ -73,7 +75,11 @@ class CapacityTable:
         self._entries: dict[bytes, TableEntry] = {}
         # peer -> the peer that introduced its listing (itself: it came over its own connection)
         self._source: dict[bytes, bytes] = {}
-        self._per_source: dict[bytes, int] = {}  # introducer -> listed providers it introduced
+        # introducer -> the listed providers it introduced, longest listed first; and the direct ones
+        self._by_source: dict[bytes, dict[bytes, None]] = {}
+        self._direct: dict[bytes, None] = {}
+        self._aside_queue: dict[bytes, None] = {}  # listed providers set aside, first evicted
+        self.standing.on_aside = self._set_aside
         # peer -> (highest seq seen, when that memory may be dropped)
         self._high_water: dict[bytes, tuple[int, float]] = {}
         # peer -> when its newest valid ad expires: every provider with a live ad, listed or not
@@ -126,7 +132,7 @@ class CapacityTable:
         ``table_full`` when it gets no place (it still counts in the market's size)."""
         peer = ad.peer_id
         unproven = source != peer and not self.standing.has_answered(peer)
-        if unproven and self._per_source.get(source, 0) >= self.limits.max_per_source:
+        if unproven and self.introduced(source) >= self.limits.max_per_source:
             self._count(ad, now)
             raise AdRejected("the peer that introduced this provider holds its share of the table already",
                              code="table_full")
@@ -139,35 +145,26 @@ class CapacityTable:
         return victim
 
     def _victim(self, rank: Standing, source: bytes, now: float) -> bytes | None:
-        """The entry a newcomer of standing ``rank`` introduced by ``source`` displaces, if any:
-        one set aside, else one of lower standing (the weakest, from the most prolific introducer,
-        oldest first), else an unproven one of the introducer holding the most unproven entries,
-        when it holds at least two more than ``source``."""
-        best: tuple[int, int, int, float] | None = None
-        victim: bytes | None = None
-        unproven: dict[bytes, int] = {}
-        oldest: dict[bytes, tuple[float, bytes]] = {}
-        for p, e in self._entries.items():
-            s = self.standing_of(p)
-            src = self._source.get(p, p)
-            if s is Standing.UNPROVEN:
-                unproven[src] = unproven.get(src, 0) + 1
-                if src not in oldest or e.received_at < oldest[src][0]:
-                    oldest[src] = (e.received_at, p)
-            if s > rank:
-                continue
-            cls = 0 if self.standing.is_aside(p, now) else 1 if s < rank else 2
-            if cls == 2:
-                continue
-            key = (cls, int(s), -self._per_source.get(src, 0), e.received_at)
-            if best is None or key < best:
-                best, victim = key, p
-        if victim is not None or rank is not Standing.UNPROVEN or not unproven:
-            return victim
-        most = max(unproven, key=lambda src: unproven[src])
-        if unproven[most] >= unproven.get(source, 0) + 2:
-            return oldest[most][1]
-        return None
+        """The entry a newcomer of standing ``rank`` introduced by ``source`` displaces, if any: one
+        set aside, else one of lower standing (an unproven one of the most prolific introducer, then
+        a direct one; the longest listed first), else an unproven one of the introducer holding the
+        most places, when it holds at least two more than ``source``. Amortised O(introducers)."""
+        for p in list(self._aside_queue)[:_SCAN]:
+            if p not in self._entries or not self.standing.is_aside(p, now):
+                del self._aside_queue[p]
+            elif self.standing_of(p) <= rank:
+                return p
+        most = max(self._by_source, key=lambda src: len(self._by_source[src]), default=None)
+        if most is not None and (rank > Standing.UNPROVEN or
+                                 len(self._by_source[most]) >= self.introduced(source) + 2):
+            victim = self._oldest(self._by_source[most], Standing.UNPROVEN)
+            if victim is not None:
+                return victim
+        return self._oldest(self._direct, Standing.DIRECT) if rank is Standing.ANSWERED else None
+
+    def _oldest(self, listed: dict[bytes, None], standing: Standing) -> bytes | None:
+        """The longest listed of ``listed`` still of ``standing`` (one answered since is skipped)."""
+        return next((p for p in list(listed)[:_SCAN] if self.standing_of(p) is standing), None)
 
     def standing_of(self, peer: bytes, source: bytes | None = None) -> Standing:
         """What this node has seen of ``peer`` (``source``: its introducer, if not listed yet)."""
@@ -178,23 +175,34 @@ class CapacityTable:
     def source_of(self, peer: bytes) -> bytes | None:
         return self._source.get(peer)
 
+    def introduced(self, source: bytes) -> int:
+        """Providers listed that ``source`` introduced (and that did not come over their own connection)."""
+        return len(self._by_source.get(source, ()))
+
+    def _set_aside(self, peer: bytes) -> None:
+        if peer in self._entries:
+            self._aside_queue[peer] = None
+
     def _introduced(self, peer: bytes, source: bytes) -> None:
         old = self._source.get(peer)
-        if old == source or old == peer:
-            return  # the same introducer, or it came over its own connection before: stays direct
-        if old is None or source == peer:
-            if old is not None:
-                self._uncount(old)
-            self._source[peer] = source
-            if source != peer:
-                self._per_source[source] = self._per_source.get(source, 0) + 1
-
-    def _uncount(self, source: bytes) -> None:
-        left = self._per_source.get(source, 0) - 1
-        if left > 0:
-            self._per_source[source] = left
+        if old is not None and (old == peer or source != peer):
+            return  # it keeps its introducer, unless it now came over its own connection: direct
+        self._unlist(peer)
+        self._source[peer] = source
+        if source == peer:
+            self._direct[peer] = None
         else:
-            self._per_source.pop(source, None)
+            self._by_source.setdefault(source, {})[peer] = None
+
+    def _unlist(self, peer: bytes) -> None:
+        source = self._source.pop(peer, None)
+        if source == peer:
+            self._direct.pop(peer, None)
+        elif source is not None:
+            listed = self._by_source[source]
+            del listed[peer]
+            if not listed:
+                del self._by_source[source]
 
     def _count(self, ad: CapacityAd, now: float) -> None:
         if ad.peer_id in self._live or len(self._live) < self._max_live:
@@ -222,9 +230,8 @@ class CapacityTable:
 
     def _forget(self, peer: bytes) -> None:
         self._entries.pop(peer, None)
-        source = self._source.pop(peer, None)
-        if source is not None and source != peer:
-            self._uncount(source)
+        self._unlist(peer)
+        self._aside_queue.pop(peer, None)
 
     def entries(self, now: float) -> list[TableEntry]:
         """Live entries, newest-issued first."""

@@ -47,6 +47,7 @@ class PeerStanding:
         self._answered: dict[bytes, float] = {}  # peer -> when it last answered
         self._aside: dict[bytes, tuple[float, int]] = {}  # peer -> (set aside until, misses in a row)
         self._dead: dict[str, tuple[float, int]] = {}  # address -> the same, for dials that failed
+        self.on_aside: Callable[[bytes], None] | None = None  # told of each provider set aside
 
     def answered(self, peer: bytes, now: float) -> None:
         """``peer`` answered this node: proven, and no longer set aside."""
@@ -62,6 +63,8 @@ class PeerStanding:
         """``peer`` was asked and did not answer (at ``addrs``, when the dial failed); returns
         until when it is set aside."""
         until = _miss(self._aside, peer, now, self.max_peers)
+        if self.on_aside is not None:
+            self.on_aside(peer)
         for a in addrs:
             _miss(self._dead, a, now, self.max_peers)
         return until

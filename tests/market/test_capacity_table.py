@@ -261,4 +261,4 @@ def test_admission_keeps_its_bounds_under_any_arrivals(arrivals: list[tuple[int,
             if src != e.ad.peer_id:
                 per[src] = per.get(src, 0) + 1
         assert all(n <= limits.max_per_source for n in per.values())
-        assert per == t._per_source
+        assert all(t.introduced(src) == n for src, n in per.items())
