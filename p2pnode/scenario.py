@@ -136,7 +136,11 @@ class Scenario:
         def n(x: int, least: int = 0) -> int:
             return max(least, round(x * f)) if x else 0
 
-        advs = tuple(Adversary(a.kind, n(a.count, 1), a.rate, n(a.ids, 2) if a.kind == "sybil" else a.ids)
+        # a sybil operator's identities grow with the swarm, the operators do not (both growing made a
+        # 300-node swarm of 2,116 sybils); a market poisoner is one operator whatever the size (its
+        # made-up providers are already as many as a market sync carries)
+        advs = tuple(Adversary(a.kind, a.count if a.kind in ("sybil", "poison") else n(a.count, 1), a.rate,
+                               n(a.ids, 2) if a.kind == "sybil" else a.ids)
                      for a in self.adversaries)
         return Scenario(self.name, self.description, self.seed, self.duration, n(self.providers, 2),
                         n(self.requesters, 1), n(self.checkers), advs, self.workloads, self.faults, self.expect,

@@ -38,7 +38,9 @@ from dataclasses import dataclass
 
 from p2pnode.errors import AdRejected
 from p2pnode.market.pacing import MAX_TTL_S
+from p2pnode.market.groups import Groups
 from p2pnode.market.rate_limit import TokenBuckets
+from p2pnode.market.selection import hosts
 from p2pnode.market.standing import PeerStanding, Standing
 from p2pnode.wire.capacity_ad import CapacityAd, SignedAd
 
@@ -53,10 +55,15 @@ class TableLimits:
     rate_burst: float = 10.0
     rate_per_s: float = 0.5  # 30 ads a minute sustained per peer
     source_share: float = 0.25  # most of the table one introducer's unproven providers may hold
+    host_share: float = 1 / 16  # and one host's (by the first address its ads name)
 
     @property
     def max_per_source(self) -> int:
         return max(1, int(self.max_peers * self.source_share))
+
+    @property
+    def max_per_host(self) -> int:
+        return max(1, int(self.max_peers * self.host_share))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +82,11 @@ class CapacityTable:
         self._entries: dict[bytes, TableEntry] = {}
         # peer -> the peer that introduced its listing (itself: it came over its own connection)
         self._source: dict[bytes, bytes] = {}
-        # introducer -> the listed providers it introduced, longest listed first; and the direct ones
-        self._by_source: dict[bytes, dict[bytes, None]] = {}
+        # the listed providers each introducer introduced, and those on each host, longest listed
+        # first (unproven ones: not those that came over their own connection); and the direct ones
+        self._by_source = Groups()
+        self._by_host = Groups()
+        self._host: dict[bytes, str] = {}
         self._direct: dict[bytes, None] = {}
         self._aside_queue: dict[bytes, None] = {}  # listed providers set aside, first evicted
         self.standing.on_aside = self._set_aside
@@ -113,7 +123,12 @@ class CapacityTable:
             raise AdRejected(f"sequence {ad.seq} is not newer than {known[0]}", code="stale")
         peer = ad.peer_id
         source = peer if via is None else via
-        victim = self._room_for(ad, source, now) if peer not in self._entries else None
+        host = _host_key(ad)
+        victim = self._room_for(ad, source, host, now) if peer not in self._entries else None
+        moved = self._host.get(peer)
+        if moved is not None and moved != host and self._by_host.size(host) >= lim.max_per_host and \
+                source != peer:
+            raise AdRejected("this provider now names a host that holds its share of the table", code="table_full")
         if not self._rates.take(peer, now):
             raise AdRejected("peer exceeds its ad rate", code="rate_limited")
         if victim is not None:
@@ -121,50 +136,54 @@ class CapacityTable:
         expires_at = min(ad.expires_at_ms / 1000.0, now + lim.max_ttl_s)
         entry = TableEntry(ad=ad, raw=signed.raw, received_at=now, expires_at=expires_at)
         self._entries[peer] = entry
-        self._introduced(peer, source)
+        self._introduced(peer, source, host)
         self._count(ad, now)
         # Remember the sequence for as long as any older ad of this peer could still be valid.
         self._high_water[ad.peer_id] = (ad.seq, now + lim.max_ttl_s + lim.max_clock_skew_s)
         return entry
 
-    def _room_for(self, ad: CapacityAd, source: bytes, now: float) -> bytes | None:
+    def _room_for(self, ad: CapacityAd, source: bytes, host: str, now: float) -> bytes | None:
         """Room for a provider not listed yet: None (there is room) or the entry to evict for it;
         ``table_full`` when it gets no place (it still counts in the market's size)."""
         peer = ad.peer_id
         unproven = source != peer and not self.standing.has_answered(peer)
-        if unproven and self.introduced(source) >= self.limits.max_per_source:
+        lim = self.limits
+        if unproven and (self._by_source.size(source) >= lim.max_per_source or
+                         self._by_host.size(host) >= lim.max_per_host):
             self._count(ad, now)
-            raise AdRejected("the peer that introduced this provider holds its share of the table already",
+            raise AdRejected("the peer that introduced this provider, or its host, holds its share of the table",
                              code="table_full")
-        if len(self._entries) < self.limits.max_peers:
+        if len(self._entries) < lim.max_peers:
             return None
-        victim = self._victim(Standing.UNPROVEN if unproven else self.standing_of(peer, source), source, now)
+        rank = Standing.UNPROVEN if unproven else self.standing_of(peer, source)
+        victim = self._victim(rank, source, host, now)
         if victim is None:
             self._count(ad, now)
             raise AdRejected("capacity table is full", code="table_full")
         return victim
 
-    def _victim(self, rank: Standing, source: bytes, now: float) -> bytes | None:
-        """The entry a newcomer of standing ``rank`` introduced by ``source`` displaces, if any: one
-        set aside, else one of lower standing (an unproven one of the most prolific introducer, then
-        a direct one; the longest listed first), else an unproven one of the introducer holding the
-        most places, when it holds at least two more than ``source``. Amortised O(introducers)."""
+    def _victim(self, rank: Standing, source: bytes, host: str, now: float) -> bytes | None:
+        """The entry a newcomer of standing ``rank`` from ``host`` introduced by ``source``
+        displaces, if any: one set aside; else, for a proven newcomer, an unproven one (of the
+        largest host, then of the most prolific introducer), then a direct one; else an unproven
+        one of the largest host or introducer, when that holds at least two more than the
+        newcomer's. The longest listed first. Amortised O(1)."""
         for p in list(self._aside_queue)[:_SCAN]:
             if p not in self._entries or not self.standing.is_aside(p, now):
                 del self._aside_queue[p]
             elif self.standing_of(p) <= rank:
                 return p
-        most = max(self._by_source, key=lambda src: len(self._by_source[src]), default=None)
-        if most is not None and (rank > Standing.UNPROVEN or
-                                 len(self._by_source[most]) >= self.introduced(source) + 2):
-            victim = self._oldest(self._by_source[most], Standing.UNPROVEN)
-            if victim is not None:
-                return victim
-        return self._oldest(self._direct, Standing.DIRECT) if rank is Standing.ANSWERED else None
+        for groups, mine in ((self._by_host, host), (self._by_source, source)):
+            most = groups.largest()
+            if most is not None and (rank > Standing.UNPROVEN or groups.size(most) >= groups.size(mine) + 2):
+                victim = self._oldest(groups.members(most), Standing.UNPROVEN)
+                if victim is not None:
+                    return victim
+        return self._oldest(list(self._direct), Standing.DIRECT) if rank is Standing.ANSWERED else None
 
-    def _oldest(self, listed: dict[bytes, None], standing: Standing) -> bytes | None:
+    def _oldest(self, listed: list[bytes], standing: Standing) -> bytes | None:
         """The longest listed of ``listed`` still of ``standing`` (one answered since is skipped)."""
-        return next((p for p in list(listed)[:_SCAN] if self.standing_of(p) is standing), None)
+        return next((p for p in listed[:_SCAN] if self.standing_of(p) is standing), None)
 
     def standing_of(self, peer: bytes, source: bytes | None = None) -> Standing:
         """What this node has seen of ``peer`` (``source``: its introducer, if not listed yet)."""
@@ -177,32 +196,41 @@ class CapacityTable:
 
     def introduced(self, source: bytes) -> int:
         """Providers listed that ``source`` introduced (and that did not come over their own connection)."""
-        return len(self._by_source.get(source, ()))
+        return self._by_source.size(source)
+
+    def on_host(self, host: str) -> int:
+        """Unproven providers listed whose ads name ``host`` first."""
+        return self._by_host.size(host)
 
     def _set_aside(self, peer: bytes) -> None:
         if peer in self._entries:
             self._aside_queue[peer] = None
 
-    def _introduced(self, peer: bytes, source: bytes) -> None:
+    def _introduced(self, peer: bytes, source: bytes, host: str) -> None:
         old = self._source.get(peer)
         if old is not None and (old == peer or source != peer):
+            moved = self._host.get(peer)
+            if moved is not None and moved != host:  # a newer ad names another host first
+                self._by_host.discard(moved, peer)
+                self._by_host.add(host, peer)
+                self._host[peer] = host
             return  # it keeps its introducer, unless it now came over its own connection: direct
         self._unlist(peer)
         self._source[peer] = source
         if source == peer:
             self._direct[peer] = None
         else:
-            self._by_source.setdefault(source, {})[peer] = None
+            self._by_source.add(source, peer)
+            self._by_host.add(host, peer)
+            self._host[peer] = host
 
     def _unlist(self, peer: bytes) -> None:
         source = self._source.pop(peer, None)
         if source == peer:
             self._direct.pop(peer, None)
         elif source is not None:
-            listed = self._by_source[source]
-            del listed[peer]
-            if not listed:
-                del self._by_source[source]
+            self._by_source.discard(source, peer)
+            self._by_host.discard(self._host.pop(peer), peer)
 
     def _count(self, ad: CapacityAd, now: float) -> None:
         if ad.peer_id in self._live or len(self._live) < self._max_live:
@@ -246,3 +274,10 @@ class CapacityTable:
 
     def __contains__(self, peer_id: object) -> bool:
         return peer_id in self._entries
+
+
+def _host_key(ad: CapacityAd) -> str:
+    """The host an ad's provider is on, by its addresses (the least IP or name they give; an ad
+    with relayed addresses only is a host of its own)."""
+    named = hosts(ad)
+    return min(named) if named else "peer:" + ad.peer_id.hex()

@@ -15,11 +15,11 @@ from p2pnode.wire.peer_id import peer_id_from_public_key
 NOW = 1_700_000_000.0
 
 
-def make(key: SigningKey, seq: int, *, issued: float = NOW, ttl: float = 30.0) -> ca.SignedAd:
+def make(key: SigningKey, seq: int, *, issued: float = NOW, ttl: float = 30.0, host: str = "") -> ca.SignedAd:
     ad = ca.CapacityAd(
         peer_id=peer_id_from_public_key(bytes(key.verify_key)), seq=seq,
         issued_at_ms=int(issued * 1000), expires_at_ms=int((issued + ttl) * 1000),
-        cpu=ca.CpuInfo("cpu", 4, 8 << 30, 4 << 30),
+        cpu=ca.CpuInfo("cpu", 4, 8 << 30, 4 << 30), addrs=(f"/ip4/{host}/tcp/4001",) if host else (),
     )
     return ca.decode_ad(ca.encode_ad(ad, key))
 
@@ -240,17 +240,42 @@ def test_a_provider_that_comes_over_its_own_connection_stops_counting_against_it
     assert third.ad.peer_id in t
 
 
-@given(st.lists(st.tuples(st.integers(0, 40), st.sampled_from([ATTACKER, HONEST_FWD, b"x", None])),
-                max_size=120))
-def test_admission_keeps_its_bounds_under_any_arrivals(arrivals: list[tuple[int, bytes | None]]) -> None:
-    limits = TableLimits(max_peers=10)
+def test_one_host_cannot_fill_the_table_through_many_introducers() -> None:
+    t = CapacityTable(TableLimits(max_peers=64, source_share=1.0))  # one host: 4 unproven places
+    taken = 0
+    for i, key in enumerate(keys(40, 11000)):
+        try:
+            t.offer(make(key, 1, host="127.0.0.9"), NOW, via=bytes([i]))  # each through another peer
+            taken += 1
+        except AdRejected as exc:
+            assert exc.code == "table_full"
+    assert taken == 4 == t.on_host("127.0.0.9")
+
+
+def test_a_full_table_gives_the_largest_hosts_place_to_a_newcomer_from_another() -> None:
+    t = CapacityTable(TableLimits(max_peers=8, source_share=1.0, host_share=1.0))
+    crowd = [make(k, 1, host="127.0.0.9") for k in keys(8, 12000)]
+    for i, c in enumerate(crowd):
+        t.offer(c, NOW + i, via=bytes([i]))
+    lone = make(A, 1, host="127.0.0.10")
+    t.offer(lone, NOW + 10, via=b"somebody")
+    assert lone.ad.peer_id in t and crowd[0].ad.peer_id not in t and t.on_host("127.0.0.9") == 7
+
+
+HOSTS = ["127.0.0.9", "127.0.0.10", ""]
+
+
+@given(st.lists(st.tuples(st.integers(0, 40), st.sampled_from([ATTACKER, HONEST_FWD, b"x", None]),
+                          st.sampled_from(HOSTS)), max_size=120))
+def test_admission_keeps_its_bounds_under_any_arrivals(arrivals: list[tuple[int, bytes | None, str]]) -> None:
+    limits = TableLimits(max_peers=10, host_share=0.3)
     t = CapacityTable(limits)
     pool = keys(41, 9000)
     seqs: dict[int, int] = {}
-    for step, (i, via) in enumerate(arrivals):
+    for step, (i, via, host) in enumerate(arrivals):
         seqs[i] = seqs.get(i, 0) + 1
         try:
-            t.offer(make(pool[i], seqs[i]), NOW + step, via=via)
+            t.offer(make(pool[i], seqs[i], host=host), NOW + step, via=via)
         except AdRejected as exc:
             assert exc.code in {"table_full", "rate_limited"}
         assert len(t) <= limits.max_peers
@@ -262,3 +287,6 @@ def test_admission_keeps_its_bounds_under_any_arrivals(arrivals: list[tuple[int,
                 per[src] = per.get(src, 0) + 1
         assert all(n <= limits.max_per_source for n in per.values())
         assert all(t.introduced(src) == n for src, n in per.items())
+        on = {h: sum(1 for e in t.entries(NOW + step) if e.ad.addrs and h in e.ad.addrs[0]
+                     and t.source_of(e.ad.peer_id) != e.ad.peer_id) for h in HOSTS if h}
+        assert all(t.on_host(h) == n <= limits.max_per_host for h, n in on.items())
