@@ -19,10 +19,11 @@ ad's own ``exp`` capped at ``received + max_ttl`` so a peer with a wrong clock c
 of a provider (:mod:`p2pnode.market.standing`) decides who keeps a place:
 
 * a provider heard of only through another peer (``UNPROVEN``) takes a place only while its
-  introducer holds fewer than ``source_share`` of the table: one connection cannot fill it;
+  introducer holds fewer than ``source_share`` of the table, and its host (the first address its
+  ad names) fewer than ``host_share``: one connection, or one machine, cannot fill it;
 * in a full table a newcomer takes the place of, in this order: a provider set aside (asked, and
-  it did not answer), a provider of lower standing, or, among unproven ones, one introduced by the
-  peer with the most entries when that peer holds at least two more than the newcomer's does.
+  it did not answer), a provider of lower standing, or, among unproven ones, one of the host or
+  introducer with the most entries when it holds at least two more than the newcomer's does.
   Otherwise it is refused (``table_full``). So one attacker's thousand identities, however they
   arrive, end up with one introducer's share of the unproven places, and a provider this node
   can reach or has worked with always finds a place.
