@@ -8,7 +8,10 @@ longer than the stall timeout, or breaks the protocol, the job is **re-awarded**
 that has not expired, with no action from the user. When no acceptable bid is left and the job
 has **reserves** (more candidates, in the requester's order), the next batch of them is asked
 (``Step.ask``) with a fresh bid window, as long as the deadline leaves one: candidates that do not
-answer (unreachable, silent, made up) cost a job a bid window, not the job.
+answer (unreachable, silent, made up) cost a job a bid window, not the job. When the window closes
+with no acceptable bid and no reserves, but some asked providers have not answered yet (a busy
+machine answers late), the job waits for them, a window at a time until the deadline, and the
+first acceptable bid wins.
 
 An **overrun** (three times the bid's estimate plus a grace period since the award, plus the time
 the inputs take to cross a slow link, ``TRANSFER_FLOOR_BPS``: the estimate is of the compute) is not evidence
@@ -122,6 +125,7 @@ class RequesterJob:
     _heard_at: float = 0.0
     _due: float = float("inf")
     _batch: int = 0
+    _overtime: bool = False  # the bid window closed with nobody acceptable yet: the first bid wins
     _allowance: float = 0.0  # seconds an award may run before it is overdue (granted again while progress moves)
     _due_progress: float = 0.0  # the provider's progress when the current allowance began
     on_event: Callable[[str, dict[str, object]], None] | None = None
@@ -209,7 +213,7 @@ class RequesterJob:
             self.bids[peer] = msg
             self._emit("bid", peer=peer, price=msg.price)
         step = Step()
-        if len(self.bids) + len(self.declines) == len(self.candidates):
+        if len(self.bids) + len(self.declines) == len(self.candidates) or (self._overtime and peer in self.bids):
             step = self._close(now, "bid")
         step.violation = violation
         return step
@@ -226,6 +230,12 @@ class RequesterJob:
         ranked = self._ranked(now)
         if not ranked and self.reserves and now + self.bid_window_s < self.deadline:
             return self._ask_reserves(now, event)
+        if not ranked and event == "close" and now + self.bid_window_s < self.deadline and \
+                any(p not in self.bids and p not in self.declines for p in self.candidates):
+            # asked, not answered yet (a busy machine answers late): wait for the first bid
+            self._move(event, R.COLLECTING)
+            self._overtime, self._window_ends = True, now + self.bid_window_s
+            return Step()
         if not ranked:
             self._move(event, R.NO_PROVIDER)
             self.reason = "no acceptable bid" if not self.failed else "every awarded provider failed"

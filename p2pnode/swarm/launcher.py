@@ -33,7 +33,7 @@ from p2pnode.control.client import call
 from p2pnode.errors import ControlError, LocalError
 
 PR_SET_PDEATHSIG = 1
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 180.0  # from spawn to the node's address: Python's imports take long on a busy machine
 
 
 class Stopped(BaseException):
@@ -173,7 +173,11 @@ class Launcher:
     def _await_ready(self, nodes: Sequence[NodeProc]) -> None:
         for node in nodes:
             if not node.ready.wait(READY_TIMEOUT_S) or not node.addr:
-                raise LocalError(f"node {node.index} did not start:\n" + "\n".join(node.tail[-20:]))
+                code = node.proc.poll() if node.proc is not None else None
+                why = f"it exited with status {code}" if code is not None else \
+                    f"it printed no address in {READY_TIMEOUT_S:g} s (a machine this busy starts nodes slowly)"
+                tail = "\n".join(node.tail[-20:]) or "(it printed nothing)"
+                raise LocalError(f"node {node.index} did not start: {why}; its last lines:\n{tail}")
 
     def start(self, specs: Sequence[NodeSpec], on_wave: Any = None) -> None:
         """Start ``specs`` in doubling waves (the first alone: everyone's bootstrap peer)."""

@@ -132,6 +132,25 @@ def test_reserves_are_asked_when_every_bidder_failed() -> None:
     assert r.state is R.RUNNING and r.provider == nxt
 
 
+def test_a_bid_that_comes_after_the_window_still_wins_when_nothing_else_came() -> None:
+    c = Conversation.make(2)  # a busy machine: the providers answer after the bid window
+    r = c.requester
+    c.deliver(r.start(), T0)
+    (a, pa), (b, pb) = c.providers.items()
+    c.reply(a, pa.decline("busy"), T0 + 1)
+    c.deliver(r.tick(T0 + 2.5), T0 + 2.5)
+    assert r.state is R.COLLECTING and r.next_wakeup() == T0 + 4.5
+    c.deliver(r.tick(T0 + 4.5), T0 + 4.5)  # still waiting, a window at a time
+    c.reply(b, pb.bid(50, 100, T0 + 30, "numpy"), T0 + 5)
+    assert r.state is R.RUNNING and r.provider == b
+    # and once nobody is left to answer, no more waiting
+    d = Conversation.make(1)
+    d.deliver(d.requester.start(), T0)
+    (p, pp), = d.providers.items()
+    d.reply(p, pp.decline("busy"), T0 + 3)
+    assert d.requester.state is R.NO_PROVIDER
+
+
 def test_no_reserves_are_asked_without_time_for_a_bid_window() -> None:
     c = Conversation.make(2, reserve=1, deadline_s=3.0)
     r = c.requester
