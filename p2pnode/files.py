@@ -12,7 +12,8 @@ import os
 import stat
 from pathlib import Path
 
-from p2pnode.errors import LocalError
+from p2pnode.errors import FileRefused, LocalError
+from p2pnode.local_files import kind_of, read_regular
 
 # What each entry of a data dir must be when it is there (absent is always fine: it is created).
 DATA_DIR_ENTRIES: dict[str, str] = {
@@ -28,47 +29,15 @@ DATA_DIR_ENTRIES: dict[str, str] = {
 _KINDS = {"file": stat.S_ISREG, "socket": stat.S_ISSOCK, "directory": stat.S_ISDIR}
 
 
-def kind_of(mode: int) -> str:
-    """What a file of ``mode`` is, in words."""
-    for name, test in (("a directory", stat.S_ISDIR), ("a FIFO", stat.S_ISFIFO), ("a socket", stat.S_ISSOCK),
-                       ("a character device", stat.S_ISCHR), ("a block device", stat.S_ISBLK),
-                       ("a symbolic link", stat.S_ISLNK), ("a regular file", stat.S_ISREG)):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def read_small_file(path: Path | str, *, limit: int, what: str, error: type[LocalError] = LocalError,
                     follow_symlinks: bool = True) -> bytes:
-    """The bytes of the regular file ``path``, at most ``limit`` of them.
-
-    Anything else is ``error`` with one line naming ``what``: missing, not a regular file (checked
-    before opening, so a FIFO or a device is never opened, and again on the open file, so a swap
-    in between is caught), unreadable, or larger than ``limit``."""
+    """The bytes of the regular file ``path``, at most ``limit`` of them; anything else (missing,
+    not a regular file, unreadable, larger) is ``error`` with one line naming ``what``
+    (:func:`p2pnode.local_files.read_regular`: a FIFO or a device is never waited on)."""
     try:
-        st = os.stat(path, follow_symlinks=follow_symlinks)
-    except FileNotFoundError:
-        raise error(f"{what} {path}: no such file") from None
-    except OSError as exc:
-        raise error(f"{what} {path}: cannot read: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise error(f"{what} {path}: is {kind_of(st.st_mode)}, not a regular file")
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | (0 if follow_symlinks else os.O_NOFOLLOW)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise error(f"{what} {path}: cannot open: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise error(f"{what} {path}: is {kind_of(mode)}, not a regular file")
-        try:
-            data = f.read(limit + 1)
-        except OSError as exc:
-            raise error(f"{what} {path}: cannot read: {exc.strerror}") from None
-    if len(data) > limit:
-        raise error(f"{what} {path}: larger than {limit} bytes; is it the right file?")
-    return data
+        return read_regular(path, what=what, limit=limit, follow=follow_symlinks)
+    except FileRefused as exc:
+        raise error(str(exc)) from None
 
 
 def check_data_dir(data_dir: Path) -> None:

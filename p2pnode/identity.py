@@ -18,7 +18,7 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from p2pnode.errors import IdentityError
-from p2pnode.files import kind_of
+from p2pnode.local_files import kind_of
 from p2pnode.wire.peer_id import peer_id_from_public_key, to_base58
 
 KEY_FILE = "identity.key"

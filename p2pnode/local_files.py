@@ -26,6 +26,16 @@ import numpy as np
 
 from p2pnode.errors import FileRefused
 
+
+def kind_of(mode: int) -> str:
+    """What a file of ``mode`` is, in words."""
+    for name, test in (("a directory", stat.S_ISDIR), ("a FIFO", stat.S_ISFIFO), ("a socket", stat.S_ISSOCK),
+                       ("a character device", stat.S_ISCHR), ("a block device", stat.S_ISBLK),
+                       ("a symbolic link", stat.S_ISLNK), ("a regular file", stat.S_ISREG)):
+        if test(mode):
+            return name
+    return "not a regular file"
+
 MAX_DATASET_BYTES = 64 << 30  # a dataset (.npy, memory-mapped; or .npz, loaded)
 MAX_NPZ_ARRAYS = 64
 
@@ -49,12 +59,13 @@ def open_regular(path: str | os.PathLike[str], *, what: str, limit: int, dir_fd:
         if exc.errno == errno.ELOOP and not follow:
             raise FileRefused(f"{what} {os.fspath(path)} is a symbolic link: only a regular file is read "
                               "(copy the file itself there)") from None
+        if exc.errno == errno.ENOENT:
+            raise FileRefused(f"{what} {os.fspath(path)}: no such file") from None
         raise FileRefused(f"{what} {os.fspath(path)}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket"
-            raise FileRefused(f"{what} {os.fspath(path)} is {kind}, not a regular file")
+            raise FileRefused(f"{what} {os.fspath(path)} is {kind_of(st.st_mode)}, not a regular file")
         if st.st_size > limit:
             raise FileRefused(f"{what} {os.fspath(path)} is {_size(st.st_size)}, over the limit of {_size(limit)}")
     except BaseException:

@@ -24,7 +24,7 @@ def test_a_small_regular_file_is_read_through_a_link_too(data_dir: Path) -> None
     (lambda p: p.mkdir(), "is a directory, not a regular file"),
     (lambda p: os.mkfifo(p), "is a FIFO, not a regular file"),
     (lambda p: p.symlink_to("/dev/null"), "is a character device, not a regular file"),
-    (lambda p: p.write_bytes(b"x" * 11), "larger than 10 bytes"),
+    (lambda p: p.write_bytes(b"x" * 11), "is 11 bytes, over the limit of 10 bytes"),
 ])
 def test_anything_else_is_one_line_of_the_callers_error(
         data_dir: Path, make: Callable[[Path], object], message: str) -> None:
@@ -32,7 +32,7 @@ def test_anything_else_is_one_line_of_the_callers_error(
     make(path)
     with fails_after(10), pytest.raises(ConfigError, match=message) as caught:
         read_small_file(path, limit=10, what="calibration_file", error=ConfigError)
-    assert str(caught.value).startswith(f"calibration_file {path}: ")
+    assert str(caught.value).startswith(f"calibration_file {path}")
 
 
 @pytest.mark.parametrize("name", sorted(DATA_DIR_ENTRIES))

@@ -38,8 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from p2pnode.errors import AdRejected
-from p2pnode.market.pacing import MAX_TTL_S
 from p2pnode.market.groups import Groups
+from p2pnode.market.pacing import MAX_TTL_S
 from p2pnode.market.rate_limit import TokenBuckets
 from p2pnode.market.selection import hosts
 from p2pnode.market.standing import PeerStanding, Standing

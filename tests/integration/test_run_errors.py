@@ -26,7 +26,7 @@ CASES: list[tuple[str, Callable[[Path], object], list[str], str]] = [
     ("ledger.sqlite a FIFO", lambda d: _fifo(d / "ledger.sqlite"), [], "ledger.sqlite is a FIFO"),
     ("control.sock a directory", lambda d: (d / "control.sock").mkdir(), [], "control.sock is a directory"),
     ("control.sock a file", lambda d: (d / "control.sock").write_text("mine"), [], "control.sock is a regular file"),
-    ("config.toml a FIFO", lambda d: _fifo(d / "config.toml"), [], "config.toml: is a FIFO"),
+    ("config.toml a FIFO", lambda d: _fifo(d / "config.toml"), [], "config.toml is a FIFO"),
     ("TOML nested too deep", lambda d: (d / "config.toml").write_text("x = " + "[" * 3000 + "]" * 3000), [],
      "nested too deep"),
     ("calibration a FIFO", lambda d: _fifo(d / "cal.json"), ["--calibration-file", "{d}/cal.json"], "is a FIFO"),
