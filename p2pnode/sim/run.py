@@ -129,6 +129,10 @@ class SimRun:
         w = self.w
         if not node.alive:
             return
+        if node.flood and not w.mesh.adj[node.index]:
+            # banned by every mesh peer: its floods reach nobody (a mesh refresh may link it again)
+            w.engine.after(10.0, self._ads, node)
+            return
         w.publish_ad(node)
         w.engine.after(w.ad_period(node), self._ads, node)
 
