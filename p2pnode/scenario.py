@@ -10,6 +10,7 @@ a value out of range is a :class:`~p2pnode.errors.ConfigError` naming it.
     description = "30 % of providers cheat on 10-30 % of their jobs"
     seed = 7
     duration = 60                      # seconds of work after the market converged
+    scale_work = true                  # --nodes N: the work grows with the swarm too (default: false)
 
     [nodes]
     providers = 7                      # honest ones; adversaries come on top
@@ -51,7 +52,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,7 @@ class Scenario:
     network: Fault | None = None  # impairments from the start (a "terrible network")
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    scale_work: bool = False  # scaled, the work grows with the swarm (jobs per provider stay the same)
 
     @property
     def nodes(self) -> int:
@@ -123,9 +125,7 @@ class Scenario:
         f = duration / self.duration
         faults = tuple(Fault(x.at * f, x.action, x.target, x.delay_ms, x.jitter_ms, x.loss, x.duplicate)
                        for x in self.faults)
-        return Scenario(self.name, self.description, self.seed, duration, self.providers, self.requesters,
-                        self.checkers, self.adversaries, self.workloads, faults, self.expect, self.network,
-                        self.path, self.extra)
+        return replace(self, duration=duration, faults=faults)
 
     def scaled(self, nodes: int) -> Scenario:
         """The same scenario with ``nodes`` nodes in all, every role and adversary in proportion."""
@@ -142,9 +142,14 @@ class Scenario:
         advs = tuple(Adversary(a.kind, a.count if a.kind in ("sybil", "poison") else n(a.count, 1), a.rate,
                                n(a.ids, 2) if a.kind == "sybil" else a.ids)
                      for a in self.adversaries)
-        return Scenario(self.name, self.description, self.seed, self.duration, n(self.providers, 2),
-                        n(self.requesters, 1), n(self.checkers), advs, self.workloads, self.faults, self.expect,
-                        self.network, self.path, self.extra)
+        loads, expect = self.workloads, self.expect
+        if self.scale_work:  # as many jobs per provider at any size, and the cheaters' share judged as late
+            loads = tuple(replace(w, rate=min(1000.0, w.rate * f)) for w in loads)
+            share = expect.get("cheater_share")
+            if isinstance(share, dict) and "after" in share:
+                expect = {**expect, "cheater_share": {**share, "after": int(round(share["after"] * f))}}
+        return replace(self, providers=n(self.providers, 2), requesters=n(self.requesters, 1),
+                       checkers=n(self.checkers), adversaries=advs, workloads=loads, expect=expect)
 
 
 def _num(d: Mapping[str, Any], key: str, lo: float, hi: float, default: float | None = None, *,
@@ -184,7 +189,10 @@ def _fault(d: Mapping[str, Any], where: str, *, timed: bool = True) -> Fault:
 def parse(data: Mapping[str, Any], path: str = "") -> Scenario:
     where = path or "scenario"
     _only(data, {"name", "description", "seed", "duration", "nodes", "adversaries", "workloads", "faults", "expect",
-                 "network"}, where)
+                 "network", "scale_work"}, where)
+    scale_work = data.get("scale_work", False)
+    if not isinstance(scale_work, bool):
+        raise ConfigError(f"{where}: scale_work must be true or false")
     nodes = data.get("nodes", {})
     if not isinstance(nodes, Mapping):
         raise ConfigError(f"{where}: [nodes] must be a table")
@@ -243,7 +251,7 @@ def parse(data: Mapping[str, Any], path: str = "") -> Scenario:
         requesters=_num(nodes, "requesters", 0, MAX_NODES, 1, where=f"{where} [nodes]", integer=True),
         checkers=_num(nodes, "checkers", 0, MAX_NODES, 0, where=f"{where} [nodes]", integer=True),
         adversaries=tuple(advs), workloads=tuple(loads), faults=faults, expect=expect, network=network,
-        path=path)
+        path=path, scale_work=scale_work)
 
 
 def load(path: Path) -> Scenario:

@@ -245,7 +245,7 @@ def test_a_named_config_file_must_exist_but_the_default_may_not(data_dir: Path) 
     (lambda p: p.mkdir(), "is a directory"),
     (lambda p: os.mkfifo(p), "is a FIFO"),  # opening it would wait for a writer
     (lambda p: p.symlink_to("/dev/null"), "is a character device"),  # as /dev/zero, which never ends
-    (lambda p: p.write_bytes(b"# " + b"x" * (2 << 20)), "larger than"),
+    (lambda p: p.write_bytes(b"# " + b"x" * (2 << 20)), "over the limit of"),
 ])
 def test_a_config_file_that_is_no_small_regular_file_is_refused_unread(
         data_dir: Path, make: Callable[[Path], object], message: str) -> None:

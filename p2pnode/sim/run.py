@@ -15,6 +15,7 @@ import json
 import math
 import random
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -463,8 +464,7 @@ def simulate(s: Scenario, *, nodes: int | None = None, duration: float | None = 
     if duration is not None:
         s = s.shortened(duration)
     if seed is not None:
-        s = Scenario(s.name, s.description, seed, s.duration, s.providers, s.requesters, s.checkers, s.adversaries,
-                     s.workloads, s.faults, s.expect, s.network, s.path, s.extra)
+        s = replace(s, seed=seed)
     t0 = time.perf_counter()
     world = build(s, base_ms=base_ms, bandwidth_bps=bandwidth_mbps * 1e6, ad_interval=ad_interval, ad_ttl=ad_ttl,
                   speed_spread=speed_spread, policy=policy, paced=paced)

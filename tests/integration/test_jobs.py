@@ -259,8 +259,12 @@ async def test_infer_with_weights_from_blobs() -> None:
         assert np.allclose(rec.output.arrays["y"], expected, rtol=1e-5, atol=1e-6)  # type: ignore[union-attr]
 
 
-async def test_a_job_past_its_deadline_expires_on_both_sides() -> None:
-    async with swarm(2, line=False) as nodes:
+async def test_a_job_past_its_deadline_expires_on_both_sides(tmp_path: Path) -> None:
+    # a provider that believes itself fast bids on a job it cannot finish in time (what its start-up
+    # calibration measures on a busy machine would make it decline instead)
+    fast = tmp_path / "speeds.json"
+    fast.write_text('{"matmul_f32_numpy": 100000.0}')
+    async with swarm(2, line=False, calibration_file=str(fast)) as nodes:
         await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
         requester, provider = nodes[0].node, nodes[1].node
         rec = await requester.jobs.submit("train_step", LONG, max_price=RICH, deadline_s=3)
