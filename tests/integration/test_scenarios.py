@@ -76,8 +76,11 @@ def test_each_shipped_scenario_holds_its_safety_expectations_small(name: str, tm
         assert len(set(r["peers"].values())) == len(r["peers"]) >= nodes  # each node its own identity
 
 
+SIMULATOR_SIZED = {"market-poison"}  # hundreds of nodes: as processes, small only (as `market`)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", sorted(set(SMALL) - SIMULATOR_SIZED))
 def test_each_shipped_scenario_holds_every_expectation_at_full_size(name: str, tmp_path: Path) -> None:
     r = _run(name, tmp_path)
     failed = [e for e in r["expectations"] if not e["held"]]
