@@ -94,6 +94,8 @@ class Reputation:
     cheats: dict[bytes, int] = field(default_factory=dict)
     last_cheat: dict[bytes, float] = field(default_factory=dict)
     reports: dict[bytes, dict[bytes, Opinion]] = field(default_factory=dict)  # reporter -> subject -> opinion
+    # subject -> the reporters with an opinion of it: a score reads those, not every reporter's rows
+    _about: dict[bytes, dict[bytes, None]] = field(default_factory=dict)
     _trust_cache: tuple[int, float, dict[bytes, float]] | None = None
     _version: int = 0
 
@@ -140,6 +142,7 @@ class Reputation:
         if old is None and len(rows) >= self.max_subjects_per_reporter:
             return False
         rows[subject] = opinion
+        self._about.setdefault(subject, {})[reporter] = None
         self._version += 1
         return True
 
@@ -205,8 +208,8 @@ class Reputation:
         trust = self.trust(now)
         own_pos, own_neg = self.own[peer].at_time(now, self.half_life_s) if peer in self.own else (0.0, 0.0)
         h_pos = h_neg = 0.0
-        for reporter, subjects in self.reports.items():
-            op = subjects.get(peer)
+        for reporter in self._about.get(peer, ()):
+            op = self.reports[reporter].get(peer)
             w = trust.get(reporter, 0.0)
             if op is None or w <= 0:
                 continue
