@@ -285,7 +285,7 @@ def _imports(path: Path) -> set[str]:
 ALLOWED = {  # which services each service may import (the direction stated in services/__init__)
     "ports": set(), "operations": set(), "records": {"ports"}, "blobs": {"ports"}, "trust": {"ports"},
     "peers": {"ports"}, "market": {"ports"}, "checks": {"ports", "records"}, "provider": {"ports", "records", "blobs"},
-    "requester": {"ports", "records", "blobs", "checks", "operations"}, "jobs": {"provider", "requester", "records"},
+    "conversation": {"ports"}, "requester": {"ports", "records", "blobs", "checks", "conversation", "operations"}, "jobs": {"provider", "requester", "records"},
     "mapper": {"ports", "records", "operations"}, "model_prep": {"ports"},
 }
 
