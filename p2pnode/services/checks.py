@@ -112,15 +112,22 @@ class Checks:
                                "b": g.standard_normal((n, n), dtype=np.float32)}
         return self._inputs[n]
 
+    def plan_calibration(self, ad: Any, limit: int) -> calibration.Plan:
+        """``ad``'s calibration for a job that may cost ``limit``; its provider counts as
+        calibrated once one is sent (``protocol.calibration.plan``)."""
+        p = calibration.plan(ad, limit)
+        if p.sent:
+            self._calibrated.add(ad.peer_id)
+        return p
+
     async def calibrate(self, ad: Any, event: Event, limit: int) -> None:
         """Send ``ad``'s provider a known-answer job sized by its advertised speed; record the verdict.
         It may cost at most ``limit`` (the job it is made for may cost as much), and is not sent
         when its advertised price is above that: the provider is calibrated by a later, larger job."""
-        p = calibration.plan(ad, limit)
+        p = self.plan_calibration(ad, limit)
         if not p.sent:
             event("calibration_skipped", {"peer": ad.peer_id, "n": p.n, "cost": p.cost, "limit": limit})
             return
-        self._calibrated.add(ad.peer_id)
         event("calibrate", {"peer": ad.peer_id, "n": p.n, "cost": p.cost, "max_price": p.most})
         sub = await self.submit("matmul", p.params, inputs=self._calibration_inputs(p.n), only=[ad], k=1,
                                 verify="freivalds", max_price=p.most, deadline_s=30.0, purpose="calibration")
