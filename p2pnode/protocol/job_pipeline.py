@@ -232,7 +232,8 @@ class RequesterPipeline:
         out: list[Action] = []
         if step.violation is not None:
             out.append(Penalise(*step.violation))
-        out += [Send(peer, msg) for peer, msg in step.send]
+        # reserves now asked: a Dial sends each its request for bids, on the stream it opens
+        out += [Send(peer, msg) for peer, msg in step.send if not isinstance(msg, m.RequestForBids)]
         out += [Dial(self.ads[p]) for p in step.ask if p in self.ads]
         if job.state is R.VERIFYING and job.result is not None and \
                 (self.verdict is None or self.verdict.result is not job.result):
