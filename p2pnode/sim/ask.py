@@ -14,6 +14,7 @@ miss (probability 2^-rounds, drawn); a re-run's digest is compared with the prov
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,12 +49,15 @@ class Digests:
     def same(self, params: dict[str, Any], a: Any, b: Any) -> tuple[bool, str]:
         return a == b, f"{'agrees' if a == b else 'disagrees'} with an independent run (digest)"
 
-    def rows(self, params: dict[str, Any], inputs: Any, output: Any, idx: Sequence[int]) -> tuple[dict[str, Any], Any, Any]:
+    def rows(self, params: dict[str, Any], inputs: Any, output: Any,
+             idx: Sequence[int]) -> tuple[dict[str, Any], Any, Any]:
         return dict(params, rows=len(idx)), inputs, output  # row jobs are not simulated
 
 
 class Ask:
-    """The simulated counterpart of ``JobRequester.submit``: whom to ask, then the pipeline's driver."""
+    """The simulated counterpart of ``JobRequester.submit``: whom to ask (after calibrating the
+    providers met for the first time), then a :class:`Talk` drives the job's pipeline; what the
+    run's summary reads of the job when it ends."""
 
     def __init__(self, world: World, me: Node, workload: str, params: dict[str, Any], *, purpose: str = "job",
                  only: list[Any] | None = None, verify: str = "auto", on_end: Done | None = None,
@@ -63,75 +67,109 @@ class Ask:
         self.params = self.wl.check(params)
         self.only, self.verify, self.on_end, self.extra_input_bytes = only, verify, on_end, extra_input_bytes
         self.submitted, self.ended, self.state, self.outcome, self.checked = world.t, 0.0, "pending", "", ""
-        self.provider, self.digest, self.kernel_ms, self.calibrating = b"", b"", 0, 0
+        self.provider, self.digest, self.result_raw, self.job_id, self.kernel_ms = b"", b"", b"", b"", 0
         self.declines: dict[str, int] = {}
         self.events: list[tuple[float, str, dict[str, object]]] = []
-        self.pipe: RequesterPipeline | None = None
-        self.broken: set[int] = set()
-        self.dialed: dict[bytes, float] = {}  # when each provider was sent the request for bids
-        self._tick_at = math.inf
+        self.talk: Talk | None = None
 
-    # whom to ask -----------------------------------------------------------------------------
     def start(self) -> None:
         self.w.asks.add(self)
-        self.w.drain(self.me)
         if self.only is not None:
             self._auction([ad for ad in self.only if ad.peer_id != self.me.peer_id], first=len(self.only))
             return
-        req = self.me.requester
-        assert req is not None
-        ads = req.candidates(self.workload, self.wl.memory(self.params), K, "", reserves=RESERVES * K)
-        fresh = calibration.first_contact(ads, K, self.purpose, req.checks.needs_calibration)
-        self.calibrating = len(fresh)
-        for ad in fresh:
-            Calibration(self.w, self.me, ad, self._calibrated).start()
+        assert self.me.requester is not None
+        ads, needs = self._market(), self.me.requester.checks.needs_calibration
+        fresh = calibration.first_contact(ads, K, self.purpose, needs)
         if not fresh:
             self._auction(ads)
+        for ad in list(fresh):  # all at once: the last to end asks the market again
+            Calibration(self.w, self.me, ad, fresh, lambda: self._auction(self._market())).start()
 
-    def _calibrated(self) -> None:
-        self.calibrating -= 1
-        if self.calibrating == 0 and self.me.requester is not None:
-            self.w.drain(self.me)
-            self._auction(self.me.requester.candidates(self.workload, self.wl.memory(self.params), K, "",
-                                                       reserves=RESERVES * K))
+    def _market(self) -> list[Any]:
+        assert self.me.requester is not None
+        self.w.drain(self.me)
+        return self.me.requester.candidates(self.workload, self.wl.memory(self.params), K, "", reserves=RESERVES * K)
 
     def _auction(self, ads: list[Any], first: int = K) -> None:
         me, req, trust = self.me, self.me.requester, self.me.trust
-        assert req is not None and trust is not None
-        if not me.alive or not ads:
-            self._end("error", "requester down" if not me.alive else f"no provider in the market offers {self.workload}")
+        assert req is not None and trust is not None and me.table is not None
+        if self.state != "pending" or not me.alive or not ads:
+            self._end("error", f"no provider in the market offers {self.workload}" if me.alive else "requester down")
             return
         policy = trust.verify_method(self.workload) if self.verify == "auto" else self.verify
         order = Order(self.workload, self.params, MAX_PRICE, self.deadline_s, "", policy, self.purpose,
                       self.wl.flops(self.params), bid_window_s=BID_WINDOW_S, overdue_grace_s=OVERDUE_GRACE_S)
-        assert me.table is not None
-        self.pipe = RequesterPipeline(me=me.peer_id, key=me.identity.signing_key, order=order, asked=ads[:first],
-                                      reserves=ads[first:], job_id=me.rng.randbytes(16), nonce=me.rng.randbytes(16),
-                                      now=self.w.now(), scorer=req.scorer, standing=me.table.standing,
-                                      checkers=req.checks.checkers(self.workload, ""), outputs=Digests(),
-                                      rng=req.checks.rng, on_event=self._event)
-        self._do(self.pipe.start(self.w.now()))
+        pipe = RequesterPipeline(me=me.peer_id, key=me.identity.signing_key, order=order, asked=ads[:first],
+                                 reserves=ads[first:], job_id=me.rng.randbytes(16), nonce=me.rng.randbytes(16),
+                                 now=self.w.now(), scorer=req.scorer, standing=me.table.standing,
+                                 checkers=req.checks.checkers(self.workload, ""), outputs=Digests(),
+                                 rng=req.checks.rng,
+                                 on_event=lambda what, data: self.events.append((self.w.t, what, data)))
+        self.talk = Talk(self, pipe)
+        self.talk.do(pipe.start(self.w.now()))
 
-    # the driver ------------------------------------------------------------------------------
-    def _do(self, actions: list[Action]) -> None:
+    def peer_gone(self, i: int) -> None:
+        """Node ``i`` died: its streams to us end now (the kernel resets them)."""
+        if self.talk is not None:
+            self.talk.peer_gone(i)
+        if i == self.me.index:
+            self._end("error", "requester down")
+
+    def finished(self, pipe: RequesterPipeline) -> None:
+        """The job is over: what it leaves is in the ledger; the summary reads the rest here."""
+        job, body = pipe.job, pipe.job.result.body if pipe.job.result is not None else {}
+        self.digest, self.kernel_ms, self.result_raw = body.get("digest", b""), body.get("kernel_ms", 0), \
+            job.result.raw if job.result is not None else b""
+        self.provider, self.checked, self.job_id = job.provider or b"", pipe.checked, job.job
+        self._end(pipe.state, pipe.outcome)
+
+    def _end(self, state: str, outcome: str) -> None:
+        if self.state != "pending":
+            return
+        self.state, self.ended, self.outcome = state, self.w.t, self.outcome or outcome
+        self.declines = dict(Counter(str(d.get("code", "")) for _, what, d in self.events if what == "decline"))
+        self.w.asks.discard(self)
+        if self.on_end is not None:
+            self.on_end(self)
+
+
+class Talk:
+    """The driver of one job's pipeline over the modelled network: the simulator's counterpart of
+    ``services/conversation.py``. It decides nothing."""
+
+    def __init__(self, ask: Ask, pipe: RequesterPipeline) -> None:
+        self.ask, self.pipe, self.w, self.me = ask, pipe, ask.w, ask.me
+        self.broken: set[int] = set()
+        self.dialed: dict[bytes, float] = {}  # when each provider was sent the request for bids
+        self._tick_at = math.inf
+
+    @property
+    def live(self) -> bool:
+        return self.ask.state == "pending" and self.me.alive
+
+    def do(self, actions: list[Action]) -> None:
         """Carry out what the pipeline says, then answer its question, finish, or wait."""
-        pipe = self.pipe
-        assert pipe is not None
+        if self.ask.state != "pending":
+            return
         self._carry(actions)
+        pipe = self.pipe
         if pipe.terminal:
-            self._finish()
+            if self.me.alive:
+                self._carry(pipe.close(self.w.now()))
+            self.ask.finished(pipe)
         elif pipe.pending is not None and pipe.pending in actions:
             self._answer(pipe.pending)
-        else:
-            self._schedule()
+        elif (t := pipe.next_wakeup() - EPOCH) < self._tick_at:
+            self._tick_at = t
+            self.w.engine.at(t, self._tick, t)
 
     def _carry(self, actions: list[Action]) -> None:
         w = self.w
         for a in actions:
             if isinstance(a, Send):
-                w.deliver(self, a.peer, a.msg, self.extra_input_bytes if isinstance(a.msg, m.Inputs) else 0)
+                w.deliver(self, a.peer, a.msg, self.ask.extra_input_bytes if isinstance(a.msg, m.Inputs) else 0)
             elif isinstance(a, Dial):
-                w.engine.after(0.0, w.dial, self, a.ad, self.pipe.job.rfb)  # type: ignore[union-attr]
+                w.engine.after(0.0, self._dial, a.ad)
             elif isinstance(a, Penalise):
                 w.violations += 1
             elif isinstance(a, Record):
@@ -142,124 +180,77 @@ class Ask:
                 w.publish_opinion(self.me, a.subject)
 
     def _answer(self, q: Question) -> None:
-        pipe, me = self.pipe, self.me
-        assert pipe is not None and me.trust is not None
+        pipe, me, ask = self.pipe, self.me, self.ask
+        assert me.trust is not None
         if isinstance(q, OpenOutput):
             digest = q.result.body["digest"]
             if q.check != "freivalds":
-                self._do(pipe.opened(True, "accepted (unchecked)", digest, "", self.w.now()))
+                self.do(pipe.opened(True, "accepted (unchecked)", digest, "", self.w.now()))
                 return
-            honest = self.w.honest_digest(self.workload, self.params)
+            honest = self.w.honest_digest(ask.workload, ask.params)
             ok = digest == honest or me.rng.random() < 2.0 ** -me.trust.freivalds_rounds
-            self._do(pipe.opened(ok, "verified (freivalds)" if ok else "wrong: Freivalds' check failed", digest,
-                                 "freivalds", self.w.now()))
+            self.do(pipe.opened(ok, "verified (freivalds)" if ok else "wrong: Freivalds' check failed", digest,
+                                "freivalds", self.w.now()))
         elif isinstance(q, RunElsewhere):
-            Ask(self.w, me, self.workload, q.params, purpose="check", only=[q.ad], verify="none",
+            Ask(self.w, me, ask.workload, q.params, purpose="check", only=[q.ad], verify="none",
                 deadline_s=q.deadline_s, on_end=self._ran).start()
         else:
-            self._do(pipe.ran_here(None, "row jobs are not simulated", self.w.now()))
+            self.do(pipe.ran_here(None, "row jobs are not simulated", self.w.now()))
+
+    def _dial(self, ad: Any) -> None:
+        if self.live:
+            self.w.dial(self, ad, self.pipe.job.rfb)
 
     def _ran(self, sub: Ask) -> None:
-        if self.state != "pending" or self.pipe is None:
+        if not self.live:
             return
-        if not self.me.alive:
-            self._end("error", "requester down")
-            return
-        done = sub.state == "done" and sub.pipe is not None and sub.pipe.job.result is not None
-        self._do(self.pipe.ran(Ran(sub.digest, sub.result_raw, sub.job_id) if done else None, self.w.now()))
+        done = sub.state == "done" and sub.result_raw
+        self.do(self.pipe.ran(Ran(sub.digest, sub.result_raw, sub.job_id) if done else None, self.w.now()))
+
+    def _tick(self, t: float) -> None:
+        if t == self._tick_at and self.live:
+            self._tick_at = math.inf
+            self.do(self.pipe.tick(self.w.now()))
 
     # what the network says -------------------------------------------------------------------
     def from_provider(self, p: int, msg: m.Message) -> None:
-        if not self.me.alive or p in self.broken or self.pipe is None or self.state != "pending":
-            return
-        peer = self.w.nodes[p].peer_id
-        rtt = (self.w.t - self.dialed[peer]) * 1000 if peer in self.dialed else None
-        self._do(self.pipe.receive(peer, msg, self.w.now(), rtt_ms=rtt))
+        if self.live and p not in self.broken:
+            peer = self.w.nodes[p].peer_id
+            rtt = (self.w.t - self.dialed[peer]) * 1000 if peer in self.dialed else None
+            self.do(self.pipe.receive(peer, msg, self.w.now(), rtt_ms=rtt))
 
     def dial_failed(self, peer: bytes, why: str) -> None:
-        if self.pipe is not None and self.state == "pending":
-            self._do(self.pipe.dial_failed(peer, why, self.w.now()))
+        if self.live:
+            self.do(self.pipe.dial_failed(peer, why, self.w.now()))
 
     def stream_lost(self, p: int) -> None:
-        if self.pipe is None or self.state != "pending" or not self.me.alive:
-            return
-        self.broken.add(p)
-        self._do(self.pipe.stream_lost(self.w.nodes[p].peer_id, "stream lost", self.w.now()))
+        if self.live:
+            self.broken.add(p)
+            self.do(self.pipe.stream_lost(self.w.nodes[p].peer_id, "stream lost", self.w.now()))
 
     def peer_gone(self, i: int) -> None:
-        """Node ``i`` died: its streams to us end now (the kernel resets them)."""
-        pipe = self.pipe
-        if i == self.me.index:
-            if pipe is not None and not pipe.terminal:
-                self.w.abort(self, pipe.job.job, [p for p in (self.w.by_id.get(c) for c in pipe.job.candidates)
-                                                  if p is not None and p not in self.broken])
-            self._end("error", "requester down")
-        elif pipe is not None and self.w.nodes[i].peer_id in pipe.job.candidates and i not in self.broken:
+        job = self.pipe.job
+        if i == self.me.index and not job.terminal:
+            self.w.abort(self, job.job, [p for p in (self.w.by_id.get(c) for c in job.candidates)
+                                         if p is not None and p not in self.broken])
+        elif i != self.me.index and self.w.nodes[i].peer_id in job.candidates and i not in self.broken:
             self.w.engine.after(self.w.net.base_s, self.stream_lost, i)
-
-    def _schedule(self) -> None:
-        assert self.pipe is not None
-        t = self.pipe.next_wakeup() - EPOCH
-        if t < self._tick_at:
-            self._tick_at = t
-            self.w.engine.at(t, self._tick, t)
-
-    def _tick(self, t: float) -> None:
-        if t != self._tick_at or self.pipe is None or self.state != "pending":
-            return
-        self._tick_at = math.inf
-        self._do(self.pipe.tick(self.w.now()))
-
-    def _event(self, what: str, data: dict[str, object]) -> None:
-        self.events.append((self.w.t, what, data))
-        if what == "decline":
-            code = str(data.get("code", ""))
-            self.declines[code] = self.declines.get(code, 0) + 1
-
-    # the end ---------------------------------------------------------------------------------
-    @property
-    def result_raw(self) -> bytes:
-        return self.pipe.job.result.raw if self.pipe is not None and self.pipe.job.result is not None else b""
-
-    @property
-    def job_id(self) -> bytes:
-        return self.pipe.job.job if self.pipe is not None else b""
-
-    def _finish(self) -> None:
-        pipe = self.pipe
-        assert pipe is not None
-        if self.state != "pending":
-            return
-        actions = pipe.close(self.w.now())
-        if self.me.alive and self.me.ledger is not None:
-            self._carry(actions)
-        job = pipe.job
-        if job.result is not None:
-            self.digest, self.kernel_ms = job.result.body["digest"], job.result.body["kernel_ms"]
-        self.provider, self.checked = job.provider or b"", pipe.checked
-        self._end(pipe.state, pipe.outcome)
-
-    def _end(self, state: str, outcome: str) -> None:
-        if self.state != "pending":
-            return
-        self.state, self.ended, self.outcome = state, self.w.t, self.outcome or outcome
-        self.w.asks.discard(self)
-        if self.on_end is not None:
-            self.on_end(self)
 
 
 class Calibration:
     """The first-contact calibration job (``Checks.calibrate``): an n³ fp32 product sized by the
     advertised speed, checked by Freivalds, its timing judged by ``protocol.calibration``."""
 
-    def __init__(self, world: World, me: Node, ad: Any, done: Callable[[], None]) -> None:
-        self.w, self.me, self.ad, self.done = world, me, ad, done
+    def __init__(self, world: World, me: Node, ad: Any, batch: list[Any], done: Callable[[], None]) -> None:
+        """``batch``: the calibrations started together; ``done`` is called when the last ends."""
+        self.w, self.me, self.ad, self.batch, self.done = world, me, ad, batch, done
 
     def start(self) -> None:
         assert self.me.requester is not None
         self.plan = self.me.requester.checks.plan_calibration(self.ad, MAX_PRICE)
         n = self.plan.n
-        Ask(self.w, self.me, "matmul", {"m": n, "n": n, "k": n, "dtype": "fp32", "seed": self.me.rng.randrange(1 << 30)},
+        seed = self.me.rng.randrange(1 << 30)
+        Ask(self.w, self.me, "matmul", {"m": n, "n": n, "k": n, "dtype": "fp32", "seed": seed},
             purpose="calibration", only=[self.ad], verify="freivalds", on_end=self._ended,
             extra_input_bytes=8 * n * n, deadline_s=CALIBRATION_DEADLINE_S).start()
 
@@ -271,4 +262,6 @@ class Calibration:
                                       latency_ms=self.me.requester._latency_ms(self.ad.peer_id))
             if entry is not None:
                 self.w.record(self.me, entry.kind, entry.data, entry.peer)
-        self.done()
+        self.batch.remove(self.ad)
+        if not self.batch:
+            self.done()

@@ -73,7 +73,8 @@ HONEST = ("provider", "checker", "requester", "crash")
 
 
 class Ask(Protocol):
-    """A job on its requester, as the world's network and providers see it (``sim/ask.py``)."""
+    """A job's streams on its requester, as the world's network and providers see them
+    (``sim/ask.py``'s ``Talk``)."""
 
     me: Node
     broken: set[int]
@@ -81,8 +82,13 @@ class Ask(Protocol):
 
     def from_provider(self, p: int, msg: m.Message) -> None: ...
     def stream_lost(self, p: int) -> None: ...
-    def peer_gone(self, i: int) -> None: ...
     def dial_failed(self, peer: bytes, why: str) -> None: ...
+
+
+class Job(Protocol):
+    """A job on its requester, as the world's faults see it (``sim/ask.py``'s ``Ask``)."""
+
+    def peer_gone(self, i: int) -> None: ...
 
 
 @dataclass
@@ -163,7 +169,7 @@ class World:
         self.market_hint = 1
         self.policy = policy or SamplingPolicy()
         self.observers: list[int] = []
-        self.asks: set[Ask] = set()
+        self.asks: set[Job] = set()
         self.ads_published = 0
         self.ad_bytes = 0
         self.reports_published = 0
