@@ -231,8 +231,8 @@ class Talk:
     def peer_gone(self, i: int) -> None:
         job = self.pipe.job
         if i == self.me.index and not job.terminal:
-            self.w.abort(self, job.job, [p for p in (self.w.by_id.get(c) for c in job.candidates)
-                                         if p is not None and p not in self.broken])
+            self.w.abort(job.job, [p for p in (self.w.by_id.get(c) for c in job.candidates)
+                                   if p is not None and p not in self.broken])
         elif i != self.me.index and self.w.nodes[i].peer_id in job.candidates and i not in self.broken:
             self.w.engine.after(self.w.net.base_s, self.stream_lost, i)
 

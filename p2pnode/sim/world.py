@@ -72,7 +72,7 @@ VALIDATE_S = 0.0003  # one gossip hop's validation, on top of the link (measured
 HONEST = ("provider", "checker", "requester", "crash")
 
 
-class Ask(Protocol):
+class JobStreams(Protocol):
     """A job's streams on its requester, as the world's network and providers see them
     (``sim/ask.py``'s ``Talk``)."""
 
@@ -130,7 +130,7 @@ class Node:
     running: int = 0
     started: set[bytes] = field(default_factory=set)  # jobs holding one of the slots
     queue: deque[Any] = field(default_factory=deque)
-    jobs: dict[bytes, tuple[Ask, ProviderJob]] = field(default_factory=dict)
+    jobs: dict[bytes, tuple[JobStreams, ProviderJob]] = field(default_factory=dict)
     # observers (requesters and a sample of others) hold a market table
     table: CapacityTable | None = None
     inbox: list[tuple[float, int, SignedAd, bytes]] = field(default_factory=list)  # (at, n, ad, via)
@@ -372,7 +372,7 @@ class World:
                                                   evidence=results))
 
     # requesters' streams ---------------------------------------------------------------------
-    def dial(self, ask: Ask, ad: Any, rfb: m.RequestForBids) -> None:
+    def dial(self, ask: JobStreams, ad: Any, rfb: m.RequestForBids) -> None:
         """``ask`` dials ``ad``'s provider and sends the request for bids. A made-up provider (a
         poisoner's) cannot be dialed: its address is a third party's, which counts the dial."""
         me, peer = ask.me, ad.peer_id
@@ -385,7 +385,7 @@ class World:
             ask.broken.add(p)
             ask.dial_failed(peer, "unreachable")
 
-    def deliver(self, ask: Ask, peer: bytes, msg: m.Message, extra: int = 0) -> None:
+    def deliver(self, ask: JobStreams, peer: bytes, msg: m.Message, extra: int = 0) -> None:
         """``ask`` sends ``msg`` to ``peer`` on their stream; a stream that breaks ends the
         provider's part, and the requester hears of it."""
         p = self.by_id.get(peer)
@@ -393,10 +393,10 @@ class World:
             return
         if not self.net.send(ask.me.index, p, len(msg.encode()) + extra, self.on_job_msg, self.nodes[p], ask, msg):
             ask.broken.add(p)
-            self.abort(ask, msg.job, [p])
+            self.abort(msg.job, [p])
             self.engine.after(self.net.base_s, ask.stream_lost, p)
 
-    def abort(self, ask: Ask, job: bytes, providers: list[int]) -> None:
+    def abort(self, job: bytes, providers: list[int]) -> None:
         """The streams of ``job`` to ``providers`` are gone: each drops its part."""
         for p in providers:
             node = self.nodes[p]
@@ -454,7 +454,7 @@ class World:
             return hashlib.sha256(honest + tag).digest()
         return honest
 
-    def on_rfb(self, node: Node, ask: Ask, rfb: m.RequestForBids) -> None:
+    def on_rfb(self, node: Node, ask: JobStreams, rfb: m.RequestForBids) -> None:
         if not node.alive:
             return
         pj = ProviderJob(node.peer_id, rfb, self.now(), key=node.identity.signing_key)
@@ -466,12 +466,12 @@ class World:
             self.engine.at(pj.until - EPOCH, self._provider_tick, node, rfb.job, pj.until)
         self.reply(node, ask, msg)
 
-    def reply(self, node: Node, ask: Ask, msg: m.Message, extra: int = 0) -> None:
+    def reply(self, node: Node, ask: JobStreams, msg: m.Message, extra: int = 0) -> None:
         raw = msg.encode()
         if not self.net.send(node.index, ask.me.index, len(raw) + extra, ask.from_provider, node.index, msg):
             self._broken(node, ask, msg.job)
 
-    def _broken(self, node: Node, ask: Ask, job: bytes) -> None:
+    def _broken(self, node: Node, ask: JobStreams, job: bytes) -> None:
         """A stream broke: the provider drops its part; the requester hears of it."""
         entry = node.jobs.pop(job, None)
         if entry is not None:
@@ -479,7 +479,7 @@ class World:
             self._free(node, entry)
         self.engine.after(self.net.base_s, ask.stream_lost, node.index)
 
-    def on_job_msg(self, node: Node, ask: Ask, msg: m.Message) -> None:
+    def on_job_msg(self, node: Node, ask: JobStreams, msg: m.Message) -> None:
         entry = node.jobs.get(msg.job)
         if not node.alive or entry is None:
             return
@@ -499,7 +499,7 @@ class World:
             if before is P.RUNNING:
                 self._free(node, entry)
 
-    def _free(self, node: Node, entry: tuple[Ask, ProviderJob]) -> None:
+    def _free(self, node: Node, entry: tuple[JobStreams, ProviderJob]) -> None:
         if entry in node.queue:
             node.queue.remove(entry)
         elif entry[1].job in node.started:
@@ -524,14 +524,14 @@ class World:
             if math.isfinite(took):
                 self.engine.after(took, self._finished, node, ask, pj, kernel, wl.output_bytes(p))
 
-    def _heartbeat(self, node: Node, ask: Ask, pj: ProviderJob, started: float, took: float) -> None:
+    def _heartbeat(self, node: Node, ask: JobStreams, pj: ProviderJob, started: float, took: float) -> None:
         if not node.alive or pj.state is not P.RUNNING or node.jobs.get(pj.job, (None, None))[1] is not pj:
             return
         frac = min(0.99, (self.t - started) / took) if math.isfinite(took) else 0.5
         self.reply(node, ask, pj.progress(frac))
         self.engine.after(m.HEARTBEAT_S, self._heartbeat, node, ask, pj, started, took)
 
-    def _finished(self, node: Node, ask: Ask, pj: ProviderJob, kernel_s: float, out_bytes: int) -> None:
+    def _finished(self, node: Node, ask: JobStreams, pj: ProviderJob, kernel_s: float, out_bytes: int) -> None:
         if not node.alive or pj.state is not P.RUNNING or node.jobs.get(pj.job, (None, None))[1] is not pj:
             return
         digest = self.output_digest(node, pj.rfb.workload, pj.params)
