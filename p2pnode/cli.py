@@ -12,25 +12,15 @@ import json
 import math
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from p2pnode import __version__
-from p2pnode.config import Config, load
+from p2pnode.config import Config
 from p2pnode.control.client import Interrupted, call
 from p2pnode.errors import LocalError, P2PNodeError, unwrap_group
-
-
-def _finite(text: str) -> float:
-    """An argparse type: a finite number (``nan`` and ``inf`` parse as floats but mean nothing here)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
+from p2pnode.run_flags import Parser, add_common, add_run_flags, config_from, finite
 
 
 def _max_price(text: str) -> int:
@@ -45,68 +35,35 @@ def _max_price(text: str) -> int:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors print one line too (``p2pnode: error: ...``), with exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"p2pnode: error: {message} (see `{self.prog} --help`)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument("--data-dir", type=Path, help="node data directory (default ~/.local/share/p2pnode)")
-    common.add_argument("--config", type=Path, help="config file (default <data-dir>/config.toml)")
+    common = Parser(add_help=False)
+    add_common(common)
 
-    p = _Parser(prog="p2pnode", description="A node of a decentralized GPU compute market.")
+    p = Parser(prog="p2pnode", description="A node of a decentralized GPU compute market.")
     p.add_argument("--version", action="version", version=f"p2pnode {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="run a node in the foreground")
-    run.add_argument("--listen", action="append", metavar="MULTIADDR", help="listen address (repeatable)")
-    run.add_argument("--announce", action="append", metavar="MULTIADDR",
-                     help="address to advertise instead of the listen addresses (repeatable)")
-    run.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="bootstrap peer (repeatable)")
-    run.add_argument("--network", metavar="FILE|NAME|DOMAIN",
-                     help="join this network: its bootstrap list file, a name under <data-dir>/networks/, "
-                          "or its /dnsaddr domain")
-    run.add_argument("--mdns", dest="mdns", action="store_true", default=None, help="find peers with mDNS")
-    run.add_argument("--no-mdns", dest="mdns", action="store_false", help="do not use mDNS")
-    run.add_argument("--no-dht", dest="dht", action="store_false", default=None,
-                     help="do not use the DHT to find peers and providers")
-    run.add_argument("--no-upnp", dest="upnp", action="store_false", default=None,
-                     help="do not ask the router to forward this node's port (UPnP)")
-    run.add_argument("--provide", dest="provide", action="store_true", default=None, help="offer capacity")
-    run.add_argument("--no-provide", dest="provide", action="store_false", help="do not offer capacity")
-    run.add_argument("--no-gpu", dest="use_gpu", action="store_false", default=None, help="use the CPU only")
-    run.add_argument("--reachability", choices=("auto", "public", "private"),
-                     help="whether others can dial this node (auto: ask peers, AutoNAT)")
-    run.add_argument("--relay-service", choices=("auto", "on", "off"), help="relay for nodes behind NAT")
-    run.add_argument("--relay", dest="relays", action="append", metavar="MULTIADDR",
-                     help="a relay to reserve a slot on when private (repeatable)")
-    run.add_argument("--gpus", metavar="I,J", help="offer only these GPUs (NVML indexes), e.g. 0,2")
-    run.add_argument("--slots", type=int, metavar="N", help="jobs at once on each GPU offered (or on the CPU)")
-    run.add_argument("--max-jobs", type=int, metavar="N", help="most jobs at once in all")
-    run.add_argument("--max-gpu-mem", metavar="SIZE", help="most memory jobs may use on each GPU, e.g. 20G")
-    run.add_argument("--cpu-threads", type=int, metavar="N", help="threads one job may use on the CPU")
-    run.add_argument("--schedule", action="append", metavar="WINDOW",
-                     help="take jobs only in these local-time windows, e.g. 'mon-fri 19:00-07:00' (repeatable)")
-    run.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus endpoint ('' disables)")
-    run.add_argument("--price", type=int, help="price in micro-credits per unit of work")
-    run.add_argument("--ad-interval", type=_finite, help="seconds between periodic ads")
-    run.add_argument("--ad-ttl", type=_finite, help="seconds an ad stays valid")
-    run.add_argument("--log-level", help="debug, info, warning, error")
-    run.add_argument("--log-format", choices=("text", "json"), help="one line per event: text, or JSON objects")
-    run.add_argument("--checker", dest="checker", action="store_true", default=None,
-                     help="volunteer to re-run others' work as a checker, for credits")
-    run.add_argument("--budget", type=int, metavar="MICROCREDITS", help="most this node spends on jobs in all")
-    run.add_argument("--reciprocity", type=_finite, metavar="W",
-                     help="most price discount for requesters that gave this node compute back (0 disables)")
-    run.add_argument("--check-rate-min", type=_finite, metavar="P",
-                     help="lowest probability of re-running a trusted provider's result (1: check everything)")
-    run.add_argument("--adversary", metavar="MODE[:X]", help="misbehave as a provider (tests and scenarios)")
-    run.add_argument("--calibration-file", metavar="JSON", help="read measured speeds from this file (swarms)")
-    run.add_argument("--impair", metavar="SPEC", help="for scenarios: delay_ms=,jitter_ms=,drop= on job streams")
+    add_run_flags(run)
 
+    _add_swarm(sub)
+    _add_sim(sub)
+    _add_submit(sub, common)
+    _add_ledger(sub, common)
+    for name, text in (
+        ("id", "print this node's peer id (and addresses when it runs)"),
+        ("peers", "list connected peers"),
+        ("market", "show the capacity table"),
+        ("status", "healthy / issues / error, with the reasons"),
+        ("pause", "stop taking new jobs (running ones finish; the ad offers nothing)"),
+        ("resume", "take jobs again"),
+    ):
+        sp = sub.add_parser(name, parents=[common], help=text)
+        sp.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def _add_swarm(sub: Any) -> None:
     sw = sub.add_parser("swarm", help="local swarms of real nodes: the demo, scenarios, a swarm to keep running",
                         description="Without an action: the demo (a swarm, a real model, verified jobs, a cheater "
                                     "caught). `run SCENARIO.toml`: a scenario, judged by its expectations. "
@@ -116,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("scenario", nargs="?", type=Path, help="run: the scenario file (tools/scenarios/*.toml)")
     sw.add_argument("--nodes", type=int, default=None, help="demo/up: number of nodes (default 5); run: scale to N")
     sw.add_argument("--keep", action="store_true", help="keep the swarm running until Ctrl-C")
-    sw.add_argument("--timeout", type=_finite, default=60.0, help="seconds to wait for convergence")
+    sw.add_argument("--timeout", type=finite, default=60.0, help="seconds to wait for convergence")
     sw.add_argument("--dir", type=Path, help="the swarm's folder (default: a temp dir; up: ~/.local/share/p2pnode-swarm)")
     sw.add_argument("--out", type=Path, help="run: where the summary and plots go (default ./scenario-NAME)")
     sw.add_argument("--no-isolate", action="store_true", help="run: stay on the host's loopback even as root")
@@ -131,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="logs: the last N lines of each log (default 10; with --node, all)")
     sw.add_argument("-f", "--follow", action="store_true", help="logs: keep printing new lines until Ctrl-C")
 
+
+def _add_sim(sub: Any) -> None:
     si = sub.add_parser("sim", help="simulate a scenario on the node's own core, up to 10,000 nodes",
                         description="Run a scenario file (the ones `swarm run` takes) on the simulator: the node's "
                                     "state machines, market table, checks, reputation and ledger on a modelled "
@@ -138,20 +97,23 @@ def _parser() -> argparse.ArgumentParser:
                                     "messages and bytes per node per second. Exit status 0 when every expectation held.")
     si.add_argument("scenario", type=Path, help="the scenario file (tools/scenarios/*.toml)")
     si.add_argument("--nodes", type=int, default=None, help="scale the scenario to N nodes (3..10000)")
-    si.add_argument("--duration", type=_finite, default=None, help="seconds of work (default: the scenario's)")
+    si.add_argument("--duration", type=finite, default=None, help="seconds of work (default: the scenario's)")
     si.add_argument("--seed", type=int, default=None, help="override the scenario's seed")
-    si.add_argument("--latency-ms", type=_finite, default=0.5, help="one hop's base latency (default 0.5 ms)")
-    si.add_argument("--bandwidth-mbps", type=_finite, default=1000.0, help="each link's bandwidth (default 1000)")
-    si.add_argument("--speed-spread", type=_finite, default=0.0,
+    si.add_argument("--latency-ms", type=finite, default=0.5, help="one hop's base latency (default 0.5 ms)")
+    si.add_argument("--bandwidth-mbps", type=finite, default=1000.0, help="each link's bandwidth (default 1000)")
+    si.add_argument("--speed-spread", type=finite, default=0.0,
                     help="sigma of the providers' lognormal speeds (default 0: one machine's calibration)")
-    si.add_argument("--ad-interval", type=_finite, default=10.0,
+    si.add_argument("--ad-interval", type=finite, default=10.0,
                     help="providers' base ad interval in seconds (default 10); paced longer in a large market")
-    si.add_argument("--ad-ttl", type=_finite, default=30.0, help="base ad TTL in seconds (default 30)")
+    si.add_argument("--ad-ttl", type=finite, default=30.0, help="base ad TTL in seconds (default 30)")
     si.add_argument("--flood", action="store_true",
                     help="no pacing: every provider publishes every --ad-interval (the version-1 market)")
     si.add_argument("--out", type=Path, help="write summary.json and the plot here")
     si.add_argument("--json", action="store_true", help="print the JSON summary")
 
+
+def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``submit``, ``cancel`` and ``jobs``: work on the network."""
     sm = sub.add_parser("submit", parents=[common], help="run a job on the network and show its result",
                         description="Run a job. With --model: `infer` runs your ONNX model on your data as one "
                                     "job, `map` runs it over a dataset in shards across several providers.")
@@ -167,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--max-price", type=_max_price, default=100_000,
                     help="most micro-credits the job (map: the whole dataset) pays its providers (default 100000); "
                          "checks by other providers and a new provider's calibration are paid on top, and shown")
-    sm.add_argument("--deadline", type=_finite, default=60.0,
+    sm.add_argument("--deadline", type=finite, default=60.0,
                     help="seconds from now (default 60); for a model job, per shard (default 600)")
     sm.add_argument("--providers", type=int, default=3,
                     help="ask this many providers for bids (default 3); map: run on this many at once")
@@ -186,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     jb = sub.add_parser("jobs", parents=[common], help="live and past jobs of the running node")
     jb.add_argument("--json", action="store_true", help="print JSON")
 
+
+def _add_ledger(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``ledger``, ``reputation`` and ``credits``: what this node remembers."""
     lg = sub.add_parser("ledger", help="verify, show or export this node's signed ledger")
     lsub = lg.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
     lv = lsub.add_parser("verify", parents=[common], help="check the whole chain and every signature")
@@ -205,35 +170,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="compute given to and received from each peer, from the signed receipts")
     cr.add_argument("--json", action="store_true", help="print JSON")
 
-    for name, text in (
-        ("id", "print this node's peer id (and addresses when it runs)"),
-        ("peers", "list connected peers"),
-        ("market", "show the capacity table"),
-        ("status", "healthy / issues / error, with the reasons"),
-        ("pause", "stop taking new jobs (running ones finish; the ad offers nothing)"),
-        ("resume", "take jobs again"),
-    ):
-        sp = sub.add_parser(name, parents=[common], help=text)
-        sp.add_argument("--json", action="store_true", help="print JSON")
-    return p
-
-
-_RUN_FLAGS = ("listen", "announce", "bootstrap", "network", "mdns", "provide", "use_gpu", "metrics", "price",
-              "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "budget",
-              "reciprocity", "adversary", "calibration_file", "impair", "gpus", "slots", "max_jobs", "max_gpu_mem",
-              "cpu_threads", "schedule", "reachability", "relay_service", "relays", "dht", "upnp")
-
-
-def _config(args: argparse.Namespace) -> Config:
-    flags = {k: getattr(args, k, None) for k in _RUN_FLAGS}
-    return load(args.data_dir, config_file=args.config, flags=flags)
-
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return _run(_config(args))
+            return _run(config_from(args))
         if args.command == "swarm":
             return _swarm(args)
         if args.command == "sim":
@@ -306,7 +248,7 @@ def _print_json(obj: Any) -> None:
 def _read_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    config = _config(args)
+    config = config_from(args)
     console = Console()
     if args.command == "id":
         from p2pnode.identity import load_or_create
@@ -449,14 +391,6 @@ def _from_node_or_ledger(config: Config, args: argparse.Namespace, console: Any,
     else:
         console.print(render(view))
     return 0
-
-
-def node_from_run_flags(args: Sequence[str], **kw: Any) -> Any:
-    """A node built from ``p2pnode run``'s flags, as ``run`` builds it (``kw`` goes to ``Node``:
-    an executor shared by the nodes of an in-process host)."""
-    from p2pnode.node import Node
-
-    return Node(_config(_parser().parse_args(["run", *args])), **kw)
 
 
 def _run(config: Config) -> int:

@@ -104,7 +104,8 @@ def test_offered_hardware_is_what_the_operator_shares() -> None:
 
 
 def test_run_flags_reach_the_config(tmp_path: Any) -> None:
-    from p2pnode.cli import _config, _parser
+    from p2pnode.cli import _parser
+    from p2pnode.run_flags import config_from as _config
 
     args = _parser().parse_args(["run", "--data-dir", str(tmp_path), "--gpus", "1", "--slots", "3", "--max-jobs", "2",
                                  "--max-gpu-mem", "8G", "--cpu-threads", "2", "--schedule", "sat,sun 00:00-24:00",

@@ -91,21 +91,7 @@ class ControlViews:
         elif hardware is not None:  # GPUs there, but not all the configuration names
             problems.extend(f"{p} -- fix: name GPUs that nvidia-smi -L lists in gpus" for p in hardware.problems)
         relaying = node.relaying
-        if relaying is not None:
-            via = relaying.circuit_addrs()
-            if relaying.reachability == "private" and not via:
-                problems.append("behind NAT with no relay slot: no one outside can reach this node -- fix: set relays "
-                                "to a public node's multiaddr, or forward the TCP port on your router and set "
-                                "reachability = \"public\" (and announce your public address)")
-            elif relaying.reachability == "private":
-                notes.append(f"behind NAT: reachable through {len(via)} relay(s)")
-            upnp = node.upnp
-            if upnp is not None and upnp.state == "mapped":
-                notes.append(f"the router forwards this node's port (UPnP): {', '.join(upnp.addrs())}")
-            elif upnp is not None and relaying.reachability == "private" and upnp.state == "no_gateway":
-                notes.append("no UPnP gateway: enable UPnP on your router, or forward the TCP port by hand")
-            if relaying.serving:
-                notes.append("publicly reachable: relaying for nodes behind NAT (bounded)")
+        _reach(node, problems, notes)
         if node.market.operator_paused:
             notes.append("paused: no new jobs, running ones finish (p2pnode resume)")
         if node.market.off_schedule:
@@ -237,6 +223,27 @@ LEDGER_MAX = 4 << 30  # a ledger file past this: a problem (export and start a n
 
 def _loopback(addr: str) -> bool:
     return addr.startswith(("/ip4/127.", "/ip6/::1/"))
+
+
+def _reach(node: Any, problems: list[str], notes: list[str]) -> None:
+    """Whether others can reach this node: behind NAT, through relays, a router's forwarding."""
+    relaying = node.relaying
+    if relaying is None:
+        return
+    via = relaying.circuit_addrs()
+    if relaying.reachability == "private" and not via:
+        problems.append("behind NAT with no relay slot: no one outside can reach this node -- fix: set relays "
+                        "to a public node's multiaddr, or forward the TCP port on your router and set "
+                        "reachability = \"public\" (and announce your public address)")
+    elif relaying.reachability == "private":
+        notes.append(f"behind NAT: reachable through {len(via)} relay(s)")
+    upnp = node.upnp
+    if upnp is not None and upnp.state == "mapped":
+        notes.append(f"the router forwards this node's port (UPnP): {', '.join(upnp.addrs())}")
+    elif upnp is not None and relaying.reachability == "private" and upnp.state == "no_gateway":
+        notes.append("no UPnP gateway: enable UPnP on your router, or forward the TCP port by hand")
+    if relaying.serving:
+        notes.append("publicly reachable: relaying for nodes behind NAT (bounded)")
 
 
 def _disk_problems(data_dir: Path) -> list[str]:

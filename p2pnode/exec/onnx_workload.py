@@ -27,6 +27,10 @@ import numpy as np
 
 from p2pnode.errors import WorkloadError
 from p2pnode.exec.onnx_model import MAX_IO, MAX_MODEL_BYTES, ModelError
+from p2pnode.exec.work import Output
+from p2pnode.exec.work import float_param as _float
+from p2pnode.exec.work import int_param as _int
+from p2pnode.exec.work import refuse_unknown as _unknown
 
 CHUNK_ROWS = 1024
 MAX_ROWS = 10_000_000
@@ -48,8 +52,6 @@ class OnnxWorkload:
     KEYS = {"model_bytes", "rows", "feeds", "out_row_bytes", "gflop", "rtol", "inputs", "whole"}
 
     def check(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        from p2pnode.exec.workloads import _float, _int, _unknown
-
         _unknown(params, self.KEYS)
         if params.get("inputs", "blob") != "blob":
             raise WorkloadError("model jobs take their model and data as blobs (inputs=blob)")
@@ -113,8 +115,6 @@ class OnnxWorkload:
 
     def run(self, p: Mapping[str, Any], ops: Any, progress: Any,
             inputs: Mapping[str, np.ndarray] | None = None) -> Any:
-        from p2pnode.exec.workloads import Output
-
         if inputs is None or not hasattr(ops, "session"):
             raise WorkloadError("model jobs run on an ONNX Runtime backend (ort-cpu, ort-cuda)",
                                 code="backend_unavailable")
@@ -185,8 +185,6 @@ def take_rows(params: Mapping[str, Any], inputs: Mapping[str, np.ndarray], outpu
               idx: Sequence[int]) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
     """The job restricted to rows ``idx``: its parameters, inputs (the same model) and the output
     rows a provider claimed for them (for a checker to re-run just those)."""
-    from p2pnode.exec.workloads import Output
-
     ix = np.asarray(idx, dtype=np.int64)
     sub = dict(params, rows=len(ix), gflop=float(params["gflop"]) * len(ix) / max(1, int(params["rows"])))
     sub_inputs = {k: (v if k == "model" else np.ascontiguousarray(v[ix])) for k, v in inputs.items()}

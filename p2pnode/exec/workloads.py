@@ -19,102 +19,25 @@ this module's :class:`Workload` interface).
 from __future__ import annotations
 
 import functools
-import hashlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from p2pnode.errors import WorkloadError
+from p2pnode.exec.onnx_workload import OnnxWorkload
+from p2pnode.exec.work import Output, Progress, Workload
+from p2pnode.exec.work import float_param as _float
+from p2pnode.exec.work import int_param as _int
+from p2pnode.exec.work import refuse_unknown as _unknown
 
-Progress = Callable[[float], None]
+__all__ = ["Output", "Progress", "Workload", "check_inputs", "get", "matmul_inputs", "registry"]
+
 MAX_DIM = 16384
 MAX_ELEMENTS = 1 << 28  # per matrix: 1 GiB of fp32
 DTYPES = ("int8", "fp16", "bf16", "fp32")
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}  # relative, on the Frobenius norm
-
-
-@dataclass(frozen=True)
-class Output:
-    """A workload's result: named arrays plus a digest over their exact bytes."""
-
-    arrays: dict[str, np.ndarray]
-    extra: dict[str, Any]
-
-    @property
-    def digest(self) -> bytes:
-        h = hashlib.sha256()
-        for name in sorted(self.arrays):
-            a = self.arrays[name]  # its own shape: ascontiguousarray makes a 0-d array 1-d
-            h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-            h.update(np.ascontiguousarray(a).data)  # the bytes in place, not a copy
-        return h.digest()
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "arrays": {k: {"dtype": v.dtype.str, "shape": list(v.shape), "data": np.ascontiguousarray(v).tobytes()}
-                       for k, v in self.arrays.items()},
-            "extra": self.extra,
-        }
-
-    @classmethod
-    def from_wire(cls, m: Mapping[str, Any]) -> Output:
-        arrays = {}
-        for k, v in m["arrays"].items():
-            dtype = np.dtype(v["dtype"])
-            if dtype.kind not in "iufb":
-                raise WorkloadError(f"output array {k!r} has dtype {dtype}")
-            shape = tuple(int(s) for s in v["shape"])
-            if int(np.prod(shape)) * dtype.itemsize != len(v["data"]):
-                raise WorkloadError(f"output array {k!r}: data does not match its shape")
-            arrays[k] = np.frombuffer(v["data"], dtype=dtype).reshape(shape)
-        return cls(arrays, dict(m.get("extra", {})))
-
-
-class Workload(Protocol):
-    name: str
-
-    def check(self, params: Mapping[str, Any]) -> dict[str, Any]: ...
-    def flops(self, p: Mapping[str, Any]) -> float: ...
-    def memory(self, p: Mapping[str, Any]) -> int: ...
-    def comparison(self, p: Mapping[str, Any]) -> str: ...
-    def output_bytes(self, p: Mapping[str, Any]) -> int: ...
-    def input_spec(self, p: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]: ...
-    def run(self, p: Mapping[str, Any], ops: Any, progress: Progress,
-            inputs: Mapping[str, np.ndarray] | None = None) -> Output: ...
-    def agree(self, p: Mapping[str, Any], a: Output, b: Output) -> bool: ...
-
-
-def _int(params: Mapping[str, Any], key: str, lo: int, hi: int, default: int | None = None) -> int:
-    value = params.get(key, default)
-    if value is None:
-        raise WorkloadError(f"missing parameter {key}")
-    try:
-        number = int(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
-        raise WorkloadError(f"parameter {key}={value!r} is not an integer") from None
-    if isinstance(value, bool) or (isinstance(value, float) and value != number) or not lo <= number <= hi:
-        raise WorkloadError(f"parameter {key}={value!r} must be an integer in {lo}..{hi}")
-    return number
-
-
-def _float(params: Mapping[str, Any], key: str, lo: float, hi: float, default: float) -> float:
-    value = params.get(key, default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise WorkloadError(f"parameter {key}={value!r} is not a number") from None
-    if isinstance(value, bool) or not lo <= number <= hi:  # also refuses nan
-        raise WorkloadError(f"parameter {key}={value!r} must be in {lo}..{hi}")
-    return number
-
-
-def _unknown(params: Mapping[str, Any], known: set[str]) -> None:
-    extra = set(params) - known
-    if extra:
-        raise WorkloadError(f"unknown parameter(s): {', '.join(sorted(map(str, extra)))}")
 
 
 def _inputs_mode(params: Mapping[str, Any]) -> str:
@@ -341,8 +264,6 @@ class TrainStep:
     def agree(self, p: Mapping[str, Any], x: Output, y: Output) -> bool:
         return all(_close(x.arrays[k], y.arrays[k], 1e-4) for k in ("w1", "b1", "w2", "b2"))
 
-
-from p2pnode.exec.onnx_workload import OnnxWorkload  # noqa: E402 - it uses the helpers above
 
 _BUILTIN: dict[str, Workload] = {w.name: w for w in (Matmul(), Infer(), TrainStep(), OnnxWorkload())}
 

@@ -123,3 +123,29 @@ def pick(ranked: Sequence[CapacityAd], k: int, *, aside: Callable[[CapacityAd], 
     extra = min(rest, key=lambda ad: hashlib.blake2b(draw + ad.peer_id, digest_size=8).digest())
     first = [*ads[:k - 1], extra]
     return first + [ad for ad in ads if ad not in first][:reserves]
+
+
+def independent(pool: Iterable[CapacityAd], workload: str, exclude: Sequence[CapacityAd], me: bytes,
+                score: Callable[[bytes], float]) -> CapacityAd | None:
+    """A checker or referee for ``workload``: the first of ``pool`` that is not this node (``me``)
+    and shares no peer id and no IP address with ``exclude`` (as far as this node can tell, not
+    the same party under another id); volunteers (offers of unit ``check``) first, then by
+    ``score`` (reputation), then in ``pool``'s order."""
+    ids = {a.peer_id for a in exclude} | {me}
+    ips = set().union(*(hosts(a) for a in exclude)) if exclude else set()
+    best: list[tuple[tuple[int, float], CapacityAd]] = []
+    for ad in pool:
+        if ad.peer_id in ids or hosts(ad) & ips:
+            continue
+        volunteer = any(o.unit == "check" and o.workload == workload for o in ad.offers)
+        best.append(((0 if volunteer else 1, -score(ad.peer_id)), ad))
+    best.sort(key=lambda x: x[0])
+    return best[0][1] if best else None
+
+
+def advertised_speed(ad: CapacityAd, workload: str) -> float:
+    """The GFLOP/s ``ad`` claims for ``workload``: measured on the backend of its first offer of it,
+    else its best claim (0 when it claims none), for the bid scorer to compare observed speed with."""
+    backends = [o.backend for o in ad.offers if o.workload == workload]
+    mine = [v for k, v in ad.speed if backends and k.endswith("_" + backends[0])]
+    return max(mine, default=0.0) or max((v for _, v in ad.speed), default=0.0)

@@ -5,7 +5,8 @@
 checks, receipt, ledger). Each of those providers holds up to :data:`DEPTH` shards: while one
 computes, the next one's rows are already crossing the network and wait in its executor's queue,
 so moving the data hides behind the compute. A shard that ends without a verified result goes
-back in the queue. What happens next depends on why:
+back in the queue. What happens next depends on why (the decisions are pure, in
+:mod:`p2pnode.protocol.shards`; this service carries them out):
 
 * **an overrun** (its provider ran past its estimate with no progress, or its executor's own time
   limit stopped it, or the deadline came): no one's fault; the shard is priced again at twice the
@@ -58,6 +59,16 @@ import trio
 
 from p2pnode.errors import LocalError
 from p2pnode.exec.model_jobs import ModelJob
+from p2pnode.protocol.shards import (
+    DEPTH,
+    Shard,
+    checked_rows,
+    choose,
+    cut,
+    exhausted,
+    price_shares,
+    setback,
+)
 from p2pnode.services import operations
 from p2pnode.services.operations import AlreadyRunning, Hangup, Run, Runs, Spending
 from p2pnode.services.ports import Now
@@ -66,10 +77,7 @@ from p2pnode.wire.jsonview import jsonable
 from p2pnode.wire.peer_id import to_base58
 
 log = logging.getLogger("p2pnode.map")
-MAX_OVERRUNS = 3  # one provider, one shard: each time priced at twice the estimate
-MAX_BUSY = 5  # "busy" answers from one provider for one shard before it is passed over
-BUSY_WAIT_S = 1.0
-DEPTH = 2  # shards in flight on one provider: one computing, one moving its rows
+BUSY_WAIT_S = 1.0  # a shard its provider declined as busy waits this long before it goes back
 Submit = Callable[..., Awaitable[Any]]
 Candidates = Callable[[str, int, int, str], list[Any]]
 Event = Callable[[dict[str, Any]], None]
@@ -81,22 +89,6 @@ class MapError(LocalError):
 
 class MapCancelled(MapError):
     """A dataset job stopped by ``p2pnode cancel`` or by its client going away."""
-
-
-@dataclass
-class Shard:
-    index: int
-    start: int
-    stop: int
-    attempts: int = 0
-    excluded: set[bytes] = field(default_factory=set)
-    scale: float = 1.0  # its estimate is this many times the measured one (doubled at each overrun)
-    setbacks: dict[tuple[bytes, str], int] = field(default_factory=dict)  # (provider, overrun|busy) -> count
-    last: str = ""  # what its last attempt said
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
 
 
 @dataclass
@@ -123,12 +115,6 @@ class MapResult:
                 "checked_rows": self.checked_rows, "jobs": self.jobs, "paid": self.paid,
                 "already_done": self.already_done, "state_dir": self.folder,
                 "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in self.outputs.items()}}
-
-
-def price_shares(max_price: int, rows: int, shards: list[Shard]) -> list[int]:
-    """Each shard's most price: its rows' share of ``max_price``, rounded down at the row where it
-    ends, so that the shares add up to ``max_price`` exactly (never more)."""
-    return [max_price * s.stop // rows - max_price * s.start // rows for s in shards]
 
 
 def map_id(job: ModelJob, shard_rows: int) -> str:
@@ -165,7 +151,7 @@ class MapService:
         if verify not in ("auto", "none"):
             raise MapError(f"--verify {verify}: a model job is checked by re-running sampled rows or whole shards "
                            "(auto), or not at all (none); freivalds checks matrix products only")
-        shards = [Shard(i, a, min(a + shard_rows, job.rows)) for i, a in enumerate(range(0, job.rows, shard_rows))]
+        shards = cut(job.rows, shard_rows)
         shares = price_shares(max_price, job.rows, shards)
         if min(shares) < 1:
             raise MapError(f"--max-price {max_price} leaves less than 1 µcr for a shard ({len(shards)} shards of up "
@@ -241,89 +227,22 @@ class MapService:
     async def _run(self, job: ModelJob, mid: str, folder: Path, shards: list[Shard], shares: list[int],
                    done: dict[int, dict[str, np.ndarray]], *, providers: int, deadline_s: float,
                    on_event: Event | None, backend: str, verify: str) -> MapResult:
-        started = self.now()
         emit = on_event or (lambda e: None)
-        state = self._load(folder)
-        resumed = len(done)
-        emit({"event": "map", "map": mid, "rows": job.rows, "shards": len(shards), "resumed": resumed,
+        emit({"event": "map", "map": mid, "rows": job.rows, "shards": len(shards), "resumed": len(done),
               "verify": verify, "coupling": job.coupling})
+        run = _Running(self, job, folder, shards, shares, done, self._load(folder), providers=providers,
+                       deadline_s=deadline_s, emit=emit, backend=backend, verify=verify)
         queue = [s for s in shards if s.index not in done]
-        send, recv = trio.open_memory_channel[Shard](len(shards))
-        for s in queue:
-            send.send_nowait(s)
-        remaining = len(queue)
-        busy: dict[bytes, int] = {}  # shards in flight per provider
-        by_provider: dict[str, int] = {}
-        retries, checked, jobs = 0, 0, []
-        failure: list[str] = []
-        saving = trio.Lock()  # one writer of the state file at a time
-
-        async def worker() -> None:
-            nonlocal remaining, retries, checked
-            async for shard in recv:
-                params, inputs = job.shard(shard.start, shard.stop)
-                params["gflop"] = round(params["gflop"] * shard.scale, 9)
-                ads = [a for a in self.candidates("onnx", 0, 64, backend) if a.peer_id not in shard.excluded]
-                if not ads:
-                    failure.append(f"shard {shard.index}: no provider left that offers this model job"
-                                   + (f" (last: {shard.last})" if shard.last else ""))
-                    send.close()
-                    return
-                # up to ``providers`` providers at once, the best ranked (by price and speed) first,
-                # each holding up to DEPTH shards; a shard that fails is retried elsewhere
-                in_use = {p for p, n in busy.items() if n}
-                idle = [a for a in ads if a.peer_id not in in_use]
-                room = sorted((a for a in ads if a.peer_id in in_use and busy[a.peer_id] < DEPTH),
-                              key=lambda a: busy[a.peer_id])
-                chosen = (idle[0] if idle and len(in_use) < providers else (room or idle or ads)[0])
-                shard.attempts += 1
-                emit({"event": "shard", "shard": shard.index, "state": "start", "rows": shard.rows,
-                      "attempt": shard.attempts})
-                busy[chosen.peer_id] = busy.get(chosen.peer_id, 0) + 1
-                try:
-                    rec = await self.submit("onnx", params, inputs=inputs, only=[chosen], k=1,
-                                            max_price=shares[shard.index],
-                                            deadline_s=deadline_s, verify=verify, backend=backend)
-                finally:
-                    busy[chosen.peer_id] -= 1
-                peer = rec.peer
-                if rec.state == "done" and rec.output is not None:
-                    async with saving:
-                        await trio.to_thread.run_sync(self._save, folder, state, shard, rec.output.arrays,
-                                                      rec.job, peer)
-                        self.shards_saved += 1
-                        self.on_saved()
-                    done[shard.index] = dict(rec.output.arrays)
-                    by_provider[peer] = by_provider.get(peer, 0) + shard.rows
-                    jobs.append(rec.job)
-                    checked += _checked_rows(rec)
-                    remaining -= 1
-                    emit({"event": "shard", "shard": shard.index, "state": "done", "rows": shard.rows,
-                          "provider": peer, "outcome": rec.outcome, "done": len(done), "shards": len(shards),
-                          "rows_done": sum(shards[i].rows for i in done),
-                          "rows_per_s": round(sum(by_provider.values()) / max(1e-9, self.now() - started), 1)})
-                    if remaining == 0:
-                        send.close()
-                    continue
-                retries += 1
-                why = _setback(shard, chosen.peer_id, rec)
-                emit({"event": "shard", "shard": shard.index, "state": "retry", "provider": peer, "why": why,
-                      "outcome": shard.last, "attempt": shard.attempts})
-                if why == "busy":
-                    await trio.sleep(BUSY_WAIT_S)
-                try:
-                    send.send_nowait(shard)  # room for every shard: never blocks
-                except trio.ClosedResourceError:
-                    return  # another shard already failed the job
-
         if queue:
             async with trio.open_nursery() as nursery:
+                for s in queue:
+                    run.send.send_nowait(s)
                 for _ in range(min(DEPTH * providers, len(queue))):
-                    nursery.start_soon(worker)
-        if failure or len(done) < len(shards):
-            raise MapError(failure[0] if failure else "the dataset job stopped before every shard was done")
-        return MapResult(mid, job.rows, len(shards), resumed, _assemble(done, shards), self.now() - started,
-                         by_provider, retries, verify, checked, jobs)
+                    nursery.start_soon(run.worker)
+        if run.failure or len(done) < len(shards):
+            raise MapError(run.failure[0] if run.failure else "the dataset job stopped before every shard was done")
+        return MapResult(mid, job.rows, len(shards), len(done) - len(queue), _assemble(done, shards),
+                         self.now() - run.started, run.by_provider, run.retries, verify, run.checked, run.jobs)
 
     # state on disk -------------------------------------------------------------------------
     @staticmethod
@@ -343,29 +262,80 @@ class MapService:
         _atomic(folder / "state.json", lambda f: f.write(json.dumps(jsonable(state)).encode()))
 
 
-def _setback(shard: Shard, peer: bytes, rec: Any) -> str:
-    """Why ``shard`` did not end on ``peer`` (``overrun``, ``busy`` or ``fault``), and what that
-    changes: a larger estimate, a wait, or that provider passed over for this shard."""
-    b58 = to_base58(peer)
-    why = "overrun" if b58 in rec.overran or rec.state == "expired" else \
-        "busy" if rec.declines.get(b58) == "busy" else "fault"
-    shard.last = f"{rec.state}: {rec.outcome}"[:200]
-    if why == "overrun":
-        shard.scale *= 2
-    if why == "fault":
-        shard.excluded.add(peer)
-    else:
-        n = shard.setbacks[(peer, why)] = shard.setbacks.get((peer, why), 0) + 1
-        if n >= (MAX_OVERRUNS if why == "overrun" else MAX_BUSY):
-            shard.excluded.add(peer)
-    return why
+class _Running:
+    """One run of a map: workers take shards from a queue, run each as a job on the provider the
+    shard decisions choose (``protocol/shards.py``), save what is verified and put back the rest."""
 
+    def __init__(self, service: MapService, job: ModelJob, folder: Path, shards: list[Shard], shares: list[int],
+                 done: dict[int, dict[str, np.ndarray]], state: dict[str, Any], *, providers: int, deadline_s: float,
+                 emit: Event, backend: str, verify: str) -> None:
+        self.service, self.job, self.folder, self.shards, self.shares = service, job, folder, shards, shares
+        self.done, self.state, self.providers, self.deadline_s = done, state, providers, deadline_s
+        self.emit, self.backend, self.verify = emit, backend, verify
+        self.started = service.now()
+        self.send, self.recv = trio.open_memory_channel[Shard](len(shards))  # room for every shard: never blocks
+        self.remaining = len(shards) - len(done)
+        self.busy: dict[bytes, int] = {}  # shards in flight per provider
+        self.by_provider: dict[str, int] = {}
+        self.retries, self.checked = 0, 0
+        self.jobs: list[str] = []
+        self.failure: list[str] = []
+        self.saving = trio.Lock()  # one writer of the state file at a time
 
-def _checked_rows(rec: Any) -> int:
-    for e in rec.events:
-        if e.get("event") == "sample":
-            return int(e.get("rows", 0))
-    return 0
+    async def worker(self) -> None:
+        async for shard in self.recv:
+            chosen = choose(self.service.candidates("onnx", 0, 64, self.backend), shard, self.busy, self.providers)
+            if chosen is None:
+                self.failure.append(exhausted(shard))
+                self.send.close()
+                return
+            shard.attempts += 1
+            self.emit({"event": "shard", "shard": shard.index, "state": "start", "rows": shard.rows,
+                       "attempt": shard.attempts})
+            params, inputs = self.job.shard(shard.start, shard.stop)
+            params["gflop"] = round(params["gflop"] * shard.scale, 9)
+            self.busy[chosen.peer_id] = self.busy.get(chosen.peer_id, 0) + 1
+            try:
+                rec = await self.service.submit("onnx", params, inputs=inputs, only=[chosen], k=1,
+                                                max_price=self.shares[shard.index], deadline_s=self.deadline_s,
+                                                verify=self.verify, backend=self.backend)
+            finally:
+                self.busy[chosen.peer_id] -= 1
+            if rec.state == "done" and rec.output is not None:
+                await self._done(shard, rec)
+                continue
+            self.retries += 1
+            b58 = to_base58(chosen.peer_id)
+            why = setback(shard, chosen.peer_id, state=rec.state, outcome=rec.outcome, overran=b58 in rec.overran,
+                          declined=rec.declines.get(b58, ""))
+            self.emit({"event": "shard", "shard": shard.index, "state": "retry", "provider": rec.peer, "why": why,
+                       "outcome": shard.last, "attempt": shard.attempts})
+            if why == "busy":
+                await trio.sleep(BUSY_WAIT_S)
+            try:
+                self.send.send_nowait(shard)
+            except trio.ClosedResourceError:
+                return  # another shard already failed the job
+
+    async def _done(self, shard: Shard, rec: JobRecord) -> None:
+        """A verified shard: on disk before it counts."""
+        assert rec.output is not None
+        service, peer = self.service, rec.peer
+        async with self.saving:
+            await trio.to_thread.run_sync(service._save, self.folder, self.state, shard, rec.output.arrays, rec.job, peer)
+            service.shards_saved += 1
+            service.on_saved()
+        self.done[shard.index] = dict(rec.output.arrays)
+        self.by_provider[peer] = self.by_provider.get(peer, 0) + shard.rows
+        self.jobs.append(rec.job)
+        self.checked += checked_rows(rec.events)
+        self.remaining -= 1
+        self.emit({"event": "shard", "shard": shard.index, "state": "done", "rows": shard.rows, "provider": peer,
+                   "outcome": rec.outcome, "done": len(self.done), "shards": len(self.shards),
+                   "rows_done": sum(self.shards[i].rows for i in self.done),
+                   "rows_per_s": round(sum(self.by_provider.values()) / max(1e-9, service.now() - self.started), 1)})
+        if self.remaining == 0:
+            self.send.close()
 
 
 def _assemble(done: dict[int, dict[str, np.ndarray]], shards: list[Shard]) -> dict[str, np.ndarray]:

@@ -1,9 +1,13 @@
-"""The requester's side of ``/p2pnode/job/1``: the shell around :class:`RequesterJob`.
+"""The requester's side of ``/p2pnode/job/1`` on the node: the driver of one
+:class:`~p2pnode.protocol.job_pipeline.RequesterPipeline` per job.
 
-:meth:`JobRequester.submit` picks up to K providers from the capacity table, runs the auction,
-re-awards on failure, verifies the result (digest, Freivalds for matmul, re-runs by independent
-checkers, see :mod:`p2pnode.services.checks`) and signs the receipt. Providers that send malformed
-or out-of-order messages are penalised; what one provider does wrong ends its part, never the job.
+:meth:`JobRequester.submit` checks the job, picks up to K providers (and reserves) from the
+capacity table, calibrates those met for the first time, seals the inputs into blobs, and then
+drives the pipeline: the conversation with the providers over streams
+(:class:`~p2pnode.services.conversation.Conversation`), the verdict's questions (the output
+opened here, checks run by :class:`~p2pnode.services.checks.Checks`), and what the job leaves in
+the ledger. Every decision on the way (whom to ask, award, re-award, check, blame, pay) is the
+pipeline's, the same the simulator drives.
 
 Collaborators: this node's identity, ``now``, the capacity table, ``is_banned``, the
 :class:`~p2pnode.services.ports.Judge` (reputation, check policy, ledger, gossip), the blob service
@@ -16,40 +20,37 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 import trio
 
-from p2pnode.errors import LocalError, PeerError
+from p2pnode.errors import LocalError
 from p2pnode.exec import workloads
 from p2pnode.exec.workloads import Output
 from p2pnode.identity import Identity
 from p2pnode.market import selection
 from p2pnode.market.capacity_table import CapacityTable
-from p2pnode.market.rate_limit import TokenBuckets
 from p2pnode.market.scoring import ObservedScorer
 from p2pnode.market.standing import Standing
-from p2pnode.net.framing import FramedStream, StreamGone
-from p2pnode.protocol.job_requester import R, RequesterJob, Step
+from p2pnode.protocol import calibration
+from p2pnode.protocol.job_pipeline import Order, RequesterPipeline
+from p2pnode.protocol.requester_actions import Action, Charge, OpenOutput, Question
 from p2pnode.services import operations
 from p2pnode.services.blobs import BlobService
-from p2pnode.services.checks import Checks
-from p2pnode.services.ports import IsBanned, Judge, Now, Penalise, Streams, trio_deadline
-from p2pnode.services.records import JobRecord, JobRecords, event_item, remember_receipt
-from p2pnode.telemetry.calibrate import speed_for
-from p2pnode.verify.check import freivalds_check
+from p2pnode.services.checks import Checks, carry_out
+from p2pnode.services.conversation import Conversation
+from p2pnode.services.ports import IsBanned, Judge, Now, Penalise, Streams
+from p2pnode.services.records import JobRecord, JobRecords, event_item
+from p2pnode.verify.check import Comparison, freivalds_check
 from p2pnode.wire import codec, merkle, sealing
-from p2pnode.wire import job as m
 from p2pnode.wire.blob import MAX_BLOB, BlobError, BlobUnavailable
-from p2pnode.wire.names import JOB_PROTOCOL
 from p2pnode.wire.peer_id import to_base58
 
 log = logging.getLogger("p2pnode.jobs")
-OVERDUE_GRACE_S = 10.0
+OVERDUE_GRACE_S = 10.0  # an award overruns at three times its bid's estimate plus this
 MAX_LOCKED = 4096
-# A provider sends a bid, a result and progress every wire.job.HEARTBEAT_S: more than this is a flood.
-PROVIDER_BURST, PROVIDER_RATE = 64, 10.0
 RESERVES = 2  # candidates held in reserve, in batches of K, for when the first K do not answer
 
 
@@ -151,9 +152,53 @@ class JobRequester:
                       deadline_s: float, k: int, backend: str, verify: str, bid_window_s: float,
                       on_event: Callable[[dict[str, Any]], None] | None, inputs: dict[str, np.ndarray] | None,
                       only: list[Any] | None, purpose: str) -> JobRecord:
+        """The driver of one job's :class:`RequesterPipeline`: the order, whom to ask, the
+        conversation, and what the job leaves (every decision is the pipeline's)."""
         wl = workloads.get(workload)
         checked = wl.check(params)
         arrays = workloads.check_inputs(wl, checked, inputs)
+        self._refuse(deadline_s, max_price)
+        early: list[dict[str, Any]] = []
+        asked, reserves = await self._whom(workload, wl.memory(checked), k, backend, only, purpose, max_price,
+                                           _Events(early, on_event))
+        keys, blob_ids = await self._lock_inputs(arrays)
+        order = Order(workload, checked, max_price, deadline_s, backend,
+                      self.judge.verify_method(workload) if verify == "auto" else verify, purpose, wl.flops(checked),
+                      arrays, keys, tuple(blob_ids), sum(int(a.nbytes) for a in arrays.values()), bid_window_s,
+                      overdue_grace_s=OVERDUE_GRACE_S)
+        started = self.now()
+        rec = self.records.add(JobRecord(job_id.hex(), "requester", workload, checked, started=started,
+                                         purpose=purpose))
+        operations.started(rec.job)
+        rec.events.extend(early)
+        event = _Events(rec.events, on_event, lambda: round(self.now() - rec.started, 3))
+        pipe = RequesterPipeline(me=self.identity.peer_id, key=self.identity.signing_key, order=order, asked=asked,
+                                 reserves=reserves, job_id=job_id, nonce=os.urandom(16), now=started,
+                                 scorer=self.scorer, standing=self.table.standing,
+                                 checkers=self.checks.checkers(workload, backend), outputs=Comparison(workload),
+                                 rng=self.checks.rng, on_event=event)
+        first = pipe.start(started)
+        if blob_ids:
+            event("upload", {"blobs": len(blob_ids), "bytes": order.input_bytes})
+        prepared = _Prepared()  # Freivalds' check needs A and B: a seeded job's are made while providers work
+        background = [partial(prepared.start, make=lambda: dict(zip("ab", workloads.matmul_inputs(checked))))] \
+            if order.policy == "freivalds" and workload == "matmul" and not arrays else []
+        talk = Conversation(pipe, now=self.now, streams=self.streams, penalise=self.penalise, name=rec.job[:8],
+                            answer=partial(self._answer, pipe, order, prepared, event), carry=self._carry)
+        try:
+            await talk.run(first, background)
+        finally:
+            rec.state, rec.ended = pipe.state, self.now()
+        _ended(rec, pipe)
+        with trio.CancelScope(shield=True):
+            await talk.carry(pipe.close(self.now()))
+        log.info("job %s: %s as requester of %s%s on %s: %s (price %d)", rec.job[:8], rec.state, rec.workload,
+                 f" ({rec.purpose})" if rec.purpose != "job" else "", rec.peer or "-", rec.outcome, rec.price)
+        self.on_end(rec)
+        return rec
+
+    def _refuse(self, deadline_s: float, max_price: int) -> None:
+        """A job that cannot run, refused before anything is sent."""
         if deadline_s <= 0:
             raise JobError("the deadline is already past")
         if max_price <= 0:
@@ -161,229 +206,60 @@ class JobRequester:
         if self.budget and self.spent() + max_price > self.budget:
             raise JobError(f"over budget: {self.spent()} of {self.budget} µcredits spent, and this job may cost "
                            f"up to {max_price} (raise --budget, or lower --max-price)")
-        early: list[dict[str, Any]] = []
-        if only is None:
-            ads = self.candidates(workload, wl.memory(checked), k, backend, reserves=RESERVES * k)
-            fresh = [ad for ad in ads[:k] if self.checks.needs_calibration(ad)]
-            if fresh and purpose == "job":
-                def early_event(what: str, data: dict[str, object]) -> None:
-                    item = event_item(what, data)
-                    early.append(item)
-                    if on_event is not None:
-                        on_event(item)
-                async with trio.open_nursery() as nursery:  # all at once: the slowest sets the wait
-                    for ad in fresh:  # each costs at most what this job may cost, or is not done
-                        nursery.start_soon(self.checks.calibrate, ad, early_event, max_price)
-                ads = self.candidates(workload, wl.memory(checked), k, backend, reserves=RESERVES * k)
-        else:
+
+    async def _whom(self, workload: str, need: int, k: int, backend: str, only: list[Any] | None, purpose: str,
+                    max_price: int, event: _Events) -> tuple[list[Any], list[Any]]:
+        """(the candidates asked first, the reserves): from the market, after calibrating the
+        providers met for the first time (all at once: the slowest sets the wait; each may cost
+        what this job may cost, or is left for a larger job); or the ads in ``only``."""
+        if only is not None:
             ads = [ad for ad in only if ad.peer_id != self.identity.peer_id]
-        first = ads[:k] if only is None else ads
-        for ad in ads:
-            backends = [o.backend for o in ad.offers if o.workload == workload]
-            self.scorer.advertised[ad.peer_id] = (speed_for(dict(ad.speed), backends[0]) if backends else 0.0) \
-                or max((v for _, v in ad.speed), default=0.0)
+            first = len(ads)
+        else:
+            ads = self.candidates(workload, need, k, backend, reserves=RESERVES * k)
+            fresh = calibration.first_contact(ads, k, purpose, self.checks.needs_calibration)
+            if fresh:
+                async with trio.open_nursery() as nursery:
+                    for ad in fresh:
+                        nursery.start_soon(self.checks.calibrate, ad, event, max_price)
+                ads = self.candidates(workload, need, k, backend, reserves=RESERVES * k)
+            first = k
         if not ads:
             raise JobError(f"no provider in the market offers {workload}" + (f" on {backend}" if backend else ""))
-        nonce = os.urandom(16)
-        policy = self.judge.verify_method(workload) if verify == "auto" else verify
-        public = {k: v for k, v in checked.items() if k not in m.PRIVATE_PARAMS}
-        private: dict[str, Any] = {k: v for k, v in checked.items() if k in m.PRIVATE_PARAMS}
-        blob_ids: list[bytes] = []
-        if arrays:  # inputs travel as encrypted blobs that the awarded provider fetches from us
-            private["keys"] = {}
-            for name in sorted(arrays):
-                key, blob_id = await trio.to_thread.run_sync(self._lock, arrays[name])
-                blob_ids.append(blob_id)
-                private["keys"][name] = key
-        started = self.now()
-        rfb = m.RequestForBids(job_id, workload, public, self.identity.peer_id, nonce, max_price,
-                               int((started + deadline_s) * 1000), 0, backend, policy)
-        rec = self.records.add(JobRecord(job_id.hex(), "requester", workload, checked, started=started,
-                                         purpose=purpose))
-        operations.started(rec.job)
-        rec.events.extend(early)
+        return ads[:first], ads[first:]
 
-        def event(what: str, data: dict[str, object]) -> None:
-            item = event_item(what, data, t=round(self.now() - rec.started, 3))
-            rec.events.append(item)
-            if on_event is not None:
-                on_event(item)
+    async def _lock_inputs(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, bytes], list[bytes]]:
+        """(each input's key, the blob ids in input-name order): inputs travel as encrypted blobs
+        that the awarded provider fetches from this node."""
+        keys, blob_ids = {}, []
+        for name in sorted(arrays):
+            key, blob_id = await trio.to_thread.run_sync(self._lock, arrays[name])
+            blob_ids.append(blob_id)
+            keys[name] = key
+        return keys, blob_ids
 
-        machine = RequesterJob(self.identity.peer_id, self.identity.signing_key, rfb, [a.peer_id for a in first],
-                               started, reserves=[a.peer_id for a in ads[len(first):]], bid_window_s=bid_window_s,
-                               stall_s=max(15.0, 3 * m.HEARTBEAT_S), overdue_grace_s=OVERDUE_GRACE_S, on_event=event, private_params=private,
-                               input_blobs=tuple(blob_ids), scorer=self.scorer,
-                               input_bytes=sum(int(a.nbytes) for a in (arrays or {}).values()))
-        streams: dict[bytes, FramedStream] = {}
-        wake = trio.Event()
-        by_peer = {ad.peer_id: ad for ad in ads}
-        answered: set[bytes] = set()
-        event("request", {"candidates": [to_base58(a.peer_id) for a in first], "max_price": max_price})
-        if blob_ids:
-            event("upload", {"blobs": len(blob_ids), "bytes": sum(int(a.nbytes) for a in arrays.values())})
-
-        async def carry(step: Step) -> None:
-            if step.violation is not None:
-                peer, why = step.violation
-                log.info("job %s: %s: %s", rec.job[:8], to_base58(peer), why)
-                self.penalise(peer, "protocol_violation")
-            for peer, msg in step.send:
-                fs = streams.get(peer)
-                if fs is None:
-                    continue
-                try:
-                    await fs.send(msg.encode())
-                except StreamGone:
-                    pass
-            for peer in step.ask:  # reserves: nobody acceptable answered the first ones
-                nursery.start_soon(talk, by_peer[peer])
-
-        def feed(peer: bytes, msg: m.Message) -> Step:
-            step = machine.receive(peer, msg, self.now())
-            wake.set()
-            return step
-
-        async def talk(ad: Any) -> None:
-            peer = ad.peer_id
-            try:
-                stream = await self.streams.open(peer, JOB_PROTOCOL, ad.addrs)
-            except Exception as exc:  # noqa: BLE001 - any dial failure: this provider is out
-                self.table.standing.set_aside(peer, self.now(), ad.addrs)
-                await carry(feed(peer, m.Decline(job_id, "busy", f"unreachable: {exc}")))
-                return
-            fs = streams[peer] = FramedStream(stream, max_frame=m.MAX_MESSAGE, frame_timeout=m.FRAME_TIMEOUT_S)
-            budget = TokenBuckets(burst=PROVIDER_BURST, rate=PROVIDER_RATE, max_keys=1)
-
-            async def receive() -> m.Message:
-                frame = await fs.receive()
-                if not budget.take(b"", trio.current_time()):
-                    raise PeerError("more messages than a job conversation needs", code="flood")
-                return m.decode(frame)
-
-            async def lost(why: str) -> None:
-                if machine.provider == peer and machine.state is R.RUNNING:
-                    await carry(feed(peer, m.Failed(job_id, "crashed", why)))
-                elif machine.state is R.COLLECTING and peer not in machine.bids and peer not in machine.declines:
-                    await carry(feed(peer, m.Decline(job_id, "busy", why)))
-
-            try:
-                sent = trio.current_time()
-                await fs.send(rfb.encode())
-                reply = await receive()
-                self.scorer.observe_latency(peer, (trio.current_time() - sent) * 1000)
-                answered.add(peer)
-                self.table.standing.answered(peer, self.now())
-                await carry(feed(peer, reply))
-                while True:
-                    await carry(feed(peer, await receive()))
-            except StreamGone:
-                await lost("stream lost")
-            except (PeerError, trio.TooSlowError) as exc:
-                code = exc.code if isinstance(exc, PeerError) else "idle_stream"
-                log.info("job %s: %s broke the protocol (%s): %s", rec.job[:8], to_base58(peer), code, exc)
-                self.penalise(peer, code)
-                await fs.reset()
-                await lost(f"protocol error: {code}")
-            except Exception as exc:  # noqa: BLE001 - a bug here ends this provider's part, not the job
-                log.error("job %s: talking to %s failed", rec.job[:8], to_base58(peer), exc_info=exc)
-                await fs.reset()
-                await lost(f"internal error: {type(exc).__name__}")
-
-        # Freivalds' check needs A and B: a seeded job's are made while providers bid and compute
-        prepared = _Prepared()
+    async def _answer(self, pipe: RequesterPipeline, order: Order, prepared: _Prepared, event: _Events,
+                      question: Question) -> list[Action]:
+        """Answer the verdict's question: open the output here, or run a check elsewhere or here."""
+        if not isinstance(question, OpenOutput):
+            return await self.checks.answer(pipe, question, workload=order.workload, backend=order.backend,
+                                            max_price=order.max_price)
         try:
-            async with trio.open_nursery() as nursery:
-                if policy == "freivalds" and workload == "matmul" and not arrays:
-                    prepared.start(nursery, lambda: dict(zip("ab", workloads.matmul_inputs(checked))))
-                for ad in ads:
-                    nursery.start_soon(talk, ad)
-                while not machine.terminal:
-                    with trio.move_on_at(trio_deadline(self.now, machine.next_wakeup())):
-                        await wake.wait()
-                    wake = trio.Event()
-                    await carry(machine.tick(self.now()))
-                    if machine.state is R.VERIFYING and machine.result is not None:
-                        result = machine.result
-                        try:
-                            ok, outcome, output, rec.checked = await self._verify(
-                                result, rfb, checked, policy, arrays or await prepared.get(), event)
-                        except BlobUnavailable as exc:  # its provider is gone: re-award, pay nothing
-                            await carry(machine.output_unavailable(f"output unavailable: {exc}", self.now()))
-                            continue
-                        provider_ad = next(a for a in ads if a.peer_id == result.body["provider"])
-                        if ok and output is not None and policy == "rows" and purpose == "job":
-                            check = await self.checks.check_rows(rec, provider_ad, result.raw, output, checked,
-                                                                 arrays, max_price, backend, event)
-                            ok, outcome = check.passed, check.detail
-                            rec.checked = "rows" if check.settled else ""
-                        elif ok and output is not None and policy == "rerun" and purpose == "job" and \
-                                self.checks.should_rerun(workload, provider_ad.peer_id):
-                            check = await self.checks.rerun(rec, provider_ad, result.raw, output, checked, arrays,
-                                                            max_price, backend, event)
-                            ok, outcome = check.passed, check.detail
-                            rec.checked = "rerun" if check.ran and check.settled else ""
-                        if ok:
-                            self.scorer.observe_speed(result.body["provider"], wl.flops(checked),
-                                                      result.body["kernel_ms"] / 1000)
-                        rec.output, rec.result_raw = output, result.raw
-                        rec.outcome = outcome
-                        await carry(machine.verified(ok, outcome))
-                nursery.cancel_scope.cancel()
-        finally:
-            # Cancelled by the user, or failing: tell the providers, so their work stops now.
-            with trio.CancelScope(shield=True):
-                if not machine.terminal:
-                    with trio.move_on_after(2):
-                        await carry(machine.cancel("cancelled by the requester"))
-                for fs in streams.values():
-                    with trio.move_on_after(1):
-                        await fs.close()
-                rec.state, rec.ended = machine.state.value, self.now()
-        rec.state, rec.ended = machine.state.value, self.now()
-        rec.overran = [to_base58(p) for p in machine.overran]
-        rec.declines = {to_base58(p): code for p, code in machine.declines.items()}
-        for peer in machine.candidates:  # asked and never answered: set aside for a while
-            if peer not in answered and not self.table.standing.is_aside(peer, self.now()):
-                self.table.standing.set_aside(peer, self.now())
-        verdict = rec.outcome  # the check's verdict in full, when a result was checked
-        rec.outcome = machine.reason or machine.state.value
-        if machine.provider is not None:
-            rec.peer = to_base58(machine.provider)
-            rec.price = machine.bids[machine.provider].price if machine.provider in machine.bids else 0
-        if machine.result is not None:
-            rec.kernel_ms, rec.backend = machine.result.body["kernel_ms"], machine.result.body["backend"]
-        if machine.state in (R.DONE, R.REJECTED):
-            rec.outcome = verdict or (machine.receipt.body["outcome"] if machine.receipt else machine.state.value)
-        await self._remember(machine, rec)
-        log.info("job %s: %s as requester of %s%s on %s: %s (price %d)", rec.job[:8], rec.state, rec.workload,
-                 f" ({rec.purpose})" if rec.purpose != "job" else "", rec.peer or "-", rec.outcome, rec.price)
-        self.on_end(rec)
-        return rec
+            ok, detail, output, method = await self._open(question, order, order.inputs or await prepared.get(), event)
+        except BlobUnavailable as exc:  # its provider is gone: re-award, pay nothing
+            return pipe.unavailable(f"output unavailable: {exc}", self.now())
+        return pipe.opened(ok, detail, output, method, self.now())
 
-    async def _remember(self, machine: RequesterJob, rec: JobRecord) -> None:
-        """Write what this job taught us to the ledger: failures, the check, the receipt."""
-        trust = self.judge
-        job = machine.job
-        with trio.CancelScope(shield=True):
-            for peer, why in machine.failed.items():  # an overrun is remembered, but no evidence against it
-                data = {"job": job, "reason": why[:250]} | ({"overrun": True} if peer in machine.overran else {})
-                await trust.record("failure", data, peer=peer)
-            provider = machine.provider
-            if provider is None or machine.receipt is None:
-                return
-            if rec.checked:
-                await trust.record("verification", {"job": job, "method": rec.checked,
-                                                    "passed": machine.state is R.DONE,
-                                                    "detail": rec.outcome[:250]}, peer=provider)
-            await remember_receipt(trust, machine.receipt, "requester", rec.workload, provider)
-            operations.charge(rec.purpose, int(machine.receipt.body["paid"]))
-            if rec.checked in ("rerun", "freivalds", "rows") and rec.purpose == "job":
-                await trust.publish_opinion(provider)
+    async def _carry(self, action: Action) -> None:
+        if isinstance(action, Charge):
+            operations.charge(action.purpose, action.amount)
+        else:
+            await carry_out(self.judge, action)
 
-    async def _verify(self, result: m.Result, rfb: m.RequestForBids, params: dict[str, Any],
-                      policy: str, arrays: dict[str, np.ndarray],
-                      event: Callable[[str, dict[str, object]], None]) -> tuple[bool, str, Output | None, str]:
+    async def _open(self, question: OpenOutput, order: Order, arrays: dict[str, np.ndarray],
+                    event: _Events) -> tuple[bool, str, Output | None, str]:
         """Open and check a result: (accepted, outcome, output, method of the check that ran)."""
+        result, params = question.result, order.params
         sealed = result.body["output"]
         if result.body["blob"]:
             try:
@@ -404,12 +280,12 @@ class JobRequester:
             return False, f"unreadable output: {type(exc).__name__}", None, "digest"
         if digest != result.body["digest"]:
             return False, "digest does not match the output", output, "digest"
-        if policy == "freivalds" and rfb.workload == "matmul":
+        if question.check == "freivalds":
             rounds = self.judge.freivalds_rounds
             ok, detail = await trio.to_thread.run_sync(lambda: freivalds_check(
                 params, output, rounds=rounds, rng=np.random.default_rng(), inputs=arrays or None))
             return ok, detail, output, "freivalds"
-        if policy == "rows":  # the signed commitment must cover exactly the rows we were sent
+        if question.check == "rows":  # the signed commitment must cover exactly the rows we were sent
             try:
                 root = await trio.to_thread.run_sync(merkle.rows_root, output.arrays)
             except ValueError:
@@ -418,6 +294,35 @@ class JobRequester:
             if result.body["root"] != root or any(len(a) != rows for a in output.arrays.values()):
                 return False, "the signed row commitment does not match the rows sent", output, "rows"
         return True, "accepted (unchecked)", output, ""
+
+
+def _ended(rec: JobRecord, pipe: RequesterPipeline) -> None:
+    """What the job's record says once it is over."""
+    job = pipe.job
+    rec.overran = [to_base58(p) for p in job.overran]
+    rec.declines = {to_base58(p): code for p, code in job.declines.items()}
+    rec.outcome, rec.price, rec.checked = pipe.outcome, pipe.price, pipe.checked
+    if job.provider is not None:
+        rec.peer = to_base58(job.provider)
+    if job.result is not None:
+        rec.kernel_ms, rec.backend = job.result.body["kernel_ms"], job.result.body["backend"]
+    if pipe.verdict is not None and pipe.verdict.settled is not None:
+        rec.output, rec.result_raw = pipe.output, job.result.raw if job.result is not None else b""
+
+
+class _Events:
+    """A job's events: kept (``p2pnode jobs`` shows them) and passed on to the caller's
+    ``on_event``, timed from the job's start when ``t`` is given."""
+
+    def __init__(self, kept: list[dict[str, Any]], on_event: Callable[[dict[str, Any]], None] | None,
+                 t: Callable[[], float] | None = None) -> None:
+        self.kept, self.on_event, self.t = kept, on_event, t
+
+    def __call__(self, what: str, data: dict[str, object]) -> None:
+        item = event_item(what, data, **({"t": self.t()} if self.t is not None else {}))
+        self.kept.append(item)
+        if self.on_event is not None:
+            self.on_event(item)
 
 
 class _Prepared:

@@ -4,7 +4,8 @@
 gives the same summary, judged against the same expectations, plus traffic per node and the
 simulator's own speed. :mod:`~p2pnode.sim.engine` is the clock, the network and the gossip mesh;
 :mod:`~p2pnode.sim.world` the nodes, built from the node's state machines, market table, checks,
-reputation and ledger; :mod:`~p2pnode.sim.run` the scenario's course and its summary.
+reputation and ledger; :mod:`~p2pnode.sim.ask` each job, a driver of the node's own requester
+pipeline; :mod:`~p2pnode.sim.run` the scenario's course and its summary.
 """
 
 from p2pnode.sim.run import run_sim, simulate

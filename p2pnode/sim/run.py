@@ -29,8 +29,9 @@ from p2pnode.market.capacity_table import TableLimits
 from p2pnode.outcome import judge, plot, print_summary, quantile, summed
 from p2pnode.scenario import CHEATER_KINDS, Scenario, pick
 from p2pnode.services.market import SYNC_AGAIN_S
+from p2pnode.sim.ask import Ask
 from p2pnode.sim.engine import CLASSES, Impair, Traffic
-from p2pnode.sim.world import EPOCH, HONEST, Ask, Node, World, roles_of
+from p2pnode.sim.world import EPOCH, HONEST, Node, World, roles_of
 from p2pnode.verify.sampling import SamplingPolicy
 from p2pnode.wire.capacity_ad import decode_ad
 

@@ -6,14 +6,14 @@ What runs is the node's code, not a model of it:
   by ``encode_ad`` and verified by ``decode_ad`` (once per ad: every receiver would get the same
   answer), and offered to each observing node's real :class:`CapacityTable` (its limits, rates,
   sequence and expiry rules);
-* each job is the real :class:`RequesterJob` machine on the requester and a real
-  :class:`ProviderJob` machine on every provider it asks, exchanging real signed messages
-  (their encoded sizes are what the network carries); providers answer with
-  ``market.bidding.decide``;
-* requesters pick candidates, checkers and referees, and decide re-runs and calibrations with the
-  node's own :class:`JobRequester` and :class:`Checks` (``candidates``, ``independent``,
-  ``should_rerun``, ``needs_calibration``, ``calibration_verdict``), rank bids with its
-  :class:`ObservedScorer` and judge with its :class:`TrustService` (reputation, sampling policy);
+* each job is the node's own :class:`~p2pnode.protocol.job_pipeline.RequesterPipeline` on the
+  requester (``sim/ask.py`` drives it: whom to ask, award, re-awards, the verdict with its checks
+  and referees, what the ledger remembers are all its decisions) and a real :class:`ProviderJob`
+  machine on every provider it asks, exchanging real signed messages (their encoded sizes are
+  what the network carries); providers answer with ``market.bidding.decide``;
+* requesters pick candidates with the node's own :class:`JobRequester`, decide calibrations with
+  ``protocol.calibration``, rank bids with its :class:`ObservedScorer` and judge with its
+  :class:`TrustService` (reputation, sampling policy);
 * every interaction a requester learns from is a signed, hash-chained ledger entry
   (``ledger.entry.make_entry``) folded into its reputation by ``ledger.evidence.apply``, and its
   opinions and cheat reports are real signed reports, gossiped and folded into the other
@@ -35,9 +35,8 @@ import heapq
 import math
 import random
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,17 +51,14 @@ from p2pnode.market.capacity_table import CapacityTable, TableLimits
 from p2pnode.market.rate_limit import TokenBuckets
 from p2pnode.market.reputation import CHEAT_WEIGHT, Reputation
 from p2pnode.protocol.job_provider import P, ProviderJob
-from p2pnode.protocol.job_requester import R, RequesterJob, Step
 from p2pnode.protocol.penalties import PeerPenalties
 from p2pnode.scenario import CHEATER_KINDS
-from p2pnode.services import checks as checks_mod
 from p2pnode.services.market import MAX_NEW_PER_SYNC
 from p2pnode.services.provider import BID_TTL_S
 from p2pnode.services.records import JobRecords
-from p2pnode.services.requester import OVERDUE_GRACE_S, RESERVES, JobRequester
+from p2pnode.services.requester import JobRequester
 from p2pnode.services.trust import TrustService
 from p2pnode.sim.engine import CLASSES, Engine, Mesh, Network
-from p2pnode.telemetry.calibrate import speed_for
 from p2pnode.verify.sampling import SamplingPolicy
 from p2pnode.wire import job as m
 from p2pnode.wire import report as rpt
@@ -70,12 +66,29 @@ from p2pnode.wire.capacity_ad import CapacityAd, CpuInfo, Offer, SignedAd, decod
 
 EPOCH = 1_800_000_000.0
 ADS, REPORTS, CONTROL, JOBS = (CLASSES.index(c) for c in CLASSES)
-K = 3  # providers asked per job, as the swarm runner asks
-MAX_PRICE, DEADLINE_S, BID_WINDOW_S = 10**9, 60.0, 2.0
 PRICE = 100
 WORKER_OVERHEAD_S = 0.08  # a worker's round trip for a small job (executor on loopback)
 VALIDATE_S = 0.0003  # one gossip hop's validation, on top of the link (measured per run too)
 HONEST = ("provider", "checker", "requester", "crash")
+
+
+class JobStreams(Protocol):
+    """A job's streams on its requester, as the world's network and providers see them
+    (``sim/ask.py``'s ``Talk``)."""
+
+    me: Node
+    broken: set[int]
+    dialed: dict[bytes, float]
+
+    def from_provider(self, p: int, msg: m.Message) -> None: ...
+    def stream_lost(self, p: int) -> None: ...
+    def dial_failed(self, peer: bytes, why: str) -> None: ...
+
+
+class Job(Protocol):
+    """A job on its requester, as the world's faults see it (``sim/ask.py``'s ``Ask``)."""
+
+    def peer_gone(self, i: int) -> None: ...
 
 
 @dataclass
@@ -117,7 +130,7 @@ class Node:
     running: int = 0
     started: set[bytes] = field(default_factory=set)  # jobs holding one of the slots
     queue: deque[Any] = field(default_factory=deque)
-    jobs: dict[bytes, tuple[Ask, ProviderJob]] = field(default_factory=dict)
+    jobs: dict[bytes, tuple[JobStreams, ProviderJob]] = field(default_factory=dict)
     # observers (requesters and a sample of others) hold a market table
     table: CapacityTable | None = None
     inbox: list[tuple[float, int, SignedAd, bytes]] = field(default_factory=list)  # (at, n, ad, via)
@@ -156,7 +169,7 @@ class World:
         self.market_hint = 1
         self.policy = policy or SamplingPolicy()
         self.observers: list[int] = []
-        self.asks: set[Ask] = set()
+        self.asks: set[Job] = set()
         self.ads_published = 0
         self.ad_bytes = 0
         self.reports_published = 0
@@ -343,6 +356,55 @@ class World:
         if node.alive and node.trust is not None and node.trust.report_buckets.take(report.reporter, self.t):
             self.record(node, "report", {"report": report.raw}, report.reporter)
 
+    def publish_opinion(self, node: Node, subject: bytes) -> None:
+        """``node`` gossips its opinion of ``subject``, as ``TrustService.publish_opinion`` does."""
+        assert node.trust is not None
+        op = node.trust.rep.opinion(subject, self.now())
+        self.publish_report(node, rpt.make_report(node.identity.signing_key, subject=subject, t_ms=int(op.t * 1000),
+                                                  pos=op.pos, neg=op.neg))
+
+    def publish_cheat(self, node: Node, subject: bytes, job: bytes, results: tuple[bytes, bytes, bytes]) -> None:
+        """``node`` gossips a cheat report on ``subject``, as ``TrustService.publish_cheat`` does."""
+        assert node.trust is not None
+        op = node.trust.rep.opinion(subject, self.now())
+        self.publish_report(node, rpt.make_report(node.identity.signing_key, subject=subject, t_ms=int(op.t * 1000),
+                                                  pos=op.pos, neg=op.neg + CHEAT_WEIGHT, verdict="cheat", job=job,
+                                                  evidence=results))
+
+    # requesters' streams ---------------------------------------------------------------------
+    def dial(self, ask: JobStreams, ad: Any, rfb: m.RequestForBids) -> None:
+        """``ask`` dials ``ad``'s provider and sends the request for bids. A made-up provider (a
+        poisoner's) cannot be dialed: its address is a third party's, which counts the dial."""
+        me, peer = ask.me, ad.peer_id
+        p = self.by_id.get(peer)
+        ask.dialed[peer] = self.t
+        if p is None:
+            self.third_party_dials += 1
+            ask.dial_failed(peer, "unreachable")
+        elif not self.net.send(me.index, p, len(rfb.encode()), self.on_rfb, self.nodes[p], ask, rfb):
+            ask.broken.add(p)
+            ask.dial_failed(peer, "unreachable")
+
+    def deliver(self, ask: JobStreams, peer: bytes, msg: m.Message, extra: int = 0) -> None:
+        """``ask`` sends ``msg`` to ``peer`` on their stream; a stream that breaks ends the
+        provider's part, and the requester hears of it."""
+        p = self.by_id.get(peer)
+        if p is None or p in ask.broken:
+            return
+        if not self.net.send(ask.me.index, p, len(msg.encode()) + extra, self.on_job_msg, self.nodes[p], ask, msg):
+            ask.broken.add(p)
+            self.abort(msg.job, [p])
+            self.engine.after(self.net.base_s, ask.stream_lost, p)
+
+    def abort(self, job: bytes, providers: list[int]) -> None:
+        """The streams of ``job`` to ``providers`` are gone: each drops its part."""
+        for p in providers:
+            node = self.nodes[p]
+            entry = node.jobs.pop(job, None)
+            if entry is not None:
+                entry[1].abort("stream lost")
+                self._free(node, entry)
+
     # faults ----------------------------------------------------------------------------------
     def kill(self, i: int) -> None:
         node = self.nodes[i]
@@ -392,7 +454,7 @@ class World:
             return hashlib.sha256(honest + tag).digest()
         return honest
 
-    def on_rfb(self, node: Node, ask: Ask, rfb: m.RequestForBids) -> None:
+    def on_rfb(self, node: Node, ask: JobStreams, rfb: m.RequestForBids) -> None:
         if not node.alive:
             return
         pj = ProviderJob(node.peer_id, rfb, self.now(), key=node.identity.signing_key)
@@ -404,12 +466,12 @@ class World:
             self.engine.at(pj.until - EPOCH, self._provider_tick, node, rfb.job, pj.until)
         self.reply(node, ask, msg)
 
-    def reply(self, node: Node, ask: Ask, msg: m.Message, extra: int = 0) -> None:
+    def reply(self, node: Node, ask: JobStreams, msg: m.Message, extra: int = 0) -> None:
         raw = msg.encode()
         if not self.net.send(node.index, ask.me.index, len(raw) + extra, ask.from_provider, node.index, msg):
             self._broken(node, ask, msg.job)
 
-    def _broken(self, node: Node, ask: Ask, job: bytes) -> None:
+    def _broken(self, node: Node, ask: JobStreams, job: bytes) -> None:
         """A stream broke: the provider drops its part; the requester hears of it."""
         entry = node.jobs.pop(job, None)
         if entry is not None:
@@ -417,7 +479,7 @@ class World:
             self._free(node, entry)
         self.engine.after(self.net.base_s, ask.stream_lost, node.index)
 
-    def on_job_msg(self, node: Node, ask: Ask, msg: m.Message) -> None:
+    def on_job_msg(self, node: Node, ask: JobStreams, msg: m.Message) -> None:
         entry = node.jobs.get(msg.job)
         if not node.alive or entry is None:
             return
@@ -437,7 +499,7 @@ class World:
             if before is P.RUNNING:
                 self._free(node, entry)
 
-    def _free(self, node: Node, entry: tuple[Ask, ProviderJob]) -> None:
+    def _free(self, node: Node, entry: tuple[JobStreams, ProviderJob]) -> None:
         if entry in node.queue:
             node.queue.remove(entry)
         elif entry[1].job in node.started:
@@ -462,14 +524,14 @@ class World:
             if math.isfinite(took):
                 self.engine.after(took, self._finished, node, ask, pj, kernel, wl.output_bytes(p))
 
-    def _heartbeat(self, node: Node, ask: Ask, pj: ProviderJob, started: float, took: float) -> None:
+    def _heartbeat(self, node: Node, ask: JobStreams, pj: ProviderJob, started: float, took: float) -> None:
         if not node.alive or pj.state is not P.RUNNING or node.jobs.get(pj.job, (None, None))[1] is not pj:
             return
         frac = min(0.99, (self.t - started) / took) if math.isfinite(took) else 0.5
         self.reply(node, ask, pj.progress(frac))
         self.engine.after(m.HEARTBEAT_S, self._heartbeat, node, ask, pj, started, took)
 
-    def _finished(self, node: Node, ask: Ask, pj: ProviderJob, kernel_s: float, out_bytes: int) -> None:
+    def _finished(self, node: Node, ask: JobStreams, pj: ProviderJob, kernel_s: float, out_bytes: int) -> None:
         if not node.alive or pj.state is not P.RUNNING or node.jobs.get(pj.job, (None, None))[1] is not pj:
             return
         digest = self.output_digest(node, pj.rfb.workload, pj.params)
@@ -497,392 +559,6 @@ class World:
             node.jobs.pop(job, None)
             if was_running:
                 self._free(node, entry)
-
-
-Done = Callable[["Ask"], None]
-
-
-class Ask:
-    """One job on its requester: the node's :class:`RequesterJob` and the shell's steps around it
-    (the simulated counterpart of ``JobRequester.submit``)."""
-
-    def __init__(self, world: World, me: Node, workload: str, params: dict[str, Any], *, purpose: str = "job",
-                 only: list[Any] | None = None, verify: str = "auto", on_end: Done | None = None,
-                 extra_input_bytes: int = 0) -> None:
-        self.w, self.me, self.workload, self.purpose = world, me, workload, purpose
-        self.wl = workloads.get(workload)
-        self.params = self.wl.check(params)
-        self.only, self.verify, self.on_end = only, verify, on_end
-        self.extra_input_bytes = extra_input_bytes
-        self.submitted = world.t
-        self.ended = 0.0
-        self.state = "pending"
-        self.outcome = ""
-        self.provider = b""
-        self.checked = ""
-        self.digest = b""
-        self.declines: dict[str, int] = {}
-        self.events: list[tuple[float, str, dict[str, object]]] = []
-        self.machine: RequesterJob | None = None
-        self.ads: list[Any] = []
-        self.broken: set[int] = set()
-        self.policy = ""
-        self._tick_at = math.inf
-        self._verifying = False
-        self.kernel_ms = 0
-        self.calibrating = 0
-        self.asked_at = 0.0
-        self.answered: set[bytes] = set()
-
-    # start -----------------------------------------------------------------------------------
-    def start(self) -> None:
-        w, me = self.w, self.me
-        w.asks.add(self)
-        assert me.requester is not None
-        w.drain(me)
-        if self.only is not None:
-            self._auction([ad for ad in self.only if ad.peer_id != me.peer_id])
-            return
-        req = me.requester
-        ads = req.candidates(self.workload, self.wl.memory(self.params), K, "", reserves=RESERVES * K)
-        fresh = [ad for ad in ads[:K] if req.checks.needs_calibration(ad)] if self.purpose == "job" else []
-        if not fresh:
-            self._auction(ads)
-            return
-        self.calibrating = len(fresh)
-        for ad in fresh:
-            req.checks._calibrated.add(ad.peer_id)
-            Calibration(w, me, ad, self._calibrated).start()
-
-    def _calibrated(self) -> None:
-        self.calibrating -= 1
-        if self.calibrating == 0:
-            assert self.me.requester is not None
-            self.w.drain(self.me)
-            self._auction(self.me.requester.candidates(self.workload, self.wl.memory(self.params), K, "",
-                                                       reserves=RESERVES * K))
-
-    def _auction(self, ads: list[Any]) -> None:
-        w, me = self.w, self.me
-        req, trust = me.requester, me.trust
-        assert req is not None and trust is not None
-        if not me.alive:
-            self._end("error", "requester down")
-            return
-        if not ads:
-            self._end("error", f"no provider in the market offers {self.workload}")
-            return
-        self.ads = ads
-        for ad in ads:
-            req.scorer.advertised[ad.peer_id] = speed_for(dict(ad.speed), "numpy") or \
-                max((v for _, v in ad.speed), default=0.0)
-        self.policy = trust.verify_method(self.workload) if self.verify == "auto" else self.verify
-        public = {k: v for k, v in self.params.items() if k not in m.PRIVATE_PARAMS}
-        private = {k: v for k, v in self.params.items() if k in m.PRIVATE_PARAMS}
-        now = w.now()
-        rfb = m.RequestForBids(me.rng.randbytes(16), self.workload, public, me.peer_id, me.rng.randbytes(16),
-                               MAX_PRICE, int((now + (DEADLINE_S if self.purpose == "job" else
-                                                      checks_mod.CHECK_DEADLINE_S)) * 1000), 0, "", self.policy)
-        first = ads if self.only is not None else ads[:K]
-        self.machine = RequesterJob(me.peer_id, me.identity.signing_key, rfb, [a.peer_id for a in first], now,
-                                    reserves=[a.peer_id for a in ads[len(first):]],
-                                    bid_window_s=BID_WINDOW_S, stall_s=max(15.0, 3 * m.HEARTBEAT_S),
-                                    overdue_grace_s=OVERDUE_GRACE_S, scorer=req.scorer,
-                                    private_params=private, on_event=self._event)
-        self.asked_at = w.t
-        self._ask(rfb, [a.peer_id for a in first])
-        self._schedule()
-
-    def _ask(self, rfb: m.RequestForBids, peers: list[bytes]) -> None:
-        """Send the request for bids (the shell dials each provider). A made-up provider (a
-        poisoner's) cannot be dialed: its address is a third party's, which counts the dial."""
-        w, me = self.w, self.me
-        raw = rfb.encode()
-        ads = {a.peer_id: a for a in self.ads}
-        for peer in peers:
-            p = w.by_id.get(peer)
-            if p is None:
-                w.third_party_dials += 1
-                assert me.table is not None
-                me.table.standing.set_aside(peer, w.now(), ads[peer].addrs if peer in ads else ())
-                self._feed(peer, m.Decline(rfb.job, "busy", "unreachable"))
-            elif not w.net.send(me.index, p, len(raw), w.on_rfb, w.nodes[p], self, rfb):
-                self.broken.add(p)
-                self._feed(peer, m.Decline(rfb.job, "busy", "unreachable"))
-
-    def _event(self, what: str, data: dict[str, object]) -> None:
-        self.events.append((self.w.t, what, data))
-        if what == "decline":
-            code = str(data.get("code", ""))
-            self.declines[code] = self.declines.get(code, 0) + 1
-
-    # the conversation ------------------------------------------------------------------------
-    def _carry(self, step: Step) -> None:
-        w = self.w
-        if step.violation is not None:
-            w.violations += 1
-        for peer, msg in step.send:
-            p = w.by_id.get(peer)
-            if p is None or p in self.broken or isinstance(msg, m.RequestForBids):
-                continue  # requests for bids go out below, dialing each reserve
-            extra = self.extra_input_bytes if isinstance(msg, m.Inputs) else 0
-            if not w.net.send(self.me.index, p, len(msg.encode()) + extra, w.on_job_msg, w.nodes[p], self, msg):
-                self.broken.add(p)
-                node = w.nodes[p]
-                entry = node.jobs.pop(msg.job, None)
-                if entry is not None:
-                    entry[1].abort("stream lost")
-                    w._free(node, entry)
-                w.engine.after(w.net.base_s, self.stream_lost, p)
-        if step.ask and self.machine is not None:
-            self.w.engine.after(0.0, self._ask, self.machine.rfb, list(step.ask))
-
-    def _feed(self, peer: bytes, msg: m.Message) -> None:
-        if self.machine is None or self.machine.terminal:
-            return
-        self._carry(self.machine.receive(peer, msg, self.w.now()))
-        self._after()
-
-    def from_provider(self, p: int, msg: m.Message) -> None:
-        if not self.me.alive or p in self.broken:
-            return
-        if isinstance(msg, (m.Bid, m.Decline)) and self.me.requester is not None:
-            peer = self.w.nodes[p].peer_id
-            self.me.requester.scorer.observe_latency(peer, (self.w.t - self.asked_at) * 1000)
-            self.answered.add(peer)
-            self.me.requester.table.standing.answered(peer, self.w.now())
-        self._feed(self.w.nodes[p].peer_id, msg)
-
-    def stream_lost(self, p: int) -> None:
-        machine = self.machine
-        if machine is None or machine.terminal or not self.me.alive:
-            return
-        self.broken.add(p)
-        peer = self.w.nodes[p].peer_id
-        if machine.provider == peer and machine.state is R.RUNNING:
-            self._feed(peer, m.Failed(machine.job, "crashed", "stream lost"))
-        elif machine.state is R.COLLECTING and peer not in machine.bids and peer not in machine.declines:
-            self._feed(peer, m.Decline(machine.job, "busy", "stream lost"))
-
-    def peer_gone(self, i: int) -> None:
-        """Node ``i`` died: its streams to us end now (the kernel resets them)."""
-        if i == self.me.index:
-            if self.machine is not None and not self.machine.terminal:
-                asked = {self.w.by_id[c] for c in self.machine.candidates if c in self.w.by_id}
-                for p in asked - self.broken:
-                    node = self.w.nodes[p]
-                    entry = node.jobs.pop(self.machine.job, None)
-                    if entry is not None:
-                        entry[1].abort("stream lost")
-                        self.w._free(node, entry)
-            self._end("error", "requester down")
-            return
-        if self.machine is not None and self.w.nodes[i].peer_id in self.machine.candidates and i not in self.broken:
-            self.w.engine.after(self.w.net.base_s, self.stream_lost, i)
-
-    def _after(self) -> None:
-        machine = self.machine
-        assert machine is not None
-        if machine.state is R.VERIFYING and not self._verifying:
-            self._verifying = True
-            self._verify()
-        elif machine.terminal:
-            self._finish()
-        else:
-            self._schedule()
-
-    def _schedule(self) -> None:
-        machine = self.machine
-        if machine is None or machine.terminal or self._verifying:
-            return
-        t = machine.next_wakeup() - EPOCH
-        if t < self._tick_at:
-            self._tick_at = t
-            self.w.engine.at(t, self._tick, t)
-
-    def _tick(self, t: float) -> None:
-        if t != self._tick_at or self.machine is None or self._verifying:
-            return
-        self._tick_at = math.inf
-        if self.machine.terminal:
-            return
-        self._carry(self.machine.tick(self.w.now()))
-        self._after()
-
-    # checking --------------------------------------------------------------------------------
-    def _verify(self) -> None:
-        machine, w = self.machine, self.w
-        assert machine is not None and machine.result is not None and self.me.requester is not None
-        result = machine.result
-        self.digest = result.body["digest"]
-        self.kernel_ms = result.body["kernel_ms"]
-        honest = w.honest_digest(self.workload, self.params)
-        provider_ad = next(a for a in self.ads if a.peer_id == result.body["provider"])
-        checks = self.me.requester.checks
-        if self.policy == "freivalds" and self.workload == "matmul":
-            rounds = self.me.trust.freivalds_rounds if self.me.trust else 20
-            ok = self.digest == honest or self.me.rng.random() < 2.0 ** -rounds
-            self.checked = "freivalds"
-            self._verified(ok, "verified (freivalds)" if ok else "wrong: Freivalds' check failed")
-        elif self.policy == "rerun" and self.purpose == "job" and checks.should_rerun(self.workload, provider_ad.peer_id):
-            checker = checks.independent(self.workload, "", [provider_ad])
-            if checker is None:
-                self._verified(True, "accepted (no independent checker)")
-                return
-            self.checked = "rerun"
-            Ask(w, self.me, self.workload, self.params, purpose="check", only=[checker], verify="none",
-                on_end=lambda c: self._checked(provider_ad, checker, c)).start()
-        else:
-            self._verified(True, "accepted (unchecked)")
-
-    def _checked(self, provider_ad: Any, checker_ad: Any, c: Ask) -> None:
-        if c.state != "done":
-            self.checked = ""
-            self._verified(True, "accepted (the check could not run)")
-            return
-        if c.digest == self.digest:
-            self._verified(True, "verified: an independent checker agrees")
-            return
-        self._referee(provider_ad, checker_ad, c, [provider_ad, checker_ad])
-
-    def _referee(self, provider_ad: Any, checker_ad: Any, c: Ask, asked: list[Any]) -> None:
-        """Ask the next referee, independent of everyone asked so far, while referees remain."""
-        checks = self.me.requester.checks  # type: ignore[union-attr]
-        referee = checks.independent(self.workload, "", asked) if len(asked) < 2 + checks_mod.MAX_REFEREES else None
-        if referee is None:
-            self._unsettled()
-            return
-        Ask(self.w, self.me, self.workload, self.params, purpose="check", only=[referee], verify="none",
-            on_end=lambda r: self._refereed(provider_ad, checker_ad, referee, c, r, [*asked, referee])).start()
-
-    def _unsettled(self) -> None:
-        """No referee agrees with either run: not paid, nobody marked (no verification entry)."""
-        self.checked = ""
-        self._verified(False, "disputed: no referee agrees with either run")
-
-    def _refereed(self, provider_ad: Any, checker_ad: Any, referee_ad: Any, c: Ask, r: Ask, asked: list[Any]) -> None:
-        if r.state != "done":
-            self._referee(provider_ad, checker_ad, c, asked)
-            return
-        provider_right, checker_right = self.digest == r.digest, c.digest == r.digest
-        wrong = "provider" if checker_right and not provider_right else \
-            "checker" if provider_right and not checker_right else "inconclusive"
-        machine = self.machine
-        assert machine is not None and machine.result is not None
-        self.w.record(self.me, "dispute", {"job": machine.job, "checker": checker_ad.peer_id,
-                                           "referee": referee_ad.peer_id, "wrong": wrong,
-                                           "results": [machine.result.raw, c.result_raw, r.result_raw]},
-                      machine.result.body["provider"])
-        if wrong == "provider":
-            self._cheat_report(machine.result.body["provider"], machine.job,
-                               (machine.result.raw, c.result_raw, r.result_raw))
-            self._verified(False, "wrong: the checker and the referee agree against it")
-        elif wrong == "checker":
-            self._cheat_report(checker_ad.peer_id, c.job_id, (c.result_raw, machine.result.raw, r.result_raw))
-            self._verified(True, "verified by a referee (the checker was wrong)")
-        else:
-            self._referee(provider_ad, checker_ad, c, asked)
-
-    @property
-    def result_raw(self) -> bytes:
-        return self.machine.result.raw if self.machine is not None and self.machine.result is not None else b""
-
-    @property
-    def job_id(self) -> bytes:
-        return self.machine.job if self.machine is not None else b""
-
-    def _cheat_report(self, subject: bytes, job: bytes, results: tuple[bytes, bytes, bytes]) -> None:
-        trust = self.me.trust
-        assert trust is not None
-        op = trust.rep.opinion(subject, self.w.now())
-        r = rpt.make_report(self.me.identity.signing_key, subject=subject, t_ms=int(op.t * 1000), pos=op.pos,
-                            neg=op.neg + CHEAT_WEIGHT, verdict="cheat", job=job, evidence=results)
-        self.w.publish_report(self.me, r)
-
-    def _verified(self, ok: bool, outcome: str) -> None:
-        machine = self.machine
-        assert machine is not None
-        if not self.me.alive or machine.state is not R.VERIFYING:
-            self._end("error", "requester down")
-            return
-        self.outcome = outcome
-        if ok and machine.result is not None:
-            self.me.requester.scorer.observe_speed(machine.result.body["provider"],  # type: ignore[union-attr]
-                                                   self.wl.flops(self.params), self.kernel_ms / 1000)
-        self._verifying = False
-        self._carry(machine.verified(ok, outcome))
-        self._finish()
-
-    # the end ---------------------------------------------------------------------------------
-    def _finish(self) -> None:
-        machine = self.machine
-        assert machine is not None
-        if self.state != "pending":
-            return
-        w, me = self.w, self.me
-        if me.table is not None:  # asked and never answered: set aside for a while
-            for peer in machine.candidates:
-                if peer not in self.answered and not me.table.standing.is_aside(peer, w.now()):
-                    me.table.standing.set_aside(peer, w.now())
-        if me.alive and me.ledger is not None:
-            for peer, why in machine.failed.items():
-                overrun = {"overrun": True} if peer in machine.overran else {}
-                w.record(me, "failure", {"job": machine.job, "reason": why[:250], **overrun}, peer)
-            provider = machine.provider
-            if provider is not None and machine.receipt is not None:
-                if self.checked:
-                    w.record(me, "verification", {"job": machine.job, "method": self.checked,
-                                                  "passed": machine.state is R.DONE,
-                                                  "detail": self.outcome[:250]}, provider)
-                body = machine.receipt.body
-                w.record(me, "receipt", {"role": "requester", "job": machine.job, "receipt": machine.receipt.raw,
-                                         "workload": self.workload, "accepted": body["accepted"],
-                                         "paid": body["paid"]}, provider)
-                if body["paid"]:
-                    w.record(me, "credit", {"job": machine.job, "amount": -body["paid"]}, provider)
-                if self.checked in ("rerun", "freivalds", "rows") and self.purpose == "job":
-                    trust = me.trust
-                    assert trust is not None
-                    op = trust.rep.opinion(provider, w.now())
-                    w.publish_report(me, rpt.make_report(me.identity.signing_key, subject=provider,
-                                                         t_ms=int(op.t * 1000), pos=op.pos, neg=op.neg))
-        if machine.provider is not None:
-            self.provider = machine.provider
-        self._end(machine.state.value, machine.reason or self.outcome or machine.state.value)
-
-    def _end(self, state: str, outcome: str) -> None:
-        if self.state != "pending":
-            return
-        self.state, self.ended = state, self.w.t
-        if not self.outcome:
-            self.outcome = outcome
-        self.w.asks.discard(self)
-        if self.on_end is not None:
-            self.on_end(self)
-
-
-class Calibration:
-    """The first-contact calibration job (``Checks.calibrate``): an n³ fp32 product sized by the
-    advertised speed, checked by Freivalds, its timing judged by ``calibration_verdict``."""
-
-    def __init__(self, world: World, me: Node, ad: Any, done: Callable[[], None]) -> None:
-        self.w, self.me, self.ad, self.done = world, me, ad, done
-        self.n, self.claimed = checks_mod.calibration_size(ad)
-
-    def start(self) -> None:
-        n = self.n
-        Ask(self.w, self.me, "matmul", {"m": n, "n": n, "k": n, "dtype": "fp32", "seed": self.me.rng.randrange(1 << 30)},
-            purpose="calibration", only=[self.ad], verify="freivalds", on_end=self._ended,
-            extra_input_bytes=8 * n * n).start()
-
-    def _ended(self, sub: Ask) -> None:
-        times = {what: t for t, what, _ in sub.events if what in ("award", "result")}
-        if sub.state == "done" and "award" in times and "result" in times and self.me.alive:
-            latency = self.me.requester._latency_ms(self.ad.peer_id) if self.me.requester else 0.0
-            verdict = checks_mod.calibration_verdict(self.n, self.claimed, sub.kernel_ms,
-                                                     times["result"] - times["award"], latency)
-            self.w.record(self.me, "verification", {"job": sub.job_id, **verdict}, self.ad.peer_id)
-        self.done()
 
 
 def roles_of(nodes: list[Node]) -> dict[str, list[int]]:

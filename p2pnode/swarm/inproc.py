@@ -42,8 +42,9 @@ log = logging.getLogger("p2pnode.inproc")
 async def _host() -> None:
     import trio
 
-    from p2pnode.cli import node_from_run_flags
     from p2pnode.exec.executor import Executor
+    from p2pnode.node import Node
+    from p2pnode.run_flags import config_from_run_flags
 
     out_lock = trio.Lock()
 
@@ -60,7 +61,7 @@ async def _host() -> None:
         try:
             with trio.CancelScope() as scope:
                 scopes[index] = scope
-                node = node_from_run_flags(args, executor=executor)
+                node = Node(config_from_run_flags(args), executor=executor)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(node.run)
                     addrs = node.addrs()

@@ -3,12 +3,13 @@ workload's own rule against an independent re-run otherwise."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from p2pnode.exec import workloads
+from p2pnode.exec.onnx_workload import take_rows
 from p2pnode.exec.workloads import Output
 from p2pnode.verify import freivalds
 
@@ -32,3 +33,18 @@ def compare(workload: str, params: Mapping[str, Any], output: Output, reference:
     rule = wl.comparison(params)
     return (True, f"agrees with an independent run ({rule})") if same else \
         (False, f"disagrees with an independent run ({rule})")
+
+
+class Comparison:
+    """The node's outputs for the verdict machine (``protocol/verdict.py``'s ``Outputs``): arrays,
+    compared by ``workload``'s rule, a row job's sliced to sampled rows."""
+
+    def __init__(self, workload: str) -> None:
+        self.workload = workload
+
+    def same(self, params: dict[str, Any], a: Any, b: Any) -> tuple[bool, str]:
+        return compare(self.workload, params, a, b)
+
+    def rows(self, params: dict[str, Any], inputs: Any, output: Any,
+             idx: Sequence[int]) -> tuple[dict[str, Any], Any, Any]:
+        return take_rows(params, inputs or {}, output, idx)

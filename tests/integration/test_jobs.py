@@ -315,3 +315,17 @@ async def test_a_provider_killed_after_its_result_is_replaced_not_blamed(data_di
             if p.proc.poll() is None:
                 p.proc.kill()
                 p.proc.wait()
+
+
+async def test_reserves_are_asked_only_when_the_first_candidates_do_not_answer() -> None:
+    """One provider asked (``k=1``) and two held in reserve: the first bids, so the reserves are
+    never sent the request, and no provider is penalised for a bid it was asked for."""
+    async with swarm(4, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        requester = nodes[0].node
+        rec = await requester.jobs.submit("matmul", {"m": 8, "n": 8, "k": 8}, max_price=RICH, deadline_s=30, k=1)
+        assert rec.state == "done", rec.outcome
+        asked = [r.node for r in nodes[1:] if any(j.job == rec.job for j in r.node.jobs.records)]
+        assert [p.identity.peer_id_b58 for p in asked] == [rec.peer]
+        now = requester._clock()
+        assert [requester.penalties.score(r.node.identity.peer_id, now) for r in nodes[1:]] == [0, 0, 0]

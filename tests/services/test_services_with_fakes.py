@@ -285,7 +285,7 @@ def _imports(path: Path) -> set[str]:
 ALLOWED = {  # which services each service may import (the direction stated in services/__init__)
     "ports": set(), "operations": set(), "records": {"ports"}, "blobs": {"ports"}, "trust": {"ports"},
     "peers": {"ports"}, "market": {"ports"}, "checks": {"ports", "records"}, "provider": {"ports", "records", "blobs"},
-    "requester": {"ports", "records", "blobs", "checks", "operations"}, "jobs": {"provider", "requester", "records"},
+    "conversation": {"ports"}, "requester": {"ports", "records", "blobs", "checks", "conversation", "operations"}, "jobs": {"provider", "requester", "records"},
     "mapper": {"ports", "records", "operations"}, "model_prep": {"ports"},
 }
 
@@ -301,4 +301,4 @@ def test_services_import_one_way_and_never_the_node() -> None:
         assert services <= ALLOWED[path.stem], f"{path.name} imports {services - ALLOWED[path.stem]}"
     users = {p.relative_to(ROOT).as_posix() for p in (ROOT / "p2pnode").rglob("*.py")
              if any(i == "p2pnode.node" for i in _imports(p))}
-    assert users == {"p2pnode/cli.py"}  # the command line builds nodes (for in-process hosts too)
+    assert users == {"p2pnode/cli.py", "p2pnode/swarm/inproc.py"}  # the command line and the in-process host build nodes

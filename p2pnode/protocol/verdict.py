@@ -1,0 +1,332 @@
+"""The requester's verdict on one result: a pure state machine (``specs/verification.md``).
+
+Once the awarded provider's signed result is in, everything the requester decides about it is
+here, and nowhere else: the node's services and the simulator both drive this machine, carrying
+out the :mod:`~p2pnode.protocol.requester_actions` it returns and telling it what came back.
+
+==============  ================================================================================
+state           waiting for
+==============  ================================================================================
+``OPENING``     the output fetched and opened (:class:`OpenOutput`): its digest against the signed
+                one and, by the job's policy, Freivalds' product check or the row commitment
+``CHECKING``    an independent checker's run of the job, or of a sample of its rows
+                (:class:`RunElsewhere`, role ``checker``)
+``HERE``        sampled rows and no checker (or none that completed): this node's own run of them
+                (:class:`RunHere`)
+``REFEREEING``  the checker disagreed: a referee's run, independent of everyone asked before; one
+                that agrees with neither run, or fails, makes way for the next (``MAX_REFEREES``)
+``SETTLED``     final: :attr:`Verdict.settled` says accepted or not, what to say, what was checked
+``UNAVAILABLE`` final: the output could not be fetched (its provider is gone): that proves nothing
+                against the provider; the job is re-awarded and nothing is paid
+==============  ================================================================================
+
+The rules that make it safe to trust, each a property its tests check with hypothesis:
+
+* a result the check refuted is never accepted: a failed digest, product or commitment check, a
+  referee that sides with the checker, sampled rows that disagree with this node's own run;
+* a referee's verdict decides: it sides with one run against the other, or, agreeing with
+  neither, hands over to the next referee; when none is left the dispute is **inconclusive**:
+  not paid, but with nothing checked (``checked`` empty) nobody is marked, so a lying checker and
+  a lying referee cannot frame an honest provider;
+* an output that is merely unavailable blames nobody;
+* every path ends, within ``CHECK_DEADLINE_S`` of the check's start: nobody more is asked with
+  less than ``MIN_CHECK_S`` left.
+
+**A new kind of check is a new entry of** ``_CHECKS`` (the policy that starts it) and, when it
+waits on something new, a new state with its rows in ``_TRANSITIONS`` and one answering method:
+a teacher-forced check of generated text samples prompts as ``_check_rows`` samples rows and asks
+a checker for one forward pass over the provider's tokens (a :class:`RunElsewhere` whose
+``Outputs.same`` compares the activation fingerprints); a bisection over training steps is a
+state after ``REFEREEING`` whose every answer halves the disputed range of steps until a referee
+re-runs one step. Written once here, they run on the node and in the simulator alike.
+
+Misuse by our own code (an answer to a question that was not asked) raises
+:class:`~p2pnode.errors.LocalProtocolError` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from p2pnode.errors import LocalProtocolError
+from p2pnode.market.selection import independent
+from p2pnode.protocol.requester_actions import (
+    Action,
+    OpenOutput,
+    PublishCheat,
+    Question,
+    Ran,
+    Record,
+    RunElsewhere,
+    RunHere,
+    Settle,
+)
+from p2pnode.verify import rows
+from p2pnode.wire import job as m
+from p2pnode.wire.peer_id import to_base58
+
+CHECK_DEADLINE_S = 40.0  # a whole check, referees included: within the provider's receipt timeout (60 s)
+MIN_CHECK_S = 2.0  # less time than this left: ask no one more
+MAX_REFEREES = 2  # referees asked, one after another, while none agrees with either run
+
+
+class V(Enum):
+    OPENING = "opening"
+    CHECKING = "checking"
+    HERE = "here"
+    REFEREEING = "refereeing"
+    # final
+    SETTLED = "settled"
+    UNAVAILABLE = "unavailable"
+
+
+FINAL = frozenset({V.SETTLED, V.UNAVAILABLE})
+
+_TRANSITIONS: dict[tuple[V, str], frozenset[V]] = {
+    (V.OPENING, "opened"): frozenset({V.SETTLED, V.CHECKING, V.HERE}),  # HERE: rows, no checker at all
+    (V.OPENING, "unavailable"): frozenset({V.UNAVAILABLE}),
+    (V.CHECKING, "ran"): frozenset({V.SETTLED, V.HERE, V.REFEREEING}),
+    (V.REFEREEING, "ran"): frozenset({V.SETTLED, V.REFEREEING}),
+    (V.HERE, "ran_here"): frozenset({V.SETTLED}),
+}
+
+_ASKED_BY = {"opened": OpenOutput, "unavailable": OpenOutput, "ran": RunElsewhere, "ran_here": RunHere}
+
+
+class Outputs(Protocol):
+    """How the driver's outputs compare (opaque to the machine): the node's are arrays, compared
+    by the workload's rule (``verify/check.py``); the simulator's are digests."""
+
+    def same(self, params: dict[str, Any], a: Any, b: Any) -> tuple[bool, str]:
+        """Whether ``a`` and ``b`` agree as outputs of ``params``, and by which rule."""
+
+    def rows(self, params: dict[str, Any], inputs: Any, output: Any,
+             idx: Sequence[int]) -> tuple[dict[str, Any], Any, Any]:
+        """The job restricted to rows ``idx``: its parameters, inputs and the provider's output rows."""
+
+
+class Checkers(Protocol):
+    """Who may check: the requester's view of the market for the job's workload (pure lookups)."""
+
+    def pool(self) -> Sequence[Any]:
+        """Ads of providers of the workload, in the requester's order."""
+
+    def score(self, peer: bytes) -> float:
+        """The requester's reputation score of ``peer``."""
+
+    def check_probability(self, peer: bytes) -> float:
+        """The probability of re-running a result of ``peer`` (``verify/sampling.py``)."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a check runs again: the job's parameters and inputs (a row check: its sample's) and
+    the provider's output for them."""
+
+    params: dict[str, Any]
+    inputs: Any
+    output: Any
+
+
+@dataclass
+class Verdict:
+    me: bytes
+    job: bytes
+    workload: str
+    policy: str  # freivalds, rows, rerun or none (``verify/sampling.py``)
+    purpose: str  # job, check or calibration: only a job's result is checked by others
+    provider: Any  # the provider's capacity ad
+    result: m.Result
+    params: dict[str, Any]
+    inputs: Any
+    checkers: Checkers
+    outputs: Outputs
+    rng: random.Random
+    on_event: Callable[[str, dict[str, object]], None] | None = None
+    state: V = V.OPENING
+    pending: Question | None = None  # the question the machine waits on
+    settled: Settle | None = None
+    reason: str = ""  # why the output was unavailable
+    output: Any = None  # the provider's output, once opened
+    _opened: tuple[str, str] = ("", "")  # what opening it found: (detail, method)
+    _method: str = ""  # the check under way: rerun or rows
+    _work: Work | None = None
+    _until: float = 0.0
+    _checker: Any = None
+    _checked: Ran | None = None  # the checker's run, when it disagreed
+    _asked: list[Any] = field(default_factory=list)
+    _referees: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+    def start(self) -> list[Action]:
+        check = "freivalds" if self.policy == "freivalds" and self.workload == "matmul" else \
+            "rows" if self.policy == "rows" else ""
+        self.pending = OpenOutput(self.result, check)
+        return [self.pending]
+
+    # answers -------------------------------------------------------------------------------
+    def opened(self, ok: bool, detail: str, output: Any, method: str, now: float) -> list[Action]:
+        """The output is open: ``ok`` and ``detail`` from the digest and the check named in the
+        question; ``method`` names the check whose verdict ``ok`` is."""
+        self._expect("opened")
+        self.output, self._opened = output, (detail, method)
+        if not ok or output is None or self.purpose != "job":
+            return self._settle("opened", ok and output is not None, detail, method)
+        start = _CHECKS.get(self.policy)
+        return start(self, now) if start is not None else self._settle("opened", True, detail, method)
+
+    def unavailable(self, why: str, now: float) -> list[Action]:
+        """The output could not be fetched: the result is given up, its provider not blamed."""
+        self._expect("unavailable")
+        self._move("unavailable", V.UNAVAILABLE)
+        self.reason, self.pending = why, None
+        return []
+
+    def ran(self, run: Ran | None, now: float) -> list[Action]:
+        """The checker or referee asked ran the work (``None``: it did not complete)."""
+        self._expect("ran")
+        if self.state is V.CHECKING:
+            return self._checker_ran(run, now)
+        return self._referee_ran(run, now)
+
+    def ran_here(self, output: Any, why: str, now: float) -> list[Action]:
+        """This node's own run of the sampled rows (``None``, with ``why``: it could not run)."""
+        self._expect("ran_here")
+        work = self._work
+        assert work is not None
+        n = work.params["rows"]
+        if output is None:
+            return self._settle("ran_here", True, f"accepted (could not check here: {why})", self._method)
+        if self.outputs.same(work.params, work.output, output)[0]:
+            return self._settle("ran_here", True, f"verified: {n} sampled rows agree with a re-run here",
+                                self._method)
+        return self._settle("ran_here", False, "wrong: sampled rows disagree with a re-run here", self._method)
+
+    # checks --------------------------------------------------------------------------------
+    def _rerun(self, now: float) -> list[Action]:
+        """Re-run the whole job on an independent checker, with the probability the provider's
+        record earns it."""
+        if self.rng.random() >= self.checkers.check_probability(self.provider.peer_id):
+            return self._settle("opened", True, *self._opened)
+        return self._check("rerun", Work(self.params, self.inputs, self.output), now)
+
+    def _rows(self, now: float) -> list[Action]:
+        """Re-run a sample of the rows that the provider could not predict: it signed its row
+        commitment before the sample was drawn (``verify/rows.py`` has the maths)."""
+        n = int(self.params["rows"])
+        idx = rows.sample(n, rows.sample_size(), self.rng)
+        params, inputs, output = self.outputs.rows(self.params, self.inputs, self.output, idx)
+        self._emit("sample", rows=len(idx), of=n)
+        return self._check("rows", Work(params, inputs, output), now)
+
+    def _check(self, method: str, work: Work, now: float) -> list[Action]:
+        self._method, self._work, self._until = method, work, now + CHECK_DEADLINE_S
+        checker = self._independent([self.provider])
+        if checker is None:
+            if method == "rows":
+                return self._ask("opened", V.HERE, RunHere(work.params, work.inputs))
+            return self._settle("opened", True, "accepted (no independent checker)", "")
+        self._checker = checker
+        self._emit("check", checker=checker.peer_id, method=method)
+        return self._ask("opened", V.CHECKING, RunElsewhere(checker, work.params, work.inputs, "checker",
+                                                            self._until - now))
+
+    def _checker_ran(self, run: Ran | None, now: float) -> list[Action]:
+        work = self._work
+        assert work is not None
+        if run is None:
+            if self._method == "rows":
+                return self._ask("ran", V.HERE, RunHere(work.params, work.inputs))
+            return self._settle("ran", True, "accepted (the check did not complete)", "")
+        same, how = self.outputs.same(work.params, work.output, run.output)
+        if same:
+            by = to_base58(self._checker.peer_id)[-6:]
+            text = f"verified: {work.params['rows']} sampled rows agree with {by}'s re-run" \
+                if self._method == "rows" else f"verified: {how} by {by}"
+            return self._settle("ran", True, text, self._method)
+        self._checked, self._asked = run, [self.provider, self._checker]
+        return self._next_referee(now)
+
+    def _next_referee(self, now: float) -> list[Action]:
+        work = self._work
+        assert work is not None
+        while self._referees < MAX_REFEREES:
+            referee = self._independent(self._asked)
+            self._emit("dispute", checker=self._checker.peer_id, referee=referee.peer_id if referee else b"")
+            if referee is None:
+                break
+            self._referees += 1
+            self._asked.append(referee)
+            if self._until - now >= MIN_CHECK_S:
+                return self._ask("ran", V.REFEREEING, RunElsewhere(referee, work.params, work.inputs, "referee",
+                                                                   self._until - now))
+        # Nobody settled it: not paid, but nobody is marked either, since a checker and a referee
+        # that both lie (or both fail) must not be able to frame an honest provider.
+        return self._settle("ran", False, "disputed: no referee agrees with either run", "")
+
+    def _referee_ran(self, run: Ran | None, now: float) -> list[Action]:
+        work, c = self._work, self._checked
+        assert work is not None and c is not None
+        if run is None:
+            return self._next_referee(now)
+        provider_right = self.outputs.same(work.params, work.output, run.output)[0]
+        checker_right = self.outputs.same(work.params, c.output, run.output)[0]
+        wrong = "provider" if checker_right and not provider_right else \
+            "checker" if provider_right and not checker_right else "inconclusive"
+        evidence = (self.result.raw, c.result_raw, run.result_raw)
+        out: list[Action] = [Record("dispute", {"job": self.job, "checker": self._checker.peer_id,
+                                                "referee": self._asked[-1].peer_id, "wrong": wrong,
+                                                "results": list(evidence)}, self.provider.peer_id)]
+        self._emit("settled", wrong=wrong)
+        if wrong == "provider":
+            out.append(PublishCheat(self.provider.peer_id, self.job, evidence))
+            return out + self._settle("ran", False, "wrong: the checker and the referee agree against it",
+                                      self._method)
+        if wrong == "checker":
+            out.append(PublishCheat(self._checker.peer_id, c.job, (c.result_raw, self.result.raw, run.result_raw)))
+            return out + self._settle("ran", True, "verified by a referee (the checker was wrong)", self._method)
+        return out + self._next_referee(now)
+
+    # moves ---------------------------------------------------------------------------------
+    def _independent(self, exclude: Sequence[Any]) -> Any | None:
+        return independent(self.checkers.pool(), self.workload, exclude, self.me, self.checkers.score)
+
+    def _expect(self, answer: str) -> None:
+        if not isinstance(self.pending, _ASKED_BY[answer]):
+            asked = type(self.pending).__name__ if self.pending is not None else "nothing"
+            raise LocalProtocolError(f"cannot take {answer} in state {self.state.value} (asked: {asked})")
+
+    def _move(self, event: str, to: V) -> None:
+        allowed = _TRANSITIONS.get((self.state, event))
+        if allowed is None or to not in allowed:
+            raise LocalProtocolError(f"cannot {event} in state {self.state.value}")
+        self.state = to
+
+    def _ask(self, event: str, to: V, question: Question) -> list[Action]:
+        self._move(event, to)
+        self.pending = question
+        return [question]
+
+    def _settle(self, event: str, accepted: bool, outcome: str, checked: str) -> list[Action]:
+        self._move(event, V.SETTLED)
+        self.settled, self.pending = Settle(accepted, outcome, checked), None
+        return []
+
+    def _emit(self, what: str, **data: object) -> None:
+        if self.on_event is not None:
+            self.on_event(what, data)
+
+
+_CHECKS: dict[str, Callable[[Verdict, float], list[Action]]] = {
+    "rerun": Verdict._rerun,
+    "rows": Verdict._rows,
+}
+"""Policy -> how the check of an opened, sound output starts. A policy not here (freivalds, none)
+settles on what opening the output found."""
