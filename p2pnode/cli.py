@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--schedule", action="append", metavar="WINDOW",
                      help="take jobs only in these local-time windows, e.g. 'mon-fri 19:00-07:00' (repeatable)")
     run.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus endpoint ('' disables)")
+    run.add_argument("--ui", metavar="HOST:PORT", help="the web dashboard's address (`p2pnode ui` prints it)")
+    run.add_argument("--no-ui", dest="ui", action="store_const", const="", help="no web dashboard")
     run.add_argument("--price", type=int, help="price in micro-credits per unit of work")
     run.add_argument("--ad-interval", type=_finite, help="seconds between periodic ads")
     run.add_argument("--ad-ttl", type=_finite, help="seconds an ad stays valid")
@@ -212,13 +214,14 @@ def _parser() -> argparse.ArgumentParser:
         ("status", "healthy / issues / error, with the reasons"),
         ("pause", "stop taking new jobs (running ones finish; the ad offers nothing)"),
         ("resume", "take jobs again"),
+        ("ui", "print the address of the running node's web dashboard, with its login token"),
     ):
         sp = sub.add_parser(name, parents=[common], help=text)
         sp.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
-_RUN_FLAGS = ("listen", "announce", "bootstrap", "network", "mdns", "provide", "use_gpu", "metrics", "price",
+_RUN_FLAGS = ("listen", "announce", "bootstrap", "network", "mdns", "provide", "use_gpu", "metrics", "ui", "price",
               "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "budget",
               "reciprocity", "adversary", "calibration_file", "impair", "gpus", "slots", "max_jobs", "max_gpu_mem",
               "cpu_threads", "schedule", "reachability", "relay_service", "relays", "dht", "upnp")
@@ -334,6 +337,8 @@ def _read_command(args: argparse.Namespace) -> int:
         return _credits(config, args, console)
     if args.command == "cancel":
         return _cancel(config, args, console)
+    if args.command == "ui":
+        return _ui(config, args)
     answer: Any = call(config.control_socket, args.command)
     if args.json:
         _print_json(answer)
@@ -354,6 +359,22 @@ def _read_command(args: argparse.Namespace) -> int:
         if answer["paused"] and not answer.get("operator") and answer.get("off_schedule"):
             state = "paused by its schedule until its next window"
         console.print(f"{state}; {answer['running']} job(s) running")
+    return 0
+
+
+def _ui(config: Config, args: argparse.Namespace) -> int:
+    """The dashboard's login address: the node says where it listens, the token file what to show."""
+    from p2pnode.web.guard import load_or_create_token
+
+    address = call(config.control_socket, "ui")["address"]
+    if not address:
+        raise LocalError("this node runs without its dashboard (ui = \"\" or --no-ui): start it with --ui HOST:PORT")
+    url = f"http://{address}/"
+    login = f"{url}login?token={load_or_create_token(config.data_dir)}"
+    if args.json:
+        _print_json({"url": url, "login": login})
+    else:
+        print(login)
     return 0
 
 
@@ -480,6 +501,8 @@ def _run(config: Config) -> int:
                     say(f"listening on {addr}")
                 if node.config.metrics:
                     say(f"metrics on http://{node.metrics.address}/metrics")
+                if node.ui_address:
+                    say(f"dashboard on http://{node.ui_address}/ (`p2pnode ui` prints its login address)")
                 async for signum in signals:
                     say(f"received {signal.Signals(signum).name}, shutting down")
                     nursery.cancel_scope.cancel()
