@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="run/up: all nodes in one process and one trio loop, sharing one executor (100 nodes "
                          "on a laptop)")
     sw.add_argument("--json", action="store_true", help="print a JSON summary")
+    sw.add_argument("--ui", default="127.0.0.1:7465", metavar="HOST:PORT",
+                    help="up/run: serve the swarm view here, on loopback (default 127.0.0.1:7465, or a free port)")
+    sw.add_argument("--no-ui", dest="ui", action="store_const", const="", help="up/run: no swarm view")
     sw.add_argument("--cheat", metavar="MODE[:X]", default="",
                     help="demo/up: make node 1 an adversary (garbage, perturb, replay, lowprec, skip, overclaim, stall)")
     sw.add_argument("--node", type=int, default=None, help="logs: only this node's log")
@@ -278,6 +281,11 @@ def _swarm(args: argparse.Namespace) -> int:
         from p2pnode.adversary import Adversary
 
         Adversary.parse(args.cheat)
+    if args.ui:
+        from p2pnode.web.server import is_loopback, split_listen
+
+        if not is_loopback(split_listen(args.ui)[0]):
+            raise LocalError(f"--ui {args.ui}: the swarm view serves loopback only (127.0.0.1:PORT)")
     if args.action == "run":
         from p2pnode import scenario as sc
         from p2pnode.swarm.runner import run_scenario
@@ -288,7 +296,7 @@ def _swarm(args: argparse.Namespace) -> int:
         if args.nodes:
             spec = spec.scaled(args.nodes)
         code, _ = run_scenario(spec, out=args.out, as_json=args.json, isolate=not args.no_isolate,
-                               in_process=args.in_process)
+                               in_process=args.in_process, ui=args.ui)
         return code
     if args.action in ("up", "status", "down", "logs"):
         from p2pnode.swarm import background
@@ -499,10 +507,10 @@ def _run(config: Config) -> int:
                 say(f"p2pnode {__version__} peer {node.peer_id}")
                 for addr in node.addrs():
                     say(f"listening on {addr}")
+                if node.ui_address:  # before the metrics line: launchers take that one as "ready"
+                    say(f"dashboard on http://{node.ui_address}/ (`p2pnode ui` prints its login address)")
                 if node.config.metrics:
                     say(f"metrics on http://{node.metrics.address}/metrics")
-                if node.ui_address:
-                    say(f"dashboard on http://{node.ui_address}/ (`p2pnode ui` prints its login address)")
                 async for signum in signals:
                     say(f"received {signal.Signals(signum).name}, shutting down")
                     nursery.cancel_scope.cancel()
