@@ -49,8 +49,20 @@ def jobs_panel(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         fractions = [e["fraction"] for e in r.get("events", []) if isinstance(e.get("fraction"), (int, float))]
         done = r.get("state") in ("done", "failed", "rejected", "cancelled", "error") or bool(r.get("ended"))
         row["progress"] = 1.0 if done and r.get("state") == "done" else (fractions[-1] if fractions else 0.0)
+        row["verified"] = _verified(r)
         out.append(row)
     return out
+
+
+def _verified(r: dict[str, Any]) -> str:
+    """How a job's result was checked, in words."""
+    if r.get("checked"):
+        return str(r["checked"])
+    if r.get("role") == "provider":
+        return "by its requester"
+    if r.get("state") == "done":
+        return "not re-run (not sampled)"
+    return ""
 
 
 class Dashboard:

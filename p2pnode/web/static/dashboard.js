@@ -107,7 +107,7 @@
       withProgress ? ["progress", (j) => bar(j.progress, `${Math.round(j.progress * 100)}% · ${j.state}`)]
         : ["state", (j) => el("span", { class: "state-" + j.state, text: j.state })],
       ["price µcr", (j) => j.price, "num"],
-      ["verified", (j) => j.checked || (j.role === "provider" ? "by the requester" : "")],
+      ["verified", (j) => j.verified],
       withProgress ? ["started", (j) => time(j.started)] : ["took", (j) => (j.ended && j.started ? dur(j.ended - j.started) : ""), "num"],
       ...(withProgress ? [] : [["outcome", (j) => el("span", { class: "small", text: j.outcome || "" })]]),
     ];
