@@ -50,6 +50,11 @@ def jobs_panel(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         done = r.get("state") in ("done", "failed", "rejected", "cancelled", "error") or bool(r.get("ended"))
         row["progress"] = 1.0 if done and r.get("state") == "done" else (fractions[-1] if fractions else 0.0)
         row["verified"] = _verified(r)
+        award = next((e for e in reversed(r.get("events", [])) if e.get("event") == "award"), None)
+        if award is not None and not done:  # a live job's provider and price, as awarded
+            row["peer"] = row["peer"] or award.get("provider", "")
+            row["price"] = row["price"] or award.get("price", 0)
+            row["state"] = "running" if row["state"] == "starting" else row["state"]
         out.append(row)
     return out
 

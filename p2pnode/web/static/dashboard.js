@@ -130,15 +130,18 @@
   function drawChart() {
     const box = document.getElementById("chart");
     if (!history || box.offsetParent === null || typeof uPlot === "undefined") return;
-    const t = history.t.length ? history.t : [Date.now() / 1000];
-    const data = [t, history.given.length ? history.given : [0], history.received.length ? history.received : [0]];
+    // from zero, a moment before the first receipt, to now
+    const t0 = history.t.length ? history.t[0] - 1 : Date.now() / 1000 - 60;
+    const data = [[t0, ...history.t, Date.now() / 1000], [0, ...history.given, history.total.given],
+      [0, ...history.received, history.total.received]];
     const width = Math.max(300, box.clientWidth - 8);
     if (chart && chart.width === width) { chart.setData(data); return; }
     if (chart) chart.destroy();
+    const steps = uPlot.paths.stepped({ align: 1 });  // cumulative sums: a step at each receipt
     chart = new uPlot({
       width, height: 260,
-      series: [{}, { label: "given (µcr)", stroke: "#2f9e44", width: 2, fill: "rgba(47,158,68,0.08)" },
-        { label: "received (µcr)", stroke: "#1c7ed6", width: 2 }],
+      series: [{}, { label: "given (µcr)", stroke: "#2f9e44", width: 2, fill: "rgba(47,158,68,0.08)", paths: steps },
+        { label: "received (µcr)", stroke: "#1c7ed6", width: 2, paths: steps }],
       axes: [{}, { size: 60 }],
     }, data, box);
   }
