@@ -309,7 +309,6 @@ class Node:
                 self.metrics.serve(cfg.metrics, any_port_if_taken=cfg.metrics == DEFAULT_METRICS)
             if cfg.ui:
                 from p2pnode.web import server as web_server
-
                 from p2pnode.web.guard import load_or_create_token
 
                 self._ui_token = load_or_create_token(cfg.data_dir)  # a bad token file: one line, before the network
@@ -345,11 +344,10 @@ class Node:
 
     async def _serve_dashboard(self, sock: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """The web dashboard (:mod:`p2pnode.web.dashboard`) on ``sock``, with this node's log lines."""
+        from p2pnode.telemetry.logs import QUIET, LibraryLevels
         from p2pnode.web import server as web_server
         from p2pnode.web.dashboard import Dashboard
         from p2pnode.web.live import LogRing
-
-        from p2pnode.telemetry.logs import QUIET, LibraryLevels
 
         ring = LogRing()
         ring.addFilter(LibraryLevels(QUIET))  # the same lines the node's own log shows

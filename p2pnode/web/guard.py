@@ -42,9 +42,9 @@ TOKEN_HEADER = "x-p2pnode-token"
 MAX_TOKEN = 256
 READ_METHODS = ("GET", "HEAD")
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                                 b"connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
-                                 b"frame-ancestors 'none'"),
+    (b"content-security-policy", (b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                                  b"connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; "
+                                  b"frame-ancestors 'none'")),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),

@@ -140,7 +140,8 @@ def snapshot(source: Source, nodes: list[SwarmNode], answers: dict[int, dict[str
         })
     converged = bool(live) and all(r["missing"] == 0 for r in rows if r["up"] and r["role"] not in NOT_LISTED[:3])
     providers = [n.index for n in nodes if n.role != "requester"]
-    matrix = {"requesters": sorted(requesters), "providers": providers, "scores": {}}
+    scores: dict[str, dict[str, Any]] = {}
+    matrix = {"requesters": sorted(requesters), "providers": providers, "scores": scores}
     distrusted_by: dict[int, list[int]] = {}
     for r in sorted(requesters):
         table = answers.get(r, {}).get("reputation") or []
@@ -152,7 +153,7 @@ def snapshot(source: Source, nodes: list[SwarmNode], answers: dict[int, dict[str
             cells[str(i)] = {"score": e.get("score"), "distrusted": bool(e.get("distrusted")), "cheats": e.get("cheats", 0)}
             if e.get("distrusted"):
                 distrusted_by.setdefault(i, []).append(r)
-        matrix["scores"][str(r)] = cells
+        scores[str(r)] = cells
     cheaters = [n.index for n in nodes if n.role in CHEATER_KINDS]
     recent: list[dict[str, Any]] = []
     for n in nodes:
@@ -283,7 +284,7 @@ class ViewThread:
 
         try:
             trio.run(main)
-        except BaseException as exc:  # noqa: BLE001 - told to the caller of start()
+        except BaseException as exc:
             from p2pnode.errors import unwrap_group
 
             self.error = unwrap_group(exc) if isinstance(exc, BaseExceptionGroup) else exc

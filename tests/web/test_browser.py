@@ -143,7 +143,7 @@ def test_a_job_appears_live_and_finishes_verified(browser: Any, swarm: Swarm) ->
         live = page.locator("#jobs-live tbody tr").first.inner_text()
         assert "train_step" in live and "requester" in live
         job_id = page.locator("#jobs-live tbody tr td").first.inner_text().strip()
-        out, err = job.communicate(timeout=180)
+        out, _ = job.communicate(timeout=180)
     finally:
         job.kill()
     result = json.loads(out)

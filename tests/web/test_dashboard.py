@@ -108,7 +108,7 @@ async def test_the_event_stream_sends_the_sections() -> None:
         r, address, token = await _node(nursery)
         answer = await request(address, "GET", "/api/events", {"X-P2PNode-Token": token}, read=4096)
         assert answer.status == 200 and answer.headers["content-type"].startswith("text/event-stream")
-        names = set(re.findall(rb"^event: (\w+)$", answer.body, re.M))
+        names = set(re.findall(rb"^event: (\w+)$", answer.body, re.MULTILINE))
         assert {b"status", b"gpus", b"jobs"} <= names
         r.stop()
 
