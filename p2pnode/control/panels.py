@@ -95,7 +95,7 @@ class CreditHistory:
 
 def _thin(points: list[tuple[float, int, int]], n: int) -> list[tuple[float, int, int]]:
     """Every k-th point and the last: a cumulative series keeps its shape."""
-    step = max(1, len(points) // n)
+    step = max(1, -(-len(points) // n))  # ceil: at most n points, and the last
     out = points[::step]
     if out[-1] != points[-1]:
         out.append(points[-1])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,10 @@ from p2pnode.web import server as web_server
 from p2pnode.web.guard import TOKEN_FILE, cookie_name
 from p2pnode.web.live import STATIC
 from tests.integration.swarm import node_config, start_node
-from tests.web.http import post_json, request
+from tests.web.http import post_json, request, request_sync
+
+EXE = [sys.executable, "-m", "p2pnode"]
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("P2PNODE_")}
 
 
 async def _node(nursery: trio.Nursery, **flags: object):  # type: ignore[no-untyped-def]
@@ -153,3 +159,52 @@ def test_the_default_port_falls_back_when_taken_and_another_does_not() -> None:
     finally:
         holder.close()
     assert DEFAULT_UI.startswith("127.0.0.1:")
+
+
+def _run_node(data_dir: Path, *flags: str) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen([*EXE, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns",
+                             "--no-dht", "--metrics", "", *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=ENV)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while not any(line.startswith("listening on") for line in lines):
+        line = proc.stdout.readline()
+        assert line, "".join(lines)
+        lines.append(line)
+    return proc, lines
+
+
+def test_p2pnode_ui_prints_the_login_address(data_dir: Path) -> None:
+    proc, lines = _run_node(data_dir, "--ui", "127.0.0.1:0")
+    try:
+        assert proc.stdout is not None
+        lines.append(proc.stdout.readline())
+        said = next(line for line in lines if line.startswith("dashboard on http://127.0.0.1:"))
+        ui = subprocess.run([*EXE, "ui", "--data-dir", str(data_dir)], capture_output=True, text=True, env=ENV,
+                            timeout=60, check=False)
+        assert ui.returncode == 0, ui.stderr
+        login = ui.stdout.strip()
+        token = (data_dir / TOKEN_FILE).read_text().strip()
+        assert login == f"{said.split()[2]}login?token={token}"
+        address = login.split("//")[1].split("/")[0]
+        answer = request_sync(address, "GET", "/login?token=" + token)
+        assert answer.status == 303 and "set-cookie" in answer.headers
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_p2pnode_ui_says_when_there_is_no_dashboard(data_dir: Path) -> None:
+    ui = subprocess.run([*EXE, "ui", "--data-dir", str(data_dir)], capture_output=True, text=True, env=ENV,
+                        timeout=60, check=False)
+    assert ui.returncode == 1 and ui.stderr.startswith("p2pnode: error: no node is running")
+    proc, lines = _run_node(data_dir, "--no-ui")
+    try:
+        assert not any("dashboard" in line for line in lines)
+        ui = subprocess.run([*EXE, "ui", "--data-dir", str(data_dir)], capture_output=True, text=True, env=ENV,
+                            timeout=60, check=False)
+        assert ui.returncode == 1 and "runs without its dashboard" in ui.stderr and ui.stderr.count("\n") == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
