@@ -16,7 +16,7 @@ from typing import Any
 
 from p2pnode.errors import LocalError
 from p2pnode.web.guard import Guard
-from p2pnode.web.live import STATIC, LogRing, event_stream, page, read_body, to_json
+from p2pnode.web.live import STATIC, LogRing, event_stream, page, read_body, to_json, verified_how
 
 log = logging.getLogger("p2pnode.web")
 Call = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -49,7 +49,7 @@ def jobs_panel(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         fractions = [e["fraction"] for e in r.get("events", []) if isinstance(e.get("fraction"), (int, float))]
         done = r.get("state") in ("done", "failed", "rejected", "cancelled", "error") or bool(r.get("ended"))
         row["progress"] = 1.0 if done and r.get("state") == "done" else (fractions[-1] if fractions else 0.0)
-        row["verified"] = _verified(r)
+        row["verified"] = verified_how(r)
         award = next((e for e in reversed(r.get("events", [])) if e.get("event") == "award"), None)
         if award is not None and not done:  # a live job's provider and price, as awarded
             row["peer"] = row["peer"] or award.get("provider", "")
@@ -57,17 +57,6 @@ def jobs_panel(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["state"] = "running" if row["state"] == "starting" else row["state"]
         out.append(row)
     return out
-
-
-def _verified(r: dict[str, Any]) -> str:
-    """How a job's result was checked, in words."""
-    if r.get("checked"):
-        return str(r["checked"])
-    if r.get("role") == "provider":
-        return "by its requester"
-    if r.get("state") == "done":
-        return "not re-run (not sampled)"
-    return ""
 
 
 class Dashboard:

@@ -102,6 +102,17 @@ async def read_body(receive: Callable[[], Awaitable[Any]]) -> bytes:
             return bytes(body)
 
 
+def verified_how(job: dict[str, Any]) -> str:
+    """How a job's result was checked, in words (a job record as the control API shows it)."""
+    if job.get("checked"):
+        return str(job["checked"])
+    if job.get("role") == "provider":
+        return "by its requester"
+    if job.get("state") == "done":
+        return "not re-run (not sampled)"
+    return ""
+
+
 def page(name: str, token: str) -> str:
     """A page of ``static/`` with the token where the page's script reads it (a meta tag): only
     a request that already carried the token gets it."""

@@ -25,7 +25,7 @@ from p2pnode.control import aclient
 from p2pnode.errors import LocalError
 from p2pnode.scenario import CHEATER_KINDS
 from p2pnode.web.guard import TOKEN_FILE, Guard, load_or_create_token
-from p2pnode.web.live import STATIC, event_stream, page, to_json
+from p2pnode.web.live import STATIC, event_stream, page, to_json, verified_how
 
 log = logging.getLogger("p2pnode.web.swarm")
 NOT_LISTED = ("flood", "sybil", "poison", "requester")  # nodes no honest market has to list
@@ -161,7 +161,7 @@ def snapshot(source: Source, nodes: list[SwarmNode], answers: dict[int, dict[str
             if j.get("role") == "requester" and j.get("purpose", "job") == "job":
                 recent.append({"requester": n.index, "provider": index_of.get(j.get("peer", "")), "job": j.get("job", ""),
                                "workload": j.get("workload"), "state": j.get("state"), "started": j.get("started"),
-                               "ended": j.get("ended"), "checked": j.get("checked", ""), "price": j.get("price"),
+                               "ended": j.get("ended"), "checked": verified_how(j), "price": j.get("price"),
                                "cheater": role_of.get(index_of.get(j.get("peer", ""), -1), "") in CHEATER_KINDS})
     recent.sort(key=lambda j: -(j["started"] or 0))
     events = sorted([*source.events(), *noticed], key=lambda e: e.get("t", 0))[-MAX_EVENTS:]
