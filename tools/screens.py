@@ -42,7 +42,7 @@ def small(path: Path) -> None:
     from PIL import Image
 
     with Image.open(path) as im:
-        im.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+        im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 def work(folder: Path, nodes: int) -> None:
