@@ -14,6 +14,7 @@ from p2pnode.ledger.store import Ledger
 
 MAX_LEDGER_TAIL = 500
 MAX_HISTORY_POINTS = 400
+SCAN_PER_UPDATE = 2000  # ledger entries read by one update of the credit history
 MAX_DATA_TEXT = 160  # a ledger entry's data, shown: each value cut to this many characters
 
 
@@ -76,17 +77,21 @@ class CreditHistory:
 
     def update(self, ledger: Ledger | None) -> dict[str, Any]:
         if ledger is not None:
-            count = ledger.count
-            for e in ledger.entries(since=self.next_seq, kind="credit"):
-                if e.seq >= count:
+            # At most SCAN_PER_UPDATE entries a call: a node with a long ledger catches up over a
+            # few updates instead of stalling its loop on the first (each entry is decoded).
+            end = min(ledger.count, self.next_seq + SCAN_PER_UPDATE)
+            for e in ledger.entries(since=self.next_seq):
+                if e.seq >= end:
                     break
+                if e.kind != "credit":
+                    continue
                 amount = int(e.data.get("amount", 0))
                 if amount >= 0:
                     self.given += amount
                 else:
                     self.received -= amount
                 self.points.append((e.t_ms / 1000, self.given, self.received))
-            self.next_seq = count
+            self.next_seq = end
             if len(self.points) > 2 * MAX_HISTORY_POINTS:
                 self.points = _thin(self.points, MAX_HISTORY_POINTS)
         return {"t": [p[0] for p in self.points], "given": [p[1] for p in self.points],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from nacl.signing import SigningKey
 
 from p2pnode.control import panels
@@ -43,6 +44,7 @@ def test_a_long_history_is_thinned_but_keeps_its_last_point(tmp_path: Path) -> N
         for i in range(2 * panels.MAX_HISTORY_POINTS + 10):
             ledger.append("credit", {"job": i.to_bytes(16, "big"), "amount": 1}, peer=ledger.owner)
         h = history.update(ledger)
+        assert history.next_seq == ledger.count
     assert len(h["t"]) <= panels.MAX_HISTORY_POINTS + 2
     assert h["given"][-1] == 2 * panels.MAX_HISTORY_POINTS + 10 == h["total"]["given"]
 
@@ -72,3 +74,14 @@ def test_gpus_show_memory_use_and_slots_in_use() -> None:
                                                                   running=1), (), 100, True)
     assert cpu_only["cpu"]["busy"] == 1 and cpu_only["cpu"]["slots"] == 1 and cpu_only["paused"]
     assert panels.gpus(None, None, (), 100, False)["cpu"] is None
+
+
+def test_a_long_ledger_is_read_a_bounded_share_per_update(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(panels, "SCAN_PER_UPDATE", 10)
+    history = panels.CreditHistory()
+    with _ledger(tmp_path) as ledger:
+        for i in range(25):
+            ledger.append("credit", {"job": i.to_bytes(16, "big"), "amount": 2}, peer=ledger.owner)
+        assert history.update(ledger)["total"]["given"] == 2 * 9  # entries 0..9: the genesis and 9 credits
+        assert history.update(ledger)["total"]["given"] == 2 * 19
+        assert history.update(ledger)["total"]["given"] == 2 * 25 and history.next_seq == ledger.count == 26
