@@ -78,6 +78,8 @@ class Dashboard:
     async def read(self, name: str) -> Any:
         request, _ = SECTIONS[name]
         value = await self.call(dict(request))
+        if name == "market":  # without the ages that change every second: sent again only when an ad does
+            return [{k: v for k, v in e.items() if k not in ("age_s", "expires_in_s")} for e in value]
         return jobs_panel(value) if name == "jobs" else value
 
     async def snapshot(self, rounds: int, log_seq: list[int]) -> dict[str, Any]:

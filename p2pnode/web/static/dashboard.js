@@ -81,7 +81,7 @@
       ["memory GiB", (e) => (e.gpus || []).length ? e.gpus.map((g) => `${gib(g.mem_free)}/${gib(g.mem_total)}`).join(", ") : `${gib((e.cpu || {}).mem_free)}/${gib((e.cpu || {}).mem_total)}`, "num"],
       ["offers", (e) => [...new Set((e.offers || []).map((o) => `${o.wl} @ ${o.price}`))].join("; ")],
       ["Gflop/s", (e) => { const v = Object.values(e.speed || {}); return v.length ? Math.max(...v).toFixed(0) : "-"; }, "num"],
-      ["age s", (e) => Number(e.age_s).toFixed(1), "num"],
+      ["ad issued", (e) => time(e.iat / 1000)],
     ], rows, "no providers known yet"));
   }
 
