@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         ("status", "healthy / issues / error, with the reasons"),
         ("pause", "stop taking new jobs (running ones finish; the ad offers nothing)"),
         ("resume", "take jobs again"),
+        ("ui", "print the address of the running node's web dashboard, with its login token"),
     ):
         sp = sub.add_parser(name, parents=[common], help=text)
         sp.add_argument("--json", action="store_true", help="print JSON")
@@ -81,6 +82,9 @@ def _add_swarm(sub: Any) -> None:
                     help="run/up: all nodes in one process and one trio loop, sharing one executor (100 nodes "
                          "on a laptop)")
     sw.add_argument("--json", action="store_true", help="print a JSON summary")
+    sw.add_argument("--ui", default="127.0.0.1:7465", metavar="HOST:PORT",
+                    help="up/run: serve the swarm view here, on loopback (default 127.0.0.1:7465, or a free port)")
+    sw.add_argument("--no-ui", dest="ui", action="store_const", const="", help="up/run: no swarm view")
     sw.add_argument("--cheat", metavar="MODE[:X]", default="",
                     help="demo/up: make node 1 an adversary (garbage, perturb, replay, lowprec, skip, overclaim, stall)")
     sw.add_argument("--node", type=int, default=None, help="logs: only this node's log")
@@ -217,6 +221,11 @@ def _swarm(args: argparse.Namespace) -> int:
         from p2pnode.adversary import Adversary
 
         Adversary.parse(args.cheat)
+    if args.ui:
+        from p2pnode.web.server import is_loopback, split_listen
+
+        if not is_loopback(split_listen(args.ui)[0]):
+            raise LocalError(f"--ui {args.ui}: the swarm view serves loopback only (127.0.0.1:PORT)")
     if args.action == "run":
         from p2pnode import scenario as sc
         from p2pnode.swarm.runner import run_scenario
@@ -227,7 +236,7 @@ def _swarm(args: argparse.Namespace) -> int:
         if args.nodes:
             spec = spec.scaled(args.nodes)
         code, _ = run_scenario(spec, out=args.out, as_json=args.json, isolate=not args.no_isolate,
-                               in_process=args.in_process)
+                               in_process=args.in_process, ui=args.ui)
         return code
     if args.action in ("up", "status", "down", "logs"):
         from p2pnode.swarm import background
@@ -276,6 +285,8 @@ def _read_command(args: argparse.Namespace) -> int:
         return _credits(config, args, console)
     if args.command == "cancel":
         return _cancel(config, args, console)
+    if args.command == "ui":
+        return _ui(config, args)
     answer: Any = call(config.control_socket, args.command)
     if args.json:
         _print_json(answer)
@@ -296,6 +307,22 @@ def _read_command(args: argparse.Namespace) -> int:
         if answer["paused"] and not answer.get("operator") and answer.get("off_schedule"):
             state = "paused by its schedule until its next window"
         console.print(f"{state}; {answer['running']} job(s) running")
+    return 0
+
+
+def _ui(config: Config, args: argparse.Namespace) -> int:
+    """The dashboard's login address: the node says where it listens, the token file what to show."""
+    from p2pnode.web.guard import load_or_create_token
+
+    address = call(config.control_socket, "ui")["address"]
+    if not address:
+        raise LocalError("this node runs without its dashboard (ui = \"\" or --no-ui): start it with --ui HOST:PORT")
+    url = f"http://{address}/"
+    login = f"{url}login?token={load_or_create_token(config.data_dir)}"
+    if args.json:
+        _print_json({"url": url, "login": login})
+    else:
+        print(login)
     return 0
 
 
@@ -412,6 +439,8 @@ def _run(config: Config) -> int:
                 say(f"p2pnode {__version__} peer {node.peer_id}")
                 for addr in node.addrs():
                     say(f"listening on {addr}")
+                if node.ui_address:  # before the metrics line: launchers take that one as "ready"
+                    say(f"dashboard on http://{node.ui_address}/ (`p2pnode ui` prints its login address)")
                 if node.config.metrics:
                     say(f"metrics on http://{node.metrics.address}/metrics")
                 async for signum in signals:

@@ -164,6 +164,7 @@ def _network(name: str, value: str) -> None:
 
 
 DEFAULT_METRICS = "127.0.0.1:9464"
+DEFAULT_UI = "127.0.0.1:7464"
 _DEFAULT_WORKLOADS = ("matmul", "infer", "train_step", "onnx")
 MAX_WORKLOADS = 8  # an ad's offers: each workload, once more as a check offer (16)
 KEYS: tuple[Key, ...] = (
@@ -222,6 +223,11 @@ KEYS: tuple[Key, ...] = (
         "falls back to a free one when another node holds it); empty disables it.", _metrics),
     Key("metrics_public", bool, False, "Allow a non-loopback metrics address, for a Prometheus server on another "
         "host (the endpoint has no authentication: firewall it)."),
+    Key("ui", str, DEFAULT_UI, "host:port of the web dashboard (loopback only; the default port falls back to a "
+        "free one when another node holds it; `p2pnode ui` prints its address with the login token); empty "
+        "disables it.", _metrics),
+    Key("ui_public", bool, False, "Allow a non-loopback dashboard address, to open it from another host (every "
+        "request still needs the token; serve it behind TLS, e.g. an SSH tunnel or a reverse proxy)."),
     Key("max_peers", int, 1024, "Most providers kept in the capacity table.", Between(1, 100_000)),
     Key("log_level", str, "info", "Logging level: debug, info (one line per job event), warning, error.",
         OneOf(("debug", "info", "warning", "error"), fold_case=True)),
@@ -279,6 +285,8 @@ class Config:
     heartbeat: float
     metrics: str
     metrics_public: bool
+    ui: str
+    ui_public: bool
     max_peers: int
     log_level: str
     log_format: str
@@ -444,6 +452,23 @@ def load(
     return config
 
 
+# What the operator may change while the node runs (the dashboard's sharing panel, the control
+# command ``sharing``): each is read afresh where it is used, and the next ad says it.
+RUNTIME_KEYS = ("price", "workloads", "schedule", "max_gpu_mem", "checker")
+
+
+def change(config: Config, values: Mapping[str, Any], source: str = "sharing") -> Config:
+    """``config`` with ``values`` (keys of :data:`RUNTIME_KEYS` only), each coerced and checked by
+    its key's rules and then all together, as at load; refused with one line otherwise."""
+    unknown = [k for k in values if k not in RUNTIME_KEYS]
+    if unknown:
+        raise ConfigError(f"{source}: {', '.join(map(repr, unknown))} cannot change while the node runs "
+                          f"(these can: {', '.join(RUNTIME_KEYS)})")
+    new = config.with_(**{k: _coerce(_BY_NAME[k], v, source) for k, v in values.items()})
+    _check(new)
+    return new
+
+
 def _check(c: Config) -> None:
     """Each key's own rule, then the rules between keys."""
     for key in KEYS:
@@ -459,3 +484,8 @@ def _check(c: Config) -> None:
         if host not in ("127.0.0.1", "localhost", "::1", "[::1]") and not c.metrics_public:
             raise ConfigError(f"metrics: {host!r} is not a loopback address (set metrics_public = true to "
                               "serve a Prometheus server on another host)")
+    if c.ui:
+        host = c.ui.rpartition(":")[0]
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]") and not c.ui_public:
+            raise ConfigError(f"ui: {host!r} is not a loopback address (set ui_public = true to open the "
+                              "dashboard to other hosts)")

@@ -23,6 +23,7 @@ DATA_DIR_ENTRIES: dict[str, str] = {
     "ledger.sqlite-shm": "file",
     "ledger.sqlite-journal": "file",
     "config.toml": "file",
+    "ui.token": "file",
     "control.sock": "socket",
     "maps": "directory",
 }

@@ -20,7 +20,8 @@ from typing import Any
 import trio
 
 from p2pnode.adversary import Adversary
-from p2pnode.config import DEFAULT_METRICS, Config
+from p2pnode.config import DEFAULT_METRICS, DEFAULT_UI, Config
+from p2pnode.config import change as change_config
 from p2pnode.control import server as control_server
 from p2pnode.control.views import ControlViews
 from p2pnode.errors import ConfigError
@@ -147,6 +148,8 @@ class Node:
         self.maps = MapService(submit=self.jobs.submit, candidates=self.jobs.candidates, now=self.now,
                                state_dir=cfg.data_dir / "maps", on_saved=self.market.touch, records=records)
         self.views = ControlViews(self)
+        self.ui_address = ""  # host:port of the dashboard, once it listens
+        self._ui_token = ""
         if self.adversary is not None:
             log.warning("running as an adversary: %s", cfg.adversary)
 
@@ -233,6 +236,33 @@ class Node:
         return capacity_from(self.resources, self.executor, cfg.price, cfg.workloads, cfg.provide,
                              paused=self.market.paused)
 
+    async def share(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change what this node shares while it runs (``config.RUNTIME_KEYS``: price, workloads,
+        schedule, max_gpu_mem, checker), checked as at load; the next ad, sent now, says it. The
+        change lasts until the node stops: ``config.toml`` keeps settings across restarts."""
+        cfg = change_config(self.config, changes)
+        self.config = cfg
+        self.schedule = Schedule.parse(cfg.schedule)
+        self.probe.max_gpu_mem = cfg.gpu_memory_cap
+        self.market.settings = AdSettings(cfg.price, cfg.workloads, cfg.checker, cfg.ad_interval, cfg.ad_ttl)
+        before = self.market.paused
+        self.market.off_schedule = not self.schedule.is_open(self.local_time())
+        if changes:
+            log.info("sharing changed: %s", ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())))
+        if self.config.provide and self.resources.hardware is not None and self.pubsub is not None:
+            self.resources.hardware = await self.market.read_hardware()
+            await self.market.publish_ad()
+        elif self.market.paused != before:
+            await self._announce_pause(before)
+        return self.sharing()
+
+    def sharing(self) -> dict[str, Any]:
+        cfg = self.config
+        return {"price": cfg.price, "workloads": list(cfg.workloads), "schedule": list(cfg.schedule),
+                "max_gpu_mem": cfg.max_gpu_mem, "checker": cfg.checker, "paused": self.market.paused,
+                "operator_paused": self.market.operator_paused, "off_schedule": self.market.off_schedule,
+                "providing": cfg.provide}
+
     async def pause(self, paused: bool) -> dict[str, Any]:
         """Stop (or resume) bidding: running jobs finish; the next ad offers nothing (or all again).
         Resuming outside the schedule leaves the node paused until its next window."""
@@ -272,10 +302,18 @@ class Node:
         for addr in listen:  # again: time may have passed since __init__
             workarounds.check_listen_port_free(addr)
         listener = await control_server.bind_control_socket(cfg.control_socket)
+        ui_sock = None
         try:
             await trio.to_thread.run_sync(self.trust.open)
             if cfg.metrics:
                 self.metrics.serve(cfg.metrics, any_port_if_taken=cfg.metrics == DEFAULT_METRICS)
+            if cfg.ui:
+                from p2pnode.web import server as web_server
+                from p2pnode.web.guard import load_or_create_token
+
+                self._ui_token = load_or_create_token(cfg.data_dir)  # a bad token file: one line, before the network
+                ui_sock = web_server.bind(cfg.ui, any_port_if_taken=cfg.ui == DEFAULT_UI)
+                self.ui_address = web_server.address_of(ui_sock)
             if self.resources.hardware is None:  # not read yet (a node of a shared executor)
                 self.resources.hardware = await trio.to_thread.run_sync(self.probe.read)
             if cfg.impair:
@@ -289,8 +327,10 @@ class Node:
                     self.resources.speed = await self.executor.calibrate(cfg.calibrate_seconds, cfg.use_gpu) \
                         if self.executor is not None else await trio.to_thread.run_sync(
                             lambda: calibrate(cfg.calibrate_seconds, use_gpu=cfg.use_gpu))
-                await self._run_network(listen, bootstrap, listener, task_status)
+                await self._run_network(listen, bootstrap, listener, task_status, ui_sock)
         finally:
+            if ui_sock is not None:
+                ui_sock.close()
             self.trust.close()
             self.metrics.close()
             self.probe.close()
@@ -302,8 +342,26 @@ class Node:
             except FileNotFoundError:
                 pass
 
+    async def _serve_dashboard(self, sock: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The web dashboard (:mod:`p2pnode.web.dashboard`) on ``sock``, with this node's log lines."""
+        from p2pnode.telemetry.logs import QUIET, LibraryLevels
+        from p2pnode.web import server as web_server
+        from p2pnode.web.dashboard import Dashboard
+        from p2pnode.web.live import LogRing
+
+        ring = LogRing()
+        ring.addFilter(LibraryLevels(QUIET))  # the same lines the node's own log shows
+        dashboard = Dashboard(self.views.handle, ring, self._ui_token, public=self.config.ui_public)
+        host, port = sock.getsockname()[:2]
+        dashboard.guard.bind(f"[{host}]" if ":" in host else host, port)
+        logging.getLogger().addHandler(ring)
+        try:
+            await web_server.serve(dashboard.guard, sock, task_status=task_status)
+        finally:
+            logging.getLogger().removeHandler(ring)
+
     async def _run_network(self, listen: list[Any], bootstrap: list[Any], listener: trio.SocketListener,
-                           task_status: Any) -> None:
+                           task_status: Any, ui_sock: Any = None) -> None:
         from libp2p.tools.anyio_service import background_trio_service
 
         self.host = build_host(self.identity, listen)
@@ -344,7 +402,7 @@ class Node:
                 reports = await self.pubsub.subscribe(REPORTS_TOPIC)
                 self.started_at = self.now()
                 self.market.off_schedule = not self.schedule.is_open(self.local_time())  # before the first ad
-                if self.config.provide and not self.schedule.always:
+                if self.config.provide:  # also when empty: one can be set while the node runs
                     nursery.start_soon(self.follow_schedule)
                 if self.config.upnp and not self.relaying.loopback_only():
                     host = self.host
@@ -360,6 +418,8 @@ class Node:
                 nursery.start_soon(self.trust.run)
                 nursery.start_soon(self.peers.run)
                 nursery.start_soon(control_server.serve, listener, self.views.handle)
+                if ui_sock is not None:
+                    await nursery.start(self._serve_dashboard, ui_sock)
                 nursery.start_soon(self.market.expire)
                 nursery.start_soon(self.market.sync_new_peers)
                 nursery.start_soon(self.keeper.run, self.config.mdns)

@@ -68,6 +68,8 @@ def add_run_flags(run: argparse.ArgumentParser) -> None:
     run.add_argument("--schedule", action="append", metavar="WINDOW",
                      help="take jobs only in these local-time windows, e.g. 'mon-fri 19:00-07:00' (repeatable)")
     run.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus endpoint ('' disables)")
+    run.add_argument("--ui", metavar="HOST:PORT", help="the web dashboard's address (`p2pnode ui` prints it)")
+    run.add_argument("--no-ui", dest="ui", action="store_const", const="", help="no web dashboard")
     run.add_argument("--price", type=int, help="price in micro-credits per unit of work")
     run.add_argument("--ad-interval", type=finite, help="seconds between periodic ads")
     run.add_argument("--ad-ttl", type=finite, help="seconds an ad stays valid")
@@ -86,7 +88,7 @@ def add_run_flags(run: argparse.ArgumentParser) -> None:
 
 
 
-RUN_FLAGS = ("listen", "announce", "bootstrap", "network", "mdns", "provide", "use_gpu", "metrics", "price",
+RUN_FLAGS = ("listen", "announce", "bootstrap", "network", "mdns", "provide", "use_gpu", "metrics", "ui", "price",
               "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "budget",
               "reciprocity", "adversary", "calibration_file", "impair", "gpus", "slots", "max_jobs", "max_gpu_mem",
               "cpu_threads", "schedule", "reachability", "relay_service", "relays", "dht", "upnp")

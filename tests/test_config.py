@@ -139,6 +139,9 @@ BAD: list[tuple[str, object, str]] = [
     ("metrics", ":9464", "not host:port"),
     ("metrics", "0.0.0.0:9464", "not a loopback"),
     ("metrics_public", "x", "expected true or false"),
+    ("ui", "127.0.0.1:99999", "not host:port"),
+    ("ui", "0.0.0.0:7464", "not a loopback"),
+    ("ui_public", "x", "expected true or false"),
     ("max_peers", 0, "outside [1, 100000]"),
     ("max_peers", 10**9, "outside [1, 100000]"),
     ("log_level", "loud", "not debug, info, warning or error"),
@@ -253,3 +256,20 @@ def test_a_config_file_that_is_no_small_regular_file_is_refused_unread(
     with fails_after(10), pytest.raises(ConfigError, match=message):
         load(data_dir, env={})
 
+
+
+# Settings changed while the node runs -----------------------------------------------------------------
+def test_a_runtime_change_is_checked_as_at_load(data_dir: Path) -> None:
+    from p2pnode.config import RUNTIME_KEYS, change
+
+    base = load(data_dir, env={})
+    changed = change(base, {"price": "250", "schedule": ["mon-fri 19:00-07:00"], "checker": True})
+    assert (changed.price, changed.schedule, changed.checker) == (250, ("mon-fri 19:00-07:00",), True)
+    assert changed.listen == base.listen
+    for key, value, message in [("price", -1, "price"), ("workloads", ["nosuch"], "unknown workload"),
+                                ("schedule", ["sometimes"], "not a window"), ("max_gpu_mem", "lots", "not a size")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            change(base, {key: value})
+    with pytest.raises(ConfigError, match="cannot change while the node runs"):
+        change(base, {"listen": ["/ip4/127.0.0.1/tcp/1"]})
+    assert set(RUNTIME_KEYS) == {"price", "workloads", "schedule", "max_gpu_mem", "checker"}

@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from p2pnode import __version__
-from p2pnode.control import work
+from p2pnode.control import panels, work
 from p2pnode.control.requests import number
 from p2pnode.errors import ControlError
 from p2pnode.ledger.store import FILE_NAME
@@ -26,6 +26,7 @@ MAX_WAIT_S = 300.0
 class ControlViews:
     def __init__(self, node: Any) -> None:
         self.node = node
+        self._history = panels.CreditHistory()
 
     # views -------------------------------------------------------------------------------
     def peers(self) -> list[dict[str, Any]]:
@@ -158,6 +159,29 @@ class ControlViews:
             return await node.pause(cmd == "pause")
         if cmd == "credits":
             return node.trust.credits.to_json()
+        if cmd == "credit_history":
+            return self._history.update(node.trust.ledger)
+        if cmd == "ledger":
+            return panels.ledger_tail(node.trust.ledger, number(request, "last", 30, lo=0, hi=panels.MAX_LEDGER_TAIL,
+                                                                integer=True))
+        if cmd == "gpus":
+            cfg = node.config
+            return panels.gpus(node.resources.hardware, node.executor, cfg.workloads if cfg.provide else (),
+                               cfg.price, node.market.paused)
+        if cmd == "sharing":
+            changes = request.get("set")
+            if changes is None:
+                return node.sharing()
+            if not isinstance(changes, dict):
+                raise ControlError('sharing takes {"set": {SETTING: VALUE, ...}}')
+            from p2pnode.errors import ConfigError
+
+            try:
+                return await node.share(changes)
+            except ConfigError as exc:
+                raise ControlError(str(exc)) from None
+        if cmd == "ui":
+            return {"address": node.ui_address}
         if cmd == "metrics":
             return node.metrics.text()
         if cmd == "impair":  # scenario faults: a bad network from now on ("" ends it)

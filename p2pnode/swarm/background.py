@@ -26,6 +26,7 @@ from p2pnode.swarm.launcher import Launcher, NodeSpec, Stopped, stop_on_signals
 from p2pnode.swarm.runner import address
 
 STATE = "swarm.json"
+DEFAULT_VIEW = "127.0.0.1:7465"  # the swarm view's address (a free port where another holds it)
 
 
 def default_dir() -> Path:
@@ -63,7 +64,7 @@ def command(args: argparse.Namespace) -> int:
     folder = (args.dir or default_dir()).expanduser()
     if args.action == "up":
         return up(folder, args.nodes or 5, args.cheat, console, timeout=max(args.timeout, 120.0),
-                  in_process=args.in_process)
+                  in_process=args.in_process, ui=args.ui)
     if args.action == "status":
         return status(folder, console, as_json=args.json)
     if args.action == "down":
@@ -71,7 +72,8 @@ def command(args: argparse.Namespace) -> int:
     return logs(folder, args.node, tail=args.tail, follow=args.follow)
 
 
-def up(folder: Path, n: int, cheat: str, console: Any, *, timeout: float = 120.0, in_process: bool = False) -> int:
+def up(folder: Path, n: int, cheat: str, console: Any, *, timeout: float = 120.0, in_process: bool = False,
+       ui: str = DEFAULT_VIEW) -> int:
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         old = _state(folder)
@@ -84,7 +86,7 @@ def up(folder: Path, n: int, cheat: str, console: Any, *, timeout: float = 120.0
     (folder / STATE).unlink(missing_ok=True)
     log = open(folder / "supervisor.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "p2pnode.swarm.background", str(folder), str(n), cheat,
-                             "in-process" if in_process else "processes"],
+                             "in-process" if in_process else "processes", ui],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -97,6 +99,8 @@ def up(folder: Path, n: int, cheat: str, console: Any, *, timeout: float = 120.0
                       f"{next_steps(folder)}", flush=True)
                 for node in state["nodes"]:
                     print(f"  node {node['index']}: {node['addr']}  --data-dir {node['data_dir']}", flush=True)
+                if state.get("ui"):
+                    print(f"swarm view: {view_login(folder, state)}", flush=True)
                 return 0
         except LocalError:
             pass
@@ -120,8 +124,9 @@ def status(folder: Path, console: Any, *, as_json: bool = False) -> int:
             rows.append({**node, "state": s["state"], "peers": s["peers"], "market": s["market"]})
         except ControlError as exc:
             rows.append({**node, "state": f"down ({exc})", "peers": 0, "market": 0})
+    view = view_login(folder, state) if up_ and state.get("ui") else ""
     if as_json:
-        print(json.dumps({"up": up_, "pid": state["pid"], "nodes": rows}, indent=2))
+        print(json.dumps({"up": up_, "pid": state["pid"], "nodes": rows, "view": view}, indent=2))
         return 0 if up_ else 2
     t = Table(title=f"swarm in {folder}: {'up' if up_ else 'DOWN'} (supervisor {state['pid']})")
     for col in ("node", "peer", "address", "state", "peers", "market"):
@@ -130,7 +135,16 @@ def status(folder: Path, console: Any, *, as_json: bool = False) -> int:
         t.add_row(str(r["index"]), r["peer"][-12:], r["addr"].split("/p2p/")[0], r["state"], str(r["peers"]),
                   str(r["market"]))
     console.print(t)
+    if view:
+        print(f"swarm view: {view}", flush=True)
     return 0 if up_ else 2
+
+
+def view_login(folder: Path, state: dict[str, Any]) -> str:
+    """The swarm view's login address (its token is in the swarm's folder, 0600)."""
+    from p2pnode.web.guard import load_or_create_token
+
+    return f"http://{state['ui']}/login?token={load_or_create_token(folder)}"
 
 
 def next_steps(folder: Path) -> str:
@@ -262,20 +276,33 @@ def _read_from(path: Path, offset: int) -> bytes:
         return b""
 
 
-def supervise(folder: Path, n: int, cheat: str, in_process: bool = False) -> int:
-    """The supervisor: start the nodes, record them, hold them until a signal, stop them."""
+def supervise(folder: Path, n: int, cheat: str, in_process: bool = False, ui: str = DEFAULT_VIEW) -> int:
+    """The supervisor: start the nodes, record them, serve the swarm view (``ui``: its HOST:PORT,
+    empty for none), hold them until a signal, stop them."""
     from p2pnode.swarm.inproc import InProcessLauncher
+    from p2pnode.web.swarm_view import ViewThread, launcher_source
 
-    launcher = InProcessLauncher(folder) if in_process else Launcher(folder)
-    specs = [NodeSpec(i, "provider", address(i), ["--adversary", cheat] if cheat and i == 1 else [])
-             for i in range(n)]
+    launcher = InProcessLauncher(folder) if in_process else Launcher(folder, ui=bool(ui))
+    kind = cheat.partition(":")[0]
+    specs = [NodeSpec(i, kind if cheat and i == 1 else "provider", address(i),
+                      ["--adversary", cheat] if cheat and i == 1 else []) for i in range(n)]
     state: dict[str, Any] = {"pid": os.getpid(), "status": "starting", "nodes": []}
     (folder / STATE).write_text(json.dumps(state))
+    view: ViewThread | None = None
+    t0 = time.monotonic()
+    events: list[dict[str, Any]] = []
     try:
         with stop_on_signals():
             launcher.start(specs)
+            events.append({"t": round(time.monotonic() - t0, 1), "event": "started", "nodes": sorted(launcher.nodes)})
+            if ui:
+                source = launcher_source(f"{n} nodes in {folder}", launcher, {s.index: s.role for s in specs},
+                                         lambda: list(events), lambda: time.monotonic() - t0)
+                view = ViewThread(source, folder, ui).start()
+                state["ui"] = view.address
             state["nodes"] = [{"index": p.index, "peer": p.peer, "addr": p.addr, "data_dir": str(p.data_dir),
-                               "log": str(p.log), "pid": _pid(launcher, p)} for p in launcher.nodes.values()]
+                               "log": str(p.log), "pid": _pid(launcher, p), "role": specs[p.index].role,
+                               "ui": getattr(p, "ui", "")} for p in launcher.nodes.values()]
             state["status"] = "up"
             (folder / STATE).write_text(json.dumps(state))
             while True:
@@ -283,6 +310,8 @@ def supervise(folder: Path, n: int, cheat: str, in_process: bool = False) -> int
     except Stopped:
         pass
     finally:
+        if view is not None:
+            view.stop()
         launcher.stop_all()
         state["status"] = "down"
         (folder / STATE).write_text(json.dumps(state))
@@ -296,4 +325,4 @@ def _pid(launcher: Launcher, node: Any) -> int:
 
 if __name__ == "__main__":
     sys.exit(supervise(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "",
-                       len(sys.argv) > 4 and sys.argv[4] == "in-process"))
+                       len(sys.argv) > 4 and sys.argv[4] == "in-process", sys.argv[5] if len(sys.argv) > 5 else ""))

@@ -67,7 +67,7 @@ async def _host() -> None:
                     addrs = node.addrs()
                     await say(ready=index, peer=node.peer_id, addr=addrs[0] if addrs else "")
                     await trio.sleep_forever()
-        except Exception as exc:  # noqa: BLE001 - one node failing is reported, the others run on
+        except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.error("node %d failed", index, exc_info=exc)
         finally:

@@ -84,6 +84,7 @@ class NodeProc:
     peer: str = ""
     addr: str = ""
     metrics: str = ""
+    ui: str = ""  # its dashboard's host:port, when the launcher gave it one
     started_at: float = 0.0
     tail: list[str] = field(default_factory=list)
     ready: threading.Event = field(default_factory=threading.Event)
@@ -112,6 +113,8 @@ class NodeProc:
                     self.peer = line.split()[-1]
                 elif line.startswith("listening on ") and not self.addr:
                     self.addr = line.split()[-1]
+                elif line.startswith("dashboard on http://"):
+                    self.ui = line.split()[2].removeprefix("http://").rstrip("/")
                 elif line.startswith("metrics on ") or line.startswith("ready"):
                     self.metrics = line.split()[-1]
                     self.ready.set()
@@ -120,13 +123,16 @@ class NodeProc:
 
 class Launcher:
     def __init__(self, base: Path, *, ad_interval: float = 3.0, ad_ttl: float = 10.0, wrap: Sequence[str] = (),
-                 share_calibration: bool = True, seed: int = 1, dht: bool = False) -> None:
-        """``dht``: run the nodes' DHT. Off by default: every node of a swarm on one machine is told
+                 share_calibration: bool = True, seed: int = 1, dht: bool = False, ui: bool = False) -> None:
+        """``ui``: each node serves its dashboard on a free loopback port (the swarm view links to
+        them); off, a node starts without (the web stack's imports cost each about 0.4 s of CPU).
+        ``dht``: run the nodes' DHT. Off by default: every node of a swarm on one machine is told
         of others already, and the DHT's lookups would connect each to all (py-libp2p's gossip
         costs per connection: a 20-node swarm idled at 4.1-5.9 % of a core per node with it, 0.66 %
         without; tools/bench/scale.py --dht)."""
         self.base = base
         self.dht = dht
+        self.ui = ui
         (base / "logs").mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ad_interval, self.ad_ttl = ad_interval, ad_ttl
         self.wrap = list(wrap)  # e.g. ["ip", "netns", "exec", NAME]
@@ -148,7 +154,8 @@ class Launcher:
         shared calibration, its role's flags, and whom to bootstrap from."""
         args = ["--data-dir", str(node.data_dir), "--listen", f"/ip4/{node.spec.address}/tcp/0", "--no-mdns",
                 "--metrics", metrics, "--ad-interval", str(self.ad_interval), "--ad-ttl", str(self.ad_ttl),
-                *([] if self.dht else ["--no-dht"]), *node.spec.args]
+                *([] if self.dht else ["--no-dht"]), *(["--ui", "127.0.0.1:0"] if self.ui else ["--no-ui"]),
+                *node.spec.args]
         if self.calibration is not None:
             args += ["--calibration-file", str(self.calibration)]
         for b in bootstrap:

@@ -136,7 +136,9 @@ class Run:
 
 
 def run_scenario(s: Scenario, *, out: Path | None = None, as_json: bool = False, console: Any = None,
-                 isolate: bool = True, keep_dirs: bool = False, in_process: bool = False) -> tuple[int, dict[str, Any]]:
+                 isolate: bool = True, keep_dirs: bool = False, in_process: bool = False,
+                 ui: str = "") -> tuple[int, dict[str, Any]]:
+    """``ui``: serve the swarm view there (HOST:PORT on loopback) while the scenario runs."""
     from rich.console import Console
 
     console = console or Console(stderr=as_json)
@@ -156,11 +158,15 @@ def run_scenario(s: Scenario, *, out: Path | None = None, as_json: bool = False,
         launcher = Launcher(base, wrap=network.wrap if network else (), seed=s.seed)
     run = Run(s, out, launcher, network, specs, notes=notes)
     summary: dict[str, Any] = {}
+    view = None
     try:
         with stop_on_signals():
             console.print(f"[bold]{s.name}[/]: {s.description or ''} — {len(specs)} nodes"
                           + ("" if network else f" [yellow]({notes[0]})[/]"))
             t0 = time.monotonic()
+            if ui:
+                view = _start_view(run, base, ui)
+                console.print(f"  swarm view: {view.login}", highlight=False, soft_wrap=True)
             launcher.start(specs)
             run.started = time.monotonic()
             run.note("started", seconds=round(run.started - t0, 3))
@@ -180,6 +186,8 @@ def run_scenario(s: Scenario, *, out: Path | None = None, as_json: bool = False,
         run.notes.append(f"stopped by {why}")
         summary = _summarise(run)
     finally:
+        if view is not None:
+            view.stop()
         clean = launcher.stop_all()
         if network is not None:
             network.close()
@@ -196,6 +204,19 @@ def run_scenario(s: Scenario, *, out: Path | None = None, as_json: bool = False,
         print_summary(console, summary)
     held = all(e["held"] for e in summary.get("expectations", []))
     return (0 if held and summary.get("completed") else 1), summary
+
+
+def _start_view(run: Run, base: Path, listen: str) -> Any:
+    """The swarm view of this run: its nodes as they start, its events and faults on its clock."""
+    from p2pnode.web.swarm_view import ViewThread, launcher_source
+
+    def events() -> list[dict[str, Any]]:
+        with run.lock:
+            return list(run.events)
+
+    source = launcher_source(run.scenario.name, run.launcher, {n.index: n.role for n in run.specs}, events,
+                             lambda: run.t() if run.started else 0.0, run.scenario.duration)
+    return ViewThread(source, base, listen).start()
 
 
 # the run -----------------------------------------------------------------------------------

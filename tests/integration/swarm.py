@@ -25,7 +25,7 @@ def node_config(data_dir: Path | None = None, **flags: Any) -> Config:
     their first 20 s, which slows whatever the test measures."""
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="p2pn-", dir="/tmp"))
     base: dict[str, Any] = dict(
-        listen=[LOOPBACK], mdns=False, metrics="", ad_interval=2.0, ad_ttl=6.0,
+        listen=[LOOPBACK], mdns=False, metrics="", ui="", ad_interval=2.0, ad_ttl=6.0,
         calibrate_seconds=0.02, heartbeat=0.5, calibrate_providers=False, dht=False,
     )
     base.update(flags)
