@@ -228,12 +228,20 @@ class Reputation:
         caught = self.last_cheat.get(peer)
         if caught is not None and now - caught < self.half_life_s:
             return True
-        return self.score(peer, now).score < self.distrust_below
+        return self._mean(peer, now) < self.distrust_below
+
+    def _mean(self, peer: bytes, now: float) -> float:
+        """``score(peer, now).score``, without computing trust when nobody reported on ``peer``
+        (every candidate of every job asks this; most have no reports)."""
+        if peer not in self._about:
+            pos, neg = self.own[peer].at_time(now, self.half_life_s) if peer in self.own else (0.0, 0.0)
+            return (1.0 + pos) / (2.0 + pos + neg)
+        return self.score(peer, now).score
 
     def adjust(self, peer: bytes, now: float) -> float:
         """Multiplier for a bid's score (lower wins): 1.0 for an unknown peer, 0.55 for a peer with a
         long clean record, up to 1.5 for one with a bad record."""
-        return 1.5 - self.score(peer, now).score
+        return 1.5 - self._mean(peer, now)
 
     def table(self, now: float) -> list[Score]:
         peers = set(self.own) | {s for rows in self.reports.values() for s in rows} | set(self.reports)

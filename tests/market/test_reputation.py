@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from p2pnode.market.reputation import Opinion, Reputation
@@ -107,3 +109,18 @@ def test_tables_stay_bounded() -> None:
         rep.report(peer(i), peer(i + 1), Opinion(1, 0, 0))
         rep.report(peer(1), peer(i + 2), Opinion(1, 0, 0))
     assert len(rep.own) <= 10 and len(rep.reports) <= 3 and len(rep.reports[peer(1)]) <= 2
+
+
+@given(st.lists(st.tuples(st.sampled_from(["accepted", "failure", "checked_ok", "cheat"]), st.integers(0, 3)),
+                max_size=20),
+       st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.floats(0, 20), st.floats(0, 20)), max_size=10))
+def test_the_quick_mean_is_the_scores_mean(own: list[tuple[str, int]], reports: list[tuple[int, int, float, float]]) -> None:
+    me = b"me"
+    peers = [bytes([i]) * 4 for i in range(4)]
+    rep = Reputation(me)
+    for what, i in own:
+        rep.observe(peers[i], what, 100.0)
+    for r, subject, pos, neg in reports:
+        rep.report(peers[r], peers[subject], Opinion(pos, neg, 100.0))
+    for p in peers:
+        assert abs(rep._mean(p, 200.0) - rep.score(p, 200.0).score) < 1e-12
