@@ -35,6 +35,7 @@ WEIGHTS = {
     "cheat": (0.0, 10.0),
 }
 CHEAT_WEIGHT = WEIGHTS["cheat"][1]
+TRUST_REFRESH_S = 2.0  # how stale a node's trust in reporters may be (``Reputation.trust_refresh_s``)
 
 
 @dataclass
@@ -89,6 +90,9 @@ class Reputation:
     max_peers: int = 4096
     max_reporters: int = 1024
     max_subjects_per_reporter: int = 256
+    # new evidence recomputes trust at most this often (0: at once); a node's reports and ledger
+    # entries come many a second in a busy market, and EigenTrust iterates over all of them
+    trust_refresh_s: float = 0.0
     own: dict[bytes, _Decayed] = field(default_factory=dict)
     streak: dict[bytes, int] = field(default_factory=dict)
     cheats: dict[bytes, int] = field(default_factory=dict)
@@ -160,9 +164,10 @@ class Reputation:
     # trust --------------------------------------------------------------------------------
     def trust(self, now: float) -> dict[bytes, float]:
         """EigenTrust global trust of every known peer, normalised so this node has 1.0."""
-        if self._trust_cache is not None and self._trust_cache[0] == self._version \
-                and abs(self._trust_cache[1] - now) < 60:
-            return self._trust_cache[2]
+        cache = self._trust_cache
+        if cache is not None and abs(cache[1] - now) < 60 and \
+                (cache[0] == self._version or 0 <= now - cache[1] < self.trust_refresh_s):
+            return cache[2]
         rows: dict[bytes, dict[bytes, float]] = {self.me: {}}
         for peer, d in self.own.items():
             pos, neg = d.at_time(now, self.half_life_s)

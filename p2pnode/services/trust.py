@@ -35,7 +35,7 @@ from p2pnode.ledger.credits import Credits
 from p2pnode.ledger.entry import Entry
 from p2pnode.ledger.store import FILE_NAME, Ledger
 from p2pnode.market.rate_limit import TokenBuckets
-from p2pnode.market.reputation import CHEAT_WEIGHT, Reputation
+from p2pnode.market.reputation import CHEAT_WEIGHT, TRUST_REFRESH_S, Reputation
 from p2pnode.services.ports import IsBanned, Now, Penalise, Publish
 from p2pnode.verify.sampling import SamplingPolicy
 from p2pnode.wire import report as rpt
@@ -58,7 +58,7 @@ class _Pending:
 
 def reputation_for(config: Config, me: bytes) -> Reputation:
     return Reputation(me, pretrusted=frozenset(from_base58(p) for p in config.pretrusted),
-                      half_life_s=config.reputation_half_life * 86400.0)
+                      half_life_s=config.reputation_half_life * 86400.0, trust_refresh_s=TRUST_REFRESH_S)
 
 
 def table_json(rep: Reputation, now: float) -> list[dict[str, Any]]:

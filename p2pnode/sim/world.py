@@ -49,7 +49,7 @@ from p2pnode.market import pacing
 from p2pnode.market.bidding import Capacity, decide
 from p2pnode.market.capacity_table import CapacityTable, TableLimits
 from p2pnode.market.rate_limit import TokenBuckets
-from p2pnode.market.reputation import CHEAT_WEIGHT, Reputation
+from p2pnode.market.reputation import CHEAT_WEIGHT, TRUST_REFRESH_S, Reputation
 from p2pnode.protocol.job_provider import P, ProviderJob
 from p2pnode.protocol.penalties import PeerPenalties
 from p2pnode.scenario import CHEATER_KINDS
@@ -202,7 +202,7 @@ class World:
     def make_requester(self, node: Node) -> None:
         ident = node.identity
         node.trust = TrustService(me=ident.peer_id, key=ident.signing_key, ledger_path=None,  # type: ignore[arg-type]
-                                  reputation=Reputation(ident.peer_id), policy=self.policy, now=self.now,
+                                  reputation=Reputation(ident.peer_id, trust_refresh_s=TRUST_REFRESH_S), policy=self.policy, now=self.now,
                                   penalise=lambda peer, code: None, is_banned=lambda peer: False,
                                   publish=None)  # type: ignore[arg-type]
         assert node.table is not None
