@@ -27,7 +27,8 @@ def apply(rep: Reputation, entry: Entry) -> None:
         if d["passed"]:
             what = _PASSED.get(d["method"])
         else:
-            what = "overclaim" if d["method"] == "calibration" else "cheat"
+            # a first failed calibration is unconfirmed: no evidence (protocol/calibration.py)
+            what = ("overclaim" if d.get("confirmed", True) else None) if d["method"] == "calibration" else "cheat"
     elif entry.kind == "receipt":
         if d["role"] == "provider":
             what = "paid"

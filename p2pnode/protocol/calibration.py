@@ -10,6 +10,14 @@ Here: whom to calibrate (:func:`first_contact`), the job and what it may cost (:
 calibration that would cost more than the job it is made for is left for a larger job), and the
 verdict on it (:func:`judge`). The node (``services/checks.py``) and the simulator
 (``sim/ask.py``) run the calibration job itself, each its own way.
+
+**Two strikes.** One slow calibration proves little: a cold job in a worker on a busy machine, its
+inputs crossing a loaded link, runs ten or fifty times below the best warm run the ad holds, and an
+honest provider must not lose its name to a busy afternoon. A first failed calibration is recorded
+unconfirmed (``confirmed: false``: no evidence against the provider; the requester's scorer still
+learns the slowdown it measured, so the provider loses auctions it cannot win), and the provider is
+calibrated again at a contact ``RECHECK_S`` later; only a second failure in a row is an
+over-claim. A liar that claims fifty times its speed fails both.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ OVERCLAIM_FACTOR = 8.0  # advertised speed over the measured upper bound that co
 # the ad holds the best of many warm in-process runs; one cold job in a worker on a busy CPU measured
 # up to 3.6 times less (5 nodes on 2 cores)
 ALLOWANCE_S = 0.15  # start-up, input generation and messaging that are not compute
+RECHECK_S = 60.0  # a provider whose calibration failed once is calibrated again this long after
 
 
 def first_contact(ads: Sequence[Any], k: int, purpose: str, needs: Callable[[Any], bool]) -> list[Any]:
@@ -36,9 +45,16 @@ def first_contact(ads: Sequence[Any], k: int, purpose: str, needs: Callable[[Any
     return [ad for ad in ads[:k] if needs(ad)] if purpose == "job" else []
 
 
-def needs(ad: Any, *, enabled: bool, calibrated: set[bytes], known: Callable[[bytes], bool]) -> bool:
-    """Whether ``ad``'s provider is met for the first time: never calibrated, no history."""
-    return enabled and ad.peer_id not in calibrated and not known(ad.peer_id)
+def needs(ad: Any, *, enabled: bool, calibrated: set[bytes], known: Callable[[bytes], bool],
+          suspects: dict[bytes, float] | None = None, now: float = 0.0) -> bool:
+    """Whether ``ad``'s provider is to be calibrated: met for the first time (never calibrated, no
+    history), or failed its first calibration at least ``RECHECK_S`` ago (``suspects``: when)."""
+    if not enabled:
+        return False
+    failed = (suspects or {}).get(ad.peer_id)
+    if failed is not None:
+        return now - failed >= RECHECK_S
+    return ad.peer_id not in calibrated and not known(ad.peer_id)
 
 
 def calibration_size(ad: Any) -> tuple[int, float]:
@@ -106,10 +122,22 @@ def calibration_verdict(n: int, claimed: float, kernel_ms: int, wall_s: float, l
 
 
 def judge(p: Plan, *, done: bool, job: bytes, award_t: float | None, result_t: float | None, kernel_ms: int,
-          latency_ms: float) -> Record | None:
+          latency_ms: float, strike: bool = True) -> Record | None:
     """The ledger entry a calibration job earns (``None`` when it did not complete: a failure or a
     wrong answer is already in the ledger as such)."""
     if not done or award_t is None or result_t is None:
         return None
     verdict = calibration_verdict(p.n, p.claimed, kernel_ms, result_t - award_t, latency_ms)
+    if not verdict["passed"] and not strike:
+        verdict["confirmed"] = False  # a first failure: calibrated again later, no evidence yet
     return Record("verification", {"job": job, **verdict}, p.peer)
+
+
+def after(entry: Record | None, peer: bytes, suspects: dict[bytes, float], now: float) -> None:
+    """Keep ``suspects`` (providers whose calibration failed once, and when) after a verdict."""
+    if entry is None:
+        return
+    if not entry.data["passed"] and entry.data.get("confirmed") is False:
+        suspects[peer] = now
+    else:
+        suspects.pop(peer, None)

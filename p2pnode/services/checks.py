@@ -79,6 +79,7 @@ class Checks:
         self.calibrate_providers = calibrate_providers
         self.rng = random.Random(int.from_bytes(os.urandom(8), "big"))  # the verdicts' draws
         self._calibrated: set[bytes] = set()
+        self.suspects: dict[bytes, float] = {}  # failed one calibration: when (calibrated again later)
         self._inputs: dict[int, dict[str, np.ndarray]] = {}
 
     def checkers(self, workload: str, backend: str) -> _Market:
@@ -102,7 +103,14 @@ class Checks:
     # calibration --------------------------------------------------------------------------
     def needs_calibration(self, ad: Any) -> bool:
         return calibration.needs(ad, enabled=self.calibrate_providers, calibrated=self._calibrated,
-                                 known=self.judge.known)
+                                 known=self.judge.known, suspects=self.suspects, now=self.now())
+
+    def judge_calibration(self, p: calibration.Plan, **ran: Any) -> Any:
+        """The verdict on a calibration that ran (``protocol.calibration.judge``), its second strike
+        if the provider failed one before; the suspects kept."""
+        entry = calibration.judge(p, strike=p.peer in self.suspects, **ran)
+        calibration.after(entry, p.peer, self.suspects, self.now())
+        return entry
 
     def _calibration_inputs(self, n: int) -> dict[str, np.ndarray]:
         """Fresh random fp32 A and B per size for this node's life."""
@@ -132,15 +140,16 @@ class Checks:
         sub = await self.submit("matmul", p.params, inputs=self._calibration_inputs(p.n), only=[ad], k=1,
                                 verify="freivalds", max_price=p.most, deadline_s=30.0, purpose="calibration")
         times = {e["event"]: float(e["t"]) for e in sub.events if e["event"] in ("award", "result")}
-        entry = calibration.judge(p, done=sub.state == "done", job=bytes.fromhex(sub.job), award_t=times.get("award"),
-                                  result_t=times.get("result"), kernel_ms=sub.kernel_ms,
-                                  latency_ms=self.latency_ms(ad.peer_id))
+        entry = self.judge_calibration(p, done=sub.state == "done", job=bytes.fromhex(sub.job),
+                                       award_t=times.get("award"), result_t=times.get("result"),
+                                       kernel_ms=sub.kernel_ms, latency_ms=self.latency_ms(ad.peer_id))
         if entry is None:
             return
         await self.judge.record(entry.kind, entry.data, peer=entry.peer)
         event("calibrated", {"peer": ad.peer_id, "passed": entry.data["passed"], "detail": entry.data["detail"]})
         if not entry.data["passed"]:
-            log.warning("provider %s over-claims: %s", to_base58(ad.peer_id), entry.data["detail"])
+            again = " (to be calibrated again: one slow run is no proof)" if entry.data.get("confirmed") is False else ""
+            log.warning("provider %s over-claims%s: %s", to_base58(ad.peer_id), again, entry.data["detail"])
 
 
 async def carry_out(judge: Judge, action: Action) -> bool:

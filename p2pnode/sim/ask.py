@@ -257,9 +257,10 @@ class Calibration:
     def _ended(self, sub: Ask) -> None:
         times = {what: t for t, what, _ in sub.events if what in ("award", "result")}
         if self.me.alive and self.me.requester is not None:
-            entry = calibration.judge(self.plan, done=sub.state == "done", job=sub.job_id, award_t=times.get("award"),
-                                      result_t=times.get("result"), kernel_ms=sub.kernel_ms,
-                                      latency_ms=self.me.requester._latency_ms(self.ad.peer_id))
+            entry = self.me.requester.checks.judge_calibration(
+                self.plan, done=sub.state == "done", job=sub.job_id, award_t=times.get("award"),
+                result_t=times.get("result"), kernel_ms=sub.kernel_ms,
+                latency_ms=self.me.requester._latency_ms(self.ad.peer_id))
             if entry is not None:
                 self.w.record(self.me, entry.kind, entry.data, entry.peer)
         self.batch.remove(self.ad)

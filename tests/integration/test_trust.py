@@ -128,8 +128,12 @@ async def test_calibration_exposes_an_over_claimed_speed() -> None:
                                           max_price=BUDGET, deadline_s=60, on_event=events.append)
         verdicts = {e.peer: e.data for e in kinds(requester, "verification") if e.data["method"] == "calibration"}
         assert verdicts[liar.identity.peer_id]["passed"] is False, verdicts
-        assert verdicts[honest.identity.peer_id]["passed"] is True, verdicts
-        assert rec.state == "done" and rec.peer == honest.peer_id  # the liar lost its standing
+        # one slow run is no proof: an honest provider's calibration on a busy machine may fail, but
+        # only unconfirmed, with no evidence against it (a second failure in a row would be)
+        honest_verdict = verdicts[honest.identity.peer_id]
+        assert honest_verdict["passed"] or honest_verdict["confirmed"] is False, verdicts
+        assert not requester.trust.distrusted(honest.identity.peer_id)
+        assert rec.state == "done" and rec.peer == honest.peer_id  # the liar lost the auction it claimed
         first = [e["event"] for e in events[: events.index(next(e for e in events if e["event"] == "request"))]]
         assert sorted(first) == ["calibrate", "calibrate", "calibrated", "calibrated"]  # both, at once, first
         # first contact only: the next job sends no calibration
