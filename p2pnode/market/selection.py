@@ -78,32 +78,62 @@ def _addresses(ad: CapacityAd) -> set[str]:
     return {a.split("/p2p/")[0] if "/p2p-circuit" not in a else a for a in ad.addrs}
 
 
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What ranking reads of one ad for one want, worked out once per ad (an ad is immutable)."""
+
+    price: float  # the cost of an unproven provider: its price alone
+    cost: float  # of a proven one: price over claimed speed, times one plus load
+    addresses: frozenset[str]
+    hosts: frozenset[str]
+
+
+_FACTS: dict[tuple[CapacityAd, Want], _Facts | None] = {}
+_MAX_FACTS = 1 << 16
+
+
+def _facts(ad: CapacityAd, want: Want) -> _Facts | None:
+    """None for an ad that is not eligible for ``want``."""
+    key = (ad, want)  # the ad itself: two ads of one sequence number may differ (a liar's)
+    if key in _FACTS:
+        return _FACTS[key]
+    facts = None
+    if eligible(ad, want):
+        facts = _Facts(cost(ad, want, Standing.UNPROVEN), cost(ad, want, Standing.DIRECT),
+                       frozenset(_addresses(ad)), frozenset(hosts(ad)))
+    if len(_FACTS) >= _MAX_FACTS:
+        _FACTS.clear()
+    _FACTS[key] = facts
+    return facts
+
+
 def rank(ads: Iterable[CapacityAd], want: Want, *, standing: Callable[[bytes], Standing],
          aside: Callable[[CapacityAd], bool], salt: bytes,
          source: Callable[[bytes], bytes | None] = lambda peer: peer) -> list[CapacityAd]:
     """Eligible ads, best first, one per address (steps 1–3). ``source``: a provider's introducer."""
-    keyed: list[tuple[tuple[bool, int, float, bytes], CapacityAd]] = []
+    keyed: list[tuple[tuple[bool, int, float, bytes], CapacityAd, _Facts]] = []
     for ad in ads:
-        if eligible(ad, want):
+        f = _facts(ad, want)
+        if f is not None:
             st = standing(ad.peer_id)
             tie = hashlib.blake2b(salt + ad.peer_id, digest_size=8).digest()
-            keyed.append(((aside(ad), -int(st), cost(ad, want, st), tie), ad))
+            keyed.append(((aside(ad), -int(st), f.price if st is Standing.UNPROVEN else f.cost, tie), ad, f))
     keyed.sort(key=lambda x: x[0])
     turns: dict[tuple[bool, object], int] = {}
-    ordered: list[tuple[tuple[bool, int, int, float, bytes], CapacityAd]] = []
-    for (held, s, c, tie), ad in keyed:
+    ordered: list[tuple[tuple[bool, int, int, float, bytes], CapacityAd, _Facts]] = []
+    for (held, s, c, tie), ad, f in keyed:
         turn = 0
         if s == -int(Standing.UNPROVEN):  # the n-th best of its introducer or host: the n-th round
-            keys = [(held, ("via", source(ad.peer_id)))] + [(held, ("ip", h)) for h in hosts(ad)]
+            keys = [(held, ("via", source(ad.peer_id)))] + [(held, ("ip", h)) for h in f.hosts]
             turn = max(turns.get(k, 0) for k in keys)
             for k in keys:
                 turns[k] = turns.get(k, 0) + 1
-        ordered.append(((held, s, turn, c, tie), ad))
+        ordered.append(((held, s, turn, c, tie), ad, f))
     ordered.sort(key=lambda x: x[0])
     out: list[CapacityAd] = []
     used: set[str] = set()
-    for _, ad in ordered:
-        addrs = _addresses(ad)
+    for _, ad, f in ordered:
+        addrs = f.addresses
         if addrs <= used:
             continue
         used |= addrs
@@ -122,7 +152,8 @@ def pick(ranked: Sequence[CapacityAd], k: int, *, aside: Callable[[CapacityAd], 
         return ads[:k + reserves]
     extra = min(rest, key=lambda ad: hashlib.blake2b(draw + ad.peer_id, digest_size=8).digest())
     first = [*ads[:k - 1], extra]
-    return first + [ad for ad in ads if ad not in first][:reserves]
+    chosen = {ad.peer_id for ad in first}
+    return first + [ad for ad in ads if ad.peer_id not in chosen][:reserves]
 
 
 def independent(pool: Iterable[CapacityAd], workload: str, exclude: Sequence[CapacityAd], me: bytes,
