@@ -137,8 +137,9 @@ class Run:
 
 def run_scenario(s: Scenario, *, out: Path | None = None, as_json: bool = False, console: Any = None,
                  isolate: bool = True, keep_dirs: bool = False, in_process: bool = False,
-                 ui: str = "") -> tuple[int, dict[str, Any]]:
-    """``ui``: serve the swarm view there (HOST:PORT on loopback) while the scenario runs."""
+                 ui: str = "", plots: bool = True) -> tuple[int, dict[str, Any]]:
+    """``ui``: serve the swarm view there (HOST:PORT on loopback) while the scenario runs; ``plots``:
+    draw the summary's PNG (about a second of CPU)."""
     from rich.console import Console
 
     console = console or Console(stderr=as_json)
@@ -195,8 +196,7 @@ def run_scenario(s: Scenario, *, out: Path | None = None, as_json: bool = False,
             shutil.rmtree(base, ignore_errors=True)
     summary["clean_exit"] = clean
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plots = plot(summary, out, run.notes)
-    summary["plots"] = plots
+    summary["plots"] = plot(summary, out, run.notes) if plots else []
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if as_json:
         print(json.dumps(summary, indent=2))

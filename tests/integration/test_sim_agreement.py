@@ -37,7 +37,8 @@ def test_the_simulator_reproduces_the_real_swarm(tmp_path: Path) -> None:
     s = sc.parse(SCENARIO)
     from rich.console import Console
 
-    _, real = run_scenario(s, out=tmp_path / "real", console=Console(file=open(os.devnull, "w")), in_process=True)
+    _, real = run_scenario(s, out=tmp_path / "real", console=Console(file=open(os.devnull, "w")), in_process=True,
+                           plots=False)
     sim = simulate(s)
     a, b = _outcome(real), _outcome(sim)
     cheaters = {int(i) for i, role in real["roles_by_node"].items() if role in sc.CHEATER_KINDS}
