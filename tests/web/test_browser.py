@@ -136,14 +136,22 @@ def test_a_job_appears_live_and_finishes_verified(browser: Any, swarm: Swarm) ->
     page, errors = _page(browser, swarm.login(0))
     page.goto(page.url.split("#")[0] + "#jobs")
     past_before = page.locator("#jobs-past tbody tr").count()
-    job = swarm.submit(0, "train_step", "-p", "steps=150", "-p", "batch=256", "-p", "d_in=256", "-p", "d_hidden=256",
-                       "--deadline", "120")
+    # about 8 s of work on a quiet machine: longer than a few of the page's rounds (1 s apart, plus the
+    # time the node takes to answer them on a busy machine), so it is seen while it runs
+    job = swarm.submit(0, "train_step", "-p", "steps=800", "-p", "batch=256", "-p", "d_in=256", "-p", "d_hidden=256",
+                       "--deadline", "240")
     try:
-        page.wait_for_selector("#jobs-live tbody tr", timeout=WAIT_MS)
+        try:
+            page.wait_for_selector("#jobs-live tbody tr", timeout=WAIT_MS)
+        except Exception:  # say how the job went: ended before the page saw it, or never started
+            ended = job.poll() is not None
+            said = job.communicate(timeout=300) if ended else ("", "")
+            raise AssertionError(f"no live job on the page; the submit {'ended: ' + str(said) if ended else 'runs'}, "
+                                 f"the node's jobs: {[(j['workload'], j['state']) for j in swarm.call(0, 'jobs')]}")
         live = page.locator("#jobs-live tbody tr").first.inner_text()
         assert "train_step" in live and "requester" in live
         job_id = page.locator("#jobs-live tbody tr td").first.inner_text().strip()
-        out, _ = job.communicate(timeout=180)
+        out, _ = job.communicate(timeout=300)
     finally:
         job.kill()
     result = json.loads(out)
