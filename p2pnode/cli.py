@@ -127,6 +127,10 @@ def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
     sm.add_argument("--input", "-i", action="append", default=[], metavar="FILE | NAME=FILE.npy",
                     help="with --model: the data (.npy, or .npz with one array per model input); otherwise an "
                          "input array (with -p inputs=blob). Sent encrypted, once, as a blob")
+    sm.add_argument("--text", type=Path, help="with --model (a folder, or a .onnx with tokenizer.json beside it): "
+                                              "documents to tokenize, .txt (one a line) or .jsonl")
+    sm.add_argument("--max-tokens", type=int, default=512, help="--text: cut documents at this many tokens "
+                                                                 "(default 512)")
     sm.add_argument("--output", "-o", type=Path, help="save the result here (.npz: every output array; .npy: the "
                                                       "first: the model's first output, or matmul's c)")
     sm.add_argument("--shard-rows", type=int, default=0, help="map: rows per job (default: spread over --providers)")
@@ -470,8 +474,15 @@ def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int
         raise LocalError(f"--model goes with infer or map, not {args.workload}")
     if args.model is None:
         raise LocalError("map needs --model PATH.onnx")
-    if len(args.input) != 1 or "=" in args.input[0]:
-        raise LocalError("a model job needs one --input FILE (.npy, or .npz with one array per model input)")
+    text_file = args.text
+    if text_file is not None:
+        if args.input:
+            raise LocalError("give --text or --input, not both")
+        if args.max_tokens < 1:
+            raise LocalError("--max-tokens must be at least 1")
+    elif len(args.input) != 1 or "=" in args.input[0]:
+        raise LocalError("a model job needs one --input FILE (.npy, or .npz with one array per model input), "
+                         "or --text FILE (.txt or .jsonl) to tokenize")
     if args.verify == "freivalds":
         raise LocalError("--verify freivalds checks matrix products (matmul) only: a model job is checked by "
                          "re-running sampled rows or whole shards elsewhere (auto), or not at all (none)")
@@ -480,13 +491,16 @@ def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int
         model_io.check_output(output)  # before anything is sent or paid for
     if args.shard_rows < 0 or args.providers < 1:
         raise LocalError("--shard-rows must not be negative and --providers must be at least 1")
-    for path in (args.model, Path(args.input[0])):
-        if not path.is_file():
-            raise LocalError(f"no such file: {path}")
+    data = text_file if text_file is not None else Path(args.input[0])
+    if not (args.model.is_file() or args.model.is_dir()):
+        raise LocalError(f"no such file: {args.model}")
+    if not data.is_file():
+        raise LocalError(f"no such file: {data}")
     deadline = args.deadline if args.deadline != 60.0 else 600.0
     cmd = "map" if args.workload == "map" else "submit"
-    request = dict(model=str(args.model.resolve()), input=str(Path(args.input[0]).resolve()),
-                   output=output, max_price=args.max_price, deadline=deadline,
+    request = dict(model=str(args.model.resolve()), output=output,
+                   **({"text": str(data.resolve()), "max_tokens": args.max_tokens} if text_file is not None
+                      else {"input": str(data.resolve())}), max_price=args.max_price, deadline=deadline,
                    providers=args.providers if cmd == "map" else 1, shard_rows=args.shard_rows, backend=args.backend,
                    verify=args.verify, fresh=args.fresh)
     timeout = deadline + 60

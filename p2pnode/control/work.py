@@ -94,8 +94,10 @@ async def run_map(maps: Any, prep: Any, request: dict[str, Any], emit: Emit, *,
     ``shard_rows`` (0: two shards per provider). ``prep``: the node's
     :class:`~p2pnode.services.model_prep.ModelPrep`, which tries the model in a worker."""
     model_path, input_path, output = text(request, "model"), text(request, "input"), text(request, "output")
-    if not model_path or not input_path:
-        raise ControlError("a model job needs a model and an input file")
+    text_path = text(request, "text")
+    max_tokens = number(request, "max_tokens", 512, lo=1, hi=1 << 20, integer=True)
+    if not model_path or not (input_path or text_path):
+        raise ControlError("a model job needs a model and an input file (or --text)")
     shard_rows = number(request, "shard_rows", 0, lo=0, hi=2**31, integer=True)
     providers = number(request, "providers", 3, lo=1, hi=64, integer=True)
     max_price = number(request, "max_price", lo=1, hi=MAX_PRICE, integer=True)
@@ -108,7 +110,10 @@ async def run_map(maps: Any, prep: Any, request: dict[str, Any], emit: Emit, *,
                            "products (matmul) only")
     if output:
         model_io.check_output(output)
-    blob, arrays, notes = await trio.to_thread.run_sync(_read, Path(model_path), input_path)
+    if text_path:
+        blob, arrays, notes = await trio.to_thread.run_sync(_read_text, Path(model_path), text_path, max_tokens)
+    else:
+        blob, arrays, notes = await trio.to_thread.run_sync(_read, Path(model_path), input_path)
     # the model is tried on a few rows in a worker (memory limit, timeout), never in the node
     job = await prep.prepare(blob, arrays, timeout=min(deadline, model_jobs.PROBE_TIMEOUT_S))
     notes += _conversions(job, arrays)
@@ -133,12 +138,27 @@ async def run_map(maps: Any, prep: Any, request: dict[str, Any], emit: Emit, *,
     return summary
 
 
+def _read_text(model_path: Path, text_path: str, max_tokens: int) -> tuple[bytes, dict[str, Any], list[str]]:
+    """The model (by its file or folder), and the documents of ``text_path`` tokenized with the
+    ``tokenizer.json`` beside it as the model's inputs (``p2pnode.text_data``)."""
+    from p2pnode import text_data
+    from p2pnode.exec import onnx_model
+
+    model = text_data.model_file(model_path)
+    blob = onnx_model.pack_file(model)
+    names = [s.name for s in onnx_model.describe(onnx_model.load(blob)).inputs]
+    arrays, notes = text_data.encode(text_data.tokenizer_for(model), text_data.read_texts(text_path), names,
+                                     max_tokens)
+    return blob, arrays, notes
+
+
 def _read(model_path: Path, input_path: str) -> tuple[bytes, dict[str, Any], list[str]]:
     """The model (packed, checked; scikit-learn's ZipMap given as its tensor), the dataset, and
     what was done to the model to make it."""
+    from p2pnode import text_data
     from p2pnode.exec import onnx_model
 
-    blob = onnx_model.pack_file(model_path)
+    blob = onnx_model.pack_file(text_data.model_file(model_path))
     raw, external = onnx_model.unpack(blob)
     raw, notes = model_io.drop_zipmap(raw)
     if notes:

@@ -58,6 +58,7 @@ import numpy as np
 import trio
 
 from p2pnode.errors import LocalError
+from p2pnode.exec.buckets import concat_padded
 from p2pnode.exec.model_jobs import ModelJob
 from p2pnode.protocol.shards import (
     DEPTH,
@@ -195,7 +196,7 @@ class MapService:
             if on_event is not None:
                 on_event({"event": "map", "map": mid, "rows": job.rows, "shards": len(shards), "resumed": resumed,
                           "verify": check, "already_done": True})
-            return MapResult(mid, job.rows, len(shards), resumed, _assemble(done, shards), 0.0, {}, 0, check, 0,
+            return MapResult(mid, job.rows, len(shards), resumed, _assemble(job, done, shards), 0.0, {}, 0, check, 0,
                              [], account.to_json(), already_done=True, folder=str(folder))
         rec = self.records.add(JobRecord(mid, "requester", "map", {"rows": job.rows, "shards": len(shards),
                                                                     "resumed": resumed, "verify": check},
@@ -241,7 +242,7 @@ class MapService:
                     nursery.start_soon(run.worker)
         if run.failure or len(done) < len(shards):
             raise MapError(run.failure[0] if run.failure else "the dataset job stopped before every shard was done")
-        return MapResult(mid, job.rows, len(shards), len(done) - len(queue), _assemble(done, shards),
+        return MapResult(mid, job.rows, len(shards), len(done) - len(queue), _assemble(job, done, shards),
                          self.now() - run.started, run.by_provider, run.retries, verify, run.checked, run.jobs)
 
     # state on disk -------------------------------------------------------------------------
@@ -338,8 +339,10 @@ class _Running:
             self.send.close()
 
 
-def _assemble(done: dict[int, dict[str, np.ndarray]], shards: list[Shard]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([done[i][k] for i in range(len(shards))]) for k in done[0]}
+def _assemble(job: ModelJob, done: dict[int, dict[str, np.ndarray]], shards: list[Shard]) -> dict[str, np.ndarray]:
+    """The shards' outputs as one, in the user's row order (a bucketed job's rows put back; an
+    output with a token axis padded with zeros to the longest shard's)."""
+    return job.restore({k: concat_padded([done[i][k] for i in range(len(shards))]) for k in done[0]})
 
 
 def _read_done(folder: Path, shards: list[Shard]) -> dict[int, dict[str, np.ndarray]]:
