@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -102,6 +102,7 @@ def _spec(w: Any) -> TensorSpec:
 
 @dataclass(frozen=True)
 class ModelJob:
+    workload: ClassVar[str] = "onnx"
     blob: bytes  # the model container
     info: ModelInfo
     arrays: dict[str, np.ndarray]  # by model input name, cast to its dtype

@@ -232,7 +232,7 @@ class JobProvider:
 
             def package() -> tuple[bytes, bytes, bytes]:  # in a thread: ~50 ms for 16 MiB
                 # a row job commits to every row before anyone picks rows to check
-                root = merkle.rows_root(out.arrays) if prov.rfb.verify == "rows" else b""
+                root = merkle.rows_root(out.arrays) if prov.rfb.verify in ("rows", "tokens") else b""
                 return root, sealing.seal(codec.encode(out.to_wire()), prov.rfb.requester), out.digest
 
             root, output, digest = await trio.to_thread.run_sync(package)

@@ -4,15 +4,19 @@ through ``map`` (bucketed by length, outputs in document order, equal to direct 
 from __future__ import annotations
 
 import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import trio
 
 from p2pnode import text_data
 from p2pnode import transformer_models as tm
-from p2pnode.exec import model_jobs, onnx_model
-from tests.integration.swarm import all_list_all, swarm
+from p2pnode.exec import generation_jobs, model_jobs, onnx_model
+from p2pnode.node import Node
+from tests.integration.swarm import all_list_all, node_config, start_node, swarm
 
 RICH = 10**9
 
@@ -49,3 +53,59 @@ async def test_an_encoder_embeds_a_text_dataset_bucketed_across_providers_in_doc
         assert widths[0] < widths[-1] == arrays["input_ids"].shape[1]
     assert np.allclose(result.outputs["embedding"], direct[0], rtol=1e-4, atol=1e-5)
     assert np.allclose(result.outputs["logits"], direct[1], rtol=1e-4, atol=1e-5)
+
+
+def greedy(raw: bytes, prompt: list[int], max_new: int, eos: int) -> list[int]:
+    """Direct greedy decoding, the whole sequence recomputed at each step (no cache)."""
+    sess = ort.InferenceSession(raw)
+    seq, made = list(prompt), []
+    for _ in range(max_new):
+        feed = {"input_ids": np.array([seq], np.int64), "attention_mask": np.ones((1, len(seq)), np.int64),
+                "position_ids": np.arange(len(seq), dtype=np.int64)[None]}
+        for name in (i.name for i in sess.get_inputs() if i.name.startswith("past_key_values")):
+            feed[name] = np.zeros((1, 2, 0, 16), np.float32)
+        tok = int(np.argmax(sess.run(["logits"], feed)[0][0, -1]))
+        made.append(tok)
+        seq.append(tok)
+        if tok == eos:
+            break
+    return made
+
+
+def prompts(n: int, seed: int = 2) -> list[list[int]]:
+    enc = tokenizer().encode_batch(documents(n, seed))
+    return [list(e.ids)[:24] for e in enc]
+
+
+@asynccontextmanager
+async def market(specs: list[dict[str, Any]]) -> AsyncIterator[tuple[Node, list[Node]]]:
+    """A requester on 127.0.0.60 and a provider per spec on 127.0.0.61, .62, ...: addresses of their
+    own, so that a checker is independent of the provider it checks."""
+    async with trio.open_nursery() as nursery:
+        providers = [(await start_node(nursery, node_config(listen=[f"/ip4/127.0.0.{61 + i}/tcp/0"], **flags))).node
+                     for i, flags in enumerate(specs)]
+        requester = (await start_node(nursery, node_config(listen=["/ip4/127.0.0.60/tcp/0"], provide=False,
+                                                           bootstrap=[p.addrs()[0] for p in providers]))).node
+        await requester.wait_until(lambda: len(requester.table) >= len(providers), 30)
+        yield requester, providers
+        nursery.cancel_scope.cancel()
+
+
+async def test_generation_across_providers_equals_direct_greedy_decoding_token_for_token() -> None:
+    raw = tm.decoder(tm.Config(seed=5))
+    ps = prompts(12)
+    job = generation_jobs.prepare(raw, {}, ps, max_new=20, eos=0, batch=4)
+    async with market([{}, {}, {}]) as (requester, _):
+        events: list[dict[str, Any]] = []
+        result = await requester.maps.run(job, shard_rows=4, providers=2, max_price=RICH, deadline_s=60,
+                                          on_event=events.append)
+        outcomes = [r.outcome for r in requester.jobs.records if r.role == "requester" and r.workload == "generate"
+                    and r.params.get("mode") == "generate"]
+    assert result.shards == 3 and result.verify == "tokens" and result.checked_rows > 0
+    # each shard checked by an independent checker's teacher-forced pass over sampled prompts
+    assert len(outcomes) == 3 and all("teacher-forced pass" in o and o.startswith("verified") and "here" not in o
+                                      for o in outcomes), outcomes
+    assert any(e.get("tokens_per_s", 0) > 0 for e in events if e.get("event") == "shard")
+    tokens, length = result.outputs["tokens"], result.outputs["length"]
+    for i, p in enumerate(ps):  # in prompt order, each as direct decoding makes it
+        assert list(tokens[i, :length[i]]) == greedy(raw, p, 20, 0)
