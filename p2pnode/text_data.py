@@ -135,3 +135,35 @@ def encode(tok: Any, texts: list[str], inputs: list[str], max_tokens: int) -> tu
     if cut:
         notes.append(f"{cut} documents cut at {max_tokens} tokens (--max-tokens)")
     return {n: made[n] for n in inputs}, notes
+
+
+def check_generation_output(path: str) -> None:
+    """An output path for generated text: a ``.jsonl`` file that can be written."""
+    if not path.endswith(".jsonl"):
+        raise TextError(f"--output {path}: generated text is saved as .jsonl (one JSON object a prompt)")
+    try:
+        local_files.check_output(path, what="--output")
+    except FileRefused as exc:
+        raise TextError(str(exc)) from None
+
+
+def write_generations(path: str, tok: Any, prompts: list[str], tokens: np.ndarray,
+                      length: np.ndarray) -> dict[str, Any]:
+    """One JSON object a prompt, in the prompts' order: ``prompt``, the generated ``text`` and its
+    ``tokens``; written whole or not at all (a temporary file beside it, renamed)."""
+    import os
+    import tempfile
+
+    lines = []
+    for i, prompt in enumerate(prompts):
+        made = [int(t) for t in tokens[i, :int(length[i])]]
+        lines.append(json.dumps({"prompt": prompt, "text": tok.decode(made), "tokens": made}, ensure_ascii=False))
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".gen-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise TextError(f"cannot write {path}: {exc.strerror}") from None
+    return {"path": path, "prompts": len(prompts), "tokens": int(np.asarray(length).sum())}

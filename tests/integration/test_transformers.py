@@ -4,8 +4,10 @@ through ``map`` (bucketed by length, outputs in document order, equal to direct 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ import trio
 
 from p2pnode import text_data
 from p2pnode import transformer_models as tm
+from p2pnode.control import work
 from p2pnode.exec import generation_jobs, model_jobs, onnx_model
 from p2pnode.node import Node
 from tests.integration.swarm import all_list_all, node_config, start_node, swarm
@@ -109,3 +112,29 @@ async def test_generation_across_providers_equals_direct_greedy_decoding_token_f
     tokens, length = result.outputs["tokens"], result.outputs["length"]
     for i, p in enumerate(ps):  # in prompt order, each as direct decoding makes it
         assert list(tokens[i, :length[i]]) == greedy(raw, p, 20, 0)
+
+
+async def test_submit_generate_saves_prompts_in_order_and_a_second_run_pays_nothing(tmp_path: Path) -> None:
+    raw = tm.decoder(tm.Config(seed=6))
+    folder = tm.write_model_dir(tmp_path / "gpt", raw, tokenizer(), eos=0)
+    texts = documents(6, seed=4)
+    (tmp_path / "prompts.jsonl").write_text("\n".join(json.dumps({"prompt": t[:80]}) for t in texts) + "\n")
+    out = tmp_path / "out.jsonl"
+    request = {"model": str(folder), "prompts": str(tmp_path / "prompts.jsonl"), "output": str(out), "max_new": 12,
+               "max_price": RICH, "providers": 2, "deadline": 60}
+    events: list[dict[str, Any]] = []
+
+    async def emit(e: dict[str, Any]) -> None:
+        events.append(e)
+
+    async with market([{}, {}]) as (requester, _):
+        first = await work.run_generate(requester.maps, request, emit)
+        again = await work.run_generate(requester.maps, request, emit)
+    assert first["generate"]["prompts"] == 6 and first["generate"]["tokens"] == first["saved"]["tokens"] > 0
+    assert any(e.get("event") == "note" and "6 prompts tokenized" in e["text"] for e in events)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["prompt"] for x in lines] == [t[:80] for t in texts]
+    for x in lines:
+        ids = tokenizer().encode(x["prompt"]).ids
+        assert x["tokens"] == greedy(raw, ids, 12, 0) and x["text"] == tokenizer().decode(x["tokens"])
+    assert first["paid"]["total"] > 0 and again["already_done"] and again["paid"]["total"] == 0
