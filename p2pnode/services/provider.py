@@ -224,6 +224,7 @@ class JobProvider:
                 if adv.stalls:
                     await trio.sleep_forever()  # progress goes on, the result never comes
                 run_params, cheat = adv.run_params(rec.workload, run_params)
+                arrays = adv.run_inputs(rec.workload, run_params, arrays, cheat)
             r = await ex.run(rec.workload, run_params, backend=backend, inputs=arrays,
                              on_progress=running.set_progress, timeout=timeout)
             if adv is not None:

@@ -19,6 +19,8 @@ from p2pnode import transformer_models as tm
 from p2pnode.control import work
 from p2pnode.exec import generation_jobs, model_jobs, onnx_model
 from p2pnode.node import Node
+from p2pnode.services.mapper import MapService
+from p2pnode.wire.peer_id import from_base58
 from tests.integration.swarm import all_list_all, node_config, start_node, swarm
 
 RICH = 10**9
@@ -138,3 +140,24 @@ async def test_submit_generate_saves_prompts_in_order_and_a_second_run_pays_noth
         ids = tokenizer().encode(x["prompt"]).ids
         assert x["tokens"] == greedy(raw, ids, 12, 0) and x["text"] == tokenizer().decode(x["tokens"])
     assert first["paid"]["total"] > 0 and again["already_done"] and again["paid"]["total"] == 0
+
+
+async def test_a_provider_running_another_model_is_caught_and_its_shard_redone() -> None:
+    """Four providers on addresses of their own; the first runs a shallower model than the job's.
+    The checker's teacher-forced pass refutes its committed tokens, a referee agrees, the cheat goes
+    to the ledger, and the shard is done again by an honest provider."""
+    raw = tm.decoder(tm.Config(seed=5))
+    ps = prompts(8, seed=3)
+    job = generation_jobs.prepare(raw, {}, ps, max_new=16, eos=0, batch=4)
+    async with market([{"adversary": "fewerlayers:1"}, {}, {}, {}]) as (requester, providers):
+        cheater = providers[0].identity.peer_id
+        maps = MapService(submit=requester.jobs.submit,
+                          candidates=lambda *a: sorted(requester.jobs.candidates(*a), key=lambda ad: ad.peer_id != cheater),
+                          now=requester.now, state_dir=requester.config.data_dir / "maps")
+        result = await maps.run(job, shard_rows=8, providers=1, max_price=RICH, deadline_s=60)
+        disputes = list(requester.trust.ledger.entries(kind="dispute"))  # type: ignore[union-attr]
+        assert disputes and disputes[0].peer == cheater and disputes[0].data["wrong"] == "provider"
+        assert requester.trust.distrusted(cheater)
+    assert result.retries >= 1 and cheater not in {from_base58(p) for p in result.by_provider}
+    tokens, length = result.outputs["tokens"], result.outputs["length"]
+    assert all(list(tokens[i, :length[i]]) == greedy(raw, p, 16, 0) for i, p in enumerate(ps))
