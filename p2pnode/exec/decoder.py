@@ -109,22 +109,48 @@ def expose_hidden(model: Any) -> bool:
 class Runner:
     """One session's decode loop and teacher-forced pass (in a worker)."""
 
-    def __init__(self, sess: Any, dspec: DecoderSpec, *, bind: bool = False) -> None:
-        self.sess, self.spec, self.bind = sess, dspec, bind
+    def __init__(self, sess: Any, dspec: DecoderSpec, *, device: str = "") -> None:
+        """``device``: "" runs with NumPy feeds; "cuda" (or "cpu", to test the path) binds the cache
+        to that device, where each step's present stays as the next step's past (I/O binding),
+        and only the ids, the mask, the logits and the hidden state cross to the host."""
+        self.sess, self.spec, self.device = sess, dspec, device
         self.names = [o.name for o in sess.get_outputs()]
         self.state = HIDDEN if dspec.hidden else "logits"
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, Any]) -> tuple[np.ndarray, np.ndarray,
                                                                                      dict[str, Any]]:
         """(logits of the last position, its state, the cache as the next step's past)."""
-        feed: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, **past}
+        feed: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
         if self.spec.positions:
             pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, -ids.shape[1]:]
             feed["position_ids"] = pos.astype(np.int64)
-        out = dict(zip(self.names, self.sess.run(None, feed), strict=True))
+        if self.device:
+            return self._bound(feed, past)
+        out = dict(zip(self.names, self.sess.run(None, {**feed, **past}), strict=True))
         cache = {PAST.format(i, kv): out[PRESENT.format(i, kv)] for i in range(self.spec.layers)
                  for kv in ("key", "value")}
         return out["logits"], out[self.state], cache
+
+    def _bound(self, feed: dict[str, np.ndarray], past: dict[str, Any]) -> tuple[np.ndarray, np.ndarray,
+                                                                                   dict[str, Any]]:
+        binding = self.sess.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, value)
+        for name, value in past.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:  # an OrtValue on the device: last step's present
+                binding.bind_ortvalue_input(name, value)
+        for name in self.names:
+            if name.startswith("present."):
+                binding.bind_output(name, self.device)
+            else:
+                binding.bind_output(name, "cpu")
+        self.sess.run_with_iobinding(binding)
+        out = dict(zip(self.names, binding.get_outputs(), strict=True))
+        cache = {PAST.format(i, kv): out[PRESENT.format(i, kv)] for i in range(self.spec.layers)
+                 for kv in ("key", "value")}
+        return out["logits"].numpy(), out[self.state].numpy(), cache
 
     def empty(self, batch: int) -> dict[str, np.ndarray]:
         s = self.spec
