@@ -3,6 +3,8 @@ device (I/O binding, as on CUDA) giving exactly what plain feeds give."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -18,7 +20,7 @@ def test_the_cache_bound_to_a_device_gives_what_plain_feeds_give() -> None:
                                   eos=-1, batch=2)
     model = onnx_model.load(job.blob)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    args = dict(max_new=40, temperature=0.0, seed=0, eos=-1, batch=2, k=16, pad=0)
+    args: dict[str, Any] = {"max_new": 40, "temperature": 0.0, "seed": 0, "eos": -1, "batch": 2, "k": 16, "pad": 0}
     plain = decoder.Runner(sess, job.spec).generate(job.arrays["prompt"], job.arrays["index"], **args)
     bound = decoder.Runner(sess, job.spec, device="cpu").generate(job.arrays["prompt"], job.arrays["index"], **args)
     assert plain["length"].tolist() == [40, 40, 40]
