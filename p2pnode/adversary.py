@@ -2,7 +2,8 @@
 
 Selected on a provider with the ``adversary`` config key, ``MODE`` or ``MODE:X``:
 
-* ``garbage:F``  -- on a fraction F of jobs (default 1), every output array is random noise;
+* ``garbage:F``  -- on a fraction F of jobs (default 1), every output array is random noise (for
+  ``generate``, made-up tokens for every prompt, well formed: only the check can tell);
 * ``perturb:F``  -- on a fraction F, one element is moved just past the workload's tolerance
   (by 1 for exact int8, else by 1.5 × tolerance × the array's norm): the subtlest wrong answer
   the comparison rule must catch;
@@ -122,10 +123,11 @@ class Adversary:
     def tamper(self, workload: str, params: Mapping[str, Any], output: Output, cheat: bool) -> Output:
         """The output to return in place of the honest ``output``."""
         honest = output
-        if cheat and workload == "generate" and self.mode in adversary_text.PROMPT_MODES + adversary_text.MODEL_MODES:
-            self.tampered += 1
-            return Output(adversary_text.cheat_rows(self.mode, self.x, params, output.arrays, self.rng),
-                          dict(output.extra))
+        if cheat and workload == "generate" and self.mode in ("garbage", *adversary_text.PROMPT_MODES,
+                                                              *adversary_text.MODEL_MODES):
+            self.tampered += 1  # garbage, for generation: every prompt's tokens made up, well formed
+            mode, x = ("fabricate", 1.0) if self.mode == "garbage" else (self.mode, self.x)
+            return Output(adversary_text.cheat_rows(mode, x, params, output.arrays, self.rng), dict(output.extra))
         if cheat:
             self.tampered += 1
             output = getattr(self, "_" + self.mode)(workload, params, output)
