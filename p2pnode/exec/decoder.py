@@ -13,12 +13,13 @@ logits: :func:`expose_hidden` adds it as the graph output ``p2pnode.hidden`` (th
 once, so that providers and checkers run the same graph); a model whose logits come otherwise is
 fingerprinted on its logits.
 
-**Why a loop here and not ONNX Runtime GenAI**: GenAI's generator samples with one seed for the
-whole batch and gives neither the hidden states nor the choice at each step, so a checker could not
-reproduce a sampled token nor compare activations; and its model format needs a
-``genai_config.json`` that people's plain exports lack. The loop is short: a prefill of the
-left-padded batch, then one step per token with the cache fed back (``past`` ← ``present``); on
-CUDA the cache stays on the device (I/O binding).
+**Why a loop here and not ONNX Runtime GenAI** (reasoned, not measured against it): every token
+must be chosen by :func:`p2pnode.verify.tokens.choose`, seeded per prompt and position, so that a
+checker's one teacher-forced pass reproduces each draw; GenAI's search draws from one generator-wide
+random stream inside its own loop, so the choice would have to be taken out of it step by step
+anyway; and its model format needs a ``genai_config.json`` that people's plain exports lack. The
+loop is short: a prefill of the left-padded batch, then one step per token with the cache fed back
+(``past`` ← ``present``); on CUDA the cache stays on the device (I/O binding, :class:`Runner`).
 """
 
 from __future__ import annotations
