@@ -71,6 +71,26 @@ const node = await createLibp2p({
 const pubsub = node.services.pubsub
 pubsub.subscribe(TOPIC)
 
+// libp2p's perf protocol, server side (specs: perf/perf.md), when asked for (P2P_PERF=1): the
+// client sends the bytes it wants back (u64, big-endian), uploads, and closes its side; we read to
+// the end, send what it asked for, and close. For throughput figures side by side with p2pnode.
+if (process.env.P2P_PERF) {
+  await node.handle('/perf/1.0.0', async (stream) => {
+    let header = new Uint8Array(0)
+    for await (const buf of stream) {
+      if (header.length < 8) header = concat(header, buf.subarray().slice(0, 8 - header.length))
+    }
+    let left = new DataView(header.buffer, header.byteOffset, 8).getBigUint64(0)
+    const block = new Uint8Array(1 << 20)
+    while (left > 0n) {
+      const n = left < BigInt(block.length) ? Number(left) : block.length
+      if (!stream.send(block.subarray(0, n))) await stream.onDrain()
+      left -= BigInt(n)
+    }
+    await stream.close()
+  }, { maxInboundStreams: 4, runOnLimitedConnection: false })
+}
+
 pubsub.addEventListener('message', (evt) => {
   const msg = evt.detail
   if (msg.topic !== TOPIC) return
