@@ -53,11 +53,22 @@ class PerfServer:
                 raise OversizedError(f"perf: more than {MAX_BYTES} bytes uploaded")
         while want:
             n = min(want, BLOCK)
-            with trio.fail_after(IDLE_S):
-                await stream.write(self._block[:n] if n < BLOCK else self._block)
+            await _write(stream, self._block[:n] if n < BLOCK else self._block)
             want -= n
             self.served += n
         await stream.close()
+
+
+async def _write(stream: Any, data: bytes) -> None:
+    """Write within :data:`IDLE_S`; ``StreamGone`` when the client went away."""
+    from libp2p.network.stream.exceptions import StreamError
+    from libp2p.stream_muxer.exceptions import MuxedStreamError
+
+    try:
+        with trio.fail_after(IDLE_S):
+            await stream.write(data)
+    except (StreamError, MuxedStreamError) as exc:
+        raise StreamGone(type(exc).__name__) from exc
 
 
 async def _read(stream: Any, n: int) -> bytes:

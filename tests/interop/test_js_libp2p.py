@@ -105,3 +105,20 @@ async def test_mixed_swarm_every_ad_reaches_every_js_peer_and_survives_a_leave(j
                 await js2.wait_event(lambda e, n=n: e.get("event") == "ad" and e.get("peer") == n.peer_id
                                      and js2.events.index(e) >= mark)
             await nodes[0].wait_until(lambda: all_list_all(running), timeout=10)
+
+
+async def test_js_libp2p_takes_a_perf_download_from_a_node_that_serves_perf_and_none_from_others() -> None:
+    """libp2p's perf protocol, js-libp2p's Noise and yamux reading what ours write (with the
+    node's larger yamux frames)."""
+    async with trio.open_nursery() as nursery:
+        on = (await start_node(nursery, node_config(perf=True, provide=False))).node
+        off = (await start_node(nursery, node_config(provide=False))).node
+        async with js_peer(dial=[on.addrs()[0], off.addrs()[0]]) as js:
+            for node in (on, off):
+                await js.wait_event(lambda e, node=node: e.get("event") == "identify" and e["peer"] == node.peer_id)
+            reply = await js.command("perf", peer=on.peer_id, bytes=(8 << 20) + 5)
+            assert reply["bytes"] == (8 << 20) + 5
+            assert on.perf is not None and on.perf.served == (8 << 20) + 5
+            with pytest.raises(AssertionError, match="perf failed"):
+                await js.command("perf", peer=off.peer_id, bytes=1024)
+        nursery.cancel_scope.cancel()
