@@ -17,6 +17,7 @@ in records of a whole chunk each.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,6 +35,8 @@ HELLO_TIMEOUT_S = 5.0  # a connection shows its ticket and first record within t
 DIAL_TIMEOUT_S = 3.0
 MAX_PENDING = 32  # connections that have not shown a ticket yet, in all
 MAX_REQUEST = 1024  # the reader's first record (a get)
+ACCEPT_RETRY = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
+ACCEPT_BACKOFF_S = 0.1
 
 
 class BulkGone(StreamGone):
@@ -153,7 +156,14 @@ class BulkServer:
     async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         async with listener:
             while True:
-                stream = await listener.accept()
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # out of file descriptors or memory: wait, as trio's servers do
+                    if exc.errno not in ACCEPT_RETRY:
+                        raise
+                    log.warning("bulk channel: cannot accept a connection (%s); retrying", exc.strerror)
+                    await trio.sleep(ACCEPT_BACKOFF_S)
+                    continue
                 if self.pending >= MAX_PENDING:
                     self.refused["busy"] += 1
                     await stream.aclose()
@@ -176,6 +186,8 @@ class BulkServer:
             await self.serve(conn, ticket, request)
         except (BulkGone, wbulk.BulkError) as exc:
             log.debug("bulk connection ended: %s", exc)
+        except Exception:  # a bug here: this connection ends, the node goes on
+            log.exception("bulk connection failed")
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
