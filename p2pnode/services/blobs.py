@@ -124,6 +124,7 @@ class BlobService:
                 with trio.fail_after(REQUEST_TIMEOUT_S + bulk.DIAL_TIMEOUT_S):
                     again, start, _ = wb.decode_request(await fs.receive())
             except StreamGone:
+                await fs.close()
                 return
             if again != blob_id:
                 raise BlobError("a second get for another blob")
