@@ -16,7 +16,13 @@ Noise layer (:mod:`p2pnode.net.noise_session`):
   writer slices the data and then copies the slice behind the header. Here neither copies more
   than once.
 
-:func:`speed_up_yamux` installs all three (for every yamux connection of the process, like
+And one fix: upstream's receive-window auto-tuning can grant a sender more credit than
+``MAX_WINDOW_SIZE`` (16 MiB), while its reader refuses any frame larger than that and closes the
+connection. js-libp2p's yamux sends frames as large as its whole window, so a large transfer from
+a js-libp2p peer broke the connection about one time in two. Here no update leaves the peer more
+than ``MAX_WINDOW_SIZE`` of credit.
+
+:func:`speed_up_yamux` installs all of it (for every yamux connection of the process, like
 :func:`~p2pnode.net.workarounds.market_dht_protocol`); the bytes on the wire stay yamux's.
 """
 
@@ -91,6 +97,18 @@ def _stream_class() -> type:
                 return
             raise MuxedStreamError("Timed out waiting for window update after 5 seconds.")
 
+        async def send_window_update(self, increment: int, skip_lock: bool = False) -> None:
+            """Send ``increment`` of credit, less whatever would leave the peer more than
+            ``MAX_WINDOW_SIZE`` in all (upstream's auto-tuning can count a read twice and grant
+            past it; js-libp2p then sends one frame of its whole window, which upstream refuses
+            as oversized, closing the connection)."""
+            excess = self.recv_window - y.MAX_WINDOW_SIZE
+            if excess > 0:
+                cut = min(excess, increment)
+                self.recv_window -= cut
+                increment -= cut
+            await super().send_window_update(increment, skip_lock)
+
         async def write(self, data: bytes) -> None:
             if self.send_closed:
                 raise MuxedStreamError("Stream is closed for sending")
@@ -123,7 +141,7 @@ _installed: list[bool] = []
 
 
 def speed_up_yamux() -> None:
-    """Install the three changes (once per process)."""
+    """Install the changes (once per process)."""
     from libp2p.stream_muxer.yamux import yamux as y
 
     if _installed:

@@ -122,3 +122,35 @@ async def test_js_libp2p_takes_a_perf_download_from_a_node_that_serves_perf_and_
             with pytest.raises(AssertionError, match="perf failed"):
                 await js.command("perf", peer=off.peer_id, bytes=1024)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_node_takes_large_transfers_from_js_libp2p_whole() -> None:
+    """js-libp2p's yamux sends frames as large as its window: a node must never grant it more than
+    it accepts in one frame (it once granted 17-21 MB, refused the frame and dropped the connection
+    about one 256 MiB transfer in two)."""
+    from libp2p.network.stream.exceptions import StreamEOF
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from p2pnode.net.host import parse_multiaddr
+    from p2pnode.net.perf import PERF_PROTOCOL
+
+    async with trio.open_nursery() as nursery:
+        node = (await start_node(nursery, node_config(provide=False))).node
+        async with js_peer(env={"P2P_PERF": "1"}) as js:
+            addr = next(a for a in js.addrs if "/ip4/127.0.0.1/" in a)
+            info = info_from_p2p_addr(parse_multiaddr(addr if "/p2p/" in addr else f"{addr}/p2p/{js.peer}"))
+            await node.host.connect(info)
+            for _ in range(3):
+                stream = await node.host.new_stream(info.peer_id, [PERF_PROTOCOL])
+                await stream.write((256 << 20).to_bytes(8, "big"))
+                await stream.close_write()
+                got = 0
+                with trio.fail_after(60):
+                    try:
+                        while True:
+                            got += len(await stream.read(1 << 20))
+                    except StreamEOF:
+                        pass
+                assert got == 256 << 20
+                assert info.peer_id in node.host.get_network().connections
+        nursery.cancel_scope.cancel()

@@ -114,3 +114,20 @@ async def test_read_exactly_hands_over_a_whole_read_without_copying_it() -> None
     with pytest.raises(IncompleteReadError) as caught:
         await read_exactly(Reader([whole[:10]]), 20)
     assert caught.value.received_bytes == 10
+
+
+async def test_a_peer_is_never_granted_more_than_the_largest_window_it_may_fill() -> None:
+    """Upstream: a read that leaves the window a little short grants the shortfall and the read
+    again, 17 MiB of credit where frames over 16 MiB are refused (js-libp2p sends one frame of its
+    whole window: a large transfer from it broke the connection)."""
+    from libp2p.stream_muxer.yamux import yamux as y
+
+    s, conn = stream(0)
+    full = y.MAX_WINDOW_SIZE
+    s.target_recv_window = s.recv_window = full  # auto-tuned to the largest window, all of it granted
+    for _ in range(3):  # 1 MiB arrives, and is read
+        s.recv_window -= 1 << 20
+        await s._auto_tune_and_send_window_update(bytes_read=1 << 20)
+        assert s.recv_window <= full
+    granted = sum(int.from_bytes(f[8:12], "big") for f in conn.frames if f[1] == y.TYPE_WINDOW_UPDATE)
+    assert full - 3 * (1 << 20) + granted <= full  # what the peer may send now
