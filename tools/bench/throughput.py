@@ -398,7 +398,14 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         for mode in modes:
             runs[mode].append(await measure(mode, args))
     if args.js and js_available():
-        runs["perf, js-libp2p writes"] = [await measure_js_perf(args) for _ in range(args.runs)]
+        js_runs = []
+        for _ in range(args.runs):
+            try:
+                js_runs.append(await measure_js_perf(args))
+            except Exception as exc:  # noqa: BLE001 - said in the report; the other figures stand
+                print(f"perf from js-libp2p failed: {exc!r}", file=sys.stderr)
+        if js_runs:
+            runs["perf, js-libp2p writes"] = js_runs
     best = {m: max(rs, key=lambda r: r.mb_s) for m, rs in runs.items()}
     tcp = best["tcp"].mb_s if "tcp" in best else None
     before = best["stream, upstream"].mb_s if "stream, upstream" in best else None
