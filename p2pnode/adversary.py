@@ -2,7 +2,8 @@
 
 Selected on a provider with the ``adversary`` config key, ``MODE`` or ``MODE:X``:
 
-* ``garbage:F``  -- on a fraction F of jobs (default 1), every output array is random noise;
+* ``garbage:F``  -- on a fraction F of jobs (default 1), every output array is random noise (for
+  ``generate``, made-up tokens for every prompt, well formed: only the check can tell);
 * ``perturb:F``  -- on a fraction F, one element is moved just past the workload's tolerance
   (by 1 for exact int8, else by 1.5 × tolerance × the array's norm): the subtlest wrong answer
   the comparison rule must catch;
@@ -16,6 +17,10 @@ Selected on a provider with the ``adversary`` config key, ``MODE`` or ``MODE:X``
 * ``flood:R``    -- publishes its capacity ad R times a second, far past what peers accept (honest
   results): the rate limits and bans of capacity gossip are what stop it;
 * ``stall``      -- accepts jobs and never finishes them, while still sending progress.
+* on ``generate`` jobs (:mod:`p2pnode.adversary_text`): ``othermodel:F``, ``fewerlayers:F`` and
+  ``lowprec:F`` run another model, a shallower one, or the model at bfloat16, on a fraction F of
+  jobs; ``prompt:F``, ``fabricate:F`` and ``truncate:F``, on every job, alter the prompt of, make up
+  the tokens of, or cut short the generation of a fraction F of its prompts.
 * ``poison:N``   -- serves every market sync with N validly signed ads of made-up providers (fresh
   identities, price 1, 10⁹ GFLOP/s, the longest TTL, all naming one third party's address,
   :data:`POISON_ADDR`) before its own table: market poisoning. Admission and the requester's
@@ -33,10 +38,14 @@ from typing import Any
 
 import numpy as np
 
+from p2pnode import adversary_text
 from p2pnode.errors import ConfigError
 from p2pnode.exec.workloads import TOLERANCE, Output
 
-MODES = ("garbage", "perturb", "replay", "lowprec", "skip", "overclaim", "stall", "flood", "poison")
+MODES = ("garbage", "perturb", "replay", "lowprec", "skip", "overclaim", "stall", "flood", "poison", "othermodel",
+         "fewerlayers", "prompt", "fabricate", "truncate")
+_PER_JOB = ("garbage", "perturb", "replay", "lowprec", "othermodel", "fewerlayers")
+_PER_ROW = ("skip", "prompt", "fabricate", "truncate")
 POISON_ADDR = "/ip4/127.0.0.9/tcp/9"  # the third party a poisoner's made-up providers point at
 MAX_POISON = 1023
 REL_TOLERANCE = {"infer": 1e-4, "train_step": 1e-4}
@@ -98,16 +107,27 @@ class Adversary:
     def run_params(self, workload: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """Parameters to actually run with, and whether this job is one to cheat on."""
         self.jobs += 1
-        cheat = (self.mode in ("garbage", "perturb", "replay", "lowprec") and self.rng.random() < self.x) or \
-            (self.mode == "skip" and self.x > 0)
+        cheat = (self.mode in _PER_JOB and self.rng.random() < self.x) or (self.mode in _PER_ROW and self.x > 0)
         p = dict(params)
         if cheat and self.mode == "lowprec" and workload == "matmul" and p.get("dtype") == "fp32":
             p["dtype"] = "fp16"
         return p, cheat
 
+    def run_inputs(self, workload: str, params: Mapping[str, Any], arrays: dict[str, np.ndarray] | None,
+                   cheat: bool) -> dict[str, np.ndarray] | None:
+        """The inputs to actually run on: a generation cheater's other model or altered prompts."""
+        if not cheat or workload != "generate" or arrays is None:
+            return arrays
+        return adversary_text.cheat_inputs(self.mode, self.x, params, arrays, self.rng)
+
     def tamper(self, workload: str, params: Mapping[str, Any], output: Output, cheat: bool) -> Output:
         """The output to return in place of the honest ``output``."""
         honest = output
+        if cheat and workload == "generate" and self.mode in ("garbage", *adversary_text.PROMPT_MODES,
+                                                              *adversary_text.MODEL_MODES):
+            self.tampered += 1  # garbage, for generation: every prompt's tokens made up, well formed
+            mode, x = ("fabricate", 1.0) if self.mode == "garbage" else (self.mode, self.x)
+            return Output(adversary_text.cheat_rows(mode, x, params, output.arrays, self.rng), dict(output.extra))
         if cheat:
             self.tampered += 1
             output = getattr(self, "_" + self.mode)(workload, params, output)

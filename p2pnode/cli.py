@@ -121,14 +121,26 @@ def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
     sm = sub.add_parser("submit", parents=[common], help="run a job on the network and show its result",
                         description="Run a job. With --model: `infer` runs your ONNX model on your data as one "
                                     "job, `map` runs it over a dataset in shards across several providers.")
-    sm.add_argument("workload", help="matmul, infer, train_step; or, with --model, infer or map")
+    sm.add_argument("workload", help="matmul, infer, train_step; or, with --model, infer, map or generate")
     sm.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="workload parameter")
     sm.add_argument("--model", "-m", type=Path, help="an ONNX model (.onnx; external data files beside it)")
     sm.add_argument("--input", "-i", action="append", default=[], metavar="FILE | NAME=FILE.npy",
                     help="with --model: the data (.npy, or .npz with one array per model input); otherwise an "
                          "input array (with -p inputs=blob). Sent encrypted, once, as a blob")
+    sm.add_argument("--text", type=Path, help="with --model (a folder, or a .onnx with tokenizer.json beside it): "
+                                              "documents to tokenize, .txt (one a line) or .jsonl")
+    sm.add_argument("--max-tokens", type=int, default=512, help="--text: cut documents at this many tokens "
+                                                                 "(default 512)")
+    sm.add_argument("--prompts", type=Path, help="generate: prompts, .txt (one a line) or .jsonl (a string, or an "
+                                                 "object with a \"prompt\" or \"text\" field, a line)")
+    sm.add_argument("--max-new-tokens", type=int, default=64, help="generate: new tokens per prompt at most "
+                                                                   "(default 64)")
+    sm.add_argument("--temperature", type=finite, default=0.0,
+                    help="generate: 0 is greedy (default); above 0, tokens are drawn, reproducibly from --seed")
+    sm.add_argument("--seed", type=int, default=0, help="generate: the seed of the draws (default 0)")
     sm.add_argument("--output", "-o", type=Path, help="save the result here (.npz: every output array; .npy: the "
-                                                      "first: the model's first output, or matmul's c)")
+                                                      "first: the model's first output, or matmul's c; generate: "
+                                                      ".jsonl)")
     sm.add_argument("--shard-rows", type=int, default=0, help="map: rows per job (default: spread over --providers)")
     sm.add_argument("--max-price", type=_max_price, default=100_000,
                     help="most micro-credits the job (map: the whole dataset) pays its providers (default 100000); "
@@ -470,8 +482,15 @@ def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int
         raise LocalError(f"--model goes with infer or map, not {args.workload}")
     if args.model is None:
         raise LocalError("map needs --model PATH.onnx")
-    if len(args.input) != 1 or "=" in args.input[0]:
-        raise LocalError("a model job needs one --input FILE (.npy, or .npz with one array per model input)")
+    text_file = args.text
+    if text_file is not None:
+        if args.input:
+            raise LocalError("give --text or --input, not both")
+        if args.max_tokens < 1:
+            raise LocalError("--max-tokens must be at least 1")
+    elif len(args.input) != 1 or "=" in args.input[0]:
+        raise LocalError("a model job needs one --input FILE (.npy, or .npz with one array per model input), "
+                         "or --text FILE (.txt or .jsonl) to tokenize")
     if args.verify == "freivalds":
         raise LocalError("--verify freivalds checks matrix products (matmul) only: a model job is checked by "
                          "re-running sampled rows or whole shards elsewhere (auto), or not at all (none)")
@@ -480,13 +499,16 @@ def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int
         model_io.check_output(output)  # before anything is sent or paid for
     if args.shard_rows < 0 or args.providers < 1:
         raise LocalError("--shard-rows must not be negative and --providers must be at least 1")
-    for path in (args.model, Path(args.input[0])):
-        if not path.is_file():
-            raise LocalError(f"no such file: {path}")
+    data = text_file if text_file is not None else Path(args.input[0])
+    if not (args.model.is_file() or args.model.is_dir()):
+        raise LocalError(f"no such file: {args.model}")
+    if not data.is_file():
+        raise LocalError(f"no such file: {data}")
     deadline = args.deadline if args.deadline != 60.0 else 600.0
     cmd = "map" if args.workload == "map" else "submit"
-    request = dict(model=str(args.model.resolve()), input=str(Path(args.input[0]).resolve()),
-                   output=output, max_price=args.max_price, deadline=deadline,
+    request = dict(model=str(args.model.resolve()), output=output,
+                   **({"text": str(data.resolve()), "max_tokens": args.max_tokens} if text_file is not None
+                      else {"input": str(data.resolve())}), max_price=args.max_price, deadline=deadline,
                    providers=args.providers if cmd == "map" else 1, shard_rows=args.shard_rows, backend=args.backend,
                    verify=args.verify, fresh=args.fresh)
     timeout = deadline + 60
@@ -529,6 +551,57 @@ def _submit_model(config: Config, args: argparse.Namespace, console: Any) -> int
     return 0
 
 
+def _submit_generate(config: Config, args: argparse.Namespace, console: Any) -> int:
+    """``submit generate --model DIR --prompts FILE [--output OUT.jsonl]``: run on the node, which
+    reads the files (same user) and writes the generations; progress in tokens/s per provider."""
+    from rich.markup import escape
+
+    from p2pnode import text_data, ui
+
+    if args.model is None or args.prompts is None:
+        raise LocalError("generate needs --model (a folder with model.onnx and tokenizer.json) and --prompts FILE")
+    if not (args.model.is_file() or args.model.is_dir()):
+        raise LocalError(f"no such file: {args.model}")
+    if not args.prompts.is_file():
+        raise LocalError(f"no such file: {args.prompts}")
+    if args.max_new_tokens < 1 or args.temperature < 0 or args.seed < 0 or args.providers < 1:
+        raise LocalError("--max-new-tokens and --providers must be at least 1, --temperature and --seed not negative")
+    if args.verify == "freivalds":
+        raise LocalError("--verify freivalds checks matrix products only: generation is checked by a teacher-forced "
+                         "pass over sampled prompts elsewhere (auto), or not at all (none)")
+    output = str(args.output.resolve()) if args.output else ""
+    if output:
+        text_data.check_generation_output(output)  # before anything is sent or paid for
+    deadline = args.deadline if args.deadline != 60.0 else 600.0
+    request = dict(model=str(args.model.resolve()), prompts=str(args.prompts.resolve()), output=output,  # noqa: C408
+                   max_new=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                   max_tokens=args.max_tokens, max_price=args.max_price, deadline=deadline, providers=args.providers,
+                   shard_rows=args.shard_rows, backend=args.backend, verify=args.verify, fresh=args.fresh)
+    if args.json:
+        _print_json(call(config.control_socket, "generate", timeout=deadline + 60, **request))
+        return 0
+
+    def on_event(e: dict[str, Any]) -> None:
+        kind = e.get("event")
+        if kind == "note":
+            console.print(f"  [yellow]note: {escape(str(e['text']))}[/]", highlight=False)
+        elif kind == "shard" and e.get("state") == "done":
+            console.print(f"  shard {e['shard']} by {ui.short_peer(e['provider'])}: {e['rows']} prompts, "
+                          f"{e.get('tokens', 0)} tokens at {e.get('tokens_per_s', 0):.0f} tokens/s; {e['outcome']}",
+                          highlight=False)
+        elif kind == "shard" and e.get("state") == "retry":
+            console.print(f"  [yellow]shard {e['shard']} again elsewhere: {e['outcome']}[/]", highlight=False)
+
+    result = call(config.control_socket, "generate", timeout=deadline + 60, on_event=on_event, **request)
+    gen = result["generate"]
+    console.print(f"[bold green]DONE[/]  {gen['prompts']} prompts, {gen['tokens']} tokens in {result['seconds']:.2f} s "
+                  f"({gen['tokens_per_s']:.0f} tokens/s); checked: {result['checked_rows']} sampled prompts "
+                  f"teacher-forced; {result['retries']} shard(s) redone elsewhere", highlight=False)
+    if result.get("saved"):
+        console.print(f"  saved to {result['saved']['path']}", highlight=False)
+    return 0
+
+
 def _parse_params(items: list[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for item in items:
@@ -554,6 +627,8 @@ def _submit(config: Config, args: argparse.Namespace, console: Any) -> int:
     from p2pnode import ui
     from p2pnode.exec import workloads
 
+    if args.workload == "generate":
+        return _submit_generate(config, args, console)
     if args.model is not None or args.workload == "map":
         return _submit_model(config, args, console)
     params = _parse_params(args.param)

@@ -165,7 +165,7 @@ def _network(name: str, value: str) -> None:
 
 DEFAULT_METRICS = "127.0.0.1:9464"
 DEFAULT_UI = "127.0.0.1:7464"
-_DEFAULT_WORKLOADS = ("matmul", "infer", "train_step", "onnx")
+_DEFAULT_WORKLOADS = ("matmul", "infer", "train_step", "onnx", "generate")
 MAX_WORKLOADS = 8  # an ad's offers: each workload, once more as a check offer (16)
 KEYS: tuple[Key, ...] = (
     Key("listen", list, ["/ip4/0.0.0.0/tcp/4001"], "Multiaddrs to listen on (TCP).", Multiaddrs(16, least=1)),
@@ -189,6 +189,12 @@ KEYS: tuple[Key, ...] = (
         OneOf(("auto", "on", "off"))),
     Key("relays", list, [], "Multiaddrs with /p2p/ id of relays to reserve a slot on when private; empty: the "
         "connected peers that relay.", Multiaddrs(16, peer_id=True)),
+    Key("bulk", bool, True, "Move blobs between directly connected peers over a bulk channel (TCP, AEAD records "
+        "keyed through libp2p) beside the libp2p stream; false: over the libp2p stream only."),
+    Key("bulk_port", int, 0, "TCP port of the bulk channel, on the listen addresses' IPs (0: any free port; "
+        "forward it beside the libp2p port for peers behind a router).", Between(0, 65535)),
+    Key("perf", bool, False, "Serve libp2p's perf protocol (/perf/1.0.0) to connected peers, bounded, "
+        "to measure throughput against other libp2p implementations."),
     Key("provide", bool, True, "Offer this machine's capacity (publish capacity ads)."),
     Key("use_gpu", bool, True, "Probe GPUs with NVML and use them; false forces the CPU path."),
     Key("workloads", list, list(_DEFAULT_WORKLOADS), "Workloads offered in the capacity ad.", _workloads),
@@ -268,6 +274,9 @@ class Config:
     upnp: bool
     relay_service: str
     relays: tuple[str, ...]
+    bulk: bool
+    bulk_port: int
+    perf: bool
     provide: bool
     use_gpu: bool
     workloads: tuple[str, ...]

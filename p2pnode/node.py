@@ -33,12 +33,14 @@ from p2pnode.market.bidding import Capacity
 from p2pnode.market.capacity_table import CapacityTable, TableLimits
 from p2pnode.net import impair, workarounds
 from p2pnode.net.adapters import HostPeers, HostStreams
+from p2pnode.net.bulk import BulkServer
 from p2pnode.net.dht import Discovery
 from p2pnode.net.discovery import PeerKeeper
 from p2pnode.net.gossip import build_pubsub
 from p2pnode.net.guard import PeerGate, ban_gate, guard_stream_handler, guard_validator
 from p2pnode.net.host import advertised, build_host, parse_multiaddr
 from p2pnode.net.network import check_dnsaddr, is_dnsaddr, network_entries
+from p2pnode.net.perf import PERF_PROTOCOL, PerfServer
 from p2pnode.net.relay import Relaying, is_circuit
 from p2pnode.net.upnp import PortMapping, tcp_ports
 from p2pnode.protocol.penalties import PeerPenalties
@@ -124,7 +126,9 @@ class Node:
                            gpus=lambda: self.resources.hardware.gpus if self.resources.hardware else ())
         self.peers = PeerPolicy(penalties=self.penalties, now=self.now, metrics=self.metrics,
                                 remember=self.trust.penalty, network=self._network)
-        self.blobs = BlobService(self._streams, self.penalise)
+        self.bulk = BulkServer(me, now=self.now) if cfg.bulk else None
+        self.perf = PerfServer() if cfg.perf else None
+        self.blobs = BlobService(self._streams, self.penalise, is_banned=self.is_banned, bulk_server=self.bulk)
         self.market = MarketService(
             identity=self.identity, now=self.now, table=self.table, metrics=self.metrics,
             is_banned=self.is_banned, penalise=self.penalise, publish=self._publish,
@@ -398,6 +402,9 @@ class Node:
                 if self.config.market_v1:
                     self.host.set_stream_handler(MARKET_PROTOCOL_V1, guard_stream_handler(
                         "market", self.market.handle_sync_v1, gate, self.market.limits))
+                if self.perf is not None:
+                    self.host.set_stream_handler(PERF_PROTOCOL, guard_stream_handler(
+                        "perf", self.perf.handle_stream, gate, self.perf.limits))
                 ads = await self.pubsub.subscribe(CAPACITY_TOPIC)
                 reports = await self.pubsub.subscribe(REPORTS_TOPIC)
                 self.started_at = self.now()
@@ -409,6 +416,8 @@ class Node:
                     self.upnp = PortMapping(lambda: tcp_ports(host.get_addrs()), on_change=self._addrs_changed)
                     await nursery.start(self.upnp.run)
                 await nursery.start(self.relaying.run)
+                if self.bulk is not None:
+                    await nursery.start(self.bulk.run, bulk_hosts(self._listen), self.config.bulk_port)
                 if self.discovery is not None:
                     await nursery.start(self.discovery.run)
                 nursery.start_soon(self.market.drain, reports)
@@ -428,6 +437,18 @@ class Node:
                 self.ready.set()
                 task_status.started(self)
                 await trio.sleep_forever()
+
+
+def bulk_hosts(listen: list[Any]) -> list[str]:
+    """The IPs the bulk channel listens on: those of the libp2p listen addresses, each once."""
+    hosts = []
+    for addr in listen:
+        for proto in ("ip4", "ip6"):
+            try:
+                hosts.append(addr.value_for_protocol(proto))
+            except Exception:  # noqa: BLE001 - not in this address
+                continue
+    return list(dict.fromkeys(hosts))
 
 
 def _load_identity(config: Config) -> Identity:

@@ -52,6 +52,11 @@ def add_run_flags(run: argparse.ArgumentParser) -> None:
                      help="do not use the DHT to find peers and providers")
     run.add_argument("--no-upnp", dest="upnp", action="store_false", default=None,
                      help="do not ask the router to forward this node's port (UPnP)")
+    run.add_argument("--no-bulk", dest="bulk", action="store_false", default=None,
+                     help="move blobs over the libp2p stream only (no bulk channel)")
+    run.add_argument("--bulk-port", type=int, metavar="PORT", help="TCP port of the bulk channel (0: any)")
+    run.add_argument("--perf", dest="perf", action="store_true", default=None,
+                     help="serve libp2p's perf protocol (/perf/1.0.0) to connected peers")
     run.add_argument("--provide", dest="provide", action="store_true", default=None, help="offer capacity")
     run.add_argument("--no-provide", dest="provide", action="store_false", help="do not offer capacity")
     run.add_argument("--no-gpu", dest="use_gpu", action="store_false", default=None, help="use the CPU only")
@@ -91,7 +96,8 @@ def add_run_flags(run: argparse.ArgumentParser) -> None:
 RUN_FLAGS = ("listen", "announce", "bootstrap", "network", "mdns", "provide", "use_gpu", "metrics", "ui", "price",
               "ad_interval", "ad_ttl", "log_level", "log_format", "checker", "check_rate_min", "budget",
               "reciprocity", "adversary", "calibration_file", "impair", "gpus", "slots", "max_jobs", "max_gpu_mem",
-              "cpu_threads", "schedule", "reachability", "relay_service", "relays", "dht", "upnp")
+              "cpu_threads", "schedule", "reachability", "relay_service", "relays", "dht", "upnp",
+              "bulk", "bulk_port", "perf")
 
 
 def config_from(args: argparse.Namespace) -> Config:

@@ -200,6 +200,8 @@ class ControlViews:
             return await work.run_map(node.maps, node.model_prep, dict(request, providers=1), emit, single=True)
         if cmd == "submit":
             return await work.submit_job(node.jobs, request, emit)
+        if cmd == "generate":
+            return await work.run_generate(node.maps, request, emit)
         if cmd == "map":
             return await work.run_map(node.maps, node.model_prep, request, emit)
         if cmd == "cancel":

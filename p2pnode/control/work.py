@@ -94,8 +94,10 @@ async def run_map(maps: Any, prep: Any, request: dict[str, Any], emit: Emit, *,
     ``shard_rows`` (0: two shards per provider). ``prep``: the node's
     :class:`~p2pnode.services.model_prep.ModelPrep`, which tries the model in a worker."""
     model_path, input_path, output = text(request, "model"), text(request, "input"), text(request, "output")
-    if not model_path or not input_path:
-        raise ControlError("a model job needs a model and an input file")
+    text_path = text(request, "text")
+    max_tokens = number(request, "max_tokens", 512, lo=1, hi=1 << 20, integer=True)
+    if not model_path or not (input_path or text_path):
+        raise ControlError("a model job needs a model and an input file (or --text)")
     shard_rows = number(request, "shard_rows", 0, lo=0, hi=2**31, integer=True)
     providers = number(request, "providers", 3, lo=1, hi=64, integer=True)
     max_price = number(request, "max_price", lo=1, hi=MAX_PRICE, integer=True)
@@ -108,7 +110,10 @@ async def run_map(maps: Any, prep: Any, request: dict[str, Any], emit: Emit, *,
                            "products (matmul) only")
     if output:
         model_io.check_output(output)
-    blob, arrays, notes = await trio.to_thread.run_sync(_read, Path(model_path), input_path)
+    if text_path:
+        blob, arrays, notes = await trio.to_thread.run_sync(_read_text, Path(model_path), text_path, max_tokens)
+    else:
+        blob, arrays, notes = await trio.to_thread.run_sync(_read, Path(model_path), input_path)
     # the model is tried on a few rows in a worker (memory limit, timeout), never in the node
     job = await prep.prepare(blob, arrays, timeout=min(deadline, model_jobs.PROBE_TIMEOUT_S))
     notes += _conversions(job, arrays)
@@ -133,12 +138,96 @@ async def run_map(maps: Any, prep: Any, request: dict[str, Any], emit: Emit, *,
     return summary
 
 
+async def run_generate(maps: Any, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    """Text generation: the prompts of ``prompts`` (tokenized with the model folder's
+    ``tokenizer.json``) through its decoder, in shards across ``providers``; the generations saved
+    to ``output`` (.jsonl) in the prompts' order (``exec/generation_jobs.py``)."""
+    from p2pnode import text_data
+
+    model_path, prompts_path, output = text(request, "model"), text(request, "prompts"), text(request, "output")
+    if not model_path or not prompts_path:
+        raise ControlError("generate needs a model (its folder) and a prompts file")
+    max_new = number(request, "max_new", 64, lo=1, hi=1 << 14, integer=True)
+    temperature = number(request, "temperature", 0.0, lo=0.0, hi=100.0)
+    seed = number(request, "seed", 0, lo=0, hi=2**63 - 1, integer=True)
+    providers = number(request, "providers", 3, lo=1, hi=64, integer=True)
+    shard_rows = number(request, "shard_rows", 0, lo=0, hi=2**31, integer=True)
+    max_price = number(request, "max_price", lo=1, hi=MAX_PRICE, integer=True)
+    deadline = number(request, "deadline", 600, lo=1e-3, hi=MAX_DEADLINE_S)
+    max_tokens = number(request, "max_tokens", 512, lo=1, hi=1 << 16, integer=True)
+    backend, verify = text(request, "backend", max_len=32), text(request, "verify", "auto", max_len=32)
+    if verify not in ("auto", "none"):
+        raise ControlError(f"--verify {verify} does not check generation: it is checked by a teacher-forced pass over "
+                           "sampled prompts elsewhere (auto), or not at all (none)")
+    if output:
+        text_data.check_generation_output(output)
+    job, texts, tok, notes = await trio.to_thread.run_sync(
+        lambda: _read_prompts(Path(model_path), prompts_path, max_tokens=max_tokens, max_new=max_new,
+                              temperature=temperature, seed=seed))
+    if shard_rows <= 0:
+        shard_rows = max(1, -(-job.rows // (2 * max(1, providers))))
+    for note in notes:
+        await emit({"event": "note", "text": note})
+    hangup = _hangup(emit)
+    result = await _with_events(emit, lambda on_event: maps.run(
+        job, shard_rows=shard_rows, providers=providers, max_price=max_price, deadline_s=deadline, backend=backend,
+        verify=verify, fresh=flag(request, "fresh"), hangup=hangup, on_event=on_event))
+    summary: dict[str, Any] = result.summary()
+    summary["notes"] = notes
+    made = int(result.outputs["length"].sum())
+    summary["generate"] = {"prompts": job.rows, "tokens": made, "max_new": max_new, "temperature": temperature,
+                           "seed": seed, "tokens_per_s": round(made / result.seconds, 1) if result.seconds else 0}
+    if output:
+        summary["saved"] = await trio.to_thread.run_sync(text_data.write_generations, output, tok, texts,
+                                                         result.outputs["tokens"], result.outputs["length"])
+    return summary
+
+
+def _read_prompts(model_path: Path, prompts_path: str, *, max_tokens: int, max_new: int, temperature: float,
+                  seed: int) -> tuple[Any, list[str], Any, list[str]]:
+    """The generation job of ``prompts_path`` through the decoder in ``model_path`` (its
+    ``tokenizer.json`` and ``config.json``'s ``eos_token_id`` beside it), the prompts, the tokenizer."""
+    from p2pnode import text_data
+    from p2pnode.exec import generation_jobs, onnx_model
+
+    model = text_data.model_file(model_path)
+    raw, external = onnx_model.unpack(onnx_model.pack_file(model))
+    tok = text_data.tokenizer_for(model)
+    eos = text_data.model_config(model).get("eos_token_id", -1)
+    if not isinstance(eos, int) or isinstance(eos, bool):
+        eos = -1
+    texts = text_data.read_texts(prompts_path)
+    ids, cut = text_data.token_lists(tok, texts, max_tokens)
+    job = generation_jobs.prepare(raw, external, ids, max_new=max_new, temperature=temperature, seed=seed, eos=eos)
+    notes = [f"{len(texts)} prompts tokenized: {sum(map(len, ids))} tokens, the longest {max(map(len, ids))}; "
+             f"up to {max_new} new tokens each" + (f", sampled at temperature {temperature:g} (seed {seed})"
+                                                   if temperature > 0 else ", greedy")]
+    if cut:
+        notes.append(f"{cut} prompts cut at {max_tokens} tokens (--max-tokens)")
+    return job, texts, tok, notes
+
+
+def _read_text(model_path: Path, text_path: str, max_tokens: int) -> tuple[bytes, dict[str, Any], list[str]]:
+    """The model (by its file or folder), and the documents of ``text_path`` tokenized with the
+    ``tokenizer.json`` beside it as the model's inputs (``p2pnode.text_data``)."""
+    from p2pnode import text_data
+    from p2pnode.exec import onnx_model
+
+    model = text_data.model_file(model_path)
+    blob = onnx_model.pack_file(model)
+    names = [s.name for s in onnx_model.describe(onnx_model.load(blob)).inputs]
+    arrays, notes = text_data.encode(text_data.tokenizer_for(model), text_data.read_texts(text_path), names,
+                                     max_tokens)
+    return blob, arrays, notes
+
+
 def _read(model_path: Path, input_path: str) -> tuple[bytes, dict[str, Any], list[str]]:
     """The model (packed, checked; scikit-learn's ZipMap given as its tensor), the dataset, and
     what was done to the model to make it."""
+    from p2pnode import text_data
     from p2pnode.exec import onnx_model
 
-    blob = onnx_model.pack_file(model_path)
+    blob = onnx_model.pack_file(text_data.model_file(model_path))
     raw, external = onnx_model.unpack(blob)
     raw, notes = model_io.drop_zipmap(raw)
     if notes:

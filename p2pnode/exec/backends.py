@@ -62,7 +62,7 @@ def available() -> tuple[str, ...]:
 
 def for_workload(workload: str, backends: tuple[str, ...]) -> tuple[str, ...]:
     """The backends that run ``workload``: ONNX Runtime's for model jobs, the array ones otherwise."""
-    if workload == "onnx":
+    if workload in ("onnx", "generate"):
         return tuple(b for b in backends if b.startswith(ORT_PREFIX))
     return tuple(b for b in backends if not b.startswith(ORT_PREFIX))
 

@@ -33,11 +33,11 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from p2pnode.exec import onnx_model
+from p2pnode.exec import buckets, onnx_model
 from p2pnode.exec.onnx_model import ModelError, ModelInfo, TensorSpec
 from p2pnode.exec.onnx_workload import CHUNK_ROWS, MAX_ROWS, input_name, rows_agree
 
@@ -102,6 +102,7 @@ def _spec(w: Any) -> TensorSpec:
 
 @dataclass(frozen=True)
 class ModelJob:
+    workload: ClassVar[str] = "onnx"
     blob: bytes  # the model container
     info: ModelInfo
     arrays: dict[str, np.ndarray]  # by model input name, cast to its dtype
@@ -109,6 +110,8 @@ class ModelJob:
     out_row_bytes: int
     coupling: str = ""  # why the rows are not independent ("" when they are)
     flops_per_row: float = 0.0  # the priced cost of a row (0: the static count)
+    order: np.ndarray | None = None  # bucketed by length: row i of ``arrays`` is the user's row order[i]
+    lengths: np.ndarray | None = None  # bucketed: each row's tokens, in the order of ``arrays``
 
     @property
     def row_independent(self) -> bool:
@@ -131,16 +134,26 @@ class ModelJob:
         if self.whole and (start, stop) != (0, self.rows):
             raise ModelError(f"this model couples its rows ({self.coupling}): it runs on the whole dataset at once")
         n = stop - start
+        rows = {name: a[start:stop] for name, a in self.arrays.items()}
+        scale = 1.0
+        if self.lengths is not None:  # bucketed: the shard is as long as its longest row, no longer
+            full = self.arrays[buckets.MASK].shape[1]
+            rows = buckets.trim(rows, buckets.sequence_inputs(self.arrays), self.lengths[start:stop])
+            scale = rows[buckets.MASK].shape[1] / max(1, full)
         params: dict[str, Any] = {
             "model_bytes": len(self.blob), "rows": n, "out_row_bytes": self.out_row_bytes, "inputs": "blob",
-            "gflop": round(self.cost_per_row() * n / 1e9, 9),
-            "feeds": {name: [a.dtype.name, list(a.shape[1:])] for name, a in self.arrays.items()},
+            "gflop": round(self.cost_per_row() * n * scale / 1e9, 9),
+            "feeds": {name: [a.dtype.name, list(a.shape[1:])] for name, a in rows.items()},
         }
         if self.whole:
             params["whole"] = True
         inputs = {"model": np.frombuffer(self.blob, dtype=np.uint8)}
-        inputs.update({input_name(name): np.ascontiguousarray(a[start:stop]) for name, a in self.arrays.items()})
+        inputs.update({input_name(name): np.ascontiguousarray(a) for name, a in rows.items()})
         return params, inputs
+
+    def restore(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs of the rows in the order of ``arrays`` put back in the user's order."""
+        return buckets.restore(outputs, self.order)
 
     def gflop(self) -> float:
         return self.cost_per_row() * self.rows / 1e9
@@ -216,15 +229,21 @@ def _distinct(arrays: Mapping[str, np.ndarray], candidates: np.ndarray, k: int) 
 
 
 def assemble(blob: bytes, probe: Probe, arrays: Mapping[str, np.ndarray]) -> ModelJob:
-    """The job of ``arrays`` through the model ``probe`` describes (no model code runs here)."""
+    """The job of ``arrays`` through the model ``probe`` describes (no model code runs here).
+    Token rows (an ``attention_mask`` among the inputs) of a model that keeps its rows apart are
+    put in order of length, so that shards cut from them pad little (:mod:`buckets`)."""
     cast, rows = cast_arrays(probe.info, arrays)
+    order = lengths = None
+    if not probe.coupling:
+        cast, order, lengths = buckets.by_length(cast)
     if probe.coupling:
         size = sum(a.nbytes for a in cast.values())
         if size > JOB_MAX_BYTES or rows > MAX_ROWS or probe.out_row_bytes * rows > JOB_MAX_BYTES:
             raise ModelError(f"this model couples its rows ({probe.coupling}), so it must run on the whole "
                              f"dataset at once, and {rows} rows ({size} bytes) are more than one job may carry "
                              f"(1 GiB in or out, {MAX_ROWS} rows)")
-    return ModelJob(blob, probe.info, cast, rows, probe.out_row_bytes, probe.coupling, probe.flops_per_row)
+    return ModelJob(blob, probe.info, cast, rows, probe.out_row_bytes, probe.coupling, probe.flops_per_row, order,
+                    lengths)
 
 
 def prepare(blob: bytes, arrays: Mapping[str, np.ndarray]) -> ModelJob:

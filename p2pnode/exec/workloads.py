@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from p2pnode.errors import WorkloadError
+from p2pnode.exec.generate_workload import GenerateWorkload
 from p2pnode.exec.onnx_workload import OnnxWorkload
 from p2pnode.exec.work import Output, Progress, Workload
 from p2pnode.exec.work import float_param as _float
@@ -265,7 +266,8 @@ class TrainStep:
         return all(_close(x.arrays[k], y.arrays[k], 1e-4) for k in ("w1", "b1", "w2", "b2"))
 
 
-_BUILTIN: dict[str, Workload] = {w.name: w for w in (Matmul(), Infer(), TrainStep(), OnnxWorkload())}
+_BUILTIN: dict[str, Workload] = {w.name: w for w in (Matmul(), Infer(), TrainStep(), OnnxWorkload(),
+                                                      GenerateWorkload())}
 
 
 def registry() -> dict[str, Workload]:

@@ -2,8 +2,10 @@
 
 py-libp2p's defaults are unsafe or slow for us (see specs/libp2p.md):
 
-* security: without ``sec_opt`` it also accepts plaintext and secio. We offer **Noise only**;
-* muxer: mplex can deadlock on full-duplex streams. We offer **Yamux only**;
+* security: without ``sec_opt`` it also accepts plaintext and secio. We offer **Noise only**, its
+  sessions reading and writing in batches (:mod:`p2pnode.net.noise_session`);
+* muxer: mplex can deadlock on full-duplex streams. We offer **Yamux only**, with larger frames
+  and writers woken by window updates (:mod:`p2pnode.net.yamux_speed`);
 * connect latency: with ``max_connections_per_peer=3`` every dial waits out a 250 ms
   happy-eyeballs delay; ``1`` brings a connect to ~11 ms;
 * the connection manager's watermarks (50/100/200) make it redial every known peer every 30 s;
@@ -78,12 +80,15 @@ def build_host(identity: Identity, listen: Sequence[multiaddr.Multiaddr]) -> Any
     from libp2p import new_host
     from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
     from libp2p.network.config import ConnectionConfig, RetryConfig
-    from libp2p.security.noise.transport import Transport as NoiseTransport
     from libp2p.stream_muxer.yamux.yamux import Yamux
 
+    from p2pnode.net.noise_session import buffered_noise_transport
+    from p2pnode.net.yamux_speed import speed_up_yamux
+
     workarounds.batch_yamux_window_updates()
+    speed_up_yamux()
     key_pair = identity.libp2p_keypair()
-    noise = NoiseTransport(libp2p_keypair=key_pair, noise_privkey=new_x25519().private_key)
+    noise = buffered_noise_transport(key_pair, new_x25519().private_key)
     host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE: noise},  # type: ignore[dict-item]

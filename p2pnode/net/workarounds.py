@@ -1,7 +1,9 @@
 """Workarounds for py-libp2p behaviour that is wrong for a node like ours.
 
 Every workaround lives here, names the upstream behaviour it corrects, and has a test in
-``tests/net/test_workarounds.py`` that fails without it.
+``tests/net/test_workarounds.py`` that fails without it. Those that make a stream fast are larger
+and live beside this module, with their own tests: :mod:`p2pnode.net.noise_session` (Noise reads
+and writes in batches) and :mod:`p2pnode.net.yamux_speed` (larger frames, woken writers).
 """
 
 from __future__ import annotations

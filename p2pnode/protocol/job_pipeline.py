@@ -59,7 +59,7 @@ from p2pnode.wire.peer_id import to_base58
 
 OVERDUE_GRACE_S = 10.0  # an award overruns at three times its bid's estimate plus this
 STALL_S = max(15.0, 3 * m.HEARTBEAT_S)  # no word from the awarded provider for this long: it is lost
-CHECKED = ("rerun", "freivalds", "rows")  # checks after which this node gossips its opinion
+CHECKED = ("rerun", "freivalds", "rows", "tokens")  # checks after which this node gossips its opinion
 
 
 @dataclass(frozen=True)

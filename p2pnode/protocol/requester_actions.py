@@ -86,7 +86,7 @@ class OpenOutput:
     ``unavailable(why)`` when the output cannot be fetched because its provider is gone."""
 
     result: m.Result
-    check: str = ""  # "", "freivalds" or "rows"
+    check: str = ""  # "", "freivalds", "rows" or "tokens"
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ state           waiting for
                 one and, by the job's policy, Freivalds' product check or the row commitment
 ``CHECKING``    an independent checker's run of the job, or of a sample of its rows
                 (:class:`RunElsewhere`, role ``checker``)
-``HERE``        sampled rows and no checker (or none that completed): this node's own run of them
-                (:class:`RunHere`)
+``FORCING``     an independent checker's teacher-forced pass over sampled prompts of a generation
+                and the tokens the provider committed (:class:`RunElsewhere`, role ``checker``)
+``HERE``        sampled rows or prompts and no checker (or none that completed): this node's own
+                run of them (:class:`RunHere`)
 ``REFEREEING``  the checker disagreed: a referee's run, independent of everyone asked before; one
                 that agrees with neither run, or fails, makes way for the next (``MAX_REFEREES``)
 ``SETTLED``     final: :attr:`Verdict.settled` says accepted or not, what to say, what was checked
@@ -34,9 +36,10 @@ The rules that make it safe to trust, each a property its tests check with hypot
 
 **A new kind of check is a new entry of** ``_CHECKS`` (the policy that starts it) and, when it
 waits on something new, a new state with its rows in ``_TRANSITIONS`` and one answering method:
-a teacher-forced check of generated text samples prompts as ``_check_rows`` samples rows and asks
-a checker for one forward pass over the provider's tokens (a :class:`RunElsewhere` whose
-``Outputs.same`` compares the activation fingerprints); a bisection over training steps is a
+the teacher-forced check of generated text (policy ``tokens``) samples prompts as ``_rows``
+samples rows, and waits in ``FORCING`` for a checker's one forward pass over the prompts and the
+provider's committed tokens (``Outputs.teacher`` makes that work; ``Outputs.same`` compares the
+tokens and activation fingerprints, ``verify/tokens.py``); a bisection over training steps is a
 state after ``REFEREEING`` whose every answer halves the disputed range of steps until a referee
 re-runs one step. Written once here, they run on the node and in the simulator alike.
 
@@ -77,6 +80,7 @@ MAX_REFEREES = 2  # referees asked, one after another, while none agrees with ei
 class V(Enum):
     OPENING = "opening"
     CHECKING = "checking"
+    FORCING = "forcing"
     HERE = "here"
     REFEREEING = "refereeing"
     # final
@@ -89,12 +93,15 @@ FINAL = frozenset({V.SETTLED, V.UNAVAILABLE})
 _TRANSITIONS: dict[tuple[V, str], frozenset[V]] = {
     (V.OPENING, "opened"): frozenset({V.SETTLED, V.CHECKING, V.HERE}),  # HERE: rows, no checker at all
     (V.OPENING, "unavailable"): frozenset({V.UNAVAILABLE}),
+    (V.OPENING, "forced"): frozenset({V.FORCING, V.HERE}),
     (V.CHECKING, "ran"): frozenset({V.SETTLED, V.HERE, V.REFEREEING}),
+    (V.FORCING, "ran"): frozenset({V.SETTLED, V.HERE, V.REFEREEING}),
     (V.REFEREEING, "ran"): frozenset({V.SETTLED, V.REFEREEING}),
     (V.HERE, "ran_here"): frozenset({V.SETTLED}),
 }
 
-_ASKED_BY = {"opened": OpenOutput, "unavailable": OpenOutput, "ran": RunElsewhere, "ran_here": RunHere}
+_ASKED_BY = {"opened": OpenOutput, "forced": OpenOutput, "unavailable": OpenOutput, "ran": RunElsewhere,
+             "ran_here": RunHere}
 
 
 class Outputs(Protocol):
@@ -107,6 +114,11 @@ class Outputs(Protocol):
     def rows(self, params: dict[str, Any], inputs: Any, output: Any,
              idx: Sequence[int]) -> tuple[dict[str, Any], Any, Any]:
         """The job restricted to rows ``idx``: its parameters, inputs and the provider's output rows."""
+
+    def teacher(self, params: dict[str, Any], inputs: Any, output: Any,
+                idx: Sequence[int]) -> tuple[dict[str, Any], Any, Any]:
+        """A teacher-forced pass over prompts ``idx`` of a generation and the tokens the provider
+        committed for them: its parameters, inputs, and the provider's rows of those prompts."""
 
 
 class Checkers(Protocol):
@@ -167,7 +179,7 @@ class Verdict:
 
     def start(self) -> list[Action]:
         check = "freivalds" if self.policy == "freivalds" and self.workload == "matmul" else \
-            "rows" if self.policy == "rows" else ""
+            self.policy if self.policy in ("rows", "tokens") else ""
         self.pending = OpenOutput(self.result, check)
         return [self.pending]
 
@@ -192,7 +204,7 @@ class Verdict:
     def ran(self, run: Ran | None, now: float) -> list[Action]:
         """The checker or referee asked ran the work (``None``: it did not complete)."""
         self._expect("ran")
-        if self.state is V.CHECKING:
+        if self.state in (V.CHECKING, V.FORCING):
             return self._checker_ran(run, now)
         return self._referee_ran(run, now)
 
@@ -201,13 +213,15 @@ class Verdict:
         self._expect("ran_here")
         work = self._work
         assert work is not None
-        n = work.params["rows"]
+        n = _count(work.params)
         if output is None:
             return self._settle("ran_here", True, f"accepted (could not check here: {why})", self._method)
+        what = _sampled(self._method)
         if self.outputs.same(work.params, work.output, output)[0]:
-            return self._settle("ran_here", True, f"verified: {n} sampled rows agree with a re-run here",
-                                self._method)
-        return self._settle("ran_here", False, "wrong: sampled rows disagree with a re-run here", self._method)
+            return self._settle("ran_here", True, f"verified: {n} sampled {what} agree with a "
+                                f"{_pass(self._method)} here", self._method)
+        return self._settle("ran_here", False, f"wrong: sampled {what} disagree with a {_pass(self._method)} here",
+                            self._method)
 
     # checks --------------------------------------------------------------------------------
     def _rerun(self, now: float) -> list[Action]:
@@ -226,30 +240,41 @@ class Verdict:
         self._emit("sample", rows=len(idx), of=n)
         return self._check("rows", Work(params, inputs, output), now)
 
-    def _check(self, method: str, work: Work, now: float) -> list[Action]:
+    def _tokens(self, now: float) -> list[Action]:
+        """Check a generation by sampled prompts: the provider signed its rows (each prompt's
+        tokens and activation fingerprints) before the sample was drawn, and a checker's one
+        teacher-forced pass over each sampled prompt and its committed tokens must agree
+        (``verify/tokens.py`` has the rule, ``specs/verification.md`` the maths)."""
+        n = int(self.params["prompts"])
+        idx = rows.sample(n, rows.sample_size(), self.rng)
+        params, inputs, output = self.outputs.teacher(self.params, self.inputs, self.output, idx)
+        self._emit("sample", rows=len(idx), of=n)
+        return self._check("tokens", Work(params, inputs, output), now, event="forced", state=V.FORCING)
+
+    def _check(self, method: str, work: Work, now: float, *, event: str = "opened",
+               state: V = V.CHECKING) -> list[Action]:
         self._method, self._work, self._until = method, work, now + CHECK_DEADLINE_S
         checker = self._independent([self.provider])
         if checker is None:
-            if method == "rows":
-                return self._ask("opened", V.HERE, RunHere(work.params, work.inputs))
+            if method in ("rows", "tokens"):
+                return self._ask(event, V.HERE, RunHere(work.params, work.inputs))
             return self._settle("opened", True, "accepted (no independent checker)", "")
         self._checker = checker
         self._emit("check", checker=checker.peer_id, method=method)
-        return self._ask("opened", V.CHECKING, RunElsewhere(checker, work.params, work.inputs, "checker",
-                                                            self._until - now))
+        return self._ask(event, state, RunElsewhere(checker, work.params, work.inputs, "checker", self._until - now))
 
     def _checker_ran(self, run: Ran | None, now: float) -> list[Action]:
         work = self._work
         assert work is not None
         if run is None:
-            if self._method == "rows":
+            if self._method in ("rows", "tokens"):
                 return self._ask("ran", V.HERE, RunHere(work.params, work.inputs))
             return self._settle("ran", True, "accepted (the check did not complete)", "")
         same, how = self.outputs.same(work.params, work.output, run.output)
         if same:
             by = to_base58(self._checker.peer_id)[-6:]
-            text = f"verified: {work.params['rows']} sampled rows agree with {by}'s re-run" \
-                if self._method == "rows" else f"verified: {how} by {by}"
+            text = f"verified: {_count(work.params)} sampled {_sampled(self._method)} agree with {by}'s " \
+                f"{_pass(self._method)}" if self._method in ("rows", "tokens") else f"verified: {how} by {by}"
             return self._settle("ran", True, text, self._method)
         self._checked, self._asked = run, [self.provider, self._checker]
         return self._next_referee(now)
@@ -324,9 +349,22 @@ class Verdict:
             self.on_event(what, data)
 
 
+def _count(params: dict[str, Any]) -> int:
+    return int(params.get("rows", params.get("prompts", 0)))
+
+
+def _sampled(method: str) -> str:
+    return "prompts" if method == "tokens" else "rows"
+
+
+def _pass(method: str) -> str:
+    return "teacher-forced pass" if method == "tokens" else "re-run"
+
+
 _CHECKS: dict[str, Callable[[Verdict, float], list[Action]]] = {
     "rerun": Verdict._rerun,
     "rows": Verdict._rows,
+    "tokens": Verdict._tokens,
 }
 """Policy -> how the check of an opened, sound output starts. A policy not here (freivalds, none)
 settles on what opening the output found."""

@@ -10,7 +10,7 @@ module             service              built from
 ``peers``          ``PeerPolicy``       penalty book, now, metrics, remember (ledger), network
 ``market``         ``MarketService``    identity, now, table, metrics, is_banned, penalise, publish,
                                         ad settings, resources, probe, executor, adversary, addrs, peers
-``blobs``          ``BlobService``      streams, penalise
+``blobs``          ``BlobService``      streams, penalise, is_banned, the bulk channel's server
 ``trust``          ``TrustService``     id and key, ledger path, reputation, policy, now, penalise,
                                         is_banned, publish
 ``provider``       ``JobProvider``      identity, now, executor, capacity, blobs, recorder, penalise,

@@ -8,26 +8,44 @@ the fetch fails with ``BlobError``. A holder that cannot be reached, keeps break
 it does not hold the blob, or is slower than ``MIN_RATE`` overall makes it fail with
 ``BlobUnavailable`` (no penalty: that is not proof of bad faith).
 
+**Bulk channel.** Between peers connected directly (not through a relay), a reader asks for a bulk
+channel and the holder offers one (:mod:`p2pnode.net.bulk`): the chunks then come over a TCP
+connection of their own, in AEAD records keyed through the stream, at several times a libp2p
+stream's speed. Every chunk is checked the same way. A holder whose channel cannot be dialed, or
+breaks before answering, is read over the libp2p stream instead (on the same stream, at once), and
+asked for no bulk channel for ``BULK_RETRY_S``.
+
 Serving is bounded too (``specs/blobs.md``): a reader must ask within ``REQUEST_TIMEOUT_S`` and take
 each chunk within ``CHUNK_TIMEOUT_S``, and the node serves at most ``MAX_STREAMS_PER_PEER`` streams
-to one peer and ``MAX_STREAMS`` in all (enforced by the guard at the handler, with :attr:`limits`).
+(bulk connections included) to one peer and ``MAX_STREAMS`` in all (enforced by the guard at the
+handler, with :attr:`limits`); a banned peer's bulk connection ends at its next chunk.
 
-Collaborators: ``streams`` (to open streams to holders) and ``penalise``.
+Collaborators: ``streams`` (to open streams to holders), ``penalise``, ``is_banned``, and the
+node's :class:`~p2pnode.net.bulk.BulkServer` (its tickets and port; ``None``: no bulk channel).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
 
 from p2pnode.errors import PeerError
+from p2pnode.net import bulk
+from p2pnode.net.bulk import BulkConnection, BulkGone, BulkServer
 from p2pnode.net.framing import FramedStream, StreamGone
+from p2pnode.net.guard import PeerGate, contain, first_leaf
+from p2pnode.protocol.blob_fetch import MIN_RATE, BlobFetch
+from p2pnode.protocol.bulk_tickets import Ticket
 from p2pnode.protocol.limits import StreamLimits
-from p2pnode.services.ports import Penalise, Streams
+from p2pnode.services.ports import IsBanned, Penalise, Streams
 from p2pnode.wire import blob as wb
+from p2pnode.wire import bulk as wbulk
 from p2pnode.wire.blob import MAX_BLOB, MAX_FRAME, BlobError, BlobUnavailable, Manifest
 from p2pnode.wire.names import BLOB_PROTOCOL
 
@@ -35,9 +53,12 @@ log = logging.getLogger("p2pnode.blobs")
 RESUMES = 5
 REQUEST_TIMEOUT_S = 10.0
 CHUNK_TIMEOUT_S = 30.0  # a chunk (1 MiB) must move within this, either way
-MIN_RATE = 256 * 1024  # bytes/s: a whole fetch may take FETCH_GRACE_S + size / MIN_RATE at most
-FETCH_GRACE_S = 30.0
 MAX_STREAMS_PER_PEER, MAX_STREAMS = 8, 64
+BULK_RETRY_S = 300.0  # a holder whose bulk channel failed is read over libp2p this long
+MAX_BULK_FAILURES = 1024  # holders remembered so
+MAX_REPLY = wb.MAX_MANIFEST + 64  # the first record on a bulk channel: a manifest or missing
+HASH_AHEAD = 4  # chunks received before the one being hashed is done
+THREAD_HASH = 64 * 1024  # a chunk this large is hashed in a thread
 
 
 class BlobStore:
@@ -71,34 +92,88 @@ class BlobStore:
 
 
 class BlobService:
-    def __init__(self, streams: Streams, penalise: Penalise, store: BlobStore | None = None) -> None:
+    def __init__(self, streams: Streams, penalise: Penalise, store: BlobStore | None = None, *,
+                 is_banned: IsBanned = lambda peer: False, bulk_server: BulkServer | None = None) -> None:
         self.streams = streams
         self.penalise = penalise
+        self.is_banned = is_banned
         self.store = store or BlobStore()
         self.fetched_bytes = 0
+        self.bulk_bytes = 0  # of those, fetched over a bulk channel
         self.limits = StreamLimits(per_peer=MAX_STREAMS_PER_PEER, total=MAX_STREAMS)
+        self.bulk = bulk_server
+        if bulk_server is not None:
+            bulk_server.serve = self.serve_bulk
+        self._no_bulk: OrderedDict[bytes, float] = OrderedDict()  # holder -> until (trio time)
 
     # serving -------------------------------------------------------------------------------
     async def handle_stream(self, stream: Any, peer: bytes) -> None:
         """Serve one ``get`` (the guard in ``net/guard.py`` contains what the reader does wrong)."""
         fs = FramedStream(stream, max_frame=MAX_FRAME, frame_timeout=REQUEST_TIMEOUT_S)
         with trio.fail_after(REQUEST_TIMEOUT_S):
-            blob_id, start = wb.decode_get(await fs.receive())
+            blob_id, start, wants_bulk = wb.decode_request(await fs.receive())
         item = self.store.get(blob_id)
         if item is None:
             await fs.send(wb.MISSING)
             await fs.close()
             return
+        offer = self.bulk.offer(peer, blob_id, start) if wants_bulk and self.bulk and bulk.direct_ip(stream) else None
+        if offer is not None:
+            await fs.send(wbulk.encode_offer(offer))
+            try:  # the reader takes the channel and ends this stream, or asks here after all
+                with trio.fail_after(REQUEST_TIMEOUT_S + bulk.DIAL_TIMEOUT_S):
+                    again, start, _ = wb.decode_request(await fs.receive())
+            except StreamGone:
+                await fs.close()
+                return
+            if again != blob_id:
+                raise BlobError("a second get for another blob")
+        await self._serve(fs, item, start)
+        await fs.close()
+
+    async def _serve(self, fs: FramedStream, item: tuple[Manifest, bytes], start: int) -> None:
         manifest, data = item
         await fs.send(wb.encode_manifest(manifest))
         for i in range(start, len(manifest.hashes)):
             a, b = manifest.chunk_range(i)
             with trio.fail_after(CHUNK_TIMEOUT_S):  # a reader that stops reading is dropped
                 await self._send_chunk(fs, i, memoryview(data)[a:b])  # a view: no copy of the chunk
-        await fs.close()
 
     async def _send_chunk(self, fs: FramedStream, i: int, data: bytes | memoryview) -> None:
         await fs.send(data, head=wb.chunk_head(i, len(data)))
+
+    async def serve_bulk(self, conn: BulkConnection, ticket: Ticket, request: bytes) -> None:
+        """Serve the blob a ticket was issued for over an authenticated bulk connection (what its
+        reader does wrong is counted against it, as on a stream)."""
+        peer = ticket.peer
+        if self.is_banned(peer) or self.limits.acquire(peer) is not None:
+            return
+        try:
+            await contain("blob-bulk", peer, lambda: self._serve_bulk(conn, ticket, request),
+                          PeerGate(self.is_banned, self.penalise))
+        finally:
+            self.limits.release(peer)
+
+    async def _serve_bulk(self, conn: BulkConnection, ticket: Ticket, request: bytes) -> None:
+        blob_id, start, _ = wb.decode_request(request)
+        if (blob_id, start) != (ticket.blob_id, ticket.start):
+            raise BlobError("a bulk request for another blob than its ticket's")
+        item = self.store.get(blob_id)
+        if item is None:
+            await conn.send(wb.MISSING)
+            return
+        manifest, data = item
+        await conn.send(wb.encode_manifest(manifest))
+        view = memoryview(data)
+        for i in range(start, len(manifest.hashes)):
+            if self.is_banned(ticket.peer):
+                return
+            a, b = manifest.chunk_range(i)
+            with trio.fail_after(CHUNK_TIMEOUT_S):
+                await self._send_bulk_chunk(conn, i, view[a:b])
+
+    async def _send_bulk_chunk(self, conn: BulkConnection, i: int, data: memoryview) -> None:
+        await conn.send(data)
 
     # fetching ------------------------------------------------------------------------------
     async def fetch(self, peer_id: bytes, blob_id: bytes, *, max_size: int = MAX_BLOB) -> bytes:
@@ -107,57 +182,159 @@ class BlobService:
         if local is not None:
             self.store.hits += 1
             return local[1]
-        manifest: Manifest | None = None
-        chunks: list[bytes | memoryview] = []  # views of the frames they came in
+        got = BlobFetch(blob_id, max_size, trio.current_time())
         breaks = 0
-        deadline = trio.current_time() + FETCH_GRACE_S + max_size / MIN_RATE
-        while True:
+        while not got.done:
             try:
-                with trio.fail_after(CHUNK_TIMEOUT_S):
-                    stream = await self.streams.open(peer_id, BLOB_PROTOCOL)
-            except Exception as exc:  # noqa: BLE001 - gone, refusing, or not answering
-                raise BlobUnavailable(f"cannot reach the blob's holder: {exc or type(exc).__name__}") from exc
-            fs = FramedStream(stream, max_frame=MAX_FRAME, frame_timeout=CHUNK_TIMEOUT_S)
-            manifest_seen = False  # one manifest per stream, first
-            try:
-                await fs.send(wb.encode_get(blob_id, len(chunks)))
-                while manifest is None or len(chunks) < len(manifest.hashes):
-                    with trio.fail_at(min(deadline, trio.current_time() + CHUNK_TIMEOUT_S)):
-                        reply = wb.decode_reply(await fs.receive(),
-                                                max_chunk=manifest.chunk if manifest else wb.CHUNK)
-                    if reply.kind == "missing":
-                        raise BlobUnavailable("the peer does not hold that blob")
-                    if reply.kind == "manifest":
-                        if manifest_seen:
-                            raise BlobError("a second manifest on one stream")
-                        got = wb.parse_manifest(reply.raw, blob_id, max_size=max_size)
-                        if manifest is not None and got.raw != manifest.raw:
-                            raise BlobError("manifest changed between resumes")
-                        manifest, manifest_seen = got, True
-                        deadline = min(deadline, trio.current_time() + FETCH_GRACE_S + got.size / MIN_RATE)
-                        continue
-                    if manifest is None or not manifest_seen:
-                        raise BlobError("a chunk before the manifest")
-                    if reply.index != len(chunks):
-                        raise BlobError(f"chunk {reply.index} out of order (expected {len(chunks)})")
-                    wb.check_chunk(manifest, reply.index, reply.data)
-                    chunks.append(reply.data)
-                break
+                await self._attempt(peer_id, got)
             except PeerError as exc:
                 self.penalise(peer_id, exc.code)
-                await fs.reset()
                 raise BlobError(str(exc)) from exc
-            except (StreamGone, trio.TooSlowError) as exc:
+            except (StreamGone, trio.TooSlowError) as exc:  # a bulk channel's end too
                 breaks += 1
-                if trio.current_time() >= deadline:
+                if trio.current_time() >= got.deadline:
                     raise BlobUnavailable(f"slower than {MIN_RATE // 1024} KiB/s; giving up") from exc
                 if breaks > RESUMES:
                     raise BlobUnavailable(f"stream broke {breaks} times; giving up") from exc
-                log.info("blob %s: stream broke after %d chunks; resuming", blob_id.hex()[:8], len(chunks))
-            finally:
-                await fs.close()
-        data = b"".join(chunks)
+                log.info("blob %s: stream broke after %d chunks; resuming", blob_id.hex()[:8], got.next)
+        data = await trio.to_thread.run_sync(got.result) if len(got.chunks) > 16 else got.result()
         self.fetched_bytes += len(data)
-        assert manifest is not None  # the loop ends with every chunk of it checked
-        self.store.put(data, manifest)
+        assert got.manifest is not None  # the loop ends with every chunk of it checked
+        self.store.put(data, got.manifest)
         return data
+
+    async def _attempt(self, peer: bytes, got: BlobFetch) -> None:
+        """One stream (and the bulk channel it may lead to) of a fetch."""
+        try:
+            with trio.fail_after(CHUNK_TIMEOUT_S):
+                stream = await self.streams.open(peer, BLOB_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - gone, refusing, or not answering
+            raise BlobUnavailable(f"cannot reach the blob's holder: {exc or type(exc).__name__}") from exc
+        fs = FramedStream(stream, max_frame=MAX_FRAME, frame_timeout=CHUNK_TIMEOUT_S)
+        try:
+            ip = self._bulk_ip(peer, stream)
+            await fs.send(wb.encode_get(got.blob_id, got.next, bulk=ip is not None))
+            first = await self._reply(fs, got)
+            if first.kind == "bulk":
+                assert first.offer is not None
+                if ip is None:
+                    raise BlobError("a bulk offer to a reader that did not ask for one")
+                if await self._fetch_bulk(peer, ip, first.offer, got, fs):
+                    return
+                await fs.send(wb.encode_get(got.blob_id, got.next))  # on this stream after all
+                first = await self._reply(fs, got)
+            await self._receive_stream(fs, got, first)
+        except PeerError:
+            await fs.reset()
+            raise
+        finally:
+            await fs.close()
+
+    async def _reply(self, fs: FramedStream, got: BlobFetch) -> wb.Reply:
+        with trio.fail_at(min(got.deadline, trio.current_time() + CHUNK_TIMEOUT_S)):
+            reply = wb.decode_reply(await fs.receive(), max_chunk=got.manifest.chunk if got.manifest else wb.CHUNK)
+        if reply.kind == "missing":
+            raise BlobUnavailable("the peer does not hold that blob")
+        return reply
+
+    async def _receive_stream(self, fs: FramedStream, got: BlobFetch, reply: wb.Reply) -> None:
+        got.new_connection()
+        while True:
+            if reply.kind == "manifest":
+                got.take_manifest(reply.raw, trio.current_time())
+            elif reply.kind == "chunk":
+                got.take_chunk(reply.index, reply.data)
+            else:
+                raise BlobError(f"unexpected {reply.kind!r} during a transfer")
+            if got.done:
+                return
+            reply = await self._reply(fs, got)
+
+    def _bulk_ip(self, peer: bytes, stream: Any) -> str | None:
+        """Where to dial ``peer``'s bulk channel, when one may be asked for."""
+        if self.bulk is None:
+            return None
+        until = self._no_bulk.get(peer)
+        if until is not None:
+            if trio.current_time() < until:
+                return None
+            del self._no_bulk[peer]
+        return bulk.direct_ip(stream)
+
+    def _bulk_failed(self, peer: bytes) -> None:
+        self._no_bulk[peer] = trio.current_time() + BULK_RETRY_S
+        self._no_bulk.move_to_end(peer)
+        while len(self._no_bulk) > MAX_BULK_FAILURES:
+            self._no_bulk.popitem(last=False)
+
+    async def _fetch_bulk(self, peer: bytes, ip: str, offer: wbulk.Offer, got: BlobFetch, fs: FramedStream) -> bool:
+        """Take the rest of the blob over ``offer``'s channel; False (and the holder remembered) when
+        the channel cannot be had, so the caller goes on over the stream."""
+        assert self.bulk is not None
+        try:
+            conn = await bulk.dial(ip, offer, self.bulk.me, peer, wb.encode_get(got.blob_id, got.next))
+        except BulkGone as exc:
+            log.info("blob %s: no bulk channel to %s (%s); over libp2p", got.blob_id.hex()[:8], ip, exc)
+            self._bulk_failed(peer)
+            return False
+        await fs.close()  # the holder's stream handler ends; the channel carries the rest
+        try:
+            await self._receive_bulk(conn, got)
+        except (BulkGone, wbulk.BulkError) as exc:
+            # a record that does not authenticate proves nothing against the holder (anyone on
+            # the path can write into a TCP connection): a break, and libp2p from now on
+            self._bulk_failed(peer)
+            raise BulkGone(str(exc)) from exc
+        finally:
+            await conn.aclose()
+        return True
+
+    async def _receive_bulk(self, conn: BulkConnection, got: BlobFetch) -> None:
+        got.new_connection()
+        with trio.fail_at(min(got.deadline, trio.current_time() + CHUNK_TIMEOUT_S)):
+            reply = wb.decode_reply(await conn.receive(MAX_REPLY))
+        if reply.kind == "missing":
+            raise BlobUnavailable("the peer does not hold that blob")
+        if reply.kind != "manifest":
+            raise BlobError(f"a bulk channel opened with {reply.kind!r}")
+        got.take_manifest(reply.raw, trio.current_time())
+        size, ranges = got.rest()
+        into = memoryview(bytearray(size))
+        first = got.next
+        # each chunk is hashed in a thread (hashlib lets go of the GIL) while the next one arrives
+        send, receive = trio.open_memory_channel[tuple[int, memoryview]](HASH_AHEAD)
+        broke: Exception | None = None
+        async with _nursery() as nursery:
+            nursery.start_soon(self._check_chunks, got, receive)
+            async with send:
+                try:
+                    for k, (a, b) in enumerate(ranges):
+                        with trio.fail_at(min(got.deadline, trio.current_time() + CHUNK_TIMEOUT_S)):
+                            await conn.receive_into(into[a:b])
+                        await send.send((first + k, into[a:b]))
+                except (BulkGone, trio.TooSlowError) as exc:
+                    broke = exc  # the chunks already here are checked first: a resume starts after them
+        if broke is not None:
+            raise broke
+
+    async def _check_chunks(self, got: BlobFetch, chunks: trio.MemoryReceiveChannel[tuple[int, memoryview]]) -> None:
+        async with chunks:
+            async for index, data in chunks:
+                digest = await trio.to_thread.run_sync(_sha256, data) if len(data) >= THREAD_HASH else None
+                got.take_chunk(index, data, digest)
+                self.bulk_bytes += len(data)
+
+
+def _sha256(data: memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+@contextlib.asynccontextmanager
+async def _nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery whose one error comes out as itself, not in a group (a fetch's callers catch
+    ``BlobError``, ``BulkGone``, ``TooSlowError``)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        raise first_leaf(group) from None

@@ -58,6 +58,8 @@ import numpy as np
 import trio
 
 from p2pnode.errors import LocalError
+from p2pnode.exec.buckets import concat_padded
+from p2pnode.exec.generation_jobs import GenerationJob, map_key
 from p2pnode.exec.model_jobs import ModelJob
 from p2pnode.protocol.shards import (
     DEPTH,
@@ -117,13 +119,14 @@ class MapResult:
                 "outputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in self.outputs.items()}}
 
 
-def map_id(job: ModelJob, shard_rows: int) -> str:
+def map_id(job: ModelJob | GenerationJob, shard_rows: int) -> str:
     h = hashlib.sha256(job.blob)
     for name in sorted(job.arrays):
         a = job.arrays[name]
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(hashlib.sha256(np.ascontiguousarray(a).data.cast("B")).digest())
     h.update(str(shard_rows).encode())
+    h.update(map_key(job))
     return h.hexdigest()[:24]
 
 
@@ -138,7 +141,7 @@ class MapService:
         self.shards_saved = 0  # shards whose output is on disk, in every dataset job since start
         self.runs = Runs("map")  # maps running now
 
-    async def run(self, job: ModelJob, *, shard_rows: int, providers: int, max_price: int, deadline_s: float,
+    async def run(self, job: ModelJob | GenerationJob, *, shard_rows: int, providers: int, max_price: int, deadline_s: float,
                   on_event: Event | None = None, backend: str = "", verify: str = "auto", fresh: bool = False,
                   hangup: Hangup | None = None) -> MapResult:
         """Run ``job`` over all its rows. ``max_price`` is for the whole dataset (each shard gets its
@@ -180,7 +183,7 @@ class MapService:
         finally:
             os.close(fd)
 
-    async def _run_once(self, job: ModelJob, mid: str, folder: Path, shards: list[Shard], shares: list[int], *,
+    async def _run_once(self, job: ModelJob | GenerationJob, mid: str, folder: Path, shards: list[Shard], shares: list[int], *,
                         providers: int, deadline_s: float, on_event: Event | None, backend: str, verify: str,
                         fresh: bool, hangup: Hangup | None, account: Spending) -> MapResult:
         """The map under its lock: shards done before read back, the rest run as a cancellable run
@@ -195,7 +198,7 @@ class MapService:
             if on_event is not None:
                 on_event({"event": "map", "map": mid, "rows": job.rows, "shards": len(shards), "resumed": resumed,
                           "verify": check, "already_done": True})
-            return MapResult(mid, job.rows, len(shards), resumed, _assemble(done, shards), 0.0, {}, 0, check, 0,
+            return MapResult(mid, job.rows, len(shards), resumed, _assemble(job, done, shards), 0.0, {}, 0, check, 0,
                              [], account.to_json(), already_done=True, folder=str(folder))
         rec = self.records.add(JobRecord(mid, "requester", "map", {"rows": job.rows, "shards": len(shards),
                                                                     "resumed": resumed, "verify": check},
@@ -224,7 +227,7 @@ class MapService:
         rec.state, rec.outcome = "done", f"{len(shards)} shards, {resumed} resumed; {account.describe()}"
         return result
 
-    async def _run(self, job: ModelJob, mid: str, folder: Path, shards: list[Shard], shares: list[int],
+    async def _run(self, job: ModelJob | GenerationJob, mid: str, folder: Path, shards: list[Shard], shares: list[int],
                    done: dict[int, dict[str, np.ndarray]], *, providers: int, deadline_s: float,
                    on_event: Event | None, backend: str, verify: str) -> MapResult:
         emit = on_event or (lambda e: None)
@@ -241,7 +244,7 @@ class MapService:
                     nursery.start_soon(run.worker)
         if run.failure or len(done) < len(shards):
             raise MapError(run.failure[0] if run.failure else "the dataset job stopped before every shard was done")
-        return MapResult(mid, job.rows, len(shards), len(done) - len(queue), _assemble(done, shards),
+        return MapResult(mid, job.rows, len(shards), len(done) - len(queue), _assemble(job, done, shards),
                          self.now() - run.started, run.by_provider, run.retries, verify, run.checked, run.jobs)
 
     # state on disk -------------------------------------------------------------------------
@@ -266,7 +269,7 @@ class _Running:
     """One run of a map: workers take shards from a queue, run each as a job on the provider the
     shard decisions choose (``protocol/shards.py``), save what is verified and put back the rest."""
 
-    def __init__(self, service: MapService, job: ModelJob, folder: Path, shards: list[Shard], shares: list[int],
+    def __init__(self, service: MapService, job: ModelJob | GenerationJob, folder: Path, shards: list[Shard], shares: list[int],
                  done: dict[int, dict[str, np.ndarray]], state: dict[str, Any], *, providers: int, deadline_s: float,
                  emit: Event, backend: str, verify: str) -> None:
         self.service, self.job, self.folder, self.shards, self.shares = service, job, folder, shards, shares
@@ -284,7 +287,8 @@ class _Running:
 
     async def worker(self) -> None:
         async for shard in self.recv:
-            chosen = choose(self.service.candidates("onnx", 0, 64, self.backend), shard, self.busy, self.providers)
+            workload = self.job.workload
+            chosen = choose(self.service.candidates(workload, 0, 64, self.backend), shard, self.busy, self.providers)
             if chosen is None:
                 self.failure.append(exhausted(shard))
                 self.send.close()
@@ -296,7 +300,7 @@ class _Running:
             params["gflop"] = round(params["gflop"] * shard.scale, 9)
             self.busy[chosen.peer_id] = self.busy.get(chosen.peer_id, 0) + 1
             try:
-                rec = await self.service.submit("onnx", params, inputs=inputs, only=[chosen], k=1,
+                rec = await self.service.submit(workload, params, inputs=inputs, only=[chosen], k=1,
                                                 max_price=self.shares[shard.index], deadline_s=self.deadline_s,
                                                 verify=self.verify, backend=self.backend)
             finally:
@@ -330,7 +334,10 @@ class _Running:
         self.jobs.append(rec.job)
         self.checked += checked_rows(rec.events)
         self.remaining -= 1
-        self.emit({"event": "shard", "shard": shard.index, "state": "done", "rows": shard.rows, "provider": peer,
+        made = rec.output.arrays.get("length") if self.job.workload == "generate" else None
+        extra = {} if made is None else {"tokens": int(made.sum()),  # this provider's speed on this shard
+                                         "tokens_per_s": round(int(made.sum()) / max(1e-3, rec.kernel_ms / 1000), 1)}
+        self.emit({"event": "shard", "shard": shard.index, "state": "done", "rows": shard.rows, "provider": peer, **extra,
                    "outcome": rec.outcome, "done": len(self.done), "shards": len(self.shards),
                    "rows_done": sum(self.shards[i].rows for i in self.done),
                    "rows_per_s": round(sum(self.by_provider.values()) / max(1e-9, service.now() - self.started), 1)})
@@ -338,8 +345,10 @@ class _Running:
             self.send.close()
 
 
-def _assemble(done: dict[int, dict[str, np.ndarray]], shards: list[Shard]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([done[i][k] for i in range(len(shards))]) for k in done[0]}
+def _assemble(job: ModelJob | GenerationJob, done: dict[int, dict[str, np.ndarray]], shards: list[Shard]) -> dict[str, np.ndarray]:
+    """The shards' outputs as one, in the user's row order (a bucketed job's rows put back; an
+    output with a token axis padded with zeros to the longest shard's)."""
+    return job.restore({k: concat_padded([done[i][k] for i in range(len(shards))]) for k in done[0]})
 
 
 def _read_done(folder: Path, shards: list[Shard]) -> dict[int, dict[str, np.ndarray]]:

@@ -224,6 +224,7 @@ class JobProvider:
                 if adv.stalls:
                     await trio.sleep_forever()  # progress goes on, the result never comes
                 run_params, cheat = adv.run_params(rec.workload, run_params)
+                arrays = adv.run_inputs(rec.workload, run_params, arrays, cheat)
             r = await ex.run(rec.workload, run_params, backend=backend, inputs=arrays,
                              on_progress=running.set_progress, timeout=timeout)
             if adv is not None:
@@ -232,7 +233,7 @@ class JobProvider:
 
             def package() -> tuple[bytes, bytes, bytes]:  # in a thread: ~50 ms for 16 MiB
                 # a row job commits to every row before anyone picks rows to check
-                root = merkle.rows_root(out.arrays) if prov.rfb.verify == "rows" else b""
+                root = merkle.rows_root(out.arrays) if prov.rfb.verify in ("rows", "tokens") else b""
                 return root, sealing.seal(codec.encode(out.to_wire()), prov.rfb.requester), out.digest
 
             root, output, digest = await trio.to_thread.run_sync(package)

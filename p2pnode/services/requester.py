@@ -43,6 +43,7 @@ from p2pnode.services.checks import Checks, carry_out
 from p2pnode.services.conversation import Conversation
 from p2pnode.services.ports import IsBanned, Judge, Now, Penalise, Streams
 from p2pnode.services.records import JobRecord, JobRecords, event_item
+from p2pnode.verify import tokens
 from p2pnode.verify.check import Comparison, freivalds_check
 from p2pnode.wire import codec, merkle, sealing
 from p2pnode.wire.blob import MAX_BLOB, BlobError, BlobUnavailable
@@ -285,14 +286,20 @@ class JobRequester:
             ok, detail = await trio.to_thread.run_sync(lambda: freivalds_check(
                 params, output, rounds=rounds, rng=np.random.default_rng(), inputs=arrays or None))
             return ok, detail, output, "freivalds"
-        if question.check == "rows":  # the signed commitment must cover exactly the rows we were sent
+        if question.check in ("rows", "tokens"):  # the signed commitment must cover exactly the rows sent
+            check = question.check
             try:
                 root = await trio.to_thread.run_sync(merkle.rows_root, output.arrays)
             except ValueError:
-                return False, "output is not one row per input row", output, "rows"
-            rows = params.get("rows")
+                return False, "output is not one row per input row", output, check
+            rows = params.get("rows", params.get("prompts"))
             if result.body["root"] != root or any(len(a) != rows for a in output.arrays.values()):
-                return False, "the signed row commitment does not match the rows sent", output, "rows"
+                return False, "the signed row commitment does not match the rows sent", output, check
+            if check == "tokens":  # each prompt's row well formed before any is sampled
+                why = tokens.structure(output.arrays, params["prompts"], params["max_new"], params["kv"][3],
+                                       params["eos"], params["fp_k"])
+                if why:
+                    return False, f"malformed generation: {why}", output, check
         return True, "accepted (unchecked)", output, ""
 
 

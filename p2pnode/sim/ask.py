@@ -53,6 +53,10 @@ class Digests:
              idx: Sequence[int]) -> tuple[dict[str, Any], Any, Any]:
         return dict(params, rows=len(idx)), inputs, output  # row jobs are not simulated
 
+    def teacher(self, params: dict[str, Any], inputs: Any, output: Any,
+                idx: Sequence[int]) -> tuple[dict[str, Any], Any, Any]:
+        return dict(params, prompts=len(idx), mode="score"), inputs, output  # generation is not simulated
+
 
 class Ask:
     """The simulated counterpart of ``JobRequester.submit``: whom to ask (after calibrating the

@@ -3,7 +3,8 @@
 It starts the nodes with the launcher (parallel waves, each its own process, data dir, port and
 control socket), shows the market converge live, has a trained classifier label real handwritten
 digits in shards across every provider (rows checked by other providers; node 1 may cheat and is
-caught), submits seeded jobs from the last node (auctions, execution in the providers' executors,
+caught), has a tiny transformer generate text the same way (checked by teacher-forced passes,
+``demo_text.py``), submits seeded jobs from the last node (auctions, execution in the providers' executors,
 Freivalds checks, re-runs, signed receipts), shows the reputation table, reports how fast ads
 travelled, then stops every node with SIGTERM and checks that each exited cleanly. ``--keep``
 leaves it running until SIGINT, SIGTERM or SIGHUP.
@@ -26,6 +27,7 @@ from rich.table import Table
 
 from p2pnode.control.client import call
 from p2pnode.errors import ControlError, LocalError
+from p2pnode.swarm.demo_text import demo_generate
 from p2pnode.swarm.launcher import Launcher, NodeProc, NodeSpec, Stopped, stop_on_signals
 from p2pnode.ui import market_table, reputation_table, short_peer
 
@@ -141,7 +143,9 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
                     live.update(Group(table, progress, market_table(_query(nodes[-1], "market"),
                                                                    title=f"Market as node {n - 1} sees it")))
             if result["converged"]:
-                result["model"] = _demo_model(nodes, console, base, cheater=nodes[1].peer if cheat and n > 1 else "")
+                cheat_peer = nodes[1].peer if cheat and n > 1 else ""
+                result["text"] = demo_generate(nodes, console, base, cheater=cheat_peer)
+                result["model"] = _demo_model(nodes, console, base, cheater=cheat_peer)
                 result["jobs"] = _demo_jobs(nodes, console)
                 result["reputation"] = _query(nodes[-1], "reputation")
                 names = {node.peer: f"node {node.index}" for node in nodes}
@@ -170,8 +174,7 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
     cheater = nodes[1].peer if cheat and len(nodes) > 1 else None
     jobs_ok = all(j["state"] == "done" or (j["state"] == "rejected" and j["provider"] == cheater)
                   for j in result.get("jobs", []))
-    model = result.get("model")
-    model_ok = model is None or model.get("state") in ("done", "skipped")
+    model_ok = all(result.get(k) is None or result[k].get("state") in ("done", "skipped") for k in ("model", "text"))
     return 0 if result["converged"] and result["clean_exit"] and jobs_ok and model_ok else 1
 
 

@@ -48,3 +48,9 @@ class Comparison:
     def rows(self, params: dict[str, Any], inputs: Any, output: Any,
              idx: Sequence[int]) -> tuple[dict[str, Any], Any, Any]:
         return take_rows(params, inputs or {}, output, idx)
+
+    def teacher(self, params: dict[str, Any], inputs: Any, output: Any,
+                idx: Sequence[int]) -> tuple[dict[str, Any], Any, Any]:
+        from p2pnode.exec.generate_workload import teacher_work
+
+        return teacher_work(params, inputs or {}, output, idx)

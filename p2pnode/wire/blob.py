@@ -6,9 +6,12 @@ blob's id is the SHA-256 of the manifest's bytes. So the id commits to every chu
 the manifest against the id, then each chunk against the manifest as it arrives, and can resume from
 any chunk. Stream messages (``/p2pnode/blob/1``), each a length-prefixed CBOR map:
 
-* reader -> holder: ``{"t": "get", "id": bstr .size 32, "from": uint}``
+* reader -> holder: ``{"t": "get", "id": bstr .size 32, "from": uint}``, with ``"bulk": true`` from a
+  reader that can take the blob over a bulk channel (:mod:`p2pnode.wire.bulk`);
 * holder -> reader: ``{"t": "manifest", "m": bstr}``, then ``{"t": "chunk", "i": uint, "data": bstr}``
-  for chunks ``from`` .. end, or ``{"t": "missing"}``.
+  for chunks ``from`` .. end, or ``{"t": "missing"}``; or, to a reader that asked for it,
+  ``{"t": "bulk", "port": uint, "ticket": bstr, "key": bstr}``, after which the reader either
+  takes the blob over the bulk channel (and ends the stream) or sends a plain ``get`` on it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import hashlib
 from dataclasses import dataclass
 
 from p2pnode.errors import CodecError, P2PNodeError, PeerError
-from p2pnode.wire import codec
+from p2pnode.wire import bulk, codec
 
 CHUNK = 1 << 20
 MAX_BLOB = 1 << 30
@@ -77,11 +80,13 @@ def parse_manifest(raw: bytes, expected_id: bytes, *, max_size: int = MAX_BLOB) 
     return Manifest(size, chunk, tuple(hashes), raw)
 
 
-def check_chunk(manifest: Manifest, i: int, data: bytes | memoryview) -> None:
+def check_chunk(manifest: Manifest, i: int, data: bytes | memoryview, digest: bytes | None = None) -> None:
+    """Chunk ``i`` is ``data``, or :class:`BlobError`. ``digest``: its SHA-256, when the caller
+    has hashed it already (in another thread, while the next chunk arrived)."""
     if not 0 <= i < len(manifest.hashes):
         raise BlobError(f"chunk {i} is outside the blob")
     start, end = manifest.chunk_range(i)
-    if len(data) != end - start or hashlib.sha256(data).digest() != manifest.hashes[i]:
+    if len(data) != end - start or (digest or hashlib.sha256(data).digest()) != manifest.hashes[i]:
         raise BlobError(f"chunk {i} does not match its hash")
 
 
@@ -90,16 +95,23 @@ def check_chunk(manifest: Manifest, i: int, data: bytes | memoryview) -> None:
 MAX_GET = 1024
 
 
-def encode_get(blob_id: bytes, start: int) -> bytes:
-    return codec.encode({"t": "get", "id": blob_id, "from": start})
+def encode_get(blob_id: bytes, start: int, *, bulk: bool = False) -> bytes:
+    return codec.encode({"t": "get", "id": blob_id, "from": start} | ({"bulk": True} if bulk else {}))
+
+
+def decode_request(data: bytes) -> tuple[bytes, int, bool]:
+    """A reader's request: (blob id, first chunk wanted, whether it can take a bulk channel)."""
+    f = codec.Fields(codec.decode(data, max_size=MAX_GET), "blob-get")
+    if f.text("t", max_len=8) != "get":
+        raise BlobError("expected a get")
+    wants_bulk = f.boolean("bulk") if f.has("bulk") else False
+    return f.blob("id", max_len=32, exact=True), f.uint("from", maximum=MAX_CHUNKS), wants_bulk
 
 
 def decode_get(data: bytes) -> tuple[bytes, int]:
     """A reader's request: (blob id, first chunk wanted)."""
-    f = codec.Fields(codec.decode(data, max_size=MAX_GET), "blob-get")
-    if f.text("t", max_len=8) != "get":
-        raise BlobError("expected a get")
-    return f.blob("id", max_len=32, exact=True), f.uint("from", maximum=MAX_CHUNKS)
+    blob_id, start, _ = decode_request(data)
+    return blob_id, start
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
@@ -136,12 +148,13 @@ MISSING = codec.encode({"t": "missing"})
 @dataclass(frozen=True)
 class Reply:
     """One message from a holder: ``kind`` is ``manifest`` (``raw``), ``chunk`` (``index``,
-    ``data``) or ``missing``."""
+    ``data``), ``missing`` or ``bulk`` (``offer``)."""
 
     kind: str
     raw: bytes = b""
     index: int = 0
     data: bytes | memoryview = b""
+    offer: bulk.Offer | None = None
 
 
 def _fast_chunk(data: bytes, max_chunk: int) -> Reply | None:
@@ -187,4 +200,6 @@ def decode_reply(data: bytes, *, max_chunk: int = CHUNK) -> Reply:
         return Reply("manifest", raw=f.blob("m", max_len=MAX_MANIFEST))
     if kind == "chunk":
         return Reply("chunk", index=f.uint("i", maximum=MAX_CHUNKS), data=f.blob("data", max_len=max_chunk))
+    if kind == "bulk":
+        return Reply("bulk", offer=bulk.decode_offer(f))
     raise BlobError(f"unexpected {kind!r}")

@@ -480,6 +480,8 @@ def test_a_client_that_goes_away_cancels_its_job_at_the_provider(data_dir: Path)
      "the folder /nonexistent-dir does not exist"),
     (["submit", "infer", "--model", "m.onnx", "--input", "x.npy", "--verify", "freivalds"], 1,
      "--verify freivalds checks matrix products (matmul) only"),
+    (["submit", "generate", "--model", "."], 1, "generate needs --model (a folder with model.onnx and tokenizer.json)"),
+    (["submit", "generate", "--model", ".", "--prompts", "p.txt"], 1, "no such file: p.txt"),
 ])
 def test_bad_submit_options_are_refused_before_anything_is_sent(data_dir: Path, args: list[str], status: int,
                                                                  message: str) -> None:

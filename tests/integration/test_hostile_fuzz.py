@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from p2pnode.control.client import call
+from p2pnode.net import bulk
 from p2pnode.net.framing import StreamGone
+from p2pnode.wire import blob as wb
 from p2pnode.wire import codec
 from p2pnode.wire import job as m
 from tests.integration.hostile import Conversation, hostile_peer
@@ -33,7 +35,8 @@ NAMED = ["rfb", "rfb", "award", "inputs", "receipt", "cancel", "read", "read", "
 OPS = st.lists(st.one_of(st.sampled_from(NAMED), st.binary(max_size=40).map(lambda b: ("bytes", b))),
                min_size=1, max_size=10)
 BLOB_OPS = st.lists(st.one_of(
-    st.sampled_from(["get_known", "get_unknown", "get_far", "read", "read", "reset", "garbage_get"]),
+    st.sampled_from(["get_known", "get_unknown", "get_far", "read", "read", "reset", "garbage_get", "get_bulk",
+                     "dial_bulk"]),
     st.binary(max_size=40).map(lambda b: ("bytes", b))), min_size=1, max_size=6)
 
 
@@ -117,6 +120,15 @@ async def _play_blob(target: str, known: bytes, ops: list[Any]) -> None:
                     await fs.send(codec.encode({"t": "get", "id": known, "from": 1 << 20}))
                 elif op == "garbage_get":
                     await fs.send(codec.encode({"t": "get", "id": "not bytes", "from": -1}))
+                elif op == "get_bulk":
+                    await fs.send(codec.encode({"t": "get", "id": known, "from": 0, "bulk": True}))
+                elif op == "dial_bulk":  # take an offer if one came, and ask over the channel for anything
+                    with trio.move_on_after(0.3):
+                        reply = wb.decode_reply(await fs.receive())
+                        if reply.offer is not None:
+                            conn = await bulk.dial("127.0.0.1", reply.offer, peer.peer_id, peer.target_id,
+                                                   codec.encode({"t": "get", "id": os.urandom(32), "from": 0}))
+                            await conn.aclose()
                 elif op == "read":
                     with trio.move_on_after(0.3):
                         await fs.receive()

@@ -84,9 +84,10 @@ class JsPeer:
 
 
 @asynccontextmanager
-async def js_peer(dial: Sequence[str] = ()) -> AsyncIterator[JsPeer]:
+async def js_peer(dial: Sequence[str] = (), env: dict[str, str] | None = None) -> AsyncIterator[JsPeer]:
+    """The js peer; ``env``: more of its settings (``P2P_PERF=1``: serve ``/perf/1.0.0``)."""
     node = require_node()
-    env = dict(os.environ, P2P_DIAL=",".join(dial))
+    env = dict(os.environ, P2P_DIAL=",".join(dial), **(env or {}))
     async with trio.open_nursery() as nursery:
         proc = await trio.lowlevel.open_process(
             [node, str(PEER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

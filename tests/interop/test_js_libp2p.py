@@ -105,3 +105,52 @@ async def test_mixed_swarm_every_ad_reaches_every_js_peer_and_survives_a_leave(j
                 await js2.wait_event(lambda e, n=n: e.get("event") == "ad" and e.get("peer") == n.peer_id
                                      and js2.events.index(e) >= mark)
             await nodes[0].wait_until(lambda: all_list_all(running), timeout=10)
+
+
+async def test_js_libp2p_takes_a_perf_download_from_a_node_that_serves_perf_and_none_from_others() -> None:
+    """libp2p's perf protocol, js-libp2p's Noise and yamux reading what ours write (with the
+    node's larger yamux frames)."""
+    async with trio.open_nursery() as nursery:
+        on = (await start_node(nursery, node_config(perf=True, provide=False))).node
+        off = (await start_node(nursery, node_config(provide=False))).node
+        async with js_peer(dial=[on.addrs()[0], off.addrs()[0]]) as js:
+            for node in (on, off):
+                await js.wait_event(lambda e, node=node: e.get("event") == "identify" and e["peer"] == node.peer_id)
+            reply = await js.command("perf", peer=on.peer_id, bytes=(8 << 20) + 5)
+            assert reply["bytes"] == (8 << 20) + 5
+            assert on.perf is not None and on.perf.served == (8 << 20) + 5
+            with pytest.raises(AssertionError, match="perf failed"):
+                await js.command("perf", peer=off.peer_id, bytes=1024)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_takes_large_transfers_from_js_libp2p_whole() -> None:
+    """js-libp2p's yamux sends frames as large as its window: a node must never grant it more than
+    it accepts in one frame (it once granted 17-21 MB, refused the frame and dropped the connection
+    about one 256 MiB transfer in two)."""
+    from libp2p.network.stream.exceptions import StreamEOF
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    from p2pnode.net.host import parse_multiaddr
+    from p2pnode.net.perf import PERF_PROTOCOL
+
+    async with trio.open_nursery() as nursery:
+        node = (await start_node(nursery, node_config(provide=False))).node
+        async with js_peer(env={"P2P_PERF": "1"}) as js:
+            addr = next(a for a in js.addrs if "/ip4/127.0.0.1/" in a)
+            info = info_from_p2p_addr(parse_multiaddr(addr if "/p2p/" in addr else f"{addr}/p2p/{js.peer}"))
+            await node.host.connect(info)
+            for _ in range(3):
+                stream = await node.host.new_stream(info.peer_id, [PERF_PROTOCOL])
+                await stream.write((256 << 20).to_bytes(8, "big"))
+                await stream.close_write()
+                got = 0
+                with trio.fail_after(60):
+                    try:
+                        while True:
+                            got += len(await stream.read(1 << 20))
+                    except StreamEOF:
+                        pass
+                assert got == 256 << 20
+                assert info.peer_id in node.host.get_network().connections
+        nursery.cancel_scope.cancel()

@@ -78,6 +78,10 @@ class Tokens:
     def rows(self, params: dict[str, Any], inputs: Any, output: Any, idx: Any) -> tuple[dict[str, Any], Any, Any]:
         return dict(params, rows=len(idx)), inputs, output
 
+    def teacher(self, params: dict[str, Any], inputs: Any, output: Any,
+                idx: Any) -> tuple[dict[str, Any], Any, Any]:
+        return dict(params, prompts=len(idx), mode="score"), inputs, output
+
 
 def ad(i: int, host: int, volunteer: bool = False) -> Ad:
     offers = (Offer("infer", "numpy", 1, "check"),) if volunteer else ()
@@ -99,7 +103,7 @@ def _wrong_answers(v: Verdict) -> list[Any]:
 
 
 @settings(max_examples=400)
-@given(data=st.data(), policy=st.sampled_from(["rerun", "rerun", "rows", "rows", "freivalds", "none"]),
+@given(data=st.data(), policy=st.sampled_from(["rerun", "rerun", "rows", "rows", "tokens", "freivalds", "none"]),
        purpose=st.sampled_from(["job", "job", "job", "check"]), provider_out=st.sampled_from([RIGHT, RIGHT, 1, 2]),
        provider_host=st.integers(1, 6), pool=pools, probability=st.sampled_from([0.0, 0.5, 1.0, 1.0]),
        seed=st.integers(0, 2**32))
@@ -108,7 +112,7 @@ def test_the_verdict_never_accepts_what_a_check_refuted_and_always_ends(
         probability: float, seed: int) -> None:
     provider = ad(1, provider_host)
     result = Result(b"provider's result", {"provider": provider.peer_id})
-    params = {"rows": 1000} if policy == "rows" else {"seed": 1}
+    params = {"rows": 1000} if policy == "rows" else {"prompts": 1000} if policy == "tokens" else {"seed": 1}
     v = Verdict(ME, JOB, "infer", policy, purpose, provider, result, params, None,  # type: ignore[arg-type]
                 Market([provider, *pool], probability), Tokens(), random.Random(seed))
     now = T0
@@ -191,7 +195,7 @@ def test_the_verdict_never_accepts_what_a_check_refuted_and_always_ends(
     assert len([q for q, _, _ in runs if q.role == "referee"]) <= MAX_REFEREES
     # only a job's result is checked by others, and only by the policies that check
     if runs or here:
-        assert purpose == "job" and policy in ("rerun", "rows")
+        assert purpose == "job" and policy in ("rerun", "rows", "tokens")
 
 
 def test_a_dispute_with_less_than_the_least_time_left_asks_no_referee() -> None:
@@ -205,3 +209,19 @@ def test_a_dispute_with_less_than_the_least_time_left_asks_no_referee() -> None:
     late = T0 + CHECK_DEADLINE_S - MIN_CHECK_S + 0.5  # the checker disagrees with 1.5 s left
     assert v.ran(Ran(1, b"checker's result", b"K" * 16), late) == []
     assert v.settled is not None and not v.settled.accepted and not v.settled.checked  # nobody marked
+
+
+def test_a_generation_waits_for_a_teacher_forced_pass_and_a_referee_decides_against_it() -> None:
+    provider, checker, referee = ad(1, 1), ad(2, 2), ad(3, 3)
+    result = Result(b"provider's result", {"provider": provider.peer_id})
+    v = Verdict(ME, JOB, "generate", "tokens", "job", provider, result, {"prompts": 500, "mode": "generate"},
+                None, Market([provider, checker, referee], 1.0), Tokens(), random.Random(1))  # type: ignore[arg-type]
+    assert v.start() == [OpenOutput(result, "tokens")]  # type: ignore[arg-type]
+    [q] = v.opened(True, "opened", 7, "", T0)
+    assert v.state is V.FORCING and isinstance(q, RunElsewhere) and q.ad is checker
+    assert q.params == {"prompts": 90, "mode": "score"}  # sampled prompts, one forward pass each
+    [r] = v.ran(Ran(RIGHT, b"checker's result", b"c"), T0 + 1)
+    assert v.state is V.REFEREEING and isinstance(r, RunElsewhere) and r.ad is referee and r.params == q.params
+    actions = v.ran(Ran(RIGHT, b"referee's result", b"r"), T0 + 2)
+    assert v.settled is not None and not v.settled.accepted and v.settled.checked == "tokens"
+    assert any(isinstance(a, PublishCheat) and a.subject == provider.peer_id for a in actions)

@@ -6,6 +6,10 @@
 * propagation: a line of nodes in one process; the time from publishing an ad to its acceptance
   at each hop (one clock, so no skew), against the ping round trip.
 
+With ``--throughput``, the data plane instead (``throughput.py``: raw TCP, TCP with the bulk
+channel's records, libp2p streams, blob fetches, perf and a map of fresh rows, between two
+processes); the options after it are that benchmark's (``--throughput --help``).
+
 Prints a table, writes a PNG (``--png``), or one JSON object (``--json``). Loopback only.
 """
 
@@ -168,6 +172,12 @@ def render(r: dict[str, Any], png: Path | None) -> None:
 
 
 if __name__ == "__main__":
+    if "--throughput" in sys.argv[1:]:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import throughput
+
+        throughput.main([a for a in sys.argv[1:] if a != "--throughput"])
+        sys.exit(0)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=20, help="connects per configuration")
     p.add_argument("--hops", type=int, default=4)

@@ -6,8 +6,9 @@
 //
 // Configuration: P2P_LISTEN (multiaddr, default /ip4/127.0.0.1/tcp/0), P2P_DIAL (comma-separated
 // multiaddrs). It prints one JSON object per line on stdout (events) and takes one JSON command
-// per line on stdin: dial, ping, publish (hex), publish_ad (a valid ad of its own), identify,
-// peers, mesh, stop.
+// per line on stdin: dial, ping, perf (download from a peer's /perf/1.0.0), publish (hex),
+// publish_ad (a valid ad of its own), identify, peers, mesh, stop. With P2P_PERF=1 it also serves
+// /perf/1.0.0.
 import './polyfill.mjs'
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
@@ -71,6 +72,26 @@ const node = await createLibp2p({
 const pubsub = node.services.pubsub
 pubsub.subscribe(TOPIC)
 
+// libp2p's perf protocol, server side (specs: perf/perf.md), when asked for (P2P_PERF=1): the
+// client sends the bytes it wants back (u64, big-endian), uploads, and closes its side; we read to
+// the end, send what it asked for, and close. For throughput figures side by side with p2pnode.
+if (process.env.P2P_PERF) {
+  await node.handle('/perf/1.0.0', async (stream) => {
+    let header = new Uint8Array(0)
+    for await (const buf of stream) {
+      if (header.length < 8) header = concat(header, buf.subarray().slice(0, 8 - header.length))
+    }
+    let left = new DataView(header.buffer, header.byteOffset, 8).getBigUint64(0)
+    const block = new Uint8Array(1 << 20)
+    while (left > 0n) {
+      const n = left < BigInt(block.length) ? Number(left) : block.length
+      if (!stream.send(block.subarray(0, n))) await stream.onDrain()
+      left -= BigInt(n)
+    }
+    await stream.close()
+  }, { maxInboundStreams: 4, runOnLimitedConnection: false })
+}
+
 pubsub.addEventListener('message', (evt) => {
   const msg = evt.detail
   if (msg.topic !== TOPIC) return
@@ -106,6 +127,18 @@ async function handle (cmd) {
       const t0 = performance.now()
       const conn = await node.dial(multiaddr(cmd.addr))
       return { event: 'dialed', peer: conn.remotePeer.toString(), ms: performance.now() - t0 }
+    }
+    case 'perf': {
+      // libp2p's perf protocol, client side: ask the peer for cmd.bytes, upload none
+      const stream = await node.dialProtocol(peerIdFromString(cmd.peer), '/perf/1.0.0')
+      const header = new Uint8Array(8)
+      new DataView(header.buffer).setBigUint64(0, BigInt(cmd.bytes))
+      const t0 = performance.now()
+      stream.send(header)
+      await stream.close() // our side: the upload is empty
+      let got = 0
+      for await (const buf of stream) got += buf.byteLength
+      return { event: 'perf', bytes: got, ms: performance.now() - t0 }
     }
     case 'ping': {
       const rtts = []

@@ -1,0 +1,62 @@
+"""The decode loop (``exec/decoder.py``): what it accepts as a decoder, and the cache bound to a
+device (I/O binding, as on CUDA) giving exactly what plain feeds give."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from p2pnode import transformer_models as tm
+from p2pnode.exec import decoder, generation_jobs, onnx_model
+from p2pnode.exec.onnx_model import ModelError
+
+
+def test_the_cache_bound_to_a_device_gives_what_plain_feeds_give() -> None:
+    job = generation_jobs.prepare(tm.decoder(tm.Config(seed=4)), {}, [[5, 6, 7, 8], [9], [10, 11]], max_new=40,
+                                  eos=-1, batch=2)
+    model = onnx_model.load(job.blob)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    args: dict[str, Any] = {"max_new": 40, "temperature": 0.0, "seed": 0, "eos": -1, "batch": 2, "k": 16, "pad": 0}
+    plain = decoder.Runner(sess, job.spec).generate(job.arrays["prompt"], job.arrays["index"], **args)
+    bound = decoder.Runner(sess, job.spec, device="cpu").generate(job.arrays["prompt"], job.arrays["index"], **args)
+    assert plain["length"].tolist() == [40, 40, 40]
+    for name in plain:
+        assert np.array_equal(plain[name], bound[name]), name
+
+
+def test_only_a_decoder_exported_with_past_is_taken_and_its_hidden_state_is_exposed() -> None:
+    model = onnx.load_model_from_string(tm.decoder(tm.Config(seed=4)))
+    assert decoder.expose_hidden(model) and not decoder.expose_hidden(model)  # once
+    spec = decoder.spec(onnx_model.check_model(model))
+    assert spec.to_wire() == [2, 2, 16, 384, "float32"] and spec.hidden and spec.positions
+    with pytest.raises(ModelError, match="past key/values"):
+        decoder.spec(onnx_model.check_model(onnx.load_model_from_string(tm.encoder(tm.Config(seed=4)))))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_sharding_and_batching_change_no_token(temperature: float) -> None:
+    """Draws are seeded by each prompt's number in the whole job and its position: a prompt gets
+    the same tokens in any shard, any batch."""
+    g = np.random.default_rng(2)
+    prompts = [[int(t) for t in g.integers(3, 384, size=int(k))] for k in g.integers(1, 20, size=10)]
+    job = generation_jobs.prepare(tm.decoder(tm.Config(seed=4)), {}, prompts, max_new=30, eos=0, batch=8,
+                                  temperature=temperature, seed=21)
+    sess = ort.InferenceSession(onnx_model.load(job.blob).SerializeToString(), providers=["CPUExecutionProvider"])
+    run = decoder.Runner(sess, job.spec)
+
+    def tokens(rows: slice, batch: int) -> np.ndarray:
+        return run.generate(job.arrays["prompt"][rows], job.arrays["index"][rows], max_new=30,
+                            temperature=temperature, seed=21, eos=0, batch=batch, k=16, pad=0)["tokens"]
+
+    whole = tokens(slice(0, 10), 8)
+    assert np.array_equal(np.concatenate([tokens(slice(0, 3), 1), tokens(slice(3, 10), 3)]), whole)
+    other = generation_jobs.prepare(tm.decoder(tm.Config(seed=4)), {}, prompts, max_new=30, eos=0, batch=8,
+                                    temperature=temperature, seed=22)
+    differ = not np.array_equal(decoder.Runner(sess, other.spec).generate(
+        other.arrays["prompt"], other.arrays["index"], max_new=30, temperature=temperature, seed=22, eos=0,
+        batch=8, k=16, pad=0)["tokens"], whole)
+    assert differ == (temperature > 0)  # another seed draws other tokens; greedy has none to draw

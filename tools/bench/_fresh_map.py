@@ -1,0 +1,79 @@
+"""The throughput benchmark's map of fresh rows (``throughput.py --map``), against ONNX Runtime."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def measure_map(args: argparse.Namespace, bulk: bool, runs: int) -> dict[str, Any]:
+    """A data-dense map (the small CNN, 3 KB a row) of fresh rows through one provider process, in
+    shards of ``--map-shard`` rows, each run against ONNX Runtime in this process on the same rows
+    in batches of the same size, just before it (a shard is one ONNX Runtime call at the provider)."""
+    import tempfile
+
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tools" / "bench"))
+    import models as model_bench  # tools/bench/models.py
+
+    from p2pnode import models
+    from p2pnode.control.client import call
+    from p2pnode.exec import onnx_model
+    from tests.integration.test_cli import ENV, EXE, NodeProcess
+
+    rows, shard = args.map_rows, args.map_shard
+    job = model_bench._sized_job(0, "cnn28", rows=shard)
+    sess = model_bench._session(job)
+    flag = [] if bulk else ["--no-bulk"]
+    out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="p2pbench-", dir="/tmp") as tmp:
+        base = Path(tmp)
+        raw, _ = onnx_model.unpack(job.blob)
+        (base / "m.onnx").write_bytes(raw)
+        prov = NodeProcess(base / "p", "--listen", "/ip4/127.0.0.10/tcp/0", *flag)
+        req = NodeProcess(base / "r", "--no-provide", "--listen", "/ip4/127.0.0.9/tcp/0", "--bootstrap",
+                          prov.addrs[0], *flag)
+        try:
+            call(base / "r" / "control.sock", "wait", timeout=60, what="market", count=1, timeout_s=50)
+            for i in range(runs + 1):  # the first moves the model and warms the provider: not counted
+                data = models.images(rows, size=28, seed=1000 + i)
+                np.save(base / f"x{i}.npy", data)
+                direct = min(_direct_batches(sess, job, data, shard) for _ in range(2))
+                r = subprocess.run([*EXE, "submit", "map", "--model", str(base / "m.onnx"), "--input",
+                                    str(base / f"x{i}.npy"), "--providers", "1", "--shard-rows", str(shard),
+                                    # a price and deadline no busy moment of this machine can reach:
+                                    # work is priced by its measured time
+                                    "--max-price", str(10**9), "--deadline", "600",
+                                    "--json", "--data-dir", str(base / "r")],
+                                   check=False, capture_output=True, text=True, env=ENV, timeout=900)
+                if r.returncode != 0:
+                    if os.environ.get("P2PBENCH_LOGS"):
+                        print("".join(prov.output[-60:]), "".join(req.output[-60:]), file=sys.stderr)
+                    raise RuntimeError(r.stderr)
+                seconds = json.loads(r.stdout)["seconds"]
+                if i:
+                    out.append({"direct_s": direct, "map_s": seconds, "ratio": direct / seconds})
+        finally:
+            for p in (prov, req):
+                p.proc.terminate()
+                p.proc.wait(timeout=30)
+    best = max(out, key=lambda m: m["ratio"])
+    return {"rows": rows, "shard": shard, "MB": data.nbytes / 1e6, "bulk": bulk, "runs": out, **best}
+
+
+def _direct_batches(sess: Any, job: Any, data: Any, shard: int) -> float:
+    """Seconds ONNX Runtime takes here over ``data`` in batches of ``shard`` rows."""
+    name = next(iter(job.arrays))
+    t0 = time.perf_counter()
+    for i in range(0, len(data), shard):
+        sess.run(None, {name: data[i:i + shard]})
+    return time.perf_counter() - t0
