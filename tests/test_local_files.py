@@ -59,8 +59,10 @@ async def test_dev_zero_a_fifo_and_a_folder_are_refused_at_once(tmp_path: Path, 
     raw, _ = onnx_model.unpack(relu_model())
     (tmp_path / "m.onnx").write_bytes(raw)
     ok = {"model": str(tmp_path / "m.onnx"), "input": str(tmp_path / "x.npy")}
-    for path, what in (("/dev/zero", "a character device"), (str(fifo), "a FIFO"), (str(tmp_path), "a directory")):
-        with pytest.raises(FileRefused, match=f"is {what}, not a regular file"):
+    folder = "is a folder without a model.onnx in it" if where == "model" else "is a directory, not a regular file"
+    for path, said in (("/dev/zero", "is a character device, not a regular file"),
+                       (str(fifo), "is a FIFO, not a regular file"), (str(tmp_path), folder)):
+        with pytest.raises(FileRefused, match=said):
             await _map(**{**ok, where: path})
 
 

@@ -178,6 +178,13 @@ async def test_yamux_returns_receive_credit_in_batches(monkeypatch: pytest.Monke
         monkeypatch.delenv("PY_YAMUX_RELEASE_ON_READ", raising=False)
     else:
         monkeypatch.setenv("PY_YAMUX_RELEASE_ON_READ", release_on_read)
+    # upstream's stream (the node's faster one, p2pnode.net.yamux_speed, sends each small write at
+    # once, so each is a read of its own and returns credit either way: 105 and 105)
+    from p2pnode.net.yamux_speed import speed_up_yamux
+
+    speed_up_yamux()  # installed first (once per process), so that the test's own class is put back after
+    upstream = next(c for c in yamux.YamuxStream.__mro__ if c.__module__ == yamux.__name__)
+    monkeypatch.setattr(yamux, "YamuxStream", upstream)
     updates = []
     write_frame = yamux.Yamux._write_frame
 

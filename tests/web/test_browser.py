@@ -198,12 +198,13 @@ def test_the_sharing_form_changes_the_price_everyone_sees(browser: Any, swarm: S
     while {o["price"] for e in swarm.call(0, "market") if e["peer"] == peer2 for o in e["offers"]} != {321}:
         assert time.monotonic() < deadline, "node 0 does not see node 2's new price"
         time.sleep(0.5)
+    offered = {o["wl"] for e in swarm.call(2, "market") if e["peer"] == peer2 for o in e["offers"]}
     page.fill("#sharing input[name=workloads]", "matmul, nosuch")  # the node refuses it, in one line
     page.click("#sharing button[type=submit]")
     page.wait_for_selector("#sharing-said.warn", timeout=WAIT_MS)
     assert "unknown workload 'nosuch'" in page.inner_text("#sharing-said")
     own = next(e for e in swarm.call(2, "market") if e["peer"] == peer2)
-    assert {o["wl"] for o in own["offers"]} == {"matmul", "infer", "train_step", "onnx"}  # unchanged
+    assert {o["wl"] for o in own["offers"]} == offered and "onnx" in offered  # unchanged
     assert errors == ["Failed to load resource: the server responded with a status of 400 ()"]  # that refusal
     page.close()
 
