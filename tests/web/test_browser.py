@@ -195,7 +195,7 @@ def test_the_sharing_form_changes_the_price_everyone_sees(browser: Any, swarm: S
     page.wait_for_selector("#sharing-said.warn", timeout=WAIT_MS)
     assert "unknown workload 'nosuch'" in page.inner_text("#sharing-said")
     own = next(e for e in swarm.call(2, "market") if e["peer"] == peer2)
-    assert {o["wl"] for o in own["offers"]} == {"matmul", "infer", "train_step", "onnx"}  # unchanged
+    assert {o["wl"] for o in own["offers"]} == {"matmul", "infer", "train_step", "onnx", "train"}  # unchanged
     assert errors == ["Failed to load resource: the server responded with a status of 400 ()"]  # that refusal
     page.close()
 
