@@ -169,7 +169,8 @@ def _gelu(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def loss_and_grads(spec: Spec, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """The mean loss over the batch and its gradient (a vector in the parameters' order)."""
     p = unflatten(spec, weights)
-    h, caches = x, []
+    h = x
+    caches: list[Any] = []  # per layer: its input, its activation's derivative, or (xn, 1/σ)
     for i, (kind, _) in enumerate(spec.layers):
         if kind == "dense":
             caches.append(h)
@@ -207,9 +208,7 @@ def loss_and_grads(spec: Spec, weights: np.ndarray, x: np.ndarray, y: np.ndarray
         if kind == "dense":
             grads[f"{i}.w"], grads[f"{i}.b"] = cache.T @ g, g.sum(axis=0)
             g = g @ p[f"{i}.w"].T
-        elif kind == "relu":
-            g = g * cache
-        elif kind == "gelu":
+        elif kind in ("relu", "gelu"):
             g = g * cache
         else:
             xn, inv = cache

@@ -54,7 +54,7 @@ def state_from_blob(data: bytes, spec: tm.Spec) -> np.ndarray:
 
 class TrainWorkload:
     name = "train"
-    KEYS = {"model", "lr", "wd", "steps", "first", "batch", "seed", "rows", "inputs"}
+    KEYS = frozenset({"model", "lr", "wd", "steps", "first", "batch", "seed", "rows", "inputs"})
 
     def check(self, params: Mapping[str, Any]) -> dict[str, Any]:
         _unknown(params, self.KEYS)

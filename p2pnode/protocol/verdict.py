@@ -56,6 +56,7 @@ from typing import Any, Protocol
 
 from p2pnode.errors import LocalProtocolError
 from p2pnode.market.selection import independent
+from p2pnode.protocol import step_checks
 from p2pnode.protocol.requester_actions import (
     Action,
     OpenOutput,
@@ -68,7 +69,6 @@ from p2pnode.protocol.requester_actions import (
     RunHere,
     Settle,
 )
-from p2pnode.protocol import step_checks
 from p2pnode.verify import rows
 from p2pnode.wire import job as m
 from p2pnode.wire.peer_id import to_base58
