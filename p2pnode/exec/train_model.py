@@ -254,7 +254,8 @@ def run(spec: Spec, state: np.ndarray, x: np.ndarray, y: np.ndarray, *, first: i
     for k in range(steps):
         t = first + k
         rows = batch_rows(seed, t, len(x), batch)
-        nxt, loss = step(spec, cur, x[rows], y[rows], t=t, lr=lr, wd=wd)
+        with np.errstate(all="ignore"):  # a run that diverges goes on, as deterministically
+            nxt, loss = step(spec, cur, x[rows], y[rows], t=t, lr=lr, wd=wd)
         if hook is not None:
             nxt = hook(t, cur, nxt).astype(_F)
         states[k] = nxt

@@ -167,6 +167,7 @@ class Verdict:
     _checked: Ran | None = None  # the checker's run, when it disagreed
     _asked: list[Any] = field(default_factory=list)
     _referees: int = 0
+    step_span: int = 1  # a train result: steps re-run from each sampled one (a longer span is bisected)
     _steps: list[int] = field(default_factory=list)  # steps still to check (a train result)
     _disputed: Work | None = None  # the one step a bisection found, waiting for its state
 
@@ -348,7 +349,8 @@ class Verdict:
         return self._ask(event, V.STATE, OpenState(self.provider.peer_id, self.output.extra["commits"][t - 2]))
 
     def _run_step(self, event: str, state: Any, now: float) -> list[Action]:
-        params, inputs, expected = step_checks.step_work(self.params, self.inputs, self.output, self._steps[0], state)
+        params, inputs, expected = step_checks.step_work(self.params, self.inputs, self.output, self._steps[0], state,
+                                                         self.step_span)
         self._work = Work(params, inputs, expected)
         return self._ask(event, V.CHECKING, RunElsewhere(self._checker, params, inputs, "checker", self._until - now))
 
