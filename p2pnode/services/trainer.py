@@ -221,7 +221,7 @@ class TrainService:
             if caught and rec.peer and rec.peer not in res.caught:
                 res.caught.append(rec.peer)
             emit({"event": "shard", "round": r + 1, "shard": i, "state": "caught" if caught else "retry",
-                  "provider": rec.peer or to_base58(ad.peer_id), "outcome": rec.outcome})
+                  "provider": rec.peer or to_base58(ad.peer_id), "outcome": rec.outcome, "job": rec.job})
 
 
 @dataclass
