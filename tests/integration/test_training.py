@@ -31,7 +31,8 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 def _plan(**kw: Any) -> rounds.Plan:
     spec = tm.parse({"inputs": 64, "layers": [["dense", 16], ["relu"], ["dense", 10]], "loss": "xent",
                      "optimizer": "adamw"})
-    base: dict[str, Any] = dict(rounds=3, local_steps=6, shards=2, lr=0.01, batch=32, seed=7, outer="nesterov")
+    base: dict[str, Any] = {"rounds": 3, "local_steps": 6, "shards": 2, "lr": 0.01, "batch": 32, "seed": 7,
+                            "outer": "nesterov"}
     base.update(kw)
     return rounds.Plan(spec, **base)
 

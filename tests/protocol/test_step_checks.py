@@ -17,7 +17,14 @@ from p2pnode.exec import workloads
 from p2pnode.exec.train_workload import commit
 from p2pnode.exec.work import Output
 from p2pnode.protocol import rounds, step_checks
-from p2pnode.protocol.requester_actions import OpenOutput, OpenState, PublishCheat, Ran, Record, RunElsewhere
+from p2pnode.protocol.requester_actions import (
+    OpenOutput,
+    OpenState,
+    PublishCheat,
+    Ran,
+    Record,
+    RunElsewhere,
+)
 from p2pnode.protocol.verdict import Verdict
 from p2pnode.verify.check import Comparison
 
@@ -125,7 +132,7 @@ def test_every_training_adversary_is_refused(mode: str) -> None:
         honest = _run(p, state_in)
         out = adv.tamper("train", p, honest, cheat, inputs=state_in)
     assert adv.tampered >= 1
-    v, actions, _ = _drive(params, inputs, out)
+    v, _, _ = _drive(params, inputs, out)
     assert v.settled is not None and not v.settled.accepted, (mode, v.settled)
     assert v.settled.checked == "steps" and v.settled.outcome.startswith("wrong"), v.settled
 
