@@ -4,8 +4,6 @@ disagreement over a span of steps is bisected to the one step a referee re-runs.
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,54 +12,14 @@ import pytest
 from p2pnode.adversary import Adversary
 from p2pnode.exec import train_model as tm
 from p2pnode.exec import workloads
-from p2pnode.exec.train_workload import commit
 from p2pnode.exec.work import Output
 from p2pnode.protocol import rounds, step_checks
-from p2pnode.protocol.requester_actions import (
-    OpenOutput,
-    OpenState,
-    PublishCheat,
-    Ran,
-    Record,
-    RunElsewhere,
-)
+from p2pnode.protocol.requester_actions import PublishCheat, Record, RunElsewhere
 from p2pnode.protocol.verdict import Verdict
-from p2pnode.verify.check import Comparison
+from p2pnode.verify.train_audit import ad, audit, run
 
-T0 = 1_800_000_000.0
 SPEC = tm.parse({"inputs": 6, "layers": [["dense", 8], ["gelu"], ["layernorm"], ["dense", 3]], "loss": "xent",
                  "optimizer": "adamw"})
-
-
-@dataclass(frozen=True)
-class Ad:
-    peer_id: bytes
-    addrs: tuple[str, ...]
-    offers: tuple[Any, ...] = ()
-
-
-@dataclass(frozen=True)
-class Result:
-    raw: bytes
-    body: dict[str, Any]
-
-
-class Market:
-    def __init__(self, ads: list[Ad]) -> None:
-        self.ads = ads
-
-    def pool(self) -> list[Ad]:
-        return list(self.ads)
-
-    def score(self, peer: bytes) -> float:
-        return 0.5
-
-    def check_probability(self, peer: bytes) -> float:
-        return 1.0
-
-
-def _ad(i: int) -> Ad:
-    return Ad(bytes([i]) * 8, (f"/ip4/10.0.0.{i}/tcp/4001",))
 
 
 def _job(steps: int = 6) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -73,47 +31,16 @@ def _job(steps: int = 6) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return params, {"state": tm.fresh_state(SPEC, tm.init_weights(SPEC, 1)), "x": x, "y": y}
 
 
-def _run(params: dict[str, Any], inputs: dict[str, np.ndarray]) -> Output:
-    return workloads.get("train").run(params, None, lambda f: None, inputs)
-
-
-def _kept(out: Output) -> dict[bytes, bytes]:
-    """What the provider's node keeps: every state by its commitment."""
-    return {commit(s): np.ascontiguousarray(s, dtype="<f4").tobytes() for s in out.arrays["states"]}
-
-
 def _drive(params: dict[str, Any], inputs: dict[str, np.ndarray], output: Output, *, span: int = 1,
            checker_lies: bool = False) -> tuple[Verdict, list[Any], list[RunElsewhere]]:
-    provider, checker, referee = _ad(1), _ad(2), _ad(3)
-    v = Verdict(b"me", b"J" * 16, "train", "steps", "job", provider, Result(b"provider", {}),  # type: ignore[arg-type]
-                params, inputs, Market([provider, checker, referee]), Comparison("train"), random.Random(3))
-    v.step_span = span
-    kept = _kept(output)
-    sent = Output({k: a for k, a in output.arrays.items() if k != "states"}, output.extra)
-    actions: list[Any] = list(v.start())
-    asked: list[RunElsewhere] = []
-    for _ in range(40):
-        q = v.pending
-        if v.final or q is None:
-            break
-        if isinstance(q, OpenOutput):
-            actions += v.opened(True, "", sent, "", T0)
-        elif isinstance(q, OpenState):
-            actions += v.state_opened(kept.get(q.blob), "not kept", T0)
-        else:
-            assert isinstance(q, RunElsewhere)
-            asked.append(q)
-            run = _run(q.params, q.inputs)
-            if checker_lies and q.role == "checker":
-                run = Adversary.parse("garbage").tamper("train", q.params, run, True, inputs=q.inputs)  # type: ignore[union-attr]
-            actions += v.ran(Ran(run, q.role.encode(), b"j"), T0)
-    assert v.final
-    return v, actions, asked
+    a = audit(params, inputs, output, span=span, lying_checker=checker_lies)
+    assert a.verdict.final
+    return a.verdict, a.actions, a.asked
 
 
 def test_an_honest_result_passes_its_sampled_steps() -> None:
     params, inputs = _job()
-    v, actions, asked = _drive(params, inputs, _run(params, inputs))
+    v, actions, asked = _drive(params, inputs, run(params, inputs))
     assert v.settled is not None and v.settled.accepted and v.settled.checked == "steps", v.settled
     firsts = sorted(q.params["first"] - params["first"] + 1 for q in asked)
     assert firsts[0] == 1 and firsts[-1] == params["steps"] and len(firsts) == step_checks.STEP_CHECKS
@@ -129,7 +56,7 @@ def test_every_training_adversary_is_refused(mode: str) -> None:
     earlier = dict(inputs, state=tm.fresh_state(SPEC, tm.init_weights(SPEC, 2)))
     for state_in in (earlier, inputs):  # a job before, which stale and replay fall back on
         p, cheat = adv.run_params("train", params)
-        honest = _run(p, state_in)
+        honest = run(p, state_in)
         out = adv.tamper("train", p, honest, cheat, inputs=state_in)
     assert adv.tampered >= 1
     v, _, _ = _drive(params, inputs, out)
@@ -139,20 +66,20 @@ def test_every_training_adversary_is_refused(mode: str) -> None:
 
 def test_a_lying_checker_loses_to_the_referee() -> None:
     params, inputs = _job()
-    v, actions, asked = _drive(params, inputs, _run(params, inputs), checker_lies=True)
+    v, actions, asked = _drive(params, inputs, run(params, inputs), checker_lies=True)
     assert v.settled is not None and v.settled.accepted, v.settled
     assert "referee" in {q.role for q in asked}
     dispute = next(a for a in actions if isinstance(a, Record) and a.kind == "dispute")
     assert dispute.data["wrong"] == "checker"
-    assert any(isinstance(a, PublishCheat) and a.subject == _ad(2).peer_id for a in actions)
+    assert any(isinstance(a, PublishCheat) and a.subject == ad(2).peer_id for a in actions)
 
 
 def test_a_span_that_disagrees_is_bisected_to_the_step_a_referee_reruns() -> None:
     params, inputs = _job(steps=8)
     adv = Adversary.parse("skip:0.1", seed=4)  # one step of eight skipped
     assert adv is not None
-    out = adv.tamper("train", params, _run(params, inputs), True, inputs=inputs)
-    honest = _run(params, inputs).extra["commits"]
+    out = adv.tamper("train", params, run(params, inputs), True, inputs=inputs)
+    honest = run(params, inputs).extra["commits"]
     skipped = next(i for i, (a, b) in enumerate(zip(out.extra["commits"], honest, strict=True)) if a != b) + 1
     v, actions, asked = _drive(params, inputs, out, span=8)
     assert v.settled is not None and not v.settled.accepted
@@ -165,7 +92,7 @@ def test_a_span_that_disagrees_is_bisected_to_the_step_a_referee_reruns() -> Non
 
 def test_a_state_the_provider_does_not_serve_re_awards_without_blame() -> None:
     params, inputs = _job()
-    out = _run(params, inputs)
+    out = run(params, inputs)
     gone = Output({"weights": out.arrays["weights"], "states": out.arrays["states"][:0]}, out.extra)
     v, actions, _ = _drive(params, inputs, gone)
     assert v.state.value == "unavailable" and v.settled is None
@@ -184,7 +111,7 @@ def test_first_divergence_finds_the_first_differing_index_by_bisection() -> None
 
 def test_unsound_results_are_named() -> None:
     params, inputs = _job()
-    out = _run(params, inputs)
+    out = run(params, inputs)
     assert step_checks.unsound(params, inputs, out) == ""
     short = Output(out.arrays, dict(out.extra, commits=out.extra["commits"][:-1]))
     assert "each of its" in step_checks.unsound(params, inputs, short)
