@@ -203,7 +203,8 @@ class Adversary:
                 after = after.copy()
                 after[:n] = state0[:n] + np.float32(self.x) * (after[:n] - state0[:n])
             elif self.mode == "lowprec":
-                after = after.astype(np.float16).astype(np.float32)
+                with np.errstate(over="ignore"):
+                    after = after.astype(np.float16).astype(np.float32)
             return after
 
         states, losses = tm.run(spec, start, inputs["x"], inputs["y"], first=first, steps=steps,

@@ -5,7 +5,7 @@ A ``train`` result commits to the state after each of its steps (the blob ids in
 ``extra["commits"]``) and to the state it started from (``c0``). Its check:
 
 1. **Sound** (free): one commitment per step, ``c0`` the commitment of the state it was sent.
-2. **Sampled steps**: the first and the last always (a provider that started from stale weights,
+2. **Sampled steps** (:func:`checks`: 5 % of them, at least four): the first and the last always (a provider that started from stale weights,
    or returned other weights than it reached, is caught there), and ``n - 2`` more drawn after the
    result is in, so the provider could not know them when it committed. Each is re-run by an
    independent checker from the provider's own committed state before it (a blob the provider
@@ -21,6 +21,7 @@ probability (1 - f)^n; ``specs/training.md`` gives the numbers for a whole job.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,7 +31,13 @@ import numpy as np
 from p2pnode.exec.train_workload import commit
 from p2pnode.exec.work import Output
 
-STEP_CHECKS = 4  # steps re-run per result: the first, the last, and two drawn
+CHECK_SHARE = 0.05  # steps re-run per result, as a share of its steps ...
+MIN_CHECKS = 4  # ... and at least this many (the first, the last, two drawn), or all of them
+
+
+def checks(steps: int) -> int:
+    """How many of a result's ``steps`` are re-run."""
+    return min(steps, max(MIN_CHECKS, math.ceil(CHECK_SHARE * steps)))
 
 
 def plan(steps: int, n: int, rng: random.Random) -> list[int]:

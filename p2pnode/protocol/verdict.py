@@ -333,7 +333,8 @@ class Verdict:
         if checker is None:
             return self._settle("opened", True, "accepted (no independent checker)", "")
         self._checker = checker
-        self._steps = step_checks.plan(int(self.params["steps"]), step_checks.STEP_CHECKS, self.rng)
+        steps = int(self.params["steps"])
+        self._steps = step_checks.plan(steps, step_checks.checks(steps), self.rng)
         self._emit("check", checker=checker.peer_id, method="steps", steps=list(self._steps))
         return self._next_step("opened", now)
 
