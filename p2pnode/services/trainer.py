@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from p2pnode.errors import LocalError
+from p2pnode.errors import LocalError, unwrap_group
 from p2pnode.exec import train_model as tm
 from p2pnode.protocol import rounds
 from p2pnode.services import operations
@@ -169,10 +169,13 @@ class TrainService:
             done[i], losses[i] = await self._shard(plan, res, state0, x[a:b], y[a:b], r, i, folder, busy,
                                                    share=share, deadline_s=deadline_s, emit=emit)
 
-        async with trio.open_nursery() as nursery:
-            for i in range(plan.shards):
-                if i not in done:
-                    nursery.start_soon(shard, i)
+        try:
+            async with trio.open_nursery() as nursery:
+                for i in range(plan.shards):
+                    if i not in done:
+                        nursery.start_soon(shard, i)
+        except BaseExceptionGroup as group:  # a shard nobody could train: that error, not a group
+            raise unwrap_group(group, first=True) from None
         weights, momentum = rounds.outer_step(plan, res.weights, [done[i] for i in range(plan.shards)], momentum)
         loss = await trio.to_thread.run_sync(tm.evaluate, plan.spec, weights, x, y)
         res.losses.append(loss)
