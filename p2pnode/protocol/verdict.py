@@ -365,7 +365,8 @@ class Verdict:
             return self._next_step("ran", now)
         # they part: bisect the span to the first step where they do, which a referee re-runs
         mine = work.output.extra["commits"]
-        d, probes = step_checks.first_divergence(mine, run.output.extra.get("commits") or [])
+        theirs = run.output.extra.get("commits")
+        d, probes = step_checks.first_divergence(mine, theirs if isinstance(theirs, list) else [])
         d = min(d, len(mine) - 1)  # the same commitments, other weights: the last step
         t, last = self._steps[0] + d, d == len(mine) - 1 and "weights" in work.output.arrays
         self._emit("bisect", step=t, probes=probes)

@@ -209,8 +209,8 @@ class TrainService:
                                         max_price=share, deadline_s=deadline_s)
             finally:
                 busy.discard(ad.peer_id)
-            if rec.state == "done" and rec.output is not None and "weights" in rec.output.arrays:
-                w = np.asarray(rec.output.arrays["weights"], dtype=np.float32)
+            w = _weights(rec, res.weights.shape)
+            if w is not None:
                 await trio.to_thread.run_sync(_write_shard, folder, r, i, w)
                 res.by_provider[rec.peer] = res.by_provider.get(rec.peer, 0) + 1
                 res.jobs.append(rec.job)
@@ -220,11 +220,20 @@ class TrainService:
                       "rows_per_s": round(plan.local_steps * plan.batch / max(1e-9, self.now() - t0), 1)})
                 return w, float(step_losses[-1])
             res.retries += 1
-            caught = rec.checked == "steps"  # a result a step check refused
+            caught = rec.checked == "steps" and rec.state != "done"  # a result a step check refused
             if caught and rec.peer and rec.peer not in res.caught:
                 res.caught.append(rec.peer)
             emit({"event": "shard", "round": r + 1, "shard": i, "state": "caught" if caught else "retry",
                   "provider": rec.peer or to_base58(ad.peer_id), "outcome": rec.outcome, "job": rec.job})
+
+
+def _weights(rec: JobRecord, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A done result's weights, if they are weights of this model (a result accepted unchecked,
+    for want of a checker, may hold anything)."""
+    w = rec.output.arrays.get("weights") if rec.state == "done" and rec.output is not None else None
+    if w is None or w.shape != shape or w.dtype != np.float32:
+        return None
+    return np.asarray(w)
 
 
 @dataclass

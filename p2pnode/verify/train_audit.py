@@ -1,6 +1,6 @@
 """The verdict machine's check of one ``train`` result, driven in this process (tests and
 benchmarks): the provider's kept states served from its output, checkers and referees that re-run
-steps with the ``train`` workload here (``lying_checker``: the checker returns noise instead)."""
+steps with the ``train`` workload here (or a checker that lies)."""
 
 from __future__ import annotations
 
@@ -67,9 +67,10 @@ class Audit:
 
 
 def audit(params: dict[str, Any], inputs: dict[str, np.ndarray], output: Output, *, span: int = 1, seed: int = 3,
-          lying_checker: bool = False) -> Audit:
+          lying_checker: str = "") -> Audit:
     """Check ``output`` (with its ``states``, as the provider's node keeps them) of the job
-    ``params``/``inputs`` the way a requester does."""
+    ``params``/``inputs`` the way a requester does. ``lying_checker``: ``noise`` (it returns noise
+    it commits to) or ``empty`` (an output with nothing in it)."""
     from p2pnode.adversary import Adversary
 
     provider, checker, referee = ad(1), ad(2), ad(3)
@@ -91,7 +92,9 @@ def audit(params: dict[str, Any], inputs: dict[str, np.ndarray], output: Output,
             assert isinstance(q, RunElsewhere)
             asked.append(q)
             out = run(q.params, q.inputs)
-            if lying_checker and q.role == "checker" and liar is not None:
+            if lying_checker == "noise" and q.role == "checker" and liar is not None:
                 out = liar.tamper("train", q.params, out, True, inputs=q.inputs)
+            elif lying_checker == "empty" and q.role == "checker":
+                out = Output({}, {})
             actions += v.ran(Ran(out, q.role.encode(), b"j"), T0)
     return Audit(v, actions, asked)

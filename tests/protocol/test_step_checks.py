@@ -33,7 +33,7 @@ def _job(steps: int = 6) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def _drive(params: dict[str, Any], inputs: dict[str, np.ndarray], output: Output, *, span: int = 1,
            checker_lies: bool = False) -> tuple[Verdict, list[Any], list[RunElsewhere]]:
-    a = audit(params, inputs, output, span=span, lying_checker=checker_lies)
+    a = audit(params, inputs, output, span=span, lying_checker="noise" if checker_lies else "")
     assert a.verdict.final
     return a.verdict, a.actions, a.asked
 
@@ -72,6 +72,15 @@ def test_a_lying_checker_loses_to_the_referee() -> None:
     dispute = next(a for a in actions if isinstance(a, Record) and a.kind == "dispute")
     assert dispute.data["wrong"] == "checker"
     assert any(isinstance(a, PublishCheat) and a.subject == ad(2).peer_id for a in actions)
+
+
+def test_a_checker_that_returns_no_commitments_is_refereed_not_obeyed() -> None:
+    params, inputs = _job()
+    a = audit(params, inputs, run(params, inputs), lying_checker="empty")
+    assert a.verdict.settled is not None and a.verdict.settled.accepted, a.verdict.settled
+    assert [q.role for q in a.asked] == ["checker", "referee"]
+    dispute = next(x for x in a.actions if isinstance(x, Record) and x.kind == "dispute")
+    assert dispute.data["wrong"] == "checker"
 
 
 def test_a_span_that_disagrees_is_bisected_to_the_step_a_referee_reruns() -> None:

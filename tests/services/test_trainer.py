@@ -1,6 +1,6 @@
 """The training service with a fake market: a stopped run resumes inside a round without sending a
 finished shard again, a provider that fails or is caught is replaced in the same round and never
-given that job again, and a job nobody can finish fails naming its shard."""
+given that job again (nor is one whose weights are not the model's), and a job nobody can finish fails naming its shard."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class Ad:
     peer_id: bytes
 
 
-ADS = [Ad(bytes([38 - i]) + bytes([i]) * 33) for i in range(3)]  # any 34 bytes name a peer here
+ADS = [Ad(bytes([38 - i]) + bytes([i]) * 33) for i in range(4)]  # any 34 bytes name a peer here
 
 
 def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -67,7 +67,8 @@ class Market:
                                 steps=params["steps"], batch=params["batch"], seed=params["seed"], lr=params["lr"],
                                 wd=params["wd"])
         rec.state, rec.checked, rec.outcome = "done", "steps", "verified"
-        rec.output = Output({"weights": np.array(states[-1][:SPEC.params])}, {"loss": losses})
+        weights = np.array(states[-1][:SPEC.params] if what != "odd" else states[-1])  # odd: not this model's
+        rec.output = Output({"weights": weights}, {"loss": losses})
         return rec
 
 
@@ -110,12 +111,13 @@ async def test_a_run_stopped_mid_round_resumes_without_sending_a_finished_shard_
 
 async def test_failed_and_caught_providers_are_replaced_and_not_asked_again(tmp_path: Path) -> None:
     x, y, w0 = _data()
-    market = Market({ADS[0].peer_id: "cheats", ADS[1].peer_id: "fails"})
+    # one cheats, one fails, one returns weights of another shape, accepted unchecked for want of a checker
+    market = Market({ADS[0].peer_id: "cheats", ADS[1].peer_id: "fails", ADS[2].peer_id: "odd"})
     events: list[dict[str, Any]] = []
     result = await _service(market, tmp_path).run(PLAN, w0, x, y, max_price=10**6, deadline_s=10,
                                                   on_event=events.append)
     assert np.array_equal(result.weights, rounds.train_locally(PLAN, w0, x, y))
-    assert result.caught == [to_base58(ADS[0].peer_id)] and set(result.by_provider) == {to_base58(ADS[2].peer_id)}
+    assert result.caught == [to_base58(ADS[0].peer_id)] and set(result.by_provider) == {to_base58(ADS[3].peer_id)}
     cheater_jobs = [s for s in market.sent if s[2] == ADS[0].peer_id]
     assert len(cheater_jobs) == 1  # caught once: never asked again in this job, whatever the shard or round
     states = [e["state"] for e in events if e["event"] == "shard" and e["state"] != "start"]
