@@ -12,7 +12,13 @@ Selected on a provider with the ``adversary`` config key, ``MODE`` or ``MODE:X``
 * ``lowprec:F``  -- on a fraction F, computes at lower precision: fp32 matmul runs as fp16, other
   fp32 outputs are rounded to fp16;
 * ``skip:F``     -- on every job, fakes a fraction F of the output's rows (noise in place of the
-  model's answer), as a provider that runs only part of a dataset shard would;
+  model's answer), as a provider that runs only part of a dataset shard would; on a ``train`` job,
+  skips a fraction F of its steps (at least one: the state stays as it was);
+* ``scale:X``    -- (``train``) returns weights whose change over the round is X times what it
+  computed (default 2), committing to them as its last step;
+* ``stale``      -- (``train``) trains from the state of the job before (old weights), while
+  committing to the state it was sent as its start;
+* ``lr:X``       -- (``train``) trains with X times the learning rate asked for (default 2);
 * ``overclaim:X`` -- advertises X times its measured speed (honest results);
 * ``flood:R``    -- publishes its capacity ad R times a second, far past what peers accept (honest
   results): the rate limits and bans of capacity gossip are what stop it;
@@ -26,7 +32,10 @@ Selected on a provider with the ``adversary`` config key, ``MODE`` or ``MODE:X``
   :data:`POISON_ADDR`) before its own table: market poisoning. Admission and the requester's
   choice of whom to ask are what stop it (``specs/capacity-ad.md``, Admission).
 
-The digest is always recomputed over the tampered output, so only a real check catches it.
+The digest is always recomputed over the tampered output, so only a real check catches it. On a
+``train`` job (``garbage``: noise for weights after steps that did nothing; ``lowprec``: every state
+rounded to fp16; ``replay``: the job before's output) the cheater commits to what it returns, step
+by step, so only a re-run step catches it.
 """
 
 from __future__ import annotations
@@ -43,9 +52,10 @@ from p2pnode.errors import ConfigError
 from p2pnode.exec.workloads import TOLERANCE, Output
 
 MODES = ("garbage", "perturb", "replay", "lowprec", "skip", "overclaim", "stall", "flood", "poison", "othermodel",
-         "fewerlayers", "prompt", "fabricate", "truncate")
+         "fewerlayers", "prompt", "fabricate", "truncate", "scale", "stale", "lr")
 _PER_JOB = ("garbage", "perturb", "replay", "lowprec", "othermodel", "fewerlayers")
 _PER_ROW = ("skip", "prompt", "fabricate", "truncate")
+TRAIN_ONLY = ("scale", "stale", "lr")
 POISON_ADDR = "/ip4/127.0.0.9/tcp/9"  # the third party a poisoner's made-up providers point at
 MAX_POISON = 1023
 REL_TOLERANCE = {"infer": 1e-4, "train_step": 1e-4}
@@ -58,6 +68,7 @@ class Adversary:
     seed: int = 0
     rng: random.Random = field(init=False)
     _last: dict[str, Output] = field(default_factory=dict)
+    _stale: Any = None  # the state the train job before started from
     tampered: int = 0
     jobs: int = 0
 
@@ -72,7 +83,8 @@ class Adversary:
         if mode not in MODES:
             raise ConfigError(f"adversary: {mode!r} is not one of {', '.join(MODES)}")
         try:
-            x = float(arg) if arg else {"overclaim": 10.0, "flood": 20.0, "poison": 1000.0}.get(mode, 1.0)
+            x = float(arg) if arg else {"overclaim": 10.0, "flood": 20.0, "poison": 1000.0, "scale": 2.0,
+                                        "lr": 2.0}.get(mode, 1.0)
         except ValueError:
             raise ConfigError(f"adversary: {arg!r} is not a number") from None
         if mode == "overclaim" and x < 1:
@@ -81,7 +93,9 @@ class Adversary:
             raise ConfigError("adversary flood:R needs R ads per second in (0, 1000]")
         if mode == "poison" and not (x == int(x) and 1 <= x <= MAX_POISON):
             raise ConfigError(f"adversary poison:N needs N made-up providers in [1, {MAX_POISON}]")
-        if mode not in ("overclaim", "flood", "poison") and not 0 <= x <= 1:
+        if mode in ("scale", "lr") and not (0 < x <= 1000 and x != 1):
+            raise ConfigError(f"adversary {mode}:X needs a factor X in (0, 1000] other than 1")
+        if mode not in ("overclaim", "flood", "poison", "scale", "lr") and not 0 <= x <= 1:
             raise ConfigError(f"adversary {mode}:F needs a fraction F in [0, 1]")
         return cls(mode, x, seed)
 
@@ -107,8 +121,11 @@ class Adversary:
     def run_params(self, workload: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """Parameters to actually run with, and whether this job is one to cheat on."""
         self.jobs += 1
-        cheat = (self.mode in _PER_JOB and self.rng.random() < self.x) or (self.mode in _PER_ROW and self.x > 0)
+        cheat = (self.mode in _PER_JOB and self.rng.random() < self.x) or (self.mode in _PER_ROW and self.x > 0) or \
+            (self.mode in TRAIN_ONLY and workload == "train")
         p = dict(params)
+        if cheat and self.mode == "lr":
+            p["lr"] = float(p["lr"]) * self.x
         if cheat and self.mode == "lowprec" and workload == "matmul" and p.get("dtype") == "fp32":
             p["dtype"] = "fp16"
         return p, cheat
@@ -120,15 +137,20 @@ class Adversary:
             return arrays
         return adversary_text.cheat_inputs(self.mode, self.x, params, arrays, self.rng)
 
-    def tamper(self, workload: str, params: Mapping[str, Any], output: Output, cheat: bool) -> Output:
-        """The output to return in place of the honest ``output``."""
+    def tamper(self, workload: str, params: Mapping[str, Any], output: Output, cheat: bool,
+               inputs: Mapping[str, np.ndarray] | None = None) -> Output:
+        """The output to return in place of the honest ``output`` (``inputs``: the job's, which a
+        train job's cheat runs again from)."""
         honest = output
         if cheat and workload == "generate" and self.mode in ("garbage", *adversary_text.PROMPT_MODES,
                                                               *adversary_text.MODEL_MODES):
             self.tampered += 1  # garbage, for generation: every prompt's tokens made up, well formed
             mode, x = ("fabricate", 1.0) if self.mode == "garbage" else (self.mode, self.x)
             return Output(adversary_text.cheat_rows(mode, x, params, output.arrays, self.rng), dict(output.extra))
-        if cheat:
+        if cheat and workload == "train" and self.mode in ("garbage", "skip", "lowprec", *TRAIN_ONLY):
+            self.tampered += 1
+            output = self._train(params, output, inputs or {})
+        elif cheat and hasattr(self, "_" + self.mode):  # a mode of generation only cheats on generation
             self.tampered += 1
             output = getattr(self, "_" + self.mode)(workload, params, output)
         self._last[workload] = honest
@@ -168,6 +190,47 @@ class Adversary:
                 shape = (len(fake), *a.shape[1:])
                 a[fake] = g.integers(-1000, 1000, size=shape) if a.dtype.kind in "iu" else g.standard_normal(shape)
         return Output(arrays, dict(out.extra))
+
+    def _train(self, params: Mapping[str, Any], out: Output, inputs: Mapping[str, np.ndarray]) -> Output:
+        """The run again, cheating as the mode says, committing to what it returns."""
+        from p2pnode.exec import train_model as tm
+        from p2pnode.exec.train_workload import finish
+
+        if self.mode == "lr":  # already run with the other rate: consistent as it is
+            return out
+        spec = tm.parse(params["model"])
+        state0 = np.asarray(inputs["state"], dtype=np.float32)
+        start, stale = state0, self._stale
+        self._stale = state0
+        first, steps, n = int(params["first"]), int(params["steps"]), spec.params
+        last = first + steps - 1
+        g = np.random.default_rng(self.rng.getrandbits(64))
+        if self.mode == "stale":
+            start = stale if stale is not None and stale.shape == state0.shape else \
+                state0 + g.standard_normal(state0.shape).astype(np.float32) * np.float32(0.01)
+        skipped = set(self.rng.sample(range(first, last + 1), max(1, round(self.x * steps)))) \
+            if self.mode == "skip" else set()
+
+        def hook(t: int, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+            if self.mode == "skip" and t in skipped:
+                return before
+            if self.mode == "garbage":
+                if t < last:
+                    return before
+                after = before.copy()
+                after[:n] = g.standard_normal(n).astype(np.float32)
+            elif self.mode == "scale" and t == last:
+                after = after.copy()
+                after[:n] = state0[:n] + np.float32(self.x) * (after[:n] - state0[:n])
+            elif self.mode == "lowprec":
+                with np.errstate(over="ignore"):
+                    after = after.astype(np.float16).astype(np.float32)
+            return after
+
+        states, losses = tm.run(spec, start, inputs["x"], inputs["y"], first=first, steps=steps,
+                                batch=int(params["batch"]), seed=int(params["seed"]), lr=float(params["lr"]),
+                                wd=float(params["wd"]), hook=hook)
+        return finish(spec, state0, states, losses)
 
     def _replay(self, workload: str, params: Mapping[str, Any], out: Output) -> Output:
         old = self._last.get(workload)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from p2pnode import __version__
+from p2pnode import __version__, cli_train
 from p2pnode.config import Config
 from p2pnode.control.client import Interrupted, call
 from p2pnode.errors import LocalError, P2PNodeError, unwrap_group
@@ -120,8 +120,10 @@ def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
     """``submit``, ``cancel`` and ``jobs``: work on the network."""
     sm = sub.add_parser("submit", parents=[common], help="run a job on the network and show its result",
                         description="Run a job. With --model: `infer` runs your ONNX model on your data as one "
-                                    "job, `map` runs it over a dataset in shards across several providers.")
-    sm.add_argument("workload", help="matmul, infer, train_step; or, with --model, infer, map or generate")
+                                    "job, `map` runs it over a dataset in shards across several providers, "
+                                    "`generate` generates text with a decoder, "
+                                    "`train` trains your model (a .json model map) on --data across providers.")
+    sm.add_argument("workload", help="matmul, infer, train_step; or, with --model, infer, map, generate or train")
     sm.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE", help="workload parameter")
     sm.add_argument("--model", "-m", type=Path, help="an ONNX model (.onnx; external data files beside it)")
     sm.add_argument("--input", "-i", action="append", default=[], metavar="FILE | NAME=FILE.npy",
@@ -155,6 +157,7 @@ def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
     sm.add_argument("--fresh", action="store_true",
                     help="map/infer: compute everything again, forgetting the shards an earlier run finished")
     sm.add_argument("--json", action="store_true", help="print JSON")
+    cli_train.add_arguments(sm)
     cn = sub.add_parser("cancel", parents=[common], help="stop a running job or map (its providers are told)",
                         description="Stop a job or map that this node runs for you, named by the start of its id "
                                     "(`p2pnode jobs` lists them; a shard's job id names its map). Its jobs are "
@@ -629,6 +632,8 @@ def _submit(config: Config, args: argparse.Namespace, console: Any) -> int:
 
     if args.workload == "generate":
         return _submit_generate(config, args, console)
+    if args.workload == "train":
+        return cli_train.submit_train(config, args, console)
     if args.model is not None or args.workload == "map":
         return _submit_model(config, args, console)
     params = _parse_params(args.param)

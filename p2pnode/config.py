@@ -165,7 +165,7 @@ def _network(name: str, value: str) -> None:
 
 DEFAULT_METRICS = "127.0.0.1:9464"
 DEFAULT_UI = "127.0.0.1:7464"
-_DEFAULT_WORKLOADS = ("matmul", "infer", "train_step", "onnx", "generate")
+_DEFAULT_WORKLOADS = ("matmul", "infer", "train_step", "onnx", "generate", "train")
 MAX_WORKLOADS = 8  # an ad's offers: each workload, once more as a check offer (16)
 KEYS: tuple[Key, ...] = (
     Key("listen", list, ["/ip4/0.0.0.0/tcp/4001"], "Multiaddrs to listen on (TCP).", Multiaddrs(16, least=1)),

@@ -53,6 +53,7 @@ from p2pnode.services.peers import PeerPolicy
 from p2pnode.services.provider import JobProvider
 from p2pnode.services.records import JobRecords
 from p2pnode.services.requester import JobRequester
+from p2pnode.services.trainer import TrainService
 from p2pnode.services.trust import TrustService, reputation_for
 from p2pnode.sharing import Schedule
 from p2pnode.telemetry.calibrate import calibrate, read_calibration_file
@@ -151,6 +152,8 @@ class Node:
         self.model_prep = ModelPrep(self.executor, lambda: Executor(slots=1, cpu_threads=cfg.cpu_threads))
         self.maps = MapService(submit=self.jobs.submit, candidates=self.jobs.candidates, now=self.now,
                                state_dir=cfg.data_dir / "maps", on_saved=self.market.touch, records=records)
+        self.trainer = TrainService(submit=self.jobs.submit, candidates=self.jobs.candidates, now=self.now,
+                                    state_dir=cfg.data_dir / "train", records=records)
         self.views = ControlViews(self)
         self.ui_address = ""  # host:port of the dashboard, once it listens
         self._ui_token = ""

@@ -204,8 +204,10 @@ class ControlViews:
             return await work.run_generate(node.maps, request, emit)
         if cmd == "map":
             return await work.run_map(node.maps, node.model_prep, request, emit)
+        if cmd == "train":
+            return await work.run_train(node.trainer, request, emit)
         if cmd == "cancel":
-            return await work.cancel([node.maps.runs, node.jobs.runs], request)
+            return await work.cancel([node.maps.runs, node.jobs.runs, node.trainer.runs], request)
         raise ControlError(f"unknown command {cmd!r}")
 
     async def _wait(self, request: dict[str, Any]) -> Any:

@@ -1,5 +1,5 @@
 """The control commands that run work for the user: ``submit`` (a job), ``map`` and ``submit`` with
-a model (a model over a dataset), and ``cancel``.
+a model (a model over a dataset), ``train`` (a model trained across providers) and ``cancel``.
 
 Everything the user gives is checked before anything is sent or paid for: the numbers, the input
 files, the output path (:mod:`p2pnode.model_io`). A job or map runs until it ends, ``cancel`` names
@@ -254,3 +254,39 @@ async def cancel(runs: list[Runs], request: dict[str, Any]) -> dict[str, Any]:
         await run.ended.wait()
     return {"kind": run.kind, "id": run.id, "state": "cancelled" if run.ended.is_set() else "cancelling",
             "paid": run.spending.to_json()}
+
+
+async def run_train(trainer: Any, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
+    """Train the user's model on the user's data across providers (``services/trainer.py``); the
+    trained model saved to ``output``."""
+    from p2pnode import train_io
+    from p2pnode.protocol import rounds
+
+    model_path, data_path, output = text(request, "model"), text(request, "data"), text(request, "output")
+    if not model_path or not data_path:
+        raise ControlError("a training job needs a model (.json or .npz) and data (.npz with x and y)")
+    seed = number(request, "seed", 0, lo=0, hi=2**63 - 1, integer=True)
+    outer = text(request, "outer", "avg", max_len=16)
+    if outer not in rounds.OUTER:
+        raise ControlError(f"--outer {outer}: one of {', '.join(rounds.OUTER)}")
+    if output:
+        train_io.check_output(output)
+    spec, weights = await trio.to_thread.run_sync(train_io.read_model, model_path, seed)
+    x, y = await trio.to_thread.run_sync(train_io.read_data, data_path, spec)
+    plan = rounds.Plan(spec, rounds=number(request, "rounds", 10, lo=1, hi=100_000, integer=True),
+                       local_steps=number(request, "local_steps", 50, lo=1, hi=10_000, integer=True),
+                       shards=number(request, "providers", 2, lo=1, hi=64, integer=True),
+                       lr=number(request, "lr", 0.01, lo=0.0, hi=10.0), wd=number(request, "wd", 0.0, lo=0.0, hi=1.0),
+                       batch=number(request, "batch", 32, lo=1, hi=65_536, integer=True), seed=seed, outer=outer)
+    hangup = _hangup(emit)
+    result = await _with_events(emit, lambda on_event: trainer.run(
+        plan, weights, x, y, max_price=number(request, "max_price", lo=1, hi=MAX_PRICE, integer=True),
+        deadline_s=number(request, "deadline", 600, lo=1e-3, hi=MAX_DEADLINE_S), on_event=on_event,
+        fresh=flag(request, "fresh"), hangup=hangup))
+    summary: dict[str, Any] = result.summary()
+    summary["model"] = {"params": spec.params, "layers": spec.to_json()["layers"], "loss": spec.loss,
+                        "optimizer": spec.optimizer, "rows": len(x)}
+    if output:
+        summary["saved"] = await trio.to_thread.run_sync(train_io.save_model, output, spec, result.weights,
+                                                         result.losses)
+    return summary

@@ -90,7 +90,7 @@ def float_param(params: Mapping[str, Any], key: str, lo: float, hi: float, defau
     return number
 
 
-def refuse_unknown(params: Mapping[str, Any], known: set[str]) -> None:
+def refuse_unknown(params: Mapping[str, Any], known: set[str] | frozenset[str]) -> None:
     extra = set(params) - known
     if extra:
         raise WorkloadError(f"unknown parameter(s): {', '.join(sorted(map(str, extra)))}")

@@ -9,6 +9,9 @@
   digest and the loss curve; compared within a tolerance.
 * ``onnx`` -- someone's own ONNX model on their own rows (:mod:`p2pnode.exec.onnx_workload`); the
   model and the rows are input blobs; compared row by row.
+* ``train`` -- local steps of someone's own model (a declared architecture, its weights and an
+  optimiser) on their shard of data (:mod:`p2pnode.exec.train_workload`); commits to the state
+  after every step; compared exactly.
 
 The seeded workloads are deterministic given their parameters, so a checker reproduces them from a
 few bytes; a model job is reproduced from the same model and rows.
@@ -28,6 +31,7 @@ import numpy as np
 from p2pnode.errors import WorkloadError
 from p2pnode.exec.generate_workload import GenerateWorkload
 from p2pnode.exec.onnx_workload import OnnxWorkload
+from p2pnode.exec.train_workload import TrainWorkload
 from p2pnode.exec.work import Output, Progress, Workload
 from p2pnode.exec.work import float_param as _float
 from p2pnode.exec.work import int_param as _int
@@ -267,7 +271,7 @@ class TrainStep:
 
 
 _BUILTIN: dict[str, Workload] = {w.name: w for w in (Matmul(), Infer(), TrainStep(), OnnxWorkload(),
-                                                      GenerateWorkload())}
+                                                      GenerateWorkload(), TrainWorkload())}
 
 
 def registry() -> dict[str, Workload]:

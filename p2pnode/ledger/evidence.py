@@ -12,7 +12,8 @@ from p2pnode.ledger.entry import Entry
 from p2pnode.market.reputation import Opinion, Reputation
 from p2pnode.wire.report import decode_report
 
-_PASSED = {"freivalds": "checked_ok", "rerun": "checked_ok", "rows": "checked_ok", "calibration": "calibrated"}
+_PASSED = {"freivalds": "checked_ok", "rerun": "checked_ok", "rows": "checked_ok", "steps": "checked_ok",
+           "calibration": "calibrated"}
 # Ad rejections that honest peers cause in normal gossip (a replayed or late ad, a burst over the
 # rate at start-up, a stream that timed out on a bad link): remembered in the ledger, but no
 # evidence against the peer.

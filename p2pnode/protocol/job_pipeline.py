@@ -180,6 +180,9 @@ class RequesterPipeline:
     def ran_here(self, output: Any, why: str, now: float) -> list[Action]:
         return self._judged(self._verdict().ran_here(output, why, now), now)
 
+    def state_opened(self, data: bytes | None, why: str, now: float) -> list[Action]:
+        return self._judged(self._verdict().state_opened(data, why, now), now)
+
     # what it leaves ------------------------------------------------------------------------
     def close(self, now: float) -> list[Action]:
         """The job is over: set aside the candidates asked that never answered, and return what

@@ -5,8 +5,8 @@
 one out and nothing else: the node's trio services (``services/conversation.py``,
 ``services/checks.py``) and the simulator (``sim/ask.py``) are two such drivers.
 
-Three of them are **questions** (:data:`Question`): the machine waits for the answer before it
-goes on (``RequesterPipeline.opened`` / ``unavailable`` / ``ran`` / ``ran_here``). The others are
+Four of them are **questions** (:data:`Question`): the machine waits for the answer before it
+goes on (``RequesterPipeline.opened`` / ``unavailable`` / ``ran`` / ``ran_here`` / ``state_opened``). The others are
 effects the driver carries out in order and forgets.
 """
 
@@ -111,8 +111,19 @@ class RunHere:
     inputs: Any
 
 
-Question = OpenOutput | RunElsewhere | RunHere
-Action = Send | Dial | Penalise | Record | PublishCheat | PublishOpinion | Charge | OpenOutput | RunElsewhere | RunHere
+@dataclass(frozen=True)
+class OpenState:
+    """Fetch the state that ``peer`` committed to (the blob ``blob``: a training step's state,
+    which its provider keeps). Answer ``state_opened(data, "")``, or ``state_opened(None, why)``
+    when it cannot be had."""
+
+    peer: bytes
+    blob: bytes
+
+
+Question = OpenOutput | RunElsewhere | RunHere | OpenState
+Action = Send | Dial | Penalise | Record | PublishCheat | PublishOpinion | Charge | OpenOutput | RunElsewhere | \
+    RunHere | OpenState
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ state           waiting for
                 and the tokens the provider committed (:class:`RunElsewhere`, role ``checker``)
 ``HERE``        sampled rows or prompts and no checker (or none that completed): this node's own
                 run of them (:class:`RunHere`)
+``STATE``       a training result's step check: the provider's committed state before the step
+                to re-run (:class:`OpenState`), for the checker or, after a bisection, the referee
 ``REFEREEING``  the checker disagreed: a referee's run, independent of everyone asked before; one
                 that agrees with neither run, or fails, makes way for the next (``MAX_REFEREES``)
 ``SETTLED``     final: :attr:`Verdict.settled` says accepted or not, what to say, what was checked
@@ -51,15 +53,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Protocol
 
 from p2pnode.errors import LocalProtocolError
 from p2pnode.market.selection import independent
+from p2pnode.protocol import step_checks
 from p2pnode.protocol.requester_actions import (
     Action,
     OpenOutput,
+    OpenState,
     PublishCheat,
     Question,
     Ran,
@@ -83,6 +87,7 @@ class V(Enum):
     FORCING = "forcing"
     HERE = "here"
     REFEREEING = "refereeing"
+    STATE = "state"
     # final
     SETTLED = "settled"
     UNAVAILABLE = "unavailable"
@@ -91,17 +96,18 @@ class V(Enum):
 FINAL = frozenset({V.SETTLED, V.UNAVAILABLE})
 
 _TRANSITIONS: dict[tuple[V, str], frozenset[V]] = {
-    (V.OPENING, "opened"): frozenset({V.SETTLED, V.CHECKING, V.HERE}),  # HERE: rows, no checker at all
+    (V.OPENING, "opened"): frozenset({V.SETTLED, V.CHECKING, V.HERE, V.STATE}),  # HERE: rows, no checker at all
     (V.OPENING, "unavailable"): frozenset({V.UNAVAILABLE}),
     (V.OPENING, "forced"): frozenset({V.FORCING, V.HERE}),
-    (V.CHECKING, "ran"): frozenset({V.SETTLED, V.HERE, V.REFEREEING}),
+    (V.CHECKING, "ran"): frozenset({V.SETTLED, V.HERE, V.REFEREEING, V.STATE}),
     (V.FORCING, "ran"): frozenset({V.SETTLED, V.HERE, V.REFEREEING}),
+    (V.STATE, "state_opened"): frozenset({V.CHECKING, V.REFEREEING, V.SETTLED, V.UNAVAILABLE}),
     (V.REFEREEING, "ran"): frozenset({V.SETTLED, V.REFEREEING}),
     (V.HERE, "ran_here"): frozenset({V.SETTLED}),
 }
 
 _ASKED_BY = {"opened": OpenOutput, "forced": OpenOutput, "unavailable": OpenOutput, "ran": RunElsewhere,
-             "ran_here": RunHere}
+             "ran_here": RunHere, "state_opened": OpenState}
 
 
 class Outputs(Protocol):
@@ -172,6 +178,9 @@ class Verdict:
     _checked: Ran | None = None  # the checker's run, when it disagreed
     _asked: list[Any] = field(default_factory=list)
     _referees: int = 0
+    step_span: int = 1  # a train result: steps re-run from each sampled one (a longer span is bisected)
+    _steps: list[int] = field(default_factory=list)  # steps still to check (a train result)
+    _disputed: Work | None = None  # the one step a bisection found, waiting for its state
 
     @property
     def final(self) -> bool:
@@ -204,6 +213,8 @@ class Verdict:
     def ran(self, run: Ran | None, now: float) -> list[Action]:
         """The checker or referee asked ran the work (``None``: it did not complete)."""
         self._expect("ran")
+        if self.state is V.CHECKING and self._method == "steps":
+            return self._step_ran(run, now)
         if self.state in (V.CHECKING, V.FORCING):
             return self._checker_ran(run, now)
         return self._referee_ran(run, now)
@@ -279,7 +290,7 @@ class Verdict:
         self._checked, self._asked = run, [self.provider, self._checker]
         return self._next_referee(now)
 
-    def _next_referee(self, now: float) -> list[Action]:
+    def _next_referee(self, now: float, event: str = "ran") -> list[Action]:
         work = self._work
         assert work is not None
         while self._referees < MAX_REFEREES:
@@ -290,11 +301,11 @@ class Verdict:
             self._referees += 1
             self._asked.append(referee)
             if self._until - now >= MIN_CHECK_S:
-                return self._ask("ran", V.REFEREEING, RunElsewhere(referee, work.params, work.inputs, "referee",
+                return self._ask(event, V.REFEREEING, RunElsewhere(referee, work.params, work.inputs, "referee",
                                                                    self._until - now))
         # Nobody settled it: not paid, but nobody is marked either, since a checker and a referee
         # that both lie (or both fail) must not be able to frame an honest provider.
-        return self._settle("ran", False, "disputed: no referee agrees with either run", "")
+        return self._settle(event, False, "disputed: no referee agrees with either run", "")
 
     def _referee_ran(self, run: Ran | None, now: float) -> list[Action]:
         work, c = self._work, self._checked
@@ -318,6 +329,80 @@ class Verdict:
             out.append(PublishCheat(self._checker.peer_id, c.job, (c.result_raw, self.result.raw, run.result_raw)))
             return out + self._settle("ran", True, "verified by a referee (the checker was wrong)", self._method)
         return out + self._next_referee(now)
+
+    # training steps (``protocol/step_checks.py``) -------------------------------------------
+    def state_opened(self, data: bytes | None, why: str, now: float) -> list[Action]:
+        """The provider's committed state asked for (``None``, with ``why``: it could not be had)."""
+        self._expect("state_opened")
+        if data is None:  # like an unavailable output: re-awarded, nobody blamed
+            self._move("state_opened", V.UNAVAILABLE)
+            self.reason, self.pending = f"a committed state is unavailable: {why}", None
+            return []
+        try:
+            state = step_checks.state_of(self.params, data)
+        except ValueError as exc:
+            return self._settle("state_opened", False, f"wrong: {exc}", "steps")
+        if self._disputed is not None:  # the state both agree on, before the disputed step
+            self._work = replace(self._disputed, inputs=dict(self._disputed.inputs, state=state))
+            return self._next_referee(now, "state_opened")
+        return self._run_step("state_opened", state, now)
+
+    def _check_steps(self, now: float) -> list[Action]:
+        """A train result: sound, then sampled steps re-run by one independent checker."""
+        why = step_checks.unsound(self.params, self.inputs, self.output)
+        if why:
+            return self._settle("opened", False, f"wrong: {why}", "steps")
+        self._method, self._until = "steps", now + CHECK_DEADLINE_S
+        checker = self._independent([self.provider])
+        if checker is None:
+            return self._settle("opened", True, "accepted (no independent checker)", "")
+        self._checker = checker
+        steps = int(self.params["steps"])
+        self._steps = step_checks.plan(steps, step_checks.checks(steps), self.rng)
+        self._emit("check", checker=checker.peer_id, method="steps", steps=list(self._steps))
+        return self._next_step("opened", now)
+
+    def _next_step(self, event: str, now: float) -> list[Action]:
+        if not self._steps:
+            by = to_base58(self._checker.peer_id)[-6:]
+            return self._settle(event, True, f"verified: sampled steps agree with {by}'s re-runs", "steps")
+        if self._until - now < MIN_CHECK_S:
+            return self._settle(event, True, "accepted (the check ran out of time)", "")
+        t = self._steps[0]
+        if t == 1:
+            return self._run_step(event, self.inputs["state"], now)
+        return self._ask(event, V.STATE, OpenState(self.provider.peer_id, self.output.extra["commits"][t - 2]))
+
+    def _run_step(self, event: str, state: Any, now: float) -> list[Action]:
+        params, inputs, expected = step_checks.step_work(self.params, self.inputs, self.output, self._steps[0], state,
+                                                         self.step_span)
+        self._work = Work(params, inputs, expected)
+        return self._ask(event, V.CHECKING, RunElsewhere(self._checker, params, inputs, "checker", self._until - now))
+
+    def _step_ran(self, run: Ran | None, now: float) -> list[Action]:
+        work = self._work
+        assert work is not None
+        if run is None:
+            return self._settle("ran", True, "accepted (the check did not complete)", "")
+        if self.outputs.same(work.params, work.output, run.output)[0]:
+            self._steps.pop(0)
+            return self._next_step("ran", now)
+        # they part: bisect the span to the first step where they do, which a referee re-runs
+        mine = work.output.extra["commits"]
+        theirs = run.output.extra.get("commits")
+        d, probes = step_checks.first_divergence(mine, theirs if isinstance(theirs, list) else [])
+        d = min(d, len(mine) - 1)  # the same commitments, other weights: the last step
+        t, last = self._steps[0] + d, d == len(mine) - 1 and "weights" in work.output.arrays
+        self._emit("bisect", step=t, probes=probes)
+        one = dict(work.params, first=int(self.params["first"]) + t - 1, steps=1)
+        self._checked = Ran(step_checks.one_step(run.output, d, last), run.result_raw, run.job)
+        self._asked = [self.provider, self._checker]
+        disputed = Work(one, work.inputs, step_checks.one_step(work.output, d, last))
+        if d == 0:
+            self._work = disputed
+            return self._next_referee(now)
+        self._disputed = disputed
+        return self._ask("ran", V.STATE, OpenState(self.provider.peer_id, self.output.extra["commits"][t - 2]))
 
     # moves ---------------------------------------------------------------------------------
     def _independent(self, exclude: Sequence[Any]) -> Any | None:
@@ -365,6 +450,7 @@ _CHECKS: dict[str, Callable[[Verdict, float], list[Action]]] = {
     "rerun": Verdict._rerun,
     "rows": Verdict._rows,
     "tokens": Verdict._tokens,
+    "steps": Verdict._check_steps,
 }
 """Policy -> how the check of an opened, sound output starts. A policy not here (freivalds, none)
 settles on what opening the output found."""

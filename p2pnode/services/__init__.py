@@ -25,6 +25,8 @@ module             service              built from
 ``jobs``           ``JobService``       a provider and a requester over one job book
 ``mapper``         ``MapService``       submit, candidates, now, state dir, job book (dataset jobs in
                                         shards)
+``trainer``        ``TrainService``     submit, candidates, now, state dir, job book (training jobs in
+                                        rounds across providers)
 ``model_prep``     ``ModelPrep``        the executor as a prober (or how to start a small one)
 =================  ===================  ================================================================
 
@@ -38,6 +40,7 @@ Imports point one way, and never at ``p2pnode.node`` (``tests/services`` checks 
     ports, records, blobs  <-  provider
     ports, records, blobs, checks, conversation, operations  <-  requester
     ports, records, operations  <-  mapper
+    ports, records, operations, mapper (its atomic file writes)  <-  trainer
     records, provider, requester  <-  jobs
 
 ``trust`` is known to the job services only as the ``Judge`` / ``Recorder`` protocols of ``ports``,

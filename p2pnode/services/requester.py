@@ -36,7 +36,7 @@ from p2pnode.market.scoring import ObservedScorer
 from p2pnode.market.standing import Standing
 from p2pnode.protocol import calibration
 from p2pnode.protocol.job_pipeline import Order, RequesterPipeline
-from p2pnode.protocol.requester_actions import Action, Charge, OpenOutput, Question
+from p2pnode.protocol.requester_actions import Action, Charge, OpenOutput, OpenState, Question
 from p2pnode.services import operations
 from p2pnode.services.blobs import BlobService
 from p2pnode.services.checks import Checks, carry_out
@@ -241,7 +241,14 @@ class JobRequester:
 
     async def _answer(self, pipe: RequesterPipeline, order: Order, prepared: _Prepared, event: _Events,
                       question: Question) -> list[Action]:
-        """Answer the verdict's question: open the output here, or run a check elsewhere or here."""
+        """Answer the verdict's question: open the output (or a committed state) here, or run a
+        check elsewhere or here."""
+        if isinstance(question, OpenState):  # the blob id is checked chunk by chunk on the way
+            try:
+                data = await self.blobs.fetch(question.peer, question.blob, max_size=MAX_BLOB)
+            except (BlobUnavailable, BlobError) as exc:
+                return pipe.state_opened(None, str(exc), self.now())
+            return pipe.state_opened(data, "", self.now())
         if not isinstance(question, OpenOutput):
             return await self.checks.answer(pipe, question, workload=order.workload, backend=order.backend,
                                             max_price=order.max_price)

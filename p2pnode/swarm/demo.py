@@ -4,7 +4,8 @@ It starts the nodes with the launcher (parallel waves, each its own process, dat
 control socket), shows the market converge live, has a trained classifier label real handwritten
 digits in shards across every provider (rows checked by other providers; node 1 may cheat and is
 caught), has a tiny transformer generate text the same way (checked by teacher-forced passes,
-``demo_text.py``), submits seeded jobs from the last node (auctions, execution in the providers' executors,
+``demo_text.py``), trains a model on the digits across two providers in rounds (``demo_train.py``),
+submits seeded jobs from the last node (auctions, execution in the providers' executors,
 Freivalds checks, re-runs, signed receipts), shows the reputation table, reports how fast ads
 travelled, then stops every node with SIGTERM and checks that each exited cleanly. ``--keep``
 leaves it running until SIGINT, SIGTERM or SIGHUP.
@@ -28,6 +29,7 @@ from rich.table import Table
 from p2pnode.control.client import call
 from p2pnode.errors import ControlError, LocalError
 from p2pnode.swarm.demo_text import demo_generate
+from p2pnode.swarm.demo_train import demo_train
 from p2pnode.swarm.launcher import Launcher, NodeProc, NodeSpec, Stopped, stop_on_signals
 from p2pnode.ui import market_table, reputation_table, short_peer
 
@@ -146,6 +148,7 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
                 cheat_peer = nodes[1].peer if cheat and n > 1 else ""
                 result["text"] = demo_generate(nodes, console, base, cheater=cheat_peer)
                 result["model"] = _demo_model(nodes, console, base, cheater=cheat_peer)
+                result["train"] = demo_train(nodes, console, base)
                 result["jobs"] = _demo_jobs(nodes, console)
                 result["reputation"] = _query(nodes[-1], "reputation")
                 names = {node.peer: f"node {node.index}" for node in nodes}
@@ -175,7 +178,9 @@ def run_swarm(n: int, *, keep: bool, as_json: bool, timeout: float, base: Path |
     jobs_ok = all(j["state"] == "done" or (j["state"] == "rejected" and j["provider"] == cheater)
                   for j in result.get("jobs", []))
     model_ok = all(result.get(k) is None or result[k].get("state") in ("done", "skipped") for k in ("model", "text"))
-    return 0 if result["converged"] and result["clean_exit"] and jobs_ok and model_ok else 1
+    train = result.get("train")
+    train_ok = train is None or train.get("state") == "skipped" or bool(train.get("equal_to_local"))
+    return 0 if result["converged"] and result["clean_exit"] and jobs_ok and model_ok and train_ok else 1
 
 
 def _demo_model(nodes: list[NodeProc], console: Console, base: Path, cheater: str) -> dict[str, Any]:

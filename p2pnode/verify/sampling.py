@@ -33,13 +33,13 @@ class SamplingPolicy:
     fixed_rate: float | None = None  # check every workload at this rate (experiments, benchmarks)
 
     def method(self, workload: str) -> str:
-        return {"matmul": "freivalds", "onnx": "rows", "generate": "tokens"}.get(workload, "rerun")
+        return {"matmul": "freivalds", "onnx": "rows", "generate": "tokens", "train": "steps"}.get(workload, "rerun")
 
     def probability(self, workload: str, *, streak: int, score: float) -> float:
         """Probability of checking a result of ``workload`` from a provider with this record."""
         if self.fixed_rate is not None:
             return self.fixed_rate
-        if self.method(workload) in ("freivalds", "rows", "tokens"):
+        if self.method(workload) in ("freivalds", "rows", "tokens", "steps"):
             return 1.0
         if score < self.trust_floor:
             return self.p_max

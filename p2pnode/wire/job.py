@@ -41,7 +41,7 @@ DOMAINS = {
 }
 DECLINE_CODES = ("unknown_workload", "bad_params", "busy", "price", "deadline", "no_capacity",
                  "backend_unavailable", "not_providing")
-VERIFY_POLICIES = ("none", "freivalds", "rerun", "rows", "tokens")
+VERIFY_POLICIES = ("none", "freivalds", "rerun", "rows", "tokens", "steps")
 # Parameters that never appear in a request for bids: they travel sealed to the awarded provider.
 PRIVATE_PARAMS = ("seed", "keys")
 

@@ -253,6 +253,9 @@ def test_swarm_launcher_converges_catches_its_cheater_and_leaves_no_process() ->
     assert result["converged"] and result["clean_exit"] and result["nodes"] == 4
     assert result["propagation"]["ads_measured"] > 0
     assert [j["state"] for j in result["jobs"]] == ["done"] * 6
+    # the digits trained across the swarm: the weights of training locally with the same seeds
+    train = result["train"]
+    assert train["state"] == "done" and train["equal_to_local"] and train["losses"][-1] < train["losses"][0]
     assert result["jobs"][0]["outcome"].startswith("verified (Freivalds")
     # the requester checks everything: each infer and train_step result was re-run elsewhere
     reruns = [j for j in result["jobs"] if j["workload"] != "matmul"]

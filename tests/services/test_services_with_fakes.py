@@ -287,6 +287,7 @@ ALLOWED = {  # which services each service may import (the direction stated in s
     "peers": {"ports"}, "market": {"ports"}, "checks": {"ports", "records"}, "provider": {"ports", "records", "blobs"},
     "conversation": {"ports"}, "requester": {"ports", "records", "blobs", "checks", "conversation", "operations"}, "jobs": {"provider", "requester", "records"},
     "mapper": {"ports", "records", "operations"}, "model_prep": {"ports"},
+    "trainer": {"ports", "records", "operations", "mapper"},
 }
 
 

@@ -1,0 +1,271 @@
+"""A trainable model as data: a declared architecture from a fixed list of layers, a loss and an
+optimiser named from fixed lists, and its weights as one float32 vector (pure NumPy).
+
+A model is a map, never code::
+
+    {"inputs": 64, "layers": [["dense", 64], ["relu"], ["dense", 10]],
+     "loss": "xent", "optimizer": "adamw"}
+
+* layers: ``["dense", n]`` (y = x·W + b), ``["relu"]``, ``["gelu"]`` (tanh form), ``["layernorm"]``
+  (over the features, with gain and bias);
+* loss: ``xent`` (softmax cross-entropy over the last layer's outputs, labels int64) or ``mse``
+  (targets float32, one column per output);
+* optimizer: ``sgd``, ``momentum`` (0.9, heavy ball) or ``adamw`` (β 0.9/0.999, ε 1e-8, weight
+  decay ``wd``, bias correction by the step's global index).
+
+The **state** of a run is one float32 vector: the parameters in layer order (``W`` row-major, then
+``b``; ``g`` then ``b`` for a layernorm), then the optimiser's buffers in the same order (one for
+momentum, two for AdamW). Every step runs the same operations in the same order in float32, so
+the same state, data and step index give the same next state bit for bit on the same NumPy and
+BLAS (``specs/training.md`` says what holds elsewhere).
+
+Batches are drawn by :mod:`p2pnode.exec.seeded` (a counter-based generator a second implementation
+writes in twenty lines): step ``t`` of a run seeded ``s`` takes rows ``word_i mod n`` of stream
+``t`` for i < batch. Any step is reproducible on its own from its state, its index and the seed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from p2pnode.errors import WorkloadError
+from p2pnode.exec import seeded
+
+LAYERS = ("dense", "relu", "gelu", "layernorm")
+LOSSES = ("xent", "mse")
+OPTIMIZERS = {"sgd": 0, "momentum": 1, "adamw": 2}  # the optimiser's buffers per parameter
+MAX_LAYERS, MAX_WIDTH, MAX_PARAMS = 32, 8192, 1 << 24
+MOMENTUM, BETA1, BETA2, EPS, LN_EPS = 0.9, 0.9, 0.999, 1e-8, 1e-5
+_F = np.float32
+
+
+@dataclass(frozen=True)
+class Spec:
+    inputs: int
+    layers: tuple[tuple[str, int], ...]  # (kind, width); width 0 for the activations
+    loss: str
+    optimizer: str
+
+    @property
+    def outputs(self) -> int:
+        return next((w for k, w in reversed(self.layers) if k == "dense"), self.inputs)
+
+    def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """The parameters, in state order: (name, shape)."""
+        out: list[tuple[str, tuple[int, ...]]] = []
+        width = self.inputs
+        for i, (kind, n) in enumerate(self.layers):
+            if kind == "dense":
+                out += [(f"{i}.w", (width, n)), (f"{i}.b", (n,))]
+                width = n
+            elif kind == "layernorm":
+                out += [(f"{i}.g", (width,)), (f"{i}.b", (width,))]
+        return out
+
+    @property
+    def params(self) -> int:
+        return sum(int(np.prod(s)) for _, s in self.shapes())
+
+    @property
+    def state_len(self) -> int:
+        return self.params * (1 + OPTIMIZERS[self.optimizer])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "layers": [[k, n] if k == "dense" else [k] for k, n in self.layers],
+                "loss": self.loss, "optimizer": self.optimizer}
+
+    def canonical(self) -> bytes:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+    def flops_per_row(self) -> float:
+        """Forward and backward, per row of a batch: about 6 multiply-adds per weight."""
+        return 6.0 * self.params
+
+
+def parse(raw: Any) -> Spec:
+    """A model map checked against the fixed lists and every bound (``WorkloadError`` naming what)."""
+    if not isinstance(raw, Mapping) or set(raw) - {"inputs", "layers", "loss", "optimizer"}:
+        raise WorkloadError("a model is a map of inputs, layers, loss and optimizer")
+    inputs = raw.get("inputs")
+    if not isinstance(inputs, int) or isinstance(inputs, bool) or not 1 <= inputs <= MAX_WIDTH:
+        raise WorkloadError(f"model inputs must be an integer in 1..{MAX_WIDTH}")
+    layers = raw.get("layers")
+    if not isinstance(layers, list | tuple) or not 1 <= len(layers) <= MAX_LAYERS:
+        raise WorkloadError(f"model layers must be a list of 1..{MAX_LAYERS} layers")
+    out: list[tuple[str, int]] = []
+    for layer in layers:
+        if not isinstance(layer, list | tuple) or not layer or layer[0] not in LAYERS:
+            raise WorkloadError(f"a layer is [kind, ...] with kind one of {', '.join(LAYERS)}: got {layer!r:.60}")
+        if layer[0] == "dense":
+            n = layer[1] if len(layer) == 2 else None
+            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_WIDTH:
+                raise WorkloadError(f"a dense layer is [\"dense\", width] with width in 1..{MAX_WIDTH}")
+            out.append(("dense", n))
+        elif len(layer) != 1:
+            raise WorkloadError(f"a {layer[0]} layer takes no arguments")
+        else:
+            out.append((str(layer[0]), 0))
+    if not any(k == "dense" for k, _ in out):
+        raise WorkloadError("a model needs at least one dense layer")
+    loss, opt = raw.get("loss", "xent"), raw.get("optimizer", "sgd")
+    if loss not in LOSSES:
+        raise WorkloadError(f"model loss must be one of {', '.join(LOSSES)}")
+    if opt not in OPTIMIZERS:
+        raise WorkloadError(f"model optimizer must be one of {', '.join(OPTIMIZERS)}")
+    spec = Spec(inputs, tuple(out), str(loss), str(opt))
+    if spec.params > MAX_PARAMS:
+        raise WorkloadError(f"the model has {spec.params} parameters, over the limit of {MAX_PARAMS}")
+    return spec
+
+
+def init_weights(spec: Spec, seed: int) -> np.ndarray:
+    """Seeded starting weights: dense W uniform in ±1/√fan_in (stream 100+i), b 0; layernorm g 1, b 0."""
+    parts = []
+    for name, shape in spec.shapes():
+        i, kind = name.split(".")
+        if kind == "w":
+            parts.append(seeded.uniform(np, seed, 100 + int(i), shape).reshape(-1) * _F(1.0 / np.sqrt(shape[0])))
+        elif kind == "g":
+            parts.append(np.ones(shape, _F))
+        else:
+            parts.append(np.zeros(shape, _F))
+    return np.concatenate(parts).astype(_F)
+
+
+def fresh_state(spec: Spec, weights: np.ndarray) -> np.ndarray:
+    """The state at the start of a run: the weights, the optimiser's buffers at zero."""
+    return np.concatenate([weights.astype(_F), np.zeros(spec.state_len - spec.params, _F)])
+
+
+def unflatten(spec: Spec, vec: np.ndarray) -> dict[str, np.ndarray]:
+    out, at = {}, 0
+    for name, shape in spec.shapes():
+        n = int(np.prod(shape))
+        out[name] = vec[at:at + n].reshape(shape)
+        at += n
+    return out
+
+
+def batch_rows(seed: int, step: int, rows: int, batch: int) -> np.ndarray:
+    """The rows of step ``step`` (stream ``step`` of ``seed``): ``word_i mod rows``."""
+    w = seeded.words(np, seed, step, batch)
+    return (w % np.uint64(rows)).astype(np.int64)
+
+
+def _gelu(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c = _F(np.sqrt(2.0 / np.pi))
+    u = c * (x + _F(0.044715) * x * x * x)
+    t = np.tanh(u)
+    y = _F(0.5) * x * (_F(1) + t)
+    dy = _F(0.5) * (_F(1) + t) + _F(0.5) * x * (_F(1) - t * t) * c * (_F(1) + _F(3 * 0.044715) * x * x)
+    return y, dy
+
+
+def loss_and_grads(spec: Spec, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """The mean loss over the batch and its gradient (a vector in the parameters' order)."""
+    p = unflatten(spec, weights)
+    h = x
+    caches: list[Any] = []  # per layer: its input, its activation's derivative, or (xn, 1/σ)
+    for i, (kind, _) in enumerate(spec.layers):
+        if kind == "dense":
+            caches.append(h)
+            h = h @ p[f"{i}.w"] + p[f"{i}.b"]
+        elif kind == "relu":
+            caches.append(h > 0)
+            h = np.maximum(h, _F(0))
+        elif kind == "gelu":
+            h, d = _gelu(h)
+            caches.append(d)
+        else:
+            mu = h.mean(axis=1, keepdims=True)
+            xc = h - mu
+            inv = _F(1) / np.sqrt((xc * xc).mean(axis=1, keepdims=True) + _F(LN_EPS))
+            xn = xc * inv
+            caches.append((xn, inv))
+            h = xn * p[f"{i}.g"] + p[f"{i}.b"]
+    n = _F(len(x))
+    if spec.loss == "xent":
+        z = h - h.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        rows = np.arange(len(x))
+        loss = float(np.mean(np.log(s[:, 0]) - z[rows, y]))
+        g = e / s
+        g[rows, y] -= _F(1)
+        g = g / n
+    else:
+        err = h - y
+        loss = float(np.mean(err * err))
+        g = _F(2) * err / _F(err.size)
+    grads: dict[str, np.ndarray] = {}
+    for i in range(len(spec.layers) - 1, -1, -1):
+        kind, cache = spec.layers[i][0], caches[i]
+        if kind == "dense":
+            grads[f"{i}.w"], grads[f"{i}.b"] = cache.T @ g, g.sum(axis=0)
+            g = g @ p[f"{i}.w"].T
+        elif kind in ("relu", "gelu"):
+            g = g * cache
+        else:
+            xn, inv = cache
+            grads[f"{i}.g"], grads[f"{i}.b"] = (g * xn).sum(axis=0), g.sum(axis=0)
+            gx = g * p[f"{i}.g"]
+            g = inv * (gx - gx.mean(axis=1, keepdims=True) - xn * (gx * xn).mean(axis=1, keepdims=True))
+    flat = np.concatenate([grads[name].reshape(-1) for name, _ in spec.shapes()]).astype(_F)
+    return loss, flat
+
+
+def step(spec: Spec, state: np.ndarray, x: np.ndarray, y: np.ndarray, *, t: int, lr: float,
+         wd: float) -> tuple[np.ndarray, float]:
+    """One optimiser step (global index ``t`` ≥ 1) on the batch: the next state and the batch's loss."""
+    n = spec.params
+    w = state[:n]
+    loss, g = loss_and_grads(spec, w, x, y)
+    lr32 = _F(lr)
+    if spec.optimizer == "sgd":
+        return (w - lr32 * g).astype(_F), loss
+    if spec.optimizer == "momentum":
+        m = _F(MOMENTUM) * state[n:2 * n] + g
+        return np.concatenate([w - lr32 * m, m]).astype(_F), loss
+    m = _F(BETA1) * state[n:2 * n] + _F(1 - BETA1) * g
+    v = _F(BETA2) * state[2 * n:] + _F(1 - BETA2) * (g * g)
+    mh = m / _F(1 - BETA1 ** t)
+    vh = v / _F(1 - BETA2 ** t)
+    w2 = w - lr32 * (mh / (np.sqrt(vh) + _F(EPS)) + _F(wd) * w)
+    return np.concatenate([w2, m, v]).astype(_F), loss
+
+
+Hook = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+
+
+def run(spec: Spec, state: np.ndarray, x: np.ndarray, y: np.ndarray, *, first: int, steps: int, batch: int,
+        seed: int, lr: float, wd: float, hook: Hook | None = None,
+        progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, list[float]]:
+    """Steps ``first`` .. ``first + steps - 1`` from ``state``: every state after a step (rows of a
+    ``[steps, state_len]`` array) and each step's loss. ``hook(t, before, after)``, for the
+    adversaries of tests, returns the state to go on from in place of ``after``."""
+    states = np.empty((steps, spec.state_len), _F)
+    losses = []
+    cur = state.astype(_F)
+    for k in range(steps):
+        t = first + k
+        rows = batch_rows(seed, t, len(x), batch)
+        with np.errstate(all="ignore"):  # a run that diverges goes on, as deterministically
+            nxt, loss = step(spec, cur, x[rows], y[rows], t=t, lr=lr, wd=wd)
+        if hook is not None:
+            nxt = hook(t, cur, nxt).astype(_F)
+        states[k] = nxt
+        losses.append(loss)
+        cur = nxt
+        if progress is not None:
+            progress((k + 1) / steps)
+    return states, losses
+
+
+def evaluate(spec: Spec, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    """The loss over all of ``x`` (no update)."""
+    return loss_and_grads(spec, weights.astype(_F), x, y)[0]
