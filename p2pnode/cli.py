@@ -139,7 +139,9 @@ def _add_submit(sub: Any, common: argparse.ArgumentParser) -> None:
                                                                    "(default 64)")
     sm.add_argument("--temperature", type=finite, default=0.0,
                     help="generate: 0 is greedy (default); above 0, tokens are drawn, reproducibly from --seed")
-    sm.add_argument("--seed", type=int, default=0, help="generate: the seed of the draws (default 0)")
+    sm.add_argument("--seed", type=int, default=0,
+                    help="generate: the seed of the draws; train: of the batches and of a .json model's weights "
+                         "(default 0)")
     sm.add_argument("--output", "-o", type=Path, help="save the result here (.npz: every output array; .npy: the "
                                                       "first: the model's first output, or matmul's c; generate: "
                                                       ".jsonl)")

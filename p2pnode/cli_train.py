@@ -24,7 +24,6 @@ def add_arguments(sm: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=0.01, help="train: learning rate of the local steps (default 0.01)")
     g.add_argument("--wd", type=float, default=0.0, help="train: AdamW's weight decay (default 0)")
     g.add_argument("--batch", type=int, default=32, help="train: rows per step (default 32)")
-    g.add_argument("--seed", type=int, default=0, help="train: seed of the batches (and of the weights of a .json model)")
     g.add_argument("--outer", default="avg", choices=["avg", "nesterov"],
                    help="train: the outer step: average the providers' weights, or DiLoCo's Nesterov momentum")
 
