@@ -35,7 +35,8 @@ async def test_five_node_swarm_converges() -> None:
             assert len(entries) == 5
             assert all(e["offers"][0]["wl"] == "matmul" for e in entries)
             assert all(e["speed"]["matmul_f32_numpy"] > 0 for e in entries)
-            assert r.node.rejected == {}
+            # nothing refused but, on a busy machine, an older ad of a provider heard after its newer one
+            assert set(r.node.rejected) <= {"stale"}, r.node.rejected
         print(f"5-node line converged {elapsed * 1000:.0f} ms after the last start")
 
 
