@@ -54,3 +54,14 @@ def test_lowprec_runs_fp32_as_fp16_and_is_caught() -> None:
     low = adv.tamper("matmul", p, run("matmul", **run_params)[1], cheat)
     assert low.arrays["c"].dtype == np.float32
     assert not compare("matmul", p, low, honest)[0]
+
+
+@pytest.mark.parametrize("mode", ["othermodel", "fewerlayers", "prompt", "fabricate", "truncate", "scale", "stale"])
+def test_a_mode_of_one_kind_of_work_leaves_other_work_honest(mode: str) -> None:
+    """A provider told to cheat on generation (or training) answers other jobs as it computed them."""
+    adv = Adversary.parse(mode)
+    assert adv is not None
+    p, honest = run("matmul", m=16, n=16, k=16, dtype="fp32", seed=3)
+    run_params, cheat = adv.run_params("matmul", p)
+    out = adv.tamper("matmul", p, run("matmul", **run_params)[1], cheat)
+    assert out.digest == honest.digest and compare("matmul", p, out, honest)[0]

@@ -119,14 +119,8 @@ async def run_map(maps: Any, prep: Any, request: dict[str, Any], emit: Emit, *,
     notes += _conversions(job, arrays)
     if single or job.whole:  # a model that couples its rows runs on all of them at once
         shard_rows = job.rows
-    elif shard_rows <= 0:
-        shard_rows = max(1, -(-job.rows // (2 * max(1, providers))))
-    for note in notes:
-        await emit({"event": "note", "text": note})
-    hangup = _hangup(emit)
-    result = await _with_events(emit, lambda on_event: maps.run(
-        job, shard_rows=shard_rows, providers=providers, max_price=max_price, deadline_s=deadline, backend=backend,
-        verify=verify, fresh=fresh, hangup=hangup, on_event=on_event))
+    result = await _in_shards(maps, job, emit, notes, shard_rows=shard_rows, providers=providers,
+                              max_price=max_price, deadline=deadline, backend=backend, verify=verify, fresh=fresh)
     summary: dict[str, Any] = result.summary()
     summary["notes"] = notes
     summary["model"] = {"inputs": [s.name for s in job.info.inputs], "outputs": [s.name for s in job.info.outputs],
@@ -136,6 +130,19 @@ async def run_map(maps: Any, prep: Any, request: dict[str, Any], emit: Emit, *,
         names = [s.name for s in job.info.outputs]
         summary["saved"] = await trio.to_thread.run_sync(model_io.save_outputs, output, result.outputs, names)
     return summary
+
+
+async def _in_shards(maps: Any, job: Any, emit: Emit, notes: list[str], *, shard_rows: int, providers: int,
+                     max_price: Any, deadline: float, backend: str, verify: str, fresh: bool) -> Any:
+    """Say the notes, then run ``job`` over the market in shards (``shard_rows`` 0: two a provider)."""
+    if shard_rows <= 0:
+        shard_rows = max(1, -(-job.rows // (2 * max(1, providers))))
+    for note in notes:
+        await emit({"event": "note", "text": note})
+    hangup = _hangup(emit)
+    return await _with_events(emit, lambda on_event: maps.run(
+        job, shard_rows=shard_rows, providers=providers, max_price=max_price, deadline_s=deadline, backend=backend,
+        verify=verify, fresh=fresh, hangup=hangup, on_event=on_event))
 
 
 async def run_generate(maps: Any, request: dict[str, Any], emit: Emit) -> dict[str, Any]:
@@ -164,14 +171,9 @@ async def run_generate(maps: Any, request: dict[str, Any], emit: Emit) -> dict[s
     job, texts, tok, notes = await trio.to_thread.run_sync(
         lambda: _read_prompts(Path(model_path), prompts_path, max_tokens=max_tokens, max_new=max_new,
                               temperature=temperature, seed=seed))
-    if shard_rows <= 0:
-        shard_rows = max(1, -(-job.rows // (2 * max(1, providers))))
-    for note in notes:
-        await emit({"event": "note", "text": note})
-    hangup = _hangup(emit)
-    result = await _with_events(emit, lambda on_event: maps.run(
-        job, shard_rows=shard_rows, providers=providers, max_price=max_price, deadline_s=deadline, backend=backend,
-        verify=verify, fresh=flag(request, "fresh"), hangup=hangup, on_event=on_event))
+    result = await _in_shards(maps, job, emit, notes, shard_rows=shard_rows, providers=providers,
+                              max_price=max_price, deadline=deadline, backend=backend, verify=verify,
+                              fresh=flag(request, "fresh"))
     summary: dict[str, Any] = result.summary()
     summary["notes"] = notes
     made = int(result.outputs["length"].sum())
