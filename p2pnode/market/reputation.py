@@ -102,6 +102,9 @@ class Reputation:
     _about: dict[bytes, dict[bytes, None]] = field(default_factory=dict)
     _trust_cache: tuple[int, float, dict[bytes, float]] | None = None
     _version: int = 0
+    # subject -> (the trust it was weighed with, t0, hearsay pos and neg at t0): every report of it
+    # is older than t0, so at a later time both sums have only decayed (one factor, not a loop)
+    _hearsay: dict[bytes, tuple[dict[bytes, float], float, float, float]] = field(default_factory=dict)
 
     def worked_with(self, peer: bytes) -> bool:
         """Whether this node's own history holds good evidence of ``peer`` (work done, paid,
@@ -147,6 +150,7 @@ class Reputation:
             return False
         rows[subject] = opinion
         self._about.setdefault(subject, {})[reporter] = None
+        self._hearsay.pop(subject, None)
         self._version += 1
         return True
 
@@ -212,20 +216,35 @@ class Reputation:
     def score(self, peer: bytes, now: float) -> Score:
         trust = self.trust(now)
         own_pos, own_neg = self.own[peer].at_time(now, self.half_life_s) if peer in self.own else (0.0, 0.0)
-        h_pos = h_neg = 0.0
-        for reporter in self._about.get(peer, ()):
-            op = self.reports[reporter].get(peer)
-            w = trust.get(reporter, 0.0)
-            if op is None or w <= 0:
-                continue
-            f = 0.5 ** (max(0.0, now - op.t) / self.half_life_s)
-            h_pos += self.hearsay * w * op.pos * f
-            h_neg += self.hearsay * w * op.neg * f
+        h_pos, h_neg = self._hearsay_of(peer, trust, now)
         a, b = 1.0 + own_pos + h_pos, 1.0 + own_neg + h_neg
         mean = a / (a + b)
         sd = math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
         return Score(peer, mean, sd, own_pos, own_neg, h_pos, h_neg, trust.get(peer, 0.0),
                      self.streak.get(peer, 0), self.cheats.get(peer, 0))
+
+    def _hearsay_of(self, peer: bytes, trust: dict[bytes, float], now: float) -> tuple[float, float]:
+        """What the reporters say of ``peer``, each weighted by its trust and decayed by its age."""
+        cached = self._hearsay.get(peer)
+        if cached is not None and cached[0] is trust and cached[1] <= now:
+            f = 0.5 ** ((now - cached[1]) / self.half_life_s)
+            return cached[2] * f, cached[3] * f
+        h_pos = h_neg = 0.0
+        newest = -math.inf
+        for reporter in self._about.get(peer, ()):
+            op = self.reports[reporter].get(peer)
+            w = trust.get(reporter, 0.0)
+            if op is None or w <= 0:
+                continue
+            newest = max(newest, op.t)
+            f = 0.5 ** (max(0.0, now - op.t) / self.half_life_s)
+            h_pos += self.hearsay * w * op.pos * f
+            h_neg += self.hearsay * w * op.neg * f
+        if newest <= now:  # a report from the future would still grow until its time
+            if len(self._hearsay) >= 4 * self.max_peers:
+                self._hearsay.clear()
+            self._hearsay[peer] = (trust, now, h_pos, h_neg)
+        return h_pos, h_neg
 
     def distrusted(self, peer: bytes, now: float) -> bool:
         """Too bad a record to be given work at all: a score below ``distrust_below``, or cheating
