@@ -124,3 +124,28 @@ def test_the_quick_mean_is_the_scores_mean(own: list[tuple[str, int]], reports: 
         rep.report(peers[r], peers[subject], Opinion(pos, neg, 100.0))
     for p in peers:
         assert abs(rep._mean(p, 200.0) - rep.score(p, 200.0).score) < 1e-12
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.floats(0, 20), st.floats(0, 20),
+                          st.floats(0, 400)), min_size=1, max_size=12),
+       st.lists(st.floats(400, 5 * DAY), min_size=1, max_size=4))
+def test_hearsay_read_again_later_is_what_a_fresh_reading_says(reports: list[tuple[int, int, float, float, float]],
+                                                             times: list[float]) -> None:
+    """A score read and then read again later (what reporters said kept and decayed) equals a
+    reading from scratch at that time, also after new reports came in between."""
+    peers = [bytes([i]) * 4 for i in range(4)]
+    rep = Reputation(b"me", trust_refresh_s=1e9)  # one trust throughout: only the reports change
+    for i, p in enumerate(peers):  # each reporter trusted, some more than others
+        for _ in range(i + 1):
+            rep.observe(p, "checked_ok", 0.0)
+    half = len(reports) // 2
+    for part in (reports[:half], reports[half:]):
+        for r, subject, pos, neg, t in part:
+            rep.report(peers[r], peers[subject], Opinion(pos, neg, t))
+        for now in sorted(times):
+            kept = [rep.score(p, now) for p in peers]
+            rep._hearsay.clear()
+            for a, p in zip(kept, peers):
+                b = rep.score(p, now)
+                assert abs(a.hearsay_pos - b.hearsay_pos) <= 1e-9 * (1 + b.hearsay_pos), (a, b)
+                assert abs(a.hearsay_neg - b.hearsay_neg) <= 1e-9 * (1 + b.hearsay_neg), (a, b)
