@@ -7,10 +7,13 @@ recomputed by anyone holding the ledger (``specs/reputation.md``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Protocol
+
 from p2pnode.errors import PeerError
 from p2pnode.ledger.entry import Entry
 from p2pnode.market.reputation import Opinion, Reputation
-from p2pnode.wire.report import decode_report
+from p2pnode.wire.report import Report, decode_report
 
 _PASSED = {"freivalds": "checked_ok", "rerun": "checked_ok", "rows": "checked_ok", "steps": "checked_ok",
            "calibration": "calibrated"}
@@ -20,8 +23,22 @@ _PASSED = {"freivalds": "checked_ok", "rerun": "checked_ok", "rows": "checked_ok
 BENIGN_PENALTIES = frozenset({"stale", "expired", "future", "rate_limited", "table_full", "idle_stream"})
 
 
-def apply(rep: Reputation, entry: Entry) -> None:
-    """Fold one entry into ``rep``."""
+class Folded(Protocol):
+    """What folding reads of an entry (a stored :class:`Entry`, or one the simulator has not signed)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def data(self) -> Mapping[str, Any]: ...
+    @property
+    def peer(self) -> bytes: ...
+    @property
+    def t_ms(self) -> int: ...
+
+
+def apply(rep: Reputation, entry: Entry | Folded, report: Report | None = None) -> None:
+    """Fold one entry into ``rep`` (``report``: a ``report`` entry's report, where it was decoded
+    already: it is decoded and its signatures checked again otherwise)."""
     t, d, peer = entry.t_ms / 1000.0, entry.data, entry.peer
     what: str | None = None
     if entry.kind == "verification":
@@ -43,9 +60,9 @@ def apply(rep: Reputation, entry: Entry) -> None:
         rep.observe(d["checker"], "cheat", t)
     elif entry.kind == "report":
         try:
-            r = decode_report(d["report"])
+            r = report if report is not None and report.raw == d["report"] else decode_report(d["report"])
         except PeerError:
             return  # stored before a rule change; not evidence
-        rep.report(r.reporter, r.subject, Opinion(r.pos, r.neg, min(r.t_ms / 1000.0, t)))
+        rep.report(r.reporter, r.subject, Opinion(r.pos, r.neg, min(r.t_ms / 1000.0, t), r.witnesses))
     if what is not None and peer:
         rep.observe(peer, what, t)

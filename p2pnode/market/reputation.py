@@ -14,15 +14,20 @@ Reports: each reporter's latest opinion of each subject (its own pos/neg). Trust
 EigenTrust: the local trust matrix C (rows normalised from max(pos − neg, 0)), with this node's own
 row from its own history, iterated as t = (1 − a)·Cᵀt + a·p where p is spread over this node and
 the configured pre-trusted peers. A peer caught cheating gets no work for one half-life, however
-good its record was (:meth:`Reputation.distrusted`). Trust only enters through p, so a clique that praises itself but
+good its record was, nor does one that two reporters of full weight each caught
+(:meth:`Reputation.distrusted`). Trust only enters through p, so a clique that praises itself but
 that no trusted peer vouches for keeps zero trust, and its reports weigh nothing. A reporter's
-weight is min(1, t_i / t_self), and second-hand evidence counts ``hearsay`` (one half) of own.
+weight is min(1, t_i / t_ref), t_ref the median trust of the peers this node worked with well (a
+cheat report whose checker and referee agree against the subject weighs as the less trusted of
+those two, where that is more), and second-hand evidence counts ``hearsay`` (one half) of own.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 WEIGHTS = {
     "checked_ok": (1.0, 0.0),
@@ -36,6 +41,10 @@ WEIGHTS = {
 }
 CHEAT_WEIGHT = WEIGHTS["cheat"][1]
 TRUST_REFRESH_S = 2.0  # how stale a node's trust in reporters may be (``Reputation.trust_refresh_s``)
+# A provider vouches for a requester that paid it (publishes its opinion) at first payment and then
+# at most this often: requesters do no work, so without it nobody would vouch for them, and what
+# each requester learns of cheaters would stay its own (``specs/reputation.md``)
+VOUCH_EVERY_S = 3600.0
 
 
 @dataclass
@@ -53,6 +62,41 @@ class _Decayed:
         self.pos, self.neg, self.at = p + pos, n + neg, max(now, self.at)
 
 
+class _Edges:
+    """The reporters' rows of the trust matrix: one edge per (reporter, subject), its latest
+    pos − neg at its time, in growable arrays indexed by peer (peers are never dropped)."""
+
+    def __init__(self) -> None:
+        self.peers: list[bytes] = []
+        self._index: dict[bytes, int] = {}
+        self._slot: dict[tuple[int, int], int] = {}
+        self.edges = 0
+        self.src = np.zeros(64, dtype=np.int64)
+        self.dst = np.zeros(64, dtype=np.int64)
+        self.val = np.zeros(64)
+        self.t = np.zeros(64)
+
+    def index(self, peer: bytes) -> int:
+        i = self._index.get(peer)
+        if i is None:
+            i = self._index[peer] = len(self.peers)
+            self.peers.append(peer)
+        return i
+
+    def put(self, reporter: bytes, subject: bytes, value: float, t: float) -> None:
+        key = (self.index(reporter), self.index(subject))
+        k = self._slot.get(key)
+        if k is None:
+            if self.edges == len(self.src):
+                for name in ("src", "dst", "val", "t"):
+                    a = getattr(self, name)
+                    setattr(self, name, np.concatenate([a, np.zeros_like(a)]))
+            k = self._slot[key] = self.edges
+            self.edges += 1
+            self.src[k], self.dst[k] = key
+        self.val[k], self.t[k] = max(0.0, value), t
+
+
 @dataclass(frozen=True)
 class Opinion:
     """A reporter's (decayed) evidence about a subject, as carried by a report."""
@@ -60,6 +104,9 @@ class Opinion:
     pos: float
     neg: float
     t: float
+    # a cheat report's witnesses (``wire.report.Report.witnesses``): the report weighs as much as
+    # the less trusted of the two, where that is more than the reporter
+    witnesses: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +134,10 @@ class Reputation:
     teleport: float = 0.2  # EigenTrust's a
     hearsay: float = 0.5
     distrust_below: float = 0.2
+    # excluded on hearsay too: this many reporters of at least ``catch_weight`` whose latest report
+    # holds a caught cheat's worth of negative evidence (each caught it, or it failed them ten times)
+    catchers: int = 2
+    catch_weight: float = 0.5
     max_peers: int = 4096
     max_reporters: int = 1024
     max_subjects_per_reporter: int = 256
@@ -98,13 +149,17 @@ class Reputation:
     cheats: dict[bytes, int] = field(default_factory=dict)
     last_cheat: dict[bytes, float] = field(default_factory=dict)
     reports: dict[bytes, dict[bytes, Opinion]] = field(default_factory=dict)  # reporter -> subject -> opinion
+    vouched: dict[bytes, float] = field(default_factory=dict)  # requester -> when this node last vouched for it
     # subject -> the reporters with an opinion of it: a score reads those, not every reporter's rows
     _about: dict[bytes, dict[bytes, None]] = field(default_factory=dict)
     _trust_cache: tuple[int, float, dict[bytes, float]] | None = None
+    _trust_ref: float = 1.0  # the trust of a full-weight reporter, with the cached trust (``weight``)
+    _graph: _Edges = field(default_factory=lambda: _Edges())  # the reports as a sparse matrix
+    _trust_vector: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the last power iteration's result
     _version: int = 0
-    # subject -> (the trust it was weighed with, t0, hearsay pos and neg at t0): every report of it
-    # is older than t0, so at a later time both sums have only decayed (one factor, not a loop)
-    _hearsay: dict[bytes, tuple[dict[bytes, float], float, float, float]] = field(default_factory=dict)
+    # subject -> (the trust it was weighed with, t0, hearsay pos and neg at t0, catchers): every
+    # report of it is older than t0, so at a later time both sums have only decayed (one factor)
+    _hearsay: dict[bytes, tuple[dict[bytes, float], float, float, float, int]] = field(default_factory=dict)
 
     def worked_with(self, peer: bytes) -> bool:
         """Whether this node's own history holds good evidence of ``peer`` (work done, paid,
@@ -134,6 +189,17 @@ class Reputation:
                     self.cheats.pop(oldest, None)
         self._version += 1
 
+    def vouch_due(self, peer: bytes, now: float) -> bool:
+        """Whether to publish this node's opinion of ``peer``, a requester that just paid it: the
+        first time, then once every :data:`VOUCH_EVERY_S` (marked as done when it says so)."""
+        last = self.vouched.get(peer)
+        if peer == self.me or (last is not None and 0 <= now - last < VOUCH_EVERY_S):
+            return False
+        if last is None and len(self.vouched) >= self.max_peers:
+            self.vouched.pop(next(iter(self.vouched)))
+        self.vouched[peer] = now
+        return True
+
     def report(self, reporter: bytes, subject: bytes, opinion: Opinion) -> bool:
         """Take a reporter's latest opinion of a subject; older or self-serving reports are ignored."""
         if reporter == self.me or subject == reporter:
@@ -149,6 +215,7 @@ class Reputation:
         if old is None and len(rows) >= self.max_subjects_per_reporter:
             return False
         rows[subject] = opinion
+        self._graph.put(reporter, subject, opinion.pos - opinion.neg, opinion.t)
         self._about.setdefault(subject, {})[reporter] = None
         self._hearsay.pop(subject, None)
         self._version += 1
@@ -167,100 +234,122 @@ class Reputation:
 
     # trust --------------------------------------------------------------------------------
     def trust(self, now: float) -> dict[bytes, float]:
-        """EigenTrust global trust of every known peer, normalised so this node has 1.0."""
+        """EigenTrust global trust of every known peer, normalised so this node has 1.0.
+
+        Reports are kept as a sparse matrix of edges (reporter, subject, pos − neg, t) that a new
+        report updates in place, and the power iteration runs over it in NumPy, starting from the
+        last result: a market's worth of reports (tens of thousands) costs milliseconds, not seconds."""
         cache = self._trust_cache
         if cache is not None and abs(cache[1] - now) < 60 and \
                 (cache[0] == self._version or 0 <= now - cache[1] < self.trust_refresh_s):
             return cache[2]
-        rows: dict[bytes, dict[bytes, float]] = {self.me: {}}
-        for peer, d in self.own.items():
-            pos, neg = d.at_time(now, self.half_life_s)
-            if pos > neg:
-                rows[self.me][peer] = pos - neg
-        for reporter, subjects in self.reports.items():
-            row = rows.setdefault(reporter, {})
-            for subject, op in subjects.items():
-                f = 0.5 ** (max(0.0, now - op.t) / self.half_life_s)
-                if op.pos > op.neg and subject != reporter:
-                    row[subject] = (op.pos - op.neg) * f
-        peers = set(rows)
-        for row in rows.values():
-            peers.update(row)
-        anchors = ({self.me} | set(self.pretrusted))
-        pre = {p: 1.0 / len(anchors) for p in anchors}
-        norm = {i: (sum(r.values()), r) for i, r in rows.items()}
-        t = dict(pre)
+        g = self._graph
+        me = g.index(self.me)
+        own = [(g.index(peer), d.at_time(now, self.half_life_s)) for peer, d in self.own.items()]
+        own_j = np.array([j for j, (pos, neg) in own if pos > neg], dtype=np.int64)
+        own_w = np.array([pos - neg for _, (pos, neg) in own if pos > neg], dtype=np.float64)
+        anchors = sorted({me} | {g.index(p) for p in self.pretrusted})
+        n = len(g.peers)
+        src, dst = g.src[:g.edges], g.dst[:g.edges]
+        w = g.val[:g.edges] * np.exp2(-np.maximum(0.0, now - g.t[:g.edges]) / self.half_life_s)
+        src, dst, w = np.concatenate([src, np.full(len(own_j), me)]), np.concatenate([dst, own_j]), \
+            np.concatenate([w, own_w])
+        keep = w > 0
+        src, dst, w = src[keep], dst[keep], w[keep]
+        total = np.bincount(src, weights=w, minlength=n)
+        share = w / total[src]
+        pre = np.zeros(n)
+        pre[anchors] = 1.0 / len(anchors)
+        empty = total <= 0
+        t = np.zeros(n)
+        last = self._trust_vector
+        t[:len(last)] = last
+        if not t.any():
+            t = pre.copy()
         for _ in range(40):
-            nxt = {p: self.teleport * w for p, w in pre.items()}
-            for i, ti in t.items():
-                total, row = norm.get(i, (0.0, {}))
-                if ti <= 0:
-                    continue
-                if total <= 0:  # no opinion: its trust flows back to the anchors
-                    for p, w in pre.items():
-                        nxt[p] = nxt.get(p, 0.0) + (1 - self.teleport) * ti * w
-                    continue
-                for j, c in row.items():
-                    nxt[j] = nxt.get(j, 0.0) + (1 - self.teleport) * ti * c / total
-            delta = sum(abs(nxt.get(p, 0.0) - t.get(p, 0.0)) for p in set(nxt) | set(t))
+            nxt = self.teleport * pre + (1 - self.teleport) * (
+                np.bincount(dst, weights=share * t[src], minlength=n) + t[empty & (t > 0)].sum() * pre)
+            delta = float(np.abs(nxt - t).sum())
             t = nxt
             if delta < 1e-9:
                 break
-        top = t.get(self.me, 1.0) or 1.0
-        out = {p: min(1.0, v / top) for p, v in t.items()}
+        self._trust_vector = t
+        top = float(t[me]) or 1.0
+        out = {g.peers[i]: min(1.0, float(t[i]) / top) for i in np.flatnonzero(t > 0)}
         out[self.me] = 1.0
+        # a full-weight reporter is one trusted as much as the median peer this node has worked with
+        # well: trust is shared out over every such peer, so relative to this node's own it shrinks
+        # as the market grows, and hearsay would weigh nothing at a few hundred providers
+        known = sorted(out.get(g.peers[j], 0.0) for j in own_j.tolist())
+        self._trust_ref = max(known[len(known) // 2], 1e-9) if known else 1.0
         self._trust_cache = (self._version, now, out)
         return out
+
+    def weight(self, reporter: bytes, trust: dict[bytes, float], witnesses: tuple[bytes, ...] = ()) -> float:
+        """How much a report of ``reporter``'s counts (0..1), ``trust`` being :meth:`trust`'s latest:
+        its trust over the median trust of the peers this node worked with well; a cheat report with
+        witnesses counts as much as the less trusted witness where that is more."""
+        w = trust.get(reporter, 0.0)
+        if witnesses:
+            w = max(w, min(trust.get(x, 0.0) for x in witnesses))
+        return min(1.0, w / self._trust_ref)
 
     # scores -------------------------------------------------------------------------------
     def score(self, peer: bytes, now: float) -> Score:
         trust = self.trust(now)
         own_pos, own_neg = self.own[peer].at_time(now, self.half_life_s) if peer in self.own else (0.0, 0.0)
-        h_pos, h_neg = self._hearsay_of(peer, trust, now)
+        h_pos, h_neg, _ = self._hearsay_of(peer, trust, now)
         a, b = 1.0 + own_pos + h_pos, 1.0 + own_neg + h_neg
         mean = a / (a + b)
         sd = math.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
         return Score(peer, mean, sd, own_pos, own_neg, h_pos, h_neg, trust.get(peer, 0.0),
                      self.streak.get(peer, 0), self.cheats.get(peer, 0))
 
-    def _hearsay_of(self, peer: bytes, trust: dict[bytes, float], now: float) -> tuple[float, float]:
-        """What the reporters say of ``peer``, each weighted by its trust and decayed by its age."""
+    def _hearsay_of(self, peer: bytes, trust: dict[bytes, float], now: float) -> tuple[float, float, int]:
+        """What the reporters say of ``peer``, each weighted by its trust and decayed by its age, and
+        how many of full weight caught it (``catchers``)."""
         cached = self._hearsay.get(peer)
         if cached is not None and cached[0] is trust and cached[1] <= now:
             f = 0.5 ** ((now - cached[1]) / self.half_life_s)
-            return cached[2] * f, cached[3] * f
+            return cached[2] * f, cached[3] * f, cached[4]
         h_pos = h_neg = 0.0
+        caught = 0
         newest = -math.inf
         for reporter in self._about.get(peer, ()):
             op = self.reports[reporter].get(peer)
-            w = trust.get(reporter, 0.0)
+            w = self.weight(reporter, trust, op.witnesses) if op is not None else 0.0
             if op is None or w <= 0:
                 continue
             newest = max(newest, op.t)
             f = 0.5 ** (max(0.0, now - op.t) / self.half_life_s)
             h_pos += self.hearsay * w * op.pos * f
             h_neg += self.hearsay * w * op.neg * f
+            caught += w >= self.catch_weight and op.neg >= CHEAT_WEIGHT
         if newest <= now:  # a report from the future would still grow until its time
             if len(self._hearsay) >= 4 * self.max_peers:
                 self._hearsay.clear()
-            self._hearsay[peer] = (trust, now, h_pos, h_neg)
-        return h_pos, h_neg
+            self._hearsay[peer] = (trust, now, h_pos, h_neg, caught)
+        return h_pos, h_neg, caught
 
     def distrusted(self, peer: bytes, now: float) -> bool:
-        """Too bad a record to be given work at all: a score below ``distrust_below``, or cheating
-        caught within the last half-life, however good the record before it."""
+        """Too bad a record to be given work at all: a score below ``distrust_below``, cheating
+        caught within the last half-life, however good the record before it, or ``catchers``
+        reporters of full weight each holding a caught cheat's worth of evidence against it."""
         caught = self.last_cheat.get(peer)
         if caught is not None and now - caught < self.half_life_s:
             return True
+        if peer in self._about and self._hearsay_of(peer, self.trust(now), now)[2] >= self.catchers:
+            return True  # caught by others this node trusts (``catchers``)
         return self._mean(peer, now) < self.distrust_below
 
     def _mean(self, peer: bytes, now: float) -> float:
         """``score(peer, now).score``, without computing trust when nobody reported on ``peer``
         (every candidate of every job asks this; most have no reports)."""
-        if peer not in self._about:
-            pos, neg = self.own[peer].at_time(now, self.half_life_s) if peer in self.own else (0.0, 0.0)
-            return (1.0 + pos) / (2.0 + pos + neg)
-        return self.score(peer, now).score
+        pos, neg = self.own[peer].at_time(now, self.half_life_s) if peer in self.own else (0.0, 0.0)
+        if peer in self._about:
+            h_pos, h_neg, _ = self._hearsay_of(peer, self.trust(now), now)
+            pos, neg = pos + h_pos, neg + h_neg
+        return (1.0 + pos) / (2.0 + pos + neg)
 
     def adjust(self, peer: bytes, now: float) -> float:
         """Multiplier for a bid's score (lower wins): 1.0 for an unknown peer, 0.55 for a peer with a

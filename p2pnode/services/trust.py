@@ -10,7 +10,9 @@
   (size, signature, evidence, a per-reporter rate) and only then are they forwarded, stored and
   weighed; invalid ones count against the forwarder like bad ads;
 * the node publishes its own opinion of a peer after checking its work, and a ``cheat`` report
-  with the signed evidence after a dispute.
+  with the signed evidence after a dispute; as a provider, its opinion of a requester that paid it
+  (at first payment, then hourly: ``Reputation.vouch_due``), so that requesters, who do no work,
+  are vouched for and their reports count.
 
 Collaborators: this node's id and key, the ledger's path, a fresh :class:`Reputation` and the
 :class:`SamplingPolicy` (settings), ``now``, ``penalise``, ``is_banned`` and ``publish``. It is the
@@ -98,6 +100,7 @@ class TrustService:
         self.report_buckets = TokenBuckets(burst=20, rate=1.0)
         self._recent_penalties: dict[tuple[bytes, str], float] = {}
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, Any, bytes]](1024)
+        self._vouch_send, self._vouches = trio.open_memory_channel[bytes](256)
         self.reports_received = 0
         self.reports_published = 0
         self.on_entry: list[Callable[[Entry], None]] = []
@@ -123,11 +126,26 @@ class TrustService:
         self.credits.apply(entry)
         for listener in self.on_entry:
             listener(entry)
+        d = entry.data
+        if entry.kind == "receipt" and d.get("role") == "provider" and d.get("paid") and entry.peer \
+                and self._publish_on is not None and self.rep.vouch_due(entry.peer, entry.t_ms / 1000.0):
+            try:  # vouch for a requester that paid: its reports then count where this node is trusted
+                self._vouch_send.send_nowait(entry.peer)
+            except trio.WouldBlock:
+                self.rep.vouched.pop(entry.peer, None)
 
     async def run(self) -> None:
-        """Store received reports and penalties in order (appends are fsynced off the trio thread)."""
-        async for kind, data, peer in self._inbox:
-            await self.record(kind, data, peer)
+        """Store received reports and penalties in order (appends are fsynced off the trio thread),
+        and publish this node's opinion of the requesters that paid it (``Reputation.vouch_due``)."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._vouch)
+            async for kind, data, peer in self._inbox:
+                await self.record(kind, data, peer)
+            nursery.cancel_scope.cancel()
+
+    async def _vouch(self) -> None:
+        async for peer in self._vouches:
+            await self.publish_opinion(peer)
 
     # writing ------------------------------------------------------------------------------
     async def record(self, kind: str, data: Mapping[str, Any], peer: bytes = b"") -> Entry | None:

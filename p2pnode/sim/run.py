@@ -415,7 +415,7 @@ def summarise(r: SimRun, wall_s: float) -> dict[str, Any]:
         "sim": {"wall_s": round(wall_s, 3), "simulated_s": round(elapsed, 3), "events": w.engine.events,
                 "node_seconds_per_s": round(w.net.n * elapsed / max(wall_s, 1e-9), 1),
                 "protocol_violations": w.violations,
-                "ledger_entries": sum(len(n.ledger.entries) for n in w.nodes if n.ledger is not None)},
+                "ledger_entries": sum(len(n.ledger) for n in w.nodes if n.ledger is not None)},
         "events": r.events,
         "reputation": r.reputation[-200:] if w.net.n > 200 else r.reputation,
         "job_log": jobs,

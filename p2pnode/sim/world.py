@@ -36,7 +36,7 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -91,21 +91,43 @@ class Job(Protocol):
     def peer_gone(self, i: int) -> None: ...
 
 
+class Pending(NamedTuple):
+    """An entry appended but not signed yet: what the reputation folds (``ledger.evidence.apply``)."""
+
+    kind: str
+    data: dict[str, Any]
+    peer: bytes
+    t_ms: int
+
+
 @dataclass
 class SimLedger:
-    """A node's ledger in memory: the same signed, chained entries the SQLite store keeps."""
+    """A node's ledger in memory: the same signed, chained entries the SQLite store keeps, signed
+    when read (a node at 1,000 nodes stores hundreds of thousands of reports that nobody reads)."""
 
     key: Any
-    entries: list[Entry] = field(default_factory=list)
+    _signed: list[Entry] = field(default_factory=list)
+    _pending: list[Pending] = field(default_factory=list)
 
-    def append(self, kind: str, data: dict[str, Any], peer: bytes, t: float) -> Entry:
-        if not self.entries:
-            self.entries.append(genesis(self.key, int(t * 1000)))
-        head = self.entries[-1]
-        entry = make_entry(self.key, seq=head.seq + 1, prev=head.hash, t_ms=max(int(t * 1000), head.t_ms),
-                           kind=kind, peer=peer, data=data)
-        self.entries.append(entry)
+    def append(self, kind: str, data: dict[str, Any], peer: bytes, t: float) -> Pending:
+        last = self._pending[-1].t_ms if self._pending else self._signed[-1].t_ms if self._signed else 0
+        entry = Pending(kind, data, peer, max(int(t * 1000), last))
+        self._pending.append(entry)
         return entry
+
+    def __len__(self) -> int:
+        return len(self._signed) + len(self._pending) + (not self._signed and bool(self._pending))
+
+    @property
+    def entries(self) -> list[Entry]:
+        for p in self._pending:
+            if not self._signed:
+                self._signed.append(genesis(self.key, p.t_ms))
+            head = self._signed[-1]
+            self._signed.append(make_entry(self.key, seq=head.seq + 1, prev=head.hash, t_ms=p.t_ms,
+                                           kind=p.kind, peer=p.peer, data=p.data))
+        self._pending.clear()
+        return self._signed
 
 
 @dataclass
@@ -133,6 +155,8 @@ class Node:
     jobs: dict[bytes, tuple[JobStreams, ProviderJob]] = field(default_factory=dict)
     # observers (requesters and a sample of others) hold a market table
     table: CapacityTable | None = None
+    # a provider's own evidence of the requesters that paid it, for its vouches (``World.paid``)
+    paid_by: Reputation | None = None
     inbox: list[tuple[float, int, SignedAd, bytes]] = field(default_factory=list)  # (at, n, ad, via)
     rejected: dict[str, int] = field(default_factory=dict)
     # requesters
@@ -212,11 +236,13 @@ class World:
         node.requester.checks.rng = random.Random(node.rng.random())
         node.ledger = SimLedger(ident.signing_key)
 
-    def record(self, node: Node, kind: str, data: dict[str, Any], peer: bytes = b"") -> None:
-        """Append to ``node``'s ledger and fold the entry into its reputation, as TrustService does."""
+    def record(self, node: Node, kind: str, data: dict[str, Any], peer: bytes = b"",
+               report: rpt.Report | None = None) -> None:
+        """Append to ``node``'s ledger and fold the entry into its reputation, as TrustService does
+        (``report``: the entry's report, decoded once for every node that stores it)."""
         assert node.ledger is not None and node.trust is not None
         entry = node.ledger.append(kind, data, peer, self.now())
-        evidence.apply(node.trust.rep, entry)
+        evidence.apply(node.trust.rep, entry, report)
 
     # capacity gossip -------------------------------------------------------------------------
     def market_size(self) -> int:
@@ -354,7 +380,7 @@ class World:
 
     def _report_arrives(self, node: Node, report: rpt.Report) -> None:
         if node.alive and node.trust is not None and node.trust.report_buckets.take(report.reporter, self.t):
-            self.record(node, "report", {"report": report.raw}, report.reporter)
+            self.record(node, "report", {"report": report.raw}, report.reporter, report)
 
     def publish_opinion(self, node: Node, subject: bytes) -> None:
         """``node`` gossips its opinion of ``subject``, as ``TrustService.publish_opinion`` does."""
@@ -362,6 +388,15 @@ class World:
         op = node.trust.rep.opinion(subject, self.now())
         self.publish_report(node, rpt.make_report(node.identity.signing_key, subject=subject, t_ms=int(op.t * 1000),
                                                   pos=op.pos, neg=op.neg))
+
+    def paid(self, node: Node, requester: bytes) -> None:
+        """A provider was paid by ``requester``: it vouches for it when due, as ``TrustService`` does."""
+        rep = node.paid_by = node.paid_by or Reputation(node.peer_id)
+        rep.observe(requester, "paid", self.now())
+        if rep.vouch_due(requester, self.now()):
+            op = rep.opinion(requester, self.now())
+            self.publish_report(node, rpt.make_report(node.identity.signing_key, subject=requester,
+                                                      t_ms=int(op.t * 1000), pos=op.pos, neg=op.neg))
 
     def publish_cheat(self, node: Node, subject: bytes, job: bytes, results: tuple[bytes, bytes, bytes]) -> None:
         """``node`` gossips a cheat report on ``subject``, as ``TrustService.publish_cheat`` does."""
@@ -491,6 +526,8 @@ class World:
             self.violations += 1
             node.jobs.pop(msg.job, None)
             return
+        if isinstance(msg, m.Receipt) and msg.body["paid"]:
+            self.paid(node, msg.body["requester"])
         if pj.state is P.RUNNING and before is not P.RUNNING:
             node.queue.append(entry)
             self._start_next(node)

@@ -11,7 +11,8 @@
 results (the subject's, the checker's, the referee's) from three different providers, the first
 signed by the subject. Every signature is checked here; whether the subject really was wrong
 cannot be checked without re-running the job, which is why receivers weigh reports by their trust
-in the reporter.
+in the reporter, or, where the checker and the referee signed one output digest and the subject
+another, by their trust in those two witnesses (``Report.witnesses``, ``specs/reputation.md``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class Report:
     job: bytes = b""
     evidence: tuple[bytes, ...] = ()
     raw: bytes = b""
+    # a cheat report's checker and referee, where both signed one output digest and the subject
+    # another: two providers that each vouch, under their own signature, against the subject
+    witnesses: tuple[bytes, ...] = ()
 
 
 def make_report(key: SigningKey, *, subject: bytes, t_ms: int, pos: float, neg: float,
@@ -79,16 +83,20 @@ def decode_report(raw: object) -> Report:
     evidence = f.array("evidence", max_items=3)
     if not all(isinstance(e, bytes) for e in evidence):
         raise CodecError("report.evidence: expected byte strings")
+    witnesses: tuple[bytes, ...] = ()
     if verdict == "cheat":
-        _check_evidence(subject, reporter, evidence)
+        witnesses = _check_evidence(subject, reporter, evidence)
     elif evidence:
         raise CodecError("report: only a cheat verdict carries evidence")
     return Report(reporter, subject, f.uint("t", maximum=m.MAX_U63),
                   f.uint("pos", maximum=MAX_EVIDENCE_UNITS) / 1000, f.uint("neg", maximum=MAX_EVIDENCE_UNITS) / 1000,
-                  verdict, job, tuple(evidence), bytes(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else b"")
+                  verdict, job, tuple(evidence), bytes(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else b"",
+                  witnesses)
 
 
-def _check_evidence(subject: bytes, reporter: bytes, evidence: list[bytes]) -> None:
+def _check_evidence(subject: bytes, reporter: bytes, evidence: list[bytes]) -> tuple[bytes, ...]:
+    """Check a cheat report's three results; the witnesses (checker, referee) where the two agree
+    on an output digest that the subject's differs from, else none."""
     if len(evidence) != 3:
         raise CodecError("report: a cheat verdict needs three signed results")
     results = [m.decode_signed("result", e) for e in evidence]
@@ -99,3 +107,8 @@ def _check_evidence(subject: bytes, reporter: bytes, evidence: list[bytes]) -> N
         raise CodecError("report: the results must come from three providers other than the reporter")
     if any(r.body["requester"] != reporter for r in results):
         raise CodecError("report: the results were not made for the reporter")
+    subject_r, checker, referee = results
+    if len({r.job for r in results}) == 1 and checker.body["digest"] == referee.body["digest"] \
+            != subject_r.body["digest"]:
+        return (providers[1], providers[2])
+    return ()
