@@ -63,18 +63,22 @@ class _Decayed:
 
 
 class _Edges:
-    """The reporters' rows of the trust matrix: one edge per (reporter, subject), its latest
-    pos − neg at its time, in growable arrays indexed by peer (peers are never dropped)."""
+    """The reports as a sparse matrix: one edge per (reporter, subject) holding its latest opinion
+    (pos, neg, time, witnesses), in growable arrays indexed by peer (peers are never dropped)."""
+
+    _FLOAT = ("pos", "neg", "t")
+    _INT = ("src", "dst", "w1", "w2")
 
     def __init__(self) -> None:
         self.peers: list[bytes] = []
         self._index: dict[bytes, int] = {}
         self._slot: dict[tuple[int, int], int] = {}
         self.edges = 0
-        self.src = np.zeros(64, dtype=np.int64)
-        self.dst = np.zeros(64, dtype=np.int64)
-        self.val = np.zeros(64)
-        self.t = np.zeros(64)
+        self.pos, self.neg, self.t = np.zeros(64), np.zeros(64), np.zeros(64)
+        self.src, self.dst, self.w1, self.w2 = (np.full(64, -1, dtype=np.int64) for _ in range(4))
+
+    def find(self, peer: bytes) -> int | None:
+        return self._index.get(peer)
 
     def index(self, peer: bytes) -> int:
         i = self._index.get(peer)
@@ -83,18 +87,24 @@ class _Edges:
             self.peers.append(peer)
         return i
 
-    def put(self, reporter: bytes, subject: bytes, value: float, t: float) -> None:
+    def put(self, reporter: bytes, subject: bytes, op: Opinion) -> None:
         key = (self.index(reporter), self.index(subject))
         k = self._slot.get(key)
         if k is None:
             if self.edges == len(self.src):
-                for name in ("src", "dst", "val", "t"):
+                for name in self._FLOAT + self._INT:
                     a = getattr(self, name)
-                    setattr(self, name, np.concatenate([a, np.zeros_like(a)]))
+                    setattr(self, name, np.concatenate([a, np.full_like(a, -1 if a.dtype == np.int64 else 0)]))
             k = self._slot[key] = self.edges
             self.edges += 1
             self.src[k], self.dst[k] = key
-        self.val[k], self.t[k] = max(0.0, value), t
+        self.pos[k], self.neg[k], self.t[k] = op.pos, op.neg, op.t
+        if len(op.witnesses) == 2:
+            self.w1[k], self.w2[k] = self.index(op.witnesses[0]), self.index(op.witnesses[1])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        a: np.ndarray = getattr(self, name)
+        return a[:self.edges]
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,10 @@ class Reputation:
     _trust_ref: float = 1.0  # the trust of a full-weight reporter, with the cached trust (``weight``)
     _graph: _Edges = field(default_factory=lambda: _Edges())  # the reports as a sparse matrix
     _trust_vector: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the last power iteration's result
+    # every subject's hearsay with the cached trust (``_hearsay_all``), but for the subjects reported
+    # on since (``_dirty``), whose sums ``_hearsay_of`` works out one at a time
+    _hearsay_vec: tuple[dict[bytes, float], float, np.ndarray, np.ndarray, np.ndarray] | None = None
+    _dirty: set[bytes] = field(default_factory=set)
     _version: int = 0
     # subject -> (the trust it was weighed with, t0, hearsay pos and neg at t0, catchers): every
     # report of it is older than t0, so at a later time both sums have only decayed (one factor)
@@ -215,9 +229,10 @@ class Reputation:
         if old is None and len(rows) >= self.max_subjects_per_reporter:
             return False
         rows[subject] = opinion
-        self._graph.put(reporter, subject, opinion.pos - opinion.neg, opinion.t)
+        self._graph.put(reporter, subject, opinion)
         self._about.setdefault(subject, {})[reporter] = None
         self._hearsay.pop(subject, None)
+        self._dirty.add(subject)
         self._version += 1
         return True
 
@@ -250,9 +265,9 @@ class Reputation:
         own_w = np.array([pos - neg for _, (pos, neg) in own if pos > neg], dtype=np.float64)
         anchors = sorted({me} | {g.index(p) for p in self.pretrusted})
         n = len(g.peers)
-        src, dst = g.src[:g.edges], g.dst[:g.edges]
-        w = g.val[:g.edges] * np.exp2(-np.maximum(0.0, now - g.t[:g.edges]) / self.half_life_s)
-        src, dst, w = np.concatenate([src, np.full(len(own_j), me)]), np.concatenate([dst, own_j]), \
+        decay = np.exp2(-np.maximum(0.0, now - g["t"]) / self.half_life_s)
+        w = np.maximum(0.0, g["pos"] - g["neg"]) * decay
+        src, dst, w = np.concatenate([g["src"], np.full(len(own_j), me)]), np.concatenate([g["dst"], own_j]), \
             np.concatenate([w, own_w])
         keep = w > 0
         src, dst, w = src[keep], dst[keep], w[keep]
@@ -283,7 +298,27 @@ class Reputation:
         known = sorted(out.get(g.peers[j], 0.0) for j in own_j.tolist())
         self._trust_ref = max(known[len(known) // 2], 1e-9) if known else 1.0
         self._trust_cache = (self._version, now, out)
+        self._hearsay_all(out, t / top, decay, now)
         return out
+
+    def _hearsay_all(self, trust: dict[bytes, float], rel: np.ndarray, decay: np.ndarray, now: float) -> None:
+        """Every subject's hearsay at once, as :meth:`_hearsay_of` sums it for one (``rel``: the
+        trust vector relative to this node's, ``decay``: each report's decay to ``now``)."""
+        g = self._graph
+        n = len(g.peers)
+        rel = np.minimum(1.0, np.append(rel, 0.0))  # index -1 (no witness) reads 0
+        w = rel[g["src"]]
+        witnessed = g["w1"] >= 0
+        w[witnessed] = np.maximum(w[witnessed], np.minimum(rel[g["w1"][witnessed]], rel[g["w2"][witnessed]]))
+        w = np.minimum(1.0, w / self._trust_ref)
+        dst = g["dst"]
+        h_pos = self.hearsay * np.bincount(dst, weights=w * g["pos"] * decay, minlength=n)
+        h_neg = self.hearsay * np.bincount(dst, weights=w * g["neg"] * decay, minlength=n)
+        caught = np.bincount(dst, weights=(w >= self.catch_weight) & (w > 0) & (g["neg"] >= CHEAT_WEIGHT),
+                             minlength=n)
+        self._hearsay.clear()
+        self._dirty = {g.peers[j] for j in np.unique(dst[g["t"] > now]).tolist()}  # grow until their time
+        self._hearsay_vec = (trust, now, h_pos, h_neg, caught)
 
     def weight(self, reporter: bytes, trust: dict[bytes, float], witnesses: tuple[bytes, ...] = ()) -> float:
         """How much a report of ``reporter``'s counts (0..1), ``trust`` being :meth:`trust`'s latest:
@@ -312,6 +347,12 @@ class Reputation:
         if cached is not None and cached[0] is trust and cached[1] <= now:
             f = 0.5 ** ((now - cached[1]) / self.half_life_s)
             return cached[2] * f, cached[3] * f, cached[4]
+        every = self._hearsay_vec
+        if every is not None and every[0] is trust and every[1] <= now and peer not in self._dirty:
+            i = self._graph.find(peer)
+            if i is not None and i < len(every[2]):
+                f = 0.5 ** ((now - every[1]) / self.half_life_s)
+                return float(every[2][i]) * f, float(every[3][i]) * f, int(every[4][i])
         h_pos = h_neg = 0.0
         caught = 0
         newest = -math.inf

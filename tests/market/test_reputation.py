@@ -144,8 +144,11 @@ def test_hearsay_read_again_later_is_what_a_fresh_reading_says(reports: list[tup
             rep.report(peers[r], peers[subject], Opinion(pos, neg, t))
         for now in sorted(times):
             kept = [rep.score(p, now) for p in peers]
+            caught = [rep._hearsay_of(p, rep.trust(now), now)[2] for p in peers]
             rep._hearsay.clear()
-            for a, p in zip(kept, peers):
+            rep._hearsay_vec = None  # every subject summed one at a time, reporter by reporter
+            for a, c, p in zip(kept, caught, peers):
                 b = rep.score(p, now)
                 assert abs(a.hearsay_pos - b.hearsay_pos) <= 1e-9 * (1 + b.hearsay_pos), (a, b)
                 assert abs(a.hearsay_neg - b.hearsay_neg) <= 1e-9 * (1 + b.hearsay_neg), (a, b)
+                assert c == rep._hearsay_of(p, rep.trust(now), now)[2]
