@@ -152,3 +152,70 @@ def test_hearsay_read_again_later_is_what_a_fresh_reading_says(reports: list[tup
                 assert abs(a.hearsay_pos - b.hearsay_pos) <= 1e-9 * (1 + b.hearsay_pos), (a, b)
                 assert abs(a.hearsay_neg - b.hearsay_neg) <= 1e-9 * (1 + b.hearsay_neg), (a, b)
                 assert c == rep._hearsay_of(p, rep.trust(now), now)[2]
+
+
+def _worked_with(rep: Reputation, peers: list[bytes], times: int = 2) -> None:
+    for p in peers:
+        for _ in range(times):
+            rep.observe(p, "checked_ok", 0.0)
+
+
+def test_a_reporter_worked_with_weighs_fully_however_large_the_market() -> None:
+    """Trust is shared out over every peer this node worked with, so against this node's own it
+    shrinks as the market grows; a reporter as trusted as the median of those still counts fully."""
+    rep = Reputation(ME)
+    providers = [peer(i) for i in range(1, 251)]
+    _worked_with(rep, providers)
+    stranger = peer(255)
+    rep.report(providers[0], stranger, Opinion(pos=0.0, neg=10.0, t=0.0))
+    assert rep.trust(0.0)[providers[0]] < 0.01  # of this node's own
+    assert rep.weight(providers[0], rep.trust(0.0)) == 1.0
+    assert abs(rep.score(stranger, 0.0).hearsay_neg - 5.0) < 1e-9
+
+
+def test_requesters_vouched_for_by_the_providers_they_paid_share_the_cheaters_they_caught() -> None:
+    """Requesters do no work, so only the providers they paid vouch for them; through those vouches
+    their catches reach this node, and two of them exclude a cheater it never met. One accuser is
+    not enough, and requesters nobody vouches for weigh nothing."""
+    providers = [peer(i) for i in range(1, 101)]
+    first, second, cheater = peer(200), peer(201), peer(202)
+
+    def market(vouched: bool, accusers: list[bytes]) -> Reputation:
+        rep = Reputation(ME)
+        _worked_with(rep, providers)
+        if vouched:
+            for p in providers:
+                for r in (first, second):
+                    rep.report(p, r, Opinion(pos=0.5, neg=0.0, t=0.0))
+        for r in accusers:
+            rep.report(r, cheater, Opinion(pos=3.0, neg=10.0, t=0.0))
+        return rep
+
+    assert market(True, [first, second]).distrusted(cheater, 1.0)
+    assert not market(True, [first]).distrusted(cheater, 1.0)
+    assert not market(False, [first, second]).distrusted(cheater, 1.0)
+    assert market(False, [first, second]).score(cheater, 1.0).hearsay_neg == 0
+
+
+def test_a_cheat_report_weighs_as_much_as_its_witnesses_when_the_reporter_is_unknown() -> None:
+    rep = Reputation(ME)
+    checker, referee, reporter, subject = peer(1), peer(2), peer(3), peer(4)
+    _worked_with(rep, [checker, referee])
+    rep.report(reporter, subject, Opinion(pos=0.0, neg=20.0, t=0.0))
+    assert rep.score(subject, 0.0).hearsay_neg == 0  # nobody vouches for the reporter
+    rep.report(reporter, subject, Opinion(pos=0.0, neg=20.0, t=1.0, witnesses=(checker, referee)))
+    assert abs(rep.score(subject, 1.0).hearsay_neg - 10.0) < 1e-6
+    stranger = peer(5)  # one witness this node does not know: the pair weighs as the less trusted
+    rep.report(reporter, subject, Opinion(pos=0.0, neg=20.0, t=2.0, witnesses=(checker, stranger)))
+    assert rep.score(subject, 2.0).hearsay_neg == 0
+
+
+def test_a_provider_vouches_for_a_requester_at_its_first_payment_then_hourly() -> None:
+    from p2pnode.market.reputation import VOUCH_EVERY_S
+
+    rep = Reputation(ME)
+    assert rep.vouch_due(peer(1), 10.0)
+    assert not rep.vouch_due(peer(1), 11.0)
+    assert not rep.vouch_due(peer(1), 10.0 + VOUCH_EVERY_S - 1)
+    assert rep.vouch_due(peer(1), 10.0 + VOUCH_EVERY_S)
+    assert not rep.vouch_due(ME, 10.0)

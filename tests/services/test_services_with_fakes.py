@@ -113,6 +113,28 @@ async def test_trust_records_folds_and_publishes(tmp_path: Path) -> None:
         trust.close()
 
 
+async def test_a_provider_vouches_for_a_requester_that_paid_it_once_an_hour(tmp_path: Path) -> None:
+    """Requesters do no work: a provider's opinion of the ones that paid it is how others come to
+    trust their reports. Published at the first paid receipt, not at the next, nor for an unpaid one."""
+    offences, published = Offences(), []
+    trust = _trust(tmp_path, offences, published)
+    trust.open()
+    try:
+        payer, free = Identity.generate().peer_id, Identity.generate().peer_id
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trust.run)
+            for peer, paid in ((free, 0), (payer, 3), (payer, 2)):
+                await trust.record("receipt", {"role": "provider", "job": os.urandom(16), "receipt": b"r",
+                                               "workload": "matmul", "accepted": True, "paid": paid}, peer=peer)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        reports = [rpt.decode_report(data) for _, data in published]
+        assert [(r.subject, r.verdict) for r in reports] == [(payer, "opinion")]
+        assert reports[0].pos > 0 and reports[0].neg == 0 and reports[0].reporter == trust.me
+    finally:
+        trust.close()
+
+
 def _count_commits(trust: Any) -> list[int]:
     """The size of each batch the ledger commits from now on."""
     assert trust.ledger is not None

@@ -40,6 +40,17 @@ def test_every_shipped_scenario_holds_its_expectations_in_the_simulator(name: st
     assert r["sim"]["protocol_violations"] == 0
 
 
+def test_the_cheaters_scenario_scaled_up_still_starves_its_cheaters() -> None:
+    """At four times its size each requester meets four times the cheaters with the same number of
+    jobs: only what requesters learn from each other (through the providers that vouch for them)
+    keeps the cheaters' share of late work under its bound."""
+    s = sc.load(SCENARIOS / "cheaters.toml")
+    r = simulate(s, nodes=50)
+    assert r["cheaters"]["count"] >= 10
+    assert all(_held(r).values()), r["expectations"]
+    assert r["cheaters"]["award_share_after"] < r["cheaters"]["award_share"]
+
+
 def test_the_same_seed_gives_the_same_run() -> None:
     s = sc.load(SCENARIOS / "churn.toml").shortened(15)
     a, b = simulate(s), simulate(s)

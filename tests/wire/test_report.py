@@ -17,9 +17,23 @@ IDS = [peer_id_from_public_key(bytes(k.verify_key)) for k in KEYS]
 REQUESTER = KEYS[0]
 
 
-def result(provider: int, job: bytes = b"j" * 16) -> bytes:
+def result(provider: int, job: bytes = b"j" * 16, digest: bytes | None = None) -> bytes:
     return m.make_result(job, KEYS[provider], requester=IDS[0], provider=IDS[provider], nonce=b"n" * 16,
-                         digest=os.urandom(32), output=b"", kernel_ms=1, backend="numpy").raw
+                         digest=digest or os.urandom(32), output=b"", kernel_ms=1, backend="numpy").raw
+
+
+def test_a_cheat_reports_witnesses_are_a_checker_and_referee_that_agree_against_the_subject() -> None:
+    right, wrong = b"r" * 32, b"w" * 32
+
+    def witnesses(*digests: bytes, jobs: tuple[bytes, ...] = (b"j" * 16,) * 3) -> tuple[bytes, ...]:
+        evidence = tuple(result(i + 1, job, d) for i, (job, d) in enumerate(zip(jobs, digests)))
+        return make_report(REQUESTER, subject=IDS[1], t_ms=1, pos=0, neg=10, verdict="cheat", job=b"j" * 16,
+                           evidence=evidence).witnesses
+
+    assert witnesses(wrong, right, right) == (IDS[2], IDS[3])
+    assert witnesses(right, right, right) == ()  # the subject agreed: no witness against it
+    assert witnesses(wrong, right, b"x" * 32) == ()  # checker and referee disagree
+    assert witnesses(wrong, right, right, jobs=(b"j" * 16, b"j" * 16, b"k" * 16)) == ()
 
 
 def test_opinion_round_trips() -> None:
