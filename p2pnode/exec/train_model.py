@@ -151,6 +151,22 @@ def unflatten(spec: Spec, vec: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def kernel_class() -> str:
+    """What decides how this machine rounds a step: NumPy's version, its BLAS and the CPU's
+    vector extensions. Two runs of one step agree bit for bit when these agree; a result names
+    them so that a check knows when to compare states within a tolerance instead
+    (``specs/training.md``, Tolerance)."""
+    import platform
+
+    try:
+        cfg: Any = np.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        simd = "/".join(cfg["SIMD Extensions"]["found"]) or "-"
+        return f"numpy {np.__version__}; {blas['name']} {blas['version']}; {platform.machine()} {simd}"
+    except (TypeError, KeyError, ValueError):  # a NumPy that does not say: its version and the machine
+        return f"numpy {np.__version__}; {platform.machine()}"
+
+
 def batch_rows(seed: int, step: int, rows: int, batch: int) -> np.ndarray:
     """The rows of step ``step`` (stream ``step`` of ``seed``): ``word_i mod rows``."""
     w = seeded.words(np, seed, step, batch)
@@ -166,15 +182,21 @@ def _gelu(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y, dy
 
 
-def loss_and_grads(spec: Spec, weights: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """The mean loss over the batch and its gradient (a vector in the parameters' order)."""
+MatMul = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def loss_and_grads(spec: Spec, weights: np.ndarray, x: np.ndarray, y: np.ndarray,
+                   matmul: MatMul = np.matmul) -> tuple[float, np.ndarray]:
+    """The mean loss over the batch and its gradient (a vector in the parameters' order).
+    ``matmul``: the kernel of every matrix product (another one stands for other hardware, whose
+    products round differently)."""
     p = unflatten(spec, weights)
     h = x
     caches: list[Any] = []  # per layer: its input, its activation's derivative, or (xn, 1/σ)
     for i, (kind, _) in enumerate(spec.layers):
         if kind == "dense":
             caches.append(h)
-            h = h @ p[f"{i}.w"] + p[f"{i}.b"]
+            h = matmul(h, p[f"{i}.w"]) + p[f"{i}.b"]
         elif kind == "relu":
             caches.append(h > 0)
             h = np.maximum(h, _F(0))
@@ -206,8 +228,8 @@ def loss_and_grads(spec: Spec, weights: np.ndarray, x: np.ndarray, y: np.ndarray
     for i in range(len(spec.layers) - 1, -1, -1):
         kind, cache = spec.layers[i][0], caches[i]
         if kind == "dense":
-            grads[f"{i}.w"], grads[f"{i}.b"] = cache.T @ g, g.sum(axis=0)
-            g = g @ p[f"{i}.w"].T
+            grads[f"{i}.w"], grads[f"{i}.b"] = matmul(cache.T, g), g.sum(axis=0)
+            g = matmul(g, p[f"{i}.w"].T)
         elif kind in ("relu", "gelu"):
             g = g * cache
         else:
@@ -220,11 +242,11 @@ def loss_and_grads(spec: Spec, weights: np.ndarray, x: np.ndarray, y: np.ndarray
 
 
 def step(spec: Spec, state: np.ndarray, x: np.ndarray, y: np.ndarray, *, t: int, lr: float,
-         wd: float) -> tuple[np.ndarray, float]:
+         wd: float, matmul: MatMul = np.matmul) -> tuple[np.ndarray, float]:
     """One optimiser step (global index ``t`` ≥ 1) on the batch: the next state and the batch's loss."""
     n = spec.params
     w = state[:n]
-    loss, g = loss_and_grads(spec, w, x, y)
+    loss, g = loss_and_grads(spec, w, x, y, matmul)
     lr32 = _F(lr)
     if spec.optimizer == "sgd":
         return (w - lr32 * g).astype(_F), loss
@@ -244,7 +266,7 @@ Hook = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 
 def run(spec: Spec, state: np.ndarray, x: np.ndarray, y: np.ndarray, *, first: int, steps: int, batch: int,
         seed: int, lr: float, wd: float, hook: Hook | None = None,
-        progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, list[float]]:
+        progress: Callable[[float], None] | None = None, matmul: MatMul = np.matmul) -> tuple[np.ndarray, list[float]]:
     """Steps ``first`` .. ``first + steps - 1`` from ``state``: every state after a step (rows of a
     ``[steps, state_len]`` array) and each step's loss. ``hook(t, before, after)``, for the
     adversaries of tests, returns the state to go on from in place of ``after``."""
@@ -255,7 +277,7 @@ def run(spec: Spec, state: np.ndarray, x: np.ndarray, y: np.ndarray, *, first: i
         t = first + k
         rows = batch_rows(seed, t, len(x), batch)
         with np.errstate(all="ignore"):  # a run that diverges goes on, as deterministically
-            nxt, loss = step(spec, cur, x[rows], y[rows], t=t, lr=lr, wd=wd)
+            nxt, loss = step(spec, cur, x[rows], y[rows], t=t, lr=lr, wd=wd, matmul=matmul)
         if hook is not None:
             nxt = hook(t, cur, nxt).astype(_F)
         states[k] = nxt
