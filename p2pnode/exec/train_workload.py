@@ -84,9 +84,8 @@ class TrainWorkload:
 
     def memory(self, p: Mapping[str, Any]) -> int:
         spec = tm.parse(p["model"])
-        widest = max([spec.inputs] + [n for _, n in spec.layers])
         data = 4 * p["rows"] * (spec.inputs + spec.outputs)
-        return 4 * spec.state_len * (p["steps"] + 4) + data + 16 * p["batch"] * widest * (len(spec.layers) + 2)
+        return 4 * spec.state_len * (p["steps"] + 4) + data + 4 * spec.activations(p["batch"])
 
     def comparison(self, p: Mapping[str, Any]) -> str:
         return "exact"
@@ -106,6 +105,8 @@ class TrainWorkload:
             raise WorkloadError(f"labels must be in 0..{spec.outputs - 1} for this model's {spec.outputs} outputs")
         if not np.isfinite(x).all():  # a state may hold them (a run that diverged): it is re-run as it is
             raise WorkloadError("the data hold NaN or infinities")
+        if spec.vocab and (x.min(initial=0) < 0 or x.max(initial=0) >= spec.vocab or (x != np.floor(x)).any()):
+            raise WorkloadError(f"the data of a model of token ids are ids in 0..{spec.vocab - 1}")
         states, losses = tm.run(spec, state, x, y, first=p["first"], steps=p["steps"], batch=p["batch"],
                                 seed=p["seed"], lr=p["lr"], wd=p["wd"], progress=progress)
         return finish(spec, state, states, losses)

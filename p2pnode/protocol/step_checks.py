@@ -135,11 +135,11 @@ def tolerant(a: Any, b: Any) -> bool:
 def tolerance(params: Mapping[str, Any], span: int = 1) -> float:
     """The relative error allowed between two honest runs of ``span`` steps on other kernels:
     ``TOLERANCE_ULPS``·√k·2⁻²⁴ a step, k the largest inner size of the step's matrix products (the
-    widest layer's input, or the batch, over which a weight gradient sums)."""
+    widest layer's input, or the rows a weight gradient sums over: the batch, times the positions
+    of a sequence)."""
     from p2pnode.exec import train_model
 
-    spec = train_model.parse(params["model"])
-    k = max([spec.inputs, int(params["batch"])] + [n for kind, n in spec.layers if kind == "dense"])
+    k = train_model.parse(params["model"]).inner(int(params["batch"]))
     return TOLERANCE_ULPS * math.sqrt(k) * 2.0 ** -24 * max(1, span)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from p2pnode.exec import train_model as tm
 from p2pnode.exec import workloads
+from p2pnode.exec.train_blocks import MatMul
 from p2pnode.exec.train_workload import commit, finish
 from p2pnode.exec.work import Output
 from p2pnode.protocol.requester_actions import OpenOutput, OpenState, Ran, RunElsewhere
@@ -63,7 +64,7 @@ def f64_products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.float32)
 
 
-def run_on(params: dict[str, Any], inputs: dict[str, np.ndarray], matmul: tm.MatMul = f64_products,
+def run_on(params: dict[str, Any], inputs: dict[str, np.ndarray], matmul: MatMul = f64_products,
            kernels: str = "float64-accumulated products") -> Output:
     """An honest ``train`` run on other kernels (``matmul``), named ``kernels`` in its output."""
     spec = tm.parse(params["model"])
