@@ -153,7 +153,8 @@ class Node:
         self.maps = MapService(submit=self.jobs.submit, candidates=self.jobs.candidates, now=self.now,
                                state_dir=cfg.data_dir / "maps", on_saved=self.market.touch, records=records)
         self.trainer = TrainService(submit=self.jobs.submit, candidates=self.jobs.candidates, now=self.now,
-                                    state_dir=cfg.data_dir / "train", records=records)
+                                    state_dir=cfg.data_dir / "train", records=records,
+                                    on_saved=self.market.touch)
         self.views = ControlViews(self)
         self.ui_address = ""  # host:port of the dashboard, once it listens
         self._ui_token = ""

@@ -6,8 +6,9 @@
   one vector in the model's parameter order): what ``--output`` writes, so a trained model trains
   on. Never code, never a pickle.
 * **The data** (:func:`read_data`): a ``.npz`` with ``x`` (rows × the model's inputs, converted
-  to float32) and ``y`` (labels, integers 0..outputs-1, for ``xent``; targets, rows × outputs,
-  for ``mse``).
+  to float32; token ids for a model with a ``vocab``) and ``y`` (labels, integers 0..outputs-1,
+  for ``xent``; targets, rows × outputs, for ``mse``). :func:`text_windows` makes the data of a
+  character-level language model from any text.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from p2pnode.errors import FileRefused, WorkloadError
 from p2pnode.exec import train_model as tm
 
 MAX_MODEL_JSON = 64 * 1024
+TEXT_CHARS = "\n" + "".join(chr(c) for c in range(32, 127))  # a character model's 96 token ids
 
 
 class TrainFileError(FileRefused):
@@ -73,6 +75,8 @@ def read_data(path: str, spec: tm.Spec) -> tuple[np.ndarray, np.ndarray]:
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise TrainFileError(f"{path}: x holds NaN or infinities")
+    if spec.vocab and (x.min(initial=0) < 0 or x.max(initial=0) >= spec.vocab or (x != np.floor(x)).any()):
+        raise TrainFileError(f"{path}: x must hold token ids, integers in 0..{spec.vocab - 1}, for this model")
     if spec.loss == "xent":
         if y.shape != (len(x),) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= spec.outputs:
             raise TrainFileError(f"{path}: y must be {len(x)} integer labels in 0..{spec.outputs - 1}")
@@ -102,3 +106,16 @@ def example_model(path: Path) -> None:
     """Write the digits model of the README (64 inputs, 10 classes) as a ``.json``."""
     path.write_text(json.dumps({"inputs": 64, "layers": [["dense", 32], ["relu"], ["dense", 10]],
                                 "loss": "xent", "optimizer": "adamw"}))
+
+
+def text_windows(text: str, context: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A character-level language model's data: every ``stride``-th run of ``context`` characters
+    of ``text`` as token ids (the index in ``TEXT_CHARS``; other characters are dropped), and the
+    character after it as its label. For a model ``{"inputs": context, "vocab": 96, ...}``."""
+    index = {c: i for i, c in enumerate(TEXT_CHARS)}
+    ids = np.array([index[c] for c in text if c in index], dtype=np.int64)
+    if len(ids) <= context:
+        raise TrainFileError(f"the text has {len(ids)} usable characters: fewer than a window of {context} and its label")
+    starts = np.arange(0, len(ids) - context, stride)
+    x = ids[starts[:, None] + np.arange(context)[None, :]]
+    return x.astype(np.float32), ids[starts + context]

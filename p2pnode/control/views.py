@@ -213,8 +213,8 @@ class ControlViews:
     async def _wait(self, request: dict[str, Any]) -> Any:
         """Block until ``peers``, ``market``, ``offers`` (ads with offers and addresses), ``relays``
         (relay slots held), ``public`` (1 once peers' dial-backs found this node reachable),
-        ``direct`` (peers connected other than through a relay) or ``shards`` (dataset shards
-        saved since start) reaches ``count``, or until ``busy`` (jobs running plus
+        ``direct`` (peers connected other than through a relay), ``shards`` (dataset shards
+        saved since start) or ``rounds`` (training rounds checkpointed since start) reaches ``count``, or until ``busy`` (jobs running plus
         job and blob streams open) falls to ``count`` (0: drained, e.g. before a restart). Scripts and
         tests wait on the node instead of polling it."""
         node = self.node
@@ -226,12 +226,13 @@ class ControlViews:
                  "relays": lambda: len(node.relaying.circuit_addrs()) if node.relaying is not None else 0,
                  "public": lambda: int(node.relaying is not None and node.relaying.reachability == "public"),
                  "shards": lambda: node.maps.shards_saved,
+                 "rounds": lambda: node.trainer.rounds_saved,
                  "direct": lambda: sum(1 for p in self.peers() if any("/p2p-circuit" not in a for a in p["addrs"])),
                  "busy": lambda: ((node.executor.running if node.executor is not None else 0)
                                   + node.jobs.limits.open() + node.blobs.limits.open())}
         if what not in views:
             raise ControlError('wait needs {"what": "peers"|"market"|"offers"|"relays"|"public"|"direct"|"shards"|'
-                               '"busy", "count": N, "timeout_s": S}')
+                               '"rounds"|"busy", "count": N, "timeout_s": S}')
         count: int = number(request, "count", lo=0, hi=2**31, integer=True)
         timeout: float = number(request, "timeout_s", 30, lo=0, hi=MAX_WAIT_S)
 

@@ -17,9 +17,12 @@ for ``mse``).
 Output: ``weights`` (the parameters after the last step), ``states`` (every state after a step,
 ``[steps, state_len]``: the provider's node keeps them as blobs and never sends them) and, in
 ``extra``, ``commits`` (the blob id of each of those states, in order), ``c0`` (the blob id of the
-state it started from) and ``loss`` (each step's batch loss). A state's blob id is the id of its
+state it started from), ``loss`` (each step's batch loss) and ``kernels`` (what decides how this
+machine rounds: :func:`~p2pnode.exec.train_model.kernel_class`). A state's blob id is the id of its
 bytes (float32, little-endian) under :mod:`p2pnode.wire.blob`, so a commitment is opened by
-fetching the blob it names. Compared **exactly**: the commitments must be equal.
+fetching the blob it names. Compared **exactly**: the commitments must be equal (a step check
+between machines of other kernels compares the opened states within a tolerance instead:
+:mod:`p2pnode.protocol.step_checks`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from p2pnode.wire import blob as wb
 
 MAX_STEPS, MAX_BATCH, MAX_ROWS = 10_000, 65_536, 10_000_000
 MAX_STATES_BYTES = 1 << 30  # every state of a run is kept by its provider until it is checked
+KERNELS = tm.kernel_class()
 
 
 def commit(state: np.ndarray) -> bytes:
@@ -80,16 +84,15 @@ class TrainWorkload:
 
     def memory(self, p: Mapping[str, Any]) -> int:
         spec = tm.parse(p["model"])
-        widest = max([spec.inputs] + [n for _, n in spec.layers])
         data = 4 * p["rows"] * (spec.inputs + spec.outputs)
-        return 4 * spec.state_len * (p["steps"] + 4) + data + 16 * p["batch"] * widest * (len(spec.layers) + 2)
+        return 4 * spec.state_len * (p["steps"] + 4) + data + 4 * spec.activations(p["batch"])
 
     def comparison(self, p: Mapping[str, Any]) -> str:
         return "exact"
 
     def output_bytes(self, p: Mapping[str, Any]) -> int:
         spec = tm.parse(p["model"])
-        return 4 * spec.params + 48 * p["steps"] + 64
+        return 4 * spec.params + 48 * p["steps"] + 256
 
     def run(self, p: Mapping[str, Any], ops: Any, progress: Progress,
             inputs: Mapping[str, np.ndarray] | None = None) -> Output:
@@ -102,6 +105,8 @@ class TrainWorkload:
             raise WorkloadError(f"labels must be in 0..{spec.outputs - 1} for this model's {spec.outputs} outputs")
         if not np.isfinite(x).all():  # a state may hold them (a run that diverged): it is re-run as it is
             raise WorkloadError("the data hold NaN or infinities")
+        if spec.vocab and (x.min(initial=0) < 0 or x.max(initial=0) >= spec.vocab or (x != np.floor(x)).any()):
+            raise WorkloadError(f"the data of a model of token ids are ids in 0..{spec.vocab - 1}")
         states, losses = tm.run(spec, state, x, y, first=p["first"], steps=p["steps"], batch=p["batch"],
                                 seed=p["seed"], lr=p["lr"], wd=p["wd"], progress=progress)
         return finish(spec, state, states, losses)
@@ -114,7 +119,9 @@ class TrainWorkload:
         return wa is None or wb is None or bool(np.array_equal(wa, wb))
 
 
-def finish(spec: tm.Spec, start: np.ndarray, states: np.ndarray, losses: list[float]) -> Output:
-    """The output of a run from ``start`` through ``states``."""
-    extra = {"commits": [commit(s) for s in states], "c0": commit(start), "loss": [float(v) for v in losses]}
+def finish(spec: tm.Spec, start: np.ndarray, states: np.ndarray, losses: list[float],
+           kernels: str = KERNELS) -> Output:
+    """The output of a run from ``start`` through ``states`` on ``kernels``."""
+    extra = {"commits": [commit(s) for s in states], "c0": commit(start), "loss": [float(v) for v in losses],
+             "kernels": kernels[:128]}
     return Output({"weights": np.array(states[-1][:spec.params]), "states": states}, extra)

@@ -17,6 +17,13 @@ A ``train`` result commits to the state after each of its steps (the blob ids in
 
 A provider that fakes a fraction f of its steps passes ``n`` uniformly sampled step checks with
 probability (1 - f)^n; ``specs/training.md`` gives the numbers for a whole job.
+
+**Other kernels.** Commitments are compared bit for bit, which holds between machines whose
+kernels round alike. A result names its kernels (``extra["kernels"]``); when the provider's and
+the checker's differ (:func:`tolerant`) and their commitments after a sampled span part, the
+states they commit to are opened and compared within :func:`tolerance`, a rounding-level bound
+(:func:`state_error`): within it the step passes; beyond it the referee re-runs the span and its
+state is compared with each side's the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numpy as np
 from p2pnode.exec.train_workload import commit
 from p2pnode.exec.work import Output
 
+TOLERANCE_ULPS = 10.0  # per step: this many times √k units of float32 rounding, relative
 CHECK_SHARE = 0.05  # steps re-run per result, as a share of its steps ...
 MIN_CHECKS = 4  # ... and at least this many (the first, the last, two drawn), or all of them
 
@@ -108,3 +116,51 @@ def one_step(out: Output, i: int, last: bool) -> Output:
     mine = commits[i] if isinstance(commits, list) and 0 <= i < len(commits) else b""
     return Output(arrays, {"commits": [mine]})
 
+
+
+def kernels(output: Any) -> str:
+    """The kernels a ``train`` output says it ran on ("" when it does not say)."""
+    extra = getattr(output, "extra", None)
+    named = extra.get("kernels") if isinstance(extra, Mapping) else None
+    return named if isinstance(named, str) else ""
+
+
+def tolerant(a: Any, b: Any) -> bool:
+    """Whether two runs of a step are compared within :func:`tolerance` rather than bit for bit:
+    both name their kernels, and not the same ones."""
+    ka, kb = kernels(a), kernels(b)
+    return bool(ka and kb and ka != kb)
+
+
+def tolerance(params: Mapping[str, Any], span: int = 1) -> float:
+    """The relative error allowed between two honest runs of ``span`` steps on other kernels:
+    ``TOLERANCE_ULPS``·√k·2⁻²⁴ a step, k the largest inner size of the step's matrix products (the
+    widest layer's input, or the rows a weight gradient sums over: the batch, times the positions
+    of a sequence)."""
+    from p2pnode.exec import train_model
+
+    k = train_model.parse(params["model"]).inner(int(params["batch"]))
+    return TOLERANCE_ULPS * math.sqrt(k) * 2.0 ** -24 * max(1, span)
+
+
+def state_error(params: Mapping[str, Any], a: np.ndarray, b: np.ndarray) -> float:
+    """How far state ``a`` is from state ``b``: the largest relative error (in the Frobenius norm)
+    over their parts, the parameters and then each optimiser buffer, so that a small buffer (AdamW's
+    second moment) counts as much as the weights. Infinite where either holds NaN or infinities
+    (unless both are the same bytes)."""
+    from p2pnode.exec import train_model
+
+    n = train_model.parse(params["model"]).params
+    if a.shape != b.shape or len(a) % n:
+        return math.inf
+    if np.array_equal(a, b):
+        return 0.0
+    worst = 0.0
+    for at in range(0, len(a), n):
+        pa, pb = a[at:at + n].astype(np.float64), b[at:at + n].astype(np.float64)
+        if not (np.isfinite(pa).all() and np.isfinite(pb).all()):
+            return math.inf
+        diff, scale = float(np.linalg.norm(pa - pb)), float(np.linalg.norm(pb))
+        if diff:
+            worst = max(worst, diff / scale if scale else math.inf)
+    return worst

@@ -16,7 +16,9 @@ state           waiting for
 ``HERE``        sampled rows or prompts and no checker (or none that completed): this node's own
                 run of them (:class:`RunHere`)
 ``STATE``       a training result's step check: the provider's committed state before the step
-                to re-run (:class:`OpenState`), for the checker or, after a bisection, the referee
+                to re-run (:class:`OpenState`), for the checker or, after a bisection, the referee;
+                between runs on other kernels, the states each side committed to after the span,
+                to compare within the tolerance (``protocol/step_checks.py``)
 ``REFEREEING``  the checker disagreed: a referee's run, independent of everyone asked before; one
                 that agrees with neither run, or fails, makes way for the next (``MAX_REFEREES``)
 ``SETTLED``     final: :attr:`Verdict.settled` says accepted or not, what to say, what was checked
@@ -101,8 +103,8 @@ _TRANSITIONS: dict[tuple[V, str], frozenset[V]] = {
     (V.OPENING, "forced"): frozenset({V.FORCING, V.HERE}),
     (V.CHECKING, "ran"): frozenset({V.SETTLED, V.HERE, V.REFEREEING, V.STATE}),
     (V.FORCING, "ran"): frozenset({V.SETTLED, V.HERE, V.REFEREEING}),
-    (V.STATE, "state_opened"): frozenset({V.CHECKING, V.REFEREEING, V.SETTLED, V.UNAVAILABLE}),
-    (V.REFEREEING, "ran"): frozenset({V.SETTLED, V.REFEREEING}),
+    (V.STATE, "state_opened"): frozenset({V.CHECKING, V.REFEREEING, V.SETTLED, V.UNAVAILABLE, V.STATE}),
+    (V.REFEREEING, "ran"): frozenset({V.SETTLED, V.REFEREEING, V.STATE}),
     (V.HERE, "ran_here"): frozenset({V.SETTLED}),
 }
 
@@ -181,6 +183,10 @@ class Verdict:
     step_span: int = 1  # a train result: steps re-run from each sampled one (a longer span is bisected)
     _steps: list[int] = field(default_factory=list)  # steps still to check (a train result)
     _disputed: Work | None = None  # the one step a bisection found, waiting for its state
+    _opening: str = ""  # other kernels: whose state after the span is being opened (provider, checker, referee)
+    _after: dict[str, Any] = field(default_factory=dict)  # ... and those opened, by whose
+    _ran: Ran | None = None  # the run (checker's or referee's) whose state is being opened
+    _tolerated: int = 0  # sampled spans that passed within the tolerance
 
     @property
     def final(self) -> bool:
@@ -314,6 +320,17 @@ class Verdict:
             return self._next_referee(now)
         provider_right = self.outputs.same(work.params, work.output, run.output)[0]
         checker_right = self.outputs.same(work.params, c.output, run.output)[0]
+        theirs = run.output.extra.get("commits") if self._method == "steps" else None
+        if not (provider_right or checker_right) and "provider" in self._after and isinstance(theirs, list) \
+                and theirs and isinstance(theirs[-1], bytes):  # other kernels: compare its state after the span
+            self._ran = run
+            return self._open_after("ran", "referee", self._asked[-1].peer_id, theirs[-1])
+        return self._referee_decides("ran", provider_right, checker_right, run, now)
+
+    def _referee_decides(self, event: str, provider_right: bool, checker_right: bool, run: Ran,
+                         now: float) -> list[Action]:
+        c = self._checked
+        assert c is not None
         wrong = "provider" if checker_right and not provider_right else \
             "checker" if provider_right and not checker_right else "inconclusive"
         evidence = (self.result.raw, c.result_raw, run.result_raw)
@@ -323,17 +340,19 @@ class Verdict:
         self._emit("settled", wrong=wrong)
         if wrong == "provider":
             out.append(PublishCheat(self.provider.peer_id, self.job, evidence))
-            return out + self._settle("ran", False, "wrong: the checker and the referee agree against it",
+            return out + self._settle(event, False, "wrong: the checker and the referee agree against it",
                                       self._method)
         if wrong == "checker":
             out.append(PublishCheat(self._checker.peer_id, c.job, (c.result_raw, self.result.raw, run.result_raw)))
-            return out + self._settle("ran", True, "verified by a referee (the checker was wrong)", self._method)
-        return out + self._next_referee(now)
+            return out + self._settle(event, True, "verified by a referee (the checker was wrong)", self._method)
+        return out + self._next_referee(now, event)
 
     # training steps (``protocol/step_checks.py``) -------------------------------------------
     def state_opened(self, data: bytes | None, why: str, now: float) -> list[Action]:
         """The provider's committed state asked for (``None``, with ``why``: it could not be had)."""
         self._expect("state_opened")
+        if self._opening:
+            return self._after_opened(data, why, now)
         if data is None:  # like an unavailable output: re-awarded, nobody blamed
             self._move("state_opened", V.UNAVAILABLE)
             self.reason, self.pending = f"a committed state is unavailable: {why}", None
@@ -365,7 +384,8 @@ class Verdict:
     def _next_step(self, event: str, now: float) -> list[Action]:
         if not self._steps:
             by = to_base58(self._checker.peer_id)[-6:]
-            return self._settle(event, True, f"verified: sampled steps agree with {by}'s re-runs", "steps")
+            within = f" ({self._tolerated} on other kernels, within the tolerance)" if self._tolerated else ""
+            return self._settle(event, True, f"verified: sampled steps agree with {by}'s re-runs{within}", "steps")
         if self._until - now < MIN_CHECK_S:
             return self._settle(event, True, "accepted (the check ran out of time)", "")
         t = self._steps[0]
@@ -387,6 +407,22 @@ class Verdict:
         if self.outputs.same(work.params, work.output, run.output)[0]:
             self._steps.pop(0)
             return self._next_step("ran", now)
+        mine = work.output.extra["commits"]
+        theirs = run.output.extra.get("commits")
+        self._after = {}
+        if step_checks.tolerant(self.output, run.output) and isinstance(theirs, list) and len(theirs) == len(mine) \
+                and isinstance(theirs[-1], bytes):  # other kernels: compare the states after the span
+            self._ran = run
+            return self._open_after("ran", "provider", self.provider.peer_id, mine[-1])
+        return self._step_disputed("ran", run, now)
+
+    def _step_disputed(self, event: str, run: Ran, now: float) -> list[Action]:
+        """The checker's run of the sampled span parts from the provider's: a referee decides."""
+        work = self._work
+        assert work is not None
+        if "provider" in self._after:  # other kernels part at every step: the referee re-runs the whole span
+            self._checked, self._asked = run, [self.provider, self._checker]
+            return self._next_referee(now, event)
         # they part: bisect the span to the first step where they do, which a referee re-runs
         mine = work.output.extra["commits"]
         theirs = run.output.extra.get("commits")
@@ -400,9 +436,69 @@ class Verdict:
         disputed = Work(one, work.inputs, step_checks.one_step(work.output, d, last))
         if d == 0:
             self._work = disputed
-            return self._next_referee(now)
+            return self._next_referee(now, event)
         self._disputed = disputed
-        return self._ask("ran", V.STATE, OpenState(self.provider.peer_id, self.output.extra["commits"][t - 2]))
+        return self._ask(event, V.STATE, OpenState(self.provider.peer_id, self.output.extra["commits"][t - 2]))
+
+    # other kernels: states compared within the tolerance -----------------------------------
+    def _open_after(self, event: str, whose: str, peer: bytes, blob: bytes) -> list[Action]:
+        self._opening = whose
+        return self._ask(event, V.STATE, OpenState(peer, blob))
+
+    def _after_opened(self, data: bytes | None, why: str, now: float) -> list[Action]:
+        """A state after the sampled span, opened: the provider's, then the checker's, compared
+        within the tolerance; or, in a dispute, the referee's, compared with each side's."""
+        whose, self._opening = self._opening, ""
+        work, ran = self._work, self._ran
+        assert work is not None and ran is not None
+        state = None
+        if data is not None:
+            try:
+                state = step_checks.state_of(self.params, data)
+            except ValueError:
+                state = None
+        if whose == "provider":
+            if data is None:  # like an unavailable output: re-awarded, nobody blamed
+                self._move("state_opened", V.UNAVAILABLE)
+                self.reason, self.pending = f"a committed state is unavailable: {why}", None
+                return []
+            if state is None:
+                return self._settle("state_opened", False, "wrong: a committed state is not one of this model's",
+                                    "steps")
+            self._after["provider"] = state
+            return self._open_after("state_opened", "checker", self._checker.peer_id,
+                                    ran.output.extra["commits"][-1])
+        span = int(work.params["steps"])
+        tol = step_checks.tolerance(self.params, span)
+        if whose == "checker":
+            if state is None:  # a checker that does not serve what it committed to decides nothing
+                return self._step_disputed("state_opened", ran, now)
+            self._after["checker"] = state
+            err = step_checks.state_error(self.params, self._after["provider"], state)
+            if err <= tol:
+                self._tolerated += 1
+                self._emit("tolerated", step=self._steps[0], error=err, tolerance=tol)
+                self._steps.pop(0)
+                return self._next_step("state_opened", now)
+            self._emit("beyond_tolerance", step=self._steps[0], error=err, tolerance=tol)
+            return self._step_disputed("state_opened", ran, now)
+        # the referee's: it sides with whichever state is within the tolerance of its own
+        if state is None:
+            return self._next_referee(now, "state_opened")
+        c = self._checked
+        assert c is not None
+        provider_right = self._agrees(self.output, ran, state, self._after["provider"], tol)
+        checker_right = self._agrees(c.output, ran, state, self._after.get("checker"), tol)
+        return self._referee_decides("state_opened", provider_right, checker_right, ran, now)
+
+    def _agrees(self, side: Any, referee: Ran, state: Any, theirs: Any, tol: float) -> bool:
+        """A side's state after the span agrees with the referee's: bit for bit, or within the
+        tolerance where their kernels differ."""
+        if theirs is None:
+            return False
+        if not step_checks.tolerant(side, referee.output):
+            return bool(step_checks.state_error(self.params, theirs, state) == 0.0)
+        return step_checks.state_error(self.params, theirs, state) <= tol
 
     # moves ---------------------------------------------------------------------------------
     def _independent(self, exclude: Sequence[Any]) -> Any | None:

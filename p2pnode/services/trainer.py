@@ -84,10 +84,13 @@ class TrainResult:
 
 class TrainService:
     def __init__(self, *, submit: Submit, candidates: Candidates, now: Now, state_dir: Path,
-                 records: JobRecords | None = None) -> None:
+                 records: JobRecords | None = None, on_saved: Callable[[], None] = lambda: None) -> None:
+        """``on_saved``: called after each round's checkpoint is on disk (the node wakes its waiters)."""
         self.submit, self.candidates, self.now, self.state_dir = submit, candidates, now, state_dir
         self.records = records if records is not None else JobRecords()
         self.runs = operations.Runs("train")
+        self.on_saved = on_saved
+        self.rounds_saved = 0  # checkpoints written, in every training job since start
 
     async def run(self, plan: rounds.Plan, weights: np.ndarray, x: np.ndarray, y: np.ndarray, *, max_price: int,
                   deadline_s: float, on_event: Event | None = None, fresh: bool = False,
@@ -180,6 +183,8 @@ class TrainService:
         loss = await trio.to_thread.run_sync(tm.evaluate, plan.spec, weights, x, y)
         res.losses.append(loss)
         await trio.to_thread.run_sync(_write_checkpoint, folder, r + 1, weights, momentum, res.losses)
+        self.rounds_saved += 1
+        self.on_saved()
         seconds = max(1e-9, self.now() - t0)
         emit({"event": "round", "round": r + 1, "rounds": plan.rounds, "loss": round(loss, 6),
               "rows_per_s": round(plan.shards * plan.local_steps * plan.batch / seconds, 1),
@@ -211,7 +216,8 @@ class TrainService:
                 busy.discard(ad.peer_id)
             w = _weights(rec, res.weights.shape)
             if w is not None:
-                await trio.to_thread.run_sync(_write_shard, folder, r, i, w)
+                with trio.CancelScope(shield=True):  # paid for: on disk even when the run is being stopped
+                    await trio.to_thread.run_sync(_write_shard, folder, r, i, w)
                 res.by_provider[rec.peer] = res.by_provider.get(rec.peer, 0) + 1
                 res.jobs.append(rec.job)
                 step_losses = rec.output.extra.get("loss") or [float("nan")]

@@ -1,5 +1,5 @@
 """The training kernel and the ``train`` workload: gradients that match finite differences for every
-layer, loss and optimiser, steps that repeat bit for bit and can be re-run one at a time, every bound
+layer (a tiny transformer's too), loss and optimiser, steps that repeat bit for bit and can be re-run one at a time, every bound
 of a model from a peer, and the user's model and data files refused in one clear line."""
 
 from __future__ import annotations
@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 
 from p2pnode.errors import P2PNodeError, WorkloadError
+from p2pnode.exec import train_blocks as tb
 from p2pnode.exec import train_model as tm
 from p2pnode.exec import workloads
 from p2pnode.exec.train_workload import commit
 from p2pnode.protocol import rounds
 
 LAYERS = [["dense", 7], ["layernorm"], ["gelu"], ["dense", 5], ["relu"], ["dense", 3]]
+TRANSFORMER = {"inputs": 5, "vocab": 11, "optimizer": "adamw",
+               "layers": [["embed", 8], ["attention", 2], ["mlp", 12], ["layernorm"], ["last"], ["dense", 11]]}
 
 
 @pytest.mark.parametrize("loss", ["xent", "mse"])
@@ -34,6 +37,75 @@ def test_gradients_match_finite_differences(loss: str) -> None:
         up = tm.loss_and_grads(spec, (w64 + e).astype(np.float32), x, y)[0]
         down = tm.loss_and_grads(spec, (w64 - e).astype(np.float32), x, y)[0]
         assert grad[i] == pytest.approx((up - down) / 2e-2, abs=2e-3, rel=5e-2)
+
+
+def test_a_tiny_transformers_gradients_match_finite_differences_in_every_parameter() -> None:
+    """Embedding, causal attention, MLP, layer norms and the last position: each parameter's
+    gradient against a central difference of the loss computed in float64."""
+    spec = tm.parse(TRANSFORMER)
+    g = np.random.default_rng(0)
+    x, y = g.integers(0, 11, (7, 5)).astype(np.float32), g.integers(0, 11, 7)
+    # gains and biases moved off 1 and 0, so that every term of the backward pass counts
+    w = tm.init_weights(spec, 2) + g.standard_normal(spec.params).astype(np.float32) * np.float32(0.3)
+    _, grad = tm.loss_and_grads(spec, w, x, y)
+    w64 = w.astype(np.float64)
+    fd = np.empty(spec.params)
+    for i in range(spec.params):
+        e = np.zeros_like(w64)
+        e[i] = 1e-5
+        fd[i] = (tm.loss_and_grads(spec, w64 + e, x, y)[0] - tm.loss_and_grads(spec, w64 - e, x, y)[0]) / 2e-5
+    at = 0
+    for name, shape in spec.shapes():
+        n = int(np.prod(shape))
+        mine, theirs = grad[at:at + n], fd[at:at + n]
+        at += n
+        assert np.linalg.norm(theirs) > 1e-3, name  # the parameter matters to the loss
+        assert np.linalg.norm(mine - theirs) <= 1e-5 * np.linalg.norm(theirs), name
+    # a later position never changes an earlier one's attention: the mask is causal
+    moved = x.copy()
+    moved[:, -1] = (moved[:, -1] + 1) % 11
+    p = tm.unflatten(spec, w)
+    block = [p[f"1.{m}"] for m in ("g", "b", "q", "k", "v", "o")]
+    a, _ = tb.attention(tb.embed(x.astype(np.int64), p["0.e"], p["0.p"]), block, 2, np.matmul)
+    b, _ = tb.attention(tb.embed(moved.astype(np.int64), p["0.e"], p["0.p"]), block, 2, np.matmul)
+    assert np.array_equal(a[:, :-1], b[:, :-1]) and not np.array_equal(a[:, -1], b[:, -1])
+
+
+def test_a_tiny_transformers_steps_repeat_bit_for_bit_and_its_data_are_token_ids() -> None:
+    spec = tm.parse(TRANSFORMER)
+    g = np.random.default_rng(1)
+    x, y = g.integers(0, 11, (30, 5)).astype(np.float32), g.integers(0, 11, 30)
+    state = tm.fresh_state(spec, tm.init_weights(spec, 0))
+    kw = {"batch": 8, "seed": 4, "lr": 0.01, "wd": 0.0}
+    states, losses = tm.run(spec, state, x, y, first=1, steps=6, **kw)
+    again, _ = tm.run(spec, state, x, y, first=1, steps=6, **kw)
+    one, _ = tm.run(spec, states[2], x, y, first=4, steps=1, **kw)
+    assert np.array_equal(states, again) and np.array_equal(one[0], states[3]) and losses[-1] < losses[0]
+    plan = rounds.Plan(spec, rounds=1, local_steps=2, shards=1, batch=8)
+    wl = workloads.get("train")
+    p = wl.check(plan.params(0, 0, 30))
+    assert wl.memory(p) > 4 * spec.state_len * 6 and wl.flops(p) > 6 * spec.params
+    for bad in (x + np.float32(0.5), x + np.float32(11), -x - 1):
+        with pytest.raises(WorkloadError, match="token ids"):
+            wl.run(p, None, lambda f: None, {"state": state, "x": bad, "y": y})
+
+
+def test_text_becomes_windows_of_character_ids_and_the_next_character(tmp_path: Path) -> None:
+    from p2pnode import train_io
+
+    x, y = train_io.text_windows("abc\tdé\nfg", 3)  # the tab and é are dropped
+    chars = train_io.TEXT_CHARS
+    assert "".join(chars[int(i)] for i in x[0]) == "abc" and chars[y[0]] == "d"
+    assert x.shape == (4, 3) and "".join(chars[int(i)] for i in x[-1]) == "d\nf" and chars[y[-1]] == "g"
+    assert len(chars) == 96 and x.dtype == np.float32 and y.dtype == np.int64
+    with pytest.raises(P2PNodeError, match="fewer than a window"):
+        train_io.text_windows("ab", 3)
+    spec = tm.parse({"inputs": 3, "vocab": 96, "layers": [["embed", 4], ["last"], ["dense", 96]]})
+    np.savez(tmp_path / "text.npz", x=x, y=y)
+    assert np.array_equal(train_io.read_data(str(tmp_path / "text.npz"), spec)[0], x)
+    np.savez(tmp_path / "bad.npz", x=x + np.float32(96), y=y)
+    with pytest.raises(P2PNodeError, match="token ids, integers in 0..95"):
+        train_io.read_data(str(tmp_path / "bad.npz"), spec)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adamw"])
@@ -82,6 +154,15 @@ def test_the_workload_commits_to_every_state_and_returns_the_last_weights() -> N
     ({"inputs": 4, "layers": [["dense", 2]] * 33}, "1..32 layers"),
     ({"inputs": True, "layers": [["dense", 2]]}, "inputs must be"),
     ({"inputs": 4, "layers": [["dense", 2]], "code": "import os"}, "a map of"),
+    ({"inputs": 4, "layers": [["attention", 2], ["dense", 2]]}, "need a model of token ids"),
+    ({"inputs": 4, "vocab": 9, "layers": [["dense", 2]]}, "starts with one embed"),
+    ({"inputs": 4, "vocab": 9, "layers": [["embed", 8], ["dense", 2]]}, "one last layer"),
+    ({"inputs": 4, "vocab": 9, "layers": [["embed", 8], ["relu"], ["last"], ["dense", 2]]}, "only attention"),
+    ({"inputs": 4, "vocab": 9, "layers": [["embed", 8], ["last"], ["mlp", 4], ["dense", 2]]}, "none of the first"),
+    ({"inputs": 4, "vocab": 9, "layers": [["embed", 8], ["attention", 3], ["last"], ["dense", 2]]}, "divide"),
+    ({"inputs": 4, "vocab": 9, "layers": [["embed", 8], ["attention", 65], ["last"], ["dense", 2]]}, "heads in"),
+    ({"inputs": 2048, "vocab": 9, "layers": [["embed", 8], ["last"], ["dense", 2]]}, "at most 1024 positions"),
+    ({"inputs": 4, "vocab": 1 << 17, "layers": [["embed", 8], ["last"], ["dense", 2]]}, "vocab must be"),
 ])
 def test_a_model_from_a_peer_is_refused_outside_every_bound(model: object, why: str) -> None:
     with pytest.raises(WorkloadError, match=why):

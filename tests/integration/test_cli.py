@@ -25,10 +25,10 @@ ENV = {k: v for k, v in os.environ.items() if not k.startswith("P2PNODE_")} | {"
 
 
 class NodeProcess:
-    def __init__(self, data_dir: Path, *args: str) -> None:
+    def __init__(self, data_dir: Path, *args: str, listen: str = "/ip4/127.0.0.1/tcp/0") -> None:
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
-            [*EXE, "run", "--data-dir", str(data_dir), "--listen", "/ip4/127.0.0.1/tcp/0",
+            [*EXE, "run", "--data-dir", str(data_dir), "--listen", listen,
              "--no-mdns", "--metrics", "127.0.0.1:0", "--ad-interval", "2", "--ad-ttl", "6", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
         )

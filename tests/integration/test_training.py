@@ -1,5 +1,6 @@
 """People's own models trained across real nodes on loopback: scikit-learn's digits trained by two
-providers at a time reach the very weights of training locally with the same seeds, a requester
+providers at a time reach the very weights of training locally with the same seeds, and so does a
+tiny transformer trained on the standard library's docstrings, a requester
 stopped mid-way resumes from its checkpoint and pays nothing twice, and a cheater's round is
 refused, redone by an honest provider, and lands in the ledger and reputation."""
 
@@ -83,6 +84,36 @@ async def test_providers_train_the_digits_as_local_training_does_and_a_stopped_r
         ledger = requester.trust.ledger
         checks = [e for e in ledger.entries(kind="verification") if e.data["method"] == "steps"]
         assert len(checks) == 3 * plan.shards and all(e.data["passed"] for e in checks)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_tiny_transformer_trains_on_the_standard_librarys_docstrings_as_locally(tmp_path: Path) -> None:
+    """A character-level language model (embedding, one attention block, an MLP block, layer norm)
+    trained by two providers, every result's sampled steps re-run by a third."""
+    import collections
+    import inspect
+
+    from p2pnode import train_io
+
+    text = "\n".join(inspect.getdoc(obj) or "" for _, obj in inspect.getmembers(collections))
+    x, y = train_io.text_windows(text, 16, stride=4)
+    spec = tm.parse({"inputs": 16, "vocab": len(train_io.TEXT_CHARS), "loss": "xent", "optimizer": "adamw",
+                     "layers": [["embed", 16], ["attention", 2], ["mlp", 32], ["layernorm"], ["last"], ["dense", 96]]})
+    plan = rounds.Plan(spec, rounds=2, local_steps=8, shards=2, lr=0.01, batch=16, seed=11)
+    w0 = tm.init_weights(spec, 11)
+    local = rounds.train_locally(plan, w0, x, y)
+    async with trio.open_nursery() as nursery:
+        requester, _ = await _swarm(nursery, 3)
+        trainer = TrainService(submit=requester.jobs.submit, candidates=requester.jobs.candidates, now=requester.now,
+                               state_dir=tmp_path)
+        events: list[dict[str, Any]] = []
+        result = await trainer.run(plan, w0, x, y, max_price=RICH, deadline_s=60, on_event=events.append)
+        assert np.array_equal(result.weights, local)  # bit for bit: CPU, float32, one NumPy
+        assert result.losses[-1] == pytest.approx(tm.evaluate(spec, local, x, y), abs=1e-6)
+        assert result.losses[-1] < result.losses[0] < tm.evaluate(spec, w0, x, y)
+        done = [e for e in events if e["event"] == "shard" and e["state"] == "done"]
+        assert len(done) == 2 * plan.shards and all(e["checked"] == "steps" for e in done)
+        assert all(e["outcome"].startswith("verified") for e in done), done
         nursery.cancel_scope.cancel()
 
 

@@ -16,7 +16,7 @@ from p2pnode.exec.work import Output
 from p2pnode.protocol import rounds, step_checks
 from p2pnode.protocol.requester_actions import PublishCheat, Record, RunElsewhere
 from p2pnode.protocol.verdict import Verdict
-from p2pnode.verify.train_audit import ad, audit, run
+from p2pnode.verify.train_audit import ad, audit, run, run_on
 
 SPEC = tm.parse({"inputs": 6, "layers": [["dense", 8], ["gelu"], ["layernorm"], ["dense", 3]], "loss": "xent",
                  "optimizer": "adamw"})
@@ -126,3 +126,65 @@ def test_unsound_results_are_named() -> None:
     assert "each of its" in step_checks.unsound(params, inputs, short)
     other = dict(inputs, state=inputs["state"] + np.float32(1))
     assert "start from the state" in step_checks.unsound(params, other, out)
+
+
+def test_an_honest_provider_on_other_kernels_passes_within_the_tolerance() -> None:
+    params, inputs = _job(steps=8)
+    theirs, mine = run_on(params, inputs), run(params, inputs)  # float64-accumulated products, and this BLAS
+    # the same steps rounded otherwise: not one commitment in common, every state within rounding
+    assert not set(theirs.extra["commits"]) & set(mine.extra["commits"])
+    errors = [step_checks.state_error(params, a, b) for a, b in zip(theirs.arrays["states"], mine.arrays["states"],
+                                                                      strict=True)]
+    assert 0 < max(errors) < step_checks.tolerance(params) / 2
+    a = audit(params, inputs, theirs)
+    assert a.verdict.settled is not None and a.verdict.settled.accepted, a.verdict.settled
+    assert a.verdict.settled.checked == "steps"
+    assert f"{step_checks.checks(8)} on other kernels, within the tolerance" in a.verdict.settled.outcome
+    assert [q.role for q in a.asked] == ["checker"] * step_checks.checks(8)  # no referee
+    assert not [x for x in a.actions if isinstance(x, Record | PublishCheat)]
+
+
+@pytest.mark.parametrize("referee_kernels", ["these", "other"])
+@pytest.mark.parametrize("mode", ["scale:2", "lr:2", "skip:0.3", "lowprec", "stale"])
+def test_a_cheater_that_names_other_kernels_is_still_refused(mode: str, referee_kernels: str) -> None:
+    """It computes here but names other kernels, to be compared within the tolerance: what it
+    faked is far beyond rounding, and the referee (on either kernels) sides with the checker."""
+    params, inputs = _job(steps=4)
+    adv = Adversary.parse(mode, seed=1)
+    assert adv is not None
+    earlier = dict(inputs, state=tm.fresh_state(SPEC, tm.init_weights(SPEC, 2)))
+    for state_in in (earlier, inputs):
+        p, cheat = adv.run_params("train", params)
+        out = adv.tamper("train", p, run(p, state_in), cheat, inputs=state_in)
+    out.extra["kernels"] = "float64-accumulated products"
+    a = audit(params, inputs, out, other_kernels=("referee",) if referee_kernels == "other" else ())
+    v = a.verdict
+    assert v.settled is not None and not v.settled.accepted, (mode, v.settled)
+    assert v.settled.outcome == "wrong: the checker and the referee agree against it", v.settled
+    dispute = next(x for x in a.actions if isinstance(x, Record) and x.kind == "dispute")
+    assert dispute.data["wrong"] == "provider"
+
+
+def test_a_lying_checker_loses_to_a_referee_that_finds_the_provider_within_the_tolerance() -> None:
+    params, inputs = _job()
+    a = audit(params, inputs, run_on(params, inputs), lying_checker="noise")
+    v = a.verdict
+    assert v.settled is not None and v.settled.accepted, v.settled
+    assert v.settled.outcome == "verified by a referee (the checker was wrong)"
+    assert [q.role for q in a.asked][-1] == "referee"
+    dispute = next(x for x in a.actions if isinstance(x, Record) and x.kind == "dispute")
+    assert dispute.data["wrong"] == "checker"
+    assert any(isinstance(x, PublishCheat) and x.subject == ad(2).peer_id for x in a.actions)
+
+
+def test_state_error_weighs_each_part_of_the_state_and_refuses_non_finite_states() -> None:
+    params, _ = _job()
+    n = SPEC.params
+    b = np.ones(SPEC.state_len, np.float32)
+    a = b.copy()
+    a[-1] += 1.0  # the second moment's last element: one part in its own norm, not in the whole state's
+    assert step_checks.state_error(params, a, b) == pytest.approx(1 / np.sqrt(n))
+    assert step_checks.state_error(params, b, b) == 0.0
+    a[0] = np.nan
+    assert step_checks.state_error(params, a, b) == np.inf
+    assert step_checks.state_error(params, b[:n], b) == np.inf

@@ -1,5 +1,5 @@
 """The training service with a fake market: a stopped run resumes inside a round without sending a
-finished shard again, a provider that fails or is caught is replaced in the same round and never
+finished shard again (nor one paid for just as the run was stopped), a provider that fails or is caught is replaced in the same round and never
 given that job again (nor is one whose weights are not the model's), and a job nobody can finish fails naming its shard."""
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class Market:
         self.bad = bad or {}
         self.sent: list[tuple[int, int, bytes]] = []  # (first step, batch seed, provider)
         self.slow: tuple[int, int] | None = None  # (first step, batch seed) of a job that takes 10 s
+        self.stop_when_paid: tuple[tuple[int, int], Any] | None = None  # (that job, what stops the run as it is paid)
 
     def candidates(self, workload: str, need: int, k: int, backend: str) -> list[Ad]:
         return list(ADS)
@@ -69,6 +70,8 @@ class Market:
         rec.state, rec.checked, rec.outcome = "done", "steps", "verified"
         weights = np.array(states[-1][:SPEC.params] if what != "odd" else states[-1])  # odd: not this model's
         rec.output = Output({"weights": weights}, {"loss": losses})
+        if self.stop_when_paid is not None and self.stop_when_paid[0] == (params["first"], params["seed"]):
+            self.stop_when_paid[1]()  # the run is stopped just as this result's receipt is in the ledger
         return rec
 
 
@@ -107,6 +110,22 @@ async def test_a_run_stopped_mid_round_resumes_without_sending_a_finished_shard_
     assert result.resumed_from == 1 and np.array_equal(result.weights, rounds.train_locally(PLAN, w0, x, y))
     done = await service.run(PLAN, w0, x, y, max_price=10**6, deadline_s=10)  # all done: nothing sent
     assert len(market.sent) == len(sent_before) + 1 and done.resumed_from == 2
+
+
+async def test_a_shard_paid_for_as_the_run_is_stopped_is_kept_and_not_trained_again(tmp_path: Path) -> None:
+    x, y, w0 = _data()
+    market = Market()
+    service = _service(market, tmp_path)
+    tid = rounds.job_id(PLAN, w0, x, y)
+    paid = (1, rounds.shard_seed(PLAN.seed, 0, 0))
+    market.stop_when_paid = (paid, lambda: service.runs.live[tid].cancel("stopped by the test"))
+    with pytest.raises(TrainCancelled, match="after round 0 of 2"):
+        await service.run(PLAN, w0, x, y, max_price=10**6, deadline_s=10)
+    assert (tmp_path / tid / "round-000000-0000.npy").is_file()
+    market.stop_when_paid = None
+    result = await service.run(PLAN, w0, x, y, max_price=10**6, deadline_s=10)
+    assert [(f, s) for f, s, _ in market.sent].count(paid) == 1  # paid once, trained once
+    assert np.array_equal(result.weights, rounds.train_locally(PLAN, w0, x, y))
 
 
 async def test_failed_and_caught_providers_are_replaced_and_not_asked_again(tmp_path: Path) -> None:

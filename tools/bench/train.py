@@ -10,7 +10,9 @@
   and the measured kernel time of the check jobs over the round jobs.
 * **catch rate** per adversary mode: results of ``--local-steps`` steps checked by the verdict
   machine in process (``p2pnode.verify.train_audit``), ``--trials`` each; and what it gives over a
-  job of ``--rounds`` rounds.
+  job of ``--rounds`` rounds. ``--other-kernels``: the provider names other kernels than its
+  checker's, so that states are compared within the tolerance (the honest one runs on
+  float64-accumulated products, each cheater computes here and names them).
 
 Prints a table, writes ``--json`` and a PNG (``--png``). On one machine every node shares its
 cores: K providers cannot beat one here (``specs/training.md`` says what does and does not carry).
@@ -32,7 +34,7 @@ from p2pnode.adversary import Adversary
 from p2pnode.exec import train_model as tm
 from p2pnode.exec import workloads
 from p2pnode.protocol import rounds, step_checks
-from p2pnode.verify.train_audit import audit, run
+from p2pnode.verify.train_audit import audit, run, run_on
 
 MODES = ["skip:0.05", "skip:0.25", "garbage", "scale:2", "stale", "lr:2", "lowprec", "replay"]
 SPEC = {"inputs": 64, "layers": [["dense", 32], ["relu"], ["dense", 10]], "loss": "xent", "optimizer": "adamw"}
@@ -45,7 +47,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
 
 
-def catch_rates(local_steps: int, trials: int, rounds_per_job: int) -> list[dict[str, Any]]:
+def catch_rates(local_steps: int, trials: int, rounds_per_job: int, other_kernels: bool = False) -> list[dict[str, Any]]:
     x, y = _digits()
     spec = tm.parse(SPEC)
     out = []
@@ -56,15 +58,17 @@ def catch_rates(local_steps: int, trials: int, rounds_per_job: int) -> list[dict
             params = workloads.get("train").check(plan.params(0, 0, len(x)))
             inputs = {"state": tm.fresh_state(spec, tm.init_weights(spec, trial)), "x": x, "y": y}
             adv = Adversary.parse(mode, seed=trial) if mode != "honest" else None
-            result = run(params, inputs)
+            result = run_on(params, inputs) if other_kernels else run(params, inputs)
             if adv is not None:
                 before = dict(inputs, state=tm.fresh_state(spec, tm.init_weights(spec, trial + 1000)))
                 adv.tamper("train", params, run(params, before), True, inputs=before)  # a job before
                 p, cheat = adv.run_params("train", params)
                 result = adv.tamper("train", p, run(p, inputs), cheat, inputs=inputs)
+                if other_kernels:
+                    result.extra["kernels"] = "float64-accumulated products"
             caught += audit(params, inputs, result, seed=trial).refused
         rate = caught / trials
-        out.append({"mode": mode, "trials": trials, "refused": round(rate, 4),
+        out.append({"mode": mode, "trials": trials, "refused": round(rate, 4), "other_kernels": other_kernels,
                     f"job_of_{rounds_per_job}_rounds": round(1 - (1 - rate) ** rounds_per_job, 4)})
     return out
 
@@ -152,13 +156,15 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=30, help="results checked per adversary mode")
     ap.add_argument("--job-rounds", type=int, default=25, help="rounds of a job, for its catch rate")
     ap.add_argument("--skip-network", action="store_true", help="only the check's catch rates")
+    ap.add_argument("--other-kernels", action="store_true",
+                    help="catch rates with provider and checker on other kernels (states compared within the tolerance)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     args = ap.parse_args()
     n = step_checks.checks(args.local_steps)
     report: dict[str, Any] = {"local_steps": args.local_steps, "step_checks": n,
                               "check_compute_share": round(n / args.local_steps, 4)}
-    report["catch"] = catch_rates(args.local_steps, args.trials, args.job_rounds)
+    report["catch"] = catch_rates(args.local_steps, args.trials, args.job_rounds, args.other_kernels)
     for row in report["catch"]:
         print(f"{row['mode']:>10}: refused {row['refused']:.0%} of {row['trials']} results; "
               f"over a job of {args.job_rounds} rounds {row[f'job_of_{args.job_rounds}_rounds']:.2%}")
