@@ -107,7 +107,7 @@ class _Edges:
         return a[:self.edges]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Opinion:
     """A reporter's (decayed) evidence about a subject, as carried by a report."""
 
@@ -379,11 +379,15 @@ class Reputation:
         caught = self.last_cheat.get(peer)
         if caught is not None and now - caught < self.half_life_s:
             return True
-        if peer in self._about and self._hearsay_of(peer, self.trust(now), now)[2] >= self.catchers:
-            return True  # caught by others this node trusts (``catchers``)
-        return self._mean(peer, now) < self.distrust_below
+        pos, neg = self.own[peer].at_time(now, self.half_life_s) if peer in self.own else (0.0, 0.0)
+        if peer in self._about:
+            h_pos, h_neg, catchers = self._hearsay_of(peer, self.trust(now), now)
+            if catchers >= self.catchers:
+                return True  # caught by others this node trusts
+            pos, neg = pos + h_pos, neg + h_neg
+        return (1.0 + pos) / (2.0 + pos + neg) < self.distrust_below  # as mean
 
-    def _mean(self, peer: bytes, now: float) -> float:
+    def mean(self, peer: bytes, now: float) -> float:
         """``score(peer, now).score``, without computing trust when nobody reported on ``peer``
         (every candidate of every job asks this; most have no reports)."""
         pos, neg = self.own[peer].at_time(now, self.half_life_s) if peer in self.own else (0.0, 0.0)
@@ -395,7 +399,7 @@ class Reputation:
     def adjust(self, peer: bytes, now: float) -> float:
         """Multiplier for a bid's score (lower wins): 1.0 for an unknown peer, 0.55 for a peer with a
         long clean record, up to 1.5 for one with a bad record."""
-        return 1.5 - self._mean(peer, now)
+        return 1.5 - self.mean(peer, now)
 
     def table(self, now: float) -> list[Score]:
         peers = set(self.own) | {s for rows in self.reports.values() for s in rows} | set(self.reports)

@@ -88,22 +88,26 @@ class _Facts:
     hosts: frozenset[str]
 
 
-_FACTS: dict[tuple[CapacityAd, Want], _Facts | None] = {}
+# keyed by the ad object itself (two ads of one sequence number may differ: a liar's), by its id:
+# hashing a whole ad for every candidate of every job cost more than the ranking. The entry holds
+# the ad, so its id is not reused while the entry lives.
+_FACTS: dict[tuple[int, Want], tuple[CapacityAd, _Facts | None]] = {}
 _MAX_FACTS = 1 << 16
 
 
 def _facts(ad: CapacityAd, want: Want) -> _Facts | None:
     """None for an ad that is not eligible for ``want``."""
-    key = (ad, want)  # the ad itself: two ads of one sequence number may differ (a liar's)
-    if key in _FACTS:
-        return _FACTS[key]
+    key = (id(ad), want)
+    hit = _FACTS.get(key)
+    if hit is not None and hit[0] is ad:
+        return hit[1]
     facts = None
     if eligible(ad, want):
         facts = _Facts(cost(ad, want, Standing.UNPROVEN), cost(ad, want, Standing.DIRECT),
                        frozenset(_addresses(ad)), frozenset(hosts(ad)))
     if len(_FACTS) >= _MAX_FACTS:
         _FACTS.clear()
-    _FACTS[key] = facts
+    _FACTS[key] = (ad, facts)
     return facts
 
 

@@ -297,8 +297,7 @@ class SimRun:
                 i = w.by_id.get(peer)
                 if i is None:
                     continue
-                sc = rep.score(peer, now)
-                scores[str(i)] = round(sc.score, 4)
+                scores[str(i)] = round(rep.mean(peer, now), 4)
                 if rep.distrusted(peer, now):
                     distrusted.append(i)
             self.reputation.append({"t": round(w.t - self.work_start, 3), "requester": r, "scores": scores,

@@ -123,7 +123,7 @@ def test_the_quick_mean_is_the_scores_mean(own: list[tuple[str, int]], reports: 
     for r, subject, pos, neg in reports:
         rep.report(peers[r], peers[subject], Opinion(pos, neg, 100.0))
     for p in peers:
-        assert abs(rep._mean(p, 200.0) - rep.score(p, 200.0).score) < 1e-12
+        assert abs(rep.mean(p, 200.0) - rep.score(p, 200.0).score) < 1e-12
 
 
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.floats(0, 20), st.floats(0, 20),
