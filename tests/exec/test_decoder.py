@@ -3,6 +3,8 @@ device (I/O binding, as on CUDA) giving exactly what plain feeds give."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,3 +62,32 @@ def test_sharding_and_batching_change_no_token(temperature: float) -> None:
         other.arrays["prompt"], other.arrays["index"], max_new=30, temperature=temperature, seed=22, eos=0,
         batch=8, k=16, pad=0)["tokens"], whole)
     assert differ == (temperature > 0)  # another seed draws other tokens; greedy has none to draw
+
+
+def test_the_genai_config_names_the_decoders_own_inputs_and_outputs(tmp_path: Path) -> None:
+    """The folder the llm benchmark gives ONNX Runtime GenAI: the same model.onnx, its names and
+    dimensions; where GenAI is installed, its greedy loop makes the node's tokens."""
+    cfg = tm.Config(seed=4)
+    raw = tm.decoder(cfg)
+    conf = tm.genai_config(cfg, max_length=40)["model"]
+    graph = onnx.load_model_from_string(raw).graph
+    names = {i.name for i in graph.input} | {o.name for o in graph.output}
+    io = conf["decoder"]["inputs"] | conf["decoder"]["outputs"]
+    for layer in range(cfg.layers):
+        assert {v.replace("%d", str(layer)) for v in io.values()} <= names
+    assert (conf["decoder"]["num_hidden_layers"], conf["decoder"]["head_size"], conf["vocab_size"]) == (2, 16, 384)
+    og = pytest.importorskip("onnxruntime_genai")
+    (tmp_path / "model.onnx").write_bytes(raw)
+    (tmp_path / "genai_config.json").write_text(json.dumps(tm.genai_config(cfg, max_length=40)))
+    model = og.Model(str(tmp_path))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=30, min_length=30, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.array([[5, 6, 7, 8, 9, 10]], np.int32))
+    while not gen.is_done():
+        gen.generate_next_token()
+    job = generation_jobs.prepare(raw, {}, [[5, 6, 7, 8, 9, 10]], max_new=24, eos=-1, batch=1)
+    sess = ort.InferenceSession(onnx_model.load(job.blob).SerializeToString(), providers=["CPUExecutionProvider"])
+    ours = decoder.Runner(sess, job.spec).generate(job.arrays["prompt"], job.arrays["index"], max_new=24,
+                                                   temperature=0.0, seed=0, eos=-1, batch=1, k=16, pad=0)
+    assert gen.get_sequence(0)[6:].tolist() == ours["tokens"][0].tolist()
