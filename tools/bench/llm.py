@@ -51,7 +51,7 @@ BIG = tm.Config(vocab=2048, dim=256, heads=4, layers=4, ffn=1024, max_positions=
 SMALL = tm.Config(seed=5)
 MAX_NEW = 64
 BATCH = 16
-MODES = ("othermodel:1", "fewerlayers:1", "lowprec:1", "prompt:0.05", "fabricate:0.05", "truncate:0.05")
+MODES = ("othermodel:1", "fewerlayers:1", "lowprec:1", "halfprec:1", "prompt:0.05", "fabricate:0.05", "truncate:0.05")
 
 
 def _prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
