@@ -110,6 +110,15 @@ def expose_hidden(model: Any) -> bool:
     return True
 
 
+def cache_device(sess: Any) -> str:
+    """Where a session's decode loop keeps the cache: "cuda" when the session really runs on
+    ONNX Runtime's CUDA provider (its first provider), so each step's present stays there as the
+    next step's past (I/O binding); "" (NumPy feeds) otherwise, as when a session asked for CUDA
+    fell back to the CPU (no device, or no CUDA libraries)."""
+    providers = sess.get_providers()
+    return "cuda" if providers and providers[0] == "CUDAExecutionProvider" else ""
+
+
 class Runner:
     """One session's decode loop and teacher-forced pass (in a worker)."""
 

@@ -91,3 +91,47 @@ def test_the_genai_config_names_the_decoders_own_inputs_and_outputs(tmp_path: Pa
     ours = decoder.Runner(sess, job.spec).generate(job.arrays["prompt"], job.arrays["index"], max_new=24,
                                                    temperature=0.0, seed=0, eos=-1, batch=1, k=16, pad=0)
     assert gen.get_sequence(0)[6:].tolist() == ours["tokens"][0].tolist()
+
+
+class _Session:
+    def __init__(self, *providers: str) -> None:
+        self.providers = list(providers)
+
+    def get_providers(self) -> list[str]:
+        return self.providers
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_the_cache_is_bound_to_cuda_only_where_the_session_runs_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA path's choices, exercised on a CPU: ``ort-cuda`` is offered only with CUDA's provider
+    and a GPU; its sessions ask for CUDA first with TF32 off; the decode loop binds the cache to
+    the device only when the session really runs there, and a session that fell back to the CPU
+    decodes exactly as ``ort-cpu`` does."""
+    from p2pnode.exec import backends
+    from p2pnode.exec.generate_workload import GenerateWorkload
+
+    assert decoder.cache_device(_Session("CUDAExecutionProvider", "CPUExecutionProvider")) == "cuda"
+    assert decoder.cache_device(_Session("CPUExecutionProvider")) == ""
+    for providers, gpus, offered in ((["CUDAExecutionProvider", "CPUExecutionProvider"], 1, True),
+                                     (["CUDAExecutionProvider", "CPUExecutionProvider"], 0, False),
+                                     (["CPUExecutionProvider"], 1, False)):
+        backends.available.cache_clear()
+        monkeypatch.setattr(ort, "get_available_providers", lambda p=providers: p)
+        monkeypatch.setattr(backends, "_gpu_count", lambda g=gpus: g)
+        assert ("ort-cuda" in backends.for_workload("generate", backends.available())) == offered
+    monkeypatch.undo()
+    backends.available.cache_clear()
+    cuda = backends.OrtOps("ort-cuda")
+    assert cuda.providers == [("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]
+    job = generation_jobs.prepare(tm.decoder(tm.Config(seed=4)), {}, [[5, 6, 7], [8], [9, 10]], max_new=12, eos=-1,
+                                  batch=2)
+    params, inputs = job.shard(0, job.rows)
+    wl = GenerateWorkload()
+    sess, _ = cuda.session(job.blob)
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a CUDA build of ONNX Runtime: its fallback is not what this machine shows")
+    assert sess.get_providers() == ["CPUExecutionProvider"] and decoder.cache_device(sess) == ""
+    fell_back = wl.run(wl.check(params), cuda, lambda f: None, inputs)
+    on_cpu = wl.run(wl.check(params), backends.OrtOps("ort-cpu"), lambda f: None, inputs)
+    for name in on_cpu.arrays:
+        assert np.array_equal(fell_back.arrays[name], on_cpu.arrays[name]), name
