@@ -308,7 +308,7 @@ def render_genai(c: Any, ga: dict[str, Any] | None) -> None:
     if ga is None:
         return
     if not ga["installed"]:
-        c.print("genai: onnxruntime-genai is not installed (pip install 'p2pnode[genai]'); not measured")
+        c.print("genai: onnxruntime-genai is not installed (pip install 'p2pnode\\[genai]'); not measured")
         return
     t = Table(title=f"the node's decode loop vs ONNX Runtime GenAI {ga['version']}: {ga['prompts']} prompts of "
                     f"{ga['prompt_len']} tokens × {ga['max_new']} new, batch {ga['batch']} (medians of "
