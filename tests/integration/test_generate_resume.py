@@ -77,12 +77,16 @@ def test_a_killed_generate_resumes_without_paying_twice_and_writes_what_an_unint
         result = json.loads(done.stdout)
         assert result["map"] == first_map["job"] and result["resumed"] == kept and result["shards"] == SHARDS
         assert result["generate"]["prompts"] == 2 * SHARDS
-        # the ledger: one paid, verified result per shard over the three runs, none twice
-        receipts = _ledger(requester, "receipt")
+        # the ledger: over the three runs, one paid result per shard (every prompt is in the output,
+        # so a shard paid twice would make one more), each verified; checks paid besides
+        mode = {j["job"]: j["params"].get("mode") for j in requester.json("jobs")  # type: ignore[union-attr]
+                if j["workload"] == "generate"}
+        paid = [e["data"]["job"] for e in _ledger(requester, "receipt")
+                if e["data"]["role"] == "requester" and e["data"]["paid"] > 0]
         verified = {e["data"]["job"] for e in _ledger(requester, "verification") if e["data"]["passed"]}
-        paid_shards = [e["data"]["job"] for e in receipts
-                       if e["data"]["role"] == "requester" and e["data"]["job"] in verified]
-        assert len(paid_shards) == len(set(paid_shards)) == SHARDS, paid_shards
+        shard_jobs = [job for job in paid if mode[job] == "generate"]
+        assert len(shard_jobs) == len(set(shard_jobs)) == SHARDS and set(shard_jobs) <= verified, shard_jobs
+        assert {mode[job] for job in paid} <= {"generate", "score"}
         # an uninterrupted run of the same prompts, from scratch, writes the same
         whole = subprocess.run([*submit, "--output", str(data_dir / "whole.jsonl"), "--fresh", "--json"],
                                capture_output=True, text=True, env=ENV, timeout=300, check=False)
