@@ -23,9 +23,9 @@ Selected on a provider with the ``adversary`` config key, ``MODE`` or ``MODE:X``
 * ``flood:R``    -- publishes its capacity ad R times a second, far past what peers accept (honest
   results): the rate limits and bans of capacity gossip are what stop it;
 * ``stall``      -- accepts jobs and never finishes them, while still sending progress.
-* on ``generate`` jobs (:mod:`p2pnode.adversary_text`): ``othermodel:F``, ``fewerlayers:F`` and
-  ``lowprec:F`` run another model, a shallower one, or the model at bfloat16, on a fraction F of
-  jobs; ``prompt:F``, ``fabricate:F`` and ``truncate:F``, on every job, alter the prompt of, make up
+* on ``generate`` jobs (:mod:`p2pnode.adversary_text`): ``othermodel:F``, ``fewerlayers:F``,
+  ``lowprec:F`` and ``halfprec:F`` run another model, a shallower one, the model's weights at
+  bfloat16, or the whole model computed in float16, on a fraction F of jobs; ``prompt:F``, ``fabricate:F`` and ``truncate:F``, on every job, alter the prompt of, make up
   the tokens of, or cut short the generation of a fraction F of its prompts.
 * ``poison:N``   -- serves every market sync with N validly signed ads of made-up providers (fresh
   identities, price 1, 10⁹ GFLOP/s, the longest TTL, all naming one third party's address,
@@ -52,8 +52,8 @@ from p2pnode.errors import ConfigError
 from p2pnode.exec.workloads import TOLERANCE, Output
 
 MODES = ("garbage", "perturb", "replay", "lowprec", "skip", "overclaim", "stall", "flood", "poison", "othermodel",
-         "fewerlayers", "prompt", "fabricate", "truncate", "scale", "stale", "lr")
-_PER_JOB = ("garbage", "perturb", "replay", "lowprec", "othermodel", "fewerlayers")
+         "fewerlayers", "halfprec", "prompt", "fabricate", "truncate", "scale", "stale", "lr")
+_PER_JOB = ("garbage", "perturb", "replay", "lowprec", "othermodel", "fewerlayers", "halfprec")
 _PER_ROW = ("skip", "prompt", "fabricate", "truncate")
 TRAIN_ONLY = ("scale", "stale", "lr")
 POISON_ADDR = "/ip4/127.0.0.9/tcp/9"  # the third party a poisoner's made-up providers point at

@@ -9,6 +9,8 @@ Before the run (the model or the prompts it is given, :func:`cheat_inputs`):
 * ``fewerlayers`` -- the last transformer block skipped: the weights of its matrix products
   zeroed, so only its biases remain (a cheaper, shallower model);
 * ``lowprec`` -- lower precision than offered: every float32 weight rounded to bfloat16;
+* ``halfprec`` -- the whole graph run in float16 (weights, activations, the cache), cast from and to
+  float32 at its inputs and outputs: a provider that offers float32 and computes in half precision;
 * ``prompt`` -- on a fraction of prompts, the prompt altered (its first token replaced).
 
 After the run (what it commits, :func:`cheat_rows`), on a fraction of prompts:
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-MODEL_MODES = ("othermodel", "fewerlayers", "lowprec")
+MODEL_MODES = ("othermodel", "fewerlayers", "lowprec", "halfprec")
 PROMPT_MODES = ("prompt", "fabricate", "truncate")
 
 
@@ -85,6 +87,8 @@ def _other_model(mode: str, blob: bytes, rng: random.Random) -> bytes:
     from p2pnode.exec import onnx_model
 
     model = onnx_model.load(blob)
+    if mode == "halfprec":
+        return onnx_model.pack(_half(model).SerializeToString())
     inits = {t.name: t for t in model.graph.initializer}
     g = np.random.default_rng(rng.getrandbits(64))
     targets = [t for t in model.graph.initializer if len(t.dims) >= 2 and t.data_type == 1]
@@ -105,3 +109,40 @@ def _other_model(mode: str, blob: bytes, rng: random.Random) -> bytes:
             w = ((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
         t.CopyFrom(numpy_helper.from_array(w, t.name))
     return onnx_model.pack(model.SerializeToString())
+
+
+def _half(model: Any) -> Any:
+    """``model`` computing in float16: float32 initializers rounded (clipped to float16's range),
+    casts to float32 made casts to float16, every float32 input cast down where it enters and
+    every float32 output cast up where it leaves, so its signature is unchanged."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    for t in graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            w = np.clip(numpy_helper.to_array(t), -65504, 65504).astype(np.float16)
+            t.CopyFrom(numpy_helper.from_array(w, t.name))
+    for node in graph.node:
+        for a in node.attribute:
+            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+                a.i = TensorProto.FLOAT16
+    casts = []
+    for x in graph.input:
+        if x.type.tensor_type.elem_type == TensorProto.FLOAT:
+            inner = x.name + ".half"
+            for node in graph.node:
+                node.input[:] = [inner if i == x.name else i for i in node.input]
+            casts.append(helper.make_node("Cast", [x.name], [inner], name=inner, to=TensorProto.FLOAT16))
+    for y in graph.output:
+        if y.type.tensor_type.elem_type == TensorProto.FLOAT:
+            inner = y.name + ".half"
+            for node in graph.node:
+                node.output[:] = [inner if o == y.name else o for o in node.output]
+                node.input[:] = [inner if i == y.name else i for i in node.input]
+            casts.append(helper.make_node("Cast", [inner], [y.name], name=y.name + ".float", to=TensorProto.FLOAT))
+    nodes = [*casts[:sum(1 for c in casts if c.output[0].endswith(".half"))], *graph.node,
+             *(c for c in casts if not c.output[0].endswith(".half"))]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+    return model

@@ -13,7 +13,8 @@ and the demo's stand-ins for people's exported models.
 
 Weights are seeded random numbers, scaled so that logits spread (a tiny random model still makes
 clear choices). Each builder returns the serialized ``ModelProto``; :func:`write_model_dir` lays
-out a model folder as ``submit generate`` / ``submit map --text`` read it.
+out a model folder as ``submit generate`` / ``submit map --text`` read it; :func:`genai_config` is
+what ONNX Runtime GenAI needs beside the same decoder (the llm benchmark measures it).
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ class Config:
 class _Graph:
     """A graph under construction: nodes, initializers and fresh names."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, dtype: str = "float32") -> None:
         self.cfg, self.nodes, self.inits = cfg, [], []  # type: ignore[var-annotated]
         self.rng = np.random.default_rng(cfg.seed)
+        self.dtype = dtype  # every float tensor's type: weights, constants, activations, the cache
         self._n = 0
 
     def name(self, hint: str) -> str:
@@ -64,11 +66,16 @@ class _Graph:
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
 
-    def const(self, value: Any, dtype: Any = np.float32, hint: str = "c") -> str:
+    def const(self, value: Any, dtype: Any = None, hint: str = "c") -> str:
+        """An initializer; a float one (``dtype`` None) is drawn in float32 and rounded once to
+        the graph's type, so the variants of one seed hold the same weights, rounded."""
         from onnx import numpy_helper
 
         name = self.name(hint)
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        if dtype is None and self.dtype == "bfloat16":
+            self.inits.append(_bfloat16(np.asarray(value, dtype=np.float32), name))
+        else:
+            self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype or self.dtype), name))
         return name
 
     def weight(self, shape: tuple[int, ...], scale: float, hint: str) -> str:
@@ -167,11 +174,15 @@ def encoder(cfg: Config = Config(), *, token_types: bool = True) -> bytes:
     return g.model("encoder", ins, outs)
 
 
-def decoder(cfg: Config = Config(), *, logit_gain: float = 4.0) -> bytes:
-    """A GPT-2-style decoder with past key/values (pre-LayerNorm blocks, learned positions)."""
+def decoder(cfg: Config = Config(), *, logit_gain: float = 4.0, dtype: str = "float32") -> bytes:
+    """A GPT-2-style decoder with past key/values (pre-LayerNorm blocks, learned positions), its
+    weights, cache and logits in ``dtype`` (float32, float16 or bfloat16: the same weights as
+    float32's, rounded)."""
     from onnx import TensorProto, helper
 
-    g = _Graph(cfg)
+    g = _Graph(cfg, dtype)
+    ftype = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}[dtype]
+    neg = -3e4 if dtype == "float16" else NEG  # finite in float16, so a row that sees only padding stays finite
     d, h, hd = cfg.dim, cfg.heads, cfg.head_dim
     wte = g.weight((cfg.vocab, d), 1.0, "word")
     wpe = g.weight((cfg.max_positions, d), 0.5, "pos")
@@ -184,8 +195,8 @@ def decoder(cfg: Config = Config(), *, logit_gain: float = 4.0) -> bytes:
     causal = g.op("LessOrEqual", [keys, queries])  # [s, T]
     padded = g.op("Cast", [g.op("Unsqueeze", ["attention_mask", g.const([1, 2], np.int64)])], to=TensorProto.BOOL)
     allowed = g.op("And", [g.op("Unsqueeze", [causal, g.const([0, 1], np.int64)]), padded])  # [b, 1, s, T]
-    bias = g.op("Where", [allowed, g.const(0.0), g.const(NEG)])
-    outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", cfg.vocab])]
+    bias = g.op("Where", [allowed, g.const(0.0), g.const(neg)])
+    outs = [helper.make_tensor_value_info("logits", ftype, ["batch", "sequence", cfg.vocab])]
     ins = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
            helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence"])]
@@ -200,13 +211,22 @@ def decoder(cfg: Config = Config(), *, logit_gain: float = 4.0) -> bytes:
         x = g.op("Add", [x, g.linear(g.merge(g.attend(q, k, v, bias)), d, d, f"L{i}.o")])
         x = g.op("Add", [x, g.mlp(g.layer_norm(x, f"L{i}.ln2"), f"L{i}.mlp")])
         for n in (pk, pv):
-            ins.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", h, "past", hd]))
+            ins.append(helper.make_tensor_value_info(n, ftype, ["batch", h, "past", hd]))
         for n in (f"present.{i}.key", f"present.{i}.value"):
-            outs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", h, "total", hd]))
+            outs.append(helper.make_tensor_value_info(n, ftype, ["batch", h, "total", hd]))
     final = g.layer_norm(x, "ln_f")
     head = g.weight((d, cfg.vocab), logit_gain / d ** 0.5, "lm_head")
     g.nodes.append(_matmul(final, head, "logits"))
     return g.model("decoder", ins, outs)
+
+
+def _bfloat16(value: np.ndarray, name: str) -> Any:
+    """A bfloat16 initializer: float32 rounded to its top 16 bits (to nearest, ties to even)."""
+    from onnx import TensorProto, helper
+
+    bits = np.ascontiguousarray(value, dtype=np.float32).view(np.uint32)
+    top = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return helper.make_tensor(name, TensorProto.BFLOAT16, value.shape, top.tobytes(), raw=True)
 
 
 def _identity(x: str, out: str) -> Any:
@@ -273,3 +293,30 @@ def write_model_dir(folder: Path, model: bytes, tok: Any, *, eos: int | None = 0
     if eos is not None:
         (folder / "config.json").write_text(json.dumps({"eos_token_id": eos}))
     return folder
+
+
+def genai_config(cfg: Config, *, max_length: int, eos: int = 0, pad: int = 0) -> dict[str, Any]:
+    """``genai_config.json`` for ONNX Runtime GenAI over :func:`decoder`'s ``model.onnx``, unchanged.
+
+    GenAI's ``gpt2`` type expects the older export with one ``past_{i}`` tensor per layer; its
+    decoder-only types (``llama`` here) read Optimum's names as :func:`decoder` gives them. GenAI
+    keeps its own cache (``past_present_share_buffer`` off: the graph concatenates its past rather
+    than writing into a buffer of the maximum length, as GroupQueryAttention would)."""
+    return {
+        "model": {
+            "type": "llama", "vocab_size": cfg.vocab, "context_length": cfg.max_positions,
+            "bos_token_id": pad, "eos_token_id": eos, "pad_token_id": pad,
+            "decoder": {
+                "filename": "model.onnx", "head_size": cfg.head_dim, "hidden_size": cfg.dim,
+                "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.heads,
+                "num_hidden_layers": cfg.layers, "session_options": {"log_id": "p2pnode", "provider_options": []},
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+            },
+        },
+        "search": {"do_sample": False, "num_beams": 1, "max_length": max_length,
+                   "past_present_share_buffer": False},
+    }

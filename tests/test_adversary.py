@@ -56,7 +56,8 @@ def test_lowprec_runs_fp32_as_fp16_and_is_caught() -> None:
     assert not compare("matmul", p, low, honest)[0]
 
 
-@pytest.mark.parametrize("mode", ["othermodel", "fewerlayers", "prompt", "fabricate", "truncate", "scale", "stale"])
+@pytest.mark.parametrize("mode", ["othermodel", "fewerlayers", "halfprec", "prompt", "fabricate", "truncate", "scale",
+                                  "stale"])
 def test_a_mode_of_one_kind_of_work_leaves_other_work_honest(mode: str) -> None:
     """A provider told to cheat on generation (or training) answers other jobs as it computed them."""
     adv = Adversary.parse(mode)

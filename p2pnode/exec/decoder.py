@@ -13,13 +13,16 @@ logits: :func:`expose_hidden` adds it as the graph output ``p2pnode.hidden`` (th
 once, so that providers and checkers run the same graph); a model whose logits come otherwise is
 fingerprinted on its logits.
 
-**Why a loop here and not ONNX Runtime GenAI** (reasoned, not measured against it): every token
-must be chosen by :func:`p2pnode.verify.tokens.choose`, seeded per prompt and position, so that a
-checker's one teacher-forced pass reproduces each draw; GenAI's search draws from one generator-wide
-random stream inside its own loop, so the choice would have to be taken out of it step by step
-anyway; and its model format needs a ``genai_config.json`` that people's plain exports lack. The
-loop is short: a prefill of the left-padded batch, then one step per token with the cache fed back
-(``past`` ← ``present``); on CUDA the cache stays on the device (I/O binding, :class:`Runner`).
+**Why a loop here and not ONNX Runtime GenAI** (measured: ``tools/bench/run llm``, its ``genai``
+section, ``specs/model-jobs.md``): GenAI 0.18 loads the same ``model.onnx`` beside a
+``genai_config.json`` and its greedy loop decodes at the speed of this one (0.99 ×), but it gives
+nothing faster on CPU, and it does not serve the market: it attends to the left padding of a batch
+of prompts of unequal length (its attention mask is all ones; 7 % of tokens then agree), every token
+must be chosen by :func:`p2pnode.verify.tokens.choose`, seeded per prompt and position (GenAI driven
+that way, each choice forced through ``set_logits``, is 0.94 ×), and people's plain exports lack
+its config. The loop is short: a prefill of the left-padded batch, then one step per token with the
+cache fed back (``past`` ← ``present``); on CUDA the cache stays on the device (I/O binding,
+:class:`Runner`).
 """
 
 from __future__ import annotations
@@ -105,6 +108,15 @@ def expose_hidden(model: Any) -> bool:
     rank = len(logits.type.tensor_type.shape.dim) or 3
     graph.output.append(helper.make_tensor_value_info(HIDDEN, elem, [None] * rank))
     return True
+
+
+def cache_device(sess: Any) -> str:
+    """Where a session's decode loop keeps the cache: "cuda" when the session really runs on
+    ONNX Runtime's CUDA provider (its first provider), so each step's present stays there as the
+    next step's past (I/O binding); "" (NumPy feeds) otherwise, as when a session asked for CUDA
+    fell back to the CPU (no device, or no CUDA libraries)."""
+    providers = sess.get_providers()
+    return "cuda" if providers and providers[0] == "CUDAExecutionProvider" else ""
 
 
 class Runner:

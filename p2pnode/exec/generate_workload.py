@@ -126,7 +126,7 @@ class GenerateWorkload:
         prompts = np.asarray(inputs["in.prompt"])
         if prompts.size and (prompts.max() >= dspec.vocab or (prompts[:, 0] < 0).any()):
             raise WorkloadError("a prompt is empty or has tokens outside the vocabulary")
-        runner = decoder.Runner(sess, dspec, device="cuda" if getattr(ops, "name", "") == "ort-cuda" else "")
+        runner = decoder.Runner(sess, dspec, device=decoder.cache_device(sess))
         common: dict[str, Any] = {"temperature": p["temperature"], "seed": p["seed"], "batch": p["batch"],
                                   "k": p["fp_k"], "pad": max(0, p["eos"]), "progress": progress}
         index = np.asarray(inputs["in.index"])

@@ -306,7 +306,8 @@ class _Running:
             finally:
                 self.busy[chosen.peer_id] -= 1
             if rec.state == "done" and rec.output is not None:
-                await self._done(shard, rec)
+                with trio.CancelScope(shield=True):  # paid for: on disk even when the map is being stopped
+                    await self._done(shard, rec)
                 continue
             self.retries += 1
             b58 = to_base58(chosen.peer_id)

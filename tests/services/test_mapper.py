@@ -3,6 +3,7 @@ providers, and a state directory; no network."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class Market:
         self.gate: trio.Event | None = None  # shards after the first ``hold_after`` wait for it
         self.hold_after = 0
         self.asked: list[dict[str, Any]] = []  # each submit's max_price and verify
+        self.on_paid: Any = None  # called with the shard's call number once its job is paid
 
     def candidates(self, workload: str, need: int, k: int, backend: str) -> list[Any]:
         return list(self.ads)
@@ -74,6 +76,8 @@ class Market:
             rec.output = wl.run(wl.check(params), self.ort, lambda f: None, inputs)
             rec.state, rec.outcome, rec.price = "done", "verified", kw["max_price"]
             operations.charge("job", rec.price)  # as the requester charges a paid receipt
+            if self.on_paid is not None:
+                self.on_paid(nth)
             rec.events.append({"event": "sample", "rows": min(90, params["rows"])})
             return rec
         finally:
@@ -208,6 +212,24 @@ async def test_a_cancelled_map_stops_its_jobs_keeps_its_shards_and_says_what_it_
     again = Market(2)
     result = await _maps(again, tmp_path).run(job, shard_rows=10, providers=2, max_price=1000, deadline_s=60)
     assert result.resumed == 3 and len(again.calls) == 7 and result.paid["total"] == 700
+
+
+async def test_a_shard_paid_as_its_map_is_cancelled_is_kept_and_never_paid_again(tmp_path: Path) -> None:
+    """The client goes away between a shard's receipt and its output reaching the disk: the paid
+    shard is still kept, so the same command does not run (and pay for) it again."""
+    market, job = Market(2), _job()
+    maps, hangup = _maps(market, tmp_path), Hangup()
+    market.on_paid = lambda nth: hangup.set() if nth == 3 else None
+    with pytest.raises(MapCancelled) as caught:
+        await maps.run(job, shard_rows=10, providers=2, max_price=1000, deadline_s=60, hangup=hangup)
+    said = re.search(r"(\d+) of 10 shards done and kept, paid (\d+) µcr", str(caught.value))
+    assert said, str(caught.value)
+    kept, paid = int(said.group(1)), int(said.group(2))
+    assert kept >= 1 and paid == 100 * kept, str(caught.value)  # every shard paid for is on disk
+    again = Market(2)
+    result = await _maps(again, tmp_path).run(job, shard_rows=10, providers=2, max_price=1000, deadline_s=60)
+    assert result.resumed == kept and len(again.calls) == 10 - kept and paid + result.paid["total"] == 1000
+    assert np.allclose(result.outputs["probabilities"], _local(job), rtol=1e-5, atol=1e-7)
 
 
 async def test_p2pnode_cancel_finds_a_map_by_the_start_of_its_id(tmp_path: Path) -> None:

@@ -11,7 +11,13 @@
   modes), the share of ``--trials`` shards caught: real cheated outputs and real teacher-forced
   passes, the real sampling of 90 prompts; and honest prompts refused, greedy and sampled;
 * ``encode``: rows/s of an encoder embedding a tokenized text dataset through ``map`` against ONNX
-  Runtime directly.
+  Runtime directly;
+* ``genai`` (when ``onnxruntime-genai`` is installed; the section says so when it is not): the
+  node's decode loop against ONNX Runtime GenAI's generator on the same decoder file, prompts and
+  batch: GenAI's own greedy loop, and GenAI driven as the node needs it (each token chosen by the
+  node's seeded rule, forced back through ``set_logits``, and the hidden state read for the
+  fingerprints); prompts of one length, since GenAI does not mask a batch's left padding (the
+  section measures how many tokens then still agree).
 
 Prints tables, writes a PNG (``--png``) or prints ``--json``.
 """
@@ -45,7 +51,7 @@ BIG = tm.Config(vocab=2048, dim=256, heads=4, layers=4, ffn=1024, max_positions=
 SMALL = tm.Config(seed=5)
 MAX_NEW = 64
 BATCH = 16
-MODES = ("othermodel:1", "fewerlayers:1", "lowprec:1", "prompt:0.05", "fabricate:0.05", "truncate:0.05")
+MODES = ("othermodel:1", "fewerlayers:1", "lowprec:1", "halfprec:1", "prompt:0.05", "fabricate:0.05", "truncate:0.05")
 
 
 def _prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
@@ -201,6 +207,124 @@ async def bench_encode(seconds: float) -> dict[str, Any]:
             "checked_rows": result.checked_rows, "providers": len(result.by_provider)}
 
 
+def _genai_generate(og: Any, model: Any, prompts: np.ndarray, max_new: int,
+                    choose: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+    """New tokens ``[n, max_new]`` of one batch by GenAI's generator (prompts of one length, or
+    left-padded with 0); with ``choose`` = (prompt indices, fp_k), each token is the node's choice
+    forced through ``set_logits`` and the hidden state is fingerprinted as the node does."""
+    n, width = prompts.shape
+    gp = og.GeneratorParams(model)
+    gp.set_search_options(max_length=width + max_new, min_length=width + max_new, do_sample=False, batch_size=n)
+    g = og.Generator(model, gp)
+    g.append_tokens(prompts.astype(np.int32))
+    if choose is None:
+        while not g.is_done():
+            g.generate_next_token()
+        return np.stack([g.get_sequence(i)[width:] for i in range(n)])
+    index, k = choose
+    out = np.zeros((n, max_new), np.int32)
+    for t in range(max_new):
+        logits = np.asarray(g.get_logits()).reshape(n, -1)
+        tok, _ = tk.choose(logits, 0.0, 0, index, np.full(n, t))
+        if t % tk.FP_EVERY == 0:
+            tk.fingerprint(np.asarray(g.get_output("p2pnode.hidden"))[:, -1].astype(np.float32), k)
+        forced = np.full(logits.shape, -1e4, np.float32)
+        forced[np.arange(n), tok] = 0.0
+        g.set_logits(forced)
+        g.generate_next_token()
+        out[:, t] = tok
+    return out
+
+
+def bench_genai(seconds: float, width: int = 24, repeats: int = 3) -> dict[str, Any]:
+    """The node's decode loop against ONNX Runtime GenAI on one decoder file (paired runs)."""
+    try:
+        import onnxruntime_genai as og
+    except ImportError:
+        return {"installed": False}
+    import tempfile
+
+    import onnx
+
+    from p2pnode.exec import decoder
+
+    model = onnx.load_from_string(tm.decoder(BIG))
+    decoder.expose_hidden(model)  # the graph the node runs, so both read the same file
+    raw = model.SerializeToString()
+    ops = backends.OrtOps("ort-cpu")
+    g = np.random.default_rng(4)
+
+    def job(n: int) -> generation_jobs.GenerationJob:
+        rows = [[int(t) for t in row] for row in g.integers(3, BIG.vocab, size=(n, width))]
+        return generation_jobs.prepare(raw, {}, rows, max_new=MAX_NEW, eos=-1, batch=BATCH)
+
+    _direct(ops, job(BATCH))  # warm
+    per_prompt = _direct(ops, job(4 * BATCH))[0] / (4 * BATCH)
+    n = max(BATCH, int(seconds / per_prompt) // BATCH * BATCH)
+    out: dict[str, Any] = {"installed": True, "version": og.__version__, "prompts": n, "prompt_len": width,
+                           "max_new": MAX_NEW, "batch": BATCH, "runs": []}
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "model.onnx").write_bytes(raw)
+        Path(folder, "genai_config.json").write_text(json.dumps(tm.genai_config(BIG, max_length=width + MAX_NEW)))
+        gm = og.Model(folder)
+        for r in range(repeats):
+            j = job(n)
+            prompts = j.arrays["prompt"]
+            node_s, node_out = _direct(ops, j)
+            ours = node_out.arrays["tokens"]
+            t0 = time.perf_counter()
+            own = np.concatenate([_genai_generate(og, gm, prompts[b:b + BATCH], MAX_NEW)
+                                  for b in range(0, n, BATCH)])
+            own_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            driven = np.concatenate([_genai_generate(og, gm, prompts[b:b + BATCH], MAX_NEW,
+                                                     (np.arange(b, min(n, b + BATCH)), tk.FP_K))
+                                     for b in range(0, n, BATCH)])
+            driven_s = time.perf_counter() - t0
+            out["runs"].append({"node_s": node_s, "genai_s": own_s, "genai_driven_s": driven_s,
+                                "same_tokens": bool(np.array_equal(own, ours)),
+                                "same_tokens_driven": bool(np.array_equal(driven, ours))})
+        # prompts of 8 to 32 tokens in one batch: GenAI attends to the left padding
+        mixed = [[int(t) for t in g.integers(3, BIG.vocab, size=int(k))] for k in g.integers(8, 33, size=BATCH)]
+        mj = generation_jobs.prepare(raw, {}, mixed, max_new=MAX_NEW, eos=-1, batch=BATCH)
+        ours = _direct(ops, mj)[1].arrays["tokens"]
+        padded = np.zeros((BATCH, int(mj.lengths.max())), np.int32)
+        for i, length in enumerate(mj.lengths):
+            padded[i, padded.shape[1] - length:] = mj.arrays["prompt"][i, :length]
+        out["padded_batch_agreement"] = float((_genai_generate(og, gm, padded, MAX_NEW) == ours).mean())
+    tokens = n * MAX_NEW
+    runs = out["runs"]
+    out["node_tokens_per_s"] = float(np.median([tokens / x["node_s"] for x in runs]))
+    out["genai_tokens_per_s"] = float(np.median([tokens / x["genai_s"] for x in runs]))
+    out["genai_driven_tokens_per_s"] = float(np.median([tokens / x["genai_driven_s"] for x in runs]))
+    out["genai_ratio"] = float(np.median([x["node_s"] / x["genai_s"] for x in runs]))
+    out["genai_driven_ratio"] = float(np.median([x["node_s"] / x["genai_driven_s"] for x in runs]))
+    return out
+
+
+def render_genai(c: Any, ga: dict[str, Any] | None) -> None:
+    from rich.table import Table
+
+    if ga is None:
+        return
+    if not ga["installed"]:
+        c.print("genai: onnxruntime-genai is not installed (pip install 'p2pnode\\[genai]'); not measured")
+        return
+    t = Table(title=f"the node's decode loop vs ONNX Runtime GenAI {ga['version']}: {ga['prompts']} prompts of "
+                    f"{ga['prompt_len']} tokens × {ga['max_new']} new, batch {ga['batch']} (medians of "
+                    f"{len(ga['runs'])} paired runs)")
+    for col in ("", "tokens/s", "× node", "same tokens as the node"):
+        t.add_column(col, justify="right")
+    t.add_row("node's loop", f"{ga['node_tokens_per_s']:.0f}", "1.00", "")
+    t.add_row("GenAI, its own greedy loop", f"{ga['genai_tokens_per_s']:.0f}", f"{ga['genai_ratio']:.2f}",
+              str(all(x["same_tokens"] for x in ga["runs"])))
+    t.add_row("GenAI, the node's choice and fingerprints", f"{ga['genai_driven_tokens_per_s']:.0f}",
+              f"{ga['genai_driven_ratio']:.2f}", str(all(x["same_tokens_driven"] for x in ga["runs"])))
+    c.print(t)
+    c.print(f"genai: prompts of 8 to 32 tokens left-padded in one batch: {100 * ga['padded_batch_agreement']:.1f} % "
+            "of GenAI's tokens equal the node's (it attends to the padding)")
+
+
 def render(r: dict[str, Any], png: Path | None, tables: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -232,6 +356,7 @@ def render(r: dict[str, Any], png: Path | None, tables: bool = True) -> None:
     e = r["encode"]
     c.print(f"encode: {e['rows']} documents, {e['node_rows_per_s']:.0f} rows/s through map on {e['providers']} "
             f"provider(s) vs {e['direct_rows_per_s']:.0f} directly ({e['ratio']:.2f} ×)")
+    render_genai(c, r.get("genai"))
     if png is None:
         return
     import matplotlib
@@ -273,10 +398,18 @@ if __name__ == "__main__":
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--png", type=Path, default=Path("bench-llm.png"))
     p.add_argument("--json", action="store_true")
+    p.add_argument("--only-genai", action="store_true", help="the GenAI comparison alone")
     args = p.parse_args()
+    if args.only_genai:
+        from rich.console import Console
+
+        ga = bench_genai(args.seconds)
+        print(json.dumps(ga, indent=2)) if args.json else render_genai(Console(), ga)
+        sys.exit(0)
     result = trio.run(_network, args)
     result["check_cost"] = bench_check_cost()
     result["catch"] = bench_catch(args.trials)
+    result["genai"] = bench_genai(args.seconds)
     render(result, args.png, tables=not args.json)
     if args.json:
         print(json.dumps(result, indent=2))
