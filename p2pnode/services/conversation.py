@@ -53,9 +53,11 @@ Carry = Callable[[Action], Awaitable[Any]]
 
 class Conversation:
     def __init__(self, pipe: RequesterPipeline, *, now: Now, streams: Streams, penalise: PenaliseFn,
-                 answer: Answer, carry: Carry, name: str) -> None:
+                 answer: Answer, carry: Carry, name: str,
+                 before_send: Callable[[Send], Awaitable[None]] | None = None) -> None:
         self.pipe, self.now, self.streams, self.penalise = pipe, now, streams, penalise
         self.answer, self.carry_other, self.name = answer, carry, name
+        self.before_send = before_send  # awaited before each message goes out (the paying receipt's hook)
         self._streams: dict[bytes, FramedStream] = {}
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -93,6 +95,8 @@ class Conversation:
     async def carry(self, actions: Sequence[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
+                if self.before_send is not None:
+                    await self.before_send(action)
                 fs = self._streams.get(action.peer)
                 if fs is not None:
                     try:

@@ -299,12 +299,20 @@ class _Running:
             params, inputs = self.job.shard(shard.start, shard.stop)
             params["gflop"] = round(params["gflop"] * shard.scale, 9)
             self.busy[chosen.peer_id] = self.busy.get(chosen.peer_id, 0) + 1
+            kept: list[JobRecord] = []
+
+            async def keep(rec: JobRecord, shard: Shard = shard) -> None:  # before its receipt pays for it
+                await self._done(shard, rec)
+                kept.append(rec)
+
             try:
                 rec = await self.service.submit(workload, params, inputs=inputs, only=[chosen], k=1,
                                                 max_price=self.shares[shard.index], deadline_s=self.deadline_s,
-                                                verify=self.verify, backend=self.backend)
+                                                verify=self.verify, backend=self.backend, keep=keep)
             finally:
                 self.busy[chosen.peer_id] -= 1
+            if kept:
+                continue
             if rec.state == "done" and rec.output is not None:
                 with trio.CancelScope(shield=True):  # paid for: on disk even when the map is being stopped
                     await self._done(shard, rec)

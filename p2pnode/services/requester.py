@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -36,7 +36,7 @@ from p2pnode.market.scoring import ObservedScorer
 from p2pnode.market.standing import Standing
 from p2pnode.protocol import calibration
 from p2pnode.protocol.job_pipeline import Order, RequesterPipeline
-from p2pnode.protocol.requester_actions import Action, Charge, OpenOutput, OpenState, Question
+from p2pnode.protocol.requester_actions import Action, Charge, OpenOutput, OpenState, Question, Send
 from p2pnode.services import operations
 from p2pnode.services.blobs import BlobService
 from p2pnode.services.checks import Checks, carry_out
@@ -46,6 +46,7 @@ from p2pnode.services.records import JobRecord, JobRecords, event_item
 from p2pnode.verify import tokens
 from p2pnode.verify.check import Comparison, freivalds_check
 from p2pnode.wire import codec, merkle, sealing
+from p2pnode.wire import job as m
 from p2pnode.wire.blob import MAX_BLOB, BlobError, BlobUnavailable
 from p2pnode.wire.peer_id import to_base58
 
@@ -119,10 +120,14 @@ class JobRequester:
                      k: int = 3, backend: str = "", verify: str = "auto", bid_window_s: float = 2.0,
                      on_event: Callable[[dict[str, Any]], None] | None = None,
                      inputs: dict[str, np.ndarray] | None = None, only: list[Any] | None = None,
-                     purpose: str = "job", hangup: operations.Hangup | None = None) -> JobRecord:
+                     purpose: str = "job", hangup: operations.Hangup | None = None,
+                     keep: Callable[[JobRecord], Awaitable[None]] | None = None) -> JobRecord:
         """Run a job on the network. ``only`` restricts the auction to these ads (checks and
         calibration); ``purpose`` other than ``job`` marks such internal jobs, which are not
-        themselves re-checked.
+        themselves re-checked. ``keep`` is awaited (shielded) with the job's record, its output
+        accepted, before the provider is sent the receipt that pays it: what it writes to disk is
+        there before anything is paid, so a requester killed at any moment never pays twice for
+        one output (a map's or a training's shard).
 
         A job asked for on its own (not a part of a map, a check or a calibration, which are
         charged to what they are part of) is a run: ``p2pnode cancel`` or ``hangup`` stops it, its
@@ -131,7 +136,7 @@ class JobRequester:
         job_id = os.urandom(16)
         kw: dict[str, Any] = {"max_price": max_price, "deadline_s": deadline_s, "k": k, "backend": backend,
                               "verify": verify, "bid_window_s": bid_window_s, "on_event": on_event, "inputs": inputs,
-                              "only": only, "purpose": purpose}
+                              "only": only, "purpose": purpose, "keep": keep}
         if operations.current() is not None:  # a part of a larger request, which pays for it
             return await self._submit(job_id, workload, params, **kw)
         rec: JobRecord | None = None
@@ -152,7 +157,8 @@ class JobRequester:
     async def _submit(self, job_id: bytes, workload: str, params: dict[str, Any], *, max_price: int,
                       deadline_s: float, k: int, backend: str, verify: str, bid_window_s: float,
                       on_event: Callable[[dict[str, Any]], None] | None, inputs: dict[str, np.ndarray] | None,
-                      only: list[Any] | None, purpose: str) -> JobRecord:
+                      only: list[Any] | None, purpose: str,
+                      keep: Callable[[JobRecord], Awaitable[None]] | None = None) -> JobRecord:
         """The driver of one job's :class:`RequesterPipeline`: the order, whom to ask, the
         conversation, and what the job leaves (every decision is the pipeline's)."""
         wl = workloads.get(workload)
@@ -184,8 +190,22 @@ class JobRequester:
         prepared = _Prepared()  # Freivalds' check needs A and B: a seeded job's are made while providers work
         background = [partial(prepared.start, make=lambda: dict(zip("ab", workloads.matmul_inputs(checked))))] \
             if order.policy == "freivalds" and workload == "matmul" and not arrays else []
+        kept = False
+
+        async def before_send(action: Send) -> None:
+            nonlocal kept
+            if keep is None or kept or not isinstance(action.msg, m.Receipt) or not action.msg.body["accepted"]:
+                return
+            rec.state = pipe.state
+            _ended(rec, pipe)
+            if rec.output is not None:
+                kept = True
+                with trio.CancelScope(shield=True):
+                    await keep(rec)
+
         talk = Conversation(pipe, now=self.now, streams=self.streams, penalise=self.penalise, name=rec.job[:8],
-                            answer=partial(self._answer, pipe, order, prepared, event), carry=self._carry)
+                            answer=partial(self._answer, pipe, order, prepared, event), carry=self._carry,
+                            before_send=before_send)
         try:
             await talk.run(first, background)
         finally:

@@ -208,16 +208,25 @@ class TrainService:
             busy.add(ad.peer_id)
             tried.add(ad.peer_id)
             emit({"event": "shard", "round": r + 1, "shard": i, "state": "start", "provider": to_base58(ad.peer_id)})
+            kept: list[np.ndarray] = []
+
+            async def keep(rec: JobRecord) -> None:  # on disk before its receipt pays for it
+                w = _weights(rec, res.weights.shape)
+                if w is not None:
+                    await trio.to_thread.run_sync(_write_shard, folder, r, i, w)
+                    kept.append(w)
+
             try:
                 t0 = self.now()
                 rec = await self.submit("train", dict(params), inputs=inputs, only=[ad], k=1, verify="steps",
-                                        max_price=share, deadline_s=deadline_s)
+                                        max_price=share, deadline_s=deadline_s, keep=keep)
             finally:
                 busy.discard(ad.peer_id)
-            w = _weights(rec, res.weights.shape)
+            w = kept[0] if kept else _weights(rec, res.weights.shape)
             if w is not None:
-                with trio.CancelScope(shield=True):  # paid for: on disk even when the run is being stopped
-                    await trio.to_thread.run_sync(_write_shard, folder, r, i, w)
+                if not kept:
+                    with trio.CancelScope(shield=True):  # paid for: on disk even when the run is being stopped
+                        await trio.to_thread.run_sync(_write_shard, folder, r, i, w)
                 res.by_provider[rec.peer] = res.by_provider.get(rec.peer, 0) + 1
                 res.jobs.append(rec.job)
                 step_losses = rec.output.extra.get("loss") or [float("nan")]

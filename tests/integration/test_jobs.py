@@ -210,6 +210,29 @@ async def test_garbage_on_the_job_protocol_is_penalised_and_the_node_carries_on(
         assert rec.state == "done"
 
 
+async def test_what_a_caller_keeps_of_an_output_is_kept_before_the_receipt_pays_for_it() -> None:
+    """A map or a training writes each shard's output to disk in ``keep``: that happens before the
+    provider is sent its paying receipt, so a requester killed at any moment has paid nothing it
+    did not keep."""
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        requester, provider = nodes[0].node, nodes[1].node
+        seen: list[tuple[str, bool, list[str]]] = []
+
+        async def keep(rec: object) -> None:
+            job = getattr(rec, "job")
+            theirs = [r.state for r in provider.jobs.records if r.job == job]
+            seen.append((job, getattr(rec, "output") is not None, theirs))
+
+        params = {"m": 32, "n": 32, "k": 64, "dtype": "int8", "seed": 12}
+        rec = await requester.jobs.submit("matmul", params, max_price=RICH, deadline_s=30, keep=keep)
+        assert rec.state == "done", rec.outcome
+        assert len(seen) == 1 and seen[0][0] == rec.job and seen[0][1]
+        assert seen[0][2] and "done" not in seen[0][2]  # the provider had not been paid yet
+        await requester.wait_until(lambda: any(r.job == rec.job and r.state == "done" for r in provider.jobs.records),
+                                   timeout=10)
+
+
 async def test_a_large_output_comes_back_as_a_blob() -> None:
     async with swarm(2, line=False) as nodes:
         await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)

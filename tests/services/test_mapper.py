@@ -49,6 +49,7 @@ class Market:
         self.hold_after = 0
         self.asked: list[dict[str, Any]] = []  # each submit's max_price and verify
         self.on_paid: Any = None  # called with the shard's call number once its job is paid
+        self.keeps = True  # awaits the caller's keep before paying, as the requester does
 
     def candidates(self, workload: str, need: int, k: int, backend: str) -> list[Any]:
         return list(self.ads)
@@ -75,10 +76,13 @@ class Market:
             wl = workloads.get(workload)
             rec.output = wl.run(wl.check(params), self.ort, lambda f: None, inputs)
             rec.state, rec.outcome, rec.price = "done", "verified", kw["max_price"]
+            rec.events.append({"event": "sample", "rows": min(90, params["rows"])})  # checked, then kept
+            if kw.get("keep") is not None and self.keeps:  # as the requester: kept, then the receipt
+                with trio.CancelScope(shield=True):
+                    await kw["keep"](rec)
             operations.charge("job", rec.price)  # as the requester charges a paid receipt
             if self.on_paid is not None:
                 self.on_paid(nth)
-            rec.events.append({"event": "sample", "rows": min(90, params["rows"])})
             return rec
         finally:
             self.in_flight[peer] -= 1
@@ -229,6 +233,31 @@ async def test_a_shard_paid_as_its_map_is_cancelled_is_kept_and_never_paid_again
     again = Market(2)
     result = await _maps(again, tmp_path).run(job, shard_rows=10, providers=2, max_price=1000, deadline_s=60)
     assert result.resumed == kept and len(again.calls) == 10 - kept and paid + result.paid["total"] == 1000
+    assert np.allclose(result.outputs["probabilities"], _local(job), rtol=1e-5, atol=1e-7)
+
+
+class Killed(BaseException):
+    """The requester's process dies: nothing after this point runs, shielded or not."""
+
+
+async def test_a_shard_paid_just_before_the_requester_dies_is_on_disk_and_never_paid_again(tmp_path: Path) -> None:
+    """The process is killed the moment a receipt has paid for a shard: its output was written
+    before the receipt went out, so the same command run again neither runs nor pays for it."""
+    market, job = Market(2), _job()
+
+    def die(nth: int) -> None:
+        if nth == 3:
+            raise Killed
+
+    market.on_paid = die
+    with pytest.raises(BaseException) as caught:
+        await _maps(market, tmp_path).run(job, shard_rows=10, providers=2, max_price=1000, deadline_s=60)
+    assert caught.group_contains(Killed) if isinstance(caught.value, BaseExceptionGroup) else \
+        isinstance(caught.value, Killed)
+    paid = 3  # the third shard's receipt paid, then the process died
+    again = Market(2)
+    result = await _maps(again, tmp_path).run(job, shard_rows=10, providers=2, max_price=1000, deadline_s=60)
+    assert result.resumed >= paid and len(again.calls) == 10 - result.resumed
     assert np.allclose(result.outputs["probabilities"], _local(job), rtol=1e-5, atol=1e-7)
 
 

@@ -70,6 +70,9 @@ class Market:
         rec.state, rec.checked, rec.outcome = "done", "steps", "verified"
         weights = np.array(states[-1][:SPEC.params] if what != "odd" else states[-1])  # odd: not this model's
         rec.output = Output({"weights": weights}, {"loss": losses})
+        if kw.get("keep") is not None:  # as the requester: the caller keeps it, then the receipt pays
+            with trio.CancelScope(shield=True):
+                await kw["keep"](rec)
         if self.stop_when_paid is not None and self.stop_when_paid[0] == (params["first"], params["seed"]):
             self.stop_when_paid[1]()  # the run is stopped just as this result's receipt is in the ledger
         return rec
@@ -124,6 +127,31 @@ async def test_a_shard_paid_for_as_the_run_is_stopped_is_kept_and_not_trained_ag
     assert (tmp_path / tid / "round-000000-0000.npy").is_file()
     market.stop_when_paid = None
     result = await service.run(PLAN, w0, x, y, max_price=10**6, deadline_s=10)
+    assert [(f, s) for f, s, _ in market.sent].count(paid) == 1  # paid once, trained once
+    assert np.array_equal(result.weights, rounds.train_locally(PLAN, w0, x, y))
+
+
+class Killed(BaseException):
+    """The requester's process dies: nothing after this point runs, shielded or not."""
+
+
+async def test_a_shard_paid_just_before_the_requester_dies_is_on_disk_and_not_trained_again(tmp_path: Path) -> None:
+    x, y, w0 = _data()
+    market = Market()
+    tid = rounds.job_id(PLAN, w0, x, y)
+    paid = (1, rounds.shard_seed(PLAN.seed, 0, 0))
+
+    def die() -> None:
+        raise Killed
+
+    market.stop_when_paid = (paid, die)
+    with pytest.raises(BaseException) as caught:
+        await _service(market, tmp_path).run(PLAN, w0, x, y, max_price=10**6, deadline_s=10)
+    assert isinstance(caught.value, Killed) or (isinstance(caught.value, BaseExceptionGroup)
+                                               and caught.value.subgroup(Killed) is not None)
+    assert (tmp_path / tid / "round-000000-0000.npy").is_file()
+    market.stop_when_paid = None
+    result = await _service(market, tmp_path).run(PLAN, w0, x, y, max_price=10**6, deadline_s=10)
     assert [(f, s) for f, s, _ in market.sent].count(paid) == 1  # paid once, trained once
     assert np.array_equal(result.weights, rounds.train_locally(PLAN, w0, x, y))
 
