@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -67,7 +68,8 @@ def measure_map(args: argparse.Namespace, bulk: bool, runs: int) -> dict[str, An
                 p.proc.terminate()
                 p.proc.wait(timeout=30)
     best = max(out, key=lambda m: m["ratio"])
-    return {"rows": rows, "shard": shard, "MB": data.nbytes / 1e6, "bulk": bulk, "runs": out, **best}
+    return {"rows": rows, "shard": shard, "MB": data.nbytes / 1e6, "bulk": bulk, "runs": out, **best,
+            "median_ratio": statistics.median(m["ratio"] for m in out)}
 
 
 def _direct_batches(sess: Any, job: Any, data: Any, shard: int) -> float:
