@@ -11,7 +11,9 @@ it does not hold the blob, or is slower than ``MIN_RATE`` overall makes it fail 
 **Bulk channel.** Between peers connected directly (not through a relay), a reader asks for a bulk
 channel and the holder offers one (:mod:`p2pnode.net.bulk`): the chunks then come over a TCP
 connection of their own, in AEAD records keyed through the stream, at several times a libp2p
-stream's speed. Every chunk is checked the same way. A holder whose channel cannot be dialed, or
+stream's speed. Every chunk is checked the same way: received straight into its place in the blob
+(the ``bytes`` it is kept as), hashed in a thread while the next ones arrive, with the blob's fresh
+memory faulted in by another thread a few chunks ahead. A holder whose channel cannot be dialed, or
 breaks before answering, is read over the libp2p stream instead (on the same stream, at once), and
 asked for no bulk channel for ``BULK_RETRY_S``.
 
@@ -60,6 +62,7 @@ MAX_BULK_FAILURES = 1024  # holders remembered so
 MAX_REPLY = wb.MAX_MANIFEST + 64  # the first record on a bulk channel: a manifest or missing
 HASH_AHEAD = 16  # chunks received (into their places in the blob) before the one being hashed is done
 FAULT_IN_STEP = 8  # chunks whose fresh memory one thread hand-off faults in, ahead of the receive
+FAULT_IN_AHEAD = 4  # steps of that faulted in before the receive reaches them, at most
 THREAD_HASH = 64 * 1024  # a chunk this large is hashed in a thread
 
 
@@ -301,25 +304,26 @@ class BlobService:
             raise BlobError(f"a bulk channel opened with {reply.kind!r}")
         got.take_manifest(reply.raw, trio.current_time())
         # each chunk is received straight into its place in the blob, and hashed in a thread
-        # (hashlib lets go of the GIL) while the next ones arrive
         # (hashlib lets go of the GIL) while the next ones arrive; the blob's fresh memory is
-        # faulted in by another thread ahead of both
+        # faulted in by another thread a few steps ahead of both (never further: a holder that
+        # announces a large blob and stops makes the reader commit no more memory than that)
         send, receive = trio.open_memory_channel[int](HASH_AHEAD)
+        steps = trio.Semaphore(FAULT_IN_AHEAD)
         broke: Exception | None = None
-        ahead = trio.CancelScope()
         async with _nursery() as nursery:
             nursery.start_soon(self._check_chunks, got, receive)
-            nursery.start_soon(_fault_in, got, ahead)
-            async with send:
+            async with send, _nursery() as ahead:
+                ahead.start_soon(_fault_in, got, steps)
                 try:
-                    for i in got.wanted():
+                    for k, i in enumerate(got.wanted(), 1):
                         with trio.fail_at(min(got.deadline, trio.current_time() + CHUNK_TIMEOUT_S)):
                             await conn.receive_into(got.place(i))
                         await send.send(i)
+                        if k % FAULT_IN_STEP == 0:
+                            steps.release()
                 except (BulkGone, trio.TooSlowError) as exc:
                     broke = exc  # the chunks already here are checked first: a resume starts after them
-                finally:
-                    ahead.cancel()
+                ahead.cancel_scope.cancel()
         if broke is not None:
             raise broke
 
@@ -340,13 +344,14 @@ class BlobService:
                     self.bulk_bytes += len(view)
 
 
-async def _fault_in(got: BlobFetch, scope: trio.CancelScope) -> None:
-    """Fault in the memory of the chunks still wanted, a few at a time, until ``scope`` ends."""
-    with scope:
-        wanted = got.wanted()
-        for k in range(0, len(wanted), FAULT_IN_STEP):
-            views = [got.place(i) for i in wanted[k:k + FAULT_IN_STEP] if i >= got.next]
-            await trio.to_thread.run_sync(_fault_in_each, views)
+async def _fault_in(got: BlobFetch, steps: trio.Semaphore) -> None:
+    """Fault in the memory of the chunks still wanted, ``FAULT_IN_STEP`` at a time, each step
+    taken when ``steps`` allows."""
+    wanted = got.wanted()
+    for k in range(0, len(wanted), FAULT_IN_STEP):
+        await steps.acquire()
+        views = [got.place(i) for i in wanted[k:k + FAULT_IN_STEP] if i >= got.next]
+        await trio.to_thread.run_sync(_fault_in_each, views)
 
 
 def _fault_in_each(views: list[memoryview]) -> None:

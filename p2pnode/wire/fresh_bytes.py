@@ -3,8 +3,8 @@
 A blob is received chunk by chunk into memory nobody else can see yet, and is then kept and handed
 on as ``bytes`` (what every reader of it, libsodium's bindings included, takes). Receiving into a
 ``bytearray`` and copying it into ``bytes`` at the end costs the copy *and* a second round of fresh
-memory, whose page faults cost about as much as the transfer itself (0.5–1 s per GB on the machines
-measured): a third of a blob's time over the bulk channel. So the blob is received straight into
+memory, whose page faults cost more than the transfer itself (0.45–4 s per GB on the virtual
+machine measured, where the bulk channel's records cost 0.3). So the blob is received straight into
 the ``bytes`` object it will be, created without contents, as a C extension does with
 ``PyBytes_FromStringAndSize(NULL, n)``.
 
@@ -14,8 +14,7 @@ returned (:class:`~p2pnode.protocol.blob_fetch.BlobFetch` gives out its blob whe
 checked). The view holds the object alive, so a thread still hashing a chunk never reads freed
 memory. Elsewhere than CPython, a ``bytearray`` and one copy at the end.
 
-Fresh memory still costs its page faults when first written (about 0.45 s per GB on the machine
-measured, where a blob's AES-GCM costs 0.07). :func:`fault_in` takes them ahead of time, in
+Fresh memory still costs its page faults when first written. :func:`fault_in` takes them ahead of time, in
 whatever thread calls it, so that a receiver can have them taken beside its socket reads instead of
 inside them.
 """
