@@ -460,6 +460,9 @@ def render(r: dict[str, Any], png: Path | None) -> None:
         each = ", ".join(f"{100 * x['ratio']:.0f} %" for x in m["runs"])
         c.print(f"map of fresh rows ({m['rows']} rows, {m['MB']:.0f} MB), bulk {'on' if m['bulk'] else 'off'}: "
                 f"{100 * m['median_ratio']:.0f} % of ONNX Runtime directly (median of {len(m['runs'])}: {each})")
+        cpu = m["runs"][-1].get("cpu_s")
+        if cpu:
+            c.print("  CPU seconds of its last run: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in cpu.items()))
     for name, m in r["measures"].items():
         for end in ("reader", "writer"):
             prof = (m.get("profile") or {}).get(end)
