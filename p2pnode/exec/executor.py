@@ -400,8 +400,8 @@ class Executor:
                 array = v["array"]
                 if by_key and v.get("key") in worker.cached:
                     pass  # the worker holds it
-                elif array.nbytes >= SPOOL_MIN and self._spool is not None:
-                    entry["file"] = self._spool.put(array)
+                elif array.nbytes >= SPOOL_MIN and self._spool is not None:  # off the trio thread (MBs)
+                    entry["file"] = await trio.to_thread.run_sync(self._spool.put, array)
                     spooled.append(entry["file"])
                 else:
                     entry["data"] = array.tobytes()

@@ -11,7 +11,9 @@ it does not hold the blob, or is slower than ``MIN_RATE`` overall makes it fail 
 **Bulk channel.** Between peers connected directly (not through a relay), a reader asks for a bulk
 channel and the holder offers one (:mod:`p2pnode.net.bulk`): the chunks then come over a TCP
 connection of their own, in AEAD records keyed through the stream, at several times a libp2p
-stream's speed. Every chunk is checked the same way. A holder whose channel cannot be dialed, or
+stream's speed. Every chunk is checked the same way: received straight into its place in the blob
+(the ``bytes`` it is kept as), hashed in a thread while the next ones arrive, with the blob's fresh
+memory faulted in by another thread a few chunks ahead. A holder whose channel cannot be dialed, or
 breaks before answering, is read over the libp2p stream instead (on the same stream, at once), and
 asked for no bulk channel for ``BULK_RETRY_S``.
 
@@ -47,6 +49,7 @@ from p2pnode.services.ports import IsBanned, Penalise, Streams
 from p2pnode.wire import blob as wb
 from p2pnode.wire import bulk as wbulk
 from p2pnode.wire.blob import MAX_BLOB, MAX_FRAME, BlobError, BlobUnavailable, Manifest
+from p2pnode.wire.fresh_bytes import fault_in
 from p2pnode.wire.names import BLOB_PROTOCOL
 
 log = logging.getLogger("p2pnode.blobs")
@@ -57,7 +60,9 @@ MAX_STREAMS_PER_PEER, MAX_STREAMS = 8, 64
 BULK_RETRY_S = 300.0  # a holder whose bulk channel failed is read over libp2p this long
 MAX_BULK_FAILURES = 1024  # holders remembered so
 MAX_REPLY = wb.MAX_MANIFEST + 64  # the first record on a bulk channel: a manifest or missing
-HASH_AHEAD = 4  # chunks received before the one being hashed is done
+HASH_AHEAD = 16  # chunks received (into their places in the blob) before the one being hashed is done
+FAULT_IN_STEP = 8  # chunks whose fresh memory one thread hand-off faults in, ahead of the receive
+FAULT_IN_AHEAD = 4  # steps of that faulted in before the receive reaches them, at most
 THREAD_HASH = 64 * 1024  # a chunk this large is hashed in a thread
 
 
@@ -197,7 +202,7 @@ class BlobService:
                 if breaks > RESUMES:
                     raise BlobUnavailable(f"stream broke {breaks} times; giving up") from exc
                 log.info("blob %s: stream broke after %d chunks; resuming", blob_id.hex()[:8], got.next)
-        data = await trio.to_thread.run_sync(got.result) if len(got.chunks) > 16 else got.result()
+        data = got.result()
         self.fetched_bytes += len(data)
         assert got.manifest is not None  # the loop ends with every chunk of it checked
         self.store.put(data, got.manifest)
@@ -298,35 +303,64 @@ class BlobService:
         if reply.kind != "manifest":
             raise BlobError(f"a bulk channel opened with {reply.kind!r}")
         got.take_manifest(reply.raw, trio.current_time())
-        size, ranges = got.rest()
-        into = memoryview(bytearray(size))
-        first = got.next
-        # each chunk is hashed in a thread (hashlib lets go of the GIL) while the next one arrives
-        send, receive = trio.open_memory_channel[tuple[int, memoryview]](HASH_AHEAD)
+        # each chunk is received straight into its place in the blob, and hashed in a thread
+        # (hashlib lets go of the GIL) while the next ones arrive; the blob's fresh memory is
+        # faulted in by another thread a few steps ahead of both (never further: a holder that
+        # announces a large blob and stops makes the reader commit no more memory than that)
+        send, receive = trio.open_memory_channel[int](HASH_AHEAD)
+        steps = trio.Semaphore(FAULT_IN_AHEAD)
         broke: Exception | None = None
         async with _nursery() as nursery:
             nursery.start_soon(self._check_chunks, got, receive)
-            async with send:
+            async with send, _nursery() as ahead:
+                ahead.start_soon(_fault_in, got, steps)
                 try:
-                    for k, (a, b) in enumerate(ranges):
+                    for k, i in enumerate(got.wanted(), 1):
                         with trio.fail_at(min(got.deadline, trio.current_time() + CHUNK_TIMEOUT_S)):
-                            await conn.receive_into(into[a:b])
-                        await send.send((first + k, into[a:b]))
+                            await conn.receive_into(got.place(i))
+                        await send.send(i)
+                        if k % FAULT_IN_STEP == 0:
+                            steps.release()
                 except (BulkGone, trio.TooSlowError) as exc:
                     broke = exc  # the chunks already here are checked first: a resume starts after them
+                ahead.cancel_scope.cancel()
         if broke is not None:
             raise broke
 
-    async def _check_chunks(self, got: BlobFetch, chunks: trio.MemoryReceiveChannel[tuple[int, memoryview]]) -> None:
+    async def _check_chunks(self, got: BlobFetch, chunks: trio.MemoryReceiveChannel[int]) -> None:
+        """Check chunks as they are received, all those waiting at once (one thread hand-off)."""
         async with chunks:
-            async for index, data in chunks:
-                digest = await trio.to_thread.run_sync(_sha256, data) if len(data) >= THREAD_HASH else None
-                got.take_chunk(index, data, digest)
-                self.bulk_bytes += len(data)
+            async for first in chunks:
+                batch = [first]
+                with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                    while True:
+                        batch.append(chunks.receive_nowait())
+                views = [got.place(i) for i in batch]
+                size = sum(len(v) for v in views)
+                digests = (await trio.to_thread.run_sync(_sha256_each, views) if size >= THREAD_HASH
+                           else [None] * len(views))
+                for i, view, digest in zip(batch, views, digests, strict=True):
+                    got.take_placed(i, digest)
+                    self.bulk_bytes += len(view)
 
 
-def _sha256(data: memoryview) -> bytes:
-    return hashlib.sha256(data).digest()
+async def _fault_in(got: BlobFetch, steps: trio.Semaphore) -> None:
+    """Fault in the memory of the chunks still wanted, ``FAULT_IN_STEP`` at a time, each step
+    taken when ``steps`` allows."""
+    wanted = got.wanted()
+    for k in range(0, len(wanted), FAULT_IN_STEP):
+        await steps.acquire()
+        views = [got.place(i) for i in wanted[k:k + FAULT_IN_STEP] if i >= got.next]
+        await trio.to_thread.run_sync(_fault_in_each, views)
+
+
+def _fault_in_each(views: list[memoryview]) -> None:
+    for view in views:
+        fault_in(view)
+
+
+def _sha256_each(views: list[memoryview]) -> list[bytes | None]:
+    return [hashlib.sha256(v).digest() for v in views]
 
 
 @contextlib.asynccontextmanager

@@ -159,7 +159,7 @@ class MapService:
         if min(shares) < 1:
             raise MapError(f"--max-price {max_price} leaves less than 1 µcr for a shard ({len(shards)} shards of up "
                            f"to {shard_rows} rows): raise --max-price, or make shards larger (--shard-rows)")
-        mid = map_id(job, shard_rows)
+        mid = await trio.to_thread.run_sync(map_id, job, shard_rows)  # hashes every row: off the trio thread
         folder = self.state_dir / mid
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._exclusive(folder, mid), operations.spending() as account:

@@ -83,11 +83,12 @@ class JobRequester:
     def _lock(self, array: np.ndarray) -> tuple[bytes, bytes]:
         """(key, blob id) of an input array, encrypted into the blob store (off the trio thread).
         The same data is encrypted once while its blob is held: a dataset's model, rows sent again."""
-        key = sealing.blob_key(np.ascontiguousarray(array).data.cast("B"), self._secret)
+        memory = np.ascontiguousarray(array).data.cast("B")  # encrypted from where it is: no copy
+        key = sealing.blob_key(memory, self._secret)
         known = self._locked.get(key)
         if known is not None and known in self.blobs.store:
             return key, known
-        blob_id = self.blobs.store.put(sealing.lock_with(array.tobytes(), key))
+        blob_id = self.blobs.store.put(sealing.lock_with(memory, key))
         self._locked[key] = blob_id
         while len(self._locked) > MAX_LOCKED:
             self._locked.pop(next(iter(self._locked)))

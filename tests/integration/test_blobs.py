@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import pytest
+import trio
 
 from p2pnode.services.blobs import BlobService
 from p2pnode.wire.blob import CHUNK, BlobError, BlobUnavailable
@@ -97,3 +98,37 @@ async def test_a_corrupt_chunk_is_rejected_and_its_sender_penalised(bad: int, th
             await reader.blobs.fetch(holder.identity.peer_id, blob_id)
         assert blob_id not in reader.blobs.store
         assert reader.penalties.score(holder.identity.peer_id, reader._clock()) > 0
+
+
+async def test_a_holder_that_stops_after_announcing_a_large_blob_makes_the_reader_commit_little(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the bulk channel the blob's memory is faulted in ahead of the receive, but only a few
+    steps ahead: never the whole size a manifest announces."""
+    from p2pnode.services import blobs as blob_service
+
+    monkeypatch.setattr(blob_service, "CHUNK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(blob_service, "RESUMES", 0)
+    faulted: list[int] = []
+    original = blob_service._fault_in_each
+
+    def recording(views: list[memoryview]) -> None:
+        faulted.extend(len(v) for v in views)
+        original(views)
+
+    monkeypatch.setattr(blob_service, "_fault_in_each", recording)
+    async with swarm(2, line=False, bulk=True) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        holder, reader = nodes[0].node, nodes[1].node
+        blob_id = holder.blobs.store.put(os.urandom(96 * CHUNK))
+
+        async def stalling_send(self: BlobService, conn: Any, i: int, data: bytes) -> None:
+            if i >= 3:
+                await trio.sleep_forever()  # cancelled by the holder's own chunk timeout
+            await BlobService._send_bulk_chunk(self, conn, i, data)
+
+        holder.blobs._send_bulk_chunk = stalling_send.__get__(holder.blobs)  # type: ignore[method-assign]
+        with pytest.raises(BlobUnavailable):
+            await reader.blobs.fetch(holder.identity.peer_id, blob_id)
+        steps = blob_service.FAULT_IN_AHEAD * blob_service.FAULT_IN_STEP
+        assert reader.blobs.bulk_bytes == 3 * CHUNK
+        assert 0 < sum(faulted) <= steps * CHUNK < 96 * CHUNK

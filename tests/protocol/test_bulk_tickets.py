@@ -54,11 +54,40 @@ def test_a_fetch_takes_one_manifest_per_connection_and_chunks_in_order() -> None
         got.take_chunk(1, data[:1024], wb.manifest_for(data[:1024], 1024).hashes[0])
     got.new_connection()  # a resume: the manifest again, then the rest
     got.take_manifest(manifest.raw, now=1.0)
-    size, ranges = got.rest()
-    assert size == len(data) - 1024 and ranges[0] == (0, 1024) and ranges[-1][1] == size
-    for k, (a, b) in enumerate(ranges):
-        got.take_chunk(1 + k, data[1024 + a:1024 + b])
-    assert got.done and got.result() == data
+    assert list(got.wanted()) == [1, 2, 3, 4]
+    got.take_chunk(1, data[1024:2048])
+    for i in got.wanted():  # a channel that receives into the blob's memory
+        got.place(i)[:] = data[i * 1024:(i + 1) * 1024]
+    with pytest.raises(RuntimeError, match="not complete"):
+        got.result()
+    for i in got.wanted():
+        got.take_placed(i)
+    assert got.done and got.result() == data and isinstance(got.result(), bytes)
+
+
+def test_a_chunk_received_in_place_is_checked_where_it_is() -> None:
+    data = os.urandom(3000)
+    manifest = wb.manifest_for(data, 1024)
+    got = BlobFetch(manifest.id, 1 << 20, now=0.0)
+    got.new_connection()
+    with pytest.raises(wb.BlobError, match="before the manifest"):
+        got.place(0)
+    got.take_manifest(manifest.raw, now=0.0)
+    with pytest.raises(wb.BlobError, match="not wanted"):
+        got.place(3)
+    got.place(1)[:] = data[1024:2048]  # received ahead of chunk 0: allowed, checked in order
+    with pytest.raises(wb.BlobError, match="out of order"):
+        got.take_placed(1)
+    got.place(0)[:] = data[1:1025]  # a holder's wrong bytes
+    with pytest.raises(wb.BlobError, match="chunk 0 does not match"):
+        got.take_placed(0)
+    got.place(0)[:] = data[:1024]  # the same chunk again, from a resume
+    got.take_placed(0)
+    with pytest.raises(wb.BlobError, match="not wanted"):
+        got.place(0)  # a checked chunk cannot be written again
+    got.take_placed(1)
+    got.take_chunk(2, data[2048:])
+    assert got.result() == data
 
 
 def test_a_fetch_ends_by_its_deadline_set_by_the_manifests_size() -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -44,3 +46,24 @@ def test_a_truncated_payload_is_a_seal_error(size: int) -> None:
 
 def test_sealing_twice_differs() -> None:  # ephemeral keys: equal plaintexts are not linkable
     assert sealing.seal(b"x", pid(BOB)) != sealing.seal(b"x", pid(BOB))
+
+
+@given(st.binary(max_size=3 * 4096), st.binary(min_size=32, max_size=32))
+def test_input_blobs_are_libsodiums_aegis_256_from_any_buffer(data: bytes, secret: bytes) -> None:
+    """Written in one pass into fresh memory, they are the bytes PyNaCl's own binding gives (what
+    any other node reads), and open from bytes or a view alike."""
+    import numpy as np
+    from nacl.bindings import crypto_aead_aegis256_encrypt
+
+    key, locked = sealing.lock(data, secret)
+    assert locked == crypto_aead_aegis256_encrypt(data, None, sealing._nonce(key), key)
+    assert sealing.lock_with(memoryview(np.frombuffer(data, dtype="u1")), key) == locked
+    assert sealing.unlock(locked, key) == data == sealing.unlock(memoryview(locked), key)
+    for bad in (locked[:-1] + bytes([locked[-1] ^ 1]), locked[:31], os.urandom(len(locked))):
+        with pytest.raises(sealing.SealError):
+            sealing.unlock(bad, key)
+
+
+def test_a_large_sealed_payload_opens_whole() -> None:
+    data = os.urandom(3 << 20)
+    assert sealing.unseal(sealing.seal(data, pid(BOB)), BOB) == data

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -17,7 +18,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def measure_map(args: argparse.Namespace, bulk: bool, runs: int) -> dict[str, Any]:
     """A data-dense map (the small CNN, 3 KB a row) of fresh rows through one provider process, in
     shards of ``--map-shard`` rows, each run against ONNX Runtime in this process on the same rows
-    in batches of the same size, just before it (a shard is one ONNX Runtime call at the provider)."""
+    in batches of the same size, just before it (a shard is one ONNX Runtime call at the provider).
+
+    With each run, the CPU seconds each process spent on it (Linux): the provider's workers (ONNX
+    Runtime itself), the provider node, the requester node and its workers, against ONNX Runtime's
+    own CPU seconds directly: on a machine whose cores ONNX Runtime fills, what the nodes spend
+    beside it is what the map loses."""
     import tempfile
 
     import numpy as np
@@ -47,7 +53,10 @@ def measure_map(args: argparse.Namespace, bulk: bool, runs: int) -> dict[str, An
             for i in range(runs + 1):  # the first moves the model and warms the provider: not counted
                 data = models.images(rows, size=28, seed=1000 + i)
                 np.save(base / f"x{i}.npy", data)
+                cpu0 = time.process_time()
                 direct = min(_direct_batches(sess, job, data, shard) for _ in range(2))
+                direct_cpu = (time.process_time() - cpu0) / 2
+                before = _cpu(prov.proc.pid, req.proc.pid)
                 r = subprocess.run([*EXE, "submit", "map", "--model", str(base / "m.onnx"), "--input",
                                     str(base / f"x{i}.npy"), "--providers", "1", "--shard-rows", str(shard),
                                     # a price and deadline no busy moment of this machine can reach:
@@ -60,14 +69,36 @@ def measure_map(args: argparse.Namespace, bulk: bool, runs: int) -> dict[str, An
                         print("".join(prov.output[-60:]), "".join(req.output[-60:]), file=sys.stderr)
                     raise RuntimeError(r.stderr)
                 seconds = json.loads(r.stdout)["seconds"]
+                after = _cpu(prov.proc.pid, req.proc.pid)
                 if i:
-                    out.append({"direct_s": direct, "map_s": seconds, "ratio": direct / seconds})
+                    out.append({"direct_s": direct, "map_s": seconds, "ratio": direct / seconds,
+                                "cpu_s": {"direct": round(direct_cpu, 3),
+                                          **{k: round(after[k] - before[k], 3) for k in after}}})
         finally:
             for p in (prov, req):
                 p.proc.terminate()
                 p.proc.wait(timeout=30)
     best = max(out, key=lambda m: m["ratio"])
-    return {"rows": rows, "shard": shard, "MB": data.nbytes / 1e6, "bulk": bulk, "runs": out, **best}
+    return {"rows": rows, "shard": shard, "MB": data.nbytes / 1e6, "bulk": bulk, "runs": out, **best,
+            "median_ratio": statistics.median(m["ratio"] for m in out)}
+
+
+def _cpu(provider: int, requester: int) -> dict[str, float]:
+    """CPU seconds so far of each node process and of its children (its workers), by role."""
+    from throughput import _proc_cpu
+
+    def children(pid: int) -> float:
+        total = 0.0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                try:
+                    total += _proc_cpu(int(child))
+                except (OSError, ValueError):  # ended meanwhile
+                    continue
+        return total
+
+    return {"provider_workers": children(provider), "provider_node": _proc_cpu(provider),
+            "requester_node": _proc_cpu(requester), "requester_workers": children(requester)}
 
 
 def _direct_batches(sess: Any, job: Any, data: Any, shard: int) -> float:

@@ -16,9 +16,10 @@ Also ``tools/bench/run net --throughput``. Each measure moves ``--mib`` MiB from
 * ``map``: a data-dense ``map`` of fresh rows (``models.py``'s small CNN, 3 KB a row) through a
   provider process, against ONNX Runtime run directly on the same rows just before it.
 
-Each figure is the best of ``--runs`` interleaved runs (the machine is shared: the best run is the
-least disturbed one), with the CPU seconds per GB of each end and, with ``--profile``, the functions
-that took each end's time in one more run. Prints a table, writes a PNG, or ``--json``.
+Each figure is the median of ``--runs`` interleaved runs, shown beside the best (the machine is
+shared: the best run is the least disturbed one), with the CPU seconds per GB of each end (of the
+best run) and, with ``--profile``, the functions that took each end's time in one more run. Prints
+a table, writes a PNG, or ``--json``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import io
 import json
 import os
 import pstats
+import statistics
 import subprocess
 import sys
 import time
@@ -407,16 +409,18 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         if js_runs:
             runs["perf, js-libp2p writes"] = js_runs
     best = {m: max(rs, key=lambda r: r.mb_s) for m, rs in runs.items()}
-    tcp = best["tcp"].mb_s if "tcp" in best else None
-    before = best["stream, upstream"].mb_s if "stream, upstream" in best else None
+    median = {m: statistics.median(r.mb_s for r in rs) for m, rs in runs.items()}
+    tcp = median.get("tcp")
+    before = median.get("stream, upstream")
     report: dict[str, Any] = {"mib": args.mib, "runs": args.runs, "measures": {}}
     for mode, r in best.items():
         report["measures"][label(mode, args)] = {
-            "MB_s": round(r.mb_s, 1), "all_MB_s": [round(x.mb_s, 1) for x in runs[mode]],
+            "MB_s": round(median[mode], 1), "best_MB_s": round(r.mb_s, 1),
+            "all_MB_s": [round(x.mb_s, 1) for x in runs[mode]],
             "reader_cpu_s_per_GB": round(r.reader["cpu_s"] / r.bytes * 1e9, 3),
             "writer_cpu_s_per_GB": round(r.writer["cpu_s"] / r.bytes * 1e9, 3),
-            "of_tcp": round(r.mb_s / tcp, 3) if tcp else None,
-            "x_upstream_stream": round(r.mb_s / before, 2) if before else None,
+            "of_tcp": round(median[mode] / tcp, 3) if tcp else None,
+            "x_upstream_stream": round(median[mode] / before, 2) if before else None,
         }
     if args.profile:
         for mode in modes:
@@ -439,11 +443,11 @@ def render(r: dict[str, Any], png: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"Throughput between two processes on loopback, {r['mib']} MiB, best of {r['runs']}")
-    for col in ("measure", "MB/s", "of raw TCP", "× upstream stream", "reader s/GB", "writer s/GB", "runs MB/s"):
+    t = Table(title=f"Throughput between two processes on loopback, {r['mib']} MiB, median of {r['runs']}")
+    for col in ("measure", "MB/s", "best", "of raw TCP", "× upstream stream", "reader s/GB", "writer s/GB", "runs MB/s"):
         t.add_column(col, justify="left" if col == "measure" else "right")
     for name, m in r["measures"].items():
-        t.add_row(name, f"{m['MB_s']:.0f}", f"{100 * m['of_tcp']:.0f} %" if m["of_tcp"] else "",
+        t.add_row(name, f"{m['MB_s']:.0f}", f"{m['best_MB_s']:.0f}", f"{100 * m['of_tcp']:.0f} %" if m["of_tcp"] else "",
                   f"{m['x_upstream_stream']:.1f}" if m["x_upstream_stream"] else "",
                   f"{m['reader_cpu_s_per_GB']:.2f}", f"{m['writer_cpu_s_per_GB']:.2f}",
                   " ".join(f"{x:.0f}" for x in m["all_MB_s"]))
@@ -455,7 +459,10 @@ def render(r: dict[str, Any], png: Path | None) -> None:
             continue
         each = ", ".join(f"{100 * x['ratio']:.0f} %" for x in m["runs"])
         c.print(f"map of fresh rows ({m['rows']} rows, {m['MB']:.0f} MB), bulk {'on' if m['bulk'] else 'off'}: "
-                f"{100 * m['ratio']:.0f} % of ONNX Runtime directly (best of {len(m['runs'])}: {each})")
+                f"{100 * m['median_ratio']:.0f} % of ONNX Runtime directly (median of {len(m['runs'])}: {each})")
+        cpu = m["runs"][-1].get("cpu_s")
+        if cpu:
+            c.print("  CPU seconds of its last run: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in cpu.items()))
     for name, m in r["measures"].items():
         for end in ("reader", "writer"):
             prof = (m.get("profile") or {}).get(end)
@@ -471,7 +478,7 @@ def render(r: dict[str, Any], png: Path | None) -> None:
     names = list(r["measures"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
     ax1.barh(names, [r["measures"][n]["MB_s"] for n in names], color="tab:blue")
-    ax1.set_xlabel("MB/s (best run)")
+    ax1.set_xlabel("MB/s (median run)")
     ax1.invert_yaxis()
     ax1.set_title("Throughput, two processes, loopback")
     ys = range(len(names))
@@ -490,7 +497,7 @@ def render(r: dict[str, Any], png: Path | None) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mib", type=int, default=256, help="MiB moved by each measure")
-    p.add_argument("--runs", type=int, default=3, help="interleaved runs of each measure (the best is shown)")
+    p.add_argument("--runs", type=int, default=3, help="interleaved runs of each measure (the median is shown, and the best)")
     p.add_argument("--streams", type=int, default=4, help="streams at once in the 'streams' measure")
     p.add_argument("--only", default="", help="these measures only, separated by '/' (e.g. 'tcp/blob, bulk')")
     p.add_argument("--profile", action="store_true", help="one more run of each measure, profiled at both ends")
