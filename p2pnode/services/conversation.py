@@ -19,6 +19,7 @@ that is not about streams: ledger, gossip, charges).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -43,6 +44,8 @@ from p2pnode.services.ports import Penalise as PenaliseFn
 from p2pnode.wire import job as m
 from p2pnode.wire.names import JOB_PROTOCOL
 from p2pnode.wire.peer_id import to_base58
+
+RECEIPT_SEND_S = 10.0  # how long a receipt may take to go out while its job is being stopped
 
 log = logging.getLogger("p2pnode.jobs")
 # A provider sends a bid, a result and progress every wire.job.HEARTBEAT_S: more than this is a flood.
@@ -99,10 +102,13 @@ class Conversation:
                     await self.before_send(action)
                 fs = self._streams.get(action.peer)
                 if fs is not None:
-                    try:
-                        await fs.send(action.msg.encode())
-                    except StreamGone:
-                        pass
+                    # a receipt goes out even as the job is being stopped: what it pays for may be kept
+                    paying = isinstance(action.msg, m.Receipt)
+                    with trio.CancelScope(shield=paying), trio.move_on_after(RECEIPT_SEND_S if paying else math.inf):
+                        try:
+                            await fs.send(action.msg.encode())
+                        except StreamGone:
+                            pass
             elif isinstance(action, Dial):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._talk, action.ad)

@@ -207,13 +207,20 @@ class JobRequester:
         talk = Conversation(pipe, now=self.now, streams=self.streams, penalise=self.penalise, name=rec.job[:8],
                             answer=partial(self._answer, pipe, order, prepared, event), carry=self._carry,
                             before_send=before_send)
+        closed = False
         try:
             await talk.run(first, background)
         finally:
             rec.state, rec.ended = pipe.state, self.now()
-        _ended(rec, pipe)
-        with trio.CancelScope(shield=True):
-            await talk.carry(pipe.close(self.now()))
+            if kept and pipe.terminal:  # an output kept is paid for and remembered, even as the run stops
+                closed = True
+                _ended(rec, pipe)
+                with trio.CancelScope(shield=True):
+                    await talk.carry(pipe.close(self.now()))
+        if not closed:
+            _ended(rec, pipe)
+            with trio.CancelScope(shield=True):
+                await talk.carry(pipe.close(self.now()))
         log.info("job %s: %s as requester of %s%s on %s: %s (price %d)", rec.job[:8], rec.state, rec.workload,
                  f" ({rec.purpose})" if rec.purpose != "job" else "", rec.peer or "-", rec.outcome, rec.price)
         self.on_end(rec)

@@ -231,6 +231,22 @@ async def test_what_a_caller_keeps_of_an_output_is_kept_before_the_receipt_pays_
         assert seen[0][2] and "done" not in seen[0][2]  # the provider had not been paid yet
         await requester.wait_until(lambda: any(r.job == rec.job and r.state == "done" for r in provider.jobs.records),
                                    timeout=10)
+        # stopped while it keeps the output (Ctrl-C, a client gone): the output kept is still paid for
+        kept: list[str] = []
+        with trio.CancelScope() as stop:
+            async def keep_and_stop(rec: object) -> None:
+                kept.append(getattr(rec, "job"))
+                stop.cancel()
+                await trio.sleep(0.2)  # shielded: the write finishes
+
+            await requester.jobs.submit("matmul", {**params, "seed": 13}, max_price=RICH, deadline_s=30,
+                                        keep=keep_and_stop)
+        assert stop.cancelled_caught and len(kept) == 1
+        await requester.wait_until(lambda: any(r.job == kept[0] and r.state == "done" for r in provider.jobs.records),
+                                   timeout=10)
+        assert requester.trust.ledger is not None
+        paid = [e for e in requester.trust.ledger.entries() if e.kind == "receipt" and e.data["job"].hex() == kept[0]]
+        assert len(paid) == 1 and paid[0].data["paid"] > 0
 
 
 async def test_a_large_output_comes_back_as_a_blob() -> None:
