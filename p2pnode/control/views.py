@@ -21,6 +21,7 @@ from p2pnode.errors import ControlError
 from p2pnode.ledger.store import FILE_NAME
 
 MAX_WAIT_S = 300.0
+FALLING = ("busy", "trainings")  # what ``wait`` waits on to fall to its count, not to reach it
 
 
 class ControlViews:
@@ -215,7 +216,8 @@ class ControlViews:
         (relay slots held), ``public`` (1 once peers' dial-backs found this node reachable),
         ``direct`` (peers connected other than through a relay), ``shards`` (dataset shards
         saved since start) or ``rounds`` (training rounds checkpointed since start) reaches ``count``, or until ``busy`` (jobs running plus
-        job and blob streams open) falls to ``count`` (0: drained, e.g. before a restart). Scripts and
+        job and blob streams open) or ``trainings`` (training runs under way) falls to ``count`` (0:
+        drained, e.g. before a restart, or every training stopped). Scripts and
         tests wait on the node instead of polling it."""
         node = self.node
         what = request.get("what")
@@ -229,16 +231,17 @@ class ControlViews:
                  "rounds": lambda: node.trainer.rounds_saved,
                  "direct": lambda: sum(1 for p in self.peers() if any("/p2p-circuit" not in a for a in p["addrs"])),
                  "busy": lambda: ((node.executor.running if node.executor is not None else 0)
-                                  + node.jobs.limits.open() + node.blobs.limits.open())}
+                                  + node.jobs.limits.open() + node.blobs.limits.open()),
+                 "trainings": lambda: len(node.trainer.runs.live)}
         if what not in views:
             raise ControlError('wait needs {"what": "peers"|"market"|"offers"|"relays"|"public"|"direct"|"shards"|'
-                               '"rounds"|"busy", "count": N, "timeout_s": S}')
+                               '"rounds"|"busy"|"trainings", "count": N, "timeout_s": S}')
         count: int = number(request, "count", lo=0, hi=2**31, integer=True)
         timeout: float = number(request, "timeout_s", 30, lo=0, hi=MAX_WAIT_S)
 
         def reached() -> bool:
             value = views[what]()
-            return value <= count if what == "busy" else value >= count
+            return value <= count if what in FALLING else value >= count
 
         try:
             await node.market.wait_until(reached, timeout=timeout)

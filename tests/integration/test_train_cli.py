@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -51,17 +50,12 @@ def _checkpoint(folder: Path) -> int:
         return int(z["round"])
 
 
-def _until_stopped(node: NodeProcess, timeout: float = 60.0) -> dict[str, Any]:
+def _until_stopped(node: NodeProcess) -> dict[str, Any]:
     """The training record once the node has stopped the run whose client went away."""
-    end = time.monotonic() + timeout
-    while True:
-        jobs = node.json("jobs")
-        assert isinstance(jobs, list)
-        train = [j for j in jobs if j["workload"] == "train" and j["role"] == "requester"]
-        if train and train[-1]["state"] != "running":
-            return train[-1]
-        assert time.monotonic() < end, jobs
-        time.sleep(0.1)
+    call(node.data_dir / "control.sock", "wait", timeout=70, what="trainings", count=0, timeout_s=60)
+    jobs = node.json("jobs")
+    assert isinstance(jobs, list)
+    return [j for j in jobs if j["workload"] == "train" and j["role"] == "requester"][-1]
 
 
 def _paid_receipts(data_dir: Path) -> list[dict[str, Any]]:
