@@ -120,14 +120,20 @@ class MapResult:
 
 
 def map_id(job: ModelJob | GenerationJob, shard_rows: int) -> str:
+    return identity(job, shard_rows)[0]
+
+
+def identity(job: ModelJob | GenerationJob, shard_rows: int) -> tuple[str, bytes]:
+    """(the map's id, its model's SHA-256): one pass over the model and the rows, for both."""
     h = hashlib.sha256(job.blob)
+    model_digest = h.copy().digest()
     for name in sorted(job.arrays):
         a = job.arrays[name]
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(hashlib.sha256(np.ascontiguousarray(a).data.cast("B")).digest())
     h.update(str(shard_rows).encode())
     h.update(map_key(job))
-    return h.hexdigest()[:24]
+    return h.hexdigest()[:24], model_digest
 
 
 class MapService:
@@ -159,13 +165,14 @@ class MapService:
         if min(shares) < 1:
             raise MapError(f"--max-price {max_price} leaves less than 1 µcr for a shard ({len(shards)} shards of up "
                            f"to {shard_rows} rows): raise --max-price, or make shards larger (--shard-rows)")
-        mid = await trio.to_thread.run_sync(map_id, job, shard_rows)  # hashes every row: off the trio thread
+        # hashes the model and every row: off the trio thread
+        mid, model_digest = await trio.to_thread.run_sync(identity, job, shard_rows)
         folder = self.state_dir / mid
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._exclusive(folder, mid), operations.spending() as account:
             return await self._run_once(job, mid, folder, shards, shares, providers=providers, deadline_s=deadline_s,
                                         on_event=on_event, backend=backend, verify=verify, fresh=fresh,
-                                        hangup=hangup, account=account)
+                                        hangup=hangup, account=account, model_digest=model_digest)
 
     @contextlib.contextmanager
     def _exclusive(self, folder: Path, mid: str) -> Any:
@@ -185,7 +192,7 @@ class MapService:
 
     async def _run_once(self, job: ModelJob | GenerationJob, mid: str, folder: Path, shards: list[Shard], shares: list[int], *,
                         providers: int, deadline_s: float, on_event: Event | None, backend: str, verify: str,
-                        fresh: bool, hangup: Hangup | None, account: Spending) -> MapResult:
+                        fresh: bool, hangup: Hangup | None, account: Spending, model_digest: bytes) -> MapResult:
         """The map under its lock: shards done before read back, the rest run as a cancellable run
         recorded in the job book."""
         started = self.now()
@@ -208,7 +215,8 @@ class MapService:
         try:
             with self.runs.open(mid, account, started, hangup) as run:
                 result = await self._run(job, mid, folder, shards, shares, done, providers=providers,
-                                         deadline_s=deadline_s, on_event=on_event, backend=backend, verify=check)
+                                         deadline_s=deadline_s, on_event=on_event, backend=backend, verify=check,
+                                         model_digest=model_digest)
         except MapError as exc:
             rec.state, rec.outcome = "failed", str(exc)[:250]
             raise
@@ -229,12 +237,12 @@ class MapService:
 
     async def _run(self, job: ModelJob | GenerationJob, mid: str, folder: Path, shards: list[Shard], shares: list[int],
                    done: dict[int, dict[str, np.ndarray]], *, providers: int, deadline_s: float,
-                   on_event: Event | None, backend: str, verify: str) -> MapResult:
+                   on_event: Event | None, backend: str, verify: str, model_digest: bytes) -> MapResult:
         emit = on_event or (lambda e: None)
         emit({"event": "map", "map": mid, "rows": job.rows, "shards": len(shards), "resumed": len(done),
               "verify": verify, "coupling": job.coupling})
         run = _Running(self, job, folder, shards, shares, done, self._load(folder), providers=providers,
-                       deadline_s=deadline_s, emit=emit, backend=backend, verify=verify)
+                       deadline_s=deadline_s, emit=emit, backend=backend, verify=verify, model_digest=model_digest)
         queue = [s for s in shards if s.index not in done]
         if queue:
             async with trio.open_nursery() as nursery:
@@ -271,8 +279,9 @@ class _Running:
 
     def __init__(self, service: MapService, job: ModelJob | GenerationJob, folder: Path, shards: list[Shard], shares: list[int],
                  done: dict[int, dict[str, np.ndarray]], state: dict[str, Any], *, providers: int, deadline_s: float,
-                 emit: Event, backend: str, verify: str) -> None:
+                 emit: Event, backend: str, verify: str, model_digest: bytes) -> None:
         self.service, self.job, self.folder, self.shards, self.shares = service, job, folder, shards, shares
+        self.digests = {"model": model_digest}  # the model is hashed once for all the shards
         self.done, self.state, self.providers, self.deadline_s = done, state, providers, deadline_s
         self.emit, self.backend, self.verify = emit, backend, verify
         self.started = service.now()
@@ -308,7 +317,8 @@ class _Running:
             try:
                 rec = await self.service.submit(workload, params, inputs=inputs, only=[chosen], k=1,
                                                 max_price=self.shares[shard.index], deadline_s=self.deadline_s,
-                                                verify=self.verify, backend=self.backend, keep=keep)
+                                                verify=self.verify, backend=self.backend, keep=keep,
+                                                digests=self.digests)
             finally:
                 self.busy[chosen.peer_id] -= 1
             if kept:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -80,11 +80,13 @@ class JobRequester:
                              submit=self.submit, latency_ms=self._latency_ms,
                              calibrate_providers=calibrate_providers)
 
-    def _lock(self, array: np.ndarray) -> tuple[bytes, bytes]:
+    def _lock(self, array: np.ndarray, digest: bytes | None = None) -> tuple[bytes, bytes]:
         """(key, blob id) of an input array, encrypted into the blob store (off the trio thread).
-        The same data is encrypted once while its blob is held: a dataset's model, rows sent again."""
+        The same data is encrypted once while its blob is held: a dataset's model, rows sent again.
+        ``digest``: the array's SHA-256, where the caller has it (a map's model, hashed once for
+        all its shards), so it is not hashed again."""
         memory = np.ascontiguousarray(array).data.cast("B")  # encrypted from where it is: no copy
-        key = sealing.blob_key(memory, self._secret)
+        key = sealing.blob_key_for(digest, self._secret) if digest is not None else sealing.blob_key(memory, self._secret)
         known = self._locked.get(key)
         if known is not None and known in self.blobs.store:
             return key, known
@@ -122,13 +124,15 @@ class JobRequester:
                      on_event: Callable[[dict[str, Any]], None] | None = None,
                      inputs: dict[str, np.ndarray] | None = None, only: list[Any] | None = None,
                      purpose: str = "job", hangup: operations.Hangup | None = None,
-                     keep: Callable[[JobRecord], Awaitable[None]] | None = None) -> JobRecord:
+                     keep: Callable[[JobRecord], Awaitable[None]] | None = None,
+                     digests: Mapping[str, bytes] | None = None) -> JobRecord:
         """Run a job on the network. ``only`` restricts the auction to these ads (checks and
         calibration); ``purpose`` other than ``job`` marks such internal jobs, which are not
         themselves re-checked. ``keep`` is awaited (shielded) with the job's record, its output
         accepted, before the provider is sent the receipt that pays it: what it writes to disk is
         there before anything is paid, so a requester killed at any moment never pays twice for
-        one output (a map's or a training's shard).
+        one output (a map's or a training's shard). ``digests``: the SHA-256 of some inputs, where
+        the caller has it (a map's model, the same in every shard), so they are not hashed again.
 
         A job asked for on its own (not a part of a map, a check or a calibration, which are
         charged to what they are part of) is a run: ``p2pnode cancel`` or ``hangup`` stops it, its
@@ -137,7 +141,7 @@ class JobRequester:
         job_id = os.urandom(16)
         kw: dict[str, Any] = {"max_price": max_price, "deadline_s": deadline_s, "k": k, "backend": backend,
                               "verify": verify, "bid_window_s": bid_window_s, "on_event": on_event, "inputs": inputs,
-                              "only": only, "purpose": purpose, "keep": keep}
+                              "only": only, "purpose": purpose, "keep": keep, "digests": digests}
         if operations.current() is not None:  # a part of a larger request, which pays for it
             return await self._submit(job_id, workload, params, **kw)
         rec: JobRecord | None = None
@@ -159,7 +163,8 @@ class JobRequester:
                       deadline_s: float, k: int, backend: str, verify: str, bid_window_s: float,
                       on_event: Callable[[dict[str, Any]], None] | None, inputs: dict[str, np.ndarray] | None,
                       only: list[Any] | None, purpose: str,
-                      keep: Callable[[JobRecord], Awaitable[None]] | None = None) -> JobRecord:
+                      keep: Callable[[JobRecord], Awaitable[None]] | None = None,
+                      digests: Mapping[str, bytes] | None = None) -> JobRecord:
         """The driver of one job's :class:`RequesterPipeline`: the order, whom to ask, the
         conversation, and what the job leaves (every decision is the pipeline's)."""
         wl = workloads.get(workload)
@@ -169,7 +174,7 @@ class JobRequester:
         early: list[dict[str, Any]] = []
         asked, reserves = await self._whom(workload, wl.memory(checked), k, backend, only, purpose, max_price,
                                            _Events(early, on_event))
-        keys, blob_ids = await self._lock_inputs(arrays)
+        keys, blob_ids = await self._lock_inputs(arrays, digests or {})
         order = Order(workload, checked, max_price, deadline_s, backend,
                       self.judge.verify_method(workload) if verify == "auto" else verify, purpose, wl.flops(checked),
                       arrays, keys, tuple(blob_ids), sum(int(a.nbytes) for a in arrays.values()), bid_window_s,
@@ -257,12 +262,13 @@ class JobRequester:
             raise JobError(f"no provider in the market offers {workload}" + (f" on {backend}" if backend else ""))
         return ads[:first], ads[first:]
 
-    async def _lock_inputs(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, bytes], list[bytes]]:
+    async def _lock_inputs(self, arrays: dict[str, np.ndarray],
+                           digests: Mapping[str, bytes]) -> tuple[dict[str, bytes], list[bytes]]:
         """(each input's key, the blob ids in input-name order): inputs travel as encrypted blobs
         that the awarded provider fetches from this node."""
         keys, blob_ids = {}, []
         for name in sorted(arrays):
-            key, blob_id = await trio.to_thread.run_sync(self._lock, arrays[name])
+            key, blob_id = await trio.to_thread.run_sync(self._lock, arrays[name], digests.get(name))
             blob_ids.append(blob_id)
             keys[name] = key
         return keys, blob_ids

@@ -79,7 +79,12 @@ def blob_secret(identity_seed: bytes) -> bytes:
 
 
 def blob_key(data: bytes | memoryview, secret: bytes) -> bytes:
-    return hmac.new(secret, hashlib.sha256(data).digest(), hashlib.sha256).digest()
+    return blob_key_for(hashlib.sha256(data).digest(), secret)
+
+
+def blob_key_for(digest: bytes, secret: bytes) -> bytes:
+    """:func:`blob_key` of the data whose SHA-256 is ``digest`` (known already: not hashed again)."""
+    return hmac.new(secret, digest, hashlib.sha256).digest()
 
 
 def _nonce(key: bytes, label: bytes = _NONCE_LABEL) -> bytes:

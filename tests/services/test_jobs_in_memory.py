@@ -270,3 +270,28 @@ async def test_a_budget_caps_spending_and_reciprocity_lowers_the_price(autojump_
         w.requester.budget, w.requester.spent = full.price + half.price, lambda: full.price + half.price
         with pytest.raises(JobError, match="over budget"):
             await w.requester.submit("matmul", {**params, "seed": 5}, max_price=1, deadline_s=60)
+
+
+async def test_an_input_whose_digest_the_caller_has_is_not_hashed_again(autojump_clock: Any,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A map passes its model's SHA-256 (hashed once for the whole map) with every shard: the
+    requester keys that blob from it, to the very key and blob it would have hashed its way to."""
+    import hashlib
+
+    from p2pnode.wire import sealing
+
+    rng = np.random.default_rng(8)
+    a = rng.integers(-9, 9, (64, 32), dtype=np.int8)
+    b = rng.integers(-9, 9, (32, 16), dtype=np.int8)
+    hashed: list[int] = []
+    blob_key = sealing.blob_key
+    monkeypatch.setattr(sealing, "blob_key", lambda data, secret: hashed.append(memoryview(data).nbytes)
+                        or blob_key(data, secret))
+    async with world(1) as w:
+        params = {"m": 64, "n": 16, "k": 32, "dtype": "int8", "inputs": "blob"}
+        rec = await w.requester.submit("matmul", params, inputs={"a": a, "b": b}, max_price=RICH, deadline_s=60,
+                                       digests={"a": hashlib.sha256(a.data).digest()})
+        assert rec.state == "done", rec.outcome
+        assert rec.output is not None and np.array_equal(rec.output.arrays["c"], a.astype(np.int32) @ b.astype(np.int32))
+        assert hashed == [b.nbytes]  # b hashed; a keyed from its digest
+        assert w.requester._lock(a) == w.requester._lock(a, hashlib.sha256(a.data).digest())
