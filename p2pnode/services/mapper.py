@@ -27,8 +27,9 @@ A map whose every shard is done already is not run again: it says so (``already_
 ``fresh`` forgets its shards to compute it all again.
 
 **One run at a time, stoppable.** A map runs once at a time (a second run of it is refused, naming
-it), holding a lock file in its folder; each state file is written under a unique temporary name
-and renamed. ``p2pnode cancel MAP`` or its client going away cancels it: its jobs in flight are
+it), holding a lock file in its folder; each shard's output is written under a unique temporary
+name and renamed, then named by one line appended to the map's state log (``shards.jsonl``): a
+shard's save costs the same in a map of ten shards or of a hundred thousand. ``p2pnode cancel MAP`` or its client going away cancels it: its jobs in flight are
 cancelled at their providers, the finished shards stay for the next run, and it ends with
 :class:`MapCancelled`, saying what it paid. It is in the job book as a job of workload ``map``.
 
@@ -80,6 +81,8 @@ from p2pnode.wire.peer_id import to_base58
 
 log = logging.getLogger("p2pnode.map")
 BUSY_WAIT_S = 1.0  # a shard its provider declined as busy waits this long before it goes back
+STATE_LOG = "shards.jsonl"  # one line per shard kept: {"shard": i, "file": ..., "job": ..., "provider": ..., "rows": ...}
+LEGACY_STATE = "state.json"  # what earlier versions rewrote whole after each shard: still read
 Submit = Callable[..., Awaitable[Any]]
 Candidates = Callable[[str, int, int, str], list[Any]]
 Event = Callable[[dict[str, Any]], None]
@@ -258,19 +261,38 @@ class MapService:
     # state on disk -------------------------------------------------------------------------
     @staticmethod
     def _load(folder: Path) -> dict[str, Any]:
+        """{shard index: what names its output}: the shards an earlier run kept, one line each in
+        the state log (a torn last line, from a node killed as it wrote, is not a shard), after
+        those of a ``state.json`` an earlier version of the node wrote."""
+        state: dict[str, Any] = {}
         try:
-            state = json.loads((folder / "state.json").read_text())
-            return state if isinstance(state, dict) else {}
+            old = json.loads((folder / LEGACY_STATE).read_text())
+            state.update(old if isinstance(old, dict) else {})
         except (OSError, ValueError):
-            return {}
+            pass
+        try:
+            lines = (folder / STATE_LOG).read_bytes().split(b"\n")
+        except OSError:
+            return state
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("shard"), int):
+                state[str(entry.pop("shard"))] = entry
+        return state
 
     def _save(self, folder: Path, state: dict[str, Any], shard: Shard, arrays: dict[str, np.ndarray], job: str,
               peer: str) -> None:
-        """The shard's output, then the state that names it (each replaced atomically, fsynced)."""
+        """The shard's output (replaced atomically, fsynced), then one line that names it appended
+        to the state log (fsynced): a shard's save costs the same in a map of ten shards or of a
+        hundred thousand (the state was once rewritten whole for each shard)."""
         name = f"shard-{shard.index:06d}.npz"
         _atomic(folder / name, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
-        state[str(shard.index)] = {"file": name, "job": job, "provider": peer, "rows": shard.rows}
-        _atomic(folder / "state.json", lambda f: f.write(json.dumps(jsonable(state)).encode()))
+        entry = {"file": name, "job": job, "provider": peer, "rows": shard.rows}
+        state[str(shard.index)] = entry
+        _append_line(folder / STATE_LOG, json.dumps(jsonable({"shard": shard.index, **entry})).encode())
 
 
 class _Running:
@@ -387,9 +409,32 @@ def _read_done(folder: Path, shards: list[Shard]) -> dict[int, dict[str, np.ndar
 
 def _forget(folder: Path) -> None:
     """Drop what earlier runs of a map kept (``fresh``): its state first, then its shards."""
-    for path in [folder / "state.json", *sorted(folder.glob("shard-*.npz"))]:
+    for path in [folder / LEGACY_STATE, folder / STATE_LOG, *sorted(folder.glob("shard-*.npz"))]:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _append_line(path: Path, line: bytes) -> None:
+    """Append ``line`` to ``path`` and fsync it (and the folder, when the file is new). A torn line
+    left by a kill mid-write is ended first, so it never runs into the new one."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        os.write(fd, (b"\n" if torn else b"") + line + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if size == 0:
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic(path: Path, write: Callable[[Any], None]) -> None:
@@ -406,11 +451,7 @@ def _atomic(path: Path, write: Callable[[Any], None]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(path.parent)
 
 
 def _read_shard(path: Path, rows: int) -> dict[str, np.ndarray] | None:

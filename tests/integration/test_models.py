@@ -189,7 +189,7 @@ def test_a_requester_killed_mid_dataset_resumes_where_it_stopped(data_dir: Path)
         requester.proc.wait()
         first.communicate(timeout=30)
         assert first.returncode != 0  # the submit lost its node
-        finished = json.loads(next((req_dir / "maps").glob("*/state.json")).read_text())
+        finished = MapService._load(next((req_dir / "maps").glob("*/shards.jsonl")).parent)
         requester = NodeProcess(req_dir, "--no-provide", *boot)  # restarted, same data dir
         call(req_dir / "control.sock", "wait", timeout=40, what="market", count=2, timeout_s=30)
         second = subprocess.run(submit, capture_output=True, text=True, env=ENV, timeout=120)

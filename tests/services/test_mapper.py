@@ -3,6 +3,7 @@ providers, and a state directory; no network."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,33 @@ async def test_an_interrupted_dataset_job_resumes_without_redoing_finished_shard
     other = await MapService(submit=Market(2).submit, candidates=second.candidates, now=virtual_now,
                              state_dir=tmp_path).run(job, shard_rows=20, providers=2, max_price=10**6, deadline_s=60)
     assert other.resumed == 0 and other.map_id != result.map_id
+
+
+async def test_a_shard_saved_is_one_line_appended_and_a_torn_line_is_not_a_shard(tmp_path: Path) -> None:
+    """A map's state grows by one line a shard (it was rewritten whole for each shard: a map of
+    100,000 shards wrote its state 100,000 times over). A node killed mid-line leaves a torn line:
+    it is not a shard, and the next line written after it reads whole."""
+    from p2pnode.services.mapper import STATE_LOG
+
+    job = _job()
+    first = Market(2)
+    first.stop_after = 4
+    maps = MapService(submit=first.submit, candidates=first.candidates, now=virtual_now, state_dir=tmp_path)
+    with trio.move_on_after(5):
+        await maps.run(job, shard_rows=10, providers=2, max_price=10**6, deadline_s=60)
+    log = next(tmp_path.glob(f"*/{STATE_LOG}"))
+    lines = log.read_bytes().splitlines()
+    assert len(lines) == len(first.calls) == 4
+    assert max(map(len, lines)) < 2 * min(map(len, lines))  # each names one shard, not all before it
+    with open(log, "ab") as f:
+        f.write(b'{"shard": 9, "file": "shard-0000')  # killed as it wrote
+    assert set(MapService._load(log.parent)) == {str(json.loads(x)["shard"]) for x in lines}  # the torn one is not
+    second = Market(2)
+    result = await MapService(submit=second.submit, candidates=second.candidates, now=virtual_now,
+                              state_dir=tmp_path).run(job, shard_rows=10, providers=2, max_price=10**6, deadline_s=60)
+    assert result.resumed == 4 and len(second.calls) == 6
+    assert len(MapService._load(log.parent)) == 10  # the six lines after the torn one read whole
+    assert np.allclose(result.outputs["probabilities"], _local(job), rtol=1e-5, atol=1e-7)
 
 
 async def test_a_shard_nobody_can_do_fails_the_job_with_its_name(tmp_path: Path) -> None:
