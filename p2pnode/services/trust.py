@@ -9,8 +9,9 @@
 * reports from other peers arrive on ``p2pnode/reports/1``; the gossip validator checks them
   (size, signature, evidence, a per-reporter rate) and only then are they forwarded, stored and
   weighed; invalid ones count against the forwarder like bad ads;
-* the node publishes its own opinion of a peer after checking its work, and a ``cheat`` report
-  with the signed evidence after a dispute; as a provider, its opinion of a requester that paid it
+* the node publishes its own opinion of a peer after checking its work (never faster than every
+  receiver takes reports: one that must wait goes out later, as it then stands), and a ``cheat``
+  report with the signed evidence after a dispute; as a provider, its opinion of a requester that paid it
   (at first payment, then hourly: ``Reputation.vouch_due``), so that requesters, who do no work,
   are vouched for and their reports count.
 
@@ -46,6 +47,13 @@ from p2pnode.wire.peer_id import from_base58, to_base58
 
 log = logging.getLogger("p2pnode.trust")
 PENALTY_RECORD_INTERVAL_S = 60.0  # one ledger entry per peer and offence code per minute at most
+REPORT_BURST, REPORT_RATE = 20, 1.0  # what a node takes from one reporter; beyond: not stored, not forwarded
+# What this node publishes: under what every receiver takes, so that none of its reports is dropped
+# (a map of many quick shards once published one per shard, and peers dropped all but the first 20).
+# An opinion over this rate waits for a token and goes out as it then stands: one report of a
+# peer, however many jobs it did meanwhile.
+OWN_BURST, OWN_RATE = 16, 0.8
+MAX_WAITING = 4096  # peers whose opinion waits (the oldest is dropped past this)
 
 
 class _Pending:
@@ -97,7 +105,11 @@ class TrustService:
         self.now = now
         self._penalise, self._is_banned, self._publish_on = penalise, is_banned, publish
         self.ledger: Ledger | None = None
-        self.report_buckets = TokenBuckets(burst=20, rate=1.0)
+        self.report_buckets = TokenBuckets(burst=REPORT_BURST, rate=REPORT_RATE)
+        self._own = TokenBuckets(burst=OWN_BURST, rate=OWN_RATE, max_keys=1)
+        self._waiting: dict[bytes, None] = {}  # peers whose opinion waits for a token, oldest first
+        self._wake = trio.Event()
+        self.opinions_coalesced = 0  # opinions folded into a later report of the same peer
         self._recent_penalties: dict[tuple[bytes, str], float] = {}
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[str, Any, bytes]](1024)
         self._vouch_send, self._vouches = trio.open_memory_channel[bytes](256)
@@ -139,6 +151,7 @@ class TrustService:
         and publish this node's opinion of the requesters that paid it (``Reputation.vouch_due``)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._vouch)
+            nursery.start_soon(self._pace)
             async for kind, data, peer in self._inbox:
                 await self.record(kind, data, peer)
             nursery.cancel_scope.cancel()
@@ -261,12 +274,57 @@ class TrustService:
         return True
 
     async def publish_opinion(self, subject: bytes) -> None:
+        """Publish this node's opinion of ``subject``: now, or, over the rate every receiver takes
+        (``OWN_RATE``), once a token frees, as the opinion then stands (:meth:`run` paces them)."""
+        if self.opinion_turn(subject, self.now()):
+            await self._publish_opinion(subject)
+
+    def opinion_turn(self, subject: bytes, now: float) -> bool:
+        """Whether an opinion of ``subject`` goes out now (its token taken); if not, it waits, one
+        per peer (a newer one folds into the one waiting), until :meth:`next_waiting` gives it."""
+        if subject not in self._waiting and self._own.take(b"", now):
+            return True
+        if subject in self._waiting:
+            self.opinions_coalesced += 1
+        self._waiting[subject] = None
+        while len(self._waiting) > MAX_WAITING:
+            self._waiting.pop(next(iter(self._waiting)))
+        self._wake.set()
+        return False
+
+    @property
+    def opinions_waiting(self) -> int:
+        return len(self._waiting)
+
+    def next_waiting(self, now: float) -> bytes | None:
+        """The peer whose waiting opinion goes out now (the oldest; its token taken), or None."""
+        if not self._waiting or not self._own.take(b"", now):
+            return None
+        subject = next(iter(self._waiting))
+        del self._waiting[subject]
+        return subject
+
+    async def _publish_opinion(self, subject: bytes) -> None:
         op = self.rep.opinion(subject, self.now())
         r = rpt.make_report(self._key, subject=subject, t_ms=int(op.t * 1000), pos=op.pos, neg=op.neg)
         await self._publish(r)
 
+    async def _pace(self) -> None:
+        """Publish the opinions that wait, oldest first, as tokens free."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._waiting:
+                subject = self.next_waiting(self.now())
+                if subject is None:
+                    await trio.sleep(1 / OWN_RATE)
+                else:
+                    await self._publish_opinion(subject)
+
     async def publish_cheat(self, subject: bytes, job: bytes, results: tuple[bytes, bytes, bytes]) -> None:
-        """Gossip a dispute's evidence; the opinion it carries counts the cheat it proves."""
+        """Gossip a dispute's evidence (at once: it counts against the pace of opinions, never
+        waits for it); the opinion it carries counts the cheat it proves."""
+        self._own.take(b"", self.now())
         op = self.rep.opinion(subject, self.now())
         r = rpt.make_report(self._key, subject=subject, t_ms=int(op.t * 1000), pos=op.pos,
                             neg=op.neg + CHEAT_WEIGHT, verdict="cheat", job=job, evidence=results)

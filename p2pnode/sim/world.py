@@ -57,7 +57,7 @@ from p2pnode.services.market import MAX_NEW_PER_SYNC
 from p2pnode.services.provider import BID_TTL_S
 from p2pnode.services.records import JobRecords
 from p2pnode.services.requester import JobRequester
-from p2pnode.services.trust import TrustService
+from p2pnode.services.trust import OWN_RATE, TrustService
 from p2pnode.sim.engine import CLASSES, Engine, Mesh, Network
 from p2pnode.verify.sampling import SamplingPolicy
 from p2pnode.wire import job as m
@@ -167,6 +167,7 @@ class Node:
     rejected: dict[str, int] = field(default_factory=dict)
     # requesters
     trust: TrustService | None = None
+    pacing: bool = False  # its waiting opinions are being published as its pace allows
     requester: JobRequester | None = None
     ledger: SimLedger | None = None
     # what this node's gossip validator holds against the peers it hears from (flooders)
@@ -389,7 +390,26 @@ class World:
             self.record(node, "report", {"report": report.raw}, report.reporter, report)
 
     def publish_opinion(self, node: Node, subject: bytes) -> None:
-        """``node`` gossips its opinion of ``subject``, as ``TrustService.publish_opinion`` does."""
+        """``node`` gossips its opinion of ``subject``, as ``TrustService.publish_opinion`` does:
+        now, or once the pace of its reports allows, as the opinion then stands."""
+        assert node.trust is not None
+        if node.trust.opinion_turn(subject, self.now()):
+            self._opinion_now(node, subject)
+        elif not node.pacing:
+            node.pacing = True
+            self.engine.after(1 / OWN_RATE, self._pace, node)
+
+    def _pace(self, node: Node) -> None:
+        assert node.trust is not None
+        subject = node.trust.next_waiting(self.now()) if node.alive else None
+        if subject is not None:
+            self._opinion_now(node, subject)
+        if node.alive and node.trust.opinions_waiting:
+            self.engine.after(0.0 if subject is not None else 1 / OWN_RATE, self._pace, node)
+        else:
+            node.pacing = False
+
+    def _opinion_now(self, node: Node, subject: bytes) -> None:
         assert node.trust is not None
         op = node.trust.rep.opinion(subject, self.now())
         self.publish_report(node, rpt.make_report(node.identity.signing_key, subject=subject, t_ms=int(op.t * 1000),

@@ -325,3 +325,53 @@ def test_services_import_one_way_and_never_the_node() -> None:
     users = {p.relative_to(ROOT).as_posix() for p in (ROOT / "p2pnode").rglob("*.py")
              if any(i == "p2pnode.node" for i in _imports(p))}
     assert users == {"p2pnode/cli.py", "p2pnode/swarm/inproc.py"}  # the command line and the in-process host build nodes
+
+
+@pytest.fixture
+def ledger_clock(monkeypatch: pytest.MonkeyPatch) -> trio.testing.MockClock:
+    """Virtual time that stands still while the ledger's threads work (the test runs under it)."""
+    from tests.services.fakes import thread_aware_clock
+
+    return thread_aware_clock(monkeypatch)
+
+
+async def test_opinions_go_out_no_faster_than_receivers_take_them_and_the_newest_last(
+        tmp_path: Path, ledger_clock: trio.testing.MockClock) -> None:
+    """A map of many quick shards checks a job of the same few providers every few milliseconds.
+    Its opinions once went out one per job, and every receiver dropped all but its first 20
+    (the per-reporter rate): the newest, most informed ones were lost. Now none goes out faster
+    than receivers take, and one that waits goes out later as the opinion then stands."""
+    from p2pnode.market.rate_limit import TokenBuckets
+    from p2pnode.services.trust import OWN_BURST, REPORT_BURST, REPORT_RATE
+
+    me = Identity.generate()
+    published: list[tuple[float, rpt.Report]] = []
+
+    async def publish(topic: str, data: bytes) -> None:
+        published.append((virtual_now(), rpt.decode_report(data)))
+
+    trust = TrustService(me=me.peer_id, key=me.signing_key, ledger_path=tmp_path / "ledger.sqlite",
+                         reputation=Reputation(me.peer_id), policy=SamplingPolicy(), now=virtual_now,
+                         penalise=Offences().penalise, is_banned=Offences().is_banned, publish=publish)
+    trust.open()
+    providers = [Identity.generate().peer_id for _ in range(3)]
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trust.run)
+            for n in range(60):  # 60 checked jobs in 6 s, 20 of each provider
+                peer = providers[n % 3]
+                await trust.record("receipt", {"role": "requester", "job": os.urandom(16), "receipt": b"r",
+                                               "workload": "matmul", "accepted": True, "paid": 1}, peer=peer)
+                await trust.publish_opinion(peer)
+                await trio.sleep(0.1)
+            await trio.sleep(60)
+            nursery.cancel_scope.cancel()
+        receiver = TokenBuckets(burst=REPORT_BURST, rate=REPORT_RATE)
+        assert all(receiver.take(me.peer_id, t) for t, _ in published)  # a receiver drops none
+        assert OWN_BURST <= len(published) < 60 and trust.opinions_coalesced > 0
+        for peer in providers:  # the last word on each is the opinion after its last job
+            t, last = [(t, r) for t, r in published if r.subject == peer][-1]
+            assert last.pos == pytest.approx(trust.rep.opinion(peer, t).pos, abs=1e-3)
+            assert t > 6.0 + min(t for t, _ in published)  # published after the last job (at 6 s)
+    finally:
+        trust.close()

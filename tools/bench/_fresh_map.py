@@ -15,9 +15,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def measure_map(args: argparse.Namespace, bulk: bool, runs: int) -> dict[str, Any]:
+def measure_map(args: argparse.Namespace, bulk: bool, runs: int, default_shards: bool = False) -> dict[str, Any]:
     """A data-dense map (the small CNN, 3 KB a row) of fresh rows through one provider process, in
-    shards of ``--map-shard`` rows, each run against ONNX Runtime in this process on the same rows
+    shards of ``--map-shard`` rows (``default_shards``: as many as ``submit map`` makes unasked), each run against ONNX Runtime in this process on the same rows
     in batches of the same size, just before it (a shard is one ONNX Runtime call at the provider).
 
     With each run, the CPU seconds each process spent on it (Linux): the provider's workers (ONNX
@@ -36,7 +36,9 @@ def measure_map(args: argparse.Namespace, bulk: bool, runs: int) -> dict[str, An
     from p2pnode.exec import onnx_model
     from tests.integration.test_cli import ENV, EXE, NodeProcess
 
-    rows, shard = args.map_rows, args.map_shard
+    # default_shards: no --shard-rows, as a user would run it (two shards for its one provider)
+    rows = args.map_rows
+    shard = -(-rows // 2) if default_shards else args.map_shard
     job = model_bench._sized_job(0, "cnn28", rows=shard)
     sess = model_bench._session(job)
     flag = [] if bulk else ["--no-bulk"]
@@ -58,7 +60,8 @@ def measure_map(args: argparse.Namespace, bulk: bool, runs: int) -> dict[str, An
                 direct_cpu = (time.process_time() - cpu0) / 2
                 before = _cpu(prov.proc.pid, req.proc.pid)
                 r = subprocess.run([*EXE, "submit", "map", "--model", str(base / "m.onnx"), "--input",
-                                    str(base / f"x{i}.npy"), "--providers", "1", "--shard-rows", str(shard),
+                                    str(base / f"x{i}.npy"), "--providers", "1",
+                                    *([] if default_shards else ["--shard-rows", str(shard)]),
                                     # a price and deadline no busy moment of this machine can reach:
                                     # work is priced by its measured time
                                     "--max-price", str(10**9), "--deadline", "600",
@@ -79,7 +82,8 @@ def measure_map(args: argparse.Namespace, bulk: bool, runs: int) -> dict[str, An
                 p.proc.terminate()
                 p.proc.wait(timeout=30)
     best = max(out, key=lambda m: m["ratio"])
-    return {"rows": rows, "shard": shard, "MB": data.nbytes / 1e6, "bulk": bulk, "runs": out, **best,
+    return {"rows": rows, "shard": shard, "default_shards": default_shards, "MB": data.nbytes / 1e6, "bulk": bulk,
+            "runs": out, **best,
             "median_ratio": statistics.median(m["ratio"] for m in out)}
 
 
