@@ -46,6 +46,11 @@ class TokenBuckets:
             self._shrink(now)
         return allowed
 
+    def available(self, key: Hashable, now: float) -> float:
+        """The tokens ``key`` could spend now (``burst`` for a key never seen), spending none."""
+        bucket = self._buckets.get(key)
+        return self.burst if bucket is None else self._level(bucket, now)
+
     def _shrink(self, now: float) -> None:
         full = [k for k, b in self._buckets.items() if self._level(b, now) >= self.burst]
         for k in full:
