@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 import trio
@@ -43,6 +43,9 @@ from p2pnode.exec import frames, workloads
 from p2pnode.exec.spool import SPOOL_MIN, Spool
 from p2pnode.exec.worker import NOT_HELD
 from p2pnode.exec.workloads import Output
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ProgressFn = Callable[[float], None]
 CACHED_INPUTS = frozenset({"model"})
@@ -277,6 +280,16 @@ class Executor:
             self._count("cancelled")
             raise
 
+    def input_buffer(self, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """A writable array for an input of a job to come: one of ``SPOOL_MIN`` bytes or more is a
+        file in the spool, which the worker maps as it is (no copy on the way in)."""
+        import numpy as np  # noqa: F811 - at run time (the module imports it for types only)
+
+        dtype = np.dtype(dtype)
+        if self._spool is None or int(np.prod(shape, dtype=np.int64)) * dtype.itemsize < SPOOL_MIN:
+            return np.empty(shape, dtype)
+        return self._spool.buffer(dtype, shape)
+
     async def probe_model(self, blob: bytes, rows: dict[str, Any], spread: int, *, timeout: float) -> dict[str, Any]:
         """A requester's model tried on ``rows`` of its dataset in a worker (the answer of
         :func:`p2pnode.exec.model_jobs.probe`, as a dict), under the memory limit a provider's job of
@@ -400,6 +413,8 @@ class Executor:
                 array = v["array"]
                 if by_key and v.get("key") in worker.cached:
                     pass  # the worker holds it
+                elif self._spool is not None and (own := self._spool.file_of(array)) is not None:
+                    entry["file"] = own  # written into the spool by the node itself: no copy, kept
                 elif array.nbytes >= SPOOL_MIN and self._spool is not None:  # off the trio thread (MBs)
                     entry["file"] = await trio.to_thread.run_sync(self._spool.put, array)
                     spooled.append(entry["file"])

@@ -2,7 +2,9 @@
 
 An array of ``SPOOL_MIN`` bytes or more is written once into a file in the executor's spool folder
 (``/dev/shm`` where it exists: RAM, never a disk) and the worker maps it read-only, so the data is
-not encoded, piped and decoded on the way in; a large output comes back the same way. Small arrays
+not encoded, piped and decoded on the way in; a large output comes back the same way. An input
+the node writes itself (a provider opening a fetched blob) can be written straight into a spool
+file (:meth:`Spool.buffer`): the worker then maps the very pages the node wrote, with no copy. Small arrays
 keep travelling inline in the frame. The folder is private (0700), named after the executor's
 process, emptied after each job, removed when the executor stops, and a folder left by a process
 that no longer exists is removed by the next executor that starts.
@@ -15,6 +17,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,51 @@ class Spool:
         clean_stale()
         self.dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=_root()))
         os.chmod(self.dir, 0o700)
+        self._files: dict[int, str] = {}  # id of a buffer's mapping -> its file
+
+    def buffer(self, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """A writable array in a new spool file: what is written there reaches a worker without a
+        copy (:meth:`file_of`). The file goes when the array (and every view of it) is gone.
+        Blocking (it allocates the pages): call it off the trio thread."""
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if size == 0:
+            return np.empty(shape, dtype)
+        path = self.dir / f"in-{uuid.uuid4().hex}.bin"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            # its pages allocated now: a full /dev/shm says so here, not with a SIGBUS when the
+            # mapping is first written
+            os.posix_fallocate(fd, 0, size)
+            mm = mmap.mmap(fd, size)
+        except OSError:  # no room in the spool: plain memory, sent the usual way
+            path.unlink(missing_ok=True)
+            return np.empty(shape, dtype)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        self._files[id(mm)] = str(path)
+        weakref.finalize(mm, self._drop, id(mm), str(path))
+        return np.frombuffer(mm, dtype=dtype).reshape(shape)
+
+    def _drop(self, key: int, path: str) -> None:
+        self._files.pop(key, None)
+        Path(path).unlink(missing_ok=True)
+
+    def file_of(self, array: np.ndarray) -> str | None:
+        """The spool file that is the whole of ``array``'s memory (an array of :meth:`buffer`), or None."""
+        base: Any = array
+        while isinstance(base, np.ndarray):
+            base = base.base
+        if isinstance(base, memoryview):  # np.frombuffer's base: a view of the mapping
+            base = base.obj
+        if not isinstance(base, mmap.mmap) or id(base) not in self._files or base.closed:
+            return None
+        if not array.flags.c_contiguous or array.nbytes != len(base):
+            return None
+        return self._files[id(base)]
 
     def put(self, array: np.ndarray) -> str:
         path = self.dir / f"in-{uuid.uuid4().hex}.bin"

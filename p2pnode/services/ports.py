@@ -67,6 +67,11 @@ class Runner(Protocol):
                   timeout: float | None = None, on_progress: Callable[[float], None] | None = None,
                   inputs: dict[str, Any] | None = None) -> Any: ...
 
+    def input_buffer(self, dtype: Any, shape: tuple[int, ...]) -> Any:
+        """A writable array for a job's input, handed to the job's worker without a copy where
+        the runner can (a spool file it maps)."""
+        ...
+
 
 class Prober(Protocol):
     """What the requester's model preparation asks of an executor: a model tried on a few rows in

@@ -35,6 +35,7 @@ try:  # libsodium through PyNaCl's own cffi module, to read any buffer and write
 except ImportError:  # pragma: no cover - PyNaCl without its cffi module: its public binding
     _ffi = _lib = None
 _ABYTES = 32  # AEGIS-256's tag
+LOCK_OVERHEAD = _ABYTES  # an input blob is its plaintext's length and this
 
 
 class SealError(PeerError):
@@ -110,6 +111,23 @@ def unlock(ciphertext: bytes | memoryview, key: bytes) -> bytes:
         raise SealError("input blob does not open with the key it was sent with") from exc
 
 
+def unlock_into(ciphertext: bytes | memoryview, key: bytes, out: memoryview) -> None:
+    """:func:`unlock` straight into ``out``, a writable buffer of the plaintext's length (a worker's
+    spool file, mapped): one pass, no plaintext object of its own. ``SealError`` when it does not
+    open, or is not ``out``'s length."""
+    try:
+        if _lib is None:  # pragma: no cover
+            plain = crypto_aead_aegis256_decrypt(bytes(ciphertext), None, _nonce(key), key)
+            if len(plain) != out.nbytes:
+                raise ValueError("plaintext length")
+            out[:] = plain
+            return
+        _decrypt_into(ciphertext, _nonce(key), key, out)
+    except (CryptoError, ValueError, TypeError) as exc:
+        raise SealError("input blob does not open with the key it was sent with, "
+                        "or is not the size its job says") from exc
+
+
 # AEGIS-256 in one pass over fresh memory. PyNaCl's binding takes bytes only, decrypts into memory
 # it zeroes first and then copies the result into a new bytes object (holding the GIL for the
 # copy): three passes over fresh memory, each costing its page faults, where one will do. A dataset
@@ -135,13 +153,19 @@ def _decrypt(ciphertext: bytes | memoryview, nonce: bytes, key: bytes) -> bytes:
     """The plaintext of ``AEGIS-256(ciphertext)``, or ``CryptoError``."""
     if _lib is None:  # pragma: no cover
         return crypto_aead_aegis256_decrypt(bytes(ciphertext), None, nonce, key)
+    view, result = fresh_bytes(max(0, len(ciphertext) - _ABYTES))
+    _decrypt_into(ciphertext, nonce, key, view)
+    return result()
+
+
+def _decrypt_into(ciphertext: bytes | memoryview, nonce: bytes, key: bytes, view: memoryview) -> None:
+    """Open ``AEGIS-256(ciphertext)`` into ``view`` (as long as the plaintext), or ``CryptoError``
+    (and ``view`` zeroed: libsodium releases no plaintext of a forged tag)."""
     src = _ffi.from_buffer(ciphertext)
-    if len(src) < _ABYTES:
-        raise CryptoError("ciphertext shorter than its tag")
-    view, result = fresh_bytes(len(src) - _ABYTES)
+    if len(src) < _ABYTES or view.nbytes != len(src) - _ABYTES:
+        raise CryptoError("ciphertext shorter than its tag, or not the plaintext's length")
     got = _ffi.new("unsigned long long *")
     out = _ffi.from_buffer(view, require_writable=True) if view.nbytes else _ffi.new("unsigned char[]", 1)
     if _lib.crypto_aead_aegis256_decrypt(out, got, _ffi.NULL, src, len(src), _ffi.NULL, 0, nonce, key) != 0 \
             or got[0] != len(src) - _ABYTES:
         raise CryptoError("decryption failed")
-    return result()

@@ -171,3 +171,35 @@ async def test_speed_is_measured_in_a_worker_which_then_runs_jobs() -> None:
         assert speeds["matmul_f32_numpy"] > 0 and _worker_pids(ex) == pids  # no new process for it
         assert (await ex.run("matmul", {"m": 8, "n": 8, "k": 8, "dtype": "int8", "seed": 1})).output.arrays["c"].shape \
             == (8, 8)
+
+
+async def test_an_input_written_into_the_spool_reaches_the_worker_without_a_copy() -> None:
+    """A provider opens a fetched blob straight into a spool file (``input_buffer``): the worker
+    maps that file, no second file is written for it, and the file goes with the last view of it."""
+    import gc
+
+    n = 1024  # 4 MiB a matrix: spooled
+    p = {"m": n, "n": n, "k": n, "dtype": "fp32", "inputs": "blob", "seed": 1}
+    rng = np.random.default_rng(3)
+    async with Executor() as ex:
+        assert ex._spool is not None
+        put = ex._spool.put
+        copied: list[int] = []
+        ex._spool.put = lambda array: copied.append(array.nbytes) or put(array)  # type: ignore[method-assign]
+        a = ex.input_buffer(np.float32, (n, n))
+        a[:] = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        own = ex._spool.file_of(a)
+        assert own is not None and os.path.getsize(own) == a.nbytes
+        assert ex._spool.file_of(b) is None and ex._spool.file_of(a[1:]) is None  # not the whole of a buffer
+        r = await ex.run("matmul", p, inputs={"a": a, "b": b})
+        assert np.allclose(r.output.arrays["c"], a @ b, rtol=1e-4, atol=1e-3)
+        assert copied == [b.nbytes]  # b was written into the spool; a already was
+        assert os.path.exists(own)  # still ours while we hold it (a worker may need it again)
+        r = await ex.run("matmul", p, inputs={"a": a.reshape(n, n), "b": b})  # a view of the whole: the same file
+        assert copied == [b.nbytes] * 2
+        del a, r
+        gc.collect()
+        assert not os.path.exists(own)
+        small = ex.input_buffer(np.float32, (4, 4))  # under SPOOL_MIN: plain memory
+        assert ex._spool.file_of(small) is None

@@ -284,6 +284,28 @@ async def test_inputs_supplied_as_blobs_are_sent_once() -> None:
             await requester.jobs.submit("matmul", params, max_price=RICH, deadline_s=30)
 
 
+async def test_a_large_input_is_opened_straight_into_its_workers_spool() -> None:
+    """The provider opens a fetched input blob into a spool file, which its worker maps: the
+    plaintext is written once, while the job still waits for its slot, and never copied again."""
+    rng = np.random.default_rng(1)
+    a = rng.integers(-128, 128, size=(2048, 1024), dtype=np.int8)  # 2 MiB: spooled
+    b = rng.integers(-128, 128, size=(1024, 16), dtype=np.int8)
+    async with swarm(2, line=False) as nodes:
+        await nodes[0].node.wait_until(lambda: all_list_all(nodes), timeout=30)
+        requester, provider = nodes[0].node, nodes[1].node
+        spool = provider.executor._spool
+        assert spool is not None
+        copied: list[int] = []
+        put = spool.put
+        spool.put = lambda array: copied.append(array.nbytes) or put(array)  # type: ignore[method-assign]
+        params = {"m": 2048, "n": 16, "k": 1024, "dtype": "int8", "inputs": "blob"}
+        rec = await requester.jobs.submit("matmul", params, max_price=RICH, deadline_s=30, inputs={"a": a, "b": b})
+        assert rec.state == "done", rec.outcome
+        assert np.array_equal(rec.output.arrays["c"], a.astype(np.int32) @ b.astype(np.int32))  # type: ignore[union-attr]
+        assert copied == []  # a went into the spool as it was opened; b is too small to be spooled
+        assert not list(spool.dir.glob("in-*"))  # and its file went with the job
+
+
 async def test_infer_with_weights_from_blobs() -> None:
     rng = np.random.default_rng(1)
     params = {"batch": 4, "d_in": 8, "d_hidden": 16, "d_out": 3, "layers": 2, "inputs": "blob"}

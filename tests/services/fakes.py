@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import trio
 import trio.testing
 
@@ -153,6 +154,9 @@ class InlineExecutor:
             self.running -= 1
         self.completed += 1
         return ExecResult(out, 0.01, 0.01, "numpy")
+
+    def input_buffer(self, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        return np.empty(shape, dtype)
 
 
 @dataclass

@@ -67,3 +67,21 @@ def test_input_blobs_are_libsodiums_aegis_256_from_any_buffer(data: bytes, secre
 def test_a_large_sealed_payload_opens_whole() -> None:
     data = os.urandom(3 << 20)
     assert sealing.unseal(sealing.seal(data, pid(BOB)), BOB) == data
+
+
+@given(st.binary(max_size=3 * 4096), st.binary(min_size=32, max_size=32))
+def test_an_input_blob_opens_straight_into_a_buffer_of_its_length(data: bytes, secret: bytes) -> None:
+    """What a provider does with a fetched blob: the plaintext lands in the worker's spool file. A
+    forged blob, or one of another length, is a ``SealError``, and no plaintext is left behind."""
+    key, locked = sealing.lock(data, secret)
+    out = bytearray(len(data))
+    sealing.unlock_into(locked, key, memoryview(out))
+    assert bytes(out) == data
+    for wrong in (len(data) + 1, max(0, len(data) - 1)):
+        if wrong != len(data):
+            with pytest.raises(sealing.SealError):
+                sealing.unlock_into(locked, key, memoryview(bytearray(wrong)))
+    forged = bytearray(b"\xaa" * len(data))
+    with pytest.raises(sealing.SealError):
+        sealing.unlock_into(locked[:-1] + bytes([locked[-1] ^ 1]), key, memoryview(forged))
+    assert not any(forged)

@@ -15,7 +15,10 @@ Also ``tools/bench/run net --throughput``. Each measure moves ``--mib`` MiB from
   node's perf service, and from js-libp2p's when ``@libp2p/perf`` is installed (``--js``);
 * ``map``: a data-dense ``map`` of fresh rows (``models.py``'s small CNN, 3 KB a row) through a
   provider process, against ONNX Runtime run directly on the same rows just before it: in shards
-  of ``--map-shard`` rows (bulk off, then on), and in the shards ``submit map`` makes unasked.
+  of ``--map-shard`` rows (bulk off, then on), in the shards ``submit map`` makes unasked, and with
+  ONNX Runtime (directly and in the provider) on one thread on a core of its own, the nodes on the
+  others: as a GPU provider's kernel runs beside its node, what the map loses then is what the
+  data plane fails to hide.
 
 Each figure is the median of ``--runs`` interleaved runs, shown beside the best (the machine is
 shared: the best run is the least disturbed one), with the CPU seconds per GB of each end (of the
@@ -432,11 +435,12 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         from _fresh_map import measure_map
 
         report["map"] = []
-        for bulk, default in ((False, False), (True, False), (True, True)):
+        for bulk, default, pinned in ((False, False, False), (True, False, False), (True, True, False),
+                                      (True, False, True)):
             try:
-                report["map"].append(measure_map(args, bulk, args.runs, default_shards=default))
+                report["map"].append(measure_map(args, bulk, args.runs, default_shards=default, pinned=pinned))
             except RuntimeError as exc:  # a map that did not finish (a busy machine): said, not fatal
-                report["map"].append({"bulk": bulk, "default_shards": default,
+                report["map"].append({"bulk": bulk, "default_shards": default, "pinned": pinned,
                                       "error": str(exc).strip().splitlines()[-1]})
     return report
 
@@ -457,7 +461,8 @@ def render(r: dict[str, Any], png: Path | None) -> None:
     c.print(t)
     for m in r.get("map", []):
         how = f"bulk {'on' if m['bulk'] else 'off'}" + (", shards as submit map makes them" if m.get("default_shards")
-                                                         else f", shards of {m.get('shard', '?')} rows")
+                                                         else f", shards of {m.get('shard', '?')} rows") \
+            + (", the kernel on a core of its own" if m.get("pinned") else "")
         if "error" in m:
             c.print(f"map of fresh rows, {how}: did not finish: {m['error']}")
             continue
@@ -509,7 +514,8 @@ def parser() -> argparse.ArgumentParser:
                    help="also download from js-libp2p's perf server (needs Node.js and the js peer)")
     p.add_argument("--map", action=argparse.BooleanOptionalAction, default=True,
                    help="also a map of fresh rows against ONNX Runtime directly: bulk off and on in shards of "
-                        "--map-shard rows, and bulk on in the shards submit map makes unasked")
+                        "--map-shard rows, bulk on in the shards submit map makes unasked, and with the kernel "
+                        "on a core of its own")
     p.add_argument("--map-rows", type=int, default=32768, help="rows of each map (3 KB each)")
     p.add_argument("--map-shard", type=int, default=4096, help="rows of each shard of the map")
     p.add_argument("--png", type=Path, default=Path("bench-throughput.png"))
