@@ -43,7 +43,9 @@ def test_the_simulator_reproduces_the_real_swarm(tmp_path: Path) -> None:
     a, b = _outcome(real), _outcome(sim)
     cheaters = {int(i) for i, role in real["roles_by_node"].items() if role in sc.CHEATER_KINDS}
     assert cheaters == {5, 6} and sim["roles_by_node"] == real["roles_by_node"]  # the same nodes, in order
-    assert a["held"] == b["held"] and all(a["held"].values()), (real["expectations"], sim["expectations"])
+    failed = [(j.get("state"), j.get("outcome")) for j in real["job_log"] if j.get("state") != "done"]
+    assert a["held"] == b["held"] and all(a["held"].values()), (real["expectations"], sim["expectations"],
+                                                                real["jobs"]["by_state"], failed)
     assert a["wrong_accepted"] == b["wrong_accepted"] == 0
     assert a["distrusted"] == b["distrusted"] == cheaters  # the same peers caught, no honest one blamed
     assert abs(a["done_fraction"] - b["done_fraction"]) <= 0.15
