@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 ProgressFn = Callable[[float], None]
-CACHED_INPUTS = frozenset({"model"})
+CACHED_INPUTS = workloads.REUSED_INPUTS
 MODEL_MEMORY_FACTOR = 4
 MODEL_MEMORY_HEADROOM = 2 << 30  # thread stacks and allocator arenas of a loaded runtime
 CPU_BACKENDS = frozenset({"numpy", "ort-cpu"})  # their memory is RAM, shared by every slot

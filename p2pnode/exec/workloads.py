@@ -45,6 +45,10 @@ DTYPES = ("int8", "fp16", "bf16", "fp32")
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}  # relative, on the Frobenius norm
 
 
+# Inputs that jobs share (a map's model, in every shard): a worker keeps them between jobs, and a
+# provider keeps their blobs; other inputs (a dataset's shard) are used once.
+REUSED_INPUTS = frozenset({"model"})
+
 def _inputs_mode(params: Mapping[str, Any]) -> str:
     mode = params.get("inputs", "seed")
     if mode not in ("seed", "blob"):

@@ -64,27 +64,48 @@ HASH_AHEAD = 16  # chunks received (into their places in the blob) before the on
 FAULT_IN_STEP = 8  # chunks whose fresh memory one thread hand-off faults in, ahead of the receive
 FAULT_IN_AHEAD = 4  # steps of that faulted in before the receive reaches them, at most
 THREAD_HASH = 64 * 1024  # a chunk this large is hashed in a thread
+MAX_TRANSIENT = 64 << 20  # fetched blobs kept only in case they are asked for again, in all
 
 
 class BlobStore:
-    def __init__(self, max_bytes: int = 2 * MAX_BLOB) -> None:
-        self.max_bytes = max_bytes
+    """Blobs held, least recently used dropped first past ``max_bytes``. Blobs kept only in case
+    they are asked for again (``transient``: a fetched input no job is known to reuse, such as a
+    dataset's shard) share a budget of their own, ``max_transient``: a provider that runs a map
+    over a large dataset does not keep gigabytes of shards it will never see again."""
+
+    def __init__(self, max_bytes: int = 2 * MAX_BLOB, max_transient: int = MAX_TRANSIENT) -> None:
+        self.max_bytes, self.max_transient = max_bytes, max_transient
         self._blobs: OrderedDict[bytes, tuple[Manifest, bytes]] = OrderedDict()
-        self._bytes = 0
+        self._transient: OrderedDict[bytes, int] = OrderedDict()  # id -> size, oldest first
+        self._bytes = self._transient_bytes = 0
         self.hits = 0
 
-    def put(self, data: bytes, manifest: wb.Manifest | None = None) -> bytes:
+    def put(self, data: bytes, manifest: wb.Manifest | None = None, *, transient: bool = False) -> bytes:
         """Keep ``data``; ``manifest``: its manifest, already checked chunk by chunk (a fetched
-        blob), so it is not hashed again."""
+        blob), so it is not hashed again. A blob put again as not ``transient`` is kept as such."""
         manifest = manifest or wb.manifest_for(data)
-        if manifest.id not in self._blobs:
-            self._blobs[manifest.id] = (manifest, data)
+        blob_id = manifest.id
+        if blob_id not in self._blobs:
+            self._blobs[blob_id] = (manifest, data)
             self._bytes += len(data)
-            while self._bytes > self.max_bytes and len(self._blobs) > 1:
-                _, (_, old) = self._blobs.popitem(last=False)
-                self._bytes -= len(old)
-        self._blobs.move_to_end(manifest.id)
-        return manifest.id
+            if transient:
+                self._transient[blob_id] = len(data)
+                self._transient_bytes += len(data)
+        elif not transient and blob_id in self._transient:
+            self._transient_bytes -= self._transient.pop(blob_id)
+        self._blobs.move_to_end(blob_id)
+        while self._transient_bytes > self.max_transient:  # the one just put too, if it alone is over
+            self._drop(next(iter(self._transient)))
+        while self._bytes > self.max_bytes and len(self._blobs) > 1:
+            self._drop(next(iter(self._blobs)))
+        return blob_id
+
+    def _drop(self, blob_id: bytes) -> None:
+        _, data = self._blobs.pop(blob_id)
+        self._bytes -= len(data)
+        size = self._transient.pop(blob_id, None)
+        if size is not None:
+            self._transient_bytes -= size
 
     def get(self, blob_id: bytes) -> tuple[Manifest, bytes] | None:
         item = self._blobs.get(blob_id)
@@ -181,8 +202,9 @@ class BlobService:
         await conn.send(data)
 
     # fetching ------------------------------------------------------------------------------
-    async def fetch(self, peer_id: bytes, blob_id: bytes, *, max_size: int = MAX_BLOB) -> bytes:
-        """Fetch a blob from ``peer_id`` (or the local store), every chunk checked, resuming."""
+    async def fetch(self, peer_id: bytes, blob_id: bytes, *, max_size: int = MAX_BLOB, transient: bool = False) -> bytes:
+        """Fetch a blob from ``peer_id`` (or the local store), every chunk checked, resuming.
+        ``transient``: no job is known to use it again (kept within the store's transient budget)."""
         local = self.store.get(blob_id)
         if local is not None:
             self.store.hits += 1
@@ -205,7 +227,7 @@ class BlobService:
         data = got.result()
         self.fetched_bytes += len(data)
         assert got.manifest is not None  # the loop ends with every chunk of it checked
-        self.store.put(data, got.manifest)
+        self.store.put(data, got.manifest, transient=transient)
         return data
 
     async def _attempt(self, peer: bytes, got: BlobFetch) -> None:

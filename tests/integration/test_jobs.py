@@ -304,6 +304,9 @@ async def test_a_large_input_is_opened_straight_into_its_workers_spool() -> None
         assert np.array_equal(rec.output.arrays["c"], a.astype(np.int32) @ b.astype(np.int32))  # type: ignore[union-attr]
         assert copied == []  # a went into the spool as it was opened; b is too small to be spooled
         assert not list(spool.dir.glob("in-*"))  # and its file went with the job
+        # the provider keeps them as inputs used once: within its budget for those
+        store = provider.blobs.store
+        assert store._transient_bytes >= a.nbytes and set(store._transient) <= set(store._blobs)
 
 
 async def test_infer_with_weights_from_blobs() -> None:

@@ -57,6 +57,23 @@ async def test_blobs_move_checked_over_memory_streams() -> None:
         nursery.cancel_scope.cancel()
 
 
+def test_blobs_kept_in_case_share_a_budget_and_the_rest_stay() -> None:
+    """A provider keeps a dataset's shards (transient) only within a budget of their own, oldest
+    dropped first, never at the cost of a model or an output it holds."""
+    from p2pnode.services.blobs import BlobStore
+
+    store = BlobStore(max_bytes=1000, max_transient=250)
+    model = store.put(b"m" * 100)
+    shards = [store.put(bytes([i]) * 100, transient=True) for i in range(4)]
+    assert model in store and [s in store for s in shards] == [False, False, True, True]
+    assert store.put(b"m" * 100, transient=True) == model and model in store  # still not transient
+    again = store.put(bytes([3]) * 100)  # put for keeps: out of the transient budget
+    more = [store.put(bytes([9 + i]) * 100, transient=True) for i in range(2)]
+    assert again in store and all(m in store for m in more) and shards[2] not in store
+    assert store.put(b"x" * 300, transient=True) not in store  # over the budget alone: not kept
+    assert model in store and again in store
+
+
 async def test_a_corrupt_chunk_is_refused_and_its_holder_penalised() -> None:
     from p2pnode.net.framing import FramedStream
 
