@@ -78,7 +78,19 @@ class BlobStore:
         self._blobs: OrderedDict[bytes, tuple[Manifest, bytes]] = OrderedDict()
         self._transient: OrderedDict[bytes, int] = OrderedDict()  # id -> size, oldest first
         self._bytes = self._transient_bytes = 0
+        self._held: dict[bytes, int] = {}  # transient blobs a job in flight still needs: never dropped
         self.hits = 0
+
+    def hold(self, blob_id: bytes) -> None:
+        """A job in flight needs ``blob_id`` (its provider has yet to fetch it): it stays until
+        :meth:`release`, whatever the transient budget."""
+        self._held[blob_id] = self._held.get(blob_id, 0) + 1
+
+    def release(self, blob_id: bytes) -> None:
+        n = self._held.pop(blob_id, 0) - 1
+        if n > 0:
+            self._held[blob_id] = n
+        self._trim()
 
     def put(self, data: bytes, manifest: wb.Manifest | None = None, *, transient: bool = False) -> bytes:
         """Keep ``data``; ``manifest``: its manifest, already checked chunk by chunk (a fetched
@@ -94,11 +106,17 @@ class BlobStore:
         elif not transient and blob_id in self._transient:
             self._transient_bytes -= self._transient.pop(blob_id)
         self._blobs.move_to_end(blob_id)
-        while self._transient_bytes > self.max_transient:  # the one just put too, if it alone is over
-            self._drop(next(iter(self._transient)))
+        self._trim()
+        return blob_id
+
+    def _trim(self) -> None:
+        if self._transient_bytes > self.max_transient:  # the one just put too, if it alone is over
+            for old in [b for b in self._transient if b not in self._held]:
+                self._drop(old)
+                if self._transient_bytes <= self.max_transient:
+                    break
         while self._bytes > self.max_bytes and len(self._blobs) > 1:
             self._drop(next(iter(self._blobs)))
-        return blob_id
 
     def _drop(self, blob_id: bytes) -> None:
         _, data = self._blobs.pop(blob_id)
@@ -202,7 +220,8 @@ class BlobService:
         await conn.send(data)
 
     # fetching ------------------------------------------------------------------------------
-    async def fetch(self, peer_id: bytes, blob_id: bytes, *, max_size: int = MAX_BLOB, transient: bool = False) -> bytes:
+    async def fetch(self, peer_id: bytes, blob_id: bytes, *, max_size: int = MAX_BLOB,
+                    transient: bool = False) -> bytes:
         """Fetch a blob from ``peer_id`` (or the local store), every chunk checked, resuming.
         ``transient``: no job is known to use it again (kept within the store's transient budget)."""
         local = self.store.get(blob_id)

@@ -81,7 +81,7 @@ from p2pnode.wire.peer_id import to_base58
 
 log = logging.getLogger("p2pnode.map")
 BUSY_WAIT_S = 1.0  # a shard its provider declined as busy waits this long before it goes back
-STATE_LOG = "shards.jsonl"  # one line per shard kept: {"shard": i, "file": ..., "job": ..., "provider": ..., "rows": ...}
+STATE_LOG = "shards.jsonl"  # a line per shard kept: {"shard": i, "file", "job", "provider", "rows"}
 LEGACY_STATE = "state.json"  # what earlier versions rewrote whole after each shard: still read
 Submit = Callable[..., Awaitable[Any]]
 Candidates = Callable[[str, int, int, str], list[Any]]

@@ -47,12 +47,13 @@ from p2pnode.verify import tokens
 from p2pnode.verify.check import Comparison, freivalds_check
 from p2pnode.wire import codec, merkle, sealing
 from p2pnode.wire import job as m
-from p2pnode.wire.blob import MAX_BLOB, BlobError, BlobUnavailable
+from p2pnode.wire.blob import MAX_BLOB, BlobError, BlobUnavailable, Manifest, manifest_for
 from p2pnode.wire.peer_id import to_base58
 
 log = logging.getLogger("p2pnode.jobs")
 OVERDUE_GRACE_S = 10.0  # an award overruns at three times its bid's estimate plus this
 MAX_LOCKED = 4096
+Sealed = tuple[bytes, Manifest]  # an encrypted input blob and its manifest
 RESERVES = 2  # candidates held in reserve, in batches of K, for when the first K do not answer
 
 
@@ -80,21 +81,41 @@ class JobRequester:
                              submit=self.submit, latency_ms=self._latency_ms,
                              calibrate_providers=calibrate_providers)
 
-    def _lock(self, array: np.ndarray, digest: bytes | None = None) -> tuple[bytes, bytes]:
-        """(key, blob id) of an input array, encrypted into the blob store (off the trio thread).
-        The same data is encrypted once while its blob is held: a dataset's model, rows sent again.
-        ``digest``: the array's SHA-256, where the caller has it (a map's model, hashed once for
-        all its shards), so it is not hashed again."""
+    def _seal(self, array: np.ndarray, digest: bytes | None = None) -> tuple[bytes, bytes | None, Sealed | None]:
+        """(key, the blob id when this data is encrypted and held already, else the new blob and
+        its manifest): an input array encrypted (blocking: off the trio thread; the store is
+        touched on the trio thread only). The same data is encrypted once while its blob is held:
+        a dataset's model, rows sent again. ``digest``: the array's SHA-256, where the caller has
+        it (a map's model, hashed once for all its shards), so it is not hashed again."""
         memory = np.ascontiguousarray(array).data.cast("B")  # encrypted from where it is: no copy
-        key = sealing.blob_key_for(digest, self._secret) if digest is not None else sealing.blob_key(memory, self._secret)
+        key = sealing.blob_key_for(digest, self._secret) if digest is not None \
+            else sealing.blob_key(memory, self._secret)
         known = self._locked.get(key)
         if known is not None and known in self.blobs.store:
-            return key, known
-        blob_id = self.blobs.store.put(sealing.lock_with(memory, key))
-        self._locked[key] = blob_id
-        while len(self._locked) > MAX_LOCKED:
-            self._locked.pop(next(iter(self._locked)))
-        return key, blob_id
+            return key, known, None
+        data = sealing.lock_with(memory, key)
+        return key, None, (data, manifest_for(data))
+
+    async def _lock(self, array: np.ndarray, digest: bytes | None = None, *,
+                    transient: bool = False) -> tuple[bytes, bytes]:
+        """(key, blob id) of an input array, encrypted into the blob store and held there until
+        :meth:`_unlock` (the job's provider has yet to fetch it). ``transient``: no later job is
+        known to reuse it (a dataset's shard): once released, it is kept within the store's
+        transient budget only."""
+        while True:
+            key, blob_id, sealed = await trio.to_thread.run_sync(self._seal, array, digest)
+            if sealed is not None:
+                blob_id = self.blobs.store.put(*sealed, transient=transient)
+                self._locked[key] = blob_id
+                while len(self._locked) > MAX_LOCKED:
+                    self._locked.pop(next(iter(self._locked)))
+            if blob_id is not None and blob_id in self.blobs.store:  # (not dropped meanwhile)
+                self.blobs.store.hold(blob_id)
+                return key, blob_id
+
+    def _unlock(self, blob_ids: list[bytes]) -> None:
+        for blob_id in blob_ids:
+            self.blobs.store.release(blob_id)
 
     def _latency_ms(self, peer: bytes) -> float:
         seen = self.scorer.seen.get(peer)
@@ -175,61 +196,64 @@ class JobRequester:
         asked, reserves = await self._whom(workload, wl.memory(checked), k, backend, only, purpose, max_price,
                                            _Events(early, on_event))
         keys, blob_ids = await self._lock_inputs(arrays, digests or {})
-        order = Order(workload, checked, max_price, deadline_s, backend,
-                      self.judge.verify_method(workload) if verify == "auto" else verify, purpose, wl.flops(checked),
-                      arrays, keys, tuple(blob_ids), sum(int(a.nbytes) for a in arrays.values()), bid_window_s,
-                      overdue_grace_s=OVERDUE_GRACE_S)
-        started = self.now()
-        rec = self.records.add(JobRecord(job_id.hex(), "requester", workload, checked, started=started,
-                                         purpose=purpose))
-        operations.started(rec.job)
-        rec.events.extend(early)
-        event = _Events(rec.events, on_event, lambda: round(self.now() - rec.started, 3))
-        pipe = RequesterPipeline(me=self.identity.peer_id, key=self.identity.signing_key, order=order, asked=asked,
-                                 reserves=reserves, job_id=job_id, nonce=os.urandom(16), now=started,
-                                 scorer=self.scorer, standing=self.table.standing,
-                                 checkers=self.checks.checkers(workload, backend), outputs=Comparison(workload),
-                                 rng=self.checks.rng, on_event=event)
-        first = pipe.start(started)
-        if blob_ids:
-            event("upload", {"blobs": len(blob_ids), "bytes": order.input_bytes})
-        prepared = _Prepared()  # Freivalds' check needs A and B: a seeded job's are made while providers work
-        background = [partial(prepared.start, make=lambda: dict(zip("ab", workloads.matmul_inputs(checked))))] \
-            if order.policy == "freivalds" and workload == "matmul" and not arrays else []
-        kept = False
-
-        async def before_send(action: Send) -> None:
-            nonlocal kept
-            if keep is None or kept or not isinstance(action.msg, m.Receipt) or not action.msg.body["accepted"]:
-                return
-            rec.state = pipe.state
-            _ended(rec, pipe)
-            if rec.output is not None:
-                kept = True
-                with trio.CancelScope(shield=True):
-                    await keep(rec)
-
-        talk = Conversation(pipe, now=self.now, streams=self.streams, penalise=self.penalise, name=rec.job[:8],
-                            answer=partial(self._answer, pipe, order, prepared, event), carry=self._carry,
-                            before_send=before_send)
-        closed = False
         try:
-            await talk.run(first, background)
-        finally:
-            rec.state, rec.ended = pipe.state, self.now()
-            if kept and pipe.terminal:  # an output kept is paid for and remembered, even as the run stops
-                closed = True
+            order = Order(workload, checked, max_price, deadline_s, backend,
+                          self.judge.verify_method(workload) if verify == "auto" else verify, purpose,
+                          wl.flops(checked), arrays, keys, tuple(blob_ids),
+                          sum(int(a.nbytes) for a in arrays.values()), bid_window_s, overdue_grace_s=OVERDUE_GRACE_S)
+            started = self.now()
+            rec = self.records.add(JobRecord(job_id.hex(), "requester", workload, checked, started=started,
+                                             purpose=purpose))
+            operations.started(rec.job)
+            rec.events.extend(early)
+            event = _Events(rec.events, on_event, lambda: round(self.now() - rec.started, 3))
+            pipe = RequesterPipeline(me=self.identity.peer_id, key=self.identity.signing_key, order=order, asked=asked,
+                                     reserves=reserves, job_id=job_id, nonce=os.urandom(16), now=started,
+                                     scorer=self.scorer, standing=self.table.standing,
+                                     checkers=self.checks.checkers(workload, backend), outputs=Comparison(workload),
+                                     rng=self.checks.rng, on_event=event)
+            first = pipe.start(started)
+            if blob_ids:
+                event("upload", {"blobs": len(blob_ids), "bytes": order.input_bytes})
+            prepared = _Prepared()  # Freivalds' check needs A and B: a seeded job's are made while providers work
+            background = [partial(prepared.start, make=lambda: dict(zip("ab", workloads.matmul_inputs(checked))))] \
+                if order.policy == "freivalds" and workload == "matmul" and not arrays else []
+            kept = False
+
+            async def before_send(action: Send) -> None:
+                nonlocal kept
+                if keep is None or kept or not isinstance(action.msg, m.Receipt) or not action.msg.body["accepted"]:
+                    return
+                rec.state = pipe.state
+                _ended(rec, pipe)
+                if rec.output is not None:
+                    kept = True
+                    with trio.CancelScope(shield=True):
+                        await keep(rec)
+
+            talk = Conversation(pipe, now=self.now, streams=self.streams, penalise=self.penalise, name=rec.job[:8],
+                                answer=partial(self._answer, pipe, order, prepared, event), carry=self._carry,
+                                before_send=before_send)
+            closed = False
+            try:
+                await talk.run(first, background)
+            finally:
+                rec.state, rec.ended = pipe.state, self.now()
+                if kept and pipe.terminal:  # an output kept is paid for and remembered, even as the run stops
+                    closed = True
+                    _ended(rec, pipe)
+                    with trio.CancelScope(shield=True):
+                        await talk.carry(pipe.close(self.now()))
+            if not closed:
                 _ended(rec, pipe)
                 with trio.CancelScope(shield=True):
                     await talk.carry(pipe.close(self.now()))
-        if not closed:
-            _ended(rec, pipe)
-            with trio.CancelScope(shield=True):
-                await talk.carry(pipe.close(self.now()))
-        log.info("job %s: %s as requester of %s%s on %s: %s (price %d)", rec.job[:8], rec.state, rec.workload,
-                 f" ({rec.purpose})" if rec.purpose != "job" else "", rec.peer or "-", rec.outcome, rec.price)
-        self.on_end(rec)
-        return rec
+            log.info("job %s: %s as requester of %s%s on %s: %s (price %d)", rec.job[:8], rec.state, rec.workload,
+                     f" ({rec.purpose})" if rec.purpose != "job" else "", rec.peer or "-", rec.outcome, rec.price)
+            self.on_end(rec)
+            return rec
+        finally:
+            self._unlock(blob_ids)  # the job is over: its inputs may go (within the transient budget)
 
     def _refuse(self, deadline_s: float, max_price: int) -> None:
         """A job that cannot run, refused before anything is sent."""
@@ -265,12 +289,18 @@ class JobRequester:
     async def _lock_inputs(self, arrays: dict[str, np.ndarray],
                            digests: Mapping[str, bytes]) -> tuple[dict[str, bytes], list[bytes]]:
         """(each input's key, the blob ids in input-name order): inputs travel as encrypted blobs
-        that the awarded provider fetches from this node."""
-        keys, blob_ids = {}, []
-        for name in sorted(arrays):
-            key, blob_id = await trio.to_thread.run_sync(self._lock, arrays[name], digests.get(name))
-            blob_ids.append(blob_id)
-            keys[name] = key
+        that the awarded provider fetches from this node, held until the job ends (``_unlock``)."""
+        keys: dict[str, bytes] = {}
+        blob_ids: list[bytes] = []
+        try:
+            for name in sorted(arrays):
+                key, blob_id = await self._lock(arrays[name], digests.get(name),
+                                                transient=name not in workloads.REUSED_INPUTS)
+                blob_ids.append(blob_id)
+                keys[name] = key
+        except BaseException:
+            self._unlock(blob_ids)
+            raise
         return keys, blob_ids
 
     async def _answer(self, pipe: RequesterPipeline, order: Order, prepared: _Prepared, event: _Events,

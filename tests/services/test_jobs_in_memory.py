@@ -294,4 +294,6 @@ async def test_an_input_whose_digest_the_caller_has_is_not_hashed_again(autojump
         assert rec.state == "done", rec.outcome
         assert rec.output is not None and np.array_equal(rec.output.arrays["c"], a.astype(np.int32) @ b.astype(np.int32))
         assert hashed == [b.nbytes]  # b hashed; a keyed from its digest
-        assert w.requester._lock(a) == w.requester._lock(a, hashlib.sha256(a.data).digest())
+        same = w.requester._seal(a)[:2]
+        assert same[1] is not None and same == w.requester._seal(a, hashlib.sha256(a.data).digest())[:2]
+        assert not w.me.blobs.store._held  # the job is over: its inputs are no longer held

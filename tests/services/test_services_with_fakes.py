@@ -72,6 +72,16 @@ def test_blobs_kept_in_case_share_a_budget_and_the_rest_stay() -> None:
     assert again in store and all(m in store for m in more) and shards[2] not in store
     assert store.put(b"x" * 300, transient=True) not in store  # over the budget alone: not kept
     assert model in store and again in store
+    # a requester's shard its provider has yet to fetch is held: never dropped, then released
+    held = [store.put(bytes([20 + i]) * 100, transient=True) for i in range(2)]
+    for h in held:
+        store.hold(h)
+    late = [store.put(bytes([30 + i]) * 100, transient=True) for i in range(3)]
+    assert all(h in store for h in held) and late[-1] not in store  # held ones fill the budget
+    store.release(held[0])  # its job is over: the oldest that may go, when room is needed
+    assert held[0] in store
+    newest = store.put(b"n" * 100, transient=True)
+    assert held[0] not in store and held[1] in store and newest in store
 
 
 async def test_a_corrupt_chunk_is_refused_and_its_holder_penalised() -> None:
