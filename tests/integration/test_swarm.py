@@ -252,6 +252,11 @@ def test_swarm_logs_follow_prints_new_lines_until_ctrl_c(tmp_path: Path) -> None
             lines.put(line.rstrip("\n"))
 
     threading.Thread(target=pump, daemon=True).start()
+    said: list[str] = []  # stderr, read as it comes (a full pipe would stall the child)
+    stderr = proc.stderr
+    assert stderr is not None
+    reader = threading.Thread(target=lambda: said.extend(stderr), daemon=True)
+    reader.start()
 
     def expect(line: str) -> None:
         while lines.get(timeout=30) != line:
@@ -270,7 +275,15 @@ def test_swarm_logs_follow_prints_new_lines_until_ctrl_c(tmp_path: Path) -> None
         expect("node 1 starts")
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        # stdout is the pump thread's alone: communicate() would read it too, racing the pump
+        try:
+            proc.wait(timeout=30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+    reader.join(timeout=30)
+    err = "".join(said)
     assert proc.returncode == 0 and "Traceback" not in err, err
 
 
