@@ -199,11 +199,12 @@ def logs(folder: Path, node: int | None, *, tail: int | None = None, follow: boo
     follower.print_tails(tail if tail is not None else None if node is not None else 10)
     if not follow:
         return 0
-    try:
-        while True:
-            time.sleep(poll_s)
-            follower.print_new()
-    except KeyboardInterrupt:
+    try:  # Ctrl-C stops it, also where it was started with SIGINT ignored (a script's background job)
+        with stop_on_signals():
+            while True:
+                time.sleep(poll_s)
+                follower.print_new()
+    except (KeyboardInterrupt, Stopped):
         return 0
 
 
