@@ -92,11 +92,15 @@ class BlobStore:
             self._held[blob_id] = n
         self._trim()
 
-    def put(self, data: bytes, manifest: wb.Manifest | None = None, *, transient: bool = False) -> bytes:
+    def put(self, data: bytes, manifest: wb.Manifest | None = None, *, transient: bool = False,
+            hold: bool = False) -> bytes:
         """Keep ``data``; ``manifest``: its manifest, already checked chunk by chunk (a fetched
-        blob), so it is not hashed again. A blob put again as not ``transient`` is kept as such."""
+        blob), so it is not hashed again. A blob put again as not ``transient`` is kept as such.
+        ``hold``: :meth:`hold` it too, before any room is made (so it is there, however large)."""
         manifest = manifest or wb.manifest_for(data)
         blob_id = manifest.id
+        if hold:
+            self.hold(blob_id)
         if blob_id not in self._blobs:
             self._blobs[blob_id] = (manifest, data)
             self._bytes += len(data)

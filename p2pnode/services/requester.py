@@ -61,6 +61,12 @@ class JobError(LocalError):
     """A job could not be submitted or did not complete (no provider, deadline, ...)."""
 
 
+
+def _encrypt(array: np.ndarray, key: bytes) -> Sealed:
+    """An input array encrypted under its blob key, with its manifest (blocking)."""
+    data = sealing.lock_with(np.ascontiguousarray(array).data.cast("B"), key)  # from where it is: no copy
+    return data, manifest_for(data)
+
 class JobRequester:
     def __init__(self, *, identity: Identity, now: Now, table: CapacityTable, is_banned: IsBanned, judge: Judge,
                  blobs: BlobService, streams: Streams, penalise: Penalise, records: JobRecords,
@@ -82,7 +88,7 @@ class JobRequester:
                              calibrate_providers=calibrate_providers)
 
     def _seal(self, array: np.ndarray, digest: bytes | None = None) -> tuple[bytes, bytes | None, Sealed | None]:
-        """(key, the blob id when this data is encrypted and held already, else the new blob and
+        """(key, the blob id when this data is encrypted and kept already, else the new blob and
         its manifest): an input array encrypted (blocking: off the trio thread; the store is
         touched on the trio thread only). The same data is encrypted once while its blob is held:
         a dataset's model, rows sent again. ``digest``: the array's SHA-256, where the caller has
@@ -93,8 +99,7 @@ class JobRequester:
         known = self._locked.get(key)
         if known is not None and known in self.blobs.store:
             return key, known, None
-        data = sealing.lock_with(memory, key)
-        return key, None, (data, manifest_for(data))
+        return key, None, _encrypt(array, key)
 
     async def _lock(self, array: np.ndarray, digest: bytes | None = None, *,
                     transient: bool = False) -> tuple[bytes, bytes]:
@@ -102,16 +107,17 @@ class JobRequester:
         :meth:`_unlock` (the job's provider has yet to fetch it). ``transient``: no later job is
         known to reuse it (a dataset's shard): once released, it is kept within the store's
         transient budget only."""
-        while True:
-            key, blob_id, sealed = await trio.to_thread.run_sync(self._seal, array, digest)
-            if sealed is not None:
-                blob_id = self.blobs.store.put(*sealed, transient=transient)
-                self._locked[key] = blob_id
-                while len(self._locked) > MAX_LOCKED:
-                    self._locked.pop(next(iter(self._locked)))
-            if blob_id is not None and blob_id in self.blobs.store:  # (not dropped meanwhile)
-                self.blobs.store.hold(blob_id)
-                return key, blob_id
+        key, blob_id, sealed = await trio.to_thread.run_sync(self._seal, array, digest)
+        if blob_id is not None and blob_id in self.blobs.store:  # kept already (not dropped meanwhile)
+            self.blobs.store.hold(blob_id)
+            return key, blob_id
+        if sealed is None:  # it was dropped while we looked: encrypted again
+            sealed = await trio.to_thread.run_sync(_encrypt, array, key)
+        blob_id = self.blobs.store.put(*sealed, transient=transient, hold=True)
+        self._locked[key] = blob_id
+        while len(self._locked) > MAX_LOCKED:
+            self._locked.pop(next(iter(self._locked)))
+        return key, blob_id
 
     def _unlock(self, blob_ids: list[bytes]) -> None:
         for blob_id in blob_ids:

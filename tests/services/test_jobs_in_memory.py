@@ -297,3 +297,20 @@ async def test_an_input_whose_digest_the_caller_has_is_not_hashed_again(autojump
         same = w.requester._seal(a)[:2]
         assert same[1] is not None and same == w.requester._seal(a, hashlib.sha256(a.data).digest())[:2]
         assert not w.me.blobs.store._held  # the job is over: its inputs are no longer held
+
+
+async def test_an_input_larger_than_the_transient_budget_is_held_while_its_job_needs_it(autojump_clock: Any) -> None:
+    """A shard larger than the whole budget for blobs used once is still there for its provider
+    (held from the moment it is put), and goes once its job ends."""
+    rng = np.random.default_rng(9)
+    a = rng.integers(-9, 9, (64, 32), dtype=np.int8)
+    b = rng.integers(-9, 9, (32, 16), dtype=np.int8)
+    async with world(1) as w:
+        store = w.me.blobs.store
+        store.max_transient = 256  # smaller than either input
+        params = {"m": 64, "n": 16, "k": 32, "dtype": "int8", "inputs": "blob"}
+        with trio.fail_after(60):
+            rec = await w.requester.submit("matmul", params, inputs={"a": a, "b": b}, max_price=RICH, deadline_s=60)
+        assert rec.state == "done", rec.outcome
+        assert rec.output is not None and np.array_equal(rec.output.arrays["c"], a.astype(np.int32) @ b.astype(np.int32))
+        assert not store._held and store._transient_bytes <= 256  # released, and dropped once it could be
