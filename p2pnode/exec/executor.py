@@ -281,12 +281,11 @@ class Executor:
             raise
 
     def input_buffer(self, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-        """A writable array for an input of a job to come: one of ``SPOOL_MIN`` bytes or more is a
-        file in the spool, which the worker maps as it is (no copy on the way in)."""
-        import numpy as np  # noqa: F811 - at run time (the module imports it for types only)
+        """A writable array for an input of a job to come (:meth:`Spool.buffer`: one of
+        ``SPOOL_MIN`` bytes or more is a file the worker maps as it is, no copy on the way in)."""
+        if self._spool is None:
+            import numpy as np  # noqa: F811 - at run time (the module imports it for types only)
 
-        dtype = np.dtype(dtype)
-        if self._spool is None or int(np.prod(shape, dtype=np.int64)) * dtype.itemsize < SPOOL_MIN:
             return np.empty(shape, dtype)
         return self._spool.buffer(dtype, shape)
 

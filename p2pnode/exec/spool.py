@@ -4,8 +4,8 @@ An array of ``SPOOL_MIN`` bytes or more is written once into a file in the execu
 (``/dev/shm`` where it exists: RAM, never a disk) and the worker maps it read-only, so the data is
 not encoded, piped and decoded on the way in; a large output comes back the same way. An input
 the node writes itself (a provider opening a fetched blob) can be written straight into a spool
-file (:meth:`Spool.buffer`): the worker then maps the very pages the node wrote, with no copy. Small arrays
-keep travelling inline in the frame. The folder is private (0700), named after the executor's
+file (:meth:`Spool.buffer`): the worker then maps the very pages the node wrote, with no copy.
+Small arrays keep travelling inline in the frame. The folder is private (0700), named after the executor's
 process, emptied after each job, removed when the executor stops, and a folder left by a process
 that no longer exists is removed by the next executor that starts.
 """
@@ -52,12 +52,13 @@ class Spool:
         self._files: dict[int, str] = {}  # id of a buffer's mapping -> its file
 
     def buffer(self, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-        """A writable array in a new spool file: what is written there reaches a worker without a
-        copy (:meth:`file_of`). The file goes when the array (and every view of it) is gone.
+        """A writable array for a worker's input: of ``SPOOL_MIN`` bytes or more, in a new spool
+        file, so that what is written there reaches the worker without a copy (:meth:`file_of`);
+        the file goes when the array (and every view of it) is gone. Smaller: plain memory.
         Blocking (it allocates the pages): call it off the trio thread."""
         dtype = np.dtype(dtype)
         size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if size == 0:
+        if size < SPOOL_MIN:
             return np.empty(shape, dtype)
         path = self.dir / f"in-{uuid.uuid4().hex}.bin"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)

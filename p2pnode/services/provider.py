@@ -280,8 +280,10 @@ class JobProvider:
         for name, blob_id in zip(sorted(spec), prov.input_blobs, strict=True):
             shape, dtype = spec[name]
             # a shard of a dataset is used once: not kept past the store's transient budget
-            sealed = await self.blobs.fetch(prov.rfb.requester, blob_id, transient=name not in workloads.REUSED_INPUTS)
-            if len(sealed) != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize + sealing.LOCK_OVERHEAD:
+            sealed = await self.blobs.fetch(prov.rfb.requester, blob_id,
+                                            transient=name not in workloads.REUSED_INPUTS)
+            plain = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            if len(sealed) != plain + sealing.LOCK_OVERHEAD:
                 raise WorkloadError(f"input {name}: blob has the wrong size")
             arrays[name] = await trio.to_thread.run_sync(self._open_input, sealed, keys[name], dtype, shape)
         return arrays
